@@ -1,0 +1,97 @@
+//! Client-facing error codes and the JSON body every 4xx/5xx carries.
+
+use serde::{Deserialize, Serialize};
+
+/// A stable, machine-readable error code. Clients branch on these; never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request body is not valid JSON or does not match the schema.
+    MalformedRequest,
+    /// A field has a value outside its allowed range or set.
+    InvalidField,
+    /// Two fields were given that exclude each other.
+    ConflictingFields,
+    /// The job is valid but no known GPU slot can hold it.
+    JobTooLarge,
+    /// The job, video or route does not exist (or belongs to another tenant).
+    NotFound,
+    /// The video is not ready yet.
+    NotReady,
+    /// Credentials are missing or wrong.
+    Unauthorized,
+    /// The credentials do not allow this action.
+    Forbidden,
+    /// The caller exceeded a rate limit or quota.
+    RateLimited,
+    /// The request conflicts with the job's current state.
+    Conflict,
+    /// The service is overloaded or a dependency is down; retry later.
+    Unavailable,
+    /// A message was encoded by a newer, unknown version of the protocol.
+    UnsupportedVersion,
+    /// The job ran and failed.
+    JobFailed,
+    /// An internal error; the details are in the server's logs.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The snake_case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MalformedRequest => "malformed_request",
+            Self::InvalidField => "invalid_field",
+            Self::ConflictingFields => "conflicting_fields",
+            Self::JobTooLarge => "job_too_large",
+            Self::NotFound => "not_found",
+            Self::NotReady => "not_ready",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
+            Self::Conflict => "conflict",
+            Self::Unavailable => "unavailable",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::JobFailed => "job_failed",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The JSON body of every error response: `{"error": {"code", "message", "field"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error itself.
+    pub error: ErrorDetail,
+}
+
+/// One error: a stable code, a sentence saying what to change, and the offending field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// One sentence that tells the caller what to change.
+    pub message: String,
+    /// The request field at fault, as a JSON path (`width`, `spec.steps`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ErrorBody {
+    /// Builds an error body.
+    pub fn new(code: ErrorCode, message: impl Into<String>, field: Option<&str>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code,
+                message: message.into(),
+                field: field.map(str::to_owned),
+            },
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Connecting to NATS, creating the JetStream resources idempotently, and the job-record
+//! store whose every write is a compare-and-set (feature `jetstream`).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, object_store, stream};
+
+use crate::codec::{self, CodecError};
+use crate::config::{JetStreamConfig, NatsConfig};
+use crate::ids::JobId;
+use crate::names;
+use crate::record::{JobEvent, JobRecord, TransitionError};
+
+/// A boxed error from the NATS client.
+pub type NatsError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why NATS or a JetStream resource could not be reached or created.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The connection failed.
+    #[error("cannot connect to NATS at {url}")]
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// The cause.
+        #[source]
+        source: NatsError,
+    },
+    /// A stream, bucket or object store could not be created or opened.
+    #[error("cannot create or open JetStream resource {resource}")]
+    Resource {
+        /// Its name.
+        resource: &'static str,
+        /// The cause.
+        #[source]
+        source: NatsError,
+    },
+}
+
+/// Connects to NATS with this role's name and credentials, retrying for up to
+/// `connect_timeout_s` so that a role may start before the server is ready.
+pub async fn connect(
+    config: &NatsConfig,
+    client_name: &str,
+) -> Result<async_nats::Client, SetupError> {
+    let connect_error = |source: NatsError| SetupError::Connect {
+        url: config.url.clone(),
+        source,
+    };
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(config.connect_timeout_s.max(1));
+    loop {
+        let mut options = async_nats::ConnectOptions::new()
+            .name(client_name)
+            .connection_timeout(Duration::from_secs(2));
+        if let Some(path) = &config.credentials_file {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(|e| connect_error(Box::new(e)))?;
+        }
+        match options.connect(config.url.as_str()).await {
+            Ok(client) => return Ok(client),
+            Err(error) if tokio::time::Instant::now() >= deadline => {
+                return Err(connect_error(Box::new(error)));
+            }
+            Err(error) => {
+                tracing::debug!(%error, url = %config.url, "NATS not reachable yet, retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// Handles to every JetStream resource mochi-serve uses.
+#[derive(Clone)]
+pub struct Resources {
+    /// The JetStream context.
+    pub context: jetstream::Context,
+    /// `MOCHI_SUBMIT`, the work queue of submissions.
+    pub submit: stream::Stream,
+    /// `MOCHI_DLQ`, dead letters.
+    pub dlq: stream::Stream,
+    /// `mochi_jobs`, the job records.
+    pub jobs: JobStore,
+    /// `mochi_nodes`, node heartbeats.
+    pub nodes: kv::Store,
+    /// `mochi_videos`, the MP4 files.
+    pub videos: object_store::ObjectStore,
+}
+
+/// Opens every resource, creating what is missing (safe to run from every process at once).
+pub async fn ensure_resources(
+    client: async_nats::Client,
+    config: &JetStreamConfig,
+) -> Result<Resources, SetupError> {
+    let context = jetstream::new(client);
+    let replicas = config.replicas.max(1) as usize;
+    let submit = get_or_create_stream(
+        &context,
+        stream::Config {
+            name: names::STREAM_SUBMIT.to_owned(),
+            description: Some("mochi-serve submitted jobs awaiting intake".to_owned()),
+            subjects: vec![names::SUBJECT_SUBMIT_ALL.to_owned()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            max_messages: config.submit_max_msgs,
+            discard: stream::DiscardPolicy::New,
+            duplicate_window: Duration::from_secs(config.duplicate_window_s),
+            max_message_size: 256 * 1024,
+            ..Default::default()
+        },
+        "MOCHI_SUBMIT",
+    )
+    .await?;
+    let dlq = get_or_create_stream(
+        &context,
+        stream::Config {
+            name: names::STREAM_DLQ.to_owned(),
+            description: Some("mochi-serve jobs whose retries are exhausted".to_owned()),
+            subjects: vec![names::SUBJECT_DLQ_ALL.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            max_age: Duration::from_secs(config.dlq_max_age_s),
+            ..Default::default()
+        },
+        "MOCHI_DLQ",
+    )
+    .await?;
+    let jobs = get_or_create_kv(
+        &context,
+        kv::Config {
+            bucket: names::BUCKET_JOBS.to_owned(),
+            description: "mochi-serve job records (compare-and-set)".to_owned(),
+            history: 1,
+            max_value_size: 1024 * 1024,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        "mochi_jobs",
+    )
+    .await?;
+    let nodes = get_or_create_kv(
+        &context,
+        kv::Config {
+            bucket: names::BUCKET_NODES.to_owned(),
+            description: "mochi-serve node heartbeats (expire when a node goes quiet)".to_owned(),
+            history: 1,
+            max_age: Duration::from_secs(config.node_ttl_s.max(1)),
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        "mochi_nodes",
+    )
+    .await?;
+    let videos = get_or_create_object_store(
+        &context,
+        object_store::Config {
+            bucket: names::OBJECT_STORE_VIDEOS.to_owned(),
+            description: Some("mochi-serve finished videos".to_owned()),
+            max_age: Duration::from_secs(config.videos_max_age_s),
+            max_bytes: config.videos_max_bytes,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(Resources {
+        context,
+        submit,
+        dlq,
+        jobs: JobStore { kv: jobs },
+        nodes,
+        videos,
+    })
+}
+
+fn resource_error<E: std::error::Error + Send + Sync + 'static>(
+    resource: &'static str,
+) -> impl Fn(E) -> SetupError {
+    move |error| SetupError::Resource {
+        resource,
+        source: Box::new(error),
+    }
+}
+
+async fn get_or_create_stream(
+    context: &jetstream::Context,
+    config: stream::Config,
+    resource: &'static str,
+) -> Result<stream::Stream, SetupError> {
+    context
+        .get_or_create_stream(config)
+        .await
+        .map_err(resource_error(resource))
+}
+
+async fn get_or_create_kv(
+    context: &jetstream::Context,
+    config: kv::Config,
+    resource: &'static str,
+) -> Result<kv::Store, SetupError> {
+    if let Ok(store) = context.get_key_value(config.bucket.clone()).await {
+        return Ok(store);
+    }
+    match context.create_key_value(config.clone()).await {
+        Ok(store) => Ok(store),
+        // Another process may have created it between our two calls.
+        Err(error) => context
+            .get_key_value(config.bucket)
+            .await
+            .map_err(|_| resource_error(resource)(error)),
+    }
+}
+
+async fn get_or_create_object_store(
+    context: &jetstream::Context,
+    config: object_store::Config,
+) -> Result<object_store::ObjectStore, SetupError> {
+    if let Ok(store) = context.get_object_store(&config.bucket).await {
+        return Ok(store);
+    }
+    match context.create_object_store(config.clone()).await {
+        Ok(store) => Ok(store),
+        Err(error) => context
+            .get_object_store(&config.bucket)
+            .await
+            .map_err(|_| resource_error("mochi_videos")(error)),
+    }
+}
+
+/// Most compare-and-set retries before a record update gives up.
+const MAX_CAS_RETRIES: u32 = 16;
+
+/// Why a job-record operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No record exists for the job.
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    /// The event does not apply to the record as it is now.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// The stored bytes are not a record this build can read.
+    #[error("stored record of job {job_id} is unreadable")]
+    Codec {
+        /// The job.
+        job_id: JobId,
+        /// The cause.
+        #[source]
+        source: CodecError,
+    },
+    /// Too many concurrent writers.
+    #[error("job {0} is being updated concurrently; gave up after {MAX_CAS_RETRIES} tries")]
+    Contended(JobId),
+    /// NATS failed.
+    #[error("NATS error on job {job_id}")]
+    Nats {
+        /// The job.
+        job_id: JobId,
+        /// The cause.
+        #[source]
+        source: NatsError,
+    },
+}
+
+/// The `mochi_jobs` bucket: job records, each write a compare-and-set on the revision.
+#[derive(Clone)]
+pub struct JobStore {
+    /// The underlying bucket.
+    pub kv: kv::Store,
+}
+
+impl JobStore {
+    /// Creates the record unless one exists; returns whether this call created it.
+    pub async fn create(&self, record: &JobRecord) -> Result<bool, StoreError> {
+        let job_id = record.id;
+        let bytes = codec::encode(record).map_err(|source| StoreError::Codec { job_id, source })?;
+        match self.kv.create(job_id.to_string(), bytes.into()).await {
+            Ok(_) => Ok(true),
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(error) => Err(StoreError::Nats {
+                job_id,
+                source: Box::new(error),
+            }),
+        }
+    }
+
+    /// Reads a record and its revision.
+    pub async fn get(&self, job_id: JobId) -> Result<Option<(JobRecord, u64)>, StoreError> {
+        let entry = self
+            .kv
+            .entry(job_id.to_string())
+            .await
+            .map_err(|error| StoreError::Nats {
+                job_id,
+                source: Box::new(error),
+            })?;
+        let Some(entry) = entry else { return Ok(None) };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        let record =
+            codec::decode(&entry.value).map_err(|source| StoreError::Codec { job_id, source })?;
+        Ok(Some((record, entry.revision)))
+    }
+
+    /// Applies `event` to the current record and stores it by compare-and-set, re-reading
+    /// and re-applying when another writer got there first.
+    pub async fn apply(
+        &self,
+        job_id: JobId,
+        event: &JobEvent,
+        now_ms: u64,
+    ) -> Result<JobRecord, StoreError> {
+        for _ in 0..MAX_CAS_RETRIES {
+            let (record, revision) = self
+                .get(job_id)
+                .await?
+                .ok_or(StoreError::NotFound(job_id))?;
+            let next = record.apply(event, now_ms)?;
+            let bytes =
+                codec::encode(&next).map_err(|source| StoreError::Codec { job_id, source })?;
+            match self
+                .kv
+                .update(job_id.to_string(), bytes.into(), revision)
+                .await
+            {
+                Ok(_) => return Ok(next),
+                Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(error) => {
+                    return Err(StoreError::Nats {
+                        job_id,
+                        source: Box::new(error),
+                    });
+                }
+            }
+        }
+        Err(StoreError::Contended(job_id))
+    }
+}

@@ -1,0 +1,169 @@
+//! Messages between our processes: submissions, assignments, cancellations, progress,
+//! heartbeats.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::WireMessage;
+use crate::ids::{JobId, NodeId};
+use crate::record::{JobState, ResumePoint};
+use crate::shape::JobShape;
+use crate::spec::JobSpec;
+
+/// A submission on `mochi.submit.<tenant>` (JSON: internal services publish these too).
+/// The tenant is the subject's last token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// The job id; when absent the intake derives one from the message id or sequence.
+    #[serde(default)]
+    pub job_id: Option<JobId>,
+    /// What to make.
+    pub spec: JobSpec,
+    /// The client's idempotency key, if any.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// The coordinator places a job on a slot (request/reply on `mochi.node.<node>.assign`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assign {
+    /// The job.
+    pub job_id: JobId,
+    /// The attempt this placement starts; every write about it carries this number.
+    pub attempt: u32,
+    /// The slot (device index) on the node.
+    pub slot: u32,
+    /// What to make.
+    pub spec: JobSpec,
+    /// Its shape.
+    pub shape: JobShape,
+    /// The seed to use.
+    pub seed: u64,
+    /// How long the lease lasts without progress, in ms.
+    pub lease_ms: u64,
+    /// Where to resume, for a preempted job.
+    pub resume: Option<ResumePoint>,
+}
+
+impl WireMessage for Assign {
+    const KIND: u8 = 1;
+    const NAME: &'static str = "assign";
+}
+
+/// The node's answer to an [`Assign`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AssignReply {
+    /// The slot took the job; the node writes `running` itself.
+    Accepted,
+    /// The slot cannot take it (busy, unhealthy, unknown slot).
+    Rejected {
+        /// Why, for logs.
+        reason: String,
+    },
+}
+
+impl WireMessage for AssignReply {
+    const KIND: u8 = 2;
+    const NAME: &'static str = "assign_reply";
+}
+
+/// Stop a job at its next step boundary (on `mochi.node.<node>.cancel`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cancel {
+    /// The job.
+    pub job_id: JobId,
+    /// The attempt to stop.
+    pub attempt: u32,
+}
+
+impl WireMessage for Cancel {
+    const KIND: u8 = 3;
+    const NAME: &'static str = "cancel";
+}
+
+/// What a job is doing, published on `mochi.events.<job>` (best effort; the record is the truth).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressEvent {
+    /// The job.
+    pub job_id: JobId,
+    /// The attempt.
+    pub attempt: u32,
+    /// The job's state.
+    pub state: JobState,
+    /// Denoising steps done.
+    pub step: u32,
+    /// Denoising steps in all.
+    pub total_steps: u32,
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+}
+
+impl WireMessage for ProgressEvent {
+    const KIND: u8 = 4;
+    const NAME: &'static str = "progress_event";
+}
+
+/// A job a slot is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotJob {
+    /// The job.
+    pub job_id: JobId,
+    /// The attempt.
+    pub attempt: u32,
+}
+
+/// One slot (one device) as its node reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlotReport {
+    /// Device index on the node.
+    pub slot: u32,
+    /// The device class (`h100-80gb`, `cpu`, ...), for the cost model.
+    pub gpu_class: String,
+    /// Device memory in all, bytes.
+    pub memory_total_bytes: u64,
+    /// Device memory free now, bytes.
+    pub memory_free_bytes: u64,
+    /// The job it runs, if any.
+    pub job: Option<SlotJob>,
+    /// Whether it can take work.
+    pub healthy: bool,
+    /// Why not, when unhealthy.
+    pub unhealthy_reason: Option<String>,
+}
+
+/// A node's heartbeat, the value of its key in `mochi_nodes` (which expires when it goes quiet).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeHeartbeat {
+    /// The node.
+    pub node_id: NodeId,
+    /// Which backend it runs (`mochi`, `simulated`).
+    pub backend: String,
+    /// The node's software version.
+    pub version: String,
+    /// When the node process started, ms since the epoch.
+    pub started_at_ms: u64,
+    /// When this heartbeat was sent, ms since the epoch.
+    pub sent_at_ms: u64,
+    /// Whether the node takes new work (false while draining for shutdown).
+    pub accepting: bool,
+    /// Its slots.
+    pub slots: Vec<SlotReport>,
+}
+
+impl WireMessage for NodeHeartbeat {
+    const KIND: u8 = 5;
+    const NAME: &'static str = "node_heartbeat";
+}
+
+impl WireMessage for crate::record::JobRecord {
+    const KIND: u8 = 6;
+    const NAME: &'static str = "job_record";
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

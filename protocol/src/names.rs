@@ -1,0 +1,86 @@
+//! Every NATS subject, stream, consumer, bucket and object-store name, in one place.
+
+/// Work-queue stream that holds submitted jobs until the coordinator takes them in.
+pub const STREAM_SUBMIT: &str = "MOCHI_SUBMIT";
+/// Subjects captured by [`STREAM_SUBMIT`]: `mochi.submit.<tenant>`.
+pub const SUBJECT_SUBMIT_ALL: &str = "mochi.submit.>";
+/// Durable pull consumer the coordinator's intake reads [`STREAM_SUBMIT`] with.
+pub const CONSUMER_INTAKE: &str = "mochi-intake";
+/// Stream of dead-lettered jobs (retries exhausted), kept for inspection and re-drive.
+pub const STREAM_DLQ: &str = "MOCHI_DLQ";
+/// Subjects captured by [`STREAM_DLQ`]: `mochi.dlq.<job>`.
+pub const SUBJECT_DLQ_ALL: &str = "mochi.dlq.>";
+/// KV bucket of job records, keyed by job id; every update is a compare-and-set.
+pub const BUCKET_JOBS: &str = "mochi_jobs";
+/// KV bucket of node heartbeats, keyed by node id; entries expire when a node goes quiet.
+pub const BUCKET_NODES: &str = "mochi_nodes";
+/// Object store of finished MP4 files, keyed by job id.
+pub const OBJECT_STORE_VIDEOS: &str = "mochi_videos";
+/// Subjects of per-job progress events: `mochi.events.<job>`.
+pub const SUBJECT_EVENTS_ALL: &str = "mochi.events.>";
+
+/// The subject internal services publish a tenant's submissions on.
+pub fn submit_subject(tenant: &str) -> String {
+    format!("mochi.submit.{tenant}")
+}
+
+/// The subject the gateway publishes one job on, so that the job can be found in
+/// [`STREAM_SUBMIT`] by subject until the intake has written its record.
+pub fn submit_job_subject(tenant: &str, job_id: &str) -> String {
+    format!("mochi.submit.{tenant}.{job_id}")
+}
+
+/// The tenant of a submission subject (`mochi.submit.<tenant>[.<job>]`), if well formed.
+pub fn tenant_of_submit_subject(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix("mochi.submit.")?;
+    let tenant = rest.split('.').next()?;
+    is_valid_token(tenant).then_some(tenant)
+}
+
+/// The subject a dead-lettered job is copied to.
+pub fn dlq_subject(job_id: &str) -> String {
+    format!("mochi.dlq.{job_id}")
+}
+
+/// The request/reply subject a node takes assignments on.
+pub fn node_assign_subject(node_id: &str) -> String {
+    format!("mochi.node.{node_id}.assign")
+}
+
+/// The subject a node takes cancellations on.
+pub fn node_cancel_subject(node_id: &str) -> String {
+    format!("mochi.node.{node_id}.cancel")
+}
+
+/// The subject a job's progress events are published on.
+pub fn events_subject(job_id: &str) -> String {
+    format!("mochi.events.{job_id}")
+}
+
+/// Whether `token` may be used as one NATS subject token and KV key (tenant, node id).
+pub fn is_valid_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 64
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_is_read_from_both_submit_subject_forms() {
+        assert_eq!(
+            tenant_of_submit_subject(&submit_subject("acme")),
+            Some("acme")
+        );
+        assert_eq!(
+            tenant_of_submit_subject(&submit_job_subject("acme", "0192-ab")),
+            Some("acme")
+        );
+        assert_eq!(tenant_of_submit_subject("mochi.submit."), None);
+        assert_eq!(tenant_of_submit_subject("mochi.events.x"), None);
+    }
+}

@@ -1,0 +1,284 @@
+use proptest::prelude::*;
+
+use super::*;
+
+const ALL_STATES: [JobState; 10] = [
+    JobState::Queued,
+    JobState::Assigned,
+    JobState::Running,
+    JobState::Encoding,
+    JobState::Preempted,
+    JobState::Succeeded,
+    JobState::Failed,
+    JobState::Cancelled,
+    JobState::Aborted,
+    JobState::Dead,
+];
+
+fn record(state: JobState) -> JobRecord {
+    let spec = JobSpec::new("a red fox");
+    let shape = spec
+        .validate(&crate::spec::Limits::default())
+        .expect("valid");
+    let mut record = JobRecord::queued(
+        JobId::new(),
+        TenantId::default_tenant(),
+        spec,
+        shape,
+        7,
+        3,
+        1_000,
+    );
+    record.state = state;
+    record.attempt = 1;
+    record
+}
+
+fn lease() -> Lease {
+    Lease {
+        node: NodeId::new("n1").expect("valid"),
+        slot: 0,
+        deadline_ms: 5_000,
+    }
+}
+
+fn result() -> VideoResult {
+    VideoResult {
+        object_name: "x".into(),
+        size_bytes: 1,
+        sha256: "00".into(),
+        duration_ms: 1000,
+        num_frames: 31,
+        width: 848,
+        height: 480,
+        fps: 30,
+    }
+}
+
+/// One event of each kind, for `attempt`.
+fn events(attempt: u32, retryable: bool) -> Vec<JobEvent> {
+    vec![
+        JobEvent::Assigned { lease: lease() },
+        JobEvent::AssignmentRejected { attempt },
+        JobEvent::Started {
+            attempt,
+            lease_deadline_ms: 6_000,
+        },
+        JobEvent::Progressed {
+            attempt,
+            progress: Progress {
+                step: 1,
+                total_steps: 2,
+            },
+            lease_deadline_ms: 7_000,
+        },
+        JobEvent::EncodingStarted {
+            attempt,
+            lease_deadline_ms: 8_000,
+        },
+        JobEvent::Succeeded {
+            attempt,
+            result: result(),
+        },
+        JobEvent::Failed {
+            attempt,
+            failure: JobFailure {
+                code: ErrorCode::Internal,
+                message: "boom".into(),
+                retryable,
+            },
+            retry_at_ms: 9_000,
+        },
+        JobEvent::LeaseExpired {
+            attempt,
+            retry_at_ms: 9_000,
+        },
+        JobEvent::Preempted {
+            attempt,
+            resume: ResumePoint {
+                step: 3,
+                latent_object: "l".into(),
+            },
+        },
+        JobEvent::Requeued,
+        JobEvent::Rejected {
+            failure: JobFailure {
+                code: ErrorCode::InvalidField,
+                message: "bad".into(),
+                retryable: false,
+            },
+        },
+        JobEvent::CancelRequested,
+        JobEvent::StartDeadlineMissed,
+    ]
+}
+
+/// The transitions the design allows, as (state, event name) pairs.
+fn allowed(state: JobState, event: &str) -> bool {
+    use JobState as S;
+    if event == "cancel_requested" {
+        return !state.is_terminal();
+    }
+    matches!(
+        (state, event),
+        (S::Queued, "assigned")
+            | (S::Queued, "start_deadline_missed")
+            | (S::Queued, "rejected")
+            | (S::Assigned, "assignment_rejected")
+            | (S::Assigned, "started")
+            | (S::Assigned | S::Running | S::Encoding, "failed")
+            | (S::Assigned | S::Running | S::Encoding, "lease_expired")
+            | (S::Running, "progressed")
+            | (S::Running, "encoding_started")
+            | (S::Running, "preempted")
+            | (S::Encoding, "succeeded")
+            | (S::Preempted, "requeued")
+    )
+}
+
+#[test]
+fn only_the_designed_transitions_are_accepted() {
+    for state in ALL_STATES {
+        for event in events(1, true) {
+            let outcome = record(state).apply(&event, 2_000);
+            assert_eq!(
+                outcome.is_ok(),
+                allowed(state, event.name()),
+                "{state} + {}: {outcome:?}",
+                event.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn stale_attempt_is_refused() {
+    let running = record(JobState::Running);
+    let stale = JobEvent::Progressed {
+        attempt: 0,
+        progress: Progress {
+            step: 1,
+            total_steps: 2,
+        },
+        lease_deadline_ms: 1,
+    };
+    assert!(matches!(
+        running.apply(&stale, 2_000),
+        Err(TransitionError::StaleAttempt { .. })
+    ));
+}
+
+#[test]
+fn retryable_failure_requeues_until_max_attempts_then_dies() {
+    let mut job = record(JobState::Queued);
+    job.attempt = 0;
+    for round in 1..=3 {
+        job = job
+            .apply(&JobEvent::Assigned { lease: lease() }, 2_000)
+            .expect("assign");
+        assert_eq!(job.attempt, round);
+        job = job
+            .apply(
+                &JobEvent::LeaseExpired {
+                    attempt: round,
+                    retry_at_ms: 9_000,
+                },
+                3_000,
+            )
+            .expect("expire");
+    }
+    assert_eq!(job.state, JobState::Dead);
+    assert_eq!(job.failed_attempts, 3);
+    assert!(job.finished_at_ms.is_some());
+}
+
+#[test]
+fn non_retryable_failure_fails_at_once() {
+    let job = record(JobState::Running);
+    let event = &events(1, false)[6];
+    assert_eq!(
+        job.apply(event, 2_000).expect("fail").state,
+        JobState::Failed
+    );
+}
+
+#[test]
+fn progress_renews_lease_and_never_shortens_it() {
+    let mut job = record(JobState::Running);
+    job.lease = Some(lease());
+    let later = JobEvent::Progressed {
+        attempt: 1,
+        progress: Progress {
+            step: 1,
+            total_steps: 2,
+        },
+        lease_deadline_ms: 9_000,
+    };
+    let job = job.apply(&later, 2_000).expect("progress");
+    assert_eq!(job.lease.as_ref().map(|l| l.deadline_ms), Some(9_000));
+    let earlier = JobEvent::Progressed {
+        attempt: 1,
+        progress: Progress {
+            step: 2,
+            total_steps: 2,
+        },
+        lease_deadline_ms: 100,
+    };
+    let job = job.apply(&earlier, 2_001).expect("progress");
+    assert_eq!(job.lease.as_ref().map(|l| l.deadline_ms), Some(9_000));
+}
+
+fn arbitrary_event() -> impl Strategy<Value = JobEvent> {
+    (0usize..13, 0u32..4, any::<bool>())
+        .prop_map(|(kind, attempt, retryable)| events(attempt, retryable).swap_remove(kind))
+}
+
+proptest! {
+    #[test]
+    fn terminal_states_absorb_and_are_entered_once(sequence in prop::collection::vec(arbitrary_event(), 0..40)) {
+        let mut job = record(JobState::Queued);
+        job.attempt = 0;
+        for event in &sequence {
+            let before = job.clone();
+            match job.apply(event, 2_000) {
+                Ok(next) => {
+                    prop_assert!(!before.state.is_terminal(), "left terminal state {}", before.state);
+                    prop_assert!(next.attempt >= before.attempt);
+                    prop_assert!(next.failed_attempts <= next.max_attempts);
+                    if let Some(attempt) = event.attempt() {
+                        prop_assert_eq!(attempt, before.attempt, "stale event accepted");
+                    }
+                    job = next;
+                }
+                Err(_) => prop_assert_eq!(&job, &before),
+            }
+        }
+        let terminal_entries = job.history.iter().filter(|h| h.to.is_terminal()).count();
+        prop_assert!(terminal_entries <= 1);
+        prop_assert_eq!(terminal_entries == 1, job.state.is_terminal());
+    }
+
+    #[test]
+    fn every_path_ends_in_exactly_one_terminal_state(sequence in prop::collection::vec(arbitrary_event(), 0..40)) {
+        let mut job = record(JobState::Queued);
+        job.attempt = 0;
+        for event in &sequence {
+            if let Ok(next) = job.apply(event, 2_000) {
+                job = next;
+            }
+        }
+        // Drain as a crash-prone cluster would: nodes keep disappearing.
+        for _ in 0..(4 * job.max_attempts + 4) {
+            let event = match job.state {
+                JobState::Queued => JobEvent::Assigned { lease: lease() },
+                JobState::Preempted => JobEvent::Requeued,
+                state if state.is_on_node() => JobEvent::LeaseExpired { attempt: job.attempt, retry_at_ms: 0 },
+                _ => break,
+            };
+            job = job.apply(&event, 3_000).expect("drain event is legal");
+        }
+        prop_assert!(job.state.is_terminal(), "stuck in {}", job.state);
+        let terminal_entries = job.history.iter().filter(|h| h.to.is_terminal()).count();
+        prop_assert_eq!(terminal_entries, 1);
+    }
+}
