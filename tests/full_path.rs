@@ -1,0 +1,122 @@
+//! The whole job path in one process over a real nats-server: gateway → MOCHI_SUBMIT →
+//! coordinator → two GPU nodes (simulated backend) → MP4 in the object store → download.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use protocol::api::JobView;
+use protocol::jetstream::{connect, ensure_resources};
+use protocol::{JobRecord, JobState};
+use tokio_util::sync::CancellationToken;
+
+const JOBS: usize = 20;
+const FRAMES: u32 = 13;
+const WIDTH: u32 = 256;
+const HEIGHT: u32 = 144;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_jobs_on_two_nodes_all_succeed_and_decode() {
+    let server = testkit::NatsServer::start();
+    let mut nats = protocol::config::NatsConfig::default();
+    nats.url = server.url().to_owned();
+    let client = connect(&nats, "e2e").await.unwrap();
+    let resources = ensure_resources(client.clone(), &nats.jetstream).await.unwrap();
+    let shutdown = CancellationToken::new();
+
+    // Watch placements to see that both nodes did work.
+    let mut watch = resources.jobs.kv.watch_all().await.unwrap();
+    let nodes_seen = tokio::spawn(async move {
+        let mut nodes = HashSet::new();
+        while let Some(Ok(entry)) = watch.next().await {
+            if let Ok(record) = protocol::codec::decode::<JobRecord>(&entry.value)
+                && let Some(lease) = record.lease
+            {
+                nodes.insert(lease.node.to_string());
+                if nodes.len() == 2 {
+                    break;
+                }
+            }
+        }
+        nodes
+    });
+
+    let mut roles = tokio::task::JoinSet::new();
+    roles.spawn({
+        let (resources, client, shutdown) = (resources.clone(), client.clone(), shutdown.clone());
+        async move {
+            coordinator::run(coordinator::Config::for_test(), resources, client, shutdown)
+                .await
+                .map_err(|e| format!("coordinator: {e}"))
+        }
+    });
+    for name in ["node-a", "node-b"] {
+        let mut config = gpu_node::Config::for_test();
+        config.node_id = Some(name.to_owned());
+        let (resources, client, shutdown) = (resources.clone(), client.clone(), shutdown.clone());
+        roles.spawn(async move {
+            gpu_node::run(config, resources, client, shutdown)
+                .await
+                .map_err(|e| format!("gpu-node: {e}"))
+        });
+    }
+    let mut gateway_config = gateway::Config::for_test();
+    gateway_config.listen_addr = "127.0.0.1:0".to_owned();
+    let gateway = gateway::Server::bind(gateway_config, resources.clone(), client.clone(), None)
+        .await
+        .unwrap();
+    let base = format!("http://{}", gateway.local_addr());
+    let gateway_task = tokio::spawn(gateway.serve(shutdown.clone()));
+
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for index in 0..JOBS {
+        let body = serde_json::json!({
+            "prompt": format!("test pattern {index}"),
+            "num_frames": FRAMES,
+            "width": WIDTH,
+            "height": HEIGHT,
+            "steps": 4,
+        });
+        let response = http.post(format!("{base}/v1/videos")).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+        let view: JobView = response.json().await.unwrap();
+        ids.push(view.id);
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut finished = Vec::new();
+    for id in &ids {
+        loop {
+            let view: JobView = http.get(format!("{base}/v1/videos/{id}")).send().await.unwrap().json().await.unwrap();
+            if view.state.is_terminal() {
+                finished.push(view);
+                break;
+            }
+            assert!(Instant::now() < deadline, "job {id} still {} at the deadline", view.state);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for view in &finished {
+        assert_eq!(view.state, JobState::Succeeded, "job {} failed: {:?}", view.id, view.error);
+        let response = http.get(format!("{base}/v1/videos/{}/content", view.id)).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "video/mp4");
+        let bytes = response.bytes().await.unwrap();
+        let result = view.result.as_ref().unwrap();
+        assert_eq!(bytes.len() as u64, result.size_bytes);
+        let info = gpu_node::mp4::probe(&bytes).unwrap();
+        assert_eq!(info.decoded_frames, FRAMES, "job {}", view.id);
+        assert_eq!((info.width, info.height), (WIDTH, HEIGHT));
+        assert_eq!(info.fps, 30);
+    }
+    let nodes = tokio::time::timeout(Duration::from_secs(5), nodes_seen).await.unwrap().unwrap();
+    assert_eq!(nodes.len(), 2, "jobs ran only on {nodes:?}");
+
+    shutdown.cancel();
+    gateway_task.await.unwrap().unwrap();
+    while let Some(joined) = roles.join_next().await {
+        joined.unwrap().unwrap();
+    }
+}
