@@ -164,8 +164,6 @@ pub struct JetStreamConfig {
     pub videos_max_age_s: u64,
     /// How long dead letters are kept, seconds.
     pub dlq_max_age_s: u64,
-    /// Object-store chunk size, bytes (must stay under the server's `max_payload`).
-    pub object_chunk_bytes: u32,
 }
 
 impl Default for JetStreamConfig {
@@ -178,7 +176,6 @@ impl Default for JetStreamConfig {
             videos_max_bytes: -1,
             videos_max_age_s: 7 * 24 * 3600,
             dlq_max_age_s: 30 * 24 * 3600,
-            object_chunk_bytes: 512 * 1024,
         }
     }
 }

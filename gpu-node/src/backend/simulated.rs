@@ -1,0 +1,137 @@
+//! The simulated backend: takes the time a cost formula gives and renders a test pattern
+//! through the real video path. For load tests and demos without a GPU, never production.
+
+use std::time::Duration;
+
+use super::{Backend, BackendError, BackendJob, Control, StepObserver, Video, pattern};
+use crate::config::SimulatedConfig;
+
+/// Sleeps per step as the cost formula says, then renders a test pattern.
+#[derive(Debug, Clone)]
+pub struct SimulatedBackend {
+    config: SimulatedConfig,
+}
+
+impl SimulatedBackend {
+    /// A backend with these cost settings.
+    pub fn new(config: SimulatedConfig) -> Self {
+        Self { config }
+    }
+
+    /// Simulated seconds of one denoising step (both CFG branches) for `job`.
+    pub fn step_seconds(&self, job: &BackendJob) -> f64 {
+        let tokens = job.shape.num_tokens as f64;
+        let forward = self.config.linear_s_per_token * tokens
+            + self.config.quadratic_s_per_token2 * tokens * tokens;
+        let branches = if job.shape.cfg { 2.0 } else { 1.0 };
+        self.config.time_scale * forward * branches
+    }
+}
+
+impl Backend for SimulatedBackend {
+    fn name(&self) -> &'static str {
+        "simulated"
+    }
+
+    fn run(
+        &self,
+        job: &BackendJob,
+        observer: &mut dyn StepObserver,
+    ) -> Result<Video, BackendError> {
+        let total = job.shape.steps;
+        let first = job
+            .resume
+            .as_ref()
+            .map_or(0, |resume| resume.step.min(total));
+        let step_time = Duration::from_secs_f64(self.step_seconds(job).min(3600.0));
+        for step in first..total {
+            std::thread::sleep(step_time);
+            if observer.on_step(step + 1, total) == Control::Stop {
+                return Err(BackendError::Stopped);
+            }
+        }
+        Ok(pattern::render(
+            &job.job_id.to_string(),
+            job.shape.width,
+            job.shape.height,
+            job.shape.num_frames,
+            job.shape.fps,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::{JobId, JobSpec, Limits};
+
+    use super::*;
+
+    struct StopAfter(u32, Vec<u32>);
+
+    impl StepObserver for StopAfter {
+        fn on_step(&mut self, step: u32, _total: u32) -> Control {
+            self.1.push(step);
+            if step >= self.0 {
+                Control::Stop
+            } else {
+                Control::Continue
+            }
+        }
+    }
+
+    fn job(steps: u32) -> BackendJob {
+        let spec = JobSpec {
+            steps: Some(steps),
+            num_frames: Some(7),
+            width: Some(64),
+            height: Some(64),
+            ..JobSpec::new("x")
+        };
+        let shape = spec.validate(&Limits::default()).expect("valid");
+        BackendJob {
+            job_id: JobId::new(),
+            attempt: 1,
+            spec,
+            shape,
+            seed: 1,
+            resume: None,
+        }
+    }
+
+    #[test]
+    fn reports_every_step_and_renders_every_frame() {
+        let backend = SimulatedBackend::new(SimulatedConfig {
+            time_scale: 0.0,
+            ..SimulatedConfig::default()
+        });
+        let mut observer = StopAfter(u32::MAX, Vec::new());
+        let video = backend.run(&job(5), &mut observer).expect("video");
+        assert_eq!(observer.1, vec![1, 2, 3, 4, 5]);
+        assert_eq!(video.frames.len(), 7);
+        assert_eq!(video.frames[0].len(), 64 * 64 * 3);
+    }
+
+    #[test]
+    fn stops_at_the_step_boundary_the_observer_asks_for() {
+        let backend = SimulatedBackend::new(SimulatedConfig {
+            time_scale: 0.0,
+            ..SimulatedConfig::default()
+        });
+        let mut observer = StopAfter(2, Vec::new());
+        assert!(matches!(
+            backend.run(&job(5), &mut observer),
+            Err(BackendError::Stopped)
+        ));
+        assert_eq!(observer.1, vec![1, 2]);
+    }
+
+    #[test]
+    fn step_time_grows_faster_than_linearly_with_tokens() {
+        let backend = SimulatedBackend::new(SimulatedConfig::default());
+        let mut small = job(1);
+        let mut large = job(1);
+        small.shape.num_tokens = 10_000;
+        large.shape.num_tokens = 40_000;
+        assert!(backend.step_seconds(&large) > 4.0 * backend.step_seconds(&small));
+    }
+}

@@ -1,0 +1,223 @@
+//! Configuration of a GPU node (section `[gpu_node]`, env `MOCHI_GPU_NODE__*`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Which backend the slots run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// Sleeps for a cost formula's time and renders a test pattern (load tests, demos
+    /// without a GPU). Never for production traffic.
+    Simulated,
+}
+
+/// Settings of the simulated backend's cost formula: seconds per step =
+/// `time_scale · (linear_s_per_token · N + quadratic_s_per_token2 · N²)`, doubled with CFG.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulatedConfig {
+    /// Scales the formula down (or up); 1.0 models an H100 at ~50% of its bf16 peak.
+    pub time_scale: f64,
+    /// Seconds per visual token per forward (linear layers: ≈ 2·10e9 FLOP per token at ~400 TFLOP/s).
+    pub linear_s_per_token: f64,
+    /// Seconds per token² per forward (joint attention: ≈ 4·3072·48 FLOP at ~400 TFLOP/s).
+    pub quadratic_s_per_token2: f64,
+}
+
+impl Default for SimulatedConfig {
+    fn default() -> Self {
+        Self {
+            time_scale: 0.025,
+            linear_s_per_token: 5.0e-5,
+            quadratic_s_per_token2: 1.47e-9,
+        }
+    }
+}
+
+/// H.264 settings of the produced MP4 files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VideoConfig {
+    /// Target bits per pixel per frame; the bitrate is `bits_per_pixel · width · height · fps`.
+    pub bits_per_pixel: f32,
+    /// Lowest bitrate, bits per second.
+    pub min_bitrate_bps: u32,
+    /// Seconds between key frames (seeking granularity).
+    pub keyframe_interval_s: u32,
+}
+
+impl Default for VideoConfig {
+    fn default() -> Self {
+        Self {
+            bits_per_pixel: 0.15,
+            min_bitrate_bps: 500_000,
+            keyframe_interval_s: 2,
+        }
+    }
+}
+
+/// A GPU node's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The node's id (a NATS subject token); default: host name and process id.
+    pub node_id: Option<String>,
+    /// Slots (devices) on this node.
+    pub slots: u32,
+    /// Device class reported to the scheduler (`h100-80gb`, `cpu`, ...).
+    pub gpu_class: String,
+    /// Device memory of each slot, bytes.
+    pub memory_bytes_per_slot: u64,
+    /// The backend every slot runs.
+    pub backend: BackendKind,
+    /// Simulated backend settings.
+    pub simulated: SimulatedConfig,
+    /// MP4 settings.
+    pub video: VideoConfig,
+    /// Heartbeat period, ms (keep well under `nats.jetstream.node_ttl_s`).
+    pub heartbeat_interval_ms: u64,
+    /// How long shutdown waits for running jobs, ms; after it they are failed as retryable.
+    pub drain_timeout_ms: u64,
+    /// Object-store chunk size for uploaded videos, bytes (must stay under the NATS
+    /// server's `max_payload`, 1 MiB by default; larger chunks upload faster).
+    pub object_chunk_bytes: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            slots: 1,
+            gpu_class: "cpu".to_owned(),
+            memory_bytes_per_slot: 80 << 30,
+            backend: BackendKind::Simulated,
+            simulated: SimulatedConfig::default(),
+            video: VideoConfig::default(),
+            heartbeat_interval_ms: 2_000,
+            drain_timeout_ms: 20_000,
+            object_chunk_bytes: 512 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults → `[gpu_node]` of `file` → `MOCHI_GPU_NODE__*` of `env`, validated.
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self> {
+        let config: Self = protocol::config::load_section(file, env, "gpu_node")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A configuration for tests: fast jobs, frequent heartbeats.
+    pub fn for_test() -> Self {
+        Self {
+            simulated: SimulatedConfig {
+                time_scale: 0.0005,
+                ..SimulatedConfig::default()
+            },
+            heartbeat_interval_ms: 200,
+            drain_timeout_ms: 5_000,
+            ..Self::default()
+        }
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(id) = &self.node_id
+            && !protocol::names::is_valid_token(id)
+        {
+            return Err(Error::Config(format!(
+                "node_id {id:?}: use 1 to 64 letters, digits, '-' or '_'"
+            )));
+        }
+        if self.slots == 0 || self.slots > 64 {
+            return Err(Error::Config(format!(
+                "slots is {}; use 1 to 64",
+                self.slots
+            )));
+        }
+        if !(4096..=1024 * 1024 - 4096).contains(&self.object_chunk_bytes) {
+            return Err(Error::Config(
+                "object_chunk_bytes must be between 4096 and 1 MiB minus 4 KiB".to_owned(),
+            ));
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return Err(Error::Config(
+                "heartbeat_interval_ms must be positive".to_owned(),
+            ));
+        }
+        if !(self.simulated.time_scale >= 0.0 && self.simulated.time_scale.is_finite()) {
+            return Err(Error::Config(
+                "simulated.time_scale must be a finite number ≥ 0".to_owned(),
+            ));
+        }
+        if !(self.video.bits_per_pixel > 0.0 && self.video.bits_per_pixel < 24.0) {
+            return Err(Error::Config(
+                "video.bits_per_pixel must be between 0 and 24".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The node id: the configured one, or `<host>-<pid>` made into a valid token.
+    pub fn resolved_node_id(&self) -> protocol::NodeId {
+        let raw = self.node_id.clone().unwrap_or_else(|| {
+            let host =
+                std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "node".to_owned());
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        let cleaned: String = raw
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(64)
+            .collect();
+        protocol::NodeId::new(cleaned).unwrap_or_else(|_| {
+            protocol::NodeId::new(format!("node-{}", std::process::id()))
+                .expect("digits and letters form a valid token")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_node_id_with_dots() {
+        let config = Config {
+            node_id: Some("a.b".into()),
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn derived_node_id_is_a_valid_token() {
+        let id = Config::default().resolved_node_id();
+        assert!(protocol::names::is_valid_token(id.as_str()));
+    }
+
+    #[test]
+    fn env_sets_slots_and_class() {
+        let env = HashMap::from([
+            ("MOCHI_GPU_NODE__SLOTS".to_owned(), "4".to_owned()),
+            (
+                "MOCHI_GPU_NODE__GPU_CLASS".to_owned(),
+                "h100-80gb".to_owned(),
+            ),
+        ]);
+        let config = Config::load(None, &env).expect("load");
+        assert_eq!((config.slots, config.gpu_class.as_str()), (4, "h100-80gb"));
+    }
+}

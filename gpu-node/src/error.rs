@@ -1,0 +1,44 @@
+//! Errors of the GPU node.
+
+use protocol::jetstream::{SetupError, StoreError};
+
+/// What can stop the node or fail a job.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error("invalid gpu_node configuration: {0}")]
+    Config(String),
+    /// Loading the configuration failed.
+    #[error(transparent)]
+    LoadConfig(#[from] protocol::config::ConfigError),
+    /// NATS or JetStream failed at start-up.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// A job record could not be written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Subscribing to a subject failed.
+    #[error("cannot subscribe to {subject}")]
+    Subscribe {
+        /// The subject.
+        subject: String,
+        /// The cause.
+        #[source]
+        source: async_nats::SubscribeError,
+    },
+    /// An actor could not be started.
+    #[error("cannot start the {actor} actor")]
+    Spawn {
+        /// Which actor.
+        actor: &'static str,
+        /// The cause.
+        #[source]
+        source: ractor::SpawnErr,
+    },
+    /// MP4 encoding failed.
+    #[error(transparent)]
+    Mp4(#[from] crate::mp4::Mp4Error),
+}
+
+/// Result with the node's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,48 @@
+//! Metric names of the GPU node and their descriptions.
+
+use std::time::Duration;
+
+/// Jobs a slot finished, by outcome (`succeeded`, `failed`, `abandoned`, `handed_back`).
+pub const JOBS_FINISHED: &str = "mochi_node_jobs_finished_total";
+/// Wall time of a job on its slot, seconds.
+pub const JOB_SECONDS: &str = "mochi_node_job_seconds";
+/// Denoising steps completed.
+pub const STEPS: &str = "mochi_node_steps_total";
+/// Wall time of one denoising step, seconds.
+pub const STEP_SECONDS: &str = "mochi_node_step_seconds";
+/// 1 while a slot runs a job.
+pub const SLOT_BUSY: &str = "mochi_node_slot_busy";
+/// Heartbeats that could not be written.
+pub const HEARTBEAT_FAILURES: &str = "mochi_node_heartbeat_failures_total";
+
+/// Describes every metric (call once, after the recorder is installed).
+pub fn describe() {
+    metrics::describe_counter!(JOBS_FINISHED, "Jobs a slot finished, by outcome");
+    metrics::describe_histogram!(
+        JOB_SECONDS,
+        metrics::Unit::Seconds,
+        "Wall time of a job on its slot"
+    );
+    metrics::describe_counter!(STEPS, "Denoising steps completed");
+    metrics::describe_histogram!(
+        STEP_SECONDS,
+        metrics::Unit::Seconds,
+        "Wall time of one denoising step"
+    );
+    metrics::describe_gauge!(SLOT_BUSY, "1 while a slot runs a job");
+    metrics::describe_counter!(HEARTBEAT_FAILURES, "Heartbeats that could not be written");
+}
+
+pub(crate) fn record_step(elapsed: Duration) {
+    metrics::counter!(STEPS).increment(1);
+    metrics::histogram!(STEP_SECONDS).record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn record_job(outcome: &'static str, elapsed: Duration) {
+    metrics::counter!(JOBS_FINISHED, "outcome" => outcome).increment(1);
+    metrics::histogram!(JOB_SECONDS).record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn set_slot_busy(slot: u32, busy: bool) {
+    metrics::gauge!(SLOT_BUSY, "slot" => slot.to_string()).set(if busy { 1.0 } else { 0.0 });
+}

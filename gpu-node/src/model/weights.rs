@@ -1,0 +1,358 @@
+//! Loading AsymmDiT weights from the released layouts, memory-mapped.
+//!
+//! Two key schemes are understood: diffusers' `transformer/` folder (sharded
+//! safetensors with `diffusion_pytorch_model.safetensors.index.json`, or a single file)
+//! and genmo's original `dit.safetensors` (optionally prefixed `model.diffusion_model.`).
+//! Tensors are always requested by their diffusers name; the genmo scheme is mapped
+//! on the fly (q/k/v row split, SwiGLU half swap, final modulation half swap, see
+//! `mochi-model-spec.md` §2.6).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Error, Result, Tensor};
+
+/// Which key scheme a checkpoint uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scheme {
+    /// diffusers `MochiTransformer3DModel` names.
+    Diffusers,
+    /// genmo `AsymmDiTJoint` names, with the given key prefix (often empty).
+    Genmo {
+        /// Prefix in front of every key, e.g. `model.diffusion_model.`.
+        prefix: String,
+    },
+}
+
+/// Memory-mapped safetensors files plus the scheme to translate names.
+pub struct Weights {
+    tensors: MmapedSafetensors,
+    files: Vec<PathBuf>,
+    scheme: Scheme,
+    dtype: DType,
+    device: Device,
+}
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Weights")
+            .field("files", &self.files)
+            .field("scheme", &self.scheme)
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
+
+/// Where a diffusers-named tensor lives in a genmo checkpoint.
+enum GenmoSource {
+    Direct(String),
+    /// Part `index` of `parts` equal row blocks of the tensor.
+    Rows(String, usize, usize),
+    /// The tensor with its two row halves swapped.
+    SwapHalves(String),
+}
+
+const INDEX_FILE: &str = "diffusion_pytorch_model.safetensors.index.json";
+const SINGLE_FILE: &str = "diffusion_pytorch_model.safetensors";
+const GENMO_FILE: &str = "dit.safetensors";
+
+/// Finds the weight files of a model directory: `transformer/` (diffusers, sharded or
+/// not), the directory itself if it is a `transformer/` folder, or `dit.safetensors`.
+pub fn find_weight_files(model_dir: &Path) -> Result<Vec<PathBuf>> {
+    let candidates = [model_dir.join("transformer"), model_dir.to_path_buf()];
+    for dir in &candidates {
+        let index = dir.join(INDEX_FILE);
+        if index.is_file() {
+            return shards_from_index(&index);
+        }
+        let single = dir.join(SINGLE_FILE);
+        if single.is_file() {
+            return Ok(vec![single]);
+        }
+    }
+    let genmo = model_dir.join(GENMO_FILE);
+    if genmo.is_file() {
+        return Ok(vec![genmo]);
+    }
+    if model_dir.is_file() {
+        return Ok(vec![model_dir.to_path_buf()]);
+    }
+    Err(Error::Msg(format!(
+        "no transformer weights in {}: expected transformer/{INDEX_FILE}, transformer/{SINGLE_FILE} or {GENMO_FILE}",
+        model_dir.display()
+    )))
+}
+
+/// Lists the shard files named by a safetensors index, checking each exists.
+pub fn shards_from_index(index_path: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index_path)
+        .map_err(|e| Error::Msg(format!("cannot read {}: {e}", index_path.display())))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Msg(format!("invalid index {}: {e}", index_path.display())))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| {
+            Error::Msg(format!(
+                "index {} has no weight_map object",
+                index_path.display()
+            ))
+        })?;
+    let dir = index_path.parent().unwrap_or(Path::new("."));
+    let names: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    let mut files = Vec::with_capacity(names.len());
+    for name in names {
+        let path = dir.join(name);
+        if !path.is_file() {
+            return Err(Error::Msg(format!(
+                "missing weight shard {} (listed in {})",
+                path.display(),
+                index_path.display()
+            )));
+        }
+        files.push(path);
+    }
+    Ok(files)
+}
+
+impl Weights {
+    /// Memory-maps the given safetensors files; `dtype` is the storage dtype for
+    /// matmul weights (f32 or bf16).
+    pub fn from_files(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+        for file in files {
+            if !file.is_file() {
+                return Err(Error::Msg(format!("missing weight file {}", file.display())));
+            }
+        }
+        // SAFETY: the files are mapped read-only and are not modified while mapped; this is
+        // the released-weights layout, which the serving process never writes.
+        #[allow(unsafe_code)]
+        let tensors = unsafe { MmapedSafetensors::multi(files)? };
+        let scheme = detect_scheme(&tensors);
+        Ok(Self {
+            tensors,
+            files: files.to_vec(),
+            scheme,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// Finds and maps the transformer weights of a model directory (see [`find_weight_files`]).
+    pub fn from_model_dir(model_dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::from_files(&find_weight_files(model_dir)?, dtype, device)
+    }
+
+    /// The detected key scheme.
+    pub fn scheme(&self) -> &Scheme {
+        &self.scheme
+    }
+
+    /// Storage dtype of matmul weights.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device tensors are loaded onto.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Whether a tensor (by diffusers name) is present, without loading it.
+    pub fn contains(&self, name: &str) -> bool {
+        let key = match &self.scheme {
+            Scheme::Diffusers => name.to_string(),
+            Scheme::Genmo { prefix } => match genmo_source(name) {
+                None => return false,
+                Some(GenmoSource::Direct(key))
+                | Some(GenmoSource::Rows(key, _, _))
+                | Some(GenmoSource::SwapHalves(key)) => format!("{prefix}{key}"),
+            },
+        };
+        self.tensors.get(&key).is_ok()
+    }
+
+    /// Number of transformer blocks present in the checkpoint.
+    pub fn count_blocks(&self) -> usize {
+        let mut count = 0;
+        while self.contains(&format!("transformer_blocks.{count}.norm1.linear.weight")) {
+            count += 1;
+        }
+        count
+    }
+
+    fn load_key(&self, key: &str, name: &str) -> Result<Tensor> {
+        let view = self.tensors.get(key).map_err(|_| {
+            Error::Msg(format!(
+                "missing tensor `{name}` (key `{key}`) in {}",
+                self.files_list()
+            ))
+        })?;
+        // Load on the CPU first so row splits and swaps are cheap copies.
+        candle_core::safetensors::Load::load(&view, &Device::Cpu)
+    }
+
+    fn files_list(&self) -> String {
+        self.files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Loads by diffusers name, translating the genmo scheme; no shape check, CPU, file dtype.
+    fn load_raw(&self, name: &str) -> Result<Tensor> {
+        match &self.scheme {
+            Scheme::Diffusers => self.load_key(name, name),
+            Scheme::Genmo { prefix } => match genmo_source(name) {
+                None => Err(Error::Msg(format!(
+                    "tensor `{name}` has no genmo equivalent"
+                ))),
+                Some(GenmoSource::Direct(key)) => self.load_key(&format!("{prefix}{key}"), name),
+                Some(GenmoSource::Rows(key, index, parts)) => {
+                    let full = self.load_key(&format!("{prefix}{key}"), name)?;
+                    let rows = full.dim(0)?;
+                    if rows % parts != 0 {
+                        return Err(Error::Msg(format!(
+                            "tensor `{prefix}{key}` has shape {:?}, rows not divisible by {parts}",
+                            full.dims()
+                        )));
+                    }
+                    full.narrow(0, index * rows / parts, rows / parts)
+                }
+                Some(GenmoSource::SwapHalves(key)) => {
+                    let full = self.load_key(&format!("{prefix}{key}"), name)?;
+                    swap_halves(&full)
+                }
+            },
+        }
+    }
+
+    /// Loads a tensor by diffusers name and checks its shape; a `0` in `expected`
+    /// accepts any size on that axis. Converted to `dtype` on the target device.
+    pub fn get_as(&self, name: &str, expected: &[usize], dtype: DType) -> Result<Tensor> {
+        let tensor = self.load_raw(name)?;
+        check_shape(name, tensor.dims(), expected)?;
+        tensor.to_dtype(dtype)?.to_device(&self.device)
+    }
+
+    /// [`Weights::get_as`] in the storage dtype.
+    pub fn get(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        self.get_as(name, expected, self.dtype)
+    }
+
+    /// [`Weights::get_as`] in f32 (biases, norm weights, `pos_frequencies`).
+    pub fn get_f32(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        self.get_as(name, expected, DType::F32)
+    }
+}
+
+/// Errors unless `actual` matches `expected` (0 = any size), naming the tensor and both shapes.
+pub fn check_shape(name: &str, actual: &[usize], expected: &[usize]) -> Result<()> {
+    let matches = actual.len() == expected.len()
+        && actual
+            .iter()
+            .zip(expected)
+            .all(|(a, e)| *e == 0 || a == e);
+    if matches {
+        return Ok(());
+    }
+    let shown: Vec<String> = expected
+        .iter()
+        .map(|e| if *e == 0 { "_".to_string() } else { e.to_string() })
+        .collect();
+    Err(Error::Msg(format!(
+        "tensor `{name}` has shape {actual:?}, expected [{}]",
+        shown.join(", ")
+    )))
+}
+
+fn swap_halves(t: &Tensor) -> Result<Tensor> {
+    let rows = t.dim(0)?;
+    if rows % 2 != 0 {
+        return Err(Error::Msg(format!(
+            "cannot swap halves of a tensor with shape {:?}",
+            t.dims()
+        )));
+    }
+    let half = rows / 2;
+    Tensor::cat(&[t.narrow(0, half, half)?, t.narrow(0, 0, half)?], 0)
+}
+
+fn detect_scheme(tensors: &MmapedSafetensors) -> Scheme {
+    for prefix in ["", "model.diffusion_model."] {
+        if tensors
+            .get(&format!("{prefix}blocks.0.attn.qkv_x.weight"))
+            .is_ok()
+        {
+            return Scheme::Genmo {
+                prefix: prefix.to_string(),
+            };
+        }
+    }
+    Scheme::Diffusers
+}
+
+/// Maps a diffusers tensor name to its genmo source.
+fn genmo_source(name: &str) -> Option<GenmoSource> {
+    use GenmoSource::{Direct, Rows, SwapHalves};
+    let direct = |s: &str| Some(Direct(s.to_string()));
+    let fixed = match name {
+        "patch_embed.proj.weight" => direct("x_embedder.proj.weight"),
+        "patch_embed.proj.bias" => direct("x_embedder.proj.bias"),
+        "time_embed.timestep_embedder.linear_1.weight" => direct("t_embedder.mlp.0.weight"),
+        "time_embed.timestep_embedder.linear_1.bias" => direct("t_embedder.mlp.0.bias"),
+        "time_embed.timestep_embedder.linear_2.weight" => direct("t_embedder.mlp.2.weight"),
+        "time_embed.timestep_embedder.linear_2.bias" => direct("t_embedder.mlp.2.bias"),
+        "time_embed.caption_proj.weight" => direct("t5_yproj.weight"),
+        "time_embed.caption_proj.bias" => direct("t5_yproj.bias"),
+        "pos_frequencies" => direct("pos_frequencies"),
+        "norm_out.linear.weight" => Some(SwapHalves("final_layer.mod.weight".into())),
+        "norm_out.linear.bias" => Some(SwapHalves("final_layer.mod.bias".into())),
+        "proj_out.weight" => direct("final_layer.linear.weight"),
+        "proj_out.bias" => direct("final_layer.linear.bias"),
+        _ => None,
+    };
+    if fixed.is_some() {
+        return fixed;
+    }
+    if let Some(rest) = name.strip_prefix("time_embed.pooler.") {
+        return direct(&format!("t5_y_embedder.{rest}"));
+    }
+    let rest = name.strip_prefix("transformer_blocks.")?;
+    let (index, inner) = rest.split_once('.')?;
+    let block = format!("blocks.{index}.");
+    let source = match inner {
+        "norm1.linear.weight" => Direct("mod_x.weight".into()),
+        "norm1.linear.bias" => Direct("mod_x.bias".into()),
+        "norm1_context.linear.weight" | "norm1_context.linear_1.weight" => {
+            Direct("mod_y.weight".into())
+        }
+        "norm1_context.linear.bias" | "norm1_context.linear_1.bias" => Direct("mod_y.bias".into()),
+        "attn1.to_q.weight" => Rows("attn.qkv_x.weight".into(), 0, 3),
+        "attn1.to_k.weight" => Rows("attn.qkv_x.weight".into(), 1, 3),
+        "attn1.to_v.weight" => Rows("attn.qkv_x.weight".into(), 2, 3),
+        "attn1.add_q_proj.weight" => Rows("attn.qkv_y.weight".into(), 0, 3),
+        "attn1.add_k_proj.weight" => Rows("attn.qkv_y.weight".into(), 1, 3),
+        "attn1.add_v_proj.weight" => Rows("attn.qkv_y.weight".into(), 2, 3),
+        "attn1.norm_q.weight" => Direct("attn.q_norm_x.weight".into()),
+        "attn1.norm_k.weight" => Direct("attn.k_norm_x.weight".into()),
+        "attn1.norm_added_q.weight" => Direct("attn.q_norm_y.weight".into()),
+        "attn1.norm_added_k.weight" => Direct("attn.k_norm_y.weight".into()),
+        "attn1.to_out.0.weight" => Direct("attn.proj_x.weight".into()),
+        "attn1.to_out.0.bias" => Direct("attn.proj_x.bias".into()),
+        "attn1.to_add_out.weight" => Direct("attn.proj_y.weight".into()),
+        "attn1.to_add_out.bias" => Direct("attn.proj_y.bias".into()),
+        "ff.net.0.proj.weight" => SwapHalves("mlp_x.w1.weight".into()),
+        "ff.net.2.weight" => Direct("mlp_x.w2.weight".into()),
+        "ff_context.net.0.proj.weight" => SwapHalves("mlp_y.w1.weight".into()),
+        "ff_context.net.2.weight" => Direct("mlp_y.w2.weight".into()),
+        _ => return None,
+    };
+    Some(match source {
+        Direct(key) => Direct(format!("{block}{key}")),
+        Rows(key, i, n) => Rows(format!("{block}{key}"), i, n),
+        SwapHalves(key) => SwapHalves(format!("{block}{key}")),
+    })
+}

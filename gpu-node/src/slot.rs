@@ -1,0 +1,562 @@
+//! The `GpuSlot` actor: one per device. It owns a long-lived OS thread that runs the
+//! backend and the MP4 encoder, and does every write about its job (record transitions
+//! fenced by the attempt, progress events, the object-store upload).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_nats::jetstream::object_store::ObjectMetadata;
+use protocol::jetstream::{Resources, StoreError};
+use protocol::messages::{Assign, AssignReply, ProgressEvent, SlotJob, SlotReport};
+use protocol::record::{JobEvent, JobFailure, Progress, TransitionError, VideoResult};
+use protocol::{ErrorCode, JobId, JobState, codec, names, now_ms};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::backend::{Backend, BackendError, BackendJob, Control, StepObserver};
+use crate::config::VideoConfig;
+use crate::metrics;
+
+/// Why a running job is being stopped (0 = it is not).
+const STOP_NONE: u8 = 0;
+/// Cancelled by the client or fenced out by a newer attempt: write nothing more.
+const STOP_ABANDON: u8 = 1;
+/// The node is shutting down: hand the job back as a retryable failure.
+const STOP_SHUTDOWN: u8 = 2;
+
+/// Delay before a job failed on this node may be retried, ms.
+const RETRY_DELAY_MS: u64 = 2_000;
+
+/// The slot actor.
+pub struct GpuSlot;
+
+/// Messages of the slot actor.
+pub enum GpuSlotMsg {
+    /// Take a job, replying whether the slot accepts it.
+    Start(Box<Assign>, RpcReplyPort<AssignReply>),
+    /// Stop a job at its next step boundary.
+    Cancel {
+        /// The job.
+        job_id: JobId,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// Refuse new work from now on (shutdown).
+    Drain,
+    /// Stop the running job and hand it back (shutdown deadline passed).
+    Abort,
+    /// The worker finished a denoising step.
+    StepCompleted {
+        /// The job.
+        job_id: JobId,
+        /// The attempt.
+        attempt: u32,
+        /// Steps done and in all.
+        progress: Progress,
+    },
+    /// The worker finished denoising and is decoding and encoding.
+    EncodingStarted {
+        /// The job.
+        job_id: JobId,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// The worker finished the job: MP4 bytes or why not.
+    JobFinished {
+        /// The job.
+        job_id: JobId,
+        /// The attempt.
+        attempt: u32,
+        /// The MP4, or the failure.
+        outcome: Result<Vec<u8>, BackendError>,
+    },
+    /// The slot's report, for heartbeats and tests.
+    Status(RpcReplyPort<SlotReport>),
+}
+
+/// What a slot needs to start.
+pub struct GpuSlotArgs {
+    /// Device index.
+    pub slot: u32,
+    /// The model.
+    pub backend: Arc<dyn Backend>,
+    /// JetStream handles.
+    pub resources: Resources,
+    /// NATS client, for progress events.
+    pub client: async_nats::Client,
+    /// MP4 settings.
+    pub video: VideoConfig,
+    /// Object-store chunk size, bytes.
+    pub object_chunk_bytes: usize,
+    /// The report heartbeats read; the slot keeps it current.
+    pub report: Arc<Mutex<SlotReport>>,
+    /// Woken whenever the slot becomes busy or free, so a heartbeat goes out at once.
+    pub changed: Arc<Notify>,
+}
+
+struct Running {
+    job_id: JobId,
+    attempt: u32,
+    lease_ms: u64,
+    stop: Arc<AtomicU8>,
+    started: Instant,
+    last_step: Instant,
+}
+
+/// The slot actor's state.
+pub struct GpuSlotState {
+    args: GpuSlotArgs,
+    work: std::sync::mpsc::Sender<WorkItem>,
+    running: Option<Running>,
+    draining: bool,
+}
+
+struct WorkItem {
+    job: BackendJob,
+    stop: Arc<AtomicU8>,
+    slot: ActorRef<GpuSlotMsg>,
+}
+
+impl Actor for GpuSlot {
+    type Msg = GpuSlotMsg;
+    type State = GpuSlotState;
+    type Arguments = GpuSlotArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: GpuSlotArgs,
+    ) -> Result<GpuSlotState, ActorProcessingErr> {
+        let (work, queue) = std::sync::mpsc::channel::<WorkItem>();
+        let backend = Arc::clone(&args.backend);
+        let video = args.video.clone();
+        // The worker thread lives as long as the channel: dropping the state ends it.
+        std::thread::Builder::new()
+            .name(format!("gpu-slot-{}", args.slot))
+            .spawn(move || worker(backend.as_ref(), &video, &queue))?;
+        Ok(GpuSlotState {
+            args,
+            work,
+            running: None,
+            draining: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: GpuSlotMsg,
+        state: &mut GpuSlotState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            GpuSlotMsg::Start(assign, reply) => start(myself, *assign, reply, state).await,
+            GpuSlotMsg::Cancel { job_id, attempt } => {
+                if let Some(running) = state
+                    .running
+                    .as_ref()
+                    .filter(|r| r.job_id == job_id && r.attempt == attempt)
+                {
+                    tracing::info!(%job_id, attempt, "cancelling at the next step boundary");
+                    running.stop.store(STOP_ABANDON, Ordering::SeqCst);
+                }
+            }
+            GpuSlotMsg::Drain => state.draining = true,
+            GpuSlotMsg::Abort => {
+                if let Some(running) = &state.running {
+                    running.stop.store(STOP_SHUTDOWN, Ordering::SeqCst);
+                }
+            }
+            GpuSlotMsg::StepCompleted {
+                job_id,
+                attempt,
+                progress,
+            } => step_completed(job_id, attempt, progress, state).await,
+            GpuSlotMsg::EncodingStarted { job_id, attempt } => {
+                if let Some(running) = current(state, job_id, attempt) {
+                    let event = JobEvent::EncodingStarted {
+                        attempt,
+                        lease_deadline_ms: now_ms() + running.lease_ms,
+                    };
+                    write(state, job_id, &event).await;
+                    publish_progress(state, job_id, attempt, JobState::Encoding, None).await;
+                }
+            }
+            GpuSlotMsg::JobFinished {
+                job_id,
+                attempt,
+                outcome,
+            } => {
+                if current(state, job_id, attempt).is_some() {
+                    finish(job_id, attempt, outcome, state).await;
+                }
+            }
+            GpuSlotMsg::Status(reply) => {
+                let _ = reply.send(report(state));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn current(state: &GpuSlotState, job_id: JobId, attempt: u32) -> Option<&Running> {
+    state
+        .running
+        .as_ref()
+        .filter(|r| r.job_id == job_id && r.attempt == attempt)
+}
+
+fn report(state: &GpuSlotState) -> SlotReport {
+    state
+        .args
+        .report
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+}
+
+fn set_busy(state: &GpuSlotState, job: Option<SlotJob>) {
+    let mut report = state
+        .args
+        .report
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    report.job = job;
+    report.memory_free_bytes = if job.is_some() {
+        report.memory_total_bytes / 2
+    } else {
+        report.memory_total_bytes
+    };
+    drop(report);
+    metrics::set_slot_busy(state.args.slot, job.is_some());
+    state.args.changed.notify_one();
+}
+
+async fn start(
+    myself: ActorRef<GpuSlotMsg>,
+    assign: Assign,
+    reply: RpcReplyPort<AssignReply>,
+    state: &mut GpuSlotState,
+) {
+    let refusal = if state.draining {
+        Some("node is shutting down".to_owned())
+    } else {
+        state
+            .running
+            .as_ref()
+            .map(|running| format!("slot busy with job {}", running.job_id))
+    };
+    if let Some(reason) = refusal {
+        let _ = reply.send(AssignReply::Rejected { reason });
+        return;
+    }
+    let _ = reply.send(AssignReply::Accepted);
+    let (job_id, attempt) = (assign.job_id, assign.attempt);
+    let started = JobEvent::Started {
+        attempt,
+        lease_deadline_ms: now_ms() + assign.lease_ms,
+    };
+    if let Err(error) = state
+        .args
+        .resources
+        .jobs
+        .apply(job_id, &started, now_ms())
+        .await
+    {
+        tracing::warn!(%job_id, attempt, %error, "not starting: the record refused the start");
+        return;
+    }
+    let stop = Arc::new(AtomicU8::new(STOP_NONE));
+    let now = Instant::now();
+    state.running = Some(Running {
+        job_id,
+        attempt,
+        lease_ms: assign.lease_ms,
+        stop: Arc::clone(&stop),
+        started: now,
+        last_step: now,
+    });
+    set_busy(state, Some(SlotJob { job_id, attempt }));
+    tracing::info!(%job_id, attempt, slot = state.args.slot, frames = assign.shape.num_frames, "job started");
+    let job = BackendJob {
+        job_id,
+        attempt,
+        spec: assign.spec,
+        shape: assign.shape,
+        seed: assign.seed,
+        resume: assign.resume,
+    };
+    if state
+        .work
+        .send(WorkItem {
+            job,
+            stop,
+            slot: myself,
+        })
+        .is_err()
+    {
+        finish(
+            job_id,
+            attempt,
+            Err(BackendError::Internal(
+                "slot worker thread is gone".to_owned(),
+            )),
+            state,
+        )
+        .await;
+    }
+}
+
+async fn step_completed(job_id: JobId, attempt: u32, progress: Progress, state: &mut GpuSlotState) {
+    let Some(running) = state
+        .running
+        .as_mut()
+        .filter(|r| r.job_id == job_id && r.attempt == attempt)
+    else {
+        return;
+    };
+    metrics::record_step(running.last_step.elapsed());
+    running.last_step = Instant::now();
+    let event = JobEvent::Progressed {
+        attempt,
+        progress,
+        lease_deadline_ms: now_ms() + running.lease_ms,
+    };
+    write(state, job_id, &event).await;
+    publish_progress(state, job_id, attempt, JobState::Running, Some(progress)).await;
+}
+
+/// Applies `event`; a refusal (cancelled, fenced out) stops the job without further writes.
+async fn write(state: &GpuSlotState, job_id: JobId, event: &JobEvent) -> bool {
+    match state
+        .args
+        .resources
+        .jobs
+        .apply(job_id, event, now_ms())
+        .await
+    {
+        Ok(_) => true,
+        Err(StoreError::Transition(refusal)) => {
+            let reason = match refusal {
+                TransitionError::StaleAttempt { .. } => "a newer attempt owns the job",
+                TransitionError::Illegal { .. } => "the job was cancelled or ended elsewhere",
+            };
+            tracing::info!(%job_id, event = event.name(), reason, "stopping job");
+            if let Some(running) = &state.running {
+                running.stop.store(STOP_ABANDON, Ordering::SeqCst);
+            }
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%job_id, event = event.name(), %error, "cannot write job record");
+            false
+        }
+    }
+}
+
+async fn publish_progress(
+    state: &GpuSlotState,
+    job_id: JobId,
+    attempt: u32,
+    job_state: JobState,
+    progress: Option<Progress>,
+) {
+    let event = ProgressEvent {
+        job_id,
+        attempt,
+        state: job_state,
+        step: progress.map_or(0, |p| p.step),
+        total_steps: progress.map_or(0, |p| p.total_steps),
+        at_ms: now_ms(),
+    };
+    if let Ok(bytes) = codec::encode(&event) {
+        let _ = state
+            .args
+            .client
+            .publish(names::events_subject(&job_id.to_string()), bytes.into())
+            .await;
+    }
+}
+
+async fn finish(
+    job_id: JobId,
+    attempt: u32,
+    outcome: Result<Vec<u8>, BackendError>,
+    state: &mut GpuSlotState,
+) {
+    let stop_reason = state
+        .running
+        .as_ref()
+        .map_or(STOP_NONE, |r| r.stop.load(Ordering::SeqCst));
+    let elapsed = state.running.as_ref().map(|r| r.started.elapsed());
+    let label = match (outcome, stop_reason) {
+        (Ok(mp4), _) => store_video(job_id, attempt, mp4, state).await,
+        (Err(BackendError::Stopped), STOP_ABANDON) => "abandoned",
+        (Err(error), reason) => {
+            let (failure, label) = if reason == STOP_SHUTDOWN {
+                let message =
+                    "the GPU node shut down during the job; it will be retried".to_owned();
+                (
+                    JobFailure {
+                        code: ErrorCode::Unavailable,
+                        message,
+                        retryable: true,
+                    },
+                    "handed_back",
+                )
+            } else {
+                tracing::warn!(%job_id, attempt, %error, "job failed");
+                (
+                    JobFailure {
+                        code: error.code(),
+                        message: error.to_string(),
+                        retryable: error.retryable(),
+                    },
+                    "failed",
+                )
+            };
+            write(
+                state,
+                job_id,
+                &JobEvent::Failed {
+                    attempt,
+                    failure,
+                    retry_at_ms: now_ms() + RETRY_DELAY_MS,
+                },
+            )
+            .await;
+            label
+        }
+    };
+    metrics::record_job(label, elapsed.unwrap_or_default());
+    tracing::info!(%job_id, attempt, outcome = label, "slot free");
+    state.running = None;
+    set_busy(state, None);
+}
+
+async fn store_video(
+    job_id: JobId,
+    attempt: u32,
+    mp4: Vec<u8>,
+    state: &GpuSlotState,
+) -> &'static str {
+    let info = match crate::mp4::probe(&mp4) {
+        Ok(info) => info,
+        Err(error) => {
+            let failure = JobFailure {
+                code: ErrorCode::JobFailed,
+                message: format!("encoded video is unreadable: {error}"),
+                retryable: true,
+            };
+            write(
+                state,
+                job_id,
+                &JobEvent::Failed {
+                    attempt,
+                    failure,
+                    retry_at_ms: now_ms() + RETRY_DELAY_MS,
+                },
+            )
+            .await;
+            return "failed";
+        }
+    };
+    // One object per attempt: a stale attempt can never overwrite the video of a newer one.
+    let object_name = format!("{job_id}/{attempt}");
+    let metadata = ObjectMetadata {
+        name: object_name.clone(),
+        chunk_size: Some(state.args.object_chunk_bytes),
+        ..Default::default()
+    };
+    let sha256 = Sha256::digest(&mp4)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let size_bytes = mp4.len() as u64;
+    if let Err(error) = state
+        .args
+        .resources
+        .videos
+        .put(metadata, &mut std::io::Cursor::new(mp4))
+        .await
+    {
+        tracing::warn!(%job_id, attempt, %error, "cannot store the video");
+        let failure = JobFailure {
+            code: ErrorCode::Unavailable,
+            message: "the video could not be stored".to_owned(),
+            retryable: true,
+        };
+        write(
+            state,
+            job_id,
+            &JobEvent::Failed {
+                attempt,
+                failure,
+                retry_at_ms: now_ms() + RETRY_DELAY_MS,
+            },
+        )
+        .await;
+        return "failed";
+    }
+    let result = VideoResult {
+        object_name,
+        size_bytes,
+        sha256,
+        duration_ms: u64::from(info.decoded_frames) * 1000 / u64::from(info.fps.max(1)),
+        num_frames: info.decoded_frames,
+        width: info.width,
+        height: info.height,
+        fps: info.fps,
+    };
+    if write(state, job_id, &JobEvent::Succeeded { attempt, result }).await {
+        "succeeded"
+    } else {
+        "abandoned"
+    }
+}
+
+/// The slot's OS thread: runs jobs one at a time until the channel closes.
+fn worker(backend: &dyn Backend, video: &VideoConfig, queue: &std::sync::mpsc::Receiver<WorkItem>) {
+    while let Ok(WorkItem { job, stop, slot }) = queue.recv() {
+        let (job_id, attempt) = (job.job_id, job.attempt);
+        let mut observer = Observer {
+            job_id,
+            attempt,
+            stop: &stop,
+            slot: &slot,
+        };
+        let outcome = backend.run(&job, &mut observer).and_then(|frames| {
+            let _ = slot.cast(GpuSlotMsg::EncodingStarted { job_id, attempt });
+            crate::mp4::encode(&frames, video).map_err(|e| BackendError::Internal(e.to_string()))
+        });
+        let _ = slot.cast(GpuSlotMsg::JobFinished {
+            job_id,
+            attempt,
+            outcome,
+        });
+    }
+}
+
+struct Observer<'a> {
+    job_id: JobId,
+    attempt: u32,
+    stop: &'a AtomicU8,
+    slot: &'a ActorRef<GpuSlotMsg>,
+}
+
+impl StepObserver for Observer<'_> {
+    fn on_step(&mut self, step: u32, total_steps: u32) -> Control {
+        let progress = Progress { step, total_steps };
+        let _ = self.slot.cast(GpuSlotMsg::StepCompleted {
+            job_id: self.job_id,
+            attempt: self.attempt,
+            progress,
+        });
+        if self.stop.load(Ordering::SeqCst) == STOP_NONE {
+            Control::Continue
+        } else {
+            Control::Stop
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The GPU node against a real nats-server, with the test acting as the coordinator.
+#![allow(clippy::unwrap_used, clippy::large_futures)]
+
+use std::time::Duration;
+
+use gpu_node::Config;
+use protocol::jetstream::{Resources, connect, ensure_resources};
+use protocol::messages::{Assign, AssignReply, Cancel, NodeHeartbeat};
+use protocol::record::{JobEvent, Lease};
+use protocol::{
+    JobId, JobRecord, JobSpec, JobState, Limits, NodeId, TenantId, codec, names, now_ms,
+};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+struct Harness {
+    _server: testkit::NatsServer,
+    client: async_nats::Client,
+    resources: Resources,
+    shutdown: CancellationToken,
+    node: tokio::task::JoinHandle<gpu_node::Result<()>>,
+}
+
+async fn start(time_scale: f64) -> Harness {
+    let server = testkit::NatsServer::start();
+    let nats = protocol::config::NatsConfig {
+        url: server.url().to_owned(),
+        ..Default::default()
+    };
+    let client = connect(&nats, "test").await.unwrap();
+    let resources = ensure_resources(client.clone(), &nats.jetstream)
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let mut config = Config::for_test();
+    config.node_id = Some("n1".to_owned());
+    config.simulated.time_scale = time_scale;
+    let node = tokio::spawn(gpu_node::run(
+        config,
+        resources.clone(),
+        client.clone(),
+        shutdown.clone(),
+    ));
+    let harness = Harness {
+        _server: server,
+        client,
+        resources,
+        shutdown,
+        node,
+    };
+    harness.wait_for_heartbeat(|beat| beat.accepting).await;
+    harness
+}
+
+impl Harness {
+    async fn heartbeat(&self) -> Option<NodeHeartbeat> {
+        let bytes = self.resources.nodes.get("n1").await.unwrap()?;
+        Some(codec::decode(&bytes).unwrap())
+    }
+
+    async fn wait_for_heartbeat(&self, condition: impl Fn(&NodeHeartbeat) -> bool) {
+        for _ in 0..500 {
+            if let Some(beat) = self.heartbeat().await
+                && condition(&beat)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "heartbeat condition not met; last: {:?}",
+            self.heartbeat().await
+        );
+    }
+
+    /// Creates a job, places it on slot 0 and sends the assignment; returns the reply.
+    async fn place(&self, steps: u32) -> (JobId, AssignReply) {
+        let spec = JobSpec {
+            num_frames: Some(13),
+            width: Some(128),
+            height: Some(64),
+            steps: Some(steps),
+            ..JobSpec::new("x")
+        };
+        let shape = spec.validate(&Limits::default()).unwrap();
+        let id = JobId::new();
+        let record = JobRecord::queued(
+            id,
+            TenantId::default_tenant(),
+            spec.clone(),
+            shape,
+            5,
+            3,
+            now_ms(),
+        );
+        assert!(self.resources.jobs.create(&record).await.unwrap());
+        let lease = Lease {
+            node: NodeId::new("n1").unwrap(),
+            slot: 0,
+            deadline_ms: now_ms() + 60_000,
+        };
+        let placed = self
+            .resources
+            .jobs
+            .apply(id, &JobEvent::Assigned { lease }, now_ms())
+            .await
+            .unwrap();
+        let assign = Assign {
+            job_id: id,
+            attempt: placed.attempt,
+            slot: 0,
+            spec,
+            shape,
+            seed: 5,
+            lease_ms: 60_000,
+            resume: None,
+        };
+        let reply = self
+            .client
+            .request(
+                names::node_assign_subject("n1"),
+                codec::encode(&assign).unwrap().into(),
+            )
+            .await
+            .unwrap();
+        (id, codec::decode(&reply.payload).unwrap())
+    }
+
+    async fn wait_for_state(&self, id: JobId, wanted: impl Fn(&JobRecord) -> bool) -> JobRecord {
+        for _ in 0..1000 {
+            let (record, _) = self.resources.jobs.get(id).await.unwrap().unwrap();
+            if wanted(&record) {
+                return record;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "job {id} never reached the wanted state: {:?}",
+            self.resources.jobs.get(id).await.unwrap()
+        );
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.node.await.unwrap().unwrap();
+        assert!(
+            self.resources.nodes.get("n1").await.unwrap().is_none(),
+            "heartbeat left behind"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_a_job_to_success_and_stores_a_decodable_mp4() {
+    let harness = start(0.0005).await;
+    let (id, reply) = harness.place(4).await;
+    assert_eq!(reply, AssignReply::Accepted);
+    let record = harness.wait_for_state(id, |r| r.state.is_terminal()).await;
+    assert_eq!(record.state, JobState::Succeeded, "{:?}", record.error);
+    let result = record.result.unwrap();
+    let mut object = harness
+        .resources
+        .videos
+        .get(&result.object_name)
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    object.read_to_end(&mut bytes).await.unwrap();
+    assert_eq!(bytes.len() as u64, result.size_bytes);
+    let info = gpu_node::mp4::probe(&bytes).unwrap();
+    assert_eq!(
+        (info.decoded_frames, info.width, info.height, info.fps),
+        (13, 128, 64, 30)
+    );
+    assert_eq!(
+        record.progress.map(|p| (p.step, p.total_steps)),
+        Some((4, 4))
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_slot_rejects_a_second_job_and_heartbeat_shows_busy_then_free() {
+    let harness = start(1.0).await;
+    let (first, reply) = harness.place(40).await;
+    assert_eq!(reply, AssignReply::Accepted);
+    harness
+        .wait_for_heartbeat(|beat| beat.slots[0].job.map(|j| j.job_id) == Some(first))
+        .await;
+    let (_second, reply) = harness.place(4).await;
+    assert!(
+        matches!(reply, AssignReply::Rejected { ref reason } if reason.contains("busy")),
+        "{reply:?}"
+    );
+    harness
+        .client
+        .publish(
+            names::node_cancel_subject("n1"),
+            codec::encode(&Cancel {
+                job_id: first,
+                attempt: 1,
+            })
+            .unwrap()
+            .into(),
+        )
+        .await
+        .unwrap();
+    harness
+        .wait_for_heartbeat(|beat| beat.slots[0].job.is_none())
+        .await;
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_at_a_step_boundary_and_frees_the_slot() {
+    let harness = start(1.0).await;
+    let (id, _) = harness.place(100).await;
+    harness
+        .wait_for_state(id, |r| r.progress.is_some_and(|p| p.step >= 2))
+        .await;
+    let cancelled = harness
+        .resources
+        .jobs
+        .apply(id, &JobEvent::CancelRequested, now_ms())
+        .await
+        .unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    harness
+        .client
+        .publish(
+            names::node_cancel_subject("n1"),
+            codec::encode(&Cancel {
+                job_id: id,
+                attempt: 1,
+            })
+            .unwrap()
+            .into(),
+        )
+        .await
+        .unwrap();
+    harness
+        .wait_for_heartbeat(|beat| beat.slots[0].job.is_none())
+        .await;
+    let (record, _) = harness.resources.jobs.get(id).await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Cancelled);
+    assert!(
+        record.progress.unwrap().step < 100,
+        "the job ran to the end"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_attempt_is_fenced_out_and_never_publishes_a_result() {
+    let harness = start(1.0).await;
+    let (id, _) = harness.place(60).await;
+    harness
+        .wait_for_state(id, |r| r.progress.is_some_and(|p| p.step >= 1))
+        .await;
+    // The coordinator gives up on attempt 1 and places attempt 2 elsewhere.
+    let expired = harness
+        .resources
+        .jobs
+        .apply(
+            id,
+            &JobEvent::LeaseExpired {
+                attempt: 1,
+                retry_at_ms: 0,
+            },
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(expired.state, JobState::Queued);
+    let lease = Lease {
+        node: NodeId::new("elsewhere").unwrap(),
+        slot: 0,
+        deadline_ms: now_ms() + 60_000,
+    };
+    let second = harness
+        .resources
+        .jobs
+        .apply(id, &JobEvent::Assigned { lease }, now_ms())
+        .await
+        .unwrap();
+    assert_eq!(second.attempt, 2);
+    // Attempt 1's next progress write is refused and the slot stops.
+    harness
+        .wait_for_heartbeat(|beat| beat.slots[0].job.is_none())
+        .await;
+    let (record, _) = harness.resources.jobs.get(id).await.unwrap().unwrap();
+    assert_eq!((record.state, record.attempt), (JobState::Assigned, 2));
+    assert!(record.result.is_none());
+    harness.stop().await;
+}
