@@ -6,8 +6,12 @@ pub mod backend;
 pub mod config;
 pub mod error;
 pub mod metrics;
+/// The Mochi-1 AsymmDiT transformer in candle.
+pub mod model;
 pub mod mp4;
 pub mod node;
+/// Mochi-1 sampling: sigma schedule, Euler/CFG sampler, text encoder.
+pub mod pipeline;
 pub mod slot;
 
 use std::sync::{Arc, Mutex};

@@ -3,7 +3,7 @@
 //! their output rows are zero. Scores are computed in query chunks so that memory
 //! grows linearly with the sequence length.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{D, DType, Result, Tensor};
 
 /// Upper bound on one chunk's f32 score matrix, in bytes.
 pub const SCORE_CHUNK_BYTES: usize = 256 << 20;

@@ -1,12 +1,12 @@
 //! The modulated joint (visual + text) transformer block and the final layer.
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{D, Result, Tensor};
 
-use super::attention::{apply_rope, joint_attention, Qkv};
-use super::embeddings::load_linear;
-use super::ops::{layer_norm, rms_norm, rms_norm_weighted, scale_tokens, Linear};
-use super::weights::Weights;
 use super::Config;
+use super::attention::{Qkv, apply_rope, joint_attention};
+use super::embeddings::load_linear;
+use super::ops::{Linear, layer_norm, rms_norm, rms_norm_weighted, scale_tokens};
+use super::weights::Weights;
 
 /// Epsilon of the weightless modulation / residual RMS norms.
 pub const MOD_NORM_EPS: f64 = 1e-6;
@@ -28,7 +28,10 @@ impl FeedForward {
         let w1 = weights.get(&w1_name, &[0, dim])?;
         let rows = w1.dim(0)?;
         if rows % 2 != 0 {
-            candle_core::bail!("tensor `{w1_name}` has shape {:?}, expected an even row count", w1.dims());
+            candle_core::bail!(
+                "tensor `{w1_name}` has shape {:?}, expected an even row count",
+                w1.dims()
+            );
         }
         let hidden = rows / 2;
         let w2 = weights.get(&format!("{prefix}.net.2.weight"), &[dim, hidden])?;
@@ -82,9 +85,21 @@ impl JointBlock {
         let hd = config.head_dim;
         let last = index + 1 == config.num_layers;
         let mod_y = if last {
-            load_linear(weights, &format!("{p}.norm1_context.linear_1"), dy, dx, true)?
+            load_linear(
+                weights,
+                &format!("{p}.norm1_context.linear_1"),
+                dy,
+                dx,
+                true,
+            )?
         } else {
-            load_linear(weights, &format!("{p}.norm1_context.linear"), 4 * dy, dx, true)?
+            load_linear(
+                weights,
+                &format!("{p}.norm1_context.linear"),
+                4 * dy,
+                dx,
+                true,
+            )?
         };
         let fused = |names: [&str; 3], in_dim: usize| -> Result<Linear> {
             let parts = names
@@ -114,7 +129,13 @@ impl JointBlock {
             proj_y: if last {
                 None
             } else {
-                Some(load_linear(weights, &format!("{p}.attn1.to_add_out"), dy, dx, true)?)
+                Some(load_linear(
+                    weights,
+                    &format!("{p}.attn1.to_add_out"),
+                    dy,
+                    dx,
+                    true,
+                )?)
             },
             ff_x: FeedForward::load(weights, &format!("{p}.ff"), dx)?,
             ff_y: if last {
@@ -165,8 +186,7 @@ impl JointBlock {
         qkv_x.q = apply_rope(&qkv_x.q, &rope.0, &rope.1)?;
         qkv_x.k = apply_rope(&qkv_x.k, &rope.0, &rope.1)?;
         let qkv_y = self.qkv(&self.qkv_y, &self.norm_y, &yn)?;
-        let (attn_x, attn_y) =
-            joint_attention(&qkv_x, &qkv_y, mask, self.qkv_x.weight().dtype())?;
+        let (attn_x, attn_y) = joint_attention(&qkv_x, &qkv_y, mask, self.qkv_x.weight().dtype())?;
 
         let x = gated_residual(x, &self.proj_x.forward(&attn_x)?, &mx[1])?;
         let xn2 = scale_tokens(&rms_norm(&x, MOD_NORM_EPS)?, &(&mx[2] + 1.0)?)?;

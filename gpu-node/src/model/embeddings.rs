@@ -1,11 +1,11 @@
 //! Input embeddings of the AsymmDiT: sinusoidal timestep MLP, attention pooling of the
 //! caption, caption projection, patch embedding and the learned mixed 3D RoPE.
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{D, DType, Device, Result, Tensor};
 
+use super::Config;
 use super::ops::Linear;
 use super::weights::Weights;
-use super::Config;
 
 /// Sinusoidal features of the timesteps `t = 1000·(1−σ)`: `[cos(t·f), sin(t·f)]`,
 /// `f_k = exp(−ln(10000)·k/half)`, shape `(B, dim)`, f32.
@@ -47,7 +47,8 @@ impl TimestepEmbedder {
     /// `(B,)` timesteps → `(B, hidden)`.
     pub fn forward(&self, timesteps: &Tensor) -> Result<Tensor> {
         let features = timestep_sinusoid(timesteps, self.sinusoid_dim)?;
-        self.linear_2.forward(&self.linear_1.forward(&features)?.silu()?)
+        self.linear_2
+            .forward(&self.linear_1.forward(&features)?.silu()?)
     }
 }
 
@@ -172,9 +173,10 @@ pub fn mixed_rope(
     let freqs = pos_frequencies
         .to_dtype(DType::F32)?
         .reshape((3, heads * half))?;
-    let angles = positions
-        .matmul(&freqs)?
-        .reshape((frames * patch_rows * patch_cols, heads, half))?;
+    let angles =
+        positions
+            .matmul(&freqs)?
+            .reshape((frames * patch_rows * patch_cols, heads, half))?;
     Ok((angles.cos()?, angles.sin()?))
 }
 

@@ -1,7 +1,7 @@
 //! Small numeric building blocks shared by the AsymmDiT layers: a dtype-aware linear
 //! layer and the weightless / weighted RMS norms, all computed in f32.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{D, DType, Result, Tensor};
 
 /// A linear layer whose weight may be stored in bf16; input and output are f32.
 #[derive(Debug, Clone)]

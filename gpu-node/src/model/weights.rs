@@ -122,7 +122,10 @@ impl Weights {
     pub fn from_files(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
         for file in files {
             if !file.is_file() {
-                return Err(Error::Msg(format!("missing weight file {}", file.display())));
+                return Err(Error::Msg(format!(
+                    "missing weight file {}",
+                    file.display()
+                )));
             }
         }
         // SAFETY: the files are mapped read-only and are not modified while mapped; this is
@@ -251,16 +254,19 @@ impl Weights {
 /// Errors unless `actual` matches `expected` (0 = any size), naming the tensor and both shapes.
 pub fn check_shape(name: &str, actual: &[usize], expected: &[usize]) -> Result<()> {
     let matches = actual.len() == expected.len()
-        && actual
-            .iter()
-            .zip(expected)
-            .all(|(a, e)| *e == 0 || a == e);
+        && actual.iter().zip(expected).all(|(a, e)| *e == 0 || a == e);
     if matches {
         return Ok(());
     }
     let shown: Vec<String> = expected
         .iter()
-        .map(|e| if *e == 0 { "_".to_string() } else { e.to_string() })
+        .map(|e| {
+            if *e == 0 {
+                "_".to_string()
+            } else {
+                e.to_string()
+            }
+        })
         .collect();
     Err(Error::Msg(format!(
         "tensor `{name}` has shape {actual:?}, expected [{}]",
