@@ -1,1 +1,170 @@
-//! placeholder
+//! The HTTP gateway of mochi-serve: the public API (`/v1/videos`), validation errors with
+//! stable codes, downloads with range requests, health and Prometheus metrics.
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod routes;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use protocol::ErrorCode;
+use protocol::jetstream::Resources;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+
+pub use config::Config;
+pub use error::{ApiError, Error, Result};
+pub use state::AppState;
+
+/// The router with every route and layer.
+pub fn app(state: AppState) -> Router {
+    let config = state.config.clone();
+    let overload = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|error: tower::BoxError| async move {
+            if error.is::<tower::load_shed::error::Overloaded>() {
+                ApiError::unavailable("the gateway is at its request limit; retry shortly")
+            } else if error.is::<tower::timeout::error::Elapsed>() {
+                ApiError::unavailable("the request took too long; retry shortly")
+            } else {
+                ApiError::internal("middleware", &error)
+            }
+        }))
+        .load_shed()
+        .concurrency_limit(config.max_concurrent_requests)
+        .timeout(Duration::from_millis(config.request_timeout_ms));
+    Router::new()
+        .route("/v1/videos", axum::routing::post(routes::videos::submit))
+        .route(
+            "/v1/videos/{id}",
+            get(routes::videos::status).delete(routes::videos::cancel),
+        )
+        .route("/v1/videos/{id}/content", get(routes::videos::content))
+        .route("/healthz", get(routes::health::healthz))
+        .route("/readyz", get(routes::health::readyz))
+        .route("/metrics", get(routes::health::metrics))
+        .fallback(|| async {
+            ApiError::new(
+                ErrorCode::NotFound,
+                "no such route; the API lives under /v1/videos",
+            )
+        })
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(overload)
+        .layer(axum::middleware::from_fn(track))
+        .with_state(state)
+}
+
+async fn track(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics::record_request(route, method, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// A bound, not yet serving gateway (so that the caller can learn the address first).
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+}
+
+impl Server {
+    /// Binds `config.listen_addr`.
+    pub async fn bind(
+        config: Config,
+        resources: Resources,
+        client: async_nats::Client,
+        metrics_handle: Option<PrometheusHandle>,
+    ) -> Result<Self> {
+        config.validate()?;
+        metrics::describe();
+        let listener = tokio::net::TcpListener::bind(&config.listen_addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.listen_addr.clone(),
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            state: AppState::new(config, resources, client, metrics_handle),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown` is cancelled, then finishes in-flight requests.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<()> {
+        tracing::info!(addr = %self.local_addr(), "gateway listening");
+        axum::serve(self.listener, app(self.state))
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(Error::Serve)
+    }
+}
+
+/// Binds and serves until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    resources: Resources,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    Server::bind(config, resources, client, None)
+        .await?
+        .serve(shutdown)
+        .await
+}
+
+/// Installs the process-wide Prometheus recorder (once per process).
+pub fn install_metrics_recorder() -> Result<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| Error::Metrics(e.to_string()))
+}
+
+/// Serves only `/metrics` on `addr` (for the coordinator and gpu-node roles).
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let router = Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move {
+                handle.run_upkeep();
+                handle.render().into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .map_err(Error::Serve)
+}

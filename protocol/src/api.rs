@@ -72,6 +72,28 @@ impl JobLinks {
 }
 
 impl JobView {
+    /// The view of a job accepted by JetStream whose record the intake has not written yet.
+    pub fn pending(id: JobId, spec: JobSpec, shape: &crate::shape::JobShape, at_ms: u64) -> Self {
+        Self {
+            id,
+            state: JobState::Queued,
+            seed: spec.seed,
+            spec,
+            num_frames: shape.num_frames,
+            fps: shape.fps,
+            width: shape.width,
+            height: shape.height,
+            steps: shape.steps,
+            attempt: 0,
+            progress: None,
+            result: None,
+            error: None,
+            created_at_ms: at_ms,
+            updated_at_ms: at_ms,
+            links: JobLinks::for_job(id),
+        }
+    }
+
     /// The view of a stored record.
     pub fn from_record(record: &JobRecord) -> Self {
         Self {

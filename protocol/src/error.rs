@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 pub enum ErrorCode {
     /// The request body is not valid JSON or does not match the schema.
     MalformedRequest,
+    /// The request body is larger than the server accepts.
+    PayloadTooLarge,
     /// A field has a value outside its allowed range or set.
     InvalidField,
     /// Two fields were given that exclude each other.
@@ -41,6 +43,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::MalformedRequest => "malformed_request",
+            Self::PayloadTooLarge => "payload_too_large",
             Self::InvalidField => "invalid_field",
             Self::ConflictingFields => "conflicting_fields",
             Self::JobTooLarge => "job_too_large",
