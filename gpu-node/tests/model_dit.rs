@@ -1,0 +1,297 @@
+//! Golden tests of the AsymmDiT against diffusers' `MochiTransformer3DModel`.
+//!
+//! Fixtures come from `tools/make_fixtures.py` (tiny config of spec §6.1); every tap is
+//! compared in f32 with max |Δ| ≤ 1e-4. No Python is needed here.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use gpu_node::model::weights::{Scheme, Weights};
+use gpu_node::model::{AsymmDiT, Config};
+use gpu_node::pipeline::sampling::{TextConditioning, denoise, dit_to_vae};
+use gpu_node::pipeline::scheduler::linear_quadratic;
+
+const TOLERANCE: f32 = 1e-4;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dit")
+}
+
+fn load(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join(name), &Device::Cpu).expect("fixture loads")
+}
+
+/// (max |Δ|, max |Δ| / max |reference|).
+fn errors(got: &Tensor, want: &Tensor) -> (f32, f32) {
+    assert_eq!(got.dims(), want.dims(), "shape mismatch");
+    let got = got.to_dtype(DType::F32).expect("f32");
+    let want = want.to_dtype(DType::F32).expect("f32");
+    let max_abs = |t: Tensor| {
+        t.abs()
+            .expect("abs")
+            .max_all()
+            .expect("max")
+            .to_scalar::<f32>()
+            .expect("scalar")
+    };
+    let diff = max_abs((&got - &want).expect("sub"));
+    let scale = max_abs(want);
+    (diff, diff / scale.max(1e-12))
+}
+
+fn check(label: &str, got: &Tensor, want: &Tensor) {
+    let (abs, rel) = errors(got, want);
+    println!("{label:<28} max|Δ| {abs:.3e}  rel {rel:.3e}");
+    assert!(
+        abs <= TOLERANCE,
+        "{label}: max |Δ| {abs} > {TOLERANCE} (rel {rel})"
+    );
+}
+
+fn tiny_model(dtype: DType) -> AsymmDiT {
+    AsymmDiT::from_model_dir(&fixtures().join("model"), dtype, &Device::Cpu).expect("model loads")
+}
+
+fn run_case(
+    model: &AsymmDiT,
+    case: &str,
+) -> (HashMap<String, Tensor>, Tensor, Vec<(String, Tensor)>) {
+    let data = load(&format!("case_{case}.safetensors"));
+    let (out, taps) = model
+        .forward_with_taps(
+            &data["in_latents"],
+            &data["in_timestep"],
+            &data["in_text"],
+            &data["in_mask"],
+        )
+        .expect("forward");
+    (data, out, taps)
+}
+
+fn check_all_taps(case: &str) {
+    let model = tiny_model(DType::F32);
+    assert_eq!(model.config(), &Config::tiny());
+    let (data, _, taps) = run_case(&model, case);
+    let ours: HashMap<_, _> = taps.into_iter().collect();
+    let mut compared = 0;
+    for (key, want) in &data {
+        let Some(name) = key.strip_prefix("tap_") else {
+            continue;
+        };
+        let got = ours
+            .get(name)
+            .unwrap_or_else(|| panic!("no Rust tap named {name}"));
+        check(&format!("{case}/{name}"), got, want);
+        compared += 1;
+    }
+    // temb, pooled, conditioning, caption, patch, rope cos/sin, 2×2 blocks, norm_out, output.
+    assert_eq!(compared, 13, "expected every reference tap");
+}
+
+#[test]
+fn masked_prefix_case_matches_reference_taps() {
+    check_all_taps("prefix");
+}
+
+#[test]
+fn all_masked_case_matches_reference_taps() {
+    check_all_taps("empty");
+}
+
+#[test]
+fn non_square_latent_matches_reference_taps() {
+    check_all_taps("nonsquare");
+}
+
+#[test]
+fn batch_of_two_with_different_masks_matches_reference_taps() {
+    check_all_taps("batch2");
+}
+
+#[test]
+fn genmo_key_scheme_gives_the_reference_output() {
+    let weights = Weights::from_model_dir(&fixtures().join("genmo"), DType::F32, &Device::Cpu)
+        .expect("weights");
+    assert_eq!(
+        weights.scheme(),
+        &Scheme::Genmo {
+            prefix: String::new()
+        }
+    );
+    let model = AsymmDiT::load(&weights, &Config::tiny()).expect("model");
+    let (data, out, _) = run_case(&model, "prefix");
+    check("genmo/output", &out, &data["tap_output"]);
+}
+
+#[test]
+fn sigma_lists_match_reference() {
+    let text = std::fs::read_to_string(fixtures().join("sigmas.json")).expect("sigmas.json");
+    let lists: HashMap<String, Vec<f64>> = serde_json::from_str(&text).expect("json");
+    let params: [(&str, usize, f64, Option<usize>); 4] = [
+        ("n8_t0.025", 8, 0.025, None),
+        ("n64_t0.025", 64, 0.025, None),
+        ("n8_t0.1_m6", 8, 0.1, Some(6)),
+        ("n2_t0.025", 2, 0.025, None),
+    ];
+    for (key, n, tau, m) in params {
+        let ours = linear_quadratic(n, tau, m);
+        let want = &lists[key];
+        assert_eq!(ours.len(), want.len(), "{key}");
+        for (a, b) in ours.iter().zip(want) {
+            assert!((a - b).abs() < 1e-12, "{key}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn two_step_cfg_sampling_matches_reference() {
+    let model = tiny_model(DType::F32);
+    let data = load("sampling.safetensors");
+    let sigmas = data["sigmas"].to_vec1::<f64>().expect("sigmas");
+    let guidance = data["guidance"].to_vec1::<f64>().expect("guidance");
+    let cond = TextConditioning {
+        features: data["cond_text"].clone(),
+        mask: data["cond_mask"].clone(),
+    };
+    let uncond = TextConditioning {
+        features: data["uncond_text"].clone(),
+        mask: data["uncond_mask"].clone(),
+    };
+    let mut steps = Vec::new();
+    let latents = denoise(
+        &model,
+        &data["in_latents"],
+        &cond,
+        &uncond,
+        &sigmas,
+        &guidance,
+        |info| {
+            steps.push(info.latents.clone());
+            ControlFlow::Continue(())
+        },
+    )
+    .expect("denoise");
+    assert_eq!(steps.len(), 2);
+    for (i, step) in steps.iter().enumerate() {
+        check(
+            &format!("sampling/step{i}"),
+            step,
+            &data[&format!("step{i}_latents")],
+        );
+    }
+    check(
+        "sampling/vae_latents",
+        &dit_to_vae(&latents).expect("denorm"),
+        &data["vae_latents"],
+    );
+}
+
+#[test]
+fn sampling_stops_when_the_callback_breaks() {
+    let model = tiny_model(DType::F32);
+    let data = load("sampling.safetensors");
+    let sigmas = data["sigmas"].to_vec1::<f64>().expect("sigmas");
+    let cond = TextConditioning {
+        features: data["cond_text"].clone(),
+        mask: data["cond_mask"].clone(),
+    };
+    let uncond = TextConditioning {
+        features: data["uncond_text"].clone(),
+        mask: data["uncond_mask"].clone(),
+    };
+    let mut calls = 0;
+    let latents = denoise(
+        &model,
+        &data["in_latents"],
+        &cond,
+        &uncond,
+        &sigmas,
+        &[4.5],
+        |_| {
+            calls += 1;
+            ControlFlow::Break(())
+        },
+    )
+    .expect("denoise");
+    assert_eq!(calls, 1);
+    check(
+        "sampling/stopped_after_step0",
+        &latents,
+        &data["step0_latents"],
+    );
+}
+
+#[test]
+fn bf16_weights_stay_within_the_measured_budget() {
+    let model = tiny_model(DType::BF16);
+    for case in ["prefix", "nonsquare", "batch2"] {
+        let (data, out, _) = run_case(&model, case);
+        let (abs, rel) = errors(&out, &data["tap_output"]);
+        println!("bf16 {case:<10} output max|Δ| {abs:.3e}  rel {rel:.3e}");
+        assert!(rel < 0.05, "bf16 {case}: relative error {rel} over budget");
+        assert!(abs > 0.0, "bf16 run should differ from f32");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+#[test]
+fn missing_shard_error_names_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let transformer = dir.path().join("transformer");
+    copy_dir(&fixtures().join("model/transformer"), &transformer);
+    let shard = "diffusion_pytorch_model-00002-of-00002.safetensors";
+    std::fs::remove_file(transformer.join(shard)).expect("remove");
+    let err =
+        AsymmDiT::from_model_dir(dir.path(), DType::F32, &Device::Cpu).expect_err("must fail");
+    assert!(err.to_string().contains(shard), "{err}");
+}
+
+#[test]
+fn mis_shaped_and_missing_tensors_are_named_with_shapes() {
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let transformer = fixtures().join("model/transformer");
+    for i in 1..=2 {
+        let shard = transformer.join(format!(
+            "diffusion_pytorch_model-0000{i}-of-00002.safetensors"
+        ));
+        tensors.extend(candle_core::safetensors::load(shard, &Device::Cpu).expect("shard"));
+    }
+    let name = "transformer_blocks.0.attn1.to_k.weight";
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        transformer.join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .expect("config");
+    let file = dir.path().join("diffusion_pytorch_model.safetensors");
+
+    let mut bad = tensors.clone();
+    bad.insert(
+        name.to_string(),
+        Tensor::zeros((16, 20), DType::F32, &Device::Cpu).expect("zeros"),
+    );
+    candle_core::safetensors::save(&bad, &file).expect("save");
+    let err =
+        AsymmDiT::from_model_dir(dir.path(), DType::F32, &Device::Cpu).expect_err("must fail");
+    let message = err.to_string();
+    assert!(
+        message.contains(name) && message.contains("[16, 20]") && message.contains("[16, 16]"),
+        "{message}"
+    );
+
+    let mut missing = tensors;
+    missing.remove("proj_out.bias");
+    candle_core::safetensors::save(&missing, &file).expect("save");
+    let err =
+        AsymmDiT::from_model_dir(dir.path(), DType::F32, &Device::Cpu).expect_err("must fail");
+    assert!(err.to_string().contains("proj_out.bias"), "{err}");
+}
