@@ -1,5 +1,6 @@
 //! The Mochi-1 inference pipeline around the AsymmDiT: sigma schedule, sampler with
-//! classifier-free guidance, latent normalisation.
+//! classifier-free guidance, latent normalisation, and the T5 text path.
 
 pub mod sampling;
 pub mod scheduler;
+pub mod text_encoder;

@@ -1,0 +1,185 @@
+//! The text path: T5 v1.1 tokenisation to 256 tokens with a mask, and the T5 encoder
+//! (candle-transformers' `T5EncoderModel`) run in f32 (`mochi-model-spec.md` §1.2).
+//!
+//! The release ships `tokenizer/spiece.model`; `tools/convert_tokenizer.py` converts it
+//! once, offline, to `tokenizer/tokenizer.json` with transformers' own T5 converter.
+//! T5 runs on the unpadded ids (exact for valid positions: relative bias is measured from
+//! the start and padded keys are masked), and the result is zero-padded.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Error, Result, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::t5;
+
+use super::sampling::TextConditioning;
+use crate::model::weights::shards_from_index;
+
+/// Text tokens per prompt, padding included.
+pub const MAX_TEXT_TOKENS: usize = 256;
+/// T5's end-of-sequence id.
+pub const EOS_ID: u32 = 1;
+
+/// Token ids padded to a fixed length with the count of valid (leading) tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    /// Ids, right-padded with 0.
+    pub ids: Vec<u32>,
+    /// Number of valid tokens (a prefix, `</s>` included).
+    pub valid: usize,
+}
+
+impl Tokens {
+    /// The attention mask: 1 for the valid prefix, 0 for padding.
+    pub fn mask(&self) -> Vec<u32> {
+        (0..self.ids.len())
+            .map(|i| u32::from(i < self.valid))
+            .collect()
+    }
+}
+
+/// T5 SentencePiece tokenizer read from a converted `tokenizer.json`.
+pub struct PromptTokenizer {
+    inner: tokenizers::Tokenizer,
+    max_tokens: usize,
+}
+
+impl std::fmt::Debug for PromptTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PromptTokenizer")
+            .field("max_tokens", &self.max_tokens)
+            .finish()
+    }
+}
+
+impl PromptTokenizer {
+    /// Loads a `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::Msg(format!("cannot load tokenizer {}: {e}", path.display())))?;
+        Ok(Self {
+            inner,
+            max_tokens: MAX_TEXT_TOKENS,
+        })
+    }
+
+    /// Loads `tokenizer/tokenizer.json` under a model directory; if only `spiece.model`
+    /// is there, the error says how to convert it.
+    pub fn from_model_dir(model_dir: &Path) -> Result<Self> {
+        let dir = model_dir.join("tokenizer");
+        let json = dir.join("tokenizer.json");
+        if json.is_file() {
+            return Self::from_file(&json);
+        }
+        if dir.join("spiece.model").is_file() {
+            return Err(Error::Msg(format!(
+                "{} has spiece.model but no tokenizer.json: run `python tools/convert_tokenizer.py {}` once",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        Err(Error::Msg(format!("no tokenizer in {}", dir.display())))
+    }
+
+    /// Tokenises a prompt: pieces + `</s>`, truncated to 256 (keeping `</s>` last), padded with 0.
+    pub fn encode(&self, prompt: &str) -> Result<Tokens> {
+        let encoding = self
+            .inner
+            .encode(prompt, true)
+            .map_err(|e| Error::Msg(format!("tokenization failed: {e}")))?;
+        let mut ids = encoding.get_ids().to_vec();
+        if ids.len() > self.max_tokens {
+            ids.truncate(self.max_tokens - 1);
+            ids.push(EOS_ID);
+        }
+        let valid = ids.len();
+        ids.resize(self.max_tokens, 0);
+        Ok(Tokens { ids, valid })
+    }
+}
+
+/// Tokenizer plus T5 encoder.
+pub struct TextEncoder {
+    tokenizer: PromptTokenizer,
+    model: t5::T5EncoderModel,
+    hidden_size: usize,
+    device: Device,
+}
+
+impl std::fmt::Debug for TextEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextEncoder")
+            .field("hidden_size", &self.hidden_size)
+            .finish()
+    }
+}
+
+/// Weight files of `text_encoder/`: the shards of `model.safetensors.index.json`, or
+/// `model.safetensors`.
+fn encoder_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        return shards_from_index(&index);
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(Error::Msg(format!("no T5 weights in {}", dir.display())))
+}
+
+impl TextEncoder {
+    /// Loads `tokenizer/` and `text_encoder/` (config.json + safetensors) under `model_dir`, in f32.
+    pub fn from_model_dir(model_dir: &Path, device: &Device) -> Result<Self> {
+        let tokenizer = PromptTokenizer::from_model_dir(model_dir)?;
+        let dir = model_dir.join("text_encoder");
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|e| Error::Msg(format!("cannot read {}: {e}", config_path.display())))?;
+        let config: t5::Config = serde_json::from_str(&text)
+            .map_err(|e| Error::Msg(format!("invalid {}: {e}", config_path.display())))?;
+        let files = encoder_files(&dir)?;
+        // SAFETY: the weight files are mapped read-only and never modified while mapped.
+        #[allow(unsafe_code)]
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
+        let model = t5::T5EncoderModel::load(vb, &config)?;
+        Ok(Self {
+            tokenizer,
+            model,
+            hidden_size: config.d_model,
+            device: device.clone(),
+        })
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &PromptTokenizer {
+        &self.tokenizer
+    }
+
+    /// T5 `last_hidden_state` `(1, len, D)` of unpadded ids, f32.
+    pub fn encode_ids(&mut self, ids: &[u32]) -> Result<Tensor> {
+        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        self.model.forward_dt(&input, Some(DType::F32))
+    }
+
+    /// Encodes a prompt to `(1, 256, D)` features and a `(1, 256)` mask (f32). The empty
+    /// prompt follows genmo: no valid token at all (zero mask, zero features), so the
+    /// unconditional branch sees no text.
+    pub fn encode(&mut self, prompt: &str) -> Result<TextConditioning> {
+        let max = self.tokenizer.max_tokens;
+        if prompt.is_empty() {
+            return Ok(TextConditioning {
+                features: Tensor::zeros((1, max, self.hidden_size), DType::F32, &self.device)?,
+                mask: Tensor::zeros((1, max), DType::F32, &self.device)?,
+            });
+        }
+        let tokens = self.tokenizer.encode(prompt)?;
+        let hidden = self.encode_ids(&tokens.ids[..tokens.valid])?;
+        let features = hidden.pad_with_zeros(1, 0, max - tokens.valid)?;
+        let mask: Vec<f32> = tokens.mask().iter().map(|m| *m as f32).collect();
+        Ok(TextConditioning {
+            features,
+            mask: Tensor::from_vec(mask, (1, max), &self.device)?,
+        })
+    }
+}

@@ -1,0 +1,143 @@
+//! Golden tests of the text path against SentencePiece and transformers' T5 encoder.
+//!
+//! Fixtures come from `tools/make_t5_fixtures.py`: a tiny SentencePiece model (converted
+//! to `tokenizer.json` by `tools/convert_tokenizer.py`) and a tiny random T5 encoder.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, IndexOp};
+use gpu_node::pipeline::text_encoder::{MAX_TEXT_TOKENS, PromptTokenizer, TextEncoder};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t5")
+}
+
+#[derive(serde::Deserialize)]
+struct Expected {
+    prompt: String,
+    input_ids: Vec<u32>,
+    attention_mask: Vec<u32>,
+}
+
+#[test]
+fn tokenizer_matches_sentencepiece_ids_and_masks() {
+    let tokenizer = PromptTokenizer::from_model_dir(&fixtures()).expect("tokenizer");
+    let text = std::fs::read_to_string(fixtures().join("tokens.json")).expect("tokens.json");
+    let expected: Vec<Expected> = serde_json::from_str(&text).expect("json");
+    assert_eq!(expected.len(), 5);
+    for case in expected {
+        let tokens = tokenizer.encode(&case.prompt).expect("encode");
+        assert_eq!(tokens.ids.len(), MAX_TEXT_TOKENS);
+        assert_eq!(tokens.ids, case.input_ids, "ids of {:?}", case.prompt);
+        assert_eq!(
+            tokens.mask(),
+            case.attention_mask,
+            "mask of {:?}",
+            case.prompt
+        );
+    }
+}
+
+#[test]
+fn t5_encoder_matches_reference_on_valid_positions() {
+    let mut encoder = TextEncoder::from_model_dir(&fixtures(), &Device::Cpu).expect("encoder");
+    let data =
+        candle_core::safetensors::load(fixtures().join("encoder_case.safetensors"), &Device::Cpu)
+            .expect("fixture");
+    let ids: Vec<u32> = data["input_ids"]
+        .to_dtype(DType::U32)
+        .expect("u32")
+        .flatten_all()
+        .expect("flat")
+        .to_vec1()
+        .expect("vec");
+    let valid = 6;
+    let ours = encoder.encode_ids(&ids[..valid]).expect("encode");
+    let want = data["last_hidden_state"]
+        .i((.., ..valid, ..))
+        .expect("slice");
+    let diff = (ours - &want)
+        .expect("sub")
+        .abs()
+        .expect("abs")
+        .max_all()
+        .expect("max");
+    let diff = diff.to_scalar::<f32>().expect("scalar");
+    let scale = want
+        .abs()
+        .expect("abs")
+        .max_all()
+        .expect("max")
+        .to_scalar::<f32>()
+        .expect("scalar");
+    println!(
+        "t5 last_hidden_state max|Δ| {diff:.3e} rel {:.3e}",
+        diff / scale
+    );
+    assert!(diff <= 1e-4, "max |Δ| {diff}");
+}
+
+#[test]
+fn empty_prompt_has_no_valid_tokens_and_prompts_are_zero_padded() {
+    let mut encoder = TextEncoder::from_model_dir(&fixtures(), &Device::Cpu).expect("encoder");
+    let empty = encoder.encode("").expect("empty");
+    assert_eq!(empty.features.dims(), &[1, MAX_TEXT_TOKENS, 32]);
+    let mask_sum = empty
+        .mask
+        .sum_all()
+        .expect("sum")
+        .to_scalar::<f32>()
+        .expect("scalar");
+    assert_eq!(mask_sum, 0.0);
+
+    let cond = encoder
+        .encode("A red fox runs through fresh snow at dawn.")
+        .expect("prompt");
+    let valid = cond
+        .mask
+        .sum_all()
+        .expect("sum")
+        .to_scalar::<f32>()
+        .expect("scalar") as usize;
+    assert_eq!(valid, 28);
+    let padded = cond
+        .features
+        .i((.., valid.., ..))
+        .expect("pad")
+        .abs()
+        .expect("abs");
+    assert_eq!(
+        padded
+            .max_all()
+            .expect("max")
+            .to_scalar::<f32>()
+            .expect("scalar"),
+        0.0
+    );
+    let real = cond
+        .features
+        .i((.., ..valid, ..))
+        .expect("real")
+        .abs()
+        .expect("abs");
+    assert!(
+        real.max_all()
+            .expect("max")
+            .to_scalar::<f32>()
+            .expect("scalar")
+            > 0.0
+    );
+}
+
+#[test]
+fn spiece_without_tokenizer_json_names_the_conversion_tool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("tokenizer")).expect("mkdir");
+    std::fs::copy(
+        fixtures().join("tokenizer/spiece.model"),
+        dir.path().join("tokenizer/spiece.model"),
+    )
+    .expect("copy");
+    let err = PromptTokenizer::from_model_dir(dir.path()).expect_err("must fail");
+    assert!(err.to_string().contains("convert_tokenizer.py"), "{err}");
+}

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Writes the text-path golden fixtures under gpu-node/tests/fixtures/t5/ (spec §6.3).
+
+Regenerate with (from the repository root):
+    /work/.venv-ref/bin/python tools/make_t5_fixtures.py
+
+* a tiny SentencePiece unigram model trained here (stand-in for the release's
+  `tokenizer/spiece.model`), converted to `tokenizer.json` by tools/convert_tokenizer.py's
+  route, plus the slow `T5Tokenizer(legacy=False)` ids of a few prompts (padded to 256);
+* a tiny random T5 v1.1-style encoder (gated-gelu) in the HF layout, and its
+  `last_hidden_state` for padded ids with an attention mask.
+"""
+import json
+from pathlib import Path
+
+import sentencepiece as spm
+import torch
+from transformers import T5Config, T5EncoderModel
+
+from convert_tokenizer import convert
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "gpu-node" / "tests" / "fixtures" / "t5"
+PROMPTS = [
+    "A red fox runs through fresh snow at dawn.",
+    "  Two   cats, one dog; 42 birds!  ",
+    "Ünïcödé café – naïve ＦＵＬＬ width",
+    "",
+]
+CORPUS = """A red fox runs through fresh snow at dawn. The camera slowly pans across a
+mountain lake. Two cats play with one dog in a sunny garden. A close-up of coffee being
+poured into a white cup. Waves crash on a rocky shore under a stormy sky. A city street at
+night with neon lights and rain. Birds fly over a golden wheat field at sunset.
+"""
+
+
+def build_tokenizer(tdir):
+    corpus = OUT / "corpus.txt"
+    corpus.write_text(CORPUS * 20)
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(tdir / "spiece"), vocab_size=80,
+        model_type="unigram", normalization_rule_name="nmt_nfkc", pad_id=0, eos_id=1,
+        unk_id=2, bos_id=-1, character_coverage=1.0)
+    corpus.unlink()
+    (tdir / "spiece.vocab").unlink()
+    convert(tdir, extra_ids=0)
+    # Reference ids straight from SentencePiece (what the slow legacy=False T5 tokenizer
+    # produces for plain text): pieces + </s>, truncated to 256, right-padded with 0.
+    sp = spm.SentencePieceProcessor(model_file=str(tdir / "spiece.model"))
+    expected = []
+    for prompt in PROMPTS + [" ".join(["fox"] * 300)]:
+        ids = sp.encode(prompt, out_type=int)[:255] + [1]
+        mask = [1] * len(ids) + [0] * (256 - len(ids))
+        expected.append({"prompt": prompt, "input_ids": ids + [0] * (256 - len(ids)),
+                         "attention_mask": mask})
+    (OUT / "tokens.json").write_text(json.dumps(expected, indent=1, ensure_ascii=False) + "\n")
+
+
+def build_encoder():
+    torch.manual_seed(3)
+    config = T5Config(vocab_size=80, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                      feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
+                      relative_attention_max_distance=128, layer_norm_epsilon=1e-6,
+                      is_encoder_decoder=False, use_cache=False, tie_word_embeddings=False)
+    model = T5EncoderModel(config).eval()
+    edir = OUT / "text_encoder"
+    model.save_pretrained(str(edir), safe_serialization=True)
+    ids = torch.tensor([[5, 17, 42, 8, 79, 1, 0, 0, 0, 0, 0, 0]])
+    mask = (torch.arange(12) < 6).long()[None]
+    with torch.no_grad():
+        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    from safetensors.torch import save_file
+    save_file({"input_ids": ids.to(torch.int64), "attention_mask": mask.float(),
+               "last_hidden_state": hidden.contiguous()}, str(OUT / "encoder_case.safetensors"))
+
+
+def main():
+    tdir = OUT / "tokenizer"
+    tdir.mkdir(parents=True, exist_ok=True)
+    build_tokenizer(tdir)
+    build_encoder()
+    total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
+    print(f"wrote {OUT} ({total / 1024:.0f} KiB)")
+
+
+if __name__ == "__main__":
+    main()
