@@ -1,0 +1,61 @@
+//! CPU benchmark of one AsymmDiT forward (CFG batch of two: uncond with no text, cond
+//! with all text tokens valid), on weights written by `tools/bench_dit.py`.
+//!
+//! `RAYON_NUM_THREADS=2 cargo run -p gpu-node --example dit_bench -- DIR FRAMES HEIGHT WIDTH TEXT_TOKENS [REPS] [bf16]`
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use gpu_node::model::AsymmDiT;
+
+fn main() -> candle_core::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 5 {
+        eprintln!("usage: dit_bench DIR FRAMES HEIGHT WIDTH TEXT_TOKENS [REPS] [bf16]");
+        std::process::exit(2);
+    }
+    let number = |i: usize| -> usize {
+        args[i]
+            .parse()
+            .unwrap_or_else(|_| panic!("bad number {}", args[i]))
+    };
+    let (frames, height, width, text_tokens) = (number(1), number(2), number(3), number(4));
+    let reps = args.get(5).and_then(|r| r.parse().ok()).unwrap_or(5);
+    let dtype = if args.get(6).map(String::as_str) == Some("bf16") {
+        DType::BF16
+    } else {
+        DType::F32
+    };
+    let device = Device::Cpu;
+    let model = AsymmDiT::from_model_dir(&PathBuf::from(&args[0]), dtype, &device)?;
+    let t5_dim = model.config().text_embed_dim;
+    let latents = Tensor::randn(0f32, 1.0, (2, 12, frames, height, width), &device)?;
+    let text = Tensor::randn(0f32, 1.0, (2, text_tokens, t5_dim), &device)?;
+    let mask = Tensor::cat(
+        &[
+            Tensor::zeros((1, text_tokens), DType::F32, &device)?,
+            Tensor::ones((1, text_tokens), DType::F32, &device)?,
+        ],
+        0,
+    )?;
+    let timesteps = Tensor::new(&[500f32, 500.0], &device)?;
+    let mut times = Vec::new();
+    for _ in 0..=reps {
+        let start = Instant::now();
+        let out = model.forward(&latents, &timesteps, &text, &mask)?;
+        out.sum_all()?.to_scalar::<f32>()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let first = times.remove(0);
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let tokens = frames * (height / 2) * (width / 2);
+    println!(
+        "candle {dtype:?} threads={} visual_tokens={tokens} median {:.1} ms over {reps} (first {:.1} ms)",
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into()),
+        median * 1e3,
+        first * 1e3
+    );
+    Ok(())
+}
