@@ -1,6 +1,6 @@
 //! The whole job path in one process over a real nats-server: gateway → MOCHI_SUBMIT →
 //! coordinator → two GPU nodes (simulated backend) → MP4 in the object store → download.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::large_futures)]
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -19,8 +19,7 @@ const HEIGHT: u32 = 144;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_jobs_on_two_nodes_all_succeed_and_decode() {
     let server = testkit::NatsServer::start();
-    let mut nats = protocol::config::NatsConfig::default();
-    nats.url = server.url().to_owned();
+    let nats = protocol::config::NatsConfig { url: server.url().to_owned(), ..Default::default() };
     let client = connect(&nats, "e2e").await.unwrap();
     let resources = ensure_resources(client.clone(), &nats.jetstream).await.unwrap();
     let shutdown = CancellationToken::new();

@@ -1,6 +1,6 @@
 //! The real `mochi` binary: `up` starts the stack, `generate` makes an MP4, SIGINT stops
 //! everything and leaves no nats-server behind.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::large_futures)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
