@@ -1,0 +1,142 @@
+//! Configuration of the coordinator (section `[coordinator]`, env `MOCHI_COORDINATOR__*`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use protocol::Limits;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The coordinator's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Limits every job is checked against again at intake (publishers may bypass the gateway).
+    pub limits: Limits,
+    /// Failed attempts (lost node, out of memory, ...) before a job is dead.
+    pub max_attempts: u32,
+    /// How long a placement holds without progress from its node, ms.
+    pub lease_ms: u64,
+    /// How long a node has to answer an assignment, ms.
+    pub assign_timeout_ms: u64,
+    /// Period of the scheduler's tick (lease expiry, node liveness), ms.
+    pub tick_ms: u64,
+    /// A node whose last heartbeat is older than this is gone, s.
+    pub node_ttl_s: u64,
+    /// First retry delay after a failed attempt, ms (doubles per failed attempt).
+    pub backoff_base_ms: u64,
+    /// Longest retry delay, ms.
+    pub backoff_max_ms: u64,
+    /// How long the intake may hold a submission before JetStream redelivers it, s.
+    pub intake_ack_wait_s: u64,
+    /// Deliveries of one submission before JetStream gives up on it.
+    pub intake_max_deliver: i64,
+    /// Submissions fetched at once.
+    pub intake_batch: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            max_attempts: 3,
+            lease_ms: 60_000,
+            assign_timeout_ms: 5_000,
+            tick_ms: 500,
+            node_ttl_s: 10,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 60_000,
+            intake_ack_wait_s: 30,
+            intake_max_deliver: 10,
+            intake_batch: 64,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults → `[coordinator]` of `file` → `MOCHI_COORDINATOR__*` of `env`, validated.
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self> {
+        let config: Self = protocol::config::load_section(file, env, "coordinator")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A configuration for tests: short leases and ticks, quick retries.
+    pub fn for_test() -> Self {
+        Self {
+            lease_ms: 2_000,
+            assign_timeout_ms: 2_000,
+            tick_ms: 50,
+            node_ttl_s: 3,
+            backoff_base_ms: 50,
+            backoff_max_ms: 200,
+            ..Self::default()
+        }
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        let checks = [
+            (self.max_attempts >= 1, "max_attempts must be at least 1"),
+            (self.lease_ms >= 100, "lease_ms must be at least 100"),
+            (
+                self.assign_timeout_ms >= 10,
+                "assign_timeout_ms must be at least 10",
+            ),
+            (
+                self.tick_ms >= 10 && self.tick_ms <= self.lease_ms,
+                "tick_ms must be between 10 and lease_ms",
+            ),
+            (self.node_ttl_s >= 1, "node_ttl_s must be at least 1"),
+            (
+                self.backoff_base_ms <= self.backoff_max_ms,
+                "backoff_base_ms must not exceed backoff_max_ms",
+            ),
+            (
+                self.intake_max_deliver >= 1 && self.intake_batch >= 1,
+                "intake_max_deliver and intake_batch must be positive",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err(Error::Config((*message).to_owned())),
+            None => Ok(()),
+        }
+    }
+
+    /// Retry delay after `failed_attempts` failures: base · 2^(n-1), capped.
+    pub fn backoff_ms(&self, failed_attempts: u32) -> u64 {
+        let exponent = failed_attempts.saturating_sub(1).min(20);
+        self.backoff_base_ms
+            .saturating_mul(1 << exponent)
+            .min(self.backoff_max_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let config = Config {
+            backoff_base_ms: 100,
+            backoff_max_ms: 1_000,
+            ..Config::default()
+        };
+        assert_eq!(
+            [1, 2, 3, 4, 5, 30].map(|n| config.backoff_ms(n)),
+            [100, 200, 400, 800, 1_000, 1_000]
+        );
+    }
+
+    #[test]
+    fn rejects_tick_longer_than_lease() {
+        let config = Config {
+            tick_ms: 10_000,
+            lease_ms: 1_000,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,242 @@
+//! The intake actor: takes submissions from `MOCHI_SUBMIT`, checks them again (internal
+//! publishers bypass the gateway), writes each job's record as `queued` (create-only, so
+//! a redelivery is harmless) and only then acknowledges the message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use futures::StreamExt;
+use protocol::jetstream::Resources;
+use protocol::messages::SubmitRequest;
+use protocol::record::JobFailure;
+use protocol::{JobEvent, JobId, JobRecord, JobShape, TenantId, names, now_ms};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::metrics;
+
+/// How long one fetch waits for submissions before the actor checks its mailbox again.
+const FETCH_EXPIRES: Duration = Duration::from_millis(500);
+/// Delay before a submission whose record could not be written is redelivered.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The intake actor.
+pub struct Intake;
+
+/// Messages of the intake actor.
+pub enum IntakeMsg {
+    /// Fetch and process the next batch (the actor sends this to itself).
+    Pull,
+}
+
+/// The intake's state.
+pub struct IntakeState {
+    config: Arc<Config>,
+    resources: Resources,
+    consumer: PullConsumer,
+}
+
+/// What the intake needs.
+pub struct IntakeArgs {
+    /// The coordinator's configuration.
+    pub config: Arc<Config>,
+    /// JetStream handles.
+    pub resources: Resources,
+}
+
+/// Opens (or creates) the durable intake consumer.
+pub async fn consumer(resources: &Resources, config: &Config) -> Result<PullConsumer> {
+    let consumer_config = pull::Config {
+        durable_name: Some(names::CONSUMER_INTAKE.to_owned()),
+        description: Some("mochi-serve coordinator intake".to_owned()),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(config.intake_ack_wait_s),
+        max_deliver: config.intake_max_deliver,
+        ..Default::default()
+    };
+    resources
+        .submit
+        .get_or_create_consumer(names::CONSUMER_INTAKE, consumer_config)
+        .await
+        .map_err(|e| Error::JetStream {
+            what: "the intake consumer",
+            source: Box::new(e),
+        })
+}
+
+impl Actor for Intake {
+    type Msg = IntakeMsg;
+    type State = IntakeState;
+    type Arguments = IntakeArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: IntakeArgs,
+    ) -> Result<IntakeState, ActorProcessingErr> {
+        let consumer = consumer(&args.resources, &args.config).await?;
+        myself.cast(IntakeMsg::Pull)?;
+        Ok(IntakeState {
+            config: args.config,
+            resources: args.resources,
+            consumer,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: IntakeMsg,
+        state: &mut IntakeState,
+    ) -> Result<(), ActorProcessingErr> {
+        let IntakeMsg::Pull = message;
+        match state
+            .consumer
+            .fetch()
+            .max_messages(state.config.intake_batch)
+            .expires(FETCH_EXPIRES)
+            .messages()
+            .await
+        {
+            Ok(mut batch) => {
+                while let Some(next) = batch.next().await {
+                    match next {
+                        Ok(message) => take_in(state, message).await,
+                        Err(error) => tracing::warn!(%error, "intake fetch interrupted"),
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "intake cannot fetch; retrying");
+                tokio::time::sleep(RETRY_DELAY).await;
+            }
+        }
+        myself.cast(IntakeMsg::Pull)?;
+        Ok(())
+    }
+}
+
+async fn take_in(state: &IntakeState, message: async_nats::jetstream::Message) {
+    let outcome = match record_for(state, &message) {
+        Some(record) => match state.resources.jobs.create(&record).await {
+            Ok(true) if record.state.is_terminal() => {
+                ::metrics::counter!(metrics::INTAKE_REJECTED, "reason" => "invalid_spec")
+                    .increment(1);
+                "rejected"
+            }
+            Ok(true) => {
+                ::metrics::counter!(metrics::JOBS_QUEUED).increment(1);
+                "queued"
+            }
+            Ok(false) => {
+                tracing::debug!(job_id = %record.id, "submission already taken in");
+                "duplicate"
+            }
+            Err(error) => {
+                tracing::warn!(job_id = %record.id, %error, "cannot write the record; the submission will be redelivered");
+                if let Err(error) = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await {
+                    tracing::warn!(%error, "cannot nak the submission; it is redelivered after ack_wait");
+                }
+                return;
+            }
+        },
+        None => {
+            ::metrics::counter!(metrics::INTAKE_REJECTED, "reason" => "unreadable").increment(1);
+            "unreadable"
+        }
+    };
+    ::metrics::counter!(metrics::INTAKE, "outcome" => outcome).increment(1);
+    if let Err(error) = message.double_ack().await {
+        // The record exists: a redelivery finds it and is acknowledged then.
+        tracing::warn!(%error, "intake ack not confirmed");
+    }
+}
+
+/// The record a submission becomes: `queued`, or `failed` when the spec is invalid;
+/// `None` when the message cannot be attributed to a tenant or parsed at all.
+fn record_for(state: &IntakeState, message: &async_nats::jetstream::Message) -> Option<JobRecord> {
+    let Some(tenant) =
+        names::tenant_of_submit_subject(&message.subject).and_then(|t| TenantId::new(t).ok())
+    else {
+        tracing::warn!(subject = %message.subject, "submission on a subject without a valid tenant; dropped");
+        return None;
+    };
+    let request = match serde_json::from_slice::<SubmitRequest>(&message.payload) {
+        Ok(request) => request,
+        Err(error) => {
+            // serde's message may quote the payload (the prompt): log only where it broke.
+            let category = format!("{:?}", error.classify());
+            tracing::warn!(%tenant, %category, line = error.line(), column = error.column(), bytes = message.payload.len(), "unreadable submission; dropped");
+            return None;
+        }
+    };
+    let message_id = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|value| value.as_str().to_owned());
+    let sequence = message
+        .info()
+        .map(|info| info.stream_sequence)
+        .unwrap_or_default();
+    let job_id = request.job_id.unwrap_or_else(|| match &message_id {
+        Some(message_id) => JobId::derived(tenant.as_str(), message_id),
+        None => JobId::derived(tenant.as_str(), &format!("seq-{sequence}")),
+    });
+    let seed = request.spec.seed.unwrap_or_else(|| seed_from(job_id));
+    let now = now_ms();
+    let (shape, rejection) = match request.spec.validate(&state.config.limits) {
+        Ok(shape) => (shape, None),
+        Err(error) => {
+            let failure = JobFailure {
+                code: error.code(),
+                message: error.to_string(),
+                retryable: false,
+            };
+            (JobShape::new(1, 1, 16, 16, 1, false), Some(failure))
+        }
+    };
+    let mut record = JobRecord::queued(
+        job_id,
+        tenant,
+        request.spec,
+        shape,
+        seed,
+        state.config.max_attempts,
+        now,
+    );
+    record.idempotency_key = request.idempotency_key;
+    if let Some(failure) = rejection {
+        tracing::info!(%job_id, code = %failure.code, "submission refused at intake");
+        record = record
+            .apply(&JobEvent::Rejected { failure }, now)
+            .unwrap_or_else(|error| {
+                tracing::error!(%job_id, %error, "a fresh record refused Rejected");
+                record.clone()
+            });
+    } else {
+        tracing::info!(%job_id, tenant = %record.tenant, frames = record.shape.num_frames, "job queued");
+    }
+    Some(record)
+}
+
+/// A seed derived from the job id, so that a redelivered submission gets the same one.
+fn seed_from(job_id: JobId) -> u64 {
+    let bits = job_id.0.as_u128();
+    (bits as u64) ^ ((bits >> 64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_is_stable_per_job() {
+        let id = JobId::new();
+        assert_eq!(seed_from(id), seed_from(id));
+        assert_ne!(seed_from(id), seed_from(JobId::new()));
+    }
+}

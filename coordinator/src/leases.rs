@@ -1,0 +1,207 @@
+//! Lease expiry. The scheduler finds the jobs whose lease deadline has passed ([`due`]); the
+//! lease keeper actor sends each back to the queue with `LeaseExpired` and a retry backoff,
+//! by compare-and-set and only while the stored lease is still past its deadline (a node
+//! that renewed in the meantime keeps its job). It also copies dead jobs to `MOCHI_DLQ`.
+
+use std::sync::Arc;
+
+use async_nats::HeaderMap;
+use protocol::jetstream::Resources;
+use protocol::{JobEvent, JobId, JobRecord, JobState, NodeId, codec, names, now_ms};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::config::Config;
+use crate::metrics;
+use crate::scheduler::SchedulerMsg;
+use crate::store;
+
+/// A job held by a node, as the scheduler tracks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnNode {
+    /// The job.
+    pub job_id: JobId,
+    /// The attempt the node runs.
+    pub attempt: u32,
+    /// Failed attempts so far (for the backoff of the next one).
+    pub failed_attempts: u32,
+    /// Its node.
+    pub node: NodeId,
+    /// Device index on the node.
+    pub slot: u32,
+    /// When the lease runs out, ms since the epoch.
+    pub deadline_ms: u64,
+}
+
+/// The jobs whose lease deadline has passed at `now_ms`.
+pub fn due<'a>(on_node: impl IntoIterator<Item = &'a OnNode>, now_ms: u64) -> Vec<OnNode> {
+    on_node
+        .into_iter()
+        .filter(|job| job.deadline_ms < now_ms)
+        .cloned()
+        .collect()
+}
+
+/// The lease keeper actor (a child of the scheduler).
+pub struct LeaseKeeper;
+
+/// Messages of the lease keeper.
+pub enum LeaseKeeperMsg {
+    /// Expire these leases (each is checked again against the stored record).
+    Expire(Vec<OnNode>),
+    /// Copy a dead job's record to `MOCHI_DLQ` (deduplicated by job id).
+    DeadLetter(Box<JobRecord>),
+}
+
+/// What the lease keeper needs.
+pub struct LeaseKeeperArgs {
+    /// The coordinator's configuration (backoff).
+    pub config: Arc<Config>,
+    /// JetStream handles.
+    pub resources: Resources,
+    /// Told when each expiry is settled.
+    pub scheduler: ActorRef<SchedulerMsg>,
+}
+
+impl Actor for LeaseKeeper {
+    type Msg = LeaseKeeperMsg;
+    type State = LeaseKeeperArgs;
+    type Arguments = LeaseKeeperArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: LeaseKeeperArgs,
+    ) -> Result<LeaseKeeperArgs, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: LeaseKeeperMsg,
+        state: &mut LeaseKeeperArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            LeaseKeeperMsg::Expire(jobs) => {
+                for job in jobs {
+                    expire(state, &job).await;
+                    // The scheduler may ask again at its next tick if the lease is still due.
+                    let _ = state.scheduler.cast(SchedulerMsg::ExpiryDone(job.job_id));
+                }
+            }
+            LeaseKeeperMsg::DeadLetter(record) => dead_letter(state, &record).await,
+        }
+        Ok(())
+    }
+}
+
+async fn expire(state: &LeaseKeeperArgs, job: &OnNode) {
+    let now = now_ms();
+    let retry_at_ms = now + state.config.backoff_ms(job.failed_attempts + 1);
+    let event = JobEvent::LeaseExpired {
+        attempt: job.attempt,
+        retry_at_ms,
+    };
+    let still_due = |record: &JobRecord| {
+        record.attempt == job.attempt
+            && record.state.is_on_node()
+            && record
+                .lease
+                .as_ref()
+                .is_some_and(|lease| lease.deadline_ms < now)
+    };
+    match store::apply_if(&state.resources.jobs, job.job_id, &event, now, still_due).await {
+        Ok(Some(written)) => {
+            ::metrics::counter!(metrics::LEASES_EXPIRED).increment(1);
+            tracing::warn!(
+                job_id = %job.job_id,
+                tenant = %written.record.tenant,
+                attempt = job.attempt,
+                node = %job.node,
+                slot = job.slot,
+                next_state = %written.record.state,
+                retry_in_ms = retry_at_ms - now,
+                "lease expired"
+            );
+        }
+        Ok(None) => {
+            tracing::debug!(job_id = %job.job_id, "lease renewed or job moved on; not expired")
+        }
+        Err(error) => {
+            tracing::warn!(job_id = %job.job_id, %error, "cannot expire the lease; will retry")
+        }
+    }
+}
+
+async fn dead_letter(state: &LeaseKeeperArgs, record: &JobRecord) {
+    let job_id = record.id.to_string();
+    let payload = match codec::to_json(record) {
+        Ok(payload) => payload,
+        Err(error) => {
+            tracing::error!(%job_id, %error, "cannot encode the dead job");
+            return;
+        }
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("dead-{job_id}").as_str(),
+    );
+    let published = state
+        .resources
+        .context
+        .publish_with_headers(names::dlq_subject(&job_id), headers, payload.into())
+        .await;
+    let acked = match published {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(error) => Err(error.to_string()),
+    };
+    match acked {
+        Ok(()) => {
+            ::metrics::counter!(metrics::DEAD_LETTERS).increment(1);
+            tracing::warn!(%job_id, tenant = %record.tenant, attempts = record.failed_attempts, "job dead; copied to the dead-letter stream");
+        }
+        Err(error) => {
+            tracing::error!(%job_id, %error, "cannot copy the dead job to the dead-letter stream")
+        }
+    }
+}
+
+/// Whether a record just became dead (so that a restart does not copy old dead jobs again).
+pub(crate) fn freshly_dead(record: &JobRecord, now_ms: u64, window_ms: u64) -> bool {
+    record.state == JobState::Dead
+        && record
+            .finished_at_ms
+            .is_some_and(|at| at.saturating_add(window_ms) >= now_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(deadline_ms: u64) -> OnNode {
+        OnNode {
+            job_id: JobId::new(),
+            attempt: 1,
+            failed_attempts: 0,
+            node: NodeId::new("n").expect("valid"),
+            slot: 0,
+            deadline_ms,
+        }
+    }
+
+    #[test]
+    fn only_past_deadlines_are_due() {
+        let jobs = [job(99), job(100), job(101)];
+        let gone = due(&jobs, 100);
+        assert_eq!(
+            gone.iter().map(|j| j.deadline_ms).collect::<Vec<_>>(),
+            vec![99]
+        );
+    }
+
+    #[test]
+    fn nothing_is_due_before_any_deadline() {
+        assert!(due(&[job(500), job(600)], 499).is_empty());
+    }
+}

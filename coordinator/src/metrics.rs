@@ -1,0 +1,56 @@
+//! Metric names of the coordinator and their descriptions (the binary installs the recorder).
+
+use crate::scheduler::SchedulerStatus;
+
+/// Jobs waiting for a slot.
+pub const QUEUE_DEPTH: &str = "mochi_coordinator_queue_depth";
+/// Jobs on nodes (assigned, running, encoding).
+pub const JOBS_ON_NODES: &str = "mochi_coordinator_jobs_on_nodes";
+/// Slots of live nodes, by `state` (`live`, `free`).
+pub const SLOTS: &str = "mochi_coordinator_slots";
+/// Submissions taken in, by `outcome` (`queued`, `rejected`, `duplicate`, `unreadable`).
+pub const INTAKE: &str = "mochi_coordinator_intake_total";
+/// Jobs written as `queued` by the intake.
+pub const JOBS_QUEUED: &str = "mochi_coordinator_jobs_queued_total";
+/// Submissions refused by the intake (invalid spec, unreadable), by `reason`.
+pub const INTAKE_REJECTED: &str = "mochi_coordinator_intake_rejected_total";
+/// Jobs a node accepted.
+pub const JOBS_ASSIGNED: &str = "mochi_coordinator_jobs_assigned_total";
+/// Placements, by `outcome` (`accepted`, `refused`, `lost`).
+pub const PLACEMENTS: &str = "mochi_coordinator_placements_total";
+/// Leases that expired (the node went quiet).
+pub const LEASES_EXPIRED: &str = "mochi_coordinator_leases_expired_total";
+/// Dead jobs copied to `MOCHI_DLQ`.
+pub const DEAD_LETTERS: &str = "mochi_coordinator_dead_letters_total";
+/// Time from submission to placement, seconds.
+pub const QUEUE_WAIT_SECONDS: &str = "mochi_coordinator_queue_wait_seconds";
+
+/// Describes every metric (call once; the binary installs the recorder).
+pub fn describe() {
+    metrics::describe_gauge!(QUEUE_DEPTH, "Jobs waiting for a slot");
+    metrics::describe_gauge!(JOBS_ON_NODES, "Jobs on nodes (assigned, running, encoding)");
+    metrics::describe_gauge!(SLOTS, "Slots of live nodes, by state (live, free)");
+    metrics::describe_counter!(INTAKE, "Submissions taken in, by outcome");
+    metrics::describe_counter!(JOBS_QUEUED, "Jobs written as queued by the intake");
+    metrics::describe_counter!(
+        INTAKE_REJECTED,
+        "Submissions refused by the intake, by reason"
+    );
+    metrics::describe_counter!(JOBS_ASSIGNED, "Jobs a node accepted");
+    metrics::describe_counter!(PLACEMENTS, "Placements by outcome");
+    metrics::describe_counter!(LEASES_EXPIRED, "Leases that expired");
+    metrics::describe_counter!(DEAD_LETTERS, "Dead jobs copied to the dead-letter stream");
+    metrics::describe_histogram!(
+        QUEUE_WAIT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from submission to placement"
+    );
+}
+
+/// Sets the gauges from the scheduler's counts.
+pub(crate) fn gauges(status: &SchedulerStatus) {
+    metrics::gauge!(QUEUE_DEPTH).set(status.queued as f64);
+    metrics::gauge!(JOBS_ON_NODES).set(status.on_node as f64);
+    metrics::gauge!(SLOTS, "state" => "live").set(status.live_slots as f64);
+    metrics::gauge!(SLOTS, "state" => "free").set(status.free_slots as f64);
+}
