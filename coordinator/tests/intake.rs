@@ -1,0 +1,127 @@
+//! The intake against a real nats-server: submissions become `queued` records exactly once,
+//! invalid ones become `failed` records.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Running, eventually, nats, record, small_job, submit};
+use protocol::{ErrorCode, JobId, JobSpec, JobState, names};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submission_becomes_one_queued_record_even_when_delivered_twice() {
+    let nats = nats().await;
+    let coordinator = Running::start(&nats, coordinator::Config::for_test()).await;
+    let first = small_job("a red fox");
+    let job_id = first.job_id.unwrap();
+    submit(&nats.resources, "acme", &first, &job_id.to_string()).await;
+    eventually(WAIT, "the job is queued", || async {
+        record(&nats.resources, job_id).await.is_some()
+    })
+    .await;
+    let (created, revision) = nats.resources.jobs.get(job_id).await.unwrap().unwrap();
+    assert_eq!(created.state, JobState::Queued);
+    assert_eq!(created.tenant.as_str(), "acme");
+    assert_eq!(created.attempt, 0);
+
+    // The same job again under another message id (JetStream's dedup does not catch it),
+    // with another prompt: the intake must keep the first record untouched.
+    let mut again = first.clone();
+    again.spec.prompt = "a blue fox".to_owned();
+    submit(&nats.resources, "acme", &again, "another-message-id").await;
+    let consumer = nats
+        .resources
+        .submit
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(names::CONSUMER_INTAKE)
+        .await
+        .unwrap();
+    eventually(WAIT, "the duplicate is acknowledged", || async {
+        let info = consumer.get_info().await.unwrap();
+        info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence >= 2
+    })
+    .await;
+    let (kept, kept_revision) = nats.resources.jobs.get(job_id).await.unwrap().unwrap();
+    assert_eq!(kept_revision, revision, "the duplicate rewrote the record");
+    assert_eq!(kept.spec.prompt, "a red fox");
+    let stream = nats.resources.submit.get_info().await.unwrap();
+    assert_eq!(
+        stream.state.messages, 0,
+        "acked submissions leave the work queue"
+    );
+    assert_eq!(coordinator.status().await.queued, 1);
+
+    // Without a job id the id is derived from the message id, so a redelivery maps to it too.
+    let mut anonymous = small_job("a green fox");
+    anonymous.job_id = None;
+    submit(&nats.resources, "acme", &anonymous, "client-key-7").await;
+    let derived = JobId::derived("acme", "client-key-7");
+    eventually(WAIT, "the anonymous job is queued", || async {
+        record(&nats.resources, derived).await.is_some()
+    })
+    .await;
+    eventually(WAIT, "the scheduler sees both jobs", || async {
+        coordinator.status().await.queued == 2
+    })
+    .await;
+    coordinator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_spec_published_directly_ends_failed_with_invalid_field() {
+    let nats = nats().await;
+    let coordinator = Running::start(&nats, coordinator::Config::for_test()).await;
+    // A bare core-NATS publish (no gateway, no job id, no message id): the id comes from
+    // the stream sequence, 1 on this fresh server.
+    let mut spec = JobSpec::new("a cat");
+    spec.steps = Some(0);
+    let body = serde_json::json!({ "spec": spec });
+    nats.client
+        .publish(
+            names::submit_subject("acme"),
+            serde_json::to_vec(&body).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    // An unparseable message on the same stream is dropped without blocking the next one.
+    nats.client
+        .publish(names::submit_subject("acme"), "not json".into())
+        .await
+        .unwrap();
+    nats.client.flush().await.unwrap();
+    let job_id = JobId::derived("acme", "seq-1");
+    eventually(WAIT, "the invalid job has a record", || async {
+        record(&nats.resources, job_id).await.is_some()
+    })
+    .await;
+    let failed = record(&nats.resources, job_id).await.unwrap();
+    assert_eq!(failed.state, JobState::Failed);
+    let error = failed.error.expect("a failed record says why");
+    assert_eq!(error.code, ErrorCode::InvalidField);
+    assert!(!error.retryable);
+    assert!(
+        error.message.contains("steps"),
+        "message names the field: {}",
+        error.message
+    );
+    eventually(WAIT, "both messages leave the work queue", || async {
+        nats.resources
+            .submit
+            .get_info()
+            .await
+            .unwrap()
+            .state
+            .messages
+            == 0
+    })
+    .await;
+    let status = coordinator.status().await;
+    assert_eq!(
+        (status.queued, status.on_node),
+        (0, 0),
+        "a failed job is neither queued nor on a node"
+    );
+    coordinator.stop().await;
+}
