@@ -56,8 +56,9 @@ pub struct GenerateArgs {
 }
 
 fn parse_resolution(text: &str) -> Result<Resolution, String> {
-    serde_json::from_value(serde_json::Value::String(text.to_owned()))
-        .map_err(|_| format!("unknown resolution {text:?}: use 480p, 480p-portrait, 720p or 720p-portrait"))
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+        format!("unknown resolution {text:?}: use 480p, 480p-portrait, 720p or 720p-portrait")
+    })
 }
 
 impl GenerateArgs {
@@ -82,16 +83,23 @@ impl GenerateArgs {
 /// Runs `mochi generate`; returns the path of the saved MP4.
 pub async fn run(args: GenerateArgs) -> Result<PathBuf> {
     let base = args.server.trim_end_matches('/').to_owned();
-    let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()?;
     let idempotency_key = protocol::JobId::new().to_string();
     let job = submit(&http, &base, &args.spec(), &idempotency_key).await?;
-    eprintln!("job {} accepted: {} frames at {}x{}, {} fps", job.id, job.num_frames, job.width, job.height, job.fps);
+    eprintln!(
+        "job {} accepted: {} frames at {}x{}, {} fps",
+        job.id, job.num_frames, job.width, job.height, job.fps
+    );
 
     let bar = ProgressBar::new(u64::from(job.steps));
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg:>10} [{bar:30}] {pos}/{len} steps ({elapsed})")
-            .context("progress template")?
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} {msg:>10} [{bar:30}] {pos}/{len} steps ({elapsed})",
+        )
+        .context("progress template")?
+        .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
@@ -107,26 +115,44 @@ pub async fn run(args: GenerateArgs) -> Result<PathBuf> {
         }
         if Instant::now() > deadline {
             bar.abandon();
-            bail!("job {} still {} after {} s; it keeps running: poll {status_url}", job.id, view.state, args.timeout_s);
+            bail!(
+                "job {} still {} after {} s; it keeps running: poll {status_url}",
+                job.id,
+                view.state,
+                args.timeout_s
+            );
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     if finished.state != JobState::Succeeded {
         bar.abandon_with_message(finished.state.to_string());
-        let reason = finished.error.map(|e| format!("{}: {}", e.code, e.message)).unwrap_or_default();
+        let reason = finished
+            .error
+            .map(|e| format!("{}: {}", e.code, e.message))
+            .unwrap_or_default();
         bail!("job {} ended {}. {reason}", job.id, finished.state);
     }
     bar.finish_with_message("done");
 
-    let output = args.output.clone().unwrap_or_else(|| PathBuf::from(format!("{}.mp4", job.id)));
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.mp4", job.id)));
     let response = http.get(format!("{status_url}/content")).send().await?;
     let response = check(response).await?;
     let bytes = response.bytes().await.context("download interrupted")?;
-    tokio::fs::write(&output, &bytes).await.with_context(|| format!("cannot write {}", output.display()))?;
+    tokio::fs::write(&output, &bytes)
+        .await
+        .with_context(|| format!("cannot write {}", output.display()))?;
     Ok(output)
 }
 
-async fn submit(http: &reqwest::Client, base: &str, spec: &JobSpec, idempotency_key: &str) -> Result<JobView> {
+async fn submit(
+    http: &reqwest::Client,
+    base: &str,
+    spec: &JobSpec,
+    idempotency_key: &str,
+) -> Result<JobView> {
     let url = format!("{base}/v1/videos");
     let mut last_error = None;
     // The idempotency key makes retrying a lost response safe: the server answers the same job.
@@ -134,17 +160,30 @@ async fn submit(http: &reqwest::Client, base: &str, spec: &JobSpec, idempotency_
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
         }
-        match http.post(&url).header("Idempotency-Key", idempotency_key).json(spec).send().await {
+        match http
+            .post(&url)
+            .header("Idempotency-Key", idempotency_key)
+            .json(spec)
+            .send()
+            .await
+        {
             Ok(response) => return Ok(check(response).await?.json().await?),
             Err(error) if error.is_connect() || error.is_timeout() => last_error = Some(error),
             Err(error) => return Err(error.into()),
         }
     }
-    Err(anyhow!("cannot reach {base}: is `mochi up` running? ({})", last_error.map(|e| e.to_string()).unwrap_or_default()))
+    Err(anyhow!(
+        "cannot reach {base}: is `mochi up` running? ({})",
+        last_error.map(|e| e.to_string()).unwrap_or_default()
+    ))
 }
 
 async fn get_json(http: &reqwest::Client, url: &str) -> Result<JobView> {
-    let response = http.get(url).send().await.with_context(|| format!("cannot reach {url}"))?;
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
     Ok(check(response).await?.json().await?)
 }
 
@@ -157,8 +196,16 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response> {
     let text = response.text().await.unwrap_or_default();
     match serde_json::from_str::<ErrorBody>(&text) {
         Ok(body) => {
-            let field = body.error.field.map(|f| format!(" (field `{f}`)")).unwrap_or_default();
-            bail!("{status} {}: {}{field}", body.error.code, body.error.message)
+            let field = body
+                .error
+                .field
+                .map(|f| format!(" (field `{f}`)"))
+                .unwrap_or_default();
+            bail!(
+                "{status} {}: {}{field}",
+                body.error.code,
+                body.error.message
+            )
         }
         Err(_) => bail!("{status}: {text}"),
     }

@@ -45,11 +45,16 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_format = match cli.command {
-        Command::Gateway(_) | Command::Coordinator(_) | Command::GpuNode(_) => telemetry::LogFormat::Json,
+        Command::Gateway(_) | Command::Coordinator(_) | Command::GpuNode(_) => {
+            telemetry::LogFormat::Json
+        }
         Command::Up(_) | Command::Generate(_) => telemetry::LogFormat::Text,
     };
     telemetry::init_logging(cli.log_format.unwrap_or(default_format));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -59,10 +64,10 @@ fn main() -> ExitCode {
     let config = cli.config.as_deref();
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Up(args) => up::run(args, config).await,
-            Command::Gateway(args) => roles::gateway(args, config).await,
-            Command::Coordinator(args) => roles::coordinator(args, config).await,
-            Command::GpuNode(args) => roles::gpu_node(args, config).await,
+            Command::Up(args) => Box::pin(up::run(args, config)).await,
+            Command::Gateway(args) => Box::pin(roles::gateway(args, config)).await,
+            Command::Coordinator(args) => Box::pin(roles::coordinator(args, config)).await,
+            Command::GpuNode(args) => Box::pin(roles::gpu_node(args, config)).await,
             Command::Generate(args) => generate::run(args).await.map(|path| {
                 println!("{}", path.display());
             }),

@@ -39,7 +39,9 @@ pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf> {
         return Ok(venv.to_owned());
     }
     if let Some(path) = std::env::var_os("PATH")
-        && let Some(found) = std::env::split_paths(&path).map(|dir| dir.join("nats-server")).find(|p| p.is_file())
+        && let Some(found) = std::env::split_paths(&path)
+            .map(|dir| dir.join("nats-server"))
+            .find(|p| p.is_file())
     {
         return Ok(found);
     }
@@ -53,7 +55,8 @@ impl EmbeddedNats {
     /// Starts the server with its store under `data_dir` and waits until it listens.
     pub async fn start(binary: &Path, data_dir: &Path, port: Option<u16>) -> Result<Self> {
         let run_dir = data_dir.join("nats");
-        std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("cannot create {}", run_dir.display()))?;
         let store_dir = data_dir.join("jetstream");
         let listen_port = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let config = format!(
@@ -64,7 +67,8 @@ impl EmbeddedNats {
             store = store_dir.display().to_string(),
         );
         let config_path = run_dir.join("nats.conf");
-        std::fs::write(&config_path, config).with_context(|| format!("cannot write {}", config_path.display()))?;
+        std::fs::write(&config_path, config)
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
         let log_path = run_dir.join("nats-server.log");
         let mut command = Command::new(binary);
         command
@@ -79,7 +83,9 @@ impl EmbeddedNats {
             .stderr(Stdio::null())
             .kill_on_drop(true);
         die_with_parent(&mut command);
-        let mut child = command.spawn().with_context(|| format!("cannot start {}", binary.display()))?;
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
         let pid = child.id().context("nats-server exited at once")?;
         let ports_file = run_dir.join(format!("nats-server_{pid}.ports"));
         let deadline = Instant::now() + START_TIMEOUT;
@@ -88,10 +94,16 @@ impl EmbeddedNats {
                 break url;
             }
             if let Some(status) = child.try_wait()? {
-                bail!("nats-server exited during start-up ({status}); see {}", log_path.display());
+                bail!(
+                    "nats-server exited during start-up ({status}); see {}",
+                    log_path.display()
+                );
             }
             if Instant::now() > deadline {
-                bail!("nats-server did not come up within {START_TIMEOUT:?}; see {}", log_path.display());
+                bail!(
+                    "nats-server did not come up within {START_TIMEOUT:?}; see {}",
+                    log_path.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
@@ -108,7 +120,10 @@ impl EmbeddedNats {
         if let Some(pid) = self.child.id() {
             let pid = Pid::from_raw(i32::try_from(pid).context("pid out of range")?);
             let _ = kill(pid, Signal::SIGTERM);
-            if tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await.is_ok() {
+            if tokio::time::timeout(STOP_TIMEOUT, self.child.wait())
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
             tracing::warn!("nats-server ignored SIGTERM; killing it");

@@ -63,8 +63,18 @@ pub async fn coordinator(args: RoleArgs, file: Option<&Path>) -> Result<()> {
     let metrics = gateway::install_metrics_recorder()?;
     let (client, resources) = connect(&nats, "coordinator").await?;
     let (shutdown, _signals) = telemetry::shutdown_on_signal();
-    let metrics_server = tokio::spawn(gateway::serve_metrics(args.metrics_addr, metrics, shutdown.clone()));
-    coordinator::run(config, resources, client.clone(), shutdown.clone()).await?;
+    let metrics_server = tokio::spawn(gateway::serve_metrics(
+        args.metrics_addr,
+        metrics,
+        shutdown.clone(),
+    ));
+    Box::pin(coordinator::run(
+        config,
+        resources,
+        client.clone(),
+        shutdown.clone(),
+    ))
+    .await?;
     shutdown.cancel();
     metrics_server.await.context("metrics server panicked")??;
     client.flush().await.ok();
@@ -80,8 +90,18 @@ pub async fn gpu_node(args: RoleArgs, file: Option<&Path>) -> Result<()> {
     let metrics = gateway::install_metrics_recorder()?;
     let (client, resources) = connect(&nats, "gpu-node").await?;
     let (shutdown, _signals) = telemetry::shutdown_on_signal();
-    let metrics_server = tokio::spawn(gateway::serve_metrics(args.metrics_addr, metrics, shutdown.clone()));
-    gpu_node::run(config, resources, client.clone(), shutdown.clone()).await?;
+    let metrics_server = tokio::spawn(gateway::serve_metrics(
+        args.metrics_addr,
+        metrics,
+        shutdown.clone(),
+    ));
+    Box::pin(gpu_node::run(
+        config,
+        resources,
+        client.clone(),
+        shutdown.clone(),
+    ))
+    .await?;
     shutdown.cancel();
     metrics_server.await.context("metrics server panicked")??;
     client.flush().await.ok();

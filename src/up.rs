@@ -40,7 +40,7 @@ pub async fn run(args: UpArgs, file: Option<&Path>) -> Result<()> {
     let (shutdown, _signals) = telemetry::shutdown_on_signal();
     let nats = EmbeddedNats::start(&binary, &args.data_dir, args.nats_port).await?;
     tracing::info!(url = nats.url(), data_dir = %args.data_dir.display(), "embedded nats-server up");
-    let outcome = run_roles(&args, file, nats.url(), shutdown.clone()).await;
+    let outcome = Box::pin(run_roles(&args, file, nats.url(), shutdown.clone())).await;
     shutdown.cancel();
     let stopped = nats.stop().await;
     outcome?;
@@ -56,7 +56,8 @@ async fn run_roles(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<()> {
     let env = roles::env_map();
-    let mut nats_config: protocol::config::NatsConfig = protocol::config::load_section(file, &env, "nats")?;
+    let mut nats_config: protocol::config::NatsConfig =
+        protocol::config::load_section(file, &env, "nats")?;
     nats_config.url = nats_url.to_owned();
     let mut gateway_config = gateway::Config::load(file, &env)?;
     gateway_config.listen_addr = args.listen.to_string();
@@ -67,17 +68,36 @@ async fn run_roles(
     }
     let metrics = gateway::install_metrics_recorder()?;
     let (client, resources) = roles::connect(&nats_config, "up").await?;
-    let server = gateway::Server::bind(gateway_config, resources.clone(), client.clone(), Some(metrics)).await?;
+    let server = gateway::Server::bind(
+        gateway_config,
+        resources.clone(),
+        client.clone(),
+        Some(metrics),
+    )
+    .await?;
     let url = format!("http://{}", server.local_addr());
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn({
         let (resources, client, shutdown) = (resources.clone(), client.clone(), shutdown.clone());
-        async move { coordinator::run(coordinator_config, resources, client, shutdown).await.context("coordinator") }
+        async move {
+            Box::pin(coordinator::run(
+                coordinator_config,
+                resources,
+                client,
+                shutdown,
+            ))
+            .await
+            .context("coordinator")
+        }
     });
     tasks.spawn({
         let (resources, client, shutdown) = (resources.clone(), client.clone(), shutdown.clone());
-        async move { gpu_node::run(node_config, resources, client, shutdown).await.context("gpu-node") }
+        async move {
+            Box::pin(gpu_node::run(node_config, resources, client, shutdown))
+                .await
+                .context("gpu-node")
+        }
     });
     tasks.spawn({
         let shutdown = shutdown.clone();

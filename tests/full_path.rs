@@ -19,9 +19,14 @@ const HEIGHT: u32 = 144;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_jobs_on_two_nodes_all_succeed_and_decode() {
     let server = testkit::NatsServer::start();
-    let nats = protocol::config::NatsConfig { url: server.url().to_owned(), ..Default::default() };
+    let nats = protocol::config::NatsConfig {
+        url: server.url().to_owned(),
+        ..Default::default()
+    };
     let client = connect(&nats, "e2e").await.unwrap();
-    let resources = ensure_resources(client.clone(), &nats.jetstream).await.unwrap();
+    let resources = ensure_resources(client.clone(), &nats.jetstream)
+        .await
+        .unwrap();
     let shutdown = CancellationToken::new();
 
     // Watch placements to see that both nodes did work.
@@ -78,7 +83,12 @@ async fn twenty_jobs_on_two_nodes_all_succeed_and_decode() {
             "height": HEIGHT,
             "steps": 4,
         });
-        let response = http.post(format!("{base}/v1/videos")).json(&body).send().await.unwrap();
+        let response = http
+            .post(format!("{base}/v1/videos"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
         let view: JobView = response.json().await.unwrap();
         ids.push(view.id);
@@ -88,18 +98,39 @@ async fn twenty_jobs_on_two_nodes_all_succeed_and_decode() {
     let mut finished = Vec::new();
     for id in &ids {
         loop {
-            let view: JobView = http.get(format!("{base}/v1/videos/{id}")).send().await.unwrap().json().await.unwrap();
+            let view: JobView = http
+                .get(format!("{base}/v1/videos/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             if view.state.is_terminal() {
                 finished.push(view);
                 break;
             }
-            assert!(Instant::now() < deadline, "job {id} still {} at the deadline", view.state);
+            assert!(
+                Instant::now() < deadline,
+                "job {id} still {} at the deadline",
+                view.state
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     for view in &finished {
-        assert_eq!(view.state, JobState::Succeeded, "job {} failed: {:?}", view.id, view.error);
-        let response = http.get(format!("{base}/v1/videos/{}/content", view.id)).send().await.unwrap();
+        assert_eq!(
+            view.state,
+            JobState::Succeeded,
+            "job {} failed: {:?}",
+            view.id,
+            view.error
+        );
+        let response = http
+            .get(format!("{base}/v1/videos/{}/content", view.id))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "video/mp4");
         let bytes = response.bytes().await.unwrap();
@@ -110,7 +141,10 @@ async fn twenty_jobs_on_two_nodes_all_succeed_and_decode() {
         assert_eq!((info.width, info.height), (WIDTH, HEIGHT));
         assert_eq!(info.fps, 30);
     }
-    let nodes = tokio::time::timeout(Duration::from_secs(5), nodes_seen).await.unwrap().unwrap();
+    let nodes = tokio::time::timeout(Duration::from_secs(5), nodes_seen)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(nodes.len(), 2, "jobs ran only on {nodes:?}");
 
     shutdown.cancel();

@@ -11,16 +11,23 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 fn nats_pid(data_dir: &Path) -> Option<i32> {
-    std::fs::read_dir(data_dir.join("nats")).ok()?.flatten().find_map(|entry| {
-        let name = entry.file_name().into_string().ok()?;
-        name.strip_prefix("nats-server_")?.strip_suffix(".ports")?.parse().ok()
-    })
+    std::fs::read_dir(data_dir.join("nats"))
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            name.strip_prefix("nats-server_")?
+                .strip_suffix(".ports")?
+                .parse()
+                .ok()
+        })
 }
 
 #[test]
 fn up_generate_and_sigint_leave_an_mp4_and_no_nats_server() {
     let binary = env!("CARGO_BIN_EXE_mochi");
-    let nats_server = testkit::nats_server_binary().expect("nats-server: run scripts/install-deps.sh");
+    let nats_server =
+        testkit::nats_server_binary().expect("nats-server: run scripts/install-deps.sh");
     let work = tempfile::tempdir().unwrap();
     let data_dir = work.path().join("data");
     let mut up = Command::new(binary)
@@ -34,40 +41,80 @@ fn up_generate_and_sigint_leave_an_mp4_and_no_nats_server() {
         .spawn()
         .unwrap();
     let mut url = String::new();
-    BufReader::new(up.stdout.take().unwrap()).read_line(&mut url).unwrap();
+    BufReader::new(up.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
     let url = url.trim().to_owned();
-    assert!(url.starts_with("http://127.0.0.1:"), "mochi up printed {url:?}");
+    assert!(
+        url.starts_with("http://127.0.0.1:"),
+        "mochi up printed {url:?}"
+    );
     let nats = nats_pid(&data_dir).expect("nats-server ports file");
 
     let output: PathBuf = work.path().join("out.mp4");
     let generate = Command::new(binary)
-        .args(["generate", "a test pattern", "--frames", "13", "--width", "256", "--height", "144", "--steps", "4"])
+        .args([
+            "generate",
+            "a test pattern",
+            "--frames",
+            "13",
+            "--width",
+            "256",
+            "--height",
+            "144",
+            "--steps",
+            "4",
+        ])
         .args(["--server", &url, "-o"])
         .arg(&output)
         .output()
         .unwrap();
-    assert!(generate.status.success(), "generate failed: {}", String::from_utf8_lossy(&generate.stderr));
-    assert_eq!(String::from_utf8_lossy(&generate.stdout).trim(), output.display().to_string());
+    assert!(
+        generate.status.success(),
+        "generate failed: {}",
+        String::from_utf8_lossy(&generate.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&generate.stdout).trim(),
+        output.display().to_string()
+    );
     let info = gpu_node::mp4::probe(&std::fs::read(&output).unwrap()).unwrap();
     assert_eq!(info.decoded_frames, 13);
 
     // A bad request is refused with a clear error, and the CLI says which field.
     let bad = Command::new(binary)
-        .args(["generate", "x", "--width", "850", "--height", "480", "--server", &url])
+        .args([
+            "generate", "x", "--width", "850", "--height", "480", "--server", &url,
+        ])
         .output()
         .unwrap();
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(stderr.contains("422") && stderr.contains("width") && stderr.contains("multiple of 16"), "{stderr}");
+    assert!(
+        stderr.contains("422") && stderr.contains("width") && stderr.contains("multiple of 16"),
+        "{stderr}"
+    );
 
-    kill(Pid::from_raw(i32::try_from(up.id()).unwrap()), Signal::SIGINT).unwrap();
+    kill(
+        Pid::from_raw(i32::try_from(up.id()).unwrap()),
+        Signal::SIGINT,
+    )
+    .unwrap();
     let status = wait_with_timeout(&mut up, Duration::from_secs(60));
     assert!(status.success(), "mochi up exited with {status}");
-    let gone = testkit::wait_until(Duration::from_secs(5), || !Path::new(&format!("/proc/{nats}")).exists());
-    assert!(gone, "nats-server {nats} still running after mochi up stopped");
+    let gone = testkit::wait_until(Duration::from_secs(5), || {
+        !Path::new(&format!("/proc/{nats}")).exists()
+    });
+    assert!(
+        gone,
+        "nats-server {nats} still running after mochi up stopped"
+    );
 }
 
-fn wait_with_timeout(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
+fn wait_with_timeout(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> std::process::ExitStatus {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
