@@ -131,6 +131,29 @@ mod tests {
     }
 
     #[test]
+    fn loads_fields_from_the_environment_and_refuses_unknown_ones() {
+        let env = HashMap::from([
+            ("MOCHI_COORDINATOR__LEASE_MS".to_owned(), "5000".to_owned()),
+            (
+                "MOCHI_COORDINATOR__LIMITS__MAX_STEPS".to_owned(),
+                "8".to_owned(),
+            ),
+        ]);
+        let config = Config::load(None, &env).expect("valid");
+        assert_eq!(config.lease_ms, 5_000);
+        assert_eq!(config.limits.max_steps, 8);
+        assert_eq!(config.max_attempts, 3);
+        let unknown = HashMap::from([("MOCHI_COORDINATOR__LEASE".to_owned(), "1".to_owned())]);
+        assert!(Config::load(None, &unknown).is_err());
+    }
+
+    #[test]
+    fn test_config_is_valid() {
+        Config::for_test().validate().expect("valid");
+        Config::default().validate().expect("valid");
+    }
+
+    #[test]
     fn rejects_tick_longer_than_lease() {
         let config = Config {
             tick_ms: 10_000,

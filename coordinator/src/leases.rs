@@ -1,7 +1,8 @@
 //! Lease expiry. The scheduler finds the jobs whose lease deadline has passed ([`due`]); the
 //! lease keeper actor sends each back to the queue with `LeaseExpired` and a retry backoff,
 //! by compare-and-set and only while the stored lease is still past its deadline (a node
-//! that renewed in the meantime keeps its job). It also copies dead jobs to `MOCHI_DLQ`.
+//! that renewed in the meantime keeps its job). It also copies dead jobs to `MOCHI_DLQ` and
+//! sends preempted jobs back to the queue.
 
 use std::sync::Arc;
 
@@ -50,6 +51,8 @@ pub enum LeaseKeeperMsg {
     Expire(Vec<OnNode>),
     /// Copy a dead job's record to `MOCHI_DLQ` (deduplicated by job id).
     DeadLetter(Box<JobRecord>),
+    /// Send a preempted job back to the queue (it resumes from its saved step).
+    Requeue(JobId),
 }
 
 /// What the lease keeper needs.
@@ -90,6 +93,7 @@ impl Actor for LeaseKeeper {
                 }
             }
             LeaseKeeperMsg::DeadLetter(record) => dead_letter(state, &record).await,
+            LeaseKeeperMsg::Requeue(job_id) => requeue(state, job_id).await,
         }
         Ok(())
     }
@@ -130,6 +134,23 @@ async fn expire(state: &LeaseKeeperArgs, job: &OnNode) {
         Err(error) => {
             tracing::warn!(job_id = %job.job_id, %error, "cannot expire the lease; will retry")
         }
+    }
+}
+
+async fn requeue(state: &LeaseKeeperArgs, job_id: JobId) {
+    let preempted = |record: &JobRecord| record.state == JobState::Preempted;
+    match store::apply_if(
+        &state.resources.jobs,
+        job_id,
+        &JobEvent::Requeued,
+        now_ms(),
+        preempted,
+    )
+    .await
+    {
+        Ok(Some(_)) => tracing::info!(%job_id, "preempted job back in the queue"),
+        Ok(None) => {}
+        Err(error) => tracing::warn!(%job_id, %error, "cannot requeue the preempted job"),
     }
 }
 

@@ -167,3 +167,42 @@ async fn restarted_coordinator_places_jobs_an_earlier_one_took_in() {
     second.stop().await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_out_of_attempts_is_dead_and_copied_to_the_dead_letter_stream() {
+    let nats = nats().await;
+    let config = coordinator::Config {
+        lease_ms: 300,
+        max_attempts: 1,
+        ..coordinator::Config::for_test()
+    };
+    let dying = StandIn::start(&nats, "node-dying", 1, Behaviour::Die, config.lease_ms).await;
+    let coordinator = Running::start(&nats, config).await;
+    let ids = submit_jobs(&nats, 1).await;
+    eventually(WAIT, "the job is dead", || {
+        all_in_state(&nats, &ids, JobState::Dead)
+    })
+    .await;
+    let subject = protocol::names::dlq_subject(&ids[0].to_string());
+    eventually(WAIT, "the dead job is in MOCHI_DLQ", || async {
+        nats.resources
+            .dlq
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .is_ok()
+    })
+    .await;
+    let message = nats
+        .resources
+        .dlq
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .unwrap();
+    let dead: protocol::JobRecord = protocol::codec::from_json(&message.payload).unwrap();
+    assert_eq!(
+        (dead.id, dead.state, dead.failed_attempts),
+        (ids[0], JobState::Dead, 1)
+    );
+    coordinator.stop().await;
+    dying.stop().await;
+}

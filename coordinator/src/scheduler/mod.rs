@@ -282,6 +282,9 @@ fn job_changed(state: &mut SchedulerState, record: &JobRecord, revision: u64) {
         }
         return;
     }
+    if record.state == JobState::Preempted {
+        let _ = state.keeper.cast(LeaseKeeperMsg::Requeue(job_id));
+    }
     state.jobs.insert(
         job_id,
         Tracked {

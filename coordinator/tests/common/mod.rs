@@ -170,10 +170,11 @@ impl StandIn {
                         () = changed.notified() => {}
                         () = tokio::time::sleep(Duration::from_millis(200)) => {}
                     }
+                    // Put, then check: the last heartbeat of a dying node shows its busy slot.
+                    beat.put().await;
                     if seen.lock().unwrap().dead {
                         return;
                     }
-                    beat.put().await;
                 }
             }
         });
