@@ -4,6 +4,7 @@
 //! slot's proxy, and on every tick drops silent nodes and sends due leases to the keeper.
 
 pub mod policy;
+mod view;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -11,15 +12,15 @@ use std::time::Duration;
 
 use protocol::jetstream::Resources;
 use protocol::messages::NodeHeartbeat;
-use protocol::record::Lease;
-use protocol::{JobId, JobRecord, JobState, NodeId, now_ms};
+use protocol::{JobId, JobRecord, NodeId, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::config::Config;
 use crate::leases::{self, LeaseKeeper, LeaseKeeperArgs, LeaseKeeperMsg, OnNode};
 use crate::metrics;
 use crate::slots::{SlotProxy, SlotProxyArgs, SlotProxyMsg};
-use policy::{ClusterView, FreeSlot, QueuedJob};
+use policy::ClusterView;
+use view::{FollowUp, View};
 
 /// How long stopping waits for each child actor.
 const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,35 +99,14 @@ pub struct SchedulerArgs {
     pub client: async_nats::Client,
 }
 
-/// A non-terminal job as last seen in the watch.
-struct Tracked {
-    revision: u64,
-    state: JobState,
-    created_at_ms: u64,
-    not_before_ms: u64,
-    attempt: u32,
-    failed_attempts: u32,
-    lease: Option<Lease>,
-}
-
-/// A placement handed to a proxy; the job and slot stay reserved until the watch has
-/// delivered the proxy's last write (`settle_revision`), so the view never goes back.
-struct Placing {
-    slot: SlotKey,
-    settle_revision: Option<u64>,
-}
-
 /// The scheduler's state.
 pub struct SchedulerState {
     args: SchedulerArgs,
     keeper: ActorRef<LeaseKeeperMsg>,
-    jobs: HashMap<JobId, Tracked>,
-    placing: HashMap<JobId, Placing>,
+    view: View,
+    /// Jobs whose expiry the keeper is working on.
     expiring: HashSet<JobId>,
-    nodes: HashMap<NodeId, NodeHeartbeat>,
     proxies: HashMap<SlotKey, ActorRef<SlotProxyMsg>>,
-    /// Slots that refused a placement at this time: not free until a newer heartbeat.
-    refused_at: HashMap<SlotKey, u64>,
 }
 
 impl Actor for Scheduler {
@@ -140,15 +120,13 @@ impl Actor for Scheduler {
         args: SchedulerArgs,
     ) -> Result<SchedulerState, ActorProcessingErr> {
         let keeper = Box::pin(spawn_keeper(&myself, &args)).await?;
+        let view = View::new(args.config.node_ttl_s);
         Ok(SchedulerState {
             args,
             keeper,
-            jobs: HashMap::new(),
-            placing: HashMap::new(),
+            view,
             expiring: HashSet::new(),
-            nodes: HashMap::new(),
             proxies: HashMap::new(),
-            refused_at: HashMap::new(),
         })
     }
 
@@ -178,9 +156,7 @@ impl Actor for Scheduler {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SchedulerMsg::JobChanged { record, revision } => job_changed(state, &record, revision),
-            SchedulerMsg::JobRemoved(job_id) => {
-                state.jobs.remove(&job_id);
-            }
+            SchedulerMsg::JobRemoved(job_id) => state.view.job_removed(job_id),
             SchedulerMsg::NodeSeen(heartbeat) => {
                 Box::pin(node_seen(&myself, state, *heartbeat)).await?
             }
@@ -190,14 +166,17 @@ impl Actor for Scheduler {
                 outcome,
                 revision,
             } => {
-                placement_done(state, job_id, outcome, revision);
+                state
+                    .view
+                    .placement_done(job_id, outcome, revision, now_ms());
             }
             SchedulerMsg::ExpiryDone(job_id) => {
                 state.expiring.remove(&job_id);
             }
             SchedulerMsg::Tick => tick(state),
             SchedulerMsg::Status(reply) => {
-                let _ = reply.send(status(state, now_ms()));
+                let proxies = &state.proxies;
+                let _ = reply.send(state.view.status(now_ms(), |key| proxies.contains_key(key)));
                 return Ok(());
             }
         }
@@ -231,7 +210,7 @@ impl Actor for Scheduler {
             .collect();
         for key in failed {
             state.proxies.remove(&key);
-            state.placing.retain(|_, placing| placing.slot != key);
+            state.view.slot_failed(&key);
         }
         Ok(())
     }
@@ -257,65 +236,17 @@ async fn spawn_keeper(
 }
 
 fn job_changed(state: &mut SchedulerState, record: &JobRecord, revision: u64) {
-    let job_id = record.id;
-    if state
-        .jobs
-        .get(&job_id)
-        .is_some_and(|known| known.revision >= revision)
-    {
-        return;
-    }
-    if state
-        .placing
-        .get(&job_id)
-        .and_then(|p| p.settle_revision)
-        .is_some_and(|settle| revision >= settle)
-    {
-        state.placing.remove(&job_id);
-    }
-    if record.state.is_terminal() {
-        state.jobs.remove(&job_id);
-        if leases::freshly_dead(record, now_ms(), DEAD_LETTER_WINDOW_MS) {
-            let _ = state
-                .keeper
-                .cast(LeaseKeeperMsg::DeadLetter(Box::new(record.clone())));
+    match state.view.job_changed(record, revision) {
+        FollowUp::None => {}
+        FollowUp::Finished => {
+            if leases::freshly_dead(record, now_ms(), DEAD_LETTER_WINDOW_MS) {
+                let _ = state
+                    .keeper
+                    .cast(LeaseKeeperMsg::DeadLetter(Box::new(record.clone())));
+            }
         }
-        return;
-    }
-    if record.state == JobState::Preempted {
-        let _ = state.keeper.cast(LeaseKeeperMsg::Requeue(job_id));
-    }
-    state.jobs.insert(
-        job_id,
-        Tracked {
-            revision,
-            state: record.state,
-            created_at_ms: record.created_at_ms,
-            not_before_ms: record.not_before_ms,
-            attempt: record.attempt,
-            failed_attempts: record.failed_attempts,
-            lease: record.lease.clone(),
-        },
-    );
-}
-
-fn placement_done(
-    state: &mut SchedulerState,
-    job_id: JobId,
-    outcome: PlacementOutcome,
-    revision: Option<u64>,
-) {
-    let Some(placing) = state.placing.get_mut(&job_id) else {
-        return;
-    };
-    if outcome == PlacementOutcome::Refused {
-        state.refused_at.insert(placing.slot.clone(), now_ms());
-    }
-    let known = state.jobs.get(&job_id).map_or(0, |job| job.revision);
-    match revision {
-        Some(settle) if settle > known => placing.settle_revision = Some(settle),
-        _ => {
-            state.placing.remove(&job_id);
+        FollowUp::Preempted => {
+            let _ = state.keeper.cast(LeaseKeeperMsg::Requeue(record.id));
         }
     }
 }
@@ -326,19 +257,12 @@ async fn node_seen(
     heartbeat: NodeHeartbeat,
 ) -> Result<(), ActorProcessingErr> {
     let node = heartbeat.node_id.clone();
-    if !is_live(&heartbeat, state.args.config.node_ttl_s, now_ms()) {
+    if !state.view.node_seen(heartbeat, now_ms()) {
         // An old heartbeat (e.g. from the watch's history at start-up): the node is gone.
         forget_node(state, &node, "node heartbeat expired");
         return Ok(());
     }
-    if state
-        .nodes
-        .get(&node)
-        .is_some_and(|known| known.sent_at_ms > heartbeat.sent_at_ms)
-    {
-        return Ok(());
-    }
-    let reported: HashSet<u32> = heartbeat.slots.iter().map(|slot| slot.slot).collect();
+    let reported = state.view.slots_of(&node);
     state.proxies.retain(|(proxy_node, index), proxy| {
         let keep = proxy_node != &node || reported.contains(index);
         if !keep {
@@ -346,14 +270,14 @@ async fn node_seen(
         }
         keep
     });
-    for report in &heartbeat.slots {
-        let key = (node.clone(), report.slot);
+    for slot in reported {
+        let key = (node.clone(), slot);
         if state.proxies.contains_key(&key) {
             continue;
         }
         let args = SlotProxyArgs {
             node: node.clone(),
-            slot: report.slot,
+            slot,
             config: Arc::clone(&state.args.config),
             resources: state.args.resources.clone(),
             client: state.args.client.clone(),
@@ -366,22 +290,14 @@ async fn node_seen(
             myself.get_cell(),
         ))
         .await?;
-        tracing::info!(node = %node, slot = report.slot, class = %report.gpu_class, "slot joined");
+        tracing::info!(node = %node, slot, "slot joined");
         state.proxies.insert(key, proxy);
     }
-    state.nodes.insert(node, heartbeat);
     Ok(())
 }
 
-fn is_live(heartbeat: &NodeHeartbeat, node_ttl_s: u64, now: u64) -> bool {
-    heartbeat
-        .sent_at_ms
-        .saturating_add(node_ttl_s.saturating_mul(1_000))
-        >= now
-}
-
 fn forget_node(state: &mut SchedulerState, node: &NodeId, why: &str) {
-    if state.nodes.remove(node).is_some() {
+    if state.view.forget_node(node) {
         tracing::warn!(node = %node, reason = why, "node gone");
     }
     state.proxies.retain(|(proxy_node, _), proxy| {
@@ -391,122 +307,19 @@ fn forget_node(state: &mut SchedulerState, node: &NodeId, why: &str) {
         }
         keep
     });
-    // Placements in flight there end with the proxy; the record's CAS keeps them safe.
-    state.placing.retain(|_, placing| &placing.slot.0 != node);
-    state
-        .refused_at
-        .retain(|(refused_node, _), _| refused_node != node);
-}
-
-fn on_node_jobs(state: &SchedulerState) -> Vec<OnNode> {
-    state
-        .jobs
-        .iter()
-        .filter(|(_, job)| job.state.is_on_node())
-        .filter_map(|(job_id, job)| {
-            let lease = job.lease.as_ref()?;
-            Some(OnNode {
-                job_id: *job_id,
-                attempt: job.attempt,
-                failed_attempts: job.failed_attempts,
-                node: lease.node.clone(),
-                slot: lease.slot,
-                deadline_ms: lease.deadline_ms,
-            })
-        })
-        .collect()
-}
-
-/// Slots of live, accepting nodes that are healthy and idle by their node's report, hold no
-/// job by our records, have no placement in flight, and have not refused one since their
-/// node's last heartbeat.
-fn free_slots(state: &SchedulerState, now: u64) -> Vec<FreeSlot> {
-    let occupied: HashSet<SlotKey> = on_node_jobs(state)
-        .into_iter()
-        .map(|job| (job.node, job.slot))
-        .collect();
-    let reserved: HashSet<&SlotKey> = state
-        .placing
-        .values()
-        .map(|placing| &placing.slot)
-        .collect();
-    let ttl_s = state.args.config.node_ttl_s;
-    let mut free = Vec::new();
-    for (node, heartbeat) in &state.nodes {
-        if !heartbeat.accepting || !is_live(heartbeat, ttl_s, now) {
-            continue;
-        }
-        for report in heartbeat
-            .slots
-            .iter()
-            .filter(|report| report.healthy && report.job.is_none())
-        {
-            let key = (node.clone(), report.slot);
-            let refused = state
-                .refused_at
-                .get(&key)
-                .is_some_and(|at| *at >= heartbeat.sent_at_ms);
-            if occupied.contains(&key)
-                || reserved.contains(&key)
-                || refused
-                || !state.proxies.contains_key(&key)
-            {
-                continue;
-            }
-            free.push(FreeSlot {
-                node: node.clone(),
-                slot: report.slot,
-                memory_free_bytes: report.memory_free_bytes,
-            });
-        }
-    }
-    free
-}
-
-fn status(state: &SchedulerState, now: u64) -> SchedulerStatus {
-    let ttl_s = state.args.config.node_ttl_s;
-    SchedulerStatus {
-        queued: state
-            .jobs
-            .values()
-            .filter(|job| job.state == JobState::Queued)
-            .count(),
-        on_node: state
-            .jobs
-            .values()
-            .filter(|job| job.state.is_on_node())
-            .count(),
-        live_slots: state
-            .nodes
-            .values()
-            .filter(|hb| is_live(hb, ttl_s, now))
-            .map(|hb| hb.slots.len())
-            .sum(),
-        free_slots: free_slots(state, now).len(),
-    }
 }
 
 fn schedule(state: &mut SchedulerState) {
     let now = now_ms();
+    let proxies = &state.proxies;
     let view = ClusterView {
-        free_slots: free_slots(state, now),
+        free_slots: state.view.free_slots(now, |key| proxies.contains_key(key)),
         now_ms: now,
     };
     if view.free_slots.is_empty() {
         return;
     }
-    let queued: Vec<QueuedJob> = state
-        .jobs
-        .iter()
-        .filter(|(job_id, job)| {
-            job.state == JobState::Queued && !state.placing.contains_key(*job_id)
-        })
-        .map(|(job_id, job)| QueuedJob {
-            job_id: *job_id,
-            created_at_ms: job.created_at_ms,
-            not_before_ms: job.not_before_ms,
-        })
-        .collect();
+    let queued = state.view.queued_jobs();
     if queued.is_empty() {
         return;
     }
@@ -518,33 +331,20 @@ fn schedule(state: &mut SchedulerState) {
         if proxy.cast(SlotProxyMsg::Place(placement.job_id)).is_err() {
             continue;
         }
-        if let Some(job) = state.jobs.get(&placement.job_id) {
-            let waited_s = now.saturating_sub(job.created_at_ms) as f64 / 1_000.0;
+        if let Some(created_at_ms) = state.view.created_at_ms(placement.job_id) {
+            let waited_s = now.saturating_sub(created_at_ms) as f64 / 1_000.0;
             ::metrics::histogram!(metrics::QUEUE_WAIT_SECONDS).record(waited_s);
         }
-        state.placing.insert(
-            placement.job_id,
-            Placing {
-                slot: key,
-                settle_revision: None,
-            },
-        );
+        state.view.placing_started(placement.job_id, key);
     }
 }
 
 fn tick(state: &mut SchedulerState) {
     let now = now_ms();
-    let ttl_s = state.args.config.node_ttl_s;
-    let gone: Vec<NodeId> = state
-        .nodes
-        .iter()
-        .filter(|(_, heartbeat)| !is_live(heartbeat, ttl_s, now))
-        .map(|(id, _)| id.clone())
-        .collect();
-    for node in &gone {
-        forget_node(state, node, "node heartbeat expired");
+    for node in state.view.gone_nodes(now) {
+        forget_node(state, &node, "node heartbeat expired");
     }
-    let on_node = on_node_jobs(state);
+    let on_node = state.view.on_node_jobs();
     let due: Vec<OnNode> = leases::due(&on_node, now)
         .into_iter()
         .filter(|job| !state.expiring.contains(&job.job_id))
@@ -555,6 +355,6 @@ fn tick(state: &mut SchedulerState) {
             state.expiring.clear();
         }
     }
-    let current = status(state, now);
-    metrics::gauges(&current);
+    let proxies = &state.proxies;
+    metrics::gauges(&state.view.status(now, |key| proxies.contains_key(key)));
 }

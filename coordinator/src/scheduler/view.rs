@@ -1,0 +1,468 @@
+//! The scheduler's picture of the cluster, kept from the watches and its own placements:
+//! the jobs that are queued or on nodes (with the KV revision last seen), the placements in
+//! flight, the nodes' last heartbeats. No I/O here, so every rule is unit-tested.
+
+use std::collections::{HashMap, HashSet};
+
+use protocol::messages::NodeHeartbeat;
+use protocol::record::Lease;
+use protocol::{JobId, JobRecord, JobState, NodeId};
+
+use super::policy::{FreeSlot, QueuedJob};
+use super::{PlacementOutcome, SchedulerStatus, SlotKey};
+use crate::leases::OnNode;
+
+/// A non-terminal job as last seen in the watch.
+struct Tracked {
+    revision: u64,
+    state: JobState,
+    created_at_ms: u64,
+    not_before_ms: u64,
+    attempt: u32,
+    failed_attempts: u32,
+    lease: Option<Lease>,
+}
+
+/// A placement handed to a proxy. The job and its slot stay reserved until the watch has
+/// delivered the proxy's last write (`settle_revision`), so the view never steps back.
+struct Placing {
+    slot: SlotKey,
+    settle_revision: Option<u64>,
+}
+
+/// What a record change asks of the scheduler besides updating the view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FollowUp {
+    /// Nothing more.
+    None,
+    /// The job reached a terminal state.
+    Finished,
+    /// The job was preempted and must go back to the queue.
+    Preempted,
+}
+
+/// The scheduler's view of jobs, placements and nodes.
+pub(crate) struct View {
+    node_ttl_ms: u64,
+    jobs: HashMap<JobId, Tracked>,
+    placing: HashMap<JobId, Placing>,
+    nodes: HashMap<NodeId, NodeHeartbeat>,
+    /// Slots that refused a placement at this time: not free until a newer heartbeat.
+    refused_at: HashMap<SlotKey, u64>,
+}
+
+impl View {
+    /// An empty view; a node is live while its last heartbeat is within `node_ttl_s`.
+    pub(crate) fn new(node_ttl_s: u64) -> Self {
+        Self {
+            node_ttl_ms: node_ttl_s.saturating_mul(1_000),
+            jobs: HashMap::new(),
+            placing: HashMap::new(),
+            nodes: HashMap::new(),
+            refused_at: HashMap::new(),
+        }
+    }
+
+    /// Takes in a record from the watch (older revisions than the one known are ignored).
+    pub(crate) fn job_changed(&mut self, record: &JobRecord, revision: u64) -> FollowUp {
+        let job_id = record.id;
+        if self
+            .jobs
+            .get(&job_id)
+            .is_some_and(|known| known.revision >= revision)
+        {
+            return FollowUp::None;
+        }
+        let settled = self
+            .placing
+            .get(&job_id)
+            .and_then(|p| p.settle_revision)
+            .is_some_and(|r| revision >= r);
+        if settled {
+            self.placing.remove(&job_id);
+        }
+        if record.state.is_terminal() {
+            self.jobs.remove(&job_id);
+            return FollowUp::Finished;
+        }
+        let tracked = Tracked {
+            revision,
+            state: record.state,
+            created_at_ms: record.created_at_ms,
+            not_before_ms: record.not_before_ms,
+            attempt: record.attempt,
+            failed_attempts: record.failed_attempts,
+            lease: record.lease.clone(),
+        };
+        self.jobs.insert(job_id, tracked);
+        if record.state == JobState::Preempted {
+            FollowUp::Preempted
+        } else {
+            FollowUp::None
+        }
+    }
+
+    /// Forgets a deleted record.
+    pub(crate) fn job_removed(&mut self, job_id: JobId) {
+        self.jobs.remove(&job_id);
+    }
+
+    /// Reserves the job and the slot for a placement handed to the slot's proxy.
+    pub(crate) fn placing_started(&mut self, job_id: JobId, slot: SlotKey) {
+        self.placing.insert(
+            job_id,
+            Placing {
+                slot,
+                settle_revision: None,
+            },
+        );
+    }
+
+    /// A proxy finished: the reservation ends once the watch has shown its last write.
+    pub(crate) fn placement_done(
+        &mut self,
+        job_id: JobId,
+        outcome: PlacementOutcome,
+        revision: Option<u64>,
+        now: u64,
+    ) {
+        let Some(placing) = self.placing.get_mut(&job_id) else {
+            return;
+        };
+        if outcome == PlacementOutcome::Refused {
+            self.refused_at.insert(placing.slot.clone(), now);
+        }
+        // A job no longer tracked has finished (or was deleted): nothing left to wait for.
+        let known = self.jobs.get(&job_id).map(|job| job.revision);
+        match (revision, known) {
+            (Some(settle), Some(known)) if settle > known => placing.settle_revision = Some(settle),
+            _ => {
+                self.placing.remove(&job_id);
+            }
+        }
+    }
+
+    /// Drops the reservations of a slot whose proxy failed.
+    pub(crate) fn slot_failed(&mut self, slot: &SlotKey) {
+        self.placing.retain(|_, placing| &placing.slot != slot);
+    }
+
+    /// Takes in a heartbeat; returns whether the node is live (else it is forgotten).
+    pub(crate) fn node_seen(&mut self, heartbeat: NodeHeartbeat, now: u64) -> bool {
+        let node = heartbeat.node_id.clone();
+        if !self.is_live(&heartbeat, now) {
+            self.forget_node(&node);
+            return false;
+        }
+        if self
+            .nodes
+            .get(&node)
+            .is_none_or(|known| known.sent_at_ms <= heartbeat.sent_at_ms)
+        {
+            self.nodes.insert(node, heartbeat);
+        }
+        true
+    }
+
+    /// The slots the node's latest heartbeat reports.
+    pub(crate) fn slots_of(&self, node: &NodeId) -> Vec<u32> {
+        self.nodes
+            .get(node)
+            .map(|hb| hb.slots.iter().map(|slot| slot.slot).collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets a node; returns whether it was known. Its placements in flight end with
+    /// their proxy (the record's compare-and-set keeps them safe).
+    pub(crate) fn forget_node(&mut self, node: &NodeId) -> bool {
+        self.placing.retain(|_, placing| &placing.slot.0 != node);
+        self.refused_at
+            .retain(|(refused_node, _), _| refused_node != node);
+        self.nodes.remove(node).is_some()
+    }
+
+    /// Nodes whose last heartbeat is older than the TTL.
+    pub(crate) fn gone_nodes(&self, now: u64) -> Vec<NodeId> {
+        self.nodes
+            .values()
+            .filter(|hb| !self.is_live(hb, now))
+            .map(|hb| hb.node_id.clone())
+            .collect()
+    }
+
+    fn is_live(&self, heartbeat: &NodeHeartbeat, now: u64) -> bool {
+        heartbeat.sent_at_ms.saturating_add(self.node_ttl_ms) >= now
+    }
+
+    /// Jobs on nodes, with their leases.
+    pub(crate) fn on_node_jobs(&self) -> Vec<OnNode> {
+        let on_node = self.jobs.iter().filter(|(_, job)| job.state.is_on_node());
+        on_node
+            .filter_map(|(job_id, job)| {
+                let lease = job.lease.as_ref()?;
+                Some(OnNode {
+                    job_id: *job_id,
+                    attempt: job.attempt,
+                    failed_attempts: job.failed_attempts,
+                    node: lease.node.clone(),
+                    slot: lease.slot,
+                    deadline_ms: lease.deadline_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// Queued jobs not being placed.
+    pub(crate) fn queued_jobs(&self) -> Vec<QueuedJob> {
+        let waiting = self
+            .jobs
+            .iter()
+            .filter(|(id, job)| job.state == JobState::Queued && !self.placing.contains_key(*id));
+        waiting
+            .map(|(job_id, job)| QueuedJob {
+                job_id: *job_id,
+                created_at_ms: job.created_at_ms,
+                not_before_ms: job.not_before_ms,
+            })
+            .collect()
+    }
+
+    /// When a tracked job was created.
+    pub(crate) fn created_at_ms(&self, job_id: JobId) -> Option<u64> {
+        self.jobs.get(&job_id).map(|job| job.created_at_ms)
+    }
+
+    /// Slots of live, accepting nodes that are healthy and idle by their node's report, hold
+    /// no job by our records, have no placement in flight, have not refused one since their
+    /// node's last heartbeat, and have a proxy (`has_proxy`).
+    pub(crate) fn free_slots(
+        &self,
+        now: u64,
+        has_proxy: impl Fn(&SlotKey) -> bool,
+    ) -> Vec<FreeSlot> {
+        let occupied: HashSet<SlotKey> = self
+            .on_node_jobs()
+            .into_iter()
+            .map(|job| (job.node, job.slot))
+            .collect();
+        let reserved: HashSet<&SlotKey> =
+            self.placing.values().map(|placing| &placing.slot).collect();
+        let mut free = Vec::new();
+        for (node, heartbeat) in &self.nodes {
+            if !heartbeat.accepting || !self.is_live(heartbeat, now) {
+                continue;
+            }
+            for report in heartbeat
+                .slots
+                .iter()
+                .filter(|report| report.healthy && report.job.is_none())
+            {
+                let key = (node.clone(), report.slot);
+                let refused = self
+                    .refused_at
+                    .get(&key)
+                    .is_some_and(|at| *at >= heartbeat.sent_at_ms);
+                if occupied.contains(&key) || reserved.contains(&key) || refused || !has_proxy(&key)
+                {
+                    continue;
+                }
+                free.push(FreeSlot {
+                    node: node.clone(),
+                    slot: report.slot,
+                    memory_free_bytes: report.memory_free_bytes,
+                });
+            }
+        }
+        free
+    }
+
+    /// The counts.
+    pub(crate) fn status(&self, now: u64, has_proxy: impl Fn(&SlotKey) -> bool) -> SchedulerStatus {
+        SchedulerStatus {
+            queued: self
+                .jobs
+                .values()
+                .filter(|job| job.state == JobState::Queued)
+                .count(),
+            on_node: self
+                .jobs
+                .values()
+                .filter(|job| job.state.is_on_node())
+                .count(),
+            live_slots: self
+                .nodes
+                .values()
+                .filter(|hb| self.is_live(hb, now))
+                .map(|hb| hb.slots.len())
+                .sum(),
+            free_slots: self.free_slots(now, has_proxy).len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::messages::SlotReport;
+    use protocol::{JobShape, JobSpec, TenantId};
+
+    use super::*;
+
+    const NOW: u64 = 1_000_000;
+
+    fn node(name: &str) -> NodeId {
+        NodeId::new(name).expect("valid")
+    }
+
+    fn heartbeat(name: &str, slots: u32, sent_at_ms: u64) -> NodeHeartbeat {
+        NodeHeartbeat {
+            node_id: node(name),
+            backend: "simulated".to_owned(),
+            version: "test".to_owned(),
+            started_at_ms: 0,
+            sent_at_ms,
+            accepting: true,
+            slots: (0..slots)
+                .map(|slot| SlotReport {
+                    slot,
+                    gpu_class: "cpu".to_owned(),
+                    memory_total_bytes: 1 << 30,
+                    memory_free_bytes: 1 << 30,
+                    job: None,
+                    healthy: true,
+                    unhealthy_reason: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn queued() -> JobRecord {
+        let shape = JobShape::new(7, 30, 64, 64, 3, true);
+        JobRecord::queued(
+            JobId::new(),
+            TenantId::default_tenant(),
+            JobSpec::new("x"),
+            shape,
+            1,
+            3,
+            NOW,
+        )
+    }
+
+    fn assigned(record: &JobRecord, name: &str, slot: u32) -> JobRecord {
+        let lease = Lease {
+            node: node(name),
+            slot,
+            deadline_ms: NOW + 1_000,
+        };
+        record
+            .apply(&protocol::JobEvent::Assigned { lease }, NOW)
+            .expect("legal")
+    }
+
+    fn free(view: &View) -> Vec<SlotKey> {
+        let mut slots: Vec<SlotKey> = view
+            .free_slots(NOW, |_| true)
+            .into_iter()
+            .map(|s| (s.node, s.slot))
+            .collect();
+        slots.sort();
+        slots
+    }
+
+    #[test]
+    fn a_placement_reserves_its_slot_until_the_watch_shows_its_write() {
+        let mut view = View::new(10);
+        view.node_seen(heartbeat("a", 1, NOW), NOW);
+        let job = queued();
+        view.job_changed(&job, 1);
+        view.placing_started(job.id, (node("a"), 0));
+        assert!(free(&view).is_empty() && view.queued_jobs().is_empty());
+        view.placement_done(job.id, PlacementOutcome::Accepted, Some(2), NOW);
+        assert!(
+            free(&view).is_empty(),
+            "the watch has not shown revision 2 yet"
+        );
+        view.job_changed(&assigned(&job, "a", 0), 2);
+        assert!(free(&view).is_empty(), "now the record holds the slot");
+        assert_eq!(view.on_node_jobs().len(), 1);
+    }
+
+    #[test]
+    fn a_job_finished_before_its_placement_reports_frees_the_slot() {
+        let mut view = View::new(10);
+        view.node_seen(heartbeat("a", 1, NOW), NOW);
+        let job = queued();
+        view.job_changed(&job, 1);
+        view.placing_started(job.id, (node("a"), 0));
+        let mut done = assigned(&job, "a", 0);
+        done.state = JobState::Succeeded;
+        assert_eq!(view.job_changed(&done, 6), FollowUp::Finished);
+        view.placement_done(job.id, PlacementOutcome::Accepted, Some(2), NOW);
+        assert_eq!(free(&view), vec![(node("a"), 0)]);
+    }
+
+    #[test]
+    fn older_revisions_are_ignored() {
+        let mut view = View::new(10);
+        let job = queued();
+        view.job_changed(&assigned(&job, "a", 0), 5);
+        view.job_changed(&job, 4);
+        assert_eq!(view.on_node_jobs().len(), 1);
+        assert!(view.queued_jobs().is_empty());
+    }
+
+    #[test]
+    fn a_refusing_slot_waits_for_a_newer_heartbeat() {
+        let mut view = View::new(10);
+        view.node_seen(heartbeat("a", 2, NOW - 10), NOW);
+        let job = queued();
+        view.job_changed(&job, 1);
+        view.placing_started(job.id, (node("a"), 1));
+        view.placement_done(job.id, PlacementOutcome::Refused, Some(3), NOW);
+        assert!(
+            view.queued_jobs().is_empty(),
+            "not before the watch shows the hand-back"
+        );
+        let handed_back = assigned(&job, "a", 1)
+            .apply(&protocol::JobEvent::AssignmentRejected { attempt: 1 }, NOW)
+            .expect("legal");
+        view.job_changed(&handed_back, 3);
+        assert_eq!(free(&view), vec![(node("a"), 0)]);
+        assert_eq!(view.queued_jobs().len(), 1, "the job is placeable again");
+        view.node_seen(heartbeat("a", 2, NOW + 1), NOW);
+        assert_eq!(free(&view), vec![(node("a"), 0), (node("a"), 1)]);
+    }
+
+    #[test]
+    fn nodes_past_their_ttl_are_gone_and_offer_no_slots() {
+        let mut view = View::new(3);
+        assert!(
+            !view.node_seen(heartbeat("old", 1, NOW - 3_001), NOW),
+            "history from a dead node"
+        );
+        assert!(view.node_seen(heartbeat("b", 1, NOW - 2_000), NOW));
+        assert_eq!(view.gone_nodes(NOW), Vec::<NodeId>::new());
+        assert_eq!(view.gone_nodes(NOW + 1_001), vec![node("b")]);
+        assert!(view.free_slots(NOW + 1_001, |_| true).is_empty());
+        let mut busy = heartbeat("c", 1, NOW);
+        busy.slots[0].job = Some(protocol::messages::SlotJob {
+            job_id: JobId::new(),
+            attempt: 1,
+        });
+        view.node_seen(busy, NOW);
+        let mut closed = heartbeat("d", 1, NOW);
+        closed.accepting = false;
+        view.node_seen(closed, NOW);
+        assert_eq!(free(&view), vec![(node("b"), 0)]);
+        assert_eq!(view.status(NOW, |_| true).live_slots, 3);
+    }
+
+    #[test]
+    fn preempted_jobs_ask_to_be_requeued() {
+        let mut view = View::new(10);
+        let mut job = queued();
+        job.state = JobState::Preempted;
+        assert_eq!(view.job_changed(&job, 3), FollowUp::Preempted);
+        assert!(view.queued_jobs().is_empty());
+    }
+}
