@@ -11,7 +11,7 @@ shift || true
 
 scripts/install-deps.sh
 cargo build --bin mochi
-mochi="$PWD/target/debug/mochi"
+mochi="${CARGO_TARGET_DIR:-$PWD/target}/debug/mochi"
 mkdir -p out
 data_dir="${MOCHI_DATA_DIR:-$PWD/data}"
 
