@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use futures::future::BoxFuture;
 use protocol::config::NatsConfig;
 use protocol::jetstream::{self, Resources};
+use tokio_util::sync::CancellationToken;
 
 use crate::telemetry;
 
@@ -57,53 +59,67 @@ pub async fn gateway(_args: RoleArgs, file: Option<&Path>) -> Result<()> {
 /// `mochi coordinator`.
 pub async fn coordinator(args: RoleArgs, file: Option<&Path>) -> Result<()> {
     let env = env_map();
-    let nats = nats_config(file, &env)?;
     let config = coordinator::Config::load(file, &env)?;
-    tracing::info!(nats_url = %nats.url, config = ?config, "starting coordinator");
-    let metrics = gateway::install_metrics_recorder()?;
-    let (client, resources) = connect(&nats, "coordinator").await?;
-    let (shutdown, _signals) = telemetry::shutdown_on_signal();
-    let metrics_server = tokio::spawn(gateway::serve_metrics(
-        args.metrics_addr,
-        metrics,
-        shutdown.clone(),
-    ));
-    Box::pin(coordinator::run(
-        config,
-        resources,
-        client.clone(),
-        shutdown.clone(),
-    ))
-    .await?;
-    shutdown.cancel();
-    metrics_server.await.context("metrics server panicked")??;
-    client.flush().await.ok();
-    Ok(())
+    background_role(
+        "coordinator",
+        args,
+        file,
+        &env,
+        format!("{config:?}"),
+        |resources, client, shutdown| {
+            Box::pin(async move {
+                Box::pin(coordinator::run(config, resources, client, shutdown))
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+        },
+    )
+    .await
 }
 
 /// `mochi gpu-node`.
 pub async fn gpu_node(args: RoleArgs, file: Option<&Path>) -> Result<()> {
     let env = env_map();
-    let nats = nats_config(file, &env)?;
     let config = gpu_node::Config::load(file, &env)?;
-    tracing::info!(nats_url = %nats.url, config = ?config, "starting gpu-node");
+    background_role(
+        "gpu-node",
+        args,
+        file,
+        &env,
+        format!("{config:?}"),
+        |resources, client, shutdown| {
+            Box::pin(async move {
+                Box::pin(gpu_node::run(config, resources, client, shutdown))
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+        },
+    )
+    .await
+}
+
+/// A role without an HTTP API of its own: NATS, a `/metrics` endpoint, then `run` until a signal.
+async fn background_role(
+    role: &str,
+    args: RoleArgs,
+    file: Option<&Path>,
+    env: &HashMap<String, String>,
+    config: String,
+    run: impl FnOnce(Resources, async_nats::Client, CancellationToken) -> BoxFuture<'static, Result<()>>,
+) -> Result<()> {
+    let nats = nats_config(file, env)?;
+    tracing::info!(nats_url = %nats.url, %config, "starting {role}");
     let metrics = gateway::install_metrics_recorder()?;
-    let (client, resources) = connect(&nats, "gpu-node").await?;
+    let (client, resources) = connect(&nats, role).await?;
     let (shutdown, _signals) = telemetry::shutdown_on_signal();
     let metrics_server = tokio::spawn(gateway::serve_metrics(
         args.metrics_addr,
         metrics,
         shutdown.clone(),
     ));
-    Box::pin(gpu_node::run(
-        config,
-        resources,
-        client.clone(),
-        shutdown.clone(),
-    ))
-    .await?;
+    let outcome = run(resources, client.clone(), shutdown.clone()).await;
     shutdown.cancel();
     metrics_server.await.context("metrics server panicked")??;
     client.flush().await.ok();
-    Ok(())
+    outcome
 }

@@ -444,21 +444,8 @@ async fn store_video(
     let info = match crate::mp4::probe(&mp4) {
         Ok(info) => info,
         Err(error) => {
-            let failure = JobFailure {
-                code: ErrorCode::JobFailed,
-                message: format!("encoded video is unreadable: {error}"),
-                retryable: true,
-            };
-            write(
-                state,
-                job_id,
-                &JobEvent::Failed {
-                    attempt,
-                    failure,
-                    retry_at_ms: now_ms() + RETRY_DELAY_MS,
-                },
-            )
-            .await;
+            let message = format!("encoded video is unreadable: {error}");
+            fail_retryable(state, job_id, attempt, ErrorCode::JobFailed, message).await;
             return "failed";
         }
     };
@@ -482,21 +469,8 @@ async fn store_video(
         .await
     {
         tracing::warn!(%job_id, attempt, %error, "cannot store the video");
-        let failure = JobFailure {
-            code: ErrorCode::Unavailable,
-            message: "the video could not be stored".to_owned(),
-            retryable: true,
-        };
-        write(
-            state,
-            job_id,
-            &JobEvent::Failed {
-                attempt,
-                failure,
-                retry_at_ms: now_ms() + RETRY_DELAY_MS,
-            },
-        )
-        .await;
+        let message = "the video could not be stored".to_owned();
+        fail_retryable(state, job_id, attempt, ErrorCode::Unavailable, message).await;
         return "failed";
     }
     let result = VideoResult {
@@ -514,6 +488,32 @@ async fn store_video(
     } else {
         "abandoned"
     }
+}
+
+/// Fails the attempt with a retryable error (another attempt, maybe elsewhere, may succeed).
+async fn fail_retryable(
+    state: &GpuSlotState,
+    job_id: JobId,
+    attempt: u32,
+    code: ErrorCode,
+    message: String,
+) {
+    let failure = JobFailure {
+        code,
+        message,
+        retryable: true,
+    };
+    let retry_at_ms = now_ms() + RETRY_DELAY_MS;
+    write(
+        state,
+        job_id,
+        &JobEvent::Failed {
+            attempt,
+            failure,
+            retry_at_ms,
+        },
+    )
+    .await;
 }
 
 /// The slot's OS thread: runs jobs one at a time until the channel closes.
