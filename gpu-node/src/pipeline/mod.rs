@@ -4,3 +4,4 @@
 pub mod sampling;
 pub mod scheduler;
 pub mod text_encoder;
+pub mod vae;
