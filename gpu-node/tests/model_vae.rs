@@ -237,3 +237,71 @@ fn dit_latents_decode_to_rgb_frames() {
     // Truncation can flip a value sitting on a boundary; nearly all must be identical.
     assert!(off_by_one * 100 < rgb.frames.len() * rgb.frames[0].len());
 }
+
+/// Conv3d strategy timings on realistic channel counts (no assertions on time).
+/// `cargo test -p gpu-node --test model_vae conv3d_strategy_bench -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark; run explicitly"]
+fn conv3d_strategy_bench() {
+    let dev = Device::Cpu;
+    let reps = 3;
+    for (c, t, h, w) in [
+        (128, 4, 32, 32),
+        (256, 4, 32, 32),
+        (512, 2, 16, 16),
+        (768, 2, 16, 16),
+    ] {
+        let weight = Tensor::randn(0f32, 0.02, (c, c, 3, 3, 3), &dev).expect("w");
+        let bias = Tensor::zeros(c, DType::F32, &dev).expect("b");
+        let conv = CausalConv3d::new(weight, bias).expect("conv");
+        let x = Tensor::randn(0f32, 1.0, (t, c, h, w), &dev).expect("x");
+        let mut line = format!("C={c:<4} T={t} {h}x{w}");
+        let mut outs = Vec::new();
+        for strategy in [Conv3dStrategy::TapConv2d, Conv3dStrategy::Im2col] {
+            let _ = conv.forward(&x, None, strategy).expect("warm-up");
+            let mut times = Vec::new();
+            let mut out = None;
+            for _ in 0..reps {
+                let start = std::time::Instant::now();
+                out = Some(conv.forward(&x, None, strategy).expect("conv").0);
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            times.sort_by(f64::total_cmp);
+            line.push_str(&format!("  {strategy:?} {:.1} ms", times[reps / 2]));
+            outs.push(out.expect("ran"));
+        }
+        let (abs, rel) = errors(&outs[0], &outs[1]);
+        println!("{line}  (strategies differ by {abs:.1e}, rel {rel:.1e})");
+        assert!(rel < 1e-4);
+    }
+}
+
+/// Tiny-decoder timings, whole vs streaming, for `docs/benchmarks.md`.
+/// `cargo test -p gpu-node --test model_vae tiny_decode_bench -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark; run explicitly"]
+fn tiny_decode_bench() {
+    let dec = decoder();
+    for t in [4, 8, 16] {
+        let z = Tensor::randn(0f32, 1.0, (1, 12, t, 8, 8), &Device::Cpu).expect("z");
+        let mut row = format!(
+            "T={t:<3} -> {} frames 64x64",
+            VaeConfig::tiny().output_frames(t)
+        );
+        for (label, chunk) in [("whole", 0), ("stream1", 1), ("stream4", 4)] {
+            let start = std::time::Instant::now();
+            let out = if chunk == 0 {
+                dec.decode(&z)
+            } else {
+                dec.decode_chunked(&z, chunk)
+            }
+            .expect("decode");
+            row.push_str(&format!(
+                "  {label} {:.0} ms",
+                start.elapsed().as_secs_f64() * 1e3
+            ));
+            assert_eq!(out.dim(2).expect("frames"), 6 * t - 5);
+        }
+        println!("{row}");
+    }
+}
