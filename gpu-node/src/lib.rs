@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod metrics;
 /// The Mochi-1 AsymmDiT transformer in candle.
@@ -30,6 +31,7 @@ pub use error::{Error, Result};
 
 use crate::backend::Backend;
 use crate::backend::simulated::SimulatedBackend;
+use crate::device::DeviceMemory;
 use crate::node::{Node, NodeArgs, NodeMsg};
 
 /// How long an assignment waits for its slot's answer.
@@ -50,13 +52,14 @@ pub async fn run(
     let backend: Arc<dyn Backend> = match config.backend {
         config::BackendKind::Simulated => Arc::new(SimulatedBackend::new(config.simulated.clone())),
     };
+    let memory = DeviceMemory::new(config.memory_bytes_per_slot, backend.resident_bytes());
     let reports: Vec<Arc<Mutex<SlotReport>>> = (0..config.slots)
         .map(|slot| {
             Arc::new(Mutex::new(SlotReport {
                 slot,
                 gpu_class: config.gpu_class.clone(),
-                memory_total_bytes: config.memory_bytes_per_slot,
-                memory_free_bytes: config.memory_bytes_per_slot,
+                memory_total_bytes: memory.total_bytes(),
+                memory_free_bytes: memory.free_bytes(None),
                 job: None,
                 healthy: true,
                 unhealthy_reason: None,
@@ -72,6 +75,7 @@ pub async fn run(
         object_chunk_bytes: config.object_chunk_bytes as usize,
         reports: reports.clone(),
         changed: Arc::clone(&changed),
+        memory,
     };
     let (node, node_handle) = Box::pin(Actor::spawn(None, Node, node_args))
         .await

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 
 use crate::backend::Backend;
 use crate::config::VideoConfig;
+use crate::device::DeviceMemory;
 use crate::slot::{GpuSlot, GpuSlotArgs, GpuSlotMsg};
 
 /// The node actor.
@@ -43,6 +44,8 @@ pub struct NodeArgs {
     pub reports: Vec<Arc<Mutex<SlotReport>>>,
     /// Woken when a slot changes.
     pub changed: Arc<Notify>,
+    /// Each slot's device memory.
+    pub memory: DeviceMemory,
 }
 
 /// The node actor's state.
@@ -63,6 +66,7 @@ impl NodeState {
             object_chunk_bytes: self.args.object_chunk_bytes,
             report: Arc::clone(&self.args.reports[index]),
             changed: Arc::clone(&self.args.changed),
+            memory: self.args.memory,
         }
     }
 }

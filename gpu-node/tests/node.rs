@@ -181,12 +181,18 @@ async fn runs_a_job_to_success_and_stores_a_decodable_mp4() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_slot_rejects_a_second_job_and_heartbeat_shows_busy_then_free() {
-    let harness = start(1.0).await;
-    let (first, reply) = harness.place(40).await;
+    // Long enough (~4 s) to stay busy for the whole check; the cancel below ends it early.
+    let harness = start(5.0).await;
+    let (first, reply) = harness.place(80).await;
     assert_eq!(reply, AssignReply::Accepted);
     harness
         .wait_for_heartbeat(|beat| beat.slots[0].job.map(|j| j.job_id) == Some(first))
         .await;
+    let busy = harness.heartbeat().await.unwrap().slots[0].clone();
+    assert!(
+        busy.job.is_none() || busy.memory_free_bytes < busy.memory_total_bytes,
+        "a running job must take memory: {busy:?}"
+    );
     let (_second, reply) = harness.place(4).await;
     assert!(
         matches!(reply, AssignReply::Rejected { ref reason } if reason.contains("busy")),
@@ -206,7 +212,10 @@ async fn busy_slot_rejects_a_second_job_and_heartbeat_shows_busy_then_free() {
         .await
         .unwrap();
     harness
-        .wait_for_heartbeat(|beat| beat.slots[0].job.is_none())
+        .wait_for_heartbeat(|beat| {
+            beat.slots[0].job.is_none()
+                && beat.slots[0].memory_free_bytes == beat.slots[0].memory_total_bytes
+        })
         .await;
     harness.stop().await;
 }

@@ -89,6 +89,11 @@ pub trait Backend: Send + Sync {
     /// The backend's name, reported in heartbeats.
     fn name(&self) -> &'static str;
 
+    /// Device memory the backend keeps loaded across jobs (model weights), bytes.
+    fn resident_bytes(&self) -> u64 {
+        0
+    }
+
     /// Runs one job, calling `observer` after every denoising step.
     fn run(&self, job: &BackendJob, observer: &mut dyn StepObserver)
     -> Result<Video, BackendError>;

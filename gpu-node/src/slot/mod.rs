@@ -6,18 +6,21 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use async_nats::jetstream::object_store::ObjectMetadata;
 use protocol::jetstream::{Resources, StoreError};
-use protocol::messages::{Assign, AssignReply, ProgressEvent, SlotJob, SlotReport};
-use protocol::record::{JobEvent, JobFailure, Progress, TransitionError, VideoResult};
-use protocol::{ErrorCode, JobId, JobState, codec, names, now_ms};
+use protocol::messages::{Assign, AssignReply, SlotJob, SlotReport};
+use protocol::record::{JobEvent, JobFailure, Progress, TransitionError};
+use protocol::{ErrorCode, JobId, JobShape, JobState, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use crate::backend::{Backend, BackendError, BackendJob, Control, StepObserver};
 use crate::config::VideoConfig;
+use crate::device::DeviceMemory;
 use crate::metrics;
+
+mod output;
+
+use output::{publish_progress, store_video};
 
 /// Why a running job is being stopped (0 = it is not).
 const STOP_NONE: u8 = 0;
@@ -94,12 +97,15 @@ pub struct GpuSlotArgs {
     pub report: Arc<Mutex<SlotReport>>,
     /// Woken whenever the slot becomes busy or free, so a heartbeat goes out at once.
     pub changed: Arc<Notify>,
+    /// The device's memory, for the report.
+    pub memory: DeviceMemory,
 }
 
 struct Running {
     job_id: JobId,
     attempt: u32,
     lease_ms: u64,
+    shape: JobShape,
     stop: Arc<AtomicU8>,
     started: Instant,
     last_step: Instant,
@@ -216,20 +222,22 @@ fn report(state: &GpuSlotState) -> SlotReport {
         .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
 }
 
-fn set_busy(state: &GpuSlotState, job: Option<SlotJob>) {
+/// Brings the report in line with `state.running` and wakes the heartbeat.
+fn report_changed(state: &GpuSlotState) {
+    let running = state.running.as_ref();
     let mut report = state
         .args
         .report
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    report.job = job;
-    report.memory_free_bytes = if job.is_some() {
-        report.memory_total_bytes / 2
-    } else {
-        report.memory_total_bytes
-    };
+    report.job = running.map(|r| SlotJob {
+        job_id: r.job_id,
+        attempt: r.attempt,
+    });
+    report.memory_total_bytes = state.args.memory.total_bytes();
+    report.memory_free_bytes = state.args.memory.free_bytes(running.map(|r| &r.shape));
     drop(report);
-    metrics::set_slot_busy(state.args.slot, job.is_some());
+    metrics::set_slot_busy(state.args.slot, running.is_some());
     state.args.changed.notify_one();
 }
 
@@ -273,11 +281,12 @@ async fn start(
         job_id,
         attempt,
         lease_ms: assign.lease_ms,
+        shape: assign.shape,
         stop: Arc::clone(&stop),
         started: now,
         last_step: now,
     });
-    set_busy(state, Some(SlotJob { job_id, attempt }));
+    report_changed(state);
     tracing::info!(%job_id, attempt, slot = state.args.slot, frames = assign.shape.num_frames, "job started");
     let job = BackendJob {
         job_id,
@@ -355,30 +364,6 @@ async fn write(state: &GpuSlotState, job_id: JobId, event: &JobEvent) -> bool {
     }
 }
 
-async fn publish_progress(
-    state: &GpuSlotState,
-    job_id: JobId,
-    attempt: u32,
-    job_state: JobState,
-    progress: Option<Progress>,
-) {
-    let event = ProgressEvent {
-        job_id,
-        attempt,
-        state: job_state,
-        step: progress.map_or(0, |p| p.step),
-        total_steps: progress.map_or(0, |p| p.total_steps),
-        at_ms: now_ms(),
-    };
-    if let Ok(bytes) = codec::encode(&event) {
-        let _ = state
-            .args
-            .client
-            .publish(names::events_subject(&job_id.to_string()), bytes.into())
-            .await;
-    }
-}
-
 async fn finish(
     job_id: JobId,
     attempt: u32,
@@ -432,88 +417,7 @@ async fn finish(
     metrics::record_job(label, elapsed.unwrap_or_default());
     tracing::info!(%job_id, attempt, outcome = label, "slot free");
     state.running = None;
-    set_busy(state, None);
-}
-
-async fn store_video(
-    job_id: JobId,
-    attempt: u32,
-    mp4: Vec<u8>,
-    state: &GpuSlotState,
-) -> &'static str {
-    let info = match crate::mp4::probe(&mp4) {
-        Ok(info) => info,
-        Err(error) => {
-            let message = format!("encoded video is unreadable: {error}");
-            fail_retryable(state, job_id, attempt, ErrorCode::JobFailed, message).await;
-            return "failed";
-        }
-    };
-    // One object per attempt: a stale attempt can never overwrite the video of a newer one.
-    let object_name = format!("{job_id}/{attempt}");
-    let metadata = ObjectMetadata {
-        name: object_name.clone(),
-        chunk_size: Some(state.args.object_chunk_bytes),
-        ..Default::default()
-    };
-    let sha256 = Sha256::digest(&mp4)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
-    let size_bytes = mp4.len() as u64;
-    if let Err(error) = state
-        .args
-        .resources
-        .videos
-        .put(metadata, &mut std::io::Cursor::new(mp4))
-        .await
-    {
-        tracing::warn!(%job_id, attempt, %error, "cannot store the video");
-        let message = "the video could not be stored".to_owned();
-        fail_retryable(state, job_id, attempt, ErrorCode::Unavailable, message).await;
-        return "failed";
-    }
-    let result = VideoResult {
-        object_name,
-        size_bytes,
-        sha256,
-        duration_ms: u64::from(info.decoded_frames) * 1000 / u64::from(info.fps.max(1)),
-        num_frames: info.decoded_frames,
-        width: info.width,
-        height: info.height,
-        fps: info.fps,
-    };
-    if write(state, job_id, &JobEvent::Succeeded { attempt, result }).await {
-        "succeeded"
-    } else {
-        "abandoned"
-    }
-}
-
-/// Fails the attempt with a retryable error (another attempt, maybe elsewhere, may succeed).
-async fn fail_retryable(
-    state: &GpuSlotState,
-    job_id: JobId,
-    attempt: u32,
-    code: ErrorCode,
-    message: String,
-) {
-    let failure = JobFailure {
-        code,
-        message,
-        retryable: true,
-    };
-    let retry_at_ms = now_ms() + RETRY_DELAY_MS;
-    write(
-        state,
-        job_id,
-        &JobEvent::Failed {
-            attempt,
-            failure,
-            retry_at_ms,
-        },
-    )
-    .await;
+    report_changed(state);
 }
 
 /// The slot's OS thread: runs jobs one at a time until the channel closes.

@@ -1,0 +1,115 @@
+//! What a slot writes outside its job record: progress events and the finished video
+//! (probed, hashed, uploaded to the object store, then recorded as the attempt's result).
+
+use async_nats::jetstream::object_store::ObjectMetadata;
+use protocol::messages::ProgressEvent;
+use protocol::record::{JobEvent, JobFailure, Progress, VideoResult};
+use protocol::{ErrorCode, JobId, JobState, codec, names, now_ms};
+use sha2::{Digest, Sha256};
+
+use super::{GpuSlotState, RETRY_DELAY_MS, write};
+
+pub(super) async fn publish_progress(
+    state: &GpuSlotState,
+    job_id: JobId,
+    attempt: u32,
+    job_state: JobState,
+    progress: Option<Progress>,
+) {
+    let event = ProgressEvent {
+        job_id,
+        attempt,
+        state: job_state,
+        step: progress.map_or(0, |p| p.step),
+        total_steps: progress.map_or(0, |p| p.total_steps),
+        at_ms: now_ms(),
+    };
+    if let Ok(bytes) = codec::encode(&event) {
+        let _ = state
+            .args
+            .client
+            .publish(names::events_subject(&job_id.to_string()), bytes.into())
+            .await;
+    }
+}
+
+pub(super) async fn store_video(
+    job_id: JobId,
+    attempt: u32,
+    mp4: Vec<u8>,
+    state: &GpuSlotState,
+) -> &'static str {
+    let info = match crate::mp4::probe(&mp4) {
+        Ok(info) => info,
+        Err(error) => {
+            let message = format!("encoded video is unreadable: {error}");
+            fail_retryable(state, job_id, attempt, ErrorCode::JobFailed, message).await;
+            return "failed";
+        }
+    };
+    // One object per attempt: a stale attempt can never overwrite the video of a newer one.
+    let object_name = format!("{job_id}/{attempt}");
+    let metadata = ObjectMetadata {
+        name: object_name.clone(),
+        chunk_size: Some(state.args.object_chunk_bytes),
+        ..Default::default()
+    };
+    let sha256 = Sha256::digest(&mp4)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let size_bytes = mp4.len() as u64;
+    if let Err(error) = state
+        .args
+        .resources
+        .videos
+        .put(metadata, &mut std::io::Cursor::new(mp4))
+        .await
+    {
+        tracing::warn!(%job_id, attempt, %error, "cannot store the video");
+        let message = "the video could not be stored".to_owned();
+        fail_retryable(state, job_id, attempt, ErrorCode::Unavailable, message).await;
+        return "failed";
+    }
+    let result = VideoResult {
+        object_name,
+        size_bytes,
+        sha256,
+        duration_ms: u64::from(info.decoded_frames) * 1000 / u64::from(info.fps.max(1)),
+        num_frames: info.decoded_frames,
+        width: info.width,
+        height: info.height,
+        fps: info.fps,
+    };
+    if write(state, job_id, &JobEvent::Succeeded { attempt, result }).await {
+        "succeeded"
+    } else {
+        "abandoned"
+    }
+}
+
+/// Fails the attempt with a retryable error (another attempt, maybe elsewhere, may succeed).
+pub(super) async fn fail_retryable(
+    state: &GpuSlotState,
+    job_id: JobId,
+    attempt: u32,
+    code: ErrorCode,
+    message: String,
+) {
+    let failure = JobFailure {
+        code,
+        message,
+        retryable: true,
+    };
+    let retry_at_ms = now_ms() + RETRY_DELAY_MS;
+    write(
+        state,
+        job_id,
+        &JobEvent::Failed {
+            attempt,
+            failure,
+            retry_at_ms,
+        },
+    )
+    .await;
+}
