@@ -255,6 +255,42 @@ mod tests {
     }
 
     #[test]
+    fn a_higher_bitrate_setting_gives_a_larger_file_for_busy_content() {
+        // Noise cannot be compressed much, so the size follows the configured bitrate (without
+        // frame skipping OpenH264 overshoots low targets, hence the loose 1.5× bound).
+        let (width, height, frames) = (128u32, 96u32, 20u32);
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let frames = (0..frames)
+            .map(|_| {
+                (0..width * height * 3)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        (seed >> 56) as u8
+                    })
+                    .collect()
+            })
+            .collect();
+        let video = Video {
+            width,
+            height,
+            fps: 10,
+            frames,
+        };
+        let size = |bits_per_pixel| {
+            let settings = VideoConfig {
+                bits_per_pixel,
+                min_bitrate_bps: 1,
+                ..VideoConfig::default()
+            };
+            encode(&video, &settings).expect("encode").len()
+        };
+        let (low, high) = (size(0.5), size(4.0));
+        assert!(2 * high > 3 * low, "low {low} bytes, high {high} bytes");
+    }
+
+    #[test]
     fn refuses_wrong_frame_sizes_and_empty_videos() {
         let mut video = pattern::render("x", 64, 64, 2, 30);
         video.frames[1].pop();

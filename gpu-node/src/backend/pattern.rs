@@ -57,6 +57,9 @@ pub fn render(label: &str, width: u32, height: u32, num_frames: u32, fps: u32) -
                 }
             }
             let scale = (h / 60).max(1);
+            // The job id shrinks (down to one pixel per font pixel) to fit the width.
+            let label_chars = label.chars().count().max(1);
+            let label_scale = (w.saturating_sub(4 * scale) / (4 * label_chars)).clamp(1, scale);
             draw_text(
                 &mut frame,
                 w,
@@ -73,7 +76,7 @@ pub fn render(label: &str, width: u32, height: u32, num_frames: u32, fps: u32) -
                 label,
                 2 * scale,
                 2 * scale + 14 * scale,
-                scale,
+                label_scale,
             );
             frame
         })
