@@ -49,12 +49,26 @@ pub async fn run(
     config.validate()?;
     metrics::describe();
     let node_id = config.resolved_node_id();
-    let backend: Arc<dyn Backend> = match config.backend {
-        config::BackendKind::Simulated => Arc::new(SimulatedBackend::new(config.simulated.clone())),
-    };
-    let memory = DeviceMemory::new(config.memory_bytes_per_slot, backend.resident_bytes());
-    let reports: Vec<Arc<Mutex<SlotReport>>> = (0..config.slots)
-        .map(|slot| {
+    // One backend per slot: each device loads its model once and keeps it across jobs
+    // (and across a restart of its slot actor).
+    let backends: Vec<Arc<dyn Backend>> = (0..config.slots)
+        .map(|_slot| -> Arc<dyn Backend> {
+            match config.backend {
+                config::BackendKind::Simulated => {
+                    Arc::new(SimulatedBackend::new(config.simulated.clone()))
+                }
+            }
+        })
+        .collect();
+    let backend_name = backends.first().map_or("none", |backend| backend.name());
+    let memory: Vec<DeviceMemory> = backends
+        .iter()
+        .map(|backend| DeviceMemory::new(config.memory_bytes_per_slot, backend.resident_bytes()))
+        .collect();
+    let reports: Vec<Arc<Mutex<SlotReport>>> = memory
+        .iter()
+        .zip(0..)
+        .map(|(memory, slot)| {
             Arc::new(Mutex::new(SlotReport {
                 slot,
                 gpu_class: config.gpu_class.clone(),
@@ -68,7 +82,7 @@ pub async fn run(
         .collect();
     let changed = Arc::new(Notify::new());
     let node_args = NodeArgs {
-        backend: Arc::clone(&backend),
+        backends,
         resources: resources.clone(),
         client: client.clone(),
         video: config.video.clone(),
@@ -85,7 +99,7 @@ pub async fn run(
         })?;
     let heartbeat = Heartbeat {
         node_id: node_id.clone(),
-        backend: backend.name(),
+        backend: backend_name,
         started_at_ms: now_ms(),
         reports,
         resources: resources.clone(),
@@ -108,7 +122,7 @@ pub async fn run(
             source,
         })?;
     heartbeat.send(true).await;
-    tracing::info!(node = %node_id, slots = config.slots, backend = backend.name(), "gpu node up");
+    tracing::info!(node = %node_id, slots = config.slots, backend = backend_name, "gpu node up");
 
     let mut ticker = tokio::time::interval(Duration::from_millis(config.heartbeat_interval_ms));
     loop {

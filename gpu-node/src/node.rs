@@ -30,8 +30,8 @@ pub enum NodeMsg {
 
 /// What the node needs to start its slots.
 pub struct NodeArgs {
-    /// The model every slot runs.
-    pub backend: Arc<dyn Backend>,
+    /// Each slot's model, loaded once and kept across jobs and slot restarts.
+    pub backends: Vec<Arc<dyn Backend>>,
     /// JetStream handles.
     pub resources: Resources,
     /// NATS client.
@@ -45,7 +45,7 @@ pub struct NodeArgs {
     /// Woken when a slot changes.
     pub changed: Arc<Notify>,
     /// Each slot's device memory.
-    pub memory: DeviceMemory,
+    pub memory: Vec<DeviceMemory>,
 }
 
 /// The node actor's state.
@@ -59,14 +59,14 @@ impl NodeState {
     fn slot_args(&self, index: usize) -> GpuSlotArgs {
         GpuSlotArgs {
             slot: u32::try_from(index).unwrap_or(u32::MAX),
-            backend: Arc::clone(&self.args.backend),
+            backend: Arc::clone(&self.args.backends[index]),
             resources: self.args.resources.clone(),
             client: self.args.client.clone(),
             video: self.args.video.clone(),
             object_chunk_bytes: self.args.object_chunk_bytes,
             report: Arc::clone(&self.args.reports[index]),
             changed: Arc::clone(&self.args.changed),
-            memory: self.args.memory,
+            memory: self.args.memory[index],
         }
     }
 }
@@ -81,6 +81,10 @@ impl Actor for Node {
         myself: ActorRef<Self::Msg>,
         args: NodeArgs,
     ) -> Result<NodeState, ActorProcessingErr> {
+        let slots = args.reports.len();
+        if args.backends.len() != slots || args.memory.len() != slots {
+            return Err("need one backend, memory account and report per slot".into());
+        }
         let mut state = NodeState {
             args,
             slots: Vec::new(),
