@@ -222,7 +222,8 @@ async fn busy_slot_rejects_a_second_job_and_heartbeat_shows_busy_then_free() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_at_a_step_boundary_and_frees_the_slot() {
-    let harness = start(1.0).await;
+    // Several seconds of work, so the job is surely still running when it is stopped.
+    let harness = start(5.0).await;
     let (id, _) = harness.place(100).await;
     harness
         .wait_for_state(id, |r| r.progress.is_some_and(|p| p.step >= 2))
@@ -261,7 +262,8 @@ async fn cancel_stops_at_a_step_boundary_and_frees_the_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_attempt_is_fenced_out_and_never_publishes_a_result() {
-    let harness = start(1.0).await;
+    // Several seconds of work, so the job is surely still running when it is stopped.
+    let harness = start(5.0).await;
     let (id, _) = harness.place(60).await;
     harness
         .wait_for_state(id, |r| r.progress.is_some_and(|p| p.step >= 1))

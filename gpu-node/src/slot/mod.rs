@@ -119,6 +119,17 @@ pub struct GpuSlotState {
     draining: bool,
 }
 
+impl Drop for GpuSlotState {
+    /// A slot actor that stops or fails abandons its job at the next step boundary, so a
+    /// restarted slot never shares the device with a leftover run (the lease expires and
+    /// the coordinator retries the job).
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            running.stop.store(STOP_ABANDON, Ordering::SeqCst);
+        }
+    }
+}
+
 struct WorkItem {
     job: BackendJob,
     stop: Arc<AtomicU8>,
