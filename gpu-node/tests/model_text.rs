@@ -1,7 +1,8 @@
 //! Golden tests of the text path against SentencePiece and transformers' T5 encoder.
 //!
-//! Fixtures come from `tools/make_t5_fixtures.py`: a tiny SentencePiece model (converted
-//! to `tokenizer.json` by `tools/convert_tokenizer.py`) and a tiny random T5 encoder.
+//! Fixtures come from `tools/make_t5_fixtures.py`: a tiny SentencePiece model (read
+//! directly, and also converted to `tokenizer.json` by `tools/convert_tokenizer.py`) and a
+//! tiny random T5 encoder.
 
 use std::path::{Path, PathBuf};
 
@@ -19,12 +20,14 @@ struct Expected {
     attention_mask: Vec<u32>,
 }
 
-#[test]
-fn tokenizer_matches_sentencepiece_ids_and_masks() {
-    let tokenizer = PromptTokenizer::from_model_dir(&fixtures()).expect("tokenizer");
+fn expected_tokens() -> Vec<Expected> {
     let text = std::fs::read_to_string(fixtures().join("tokens.json")).expect("tokens.json");
-    let expected: Vec<Expected> = serde_json::from_str(&text).expect("json");
-    assert_eq!(expected.len(), 5);
+    serde_json::from_str(&text).expect("json")
+}
+
+fn assert_matches_reference(tokenizer: &PromptTokenizer) {
+    let expected = expected_tokens();
+    assert_eq!(expected.len(), 15);
     for case in expected {
         let tokens = tokenizer.encode(&case.prompt).expect("encode");
         assert_eq!(tokens.ids.len(), MAX_TEXT_TOKENS);
@@ -36,6 +39,19 @@ fn tokenizer_matches_sentencepiece_ids_and_masks() {
             case.prompt
         );
     }
+}
+
+#[test]
+fn spiece_reader_matches_sentencepiece_ids_and_masks() {
+    let path = fixtures().join("tokenizer/spiece.model");
+    assert_matches_reference(&PromptTokenizer::from_spiece(&path, 0).expect("tokenizer"));
+    assert_matches_reference(&PromptTokenizer::from_spiece(&path, 100).expect("tokenizer"));
+}
+
+#[test]
+fn converted_tokenizer_json_matches_sentencepiece_ids_and_masks() {
+    let path = fixtures().join("tokenizer/tokenizer.json");
+    assert_matches_reference(&PromptTokenizer::from_file(&path).expect("tokenizer"));
 }
 
 #[test]
@@ -130,14 +146,72 @@ fn empty_prompt_has_no_valid_tokens_and_prompts_are_zero_padded() {
 }
 
 #[test]
-fn spiece_without_tokenizer_json_names_the_conversion_tool() {
+fn spiece_model_alone_is_enough_and_no_tokenizer_is_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("tokenizer")).expect("mkdir");
+    let err = PromptTokenizer::from_model_dir(dir.path()).expect_err("must fail");
+    assert!(err.to_string().contains("spiece.model"), "{err}");
     std::fs::copy(
         fixtures().join("tokenizer/spiece.model"),
         dir.path().join("tokenizer/spiece.model"),
     )
     .expect("copy");
-    let err = PromptTokenizer::from_model_dir(dir.path()).expect_err("must fail");
-    assert!(err.to_string().contains("convert_tokenizer.py"), "{err}");
+    assert_matches_reference(&PromptTokenizer::from_model_dir(dir.path()).expect("tokenizer"));
+}
+
+#[test]
+fn corrupt_spiece_model_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes = std::fs::read(fixtures().join("tokenizer/spiece.model")).expect("read");
+    let path = dir.path().join("spiece.model");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("write");
+    let err = PromptTokenizer::from_spiece(&path, 100).expect_err("must fail");
+    assert!(err.to_string().contains("spiece.model"), "{err}");
+}
+
+#[test]
+fn prompt_text_path_matches_transformers_on_valid_positions() {
+    let mut encoder = TextEncoder::from_model_dir(&fixtures(), &Device::Cpu).expect("encoder");
+    let data =
+        candle_core::safetensors::load(fixtures().join("encoder_case.safetensors"), &Device::Cpu)
+            .expect("fixture");
+    let prompt = &expected_tokens()[0].prompt;
+    let ours = encoder.encode(prompt).expect("encode");
+    let mask: Vec<f32> = ours
+        .mask
+        .flatten_all()
+        .expect("flat")
+        .to_vec1()
+        .expect("vec");
+    let want_mask: Vec<f32> = data["prompt_attention_mask"]
+        .flatten_all()
+        .expect("flat")
+        .to_vec1()
+        .expect("vec");
+    assert_eq!(mask, want_mask);
+    let valid = mask.iter().filter(|m| **m > 0.0).count();
+    let got = ours.features.i((.., ..valid, ..)).expect("slice");
+    let want = data["prompt_last_hidden_state"]
+        .i((.., ..valid, ..))
+        .expect("slice");
+    let diff = (got - &want)
+        .expect("sub")
+        .abs()
+        .expect("abs")
+        .max_all()
+        .expect("max")
+        .to_scalar::<f32>()
+        .expect("scalar");
+    let scale = want
+        .abs()
+        .expect("abs")
+        .max_all()
+        .expect("max")
+        .to_scalar::<f32>()
+        .expect("scalar");
+    println!(
+        "t5 prompt path ({valid} tokens) max|Δ| {diff:.3e} rel {:.3e}",
+        diff / scale
+    );
+    assert!(diff <= 1e-4, "max |Δ| {diff}");
 }

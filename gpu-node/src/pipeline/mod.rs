@@ -3,5 +3,6 @@
 
 pub mod sampling;
 pub mod scheduler;
+pub mod spiece;
 pub mod text_encoder;
 pub mod vae;

@@ -1,10 +1,11 @@
 //! The text path: T5 v1.1 tokenisation to 256 tokens with a mask, and the T5 encoder
 //! (candle-transformers' `T5EncoderModel`) run in f32 (`mochi-model-spec.md` §1.2).
 //!
-//! The release ships `tokenizer/spiece.model`; `tools/convert_tokenizer.py` converts it
-//! once, offline, to `tokenizer/tokenizer.json` with transformers' own T5 converter.
-//! T5 runs on the unpadded ids (exact for valid positions: relative bias is measured from
-//! the start and padded keys are masked), and the result is zero-padded.
+//! The release ships `tokenizer/spiece.model`; it is read directly by the pure-Rust
+//! SentencePiece reader in [`super::spiece`] (a `tokenizer.json` is used only when no
+//! `spiece.model` is there). T5 runs on the unpadded ids (exact for valid positions:
+//! relative bias is measured from the start and padded keys are masked), and the result
+//! is zero-padded.
 
 use std::path::{Path, PathBuf};
 
@@ -38,7 +39,7 @@ impl Tokens {
     }
 }
 
-/// T5 SentencePiece tokenizer read from a converted `tokenizer.json`.
+/// The T5 prompt tokenizer (from `spiece.model` or a `tokenizer.json`).
 pub struct PromptTokenizer {
     inner: tokenizers::Tokenizer,
     max_tokens: usize,
@@ -63,22 +64,35 @@ impl PromptTokenizer {
         })
     }
 
-    /// Loads `tokenizer/tokenizer.json` under a model directory; if only `spiece.model`
-    /// is there, the error says how to convert it.
+    /// Reads a SentencePiece `spiece.model` with `extra_ids` `<extra_id_N>` tokens (T5: 100).
+    pub fn from_spiece(path: &Path, extra_ids: usize) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::Msg(format!("cannot read {}: {e}", path.display())))?;
+        let model = super::spiece::SpmModel::parse(&bytes)
+            .map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
+        Ok(Self {
+            inner: super::spiece::t5_tokenizer(&model, extra_ids)?,
+            max_tokens: MAX_TEXT_TOKENS,
+        })
+    }
+
+    /// Loads the tokenizer of a model directory: `tokenizer/spiece.model` (what the release
+    /// ships; `extra_ids` from `tokenizer_config.json`, default 100), else
+    /// `tokenizer/tokenizer.json`.
     pub fn from_model_dir(model_dir: &Path) -> Result<Self> {
         let dir = model_dir.join("tokenizer");
+        let spiece = dir.join("spiece.model");
+        if spiece.is_file() {
+            return Self::from_spiece(&spiece, extra_ids(&dir)?);
+        }
         let json = dir.join("tokenizer.json");
         if json.is_file() {
             return Self::from_file(&json);
         }
-        if dir.join("spiece.model").is_file() {
-            return Err(Error::Msg(format!(
-                "{} has spiece.model but no tokenizer.json: run `python tools/convert_tokenizer.py {}` once",
-                dir.display(),
-                dir.display()
-            )));
-        }
-        Err(Error::Msg(format!("no tokenizer in {}", dir.display())))
+        Err(Error::Msg(format!(
+            "no tokenizer in {}: expected spiece.model or tokenizer.json",
+            dir.display()
+        )))
     }
 
     /// Tokenises a prompt: pieces + `</s>`, truncated to 256 (keeping `</s>` last), padded with 0.
@@ -95,6 +109,26 @@ impl PromptTokenizer {
         let valid = ids.len();
         ids.resize(self.max_tokens, 0);
         Ok(Tokens { ids, valid })
+    }
+}
+
+/// `extra_ids` of `tokenizer_config.json` in `dir` (100, T5's default, when absent).
+fn extra_ids(dir: &Path) -> Result<usize> {
+    const T5_EXTRA_IDS: usize = 100;
+    let path = dir.join("tokenizer_config.json");
+    if !path.is_file() {
+        return Ok(T5_EXTRA_IDS);
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::Msg(format!("cannot read {}: {e}", path.display())))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Msg(format!("invalid {}: {e}", path.display())))?;
+    match json.get("extra_ids") {
+        None => Ok(T5_EXTRA_IDS),
+        Some(value) => value
+            .as_u64()
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| Error::Msg(format!("{}: extra_ids is not a count", path.display()))),
     }
 }
 
