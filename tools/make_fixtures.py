@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Writes the AsymmDiT golden fixtures under gpu-node/tests/fixtures/ (spec §6.1, §6.3).
 
-Regenerate with (from the repository root):
-    /work/.venv-ref/bin/python tools/make_fixtures.py
+Regenerate the DiT, sampler and text-path fixtures with one command (from anywhere):
+    /work/.venv-ref/bin/python tools/make_fixtures.py            # dit/ and t5/
+    /work/.venv-ref/bin/python tools/make_fixtures.py --dit-only # dit/ only
+(the T5 part is tools/make_t5_fixtures.py; the VAE has its own make_vae_fixtures.py).
 
 Builds the tiny diffusers `MochiTransformer3DModel` with fixed seeds, saves its weights
 in the diffusers layout (two shards + index + config.json) and in genmo's
@@ -11,14 +13,16 @@ saves inputs, output and intermediate taps (f32). Also writes the sigma lists an
 two-step CFG sampling run. Everything runs on the CPU in float32.
 """
 import json
-import os
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch
-from diffusers import MochiTransformer3DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, MochiTransformer3DModel
 from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule
 from safetensors.torch import save_file
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "gpu-node" / "tests" / "fixtures" / "dit"
 
@@ -197,7 +201,11 @@ def sigma_lists():
 
 
 def sampling_run(model, sigmas):
-    """Two Euler steps with CFG 4.5, batch [uncond, cond], genmo update rule, f32 latents."""
+    """Two denoising steps exactly as diffusers' `MochiPipeline.__call__` runs them: the
+    released scheduler config (`FlowMatchEulerDiscreteScheduler`, invert_sigmas, shift 1)
+    fed with the linear-quadratic sigmas, CFG 4.5 on the batch [uncond, cond], the
+    scheduler's own Euler `step` on f32 latents. The uncond branch has no valid text
+    (genmo's empty negative prompt)."""
     g = torch.Generator().manual_seed(2)
     text_len = TINY["max_sequence_length"]
     z = torch.randn(1, 12, 2, 8, 8, generator=g)
@@ -206,21 +214,25 @@ def sampling_run(model, sigmas):
     uncond_text = torch.zeros(1, text_len, 32)
     uncond_mask = torch.zeros(1, text_len, dtype=torch.long)
     scale = 4.5
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False, invert_sigmas=True)
+    scheduler.set_timesteps(sigmas=np.array(sigmas[:-1]))
+    scheduler.set_begin_index(0)
     tensors = {"in_latents": z.clone(), "cond_text": cond_text, "cond_mask": cond_mask.float(),
                "uncond_text": uncond_text, "uncond_mask": uncond_mask.float(),
                "sigmas": torch.tensor(sigmas, dtype=torch.float64),
-               "guidance": torch.tensor([scale], dtype=torch.float64)}
+               "guidance": torch.tensor([scale], dtype=torch.float64),
+               "timesteps": scheduler.timesteps.clone().float()}
     text = torch.cat([uncond_text, cond_text], 0)
     mask = torch.cat([uncond_mask, cond_mask], 0)
-    for i in range(len(sigmas) - 1):
-        t = 1000.0 * (1.0 - sigmas[i])
+    for i, t in enumerate(scheduler.timesteps):
         with torch.no_grad():
             v = model(hidden_states=torch.cat([z, z], 0), encoder_hidden_states=text,
-                      timestep=torch.tensor([t, t], dtype=torch.float32),
-                      encoder_attention_mask=mask, return_dict=False)[0].float()
-        v_u, v_c = v[0:1], v[1:2]
+                      timestep=t.expand(2).to(z.dtype), encoder_attention_mask=mask,
+                      return_dict=False)[0].float()
+        v_u, v_c = v.chunk(2)
         guided = v_u + scale * (v_c - v_u)
-        z = z + (sigmas[i] - sigmas[i + 1]) * guided
+        z = scheduler.step(guided, t, z.to(torch.float32), return_dict=False)[0]
         tensors[f"step{i}_latents"] = z.clone()
     mean = torch.tensor(LATENTS_MEAN).view(1, 12, 1, 1, 1)
     std = torch.tensor(LATENTS_STD).view(1, 12, 1, 1, 1)
@@ -238,6 +250,9 @@ def main():
     sampling_run(model, lists["n2_t0.025"])
     total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
     print(f"wrote {OUT} ({total / 1024:.0f} KiB)")
+    if "--dit-only" not in sys.argv:
+        import make_t5_fixtures
+        make_t5_fixtures.main()
 
 
 if __name__ == "__main__":

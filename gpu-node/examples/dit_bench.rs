@@ -1,7 +1,9 @@
 //! CPU benchmark of one AsymmDiT forward (CFG batch of two: uncond with no text, cond
 //! with all text tokens valid), on weights written by `tools/bench_dit.py`.
 //!
-//! `RAYON_NUM_THREADS=2 cargo run -p gpu-node --example dit_bench -- DIR FRAMES HEIGHT WIDTH TEXT_TOKENS [REPS] [bf16]`
+//! `RAYON_NUM_THREADS=2 cargo run -p gpu-node --example dit_bench -- DIR FRAMES HEIGHT WIDTH TEXT_TOKENS [REPS] [bf16] [cuda]`
+//!
+//! `cuda` (only in a `--features cuda` build, see `tools/build_cuda.sh`) runs on GPU 0.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -12,7 +14,7 @@ use gpu_node::model::AsymmDiT;
 fn main() -> candle_core::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 5 {
-        eprintln!("usage: dit_bench DIR FRAMES HEIGHT WIDTH TEXT_TOKENS [REPS] [bf16]");
+        eprintln!("usage: dit_bench DIR FRAMES HEIGHT WIDTH TEXT_TOKENS [REPS] [bf16] [cuda]");
         std::process::exit(2);
     }
     let number = |i: usize| -> usize {
@@ -22,12 +24,17 @@ fn main() -> candle_core::Result<()> {
     };
     let (frames, height, width, text_tokens) = (number(1), number(2), number(3), number(4));
     let reps = args.get(5).and_then(|r| r.parse().ok()).unwrap_or(5);
-    let dtype = if args.get(6).map(String::as_str) == Some("bf16") {
+    let flag = |name: &str| args.iter().skip(5).any(|a| a == name);
+    let dtype = if flag("bf16") {
         DType::BF16
     } else {
         DType::F32
     };
-    let device = Device::Cpu;
+    let device = if flag("cuda") {
+        cuda_device()?
+    } else {
+        Device::Cpu
+    };
     let model = AsymmDiT::from_model_dir(&PathBuf::from(&args[0]), dtype, &device)?;
     let t5_dim = model.config().text_embed_dim;
     let latents = Tensor::randn(0f32, 1.0, (2, 12, frames, height, width), &device)?;
@@ -52,10 +59,22 @@ fn main() -> candle_core::Result<()> {
     let median = times[times.len() / 2];
     let tokens = frames * (height / 2) * (width / 2);
     println!(
-        "candle {dtype:?} threads={} visual_tokens={tokens} median {:.1} ms over {reps} (first {:.1} ms)",
+        "candle {dtype:?} {device:?} threads={} visual_tokens={tokens} median {:.1} ms over {reps} (first {:.1} ms)",
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into()),
         median * 1e3,
         first * 1e3
     );
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device() -> candle_core::Result<Device> {
+    Device::new_cuda(0)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device() -> candle_core::Result<Device> {
+    Err(candle_core::Error::Msg(
+        "built without the `cuda` feature (see tools/build_cuda.sh)".into(),
+    ))
 }

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use gpu_node::model::weights::{Scheme, Weights};
 use gpu_node::model::{AsymmDiT, Config};
 use gpu_node::pipeline::sampling::{TextConditioning, denoise, dit_to_vae};
-use gpu_node::pipeline::scheduler::linear_quadratic;
+use gpu_node::pipeline::scheduler::{linear_quadratic, timestep_from_sigma};
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -151,6 +151,16 @@ fn two_step_cfg_sampling_matches_reference() {
     let data = load("sampling.safetensors");
     let sigmas = data["sigmas"].to_vec1::<f64>().expect("sigmas");
     let guidance = data["guidance"].to_vec1::<f64>().expect("guidance");
+    // diffusers' scheduler (invert_sigmas) hands the DiT 1000·(1−σ), computed in f32.
+    let scheduler_timesteps = data["timesteps"].to_vec1::<f32>().expect("timesteps");
+    assert_eq!(scheduler_timesteps.len(), sigmas.len() - 1);
+    for (sigma, want) in sigmas.iter().zip(&scheduler_timesteps) {
+        let ours = timestep_from_sigma(*sigma) as f32;
+        assert!(
+            (ours - want).abs() <= 1e-3,
+            "timestep {ours} vs scheduler {want}"
+        );
+    }
     let cond = TextConditioning {
         features: data["cond_text"].clone(),
         mask: data["cond_mask"].clone(),
