@@ -58,6 +58,49 @@ pub fn vae_to_dit(latents: &Tensor) -> Result<Tensor> {
         .broadcast_div(&channel_vector(&LATENTS_STD, &z)?)
 }
 
+/// Latent channels of Mochi's VAE.
+pub const LATENT_CHANNELS: usize = 12;
+
+/// Seeded standard-normal initial latents `(1, 12, frames, height, width)` in f32.
+///
+/// Deterministic for a seed on every device (SplitMix64 + Box–Muller on the host, then
+/// copied): candle's CPU RNG cannot be seeded. Not bit-equal to torch's generator.
+pub fn initial_latents(
+    seed: u64,
+    latent_frames: usize,
+    latent_height: usize,
+    latent_width: usize,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let shape = (
+        1,
+        LATENT_CHANNELS,
+        latent_frames,
+        latent_height,
+        latent_width,
+    );
+    let count = LATENT_CHANNELS * latent_frames * latent_height * latent_width;
+    let mut state = seed;
+    let mut uniform = move || {
+        // SplitMix64, top 53 bits → (0, 1].
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    };
+    let mut values = Vec::with_capacity(count + 1);
+    while values.len() < count {
+        let radius = (-2.0 * uniform().ln()).sqrt();
+        let angle = std::f64::consts::TAU * uniform();
+        values.push((radius * angle.cos()) as f32);
+        values.push((radius * angle.sin()) as f32);
+    }
+    values.truncate(count);
+    Tensor::from_vec(values, shape, device)
+}
+
 /// Classifier-free guidance: `v_u + scale·(v_c − v_u)`, in f32.
 pub fn cfg_combine(uncond: &Tensor, cond: &Tensor, scale: f64) -> Result<Tensor> {
     let uncond = uncond.to_dtype(DType::F32)?;
@@ -196,6 +239,43 @@ mod tests {
             .max_all()
             .expect("max");
         assert!(diff.to_scalar::<f32>().expect("scalar") < 1e-6);
+    }
+
+    #[test]
+    fn initial_latents_are_seeded_and_standard_normal() {
+        let dev = Device::Cpu;
+        let a = initial_latents(7, 2, 8, 10, &dev).expect("noise");
+        let b = initial_latents(7, 2, 8, 10, &dev).expect("noise");
+        let c = initial_latents(8, 2, 8, 10, &dev).expect("noise");
+        assert_eq!(a.dims(), &[1, 12, 2, 8, 10]);
+        let values = a
+            .flatten_all()
+            .expect("flat")
+            .to_vec1::<f32>()
+            .expect("vec");
+        assert_eq!(
+            values,
+            b.flatten_all()
+                .expect("flat")
+                .to_vec1::<f32>()
+                .expect("vec")
+        );
+        assert_ne!(
+            values,
+            c.flatten_all()
+                .expect("flat")
+                .to_vec1::<f32>()
+                .expect("vec")
+        );
+        let n = values.len() as f64;
+        let mean = values.iter().map(|v| f64::from(*v)).sum::<f64>() / n;
+        let var = values
+            .iter()
+            .map(|v| (f64::from(*v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        assert!(mean.abs() < 0.1, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.1, "variance {var}");
     }
 
     #[test]
