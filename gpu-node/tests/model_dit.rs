@@ -305,3 +305,43 @@ fn mis_shaped_and_missing_tensors_are_named_with_shapes() {
         AsymmDiT::from_model_dir(dir.path(), DType::F32, &Device::Cpu).expect_err("must fail");
     assert!(err.to_string().contains("proj_out.bias"), "{err}");
 }
+
+#[test]
+fn bf16_variant_is_preferred_for_bf16_and_used_when_alone() {
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let transformer = fixtures().join("model/transformer");
+    for i in 1..=2 {
+        let shard = transformer.join(format!(
+            "diffusion_pytorch_model-0000{i}-of-00002.safetensors"
+        ));
+        tensors.extend(candle_core::safetensors::load(shard, &Device::Cpu).expect("shard"));
+    }
+    let bf16: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| (k, v.to_dtype(DType::BF16).expect("bf16")))
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let variant_dir = dir.path().join("transformer");
+    copy_dir(&transformer, &variant_dir);
+    let variant = "diffusion_pytorch_model.bf16.safetensors";
+    candle_core::safetensors::save(&bf16, variant_dir.join(variant)).expect("save");
+
+    let pick = |dtype: DType| {
+        let weights = Weights::from_model_dir(dir.path(), dtype, &Device::Cpu).expect("weights");
+        weights
+            .files()
+            .iter()
+            .map(|f| f.file_name().expect("name").to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pick(DType::BF16), vec![variant.to_string()]);
+    assert_eq!(pick(DType::F32).len(), 2, "f32 run keeps the f32 shards");
+
+    std::fs::remove_file(variant_dir.join("diffusion_pytorch_model.safetensors.index.json"))
+        .expect("remove index");
+    assert_eq!(pick(DType::F32), vec![variant.to_string()]);
+    let model = AsymmDiT::from_model_dir(dir.path(), DType::BF16, &Device::Cpu).expect("model");
+    let (data, out, _) = run_case(&model, "prefix");
+    let (_, rel) = errors(&out, &data["tap_output"]);
+    assert!(rel < 0.05, "bf16 variant output relative error {rel}");
+}

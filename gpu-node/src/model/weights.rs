@@ -55,20 +55,39 @@ enum GenmoSource {
 
 const INDEX_FILE: &str = "diffusion_pytorch_model.safetensors.index.json";
 const SINGLE_FILE: &str = "diffusion_pytorch_model.safetensors";
+/// diffusers' `variant="bf16"` names (the variant goes before the last extension).
+const BF16_INDEX_FILE: &str = "diffusion_pytorch_model.safetensors.index.bf16.json";
+const BF16_SINGLE_FILE: &str = "diffusion_pytorch_model.bf16.safetensors";
 const GENMO_FILE: &str = "dit.safetensors";
 
 /// Finds the weight files of a model directory: `transformer/` (diffusers, sharded or
-/// not), the directory itself if it is a `transformer/` folder, or `dit.safetensors`.
+/// not, the f32 files first), the directory itself if it is a `transformer/` folder, or
+/// `dit.safetensors`.
 pub fn find_weight_files(model_dir: &Path) -> Result<Vec<PathBuf>> {
+    find_weight_files_preferring(model_dir, false)
+}
+
+/// [`find_weight_files`]; with `prefer_bf16` the release's `bf16` variant (half the bytes
+/// to read) is taken when present, the f32 files otherwise (and vice versa).
+pub fn find_weight_files_preferring(model_dir: &Path, prefer_bf16: bool) -> Result<Vec<PathBuf>> {
+    let f32_names = [INDEX_FILE, SINGLE_FILE];
+    let bf16_names = [BF16_INDEX_FILE, BF16_SINGLE_FILE];
+    let order = if prefer_bf16 {
+        [bf16_names, f32_names]
+    } else {
+        [f32_names, bf16_names]
+    };
     let candidates = [model_dir.join("transformer"), model_dir.to_path_buf()];
     for dir in &candidates {
-        let index = dir.join(INDEX_FILE);
-        if index.is_file() {
-            return shards_from_index(&index);
-        }
-        let single = dir.join(SINGLE_FILE);
-        if single.is_file() {
-            return Ok(vec![single]);
+        for [index_name, single_name] in order {
+            let index = dir.join(index_name);
+            if index.is_file() {
+                return shards_from_index(&index);
+            }
+            let single = dir.join(single_name);
+            if single.is_file() {
+                return Ok(vec![single]);
+            }
         }
     }
     let genmo = model_dir.join(GENMO_FILE);
@@ -79,7 +98,7 @@ pub fn find_weight_files(model_dir: &Path) -> Result<Vec<PathBuf>> {
         return Ok(vec![model_dir.to_path_buf()]);
     }
     Err(Error::Msg(format!(
-        "no transformer weights in {}: expected transformer/{INDEX_FILE}, transformer/{SINGLE_FILE} or {GENMO_FILE}",
+        "no transformer weights in {}: expected transformer/{INDEX_FILE}, transformer/{SINGLE_FILE} (or their bf16 variants) or {GENMO_FILE}",
         model_dir.display()
     )))
 }
@@ -142,9 +161,16 @@ impl Weights {
         })
     }
 
-    /// Finds and maps the transformer weights of a model directory (see [`find_weight_files`]).
+    /// Finds and maps the transformer weights of a model directory (see
+    /// [`find_weight_files_preferring`]; the bf16 variant is preferred for `DType::BF16`).
     pub fn from_model_dir(model_dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        Self::from_files(&find_weight_files(model_dir)?, dtype, device)
+        let files = find_weight_files_preferring(model_dir, dtype == DType::BF16)?;
+        Self::from_files(&files, dtype, device)
+    }
+
+    /// The memory-mapped files.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
     }
 
     /// The detected key scheme.
