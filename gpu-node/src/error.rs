@@ -35,6 +35,9 @@ pub enum Error {
         #[source]
         source: ractor::SpawnErr,
     },
+    /// The node actor stopped before shutdown was asked for.
+    #[error("the node actor stopped unexpectedly")]
+    NodeStopped,
     /// MP4 encoding failed.
     #[error(transparent)]
     Mp4(#[from] crate::mp4::Mp4Error),

@@ -1,17 +1,26 @@
-//! The node actor: owns the slots, routes assignments and cancellations to them, and
+//! The node actor: owns the slots, takes assignments and cancellations from its NATS
+//! subjects and routes them to the slots, writes heartbeats into `mochi_nodes`, and
 //! restarts a slot whose actor fails.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use futures::StreamExt;
 use protocol::jetstream::Resources;
-use protocol::messages::{Assign, AssignReply, Cancel, SlotReport};
+use protocol::messages::{Assign, AssignReply, Cancel, NodeHeartbeat, SlotReport};
+use protocol::{NodeId, codec, names, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 use crate::backend::Backend;
 use crate::config::VideoConfig;
 use crate::device::DeviceMemory;
+use crate::metrics;
 use crate::slot::{GpuSlot, GpuSlotArgs, GpuSlotMsg};
+
+/// How long an assignment waits for its slot's answer, ms.
+const ASSIGN_REPLY_TIMEOUT_MS: u64 = 5_000;
 
 /// The node actor.
 pub struct Node;
@@ -22,14 +31,24 @@ pub enum NodeMsg {
     Assign(Box<Assign>, RpcReplyPort<AssignReply>),
     /// Route a cancellation to the slot running the job.
     Cancel(Cancel),
-    /// Refuse new work (shutdown began).
+    /// Write a heartbeat now (period elapsed, or a slot became busy or free).
+    Heartbeat,
+    /// Refuse new work (shutdown began) and say so in the heartbeat.
     Drain,
     /// Hand running jobs back (shutdown deadline passed).
     Abort,
+    /// The heartbeat as it would be written now.
+    Status(RpcReplyPort<NodeHeartbeat>),
 }
 
-/// What the node needs to start its slots.
+/// What the node needs to start.
 pub struct NodeArgs {
+    /// The node's id: its subjects and its key in `mochi_nodes`.
+    pub node_id: NodeId,
+    /// The backend's name, for heartbeats.
+    pub backend_name: &'static str,
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
     /// Each slot's model, loaded once and kept across jobs and slot restarts.
     pub backends: Vec<Arc<dyn Backend>>,
     /// JetStream handles.
@@ -40,9 +59,9 @@ pub struct NodeArgs {
     pub video: VideoConfig,
     /// Object-store chunk size, bytes.
     pub object_chunk_bytes: usize,
-    /// One report per slot, read by heartbeats.
+    /// One report per slot; each slot keeps its own current.
     pub reports: Vec<Arc<Mutex<SlotReport>>>,
-    /// Woken when a slot changes.
+    /// Woken by a slot that became busy or free, so a heartbeat goes out at once.
     pub changed: Arc<Notify>,
     /// Each slot's device memory.
     pub memory: Vec<DeviceMemory>,
@@ -53,6 +72,9 @@ pub struct NodeState {
     args: NodeArgs,
     slots: Vec<ActorRef<GpuSlotMsg>>,
     draining: bool,
+    started_at_ms: u64,
+    /// Subscription and heartbeat tasks; aborted in `post_stop`.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl NodeState {
@@ -67,6 +89,46 @@ impl NodeState {
             report: Arc::clone(&self.args.reports[index]),
             changed: Arc::clone(&self.args.changed),
             memory: self.args.memory[index],
+        }
+    }
+
+    fn heartbeat(&self) -> NodeHeartbeat {
+        NodeHeartbeat {
+            node_id: self.args.node_id.clone(),
+            backend: self.args.backend_name.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at_ms: self.started_at_ms,
+            sent_at_ms: now_ms(),
+            accepting: !self.draining,
+            slots: self
+                .args
+                .reports
+                .iter()
+                .map(|report| {
+                    report
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone()
+                })
+                .collect(),
+        }
+    }
+
+    async fn write_heartbeat(&self) {
+        let written = match codec::encode(&self.heartbeat()) {
+            Ok(bytes) => self
+                .args
+                .resources
+                .nodes
+                .put(self.args.node_id.as_str(), bytes.into())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = written {
+            ::metrics::counter!(metrics::HEARTBEAT_FAILURES).increment(1);
+            tracing::warn!(%error, "heartbeat not written");
         }
     }
 }
@@ -85,12 +147,23 @@ impl Actor for Node {
         if args.backends.len() != slots || args.memory.len() != slots {
             return Err("need one backend, memory account and report per slot".into());
         }
+        let node_id = args.node_id.as_str().to_owned();
+        let assigns = args
+            .client
+            .subscribe(names::node_assign_subject(&node_id))
+            .await?;
+        let cancels = args
+            .client
+            .subscribe(names::node_cancel_subject(&node_id))
+            .await?;
         let mut state = NodeState {
             args,
             slots: Vec::new(),
             draining: false,
+            started_at_ms: now_ms(),
+            tasks: Vec::new(),
         };
-        for index in 0..state.args.reports.len() {
+        for index in 0..slots {
             let (slot, _) = Box::pin(Actor::spawn_linked(
                 None,
                 GpuSlot,
@@ -100,7 +173,39 @@ impl Actor for Node {
             .await?;
             state.slots.push(slot);
         }
+        let client = state.args.client.clone();
+        state.tasks = vec![
+            tokio::spawn(answer_assignments(assigns, client, myself.clone())),
+            tokio::spawn(forward_cancellations(cancels, myself.clone())),
+            tokio::spawn(pump_heartbeats(
+                state.args.heartbeat_interval,
+                Arc::clone(&state.args.changed),
+                myself,
+            )),
+        ];
+        // Subscribed first: once the heartbeat is visible, assignments find a listener.
+        state.write_heartbeat().await;
         Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        for task in &state.tasks {
+            task.abort();
+        }
+        if let Err(error) = state
+            .args
+            .resources
+            .nodes
+            .delete(state.args.node_id.as_str())
+            .await
+        {
+            tracing::warn!(%error, "cannot remove heartbeat");
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -138,16 +243,21 @@ impl Actor for Node {
                     });
                 }
             }
+            NodeMsg::Heartbeat => state.write_heartbeat().await,
             NodeMsg::Drain => {
                 state.draining = true;
                 for slot in &state.slots {
                     let _ = slot.cast(GpuSlotMsg::Drain);
                 }
+                state.write_heartbeat().await;
             }
             NodeMsg::Abort => {
                 for slot in &state.slots {
                     let _ = slot.cast(GpuSlotMsg::Abort);
                 }
+            }
+            NodeMsg::Status(reply) => {
+                let _ = reply.send(state.heartbeat());
             }
         }
         Ok(())
@@ -188,5 +298,72 @@ impl Actor for Node {
             state.args.changed.notify_one();
         }
         Ok(())
+    }
+}
+
+/// Answers every `Assign` request on the node's subject with its slot's decision.
+async fn answer_assignments(
+    mut assigns: async_nats::Subscriber,
+    client: async_nats::Client,
+    node: ActorRef<NodeMsg>,
+) {
+    while let Some(message) = assigns.next().await {
+        let reply = match codec::decode::<Assign>(&message.payload) {
+            Ok(assign) => ractor::call_t!(
+                node,
+                NodeMsg::Assign,
+                ASSIGN_REPLY_TIMEOUT_MS,
+                Box::new(assign)
+            )
+            .unwrap_or_else(|error| AssignReply::Rejected {
+                reason: format!("slot did not answer: {error}"),
+            }),
+            Err(error) => AssignReply::Rejected {
+                reason: format!("unreadable assignment: {error}"),
+            },
+        };
+        let Some(subject) = message.reply else {
+            continue;
+        };
+        match codec::encode(&reply) {
+            Ok(bytes) => {
+                if let Err(error) = client.publish(subject, bytes.into()).await {
+                    tracing::warn!(%error, "cannot answer an assignment");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot encode an assignment reply"),
+        }
+    }
+    tracing::warn!("assignment subscription ended");
+}
+
+/// Forwards every `Cancel` on the node's subject to the node actor.
+async fn forward_cancellations(mut cancels: async_nats::Subscriber, node: ActorRef<NodeMsg>) {
+    while let Some(message) = cancels.next().await {
+        match codec::decode::<Cancel>(&message.payload) {
+            Ok(cancel) => {
+                if node.cast(NodeMsg::Cancel(cancel)).is_err() {
+                    return;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "unreadable cancel message"),
+        }
+    }
+    tracing::warn!("cancel subscription ended");
+}
+
+/// Asks for a heartbeat every `interval` and whenever a slot changes, until the node stops.
+async fn pump_heartbeats(interval: Duration, changed: Arc<Notify>, node: ActorRef<NodeMsg>) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = changed.notified() => {}
+        }
+        if node.cast(NodeMsg::Heartbeat).is_err() {
+            return;
+        }
     }
 }

@@ -22,6 +22,10 @@ struct Harness {
 }
 
 async fn start(time_scale: f64) -> Harness {
+    start_with(time_scale, Config::for_test().drain_timeout_ms).await
+}
+
+async fn start_with(time_scale: f64, drain_timeout_ms: u64) -> Harness {
     let server = testkit::NatsServer::start();
     let nats = protocol::config::NatsConfig {
         url: server.url().to_owned(),
@@ -35,6 +39,7 @@ async fn start(time_scale: f64) -> Harness {
     let mut config = Config::for_test();
     config.node_id = Some("n1".to_owned());
     config.simulated.time_scale = time_scale;
+    config.drain_timeout_ms = drain_timeout_ms;
     let node = tokio::spawn(gpu_node::run(
         config,
         resources.clone(),
@@ -303,4 +308,25 @@ async fn a_stale_attempt_is_fenced_out_and_never_publishes_a_result() {
     assert_eq!((record.state, record.attempt), (JobState::Assigned, 2));
     assert!(record.result.is_none());
     harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_hands_a_running_job_back_and_removes_the_heartbeat() {
+    // Several seconds of work and a short drain deadline: the job cannot finish in time.
+    let harness = start_with(5.0, 100).await;
+    let (id, reply) = harness.place(100).await;
+    assert_eq!(reply, AssignReply::Accepted);
+    harness
+        .wait_for_state(id, |r| r.progress.is_some_and(|p| p.step >= 1))
+        .await;
+    let mut harness = harness;
+    harness.shutdown.cancel();
+    (&mut harness.node).await.unwrap().unwrap();
+    assert!(harness.resources.nodes.get("n1").await.unwrap().is_none());
+    let (record, _) = harness.resources.jobs.get(id).await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Queued, "{record:?}");
+    let error = record.error.unwrap();
+    assert!(error.retryable, "{error:?}");
+    assert_eq!(error.code, protocol::ErrorCode::Unavailable);
+    assert!(record.result.is_none());
 }

@@ -126,6 +126,19 @@ mod tests {
     }
 
     #[test]
+    fn the_default_job_takes_about_two_seconds_by_default() {
+        // 848x480, 31 frames, 64 steps, CFG: the demo's default job.
+        let spec = JobSpec::new("x");
+        let shape = spec.validate(&Limits::default()).expect("valid");
+        assert_eq!((shape.width, shape.num_frames, shape.steps), (848, 31, 64));
+        let mut default_job = job(64);
+        default_job.shape = shape;
+        let backend = SimulatedBackend::new(SimulatedConfig::default());
+        let total_s = backend.step_seconds(&default_job) * f64::from(shape.steps);
+        assert!((1.5..2.5).contains(&total_s), "{total_s} s");
+    }
+
+    #[test]
     fn step_time_grows_faster_than_linearly_with_tokens() {
         let backend = SimulatedBackend::new(SimulatedConfig::default());
         let mut small = job(1);

@@ -13,14 +13,16 @@ use protocol::{ErrorCode, JobId, JobShape, JobState, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::Notify;
 
-use crate::backend::{Backend, BackendError, BackendJob, Control, StepObserver};
+use crate::backend::{Backend, BackendError, BackendJob};
 use crate::config::VideoConfig;
 use crate::device::DeviceMemory;
 use crate::metrics;
 
 mod output;
+mod worker;
 
 use output::{publish_progress, store_video};
+use worker::{WorkItem, worker};
 
 /// Why a running job is being stopped (0 = it is not).
 const STOP_NONE: u8 = 0;
@@ -128,12 +130,6 @@ impl Drop for GpuSlotState {
             running.stop.store(STOP_ABANDON, Ordering::SeqCst);
         }
     }
-}
-
-struct WorkItem {
-    job: BackendJob,
-    stop: Arc<AtomicU8>,
-    slot: ActorRef<GpuSlotMsg>,
 }
 
 impl Actor for GpuSlot {
@@ -429,49 +425,4 @@ async fn finish(
     tracing::info!(%job_id, attempt, outcome = label, "slot free");
     state.running = None;
     report_changed(state);
-}
-
-/// The slot's OS thread: runs jobs one at a time until the channel closes.
-fn worker(backend: &dyn Backend, video: &VideoConfig, queue: &std::sync::mpsc::Receiver<WorkItem>) {
-    while let Ok(WorkItem { job, stop, slot }) = queue.recv() {
-        let (job_id, attempt) = (job.job_id, job.attempt);
-        let mut observer = Observer {
-            job_id,
-            attempt,
-            stop: &stop,
-            slot: &slot,
-        };
-        let outcome = backend.run(&job, &mut observer).and_then(|frames| {
-            let _ = slot.cast(GpuSlotMsg::EncodingStarted { job_id, attempt });
-            crate::mp4::encode(&frames, video).map_err(|e| BackendError::Internal(e.to_string()))
-        });
-        let _ = slot.cast(GpuSlotMsg::JobFinished {
-            job_id,
-            attempt,
-            outcome,
-        });
-    }
-}
-
-struct Observer<'a> {
-    job_id: JobId,
-    attempt: u32,
-    stop: &'a AtomicU8,
-    slot: &'a ActorRef<GpuSlotMsg>,
-}
-
-impl StepObserver for Observer<'_> {
-    fn on_step(&mut self, step: u32, total_steps: u32) -> Control {
-        let progress = Progress { step, total_steps };
-        let _ = self.slot.cast(GpuSlotMsg::StepCompleted {
-            job_id: self.job_id,
-            attempt: self.attempt,
-            progress,
-        });
-        if self.stop.load(Ordering::SeqCst) == STOP_NONE {
-            Control::Continue
-        } else {
-            Control::Stop
-        }
-    }
 }

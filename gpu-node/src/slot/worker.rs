@@ -1,0 +1,186 @@
+//! The slot's OS thread: runs the backend and the MP4 encoder for one job at a time and
+//! reports back to the slot actor with messages.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use protocol::JobId;
+use protocol::record::Progress;
+use ractor::ActorRef;
+
+use super::{GpuSlotMsg, STOP_NONE};
+use crate::backend::{Backend, BackendError, BackendJob, Control, StepObserver};
+use crate::config::VideoConfig;
+
+/// One job handed to the thread.
+pub(super) struct WorkItem {
+    pub(super) job: BackendJob,
+    pub(super) stop: Arc<AtomicU8>,
+    pub(super) slot: ActorRef<GpuSlotMsg>,
+}
+
+/// The slot's OS thread: runs jobs one at a time until the channel closes.
+pub(super) fn worker(
+    backend: &dyn Backend,
+    video: &VideoConfig,
+    queue: &std::sync::mpsc::Receiver<WorkItem>,
+) {
+    while let Ok(WorkItem { job, stop, slot }) = queue.recv() {
+        let (job_id, attempt) = (job.job_id, job.attempt);
+        let mut observer = Observer {
+            job_id,
+            attempt,
+            stop: &stop,
+            slot: &slot,
+        };
+        let outcome = run_job(backend, &job, &mut observer, video, || {
+            let _ = slot.cast(GpuSlotMsg::EncodingStarted { job_id, attempt });
+        });
+        let _ = slot.cast(GpuSlotMsg::JobFinished {
+            job_id,
+            attempt,
+            outcome,
+        });
+    }
+}
+
+/// Runs one job through the backend and the MP4 encoder. A panicking backend fails its job
+/// (retryable) instead of killing the thread and leaving the slot busy forever.
+fn run_job(
+    backend: &dyn Backend,
+    job: &BackendJob,
+    observer: &mut dyn StepObserver,
+    video: &VideoConfig,
+    encoding_started: impl FnOnce(),
+) -> Result<Vec<u8>, BackendError> {
+    let run = std::panic::AssertUnwindSafe(|| {
+        let frames = backend.run(job, observer)?;
+        encoding_started();
+        crate::mp4::encode(&frames, video).map_err(|e| BackendError::Internal(e.to_string()))
+    });
+    std::panic::catch_unwind(run).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        tracing::error!(job_id = %job.job_id, attempt = job.attempt, panic = %what, "backend panicked");
+        Err(BackendError::Internal(format!("backend panicked: {what}")))
+    })
+}
+
+struct Observer<'a> {
+    job_id: JobId,
+    attempt: u32,
+    stop: &'a AtomicU8,
+    slot: &'a ActorRef<GpuSlotMsg>,
+}
+
+impl StepObserver for Observer<'_> {
+    fn on_step(&mut self, step: u32, total_steps: u32) -> Control {
+        let progress = Progress { step, total_steps };
+        let _ = self.slot.cast(GpuSlotMsg::StepCompleted {
+            job_id: self.job_id,
+            attempt: self.attempt,
+            progress,
+        });
+        if self.stop.load(Ordering::SeqCst) == STOP_NONE {
+            Control::Continue
+        } else {
+            Control::Stop
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::{JobSpec, Limits};
+
+    use super::*;
+    use crate::backend::Video;
+    use crate::backend::simulated::SimulatedBackend;
+    use crate::config::SimulatedConfig;
+
+    struct Panicking;
+
+    impl Backend for Panicking {
+        fn name(&self) -> &'static str {
+            "panicking"
+        }
+
+        fn run(
+            &self,
+            _job: &BackendJob,
+            _observer: &mut dyn StepObserver,
+        ) -> Result<Video, BackendError> {
+            panic!("index out of bounds in a kernel")
+        }
+    }
+
+    struct Always;
+
+    impl StepObserver for Always {
+        fn on_step(&mut self, _step: u32, _total: u32) -> Control {
+            Control::Continue
+        }
+    }
+
+    fn job() -> BackendJob {
+        let spec = JobSpec {
+            steps: Some(2),
+            num_frames: Some(7),
+            width: Some(96),
+            height: Some(64),
+            ..JobSpec::new("x")
+        };
+        let shape = spec.validate(&Limits::default()).expect("valid");
+        BackendJob {
+            job_id: JobId::new(),
+            attempt: 1,
+            spec,
+            shape,
+            seed: 1,
+            resume: None,
+        }
+    }
+
+    #[test]
+    fn a_panicking_backend_fails_the_job_retryably() {
+        let mut encoding = false;
+        let outcome = run_job(
+            &Panicking,
+            &job(),
+            &mut Always,
+            &VideoConfig::default(),
+            || {
+                encoding = true;
+            },
+        );
+        let error = outcome.expect_err("a panic is a failure");
+        assert!(error.retryable());
+        assert!(error.to_string().contains("index out of bounds"), "{error}");
+        assert!(!encoding);
+    }
+
+    #[test]
+    fn a_finished_run_is_encoded_to_a_decodable_mp4() {
+        let backend = SimulatedBackend::new(SimulatedConfig {
+            time_scale: 0.0,
+            ..SimulatedConfig::default()
+        });
+        let mut encoding = false;
+        let mp4 = run_job(
+            &backend,
+            &job(),
+            &mut Always,
+            &VideoConfig::default(),
+            || {
+                encoding = true;
+            },
+        )
+        .expect("mp4");
+        let info = crate::mp4::probe(&mp4).expect("probe");
+        assert_eq!((info.decoded_frames, info.width, info.height), (7, 96, 64));
+        assert!(encoding);
+    }
+}
