@@ -137,9 +137,9 @@ impl Config {
         })
     }
 
-    /// Reads `transformer/config.json` (or `config.json`) under `model_dir`; without one,
-    /// the 10B preset.
-    pub fn from_model_dir(model_dir: &Path) -> Result<Self> {
+    /// Reads `transformer/config.json` (or `config.json`) under `model_dir`; `None` if
+    /// there is neither (genmo's `dit.safetensors` ships without one).
+    pub fn from_model_dir(model_dir: &Path) -> Result<Option<Self>> {
         for path in [
             model_dir.join("transformer").join("config.json"),
             model_dir.join("config.json"),
@@ -148,10 +148,44 @@ impl Config {
                 let text = std::fs::read_to_string(&path).map_err(|e| {
                     candle_core::Error::Msg(format!("cannot read {}: {e}", path.display()))
                 })?;
-                return Self::from_diffusers_json(&text);
+                return Self::from_diffusers_json(&text).map(Some);
             }
         }
-        Ok(Self::mochi_1_preview())
+        Ok(None)
+    }
+
+    /// Derives the configuration from the tensor shapes of a checkpoint (for checkpoints
+    /// without a `config.json`); the caption pool keeps upstream's 8 heads and 256 tokens.
+    pub fn from_weights(weights: &Weights) -> Result<Self> {
+        let pos = weights.shape("pos_frequencies")?;
+        let patch = weights.shape("patch_embed.proj.weight")?;
+        let caption = weights.shape("time_embed.caption_proj.weight")?;
+        let time = weights.shape("time_embed.timestep_embedder.linear_1.weight")?;
+        let proj_out = weights.shape("proj_out.weight")?;
+        let (&[3, heads, half], &[_, in_channels, patch_size, _], &[dy, dt], &[_, dtime]) = (
+            pos.as_slice(),
+            patch.as_slice(),
+            caption.as_slice(),
+            time.as_slice(),
+        ) else {
+            candle_core::bail!(
+                "cannot derive the config: pos_frequencies {pos:?}, patch_embed {patch:?}, caption_proj {caption:?}, timestep_embedder {time:?}"
+            );
+        };
+        let out_features = proj_out.first().copied().unwrap_or(0);
+        Ok(Self {
+            patch_size,
+            in_channels,
+            out_channels: out_features / (patch_size * patch_size).max(1),
+            num_heads: heads,
+            head_dim: 2 * half,
+            num_layers: weights.count_blocks(),
+            hidden_size_y: dy,
+            text_embed_dim: dt,
+            time_embed_dim: dtime,
+            pool_heads: 8,
+            max_sequence_length: 256,
+        })
     }
 
     /// Visual stream width (`heads × head_dim`).
@@ -210,10 +244,14 @@ impl AsymmDiT {
         })
     }
 
-    /// Loads config and weights from a model directory (diffusers or genmo layout).
+    /// Loads config and weights from a model directory (diffusers or genmo layout); the
+    /// config comes from `config.json`, else from the tensor shapes.
     pub fn from_model_dir(model_dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let config = Config::from_model_dir(model_dir)?;
         let weights = Weights::from_model_dir(model_dir, dtype, device)?;
+        let config = match Config::from_model_dir(model_dir)? {
+            Some(config) => config,
+            None => Config::from_weights(&weights)?,
+        };
         Self::load(&weights, &config)
     }
 

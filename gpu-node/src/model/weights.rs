@@ -202,6 +202,35 @@ impl Weights {
         self.tensors.get(&key).is_ok()
     }
 
+    /// The shape of a tensor (by diffusers name) as it would load, without loading it.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        let (key, parts) = match &self.scheme {
+            Scheme::Diffusers => (name.to_string(), 1),
+            Scheme::Genmo { prefix } => match genmo_source(name) {
+                None => {
+                    return Err(Error::Msg(format!(
+                        "tensor `{name}` has no genmo equivalent"
+                    )));
+                }
+                Some(GenmoSource::Direct(key)) | Some(GenmoSource::SwapHalves(key)) => {
+                    (format!("{prefix}{key}"), 1)
+                }
+                Some(GenmoSource::Rows(key, _, parts)) => (format!("{prefix}{key}"), parts),
+            },
+        };
+        let view = self.tensors.get(&key).map_err(|_| {
+            Error::Msg(format!(
+                "missing tensor `{name}` (key `{key}`) in {}",
+                self.files_list()
+            ))
+        })?;
+        let mut shape = view.shape().to_vec();
+        if let Some(rows) = shape.first_mut() {
+            *rows /= parts;
+        }
+        Ok(shape)
+    }
+
     /// Number of transformer blocks present in the checkpoint.
     pub fn count_blocks(&self) -> usize {
         let mut count = 0;
