@@ -1,20 +1,26 @@
-//! CPU benchmark of one AsymmDiT forward (CFG batch of two: uncond with no text, cond
-//! with all text tokens valid), on weights written by `tools/bench_dit.py`.
+//! Benchmark of one AsymmDiT forward (CFG batch of two: uncond with no text, cond with
+//! all text tokens valid), i.e. one denoising step, on weights written by
+//! `tools/bench_dit.py` or on a random checkpoint built on the device.
 //!
-//! `RAYON_NUM_THREADS=2 cargo run -p gpu-node --example dit_bench -- DIR FRAMES HEIGHT WIDTH TEXT_TOKENS [REPS] [bf16] [cuda]`
+//! `RAYON_NUM_THREADS=2 cargo run -p gpu-node --example dit_bench -- MODEL FRAMES HEIGHT WIDTH TEXT_TOKENS [REPS] [bf16] [cuda]`
 //!
-//! `cuda` (only in a `--features cuda` build, see `tools/build_cuda.sh`) runs on GPU 0.
+//! MODEL is a model directory, or `random:LAYERS` for the released width (3072/1536,
+//! 24 heads) with LAYERS blocks and random weights (`random:48` = the 10B model).
+//! FRAMES/HEIGHT/WIDTH are latent sizes (848×480, 31 frames = 6 60 106). `cuda` (only in
+//! a `--features cuda` build, see `tools/build_cuda.sh`) runs on GPU 0.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use gpu_node::model::AsymmDiT;
+use gpu_node::model::random::random_checkpoint;
+use gpu_node::model::weights::Weights;
+use gpu_node::model::{AsymmDiT, Config};
 
 fn main() -> candle_core::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 5 {
-        eprintln!("usage: dit_bench DIR FRAMES HEIGHT WIDTH TEXT_TOKENS [REPS] [bf16] [cuda]");
+        eprintln!("usage: dit_bench MODEL FRAMES HEIGHT WIDTH TEXT_TOKENS [REPS] [bf16] [cuda]");
         std::process::exit(2);
     }
     let number = |i: usize| -> usize {
@@ -35,7 +41,25 @@ fn main() -> candle_core::Result<()> {
     } else {
         Device::Cpu
     };
-    let model = AsymmDiT::from_model_dir(&PathBuf::from(&args[0]), dtype, &device)?;
+    let load_start = Instant::now();
+    let model = match args[0].strip_prefix("random:") {
+        Some(layers) => {
+            let config = Config {
+                num_layers: layers
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad layer count {layers}")),
+                ..Config::mochi_1_preview()
+            };
+            let tensors = random_checkpoint(&config, dtype, &device)?;
+            AsymmDiT::load(&Weights::from_tensors(tensors, dtype, &device), &config)?
+        }
+        None => AsymmDiT::from_model_dir(&PathBuf::from(&args[0]), dtype, &device)?,
+    };
+    println!(
+        "model {} layers ready in {:.1} s",
+        model.config().num_layers,
+        load_start.elapsed().as_secs_f64()
+    );
     let t5_dim = model.config().text_embed_dim;
     let latents = Tensor::randn(0f32, 1.0, (2, 12, frames, height, width), &device)?;
     let text = Tensor::randn(0f32, 1.0, (2, text_tokens, t5_dim), &device)?;

@@ -10,6 +10,7 @@ pub mod attention;
 pub mod blocks;
 pub mod embeddings;
 pub mod ops;
+pub mod random;
 pub mod vae;
 pub mod weights;
 

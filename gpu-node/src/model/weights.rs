@@ -7,7 +7,7 @@
 //! on the fly (q/k/v row split, SwiGLU half swap, final modulation half swap, see
 //! `mochi-model-spec.md` §2.6).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
@@ -25,9 +25,34 @@ pub enum Scheme {
     },
 }
 
-/// Memory-mapped safetensors files plus the scheme to translate names.
+/// Where the tensors live.
+enum Source {
+    /// Memory-mapped safetensors files.
+    Mmap(MmapedSafetensors),
+    /// Tensors already in memory (random checkpoints for benchmarks).
+    Memory(HashMap<String, Tensor>),
+}
+
+impl Source {
+    fn contains(&self, key: &str) -> bool {
+        match self {
+            Self::Mmap(tensors) => tensors.get(key).is_ok(),
+            Self::Memory(tensors) => tensors.contains_key(key),
+        }
+    }
+
+    fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        match self {
+            Self::Mmap(tensors) => tensors.get(key).ok().map(|view| view.shape().to_vec()),
+            Self::Memory(tensors) => tensors.get(key).map(|t| t.dims().to_vec()),
+        }
+    }
+}
+
+/// A checkpoint's tensors (memory-mapped files, or in memory) plus the scheme to
+/// translate names.
 pub struct Weights {
-    tensors: MmapedSafetensors,
+    tensors: Source,
     files: Vec<PathBuf>,
     scheme: Scheme,
     dtype: DType,
@@ -150,7 +175,7 @@ impl Weights {
         // SAFETY: the files are mapped read-only and are not modified while mapped; this is
         // the released-weights layout, which the serving process never writes.
         #[allow(unsafe_code)]
-        let tensors = unsafe { MmapedSafetensors::multi(files)? };
+        let tensors = Source::Mmap(unsafe { MmapedSafetensors::multi(files)? });
         let scheme = detect_scheme(&tensors);
         Ok(Self {
             tensors,
@@ -159,6 +184,19 @@ impl Weights {
             dtype,
             device: device.clone(),
         })
+    }
+
+    /// Wraps tensors already in memory (either key scheme); `dtype` as for files.
+    pub fn from_tensors(tensors: HashMap<String, Tensor>, dtype: DType, device: &Device) -> Self {
+        let tensors = Source::Memory(tensors);
+        let scheme = detect_scheme(&tensors);
+        Self {
+            tensors,
+            files: Vec::new(),
+            scheme,
+            dtype,
+            device: device.clone(),
+        }
     }
 
     /// Finds and maps the transformer weights of a model directory (see
@@ -199,7 +237,7 @@ impl Weights {
                 | Some(GenmoSource::SwapHalves(key)) => format!("{prefix}{key}"),
             },
         };
-        self.tensors.get(&key).is_ok()
+        self.tensors.contains(&key)
     }
 
     /// The shape of a tensor (by diffusers name) as it would load, without loading it.
@@ -218,13 +256,12 @@ impl Weights {
                 Some(GenmoSource::Rows(key, _, parts)) => (format!("{prefix}{key}"), parts),
             },
         };
-        let view = self.tensors.get(&key).map_err(|_| {
+        let mut shape = self.tensors.shape(&key).ok_or_else(|| {
             Error::Msg(format!(
                 "missing tensor `{name}` (key `{key}`) in {}",
                 self.files_list()
             ))
         })?;
-        let mut shape = view.shape().to_vec();
         if let Some(rows) = shape.first_mut() {
             *rows /= parts;
         }
@@ -241,17 +278,26 @@ impl Weights {
     }
 
     fn load_key(&self, key: &str, name: &str) -> Result<Tensor> {
-        let view = self.tensors.get(key).map_err(|_| {
+        let missing = || {
             Error::Msg(format!(
                 "missing tensor `{name}` (key `{key}`) in {}",
                 self.files_list()
             ))
-        })?;
-        // Load on the CPU first so row splits and swaps are cheap copies.
-        candle_core::safetensors::Load::load(&view, &Device::Cpu)
+        };
+        match &self.tensors {
+            Source::Mmap(tensors) => {
+                let view = tensors.get(key).map_err(|_| missing())?;
+                // Load on the CPU first so row splits and swaps are cheap copies.
+                candle_core::safetensors::Load::load(&view, &Device::Cpu)
+            }
+            Source::Memory(tensors) => tensors.get(key).cloned().ok_or_else(missing),
+        }
     }
 
     fn files_list(&self) -> String {
+        if self.files.is_empty() {
+            return "the in-memory checkpoint".to_string();
+        }
         self.files
             .iter()
             .map(|p| p.display().to_string())
@@ -341,12 +387,9 @@ fn swap_halves(t: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[t.narrow(0, half, half)?, t.narrow(0, 0, half)?], 0)
 }
 
-fn detect_scheme(tensors: &MmapedSafetensors) -> Scheme {
+fn detect_scheme(tensors: &Source) -> Scheme {
     for prefix in ["", "model.diffusion_model."] {
-        if tensors
-            .get(&format!("{prefix}blocks.0.attn.qkv_x.weight"))
-            .is_ok()
-        {
+        if tensors.contains(&format!("{prefix}blocks.0.attn.qkv_x.weight")) {
             return Scheme::Genmo {
                 prefix: prefix.to_string(),
             };
