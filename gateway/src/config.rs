@@ -16,7 +16,7 @@ pub struct Config {
     pub listen_addr: String,
     /// Limits every submitted job is checked against.
     pub limits: Limits,
-    /// Longest a request may take before it is answered 408, ms.
+    /// Longest a request may take until its response starts (then 503 `unavailable`), ms.
     pub request_timeout_ms: u64,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,

@@ -66,7 +66,7 @@ impl ApiError {
     }
 
     /// A 404 for a job that does not exist (or belongs to another tenant).
-    pub fn job_not_found(id: &str) -> Self {
+    pub fn job_not_found(id: impl std::fmt::Display) -> Self {
         Self::new(
             ErrorCode::NotFound,
             format!("no job {id}: check the id returned by POST /v1/videos"),

@@ -27,28 +27,20 @@ pub use error::{ApiError, Error, Result};
 pub use state::AppState;
 
 /// The router with every route and layer.
+///
+/// Layers, outermost first: load shedding (503 `unavailable` at once when
+/// `max_concurrent_requests` requests are in flight, one limit for the whole router), the
+/// request timeout (503 `unavailable`), the body size limit (413 `payload_too_large`) and
+/// per-route request metrics.
 pub fn app(state: AppState) -> Router {
     let config = state.config.clone();
-    let overload = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(|error: tower::BoxError| async move {
-            if error.is::<tower::load_shed::error::Overloaded>() {
-                ApiError::unavailable("the gateway is at its request limit; retry shortly")
-            } else if error.is::<tower::timeout::error::Elapsed>() {
-                ApiError::unavailable("the request took too long; retry shortly")
-            } else {
-                ApiError::internal("middleware", &error)
-            }
-        }))
-        .load_shed()
-        .concurrency_limit(config.max_concurrent_requests)
-        .timeout(Duration::from_millis(config.request_timeout_ms));
-    Router::new()
+    let routes = Router::new()
         .route("/v1/videos", axum::routing::post(routes::videos::submit))
         .route(
             "/v1/videos/{id}",
             get(routes::videos::status).delete(routes::videos::cancel),
         )
-        .route("/v1/videos/{id}/content", get(routes::videos::content))
+        .route("/v1/videos/{id}/content", get(routes::content::content))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
@@ -59,9 +51,30 @@ pub fn app(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(overload)
         .layer(axum::middleware::from_fn(track))
-        .with_state(state)
+        .with_state(state);
+    // `Router::layer` wraps each route on its own, which would give each route its own
+    // concurrency limit: the limit wraps the routed service once instead.
+    let guarded = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(overloaded))
+        .load_shed()
+        .concurrency_limit(config.max_concurrent_requests)
+        .timeout(Duration::from_millis(config.request_timeout_ms))
+        .service(routes);
+    Router::new().fallback_service(guarded)
+}
+
+/// Turns the errors of the tower layers into our error body.
+async fn overloaded(error: tower::BoxError) -> ApiError {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        metrics::record_shed("overloaded");
+        ApiError::unavailable("the gateway is at its limit of concurrent requests; retry shortly")
+    } else if error.is::<tower::timeout::error::Elapsed>() {
+        metrics::record_shed("timeout");
+        ApiError::unavailable("the request took too long; retry shortly")
+    } else {
+        ApiError::internal("middleware", &error)
+    }
 }
 
 async fn track(request: Request, next: Next) -> Response {
@@ -79,11 +92,13 @@ async fn track(request: Request, next: Next) -> Response {
 /// A bound, not yet serving gateway (so that the caller can learn the address first).
 pub struct Server {
     listener: tokio::net::TcpListener,
+    local_addr: SocketAddr,
     state: AppState,
 }
 
 impl Server {
-    /// Binds `config.listen_addr`.
+    /// Validates `config` and binds `config.listen_addr`; `metrics_handle` renders `/metrics`
+    /// (`None`: this process has no Prometheus recorder, `/metrics` answers 404).
     pub async fn bind(
         config: Config,
         resources: Resources,
@@ -92,32 +107,36 @@ impl Server {
     ) -> Result<Self> {
         config.validate()?;
         metrics::describe();
+        let bind_error = |source| Error::Bind {
+            addr: config.listen_addr.clone(),
+            source,
+        };
         let listener = tokio::net::TcpListener::bind(&config.listen_addr)
             .await
-            .map_err(|source| Error::Bind {
-                addr: config.listen_addr.clone(),
-                source,
-            })?;
+            .map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
         Ok(Self {
             listener,
+            local_addr,
             state: AppState::new(config, resources, client, metrics_handle),
         })
     }
 
-    /// The bound address.
+    /// The bound address (with the port the system picked when the configured one is 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.local_addr
     }
 
-    /// Serves until `shutdown` is cancelled, then finishes in-flight requests.
+    /// Serves until `shutdown` is cancelled, then stops accepting connections and returns once
+    /// the requests in flight are answered.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<()> {
-        tracing::info!(addr = %self.local_addr(), "gateway listening");
+        tracing::info!(addr = %self.local_addr, "gateway listening");
         axum::serve(self.listener, app(self.state))
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
-            .map_err(Error::Serve)
+            .map_err(Error::Serve)?;
+        tracing::info!("gateway stopped");
+        Ok(())
     }
 }
 

@@ -11,6 +11,9 @@ pub const JOBS_SUBMITTED: &str = "mochi_gateway_jobs_submitted_total";
 /// Time to get JetStream's acknowledgement of a submission, seconds.
 pub const SUBMIT_SECONDS: &str = "mochi_gateway_submit_seconds";
 
+/// Requests refused by the gateway's own layers, by reason (`overloaded`, `timeout`).
+pub const REQUESTS_SHED: &str = "mochi_gateway_requests_shed_total";
+
 /// Describes every metric (call once, after the recorder is installed).
 pub fn describe() {
     metrics::describe_counter!(REQUESTS, "HTTP requests by route, method and status");
@@ -18,6 +21,10 @@ pub fn describe() {
         REQUEST_SECONDS,
         metrics::Unit::Seconds,
         "HTTP request latency by route"
+    );
+    metrics::describe_counter!(
+        REQUESTS_SHED,
+        "Requests answered 503 by load shedding or the request timeout"
     );
     metrics::describe_counter!(JOBS_SUBMITTED, "Jobs accepted by JetStream");
     metrics::describe_histogram!(
@@ -36,4 +43,8 @@ pub(crate) fn record_submit(elapsed: Duration, duplicate: bool) {
 pub(crate) fn record_request(route: String, method: String, status: u16, elapsed: Duration) {
     metrics::counter!(REQUESTS, "route" => route.clone(), "method" => method, "status" => status.to_string()).increment(1);
     metrics::histogram!(REQUEST_SECONDS, "route" => route).record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn record_shed(reason: &'static str) {
+    metrics::counter!(REQUESTS_SHED, "reason" => reason).increment(1);
 }

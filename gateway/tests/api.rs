@@ -1,25 +1,35 @@
 //! The HTTP API against a real nats-server (no coordinator running unless a test plays one).
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
-use axum::body::Body;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
+use futures::StreamExt;
 use gateway::{AppState, Config};
 use http_body_util::BodyExt;
 use protocol::api::JobView;
 use protocol::jetstream::{Resources, connect, ensure_resources};
+use protocol::messages::Cancel;
 use protocol::record::{JobEvent, Lease, VideoResult};
 use protocol::{
-    ErrorBody, ErrorCode, JobId, JobRecord, JobSpec, JobState, Limits, NodeId, TenantId, now_ms,
+    ErrorBody, ErrorCode, JobId, JobRecord, JobSpec, JobState, Limits, NodeId, TenantId, codec,
+    names, now_ms,
 };
 use tower::ServiceExt;
 
 struct Api {
     _server: testkit::NatsServer,
     resources: Resources,
+    client: async_nats::Client,
     state: AppState,
 }
 
 async fn api() -> Api {
+    api_with(Config::for_test()).await
+}
+
+async fn api_with(config: Config) -> Api {
     let server = testkit::NatsServer::start();
     let nats = protocol::config::NatsConfig {
         url: server.url().to_owned(),
@@ -29,10 +39,11 @@ async fn api() -> Api {
     let resources = ensure_resources(client.clone(), &nats.jetstream)
         .await
         .unwrap();
-    let state = AppState::new(Config::for_test(), resources.clone(), client, None);
+    let state = AppState::new(config, resources.clone(), client.clone(), None);
     Api {
         _server: server,
         resources,
+        client,
         state,
     }
 }
@@ -73,6 +84,18 @@ impl Api {
             .await;
         (status, body)
     }
+
+    async fn delete(&self, uri: &str) -> (StatusCode, Vec<u8>) {
+        let (status, _, body) = self
+            .send(Request::delete(uri).body(Body::empty()).unwrap())
+            .await;
+        (status, body)
+    }
+}
+
+fn view(body: &[u8]) -> JobView {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not a job ({e}): {}", String::from_utf8_lossy(body)))
 }
 
 fn error(body: &[u8]) -> ErrorBody {
@@ -97,6 +120,7 @@ async fn accepted_job_is_queued_before_any_coordinator_runs() {
         (view.state, view.num_frames, view.width, view.height),
         (JobState::Queued, 31, 848, 480)
     );
+    assert_eq!(view.links.status, format!("/v1/videos/{}", view.id));
     let (status, body) = api.get(&format!("/v1/videos/{}", view.id)).await;
     assert_eq!(status, StatusCode::OK);
     let polled: JobView = serde_json::from_slice(&body).unwrap();
@@ -209,10 +233,13 @@ async fn malformed_and_oversized_bodies_get_4xx_with_our_error_body() {
 #[tokio::test]
 async fn unknown_and_malformed_ids_are_404() {
     let api = api().await;
+    let unknown = JobId::new();
     for uri in [
-        format!("/v1/videos/{}", JobId::new()),
+        format!("/v1/videos/{unknown}"),
+        format!("/v1/videos/{unknown}/content"),
         "/v1/videos/not-a-uuid".to_owned(),
         "/v1/videos/x/content".to_owned(),
+        "/v1/videos/%FF%FE".to_owned(),
     ] {
         let (status, body) = api.get(&uri).await;
         assert_eq!(
@@ -221,8 +248,19 @@ async fn unknown_and_malformed_ids_are_404() {
             "{uri}"
         );
     }
-    let (status, _) = api.get("/nowhere").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    for uri in [format!("/v1/videos/{unknown}"), "/v1/videos/12".to_owned()] {
+        let (status, body) = api.delete(&uri).await;
+        assert_eq!(
+            (status, error(&body).error.code),
+            (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            "DELETE {uri}"
+        );
+    }
+    let (status, body) = api.get("/nowhere").await;
+    assert_eq!(
+        (status, error(&body).error.code),
+        (StatusCode::NOT_FOUND, ErrorCode::NotFound)
+    );
 }
 
 async fn stored_job(api: &Api, state: JobState) -> JobRecord {
@@ -298,27 +336,64 @@ async fn content_is_409_before_success_then_served_whole_and_by_range() {
             .await
             .unwrap();
     }
+    let uri = format!("/v1/videos/{}/content", record.id);
     let (status, headers, body) = api
-        .send(
-            Request::get(format!("/v1/videos/{}/content", record.id))
-                .body(Body::empty())
-                .unwrap(),
-        )
+        .send(Request::get(&uri).body(Body::empty()).unwrap())
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers[header::CONTENT_TYPE], "video/mp4");
-    assert_eq!(body, video);
-    let request = Request::get(format!("/v1/videos/{}/content", record.id))
-        .header(header::RANGE, "bytes=1000-1999")
-        .body(Body::empty())
-        .unwrap();
-    let (status, headers, body) = api.send(request).await;
+    assert_eq!(headers[header::ACCEPT_RANGES], "bytes");
+    assert_eq!(headers[header::CONTENT_LENGTH], video.len().to_string());
+    assert!(
+        body == video,
+        "the served bytes differ from the stored video"
+    );
+    let ranged = |range: &str| {
+        Request::get(&uri)
+            .header(header::RANGE, range)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, headers, body) = api.send(ranged("bytes=1000-1999")).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(
         headers[header::CONTENT_RANGE],
         format!("bytes 1000-1999/{}", video.len())
     );
-    assert_eq!(body, video[1000..2000]);
+    assert_eq!(headers[header::CONTENT_LENGTH], "1000");
+    assert!(body == video[1000..2000], "wrong slice for 1000-1999");
+    // A start past the object store's first chunk, and a suffix range.
+    let (status, _, body) = api.send(ranged("bytes=150000-")).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert!(body == video[150_000..], "wrong slice for 150000-");
+    let (status, headers, body) = api.send(ranged("bytes=-10")).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        headers[header::CONTENT_RANGE],
+        format!("bytes 199990-199999/{}", video.len())
+    );
+    assert_eq!(body, video[199_990..]);
+    let (status, headers, _) = api.send(ranged("bytes=200000-")).await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        headers[header::CONTENT_RANGE],
+        format!("bytes */{}", video.len())
+    );
+}
+
+#[tokio::test]
+async fn content_of_a_cancelled_job_is_a_conflict() {
+    let api = api().await;
+    let record = stored_job(&api, JobState::Queued).await;
+    let (status, _) = api.delete(&format!("/v1/videos/{}", record.id)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = api.get(&format!("/v1/videos/{}/content", record.id)).await;
+    let detail = error(&body).error;
+    assert_eq!(
+        (status, detail.code),
+        (StatusCode::CONFLICT, ErrorCode::Conflict)
+    );
+    assert!(detail.message.contains("cancelled"), "{}", detail.message);
 }
 
 #[tokio::test]
@@ -341,4 +416,150 @@ async fn delete_cancels_a_queued_job_and_refuses_a_finished_one() {
         (status, error(&body).error.code),
         (StatusCode::CONFLICT, ErrorCode::Conflict)
     );
+}
+
+#[tokio::test]
+async fn delete_right_after_submit_cancels_before_the_intake_runs() {
+    let api = api().await;
+    let (status, body) = api.post(r#"{"prompt":"x"}"#, Some("cancel-me")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = view(&body).id;
+    let uri = format!("/v1/videos/{id}");
+    let (status, body) = api.delete(&uri).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(view(&body).state, JobState::Cancelled);
+    let (status, body) = api.get(&uri).await;
+    assert_eq!(
+        (status, view(&body).state),
+        (StatusCode::OK, JobState::Cancelled)
+    );
+    // The intake's create-only write then leaves the cancelled record alone.
+    let spec = JobSpec::new("x");
+    let shape = spec.validate(&Limits::default()).unwrap();
+    let intake = JobRecord::queued(id, TenantId::default_tenant(), spec, shape, 1, 3, now_ms());
+    assert!(!api.resources.jobs.create(&intake).await.unwrap());
+    // A retried submission with the same key shows the job as it is now.
+    let (status, body) = api.post(r#"{"prompt":"x"}"#, Some("cancel-me")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let again = view(&body);
+    assert_eq!((again.id, again.state), (id, JobState::Cancelled));
+}
+
+#[tokio::test]
+async fn delete_of_a_job_on_a_node_tells_the_node() {
+    let api = api().await;
+    let record = stored_job(&api, JobState::Assigned).await;
+    let mut cancels = api
+        .client
+        .subscribe(names::node_cancel_subject("n1"))
+        .await
+        .unwrap();
+    api.client.flush().await.unwrap();
+    let (status, body) = api.delete(&format!("/v1/videos/{}", record.id)).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(view(&body).state, JobState::Cancelled);
+    let message = tokio::time::timeout(Duration::from_secs(10), cancels.next())
+        .await
+        .expect("no cancel message within 10 s")
+        .unwrap();
+    let cancel: Cancel = codec::decode(&message.payload).unwrap();
+    assert_eq!(
+        cancel,
+        Cancel {
+            job_id: record.id,
+            attempt: 1
+        }
+    );
+    let stored = api.resources.jobs.get(record.id).await.unwrap().unwrap().0;
+    assert_eq!((stored.state, stored.lease), (JobState::Cancelled, None));
+}
+
+#[tokio::test]
+async fn requests_over_the_concurrency_limit_get_503_at_once() {
+    let api = api_with(Config {
+        max_concurrent_requests: 1,
+        ..Config::for_test()
+    })
+    .await;
+    let app = gateway::app(api.state.clone());
+    // A submission whose body never ends holds the only slot.
+    let (sender, receiver) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let held = Request::post("/v1/videos")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(receiver))
+        .unwrap();
+    let holder = tokio::spawn(app.clone().oneshot(held));
+    let probe = |app: axum::Router| async move {
+        let response = app
+            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, body)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (status, body) = probe(app.clone()).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never shed while the slot was held"
+        );
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(error(&body).error.code, ErrorCode::Unavailable);
+    drop(sender);
+    let response = holder.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST, "the empty body");
+    let (status, _) = probe(app).await;
+    assert_eq!(status, StatusCode::OK, "the slot was not given back");
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_endpoints() {
+    let api = api().await;
+    assert_eq!(api.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(api.get("/readyz").await.0, StatusCode::OK);
+    // This state has no Prometheus handle.
+    let (status, body) = api.get("/metrics").await;
+    assert_eq!(
+        (status, error(&body).error.code),
+        (StatusCode::NOT_FOUND, ErrorCode::NotFound)
+    );
+}
+
+#[tokio::test]
+async fn server_binds_serves_http_and_stops_on_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let api = api().await;
+    let server = gateway::Server::bind(
+        Config::for_test(),
+        api.resources.clone(),
+        api.client.clone(),
+        None,
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    assert_ne!(addr.port(), 0);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let serving = tokio::spawn(server.serve(shutdown.clone()));
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("the server did not stop within 10 s")
+        .unwrap()
+        .unwrap();
 }

@@ -1,4 +1,6 @@
 //! HTTP routes.
 
+pub mod content;
 pub mod health;
+pub mod request;
 pub mod videos;

@@ -1,28 +1,50 @@
-//! `/v1/videos`: submit, status, download, cancel.
+//! `/v1/videos`: submit, status, cancel (the download is in `content.rs`).
 
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::kv::UpdateErrorKind;
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use protocol::api::JobView;
-use protocol::jetstream::StoreError;
 use protocol::messages::{Cancel, SubmitRequest};
 use protocol::record::TransitionError;
-use protocol::{ErrorCode, JobEvent, JobId, JobRecord, JobSpec, JobState, codec, names, now_ms};
-use tokio_util::io::ReaderStream;
+use protocol::{ErrorCode, JobEvent, JobId, JobRecord, codec, names, now_ms};
 
 use crate::error::ApiError;
 use crate::metrics;
+use crate::routes::request::{idempotency_key, json_body, parse_spec};
 use crate::state::AppState;
 
-/// Longest idempotency key accepted, bytes.
-const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+/// Most compare-and-set rounds a cancellation tries before answering 503.
+const MAX_CANCEL_TRIES: u32 = 16;
+
+/// The `{id}` of a job route. Anything that is not a job id names no job: 404, never 400/500.
+pub struct JobPath(pub JobId);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let not_found = || {
+            ApiError::new(
+                ErrorCode::NotFound,
+                "no such job: use the id returned by POST /v1/videos",
+            )
+        };
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| not_found())?;
+        raw.parse().map(JobPath).map_err(|_| not_found())
+    }
+}
 
 /// `POST /v1/videos`: validates the spec, stores it durably in `MOCHI_SUBMIT`, answers 202.
 pub async fn submit(
@@ -30,36 +52,7 @@ pub async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "the body is larger than {} bytes; shorten the prompt",
-                    state.config.max_body_bytes
-                ),
-            )
-        } else {
-            ApiError::new(
-                ErrorCode::MalformedRequest,
-                format!("cannot read the body: {rejection}"),
-            )
-        }
-    })?;
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-        });
-    if !is_json {
-        return Err(ApiError::new(
-            ErrorCode::MalformedRequest,
-            "send the job as JSON with Content-Type: application/json",
-        ));
-    }
+    let body = json_body(&headers, body, state.config.max_body_bytes)?;
     let spec = parse_spec(&body)?;
     let shape = spec.validate(&state.config.limits)?;
     let idempotency_key = idempotency_key(&headers)?;
@@ -91,21 +84,26 @@ pub async fn submit(
     let ack = tokio::time::timeout(Duration::from_millis(state.config.publish_timeout_ms), ack)
         .await
         .map_err(|_| ApiError::unavailable("the job queue did not acknowledge in time; retry with the same Idempotency-Key"))?
-        .map_err(|error| match error.kind() {
-            PublishErrorKind::Other | PublishErrorKind::MaxAckPending => {
-                tracing::warn!(%error, "submission refused by JetStream");
-                ApiError::unavailable("the job queue is full or unavailable; retry later with the same Idempotency-Key")
+        .map_err(|error| {
+            tracing::warn!(%job_id, %tenant, %error, "submission not acknowledged by JetStream");
+            match error.kind() {
+                PublishErrorKind::Other | PublishErrorKind::MaxAckPending => ApiError::unavailable(
+                    "the job queue is full or unavailable; retry later with the same Idempotency-Key",
+                ),
+                kind => ApiError::unavailable(format!(
+                    "the job queue is unavailable ({kind}); retry later with the same Idempotency-Key"
+                )),
             }
-            _ => ApiError::unavailable(format!("the job queue is unavailable ({}); retry later", error.kind())),
         })?;
     metrics::record_submit(started.elapsed(), ack.duplicate);
-    tracing::info!(%job_id, %tenant, duplicate = ack.duplicate, frames = shape.num_frames, "job submitted");
-    let view = match state.resources.jobs.get(job_id).await {
-        Ok(Some((record, _))) if ack.duplicate && record.tenant == tenant => {
-            JobView::from_record(&record)
-        }
-        _ => JobView::pending(job_id, spec, &shape, now_ms()),
+    tracing::info!(%job_id, %tenant, duplicate = ack.duplicate, frames = shape.num_frames, steps = shape.steps, "job submitted");
+    // A repeated key names the job the first request created: show that job as it is now.
+    let existing = if idempotency_key.is_some() {
+        current_view(&state, job_id).await?
+    } else {
+        None
     };
+    let view = existing.unwrap_or_else(|| JobView::pending(job_id, spec, &shape, now_ms()));
     let location = view.links.status.clone();
     Ok((
         StatusCode::ACCEPTED,
@@ -115,341 +113,188 @@ pub async fn submit(
         .into_response())
 }
 
-fn parse_spec(body: &[u8]) -> Result<JobSpec, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::new(
-            ErrorCode::MalformedRequest,
-            "the body is empty; send a JSON object with at least a prompt",
-        ));
-    }
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let spec: JobSpec = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let inner = error.into_inner();
-        let message = strip_position(&inner.to_string());
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let field = unknown_field(&message).unwrap_or(if path == "." {
-                    String::new()
-                } else {
-                    path
-                });
-                if field.is_empty() {
-                    ApiError::new(
-                        ErrorCode::InvalidField,
-                        format!("the job does not match the schema: {message}"),
-                    )
-                } else {
-                    ApiError::field(
-                        ErrorCode::InvalidField,
-                        format!("{field}: {message}"),
-                        field,
-                    )
-                }
-            }
-            _ => ApiError::new(
-                ErrorCode::MalformedRequest,
-                format!("the body is not valid JSON: {message}"),
-            ),
-        }
-    })?;
-    deserializer.end().map_err(|e| {
-        ApiError::new(
-            ErrorCode::MalformedRequest,
-            format!("the body has trailing data after the JSON object: {e}"),
-        )
-    })?;
-    Ok(spec)
-}
-
-fn strip_position(message: &str) -> String {
-    message
-        .split(" at line ")
-        .next()
-        .unwrap_or(message)
-        .to_owned()
-}
-
-fn unknown_field(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
-    Some(rest.split('`').next()?.to_owned())
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = value
-        .to_str()
-        .ok()
-        .filter(|k| {
-            !k.is_empty()
-                && k.len() <= MAX_IDEMPOTENCY_KEY_BYTES
-                && k.bytes().all(|b| b.is_ascii_graphic())
-        })
-        .ok_or_else(|| {
-            ApiError::field(
-                ErrorCode::MalformedRequest,
-                "Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID works well)",
-                "Idempotency-Key",
-            )
-        })?;
-    Ok(Some(key.to_owned()))
-}
-
-fn parse_id(id: &str) -> Result<JobId, ApiError> {
-    id.parse().map_err(|_| ApiError::job_not_found(id))
-}
-
 /// Reads the tenant's record of `id`; `None` when absent or another tenant's.
-async fn record(state: &AppState, id: JobId) -> Result<Option<JobRecord>, ApiError> {
-    match state.resources.jobs.get(id).await {
+pub(crate) async fn tenant_record(
+    state: &AppState,
+    job_id: JobId,
+) -> Result<Option<JobRecord>, ApiError> {
+    match state.resources.jobs.get(job_id).await {
         Ok(Some((record, _))) if record.tenant == state.tenant => Ok(Some(record)),
         Ok(_) => Ok(None),
         Err(error) => Err(ApiError::internal("read job record", &error)),
     }
 }
 
-/// `GET /v1/videos/{id}`: the job's status.
-pub async fn status(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<JobView>, ApiError> {
-    let job_id = parse_id(&id)?;
-    if let Some(record) = record(&state, job_id).await? {
-        return Ok(Json(JobView::from_record(&record)));
-    }
-    // Accepted but not yet taken in: the submission is still in MOCHI_SUBMIT.
+/// The submission of `job_id` still waiting in `MOCHI_SUBMIT` (accepted, not yet taken in by
+/// the coordinator's intake), with its time of acceptance in ms.
+async fn submitted(
+    state: &AppState,
+    job_id: JobId,
+) -> Result<Option<(SubmitRequest, u64)>, ApiError> {
     let subject = names::submit_job_subject(state.tenant.as_str(), &job_id.to_string());
-    if let Ok(message) = state
+    let message = match state
         .resources
         .submit
         .get_last_raw_message_by_subject(&subject)
         .await
-        && let Ok(request) = codec::from_json::<SubmitRequest>(&message.payload)
+    {
+        Ok(message) => message,
+        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(error) => return Err(ApiError::internal("look up submission", &error)),
+    };
+    let Ok(request) = codec::from_json::<SubmitRequest>(&message.payload) else {
+        // Not one of ours (an internal publisher's mistake): the intake will reject it.
+        return Ok(None);
+    };
+    let at_ms = u64::try_from(message.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    Ok(Some((request, at_ms)))
+}
+
+/// The job as it is now: its record, else its waiting submission; `None` if neither exists.
+async fn current_view(state: &AppState, job_id: JobId) -> Result<Option<JobView>, ApiError> {
+    if let Some(record) = tenant_record(state, job_id).await? {
+        return Ok(Some(JobView::from_record(&record)));
+    }
+    if let Some((request, at_ms)) = submitted(state, job_id).await?
         && let Ok(shape) = request.spec.validate(&state.config.limits)
     {
-        let at_ms = u64::try_from(message.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-        return Ok(Json(JobView::pending(job_id, request.spec, &shape, at_ms)));
+        return Ok(Some(JobView::pending(job_id, request.spec, &shape, at_ms)));
     }
     // The intake may have taken it in between the two reads.
-    match record(&state, job_id).await? {
-        Some(record) => Ok(Json(JobView::from_record(&record))),
-        None => Err(ApiError::job_not_found(&id)),
-    }
+    Ok(tenant_record(state, job_id)
+        .await?
+        .map(|record| JobView::from_record(&record)))
 }
 
-/// `GET /v1/videos/{id}/content`: the MP4, with single-range requests for seeking.
-pub async fn content(
+/// `GET /v1/videos/{id}`: the job's status.
+pub async fn status(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let job_id = parse_id(&id)?;
-    let Some(record) = record(&state, job_id).await? else {
-        return Err(ApiError::job_not_found(&id));
-    };
-    let result = match (&record.state, &record.result) {
-        (JobState::Succeeded, Some(result)) => result.clone(),
-        (job_state, _) if job_state.is_terminal() => {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!("job {id} ended {job_state} and has no video"),
-            ));
-        }
-        (job_state, _) => {
-            return Err(ApiError::new(
-                ErrorCode::NotReady,
-                format!("job {id} is {job_state}; the video is ready once the job has succeeded"),
-            ));
-        }
-    };
-    let object = state
-        .resources
-        .videos
-        .get(&result.object_name)
-        .await
-        .map_err(|e| ApiError::internal("open video object", &e))?;
-    let size = result.size_bytes;
-    let common = [
-        (header::CONTENT_TYPE, "video/mp4".to_owned()),
-        (header::ACCEPT_RANGES, "bytes".to_owned()),
-        (header::ETAG, format!("\"{}\"", result.sha256)),
-        (
-            header::CONTENT_DISPOSITION,
-            format!("inline; filename=\"{job_id}.mp4\""),
-        ),
-    ];
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let Some(range) = range else {
-        let body = Body::from_stream(ReaderStream::new(object));
-        return Ok((
-            StatusCode::OK,
-            common,
-            [(header::CONTENT_LENGTH, size.to_string())],
-            body,
-        )
-            .into_response());
-    };
-    let Some((start, end)) = parse_range(range, size) else {
-        return Ok((
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            [(header::CONTENT_RANGE, format!("bytes */{size}"))],
-        )
-            .into_response());
-    };
-    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    let mut object = object;
-    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
-        .await
-        .map_err(|e| ApiError::internal("read video object", &e))?;
-    let slice = bytes
-        .get(
-            usize::try_from(start).unwrap_or(usize::MAX)
-                ..=usize::try_from(end).unwrap_or(usize::MAX),
-        )
-        .ok_or_else(|| ApiError::internal("video shorter than its record", &"size mismatch"))?
-        .to_vec();
-    Ok((
-        StatusCode::PARTIAL_CONTENT,
-        common,
-        [
-            (header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}")),
-            (header::CONTENT_LENGTH, slice.len().to_string()),
-        ],
-        slice,
-    )
-        .into_response())
+    JobPath(job_id): JobPath,
+) -> Result<Json<JobView>, ApiError> {
+    current_view(&state, job_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::job_not_found(job_id))
 }
 
-/// Parses one `bytes=` range against `size`; `None` when unsatisfiable or not a single range.
-fn parse_range(value: &str, size: u64) -> Option<(u64, u64)> {
-    let spec = value.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') || size == 0 {
-        return None;
-    }
-    let (first, last) = spec.split_once('-')?;
-    let (start, end) = match (first.trim(), last.trim()) {
-        ("", suffix) => {
-            let length: u64 = suffix.parse().ok()?;
-            (size.saturating_sub(length), size - 1)
-        }
-        (start, "") => (start.parse().ok()?, size - 1),
-        (start, end) => (start.parse().ok()?, end.parse::<u64>().ok()?.min(size - 1)),
-    };
-    (start <= end && start < size).then_some((start, end))
-}
-
-/// `DELETE /v1/videos/{id}`: cancels the job in any non-terminal state.
+/// `DELETE /v1/videos/{id}`: cancels the job in any non-terminal state (409 once it ended).
+/// A job on a node also gets a `Cancel` on the node's subject so it stops at its next step.
 pub async fn cancel(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    JobPath(job_id): JobPath,
 ) -> Result<Json<JobView>, ApiError> {
-    let job_id = parse_id(&id)?;
-    let Some(before) = record(&state, job_id).await? else {
-        let subject = names::submit_job_subject(state.tenant.as_str(), &job_id.to_string());
-        if state
-            .resources
-            .submit
-            .get_last_raw_message_by_subject(&subject)
-            .await
-            .is_ok()
-        {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!("job {id} is still being taken in; retry in a second"),
-            ));
+    let (before, cancelled) = match cancel_record(&state, job_id).await? {
+        Some(outcome) => outcome,
+        None => {
+            // Accepted but not taken in yet: write its record ourselves, already cancelled.
+            // The intake then finds a record and only acknowledges the submission.
+            let Some((request, at_ms)) = submitted(&state, job_id).await? else {
+                return Err(ApiError::job_not_found(job_id));
+            };
+            match create_cancelled_record(&state, job_id, request, at_ms).await? {
+                Some(outcome) => outcome,
+                // The intake got there first: cancel its record.
+                None => cancel_record(&state, job_id)
+                    .await?
+                    .ok_or_else(|| ApiError::job_not_found(job_id))?,
+            }
         }
-        return Err(ApiError::job_not_found(&id));
-    };
-    let cancelled = match state
-        .resources
-        .jobs
-        .apply(job_id, &JobEvent::CancelRequested, now_ms())
-        .await
-    {
-        Ok(record) => record,
-        Err(StoreError::Transition(TransitionError::Illegal {
-            state: job_state, ..
-        })) => {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!("job {id} already ended {job_state}; there is nothing to cancel"),
-            ));
-        }
-        Err(error) => return Err(ApiError::internal("cancel job", &error)),
     };
     if let Some(lease) = &before.lease {
         let message = Cancel {
             job_id,
             attempt: before.attempt,
         };
-        if let Ok(bytes) = codec::encode(&message) {
-            let subject = names::node_cancel_subject(lease.node.as_str());
-            if let Err(error) = state.client.publish(subject, bytes.into()).await {
-                // The node also stops when its next progress write is refused.
-                tracing::warn!(%job_id, %error, "cannot notify the node of the cancellation");
+        match codec::encode(&message) {
+            Ok(bytes) => {
+                let subject = names::node_cancel_subject(lease.node.as_str());
+                if let Err(error) = state.client.publish(subject, bytes.into()).await {
+                    // The node also stops when its next write to the record is refused.
+                    tracing::warn!(%job_id, node = %lease.node, %error, "cannot tell the node of the cancellation");
+                }
             }
+            Err(error) => tracing::error!(%job_id, %error, "cannot encode a cancel message"),
         }
     }
-    tracing::info!(%job_id, from = %before.state, "job cancelled");
+    tracing::info!(%job_id, tenant = %state.tenant, from = %before.state, "job cancelled");
     Ok(Json(JobView::from_record(&cancelled)))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_are_parsed_and_clamped() {
-        assert_eq!(parse_range("bytes=0-99", 1000), Some((0, 99)));
-        assert_eq!(parse_range("bytes=900-", 1000), Some((900, 999)));
-        assert_eq!(parse_range("bytes=-100", 1000), Some((900, 999)));
-        assert_eq!(parse_range("bytes=990-2000", 1000), Some((990, 999)));
-        assert_eq!(parse_range("bytes=1000-", 1000), None);
-        assert_eq!(parse_range("bytes=5-2", 1000), None);
-        assert_eq!(parse_range("bytes=0-1,5-6", 1000), None);
-        assert_eq!(parse_range("items=0-1", 1000), None);
+/// Applies `CancelRequested` by compare-and-set and returns the record before and after, so
+/// that the lease that was cancelled is known exactly. `None`: no record of this tenant.
+async fn cancel_record(
+    state: &AppState,
+    job_id: JobId,
+) -> Result<Option<(JobRecord, JobRecord)>, ApiError> {
+    let jobs = &state.resources.jobs;
+    for _ in 0..MAX_CANCEL_TRIES {
+        let (before, revision) = match jobs.get(job_id).await {
+            Ok(Some((record, revision))) if record.tenant == state.tenant => (record, revision),
+            Ok(_) => return Ok(None),
+            Err(error) => return Err(ApiError::internal("read job record", &error)),
+        };
+        let after = match before.apply(&JobEvent::CancelRequested, now_ms()) {
+            Ok(after) => after,
+            Err(TransitionError::Illegal { state, .. }) => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("job {job_id} already ended {state}; there is nothing to cancel"),
+                ));
+            }
+            Err(error) => return Err(ApiError::internal("cancel job", &error)),
+        };
+        let bytes = codec::encode(&after).map_err(|e| ApiError::internal("encode record", &e))?;
+        match jobs
+            .kv
+            .update(job_id.to_string(), bytes.into(), revision)
+            .await
+        {
+            Ok(_) => return Ok(Some((before, after))),
+            Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => continue,
+            Err(error) => return Err(ApiError::internal("write job record", &error)),
+        }
     }
+    Err(ApiError::unavailable(format!(
+        "job {job_id} is changing too fast to cancel; retry"
+    )))
+}
 
-    #[test]
-    fn wrong_type_names_the_field() {
-        let error = parse_spec(br#"{"prompt":"x","steps":"many"}"#).expect_err("wrong type");
-        assert_eq!(
-            (error.code, error.field.as_deref()),
-            (ErrorCode::InvalidField, Some("steps"))
-        );
-        assert!(error.message.contains("invalid type"), "{}", error.message);
-    }
-
-    #[test]
-    fn unknown_field_is_named() {
-        let error = parse_spec(br#"{"prompt":"x","colour":"red"}"#).expect_err("unknown field");
-        assert_eq!(error.field.as_deref(), Some("colour"));
-    }
-
-    #[test]
-    fn broken_json_is_malformed() {
-        assert_eq!(
-            parse_spec(br#"{"prompt":"#).expect_err("eof").code,
-            ErrorCode::MalformedRequest
-        );
-        assert_eq!(
-            parse_spec(b"  ").expect_err("empty").code,
-            ErrorCode::MalformedRequest
-        );
-        assert_eq!(
-            parse_spec(br#"{"prompt":"x"} 7"#)
-                .expect_err("trailing")
-                .code,
-            ErrorCode::MalformedRequest
-        );
-    }
-
-    #[test]
-    fn missing_prompt_is_an_invalid_field() {
-        let error = parse_spec(br#"{"steps":4}"#).expect_err("missing prompt");
-        assert_eq!(error.code, ErrorCode::InvalidField);
-        assert!(error.message.contains("prompt"), "{}", error.message);
-    }
+/// Writes the record of a submission the intake has not taken in yet, already cancelled
+/// (create-only: `None` if a record exists by now). Returns the record before and after.
+async fn create_cancelled_record(
+    state: &AppState,
+    job_id: JobId,
+    request: SubmitRequest,
+    at_ms: u64,
+) -> Result<Option<(JobRecord, JobRecord)>, ApiError> {
+    let Ok(shape) = request.spec.validate(&state.config.limits) else {
+        // The intake will record it as rejected; until then there is no job to show.
+        return Err(ApiError::job_not_found(job_id));
+    };
+    // The seed the intake would pick; it never matters for a job cancelled before it ran.
+    let bits = job_id.0.as_u128();
+    let seed = request
+        .spec
+        .seed
+        .unwrap_or((bits as u64) ^ ((bits >> 64) as u64));
+    let mut queued = JobRecord::queued(
+        job_id,
+        state.tenant.clone(),
+        request.spec,
+        shape,
+        seed,
+        1,
+        at_ms,
+    );
+    queued.idempotency_key = request.idempotency_key;
+    let cancelled = queued
+        .apply(&JobEvent::CancelRequested, now_ms())
+        .map_err(|e| ApiError::internal("cancel a new record", &e))?;
+    let created = state
+        .resources
+        .jobs
+        .create(&cancelled)
+        .await
+        .map_err(|e| ApiError::internal("create job record", &e))?;
+    Ok(created.then_some((queued, cancelled)))
 }
