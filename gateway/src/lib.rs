@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use protocol::ErrorCode;
 use protocol::jetstream::Resources;
@@ -28,40 +29,56 @@ pub use state::AppState;
 
 /// The router with every route and layer.
 ///
-/// Layers, outermost first: load shedding (503 `unavailable` at once when
-/// `max_concurrent_requests` requests are in flight, one limit for the whole router), the
-/// request timeout (503 `unavailable`), the body size limit (413 `payload_too_large`) and
-/// per-route request metrics.
+/// The API (`/v1/…`) sits behind, outermost first: load shedding (503 `unavailable` at once
+/// while `max_concurrent_requests` API requests are in flight, one limit for all of them), the
+/// request timeout (503 `unavailable`) and the body size limit (413 `payload_too_large`).
+/// `/healthz`, `/readyz` and `/metrics` stay outside the limit, so that a busy gateway is not
+/// taken for a dead one. Every route counts its requests by route template and status.
 pub fn app(state: AppState) -> Router {
     let config = state.config.clone();
-    let routes = Router::new()
-        .route("/v1/videos", axum::routing::post(routes::videos::submit))
+    let api = Router::new()
+        .route("/v1/videos", post(routes::videos::submit))
         .route(
             "/v1/videos/{id}",
             get(routes::videos::status).delete(routes::videos::cancel),
         )
         .route("/v1/videos/{id}/content", get(routes::content::content))
-        .route("/healthz", get(routes::health::healthz))
-        .route("/readyz", get(routes::health::readyz))
-        .route("/metrics", get(routes::health::metrics))
         .fallback(|| async {
             ApiError::new(
                 ErrorCode::NotFound,
                 "no such route; the API lives under /v1/videos",
             )
         })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn(track))
-        .with_state(state);
+        .with_state(state.clone());
     // `Router::layer` wraps each route on its own, which would give each route its own
-    // concurrency limit: the limit wraps the routed service once instead.
+    // concurrency limit: the limit wraps the routed API once instead.
     let guarded = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(overloaded))
         .load_shed()
         .concurrency_limit(config.max_concurrent_requests)
         .timeout(Duration::from_millis(config.request_timeout_ms))
-        .service(routes);
-    Router::new().fallback_service(guarded)
+        .service(api);
+    Router::new()
+        .route("/healthz", get(routes::health::healthz))
+        .route("/readyz", get(routes::health::readyz))
+        .route("/metrics", get(routes::health::metrics))
+        .layer(axum::middleware::from_fn(track))
+        .with_state(state)
+        .fallback_service(guarded)
+}
+
+/// A known route with a method it does not have (our error body instead of an empty 405).
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::MalformedRequest,
+        format!(
+            "{method} is not allowed on {}; see the API reference for the methods of each route",
+            uri.path()
+        ),
+    )
 }
 
 /// Turns the errors of the tower layers into our error body.

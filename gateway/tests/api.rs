@@ -261,6 +261,12 @@ async fn unknown_and_malformed_ids_are_404() {
         (status, error(&body).error.code),
         (StatusCode::NOT_FOUND, ErrorCode::NotFound)
     );
+    let request = Request::put("/v1/videos").body(Body::empty()).unwrap();
+    let (status, _, body) = api.send(request).await;
+    assert_eq!(
+        (status, error(&body).error.code),
+        (StatusCode::BAD_REQUEST, ErrorCode::MalformedRequest)
+    );
 }
 
 async fn stored_job(api: &Api, state: JobState) -> JobRecord {
@@ -482,40 +488,47 @@ async fn requests_over_the_concurrency_limit_get_503_at_once() {
     })
     .await;
     let app = gateway::app(api.state.clone());
-    // A submission whose body never ends holds the only slot.
-    let (sender, receiver) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    // A submission whose body does not end until `end` fires holds the only slot; `reading`
+    // fires once the handler is reading it (so it holds the slot by then).
+    let (reading_tx, reading) = tokio::sync::oneshot::channel::<()>();
+    let (end, end_rx) = tokio::sync::oneshot::channel::<()>();
+    let body = futures::stream::once(async move {
+        let _ = reading_tx.send(());
+        let _ = end_rx.await;
+        Ok::<_, std::io::Error>(Bytes::new())
+    });
     let held = Request::post("/v1/videos")
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from_stream(receiver))
+        .body(Body::from_stream(body))
         .unwrap();
     let holder = tokio::spawn(app.clone().oneshot(held));
-    let probe = |app: axum::Router| async move {
+    tokio::time::timeout(Duration::from_secs(10), reading)
+        .await
+        .expect("the held request never reached its handler")
+        .unwrap();
+    let send = |app: axum::Router, uri: String| async move {
         let response = app
-            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
             .await
             .unwrap();
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, body)
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let body = loop {
-        let (status, body) = probe(app.clone()).await;
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            break body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never shed while the slot was held"
-        );
-        tokio::task::yield_now().await;
-    };
-    assert_eq!(error(&body).error.code, ErrorCode::Unavailable);
-    drop(sender);
+    let probe = format!("/v1/videos/{}", JobId::new());
+    let (status, body) = send(app.clone(), probe.clone()).await;
+    assert_eq!(
+        (status, error(&body).error.code),
+        (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+    );
+    // Probes stay outside the limit: a busy gateway is not a dead one.
+    let (status, _) = send(app.clone(), "/healthz".to_owned()).await;
+    assert_eq!(status, StatusCode::OK);
+    end.send(()).unwrap();
     let response = holder.await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST, "the empty body");
-    let (status, _) = probe(app).await;
-    assert_eq!(status, StatusCode::OK, "the slot was not given back");
+    let (status, _) = send(app, probe).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "the slot was not given back");
 }
 
 #[tokio::test]
@@ -529,6 +542,39 @@ async fn health_readiness_and_metrics_endpoints() {
         (status, error(&body).error.code),
         (StatusCode::NOT_FOUND, ErrorCode::NotFound)
     );
+}
+
+#[tokio::test]
+async fn readiness_fails_once_nats_is_gone() {
+    let Api {
+        _server: server,
+        state,
+        ..
+    } = api().await;
+    drop(server);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = gateway::app(state.clone())
+            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(error(&body).error.code, ErrorCode::Unavailable);
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            Instant::now() < deadline,
+            "still ready 10 s after NATS stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let response = gateway::app(state)
+        .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "the process is still up");
 }
 
 #[tokio::test]
