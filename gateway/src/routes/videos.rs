@@ -14,6 +14,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use protocol::api::JobView;
+use protocol::jetstream::StoreError;
 use protocol::messages::{Cancel, SubmitRequest};
 use protocol::record::TransitionError;
 use protocol::{ErrorCode, JobEvent, JobId, JobRecord, codec, names, now_ms};
@@ -121,6 +122,12 @@ pub(crate) async fn tenant_record(
     match state.resources.jobs.get(job_id).await {
         Ok(Some((record, _))) if record.tenant == state.tenant => Ok(Some(record)),
         Ok(_) => Ok(None),
+        Err(error @ StoreError::Nats { .. }) => {
+            tracing::warn!(%job_id, %error, "job store unreachable");
+            Err(ApiError::unavailable(
+                "the job store is unreachable; retry shortly",
+            ))
+        }
         Err(error) => Err(ApiError::internal("read job record", &error)),
     }
 }
@@ -140,7 +147,12 @@ async fn submitted(
     {
         Ok(message) => message,
         Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-        Err(error) => return Err(ApiError::internal("look up submission", &error)),
+        Err(error) => {
+            tracing::warn!(%job_id, %error, "submission stream unreachable");
+            return Err(ApiError::unavailable(
+                "the job queue is unreachable; retry shortly",
+            ));
+        }
     };
     let Ok(request) = codec::from_json::<SubmitRequest>(&message.payload) else {
         // Not one of ours (an internal publisher's mistake): the intake will reject it.
