@@ -3,7 +3,7 @@
 
 Writes the random-weight model it times to OUT/transformer so that the candle side
 (`cargo run -p gpu-node --example dit_bench -- OUT ...`) times the same weights:
-    /work/.venv-ref/bin/python tools/bench_dit.py OUT --layers 4 --heads 12 --text-dim 768 \
+    .venv-ref/bin/python tools/bench_dit.py OUT --layers 4 --heads 12 --text-dim 768 \
         --frames 1 --height 16 --width 32 --text-tokens 32 --threads 2
 """
 import argparse

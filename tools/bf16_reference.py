@@ -4,7 +4,7 @@ set the Rust bf16 error (`cargo test -p gpu-node --test model_dit bf16 -- --noca
 in context. Two reference modes: genmo-style autocast (f32 weights, bf16 matmuls) and
 diffusers with the whole model cast to bf16.
 
-    /work/.venv-ref/bin/python tools/bf16_reference.py
+    .venv-ref/bin/python tools/bf16_reference.py
 """
 from pathlib import Path
 

@@ -7,20 +7,20 @@
 #   (default: --release -p gpu-node --example dit_bench --features cuda)
 #
 # Environment (all optional):
-#   CUDA_VENV       venv holding the CUDA wheels        (default /work/.venv-cuda)
-#   CUDA_TOOLKIT    assembled toolkit root               (default /work/.cuda-toolkit)
-#   CUDA_TARGET_DIR cargo target dir for the CUDA build  (default /work/target-cuda)
+#   CUDA_VENV       venv holding the CUDA wheels        (default <repo>/.venv-cuda)
+#   CUDA_TOOLKIT    assembled toolkit root               (default <repo>/target/cuda-toolkit)
+#   CUDA_TARGET_DIR cargo target dir for the CUDA build  (default <repo>/target/cuda)
 #   CUDA_COMPUTE_CAP                                     (default 90)
 # On the GPU machine run the binary with LD_LIBRARY_PATH pointing at a CUDA 13 runtime
 # (e.g. the `nvidia/cu13/lib` folder of a PyTorch environment, or the carried
 # $CUDA_TOOLKIT/lib64 without its stubs/).
 set -euo pipefail
 
-CUDA_VENV=${CUDA_VENV:-/work/.venv-cuda}
-CUDA_TOOLKIT=${CUDA_TOOLKIT:-/work/.cuda-toolkit}
-CUDA_TARGET_DIR=${CUDA_TARGET_DIR:-/work/target-cuda}
-export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+CUDA_VENV=${CUDA_VENV:-$REPO/.venv-cuda}
+CUDA_TOOLKIT=${CUDA_TOOLKIT:-$REPO/target/cuda-toolkit}
+CUDA_TARGET_DIR=${CUDA_TARGET_DIR:-$REPO/target/cuda}
+export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 
 # 1. The wheels. 13.0.x: nvcc 13.1+ emits PTX that driver 580 cannot load.
 if [ ! -x "$CUDA_VENV/bin/python" ]; then

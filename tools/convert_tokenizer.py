@@ -3,7 +3,7 @@
 
 The Mochi release ships a SentencePiece model, not a fast-tokenizer file; the Rust text
 path reads `tokenizer.json`. Run once per model directory, offline:
-    /work/.venv-ref/bin/python tools/convert_tokenizer.py /models/mochi-1-preview/tokenizer
+    .venv-ref/bin/python tools/convert_tokenizer.py /models/mochi-1-preview/tokenizer
 """
 import sys
 from pathlib import Path

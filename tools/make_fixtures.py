@@ -2,8 +2,8 @@
 """Writes the AsymmDiT golden fixtures under gpu-node/tests/fixtures/ (spec §6.1, §6.3).
 
 Regenerate the DiT, sampler and text-path fixtures with one command (from anywhere):
-    /work/.venv-ref/bin/python tools/make_fixtures.py            # dit/ and t5/
-    /work/.venv-ref/bin/python tools/make_fixtures.py --dit-only # dit/ only
+    .venv-ref/bin/python tools/make_fixtures.py            # dit/ and t5/
+    .venv-ref/bin/python tools/make_fixtures.py --dit-only # dit/ only
 (the T5 part is tools/make_t5_fixtures.py; the VAE has its own make_vae_fixtures.py).
 
 Builds the tiny diffusers `MochiTransformer3DModel` with fixed seeds, saves its weights

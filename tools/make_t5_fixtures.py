@@ -2,7 +2,7 @@
 """Writes the text-path golden fixtures under gpu-node/tests/fixtures/t5/ (spec §6.3).
 
 Regenerate with (from the repository root):
-    /work/.venv-ref/bin/python tools/make_t5_fixtures.py
+    .venv-ref/bin/python tools/make_t5_fixtures.py
 
 * a tiny SentencePiece unigram model trained here (stand-in for the release's
   `tokenizer/spiece.model`, read directly by the Rust SentencePiece reader), also

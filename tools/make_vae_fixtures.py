@@ -2,7 +2,7 @@
 """Writes the VAE decoder golden fixtures under gpu-node/tests/fixtures/vae/ (spec §6.2).
 
 Regenerate with (from the repository root):
-    /work/.venv-ref/bin/python tools/make_vae_fixtures.py
+    .venv-ref/bin/python tools/make_vae_fixtures.py
 
 Builds the tiny diffusers `AutoencoderKLMochi` (decoder channels 32 x 4, one res block per
 stage, temporal expansions 1,2,3, spatial 2,2,2, in_channels 15) with fixed seeds and
