@@ -12,6 +12,12 @@ genmo's `decoder.safetensors` key scheme (spec §3.5). For each case it saves th
 input, the genmo-semantics decode (frames dropped inside every up block, §3.4) with a tap
 after every stage, and diffusers' own `vae.decode` (all 6T frames, first 5 dropped at the
 end). A single causal conv is also dumped for the conv3d unit tests. f32, CPU.
+
+`case_tiled.safetensors` is diffusers' own tiled decode (`vae.enable_tiling` with tiles
+of 32x48 px every 24x32 px, i.e. 4x6 latents every 3x4, blends of 8 and 16 px) of a
+(1, 12, 2, 5, 9) latent, whose grid has 2 x 3 tiles including cut edge tiles (the last
+column is one latent wide). The untiled decode is not stored (fixture size): the tests
+decode it in Rust, which matches diffusers' `vae.decode` to about 1e-6.
 """
 import json
 from pathlib import Path
@@ -33,6 +39,14 @@ TINY = dict(
     layers_per_block=(1, 1, 1, 1, 1),
     temporal_expansions=(1, 2, 3),
     spatial_expansions=(2, 2, 2),
+)
+
+# Output pixels (diffusers `enable_tiling` arguments); multiples of 8.
+TILES = dict(
+    tile_sample_min_height=32,
+    tile_sample_min_width=48,
+    tile_sample_stride_height=24,
+    tile_sample_stride_width=32,
 )
 
 
@@ -108,6 +122,8 @@ def main():
     vdir.mkdir(parents=True, exist_ok=True)
     save_file(state, str(vdir / "diffusion_pytorch_model.safetensors"))
     config = dict(vae.config)
+    # diffusers keeps this list in set order, which varies between runs.
+    config["_use_default_values"] = sorted(config.get("_use_default_values", []))
     (vdir / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str) + "\n")
     gdir = OUT / "genmo"
     gdir.mkdir(parents=True, exist_ok=True)
@@ -128,6 +144,22 @@ def main():
             save_file({k: v.contiguous() for k, v in tensors.items()},
                       str(OUT / f"case_{name}.safetensors"))
             print(name, {k: tuple(v.shape) for k, v in tensors.items()})
+
+        # diffusers' tiled decode on small tiles (docs/model.md § tiling).
+        g = torch.Generator().manual_seed(200)
+        z = torch.randn(1, 12, 2, 5, 9, generator=g)
+        whole = vae.decode(z).sample
+        vae.enable_tiling(tile_sample_min_height=TILES["tile_sample_min_height"],
+                          tile_sample_min_width=TILES["tile_sample_min_width"],
+                          tile_sample_stride_height=TILES["tile_sample_stride_height"],
+                          tile_sample_stride_width=TILES["tile_sample_stride_width"])
+        tiled = vae.decode(z).sample
+        vae.disable_tiling()
+        tensors = {"in_latents": z, "out_tiled_diffusers": tiled.contiguous(),
+                   "tiles": torch.tensor([TILES[k] for k in sorted(TILES)], dtype=torch.int64)}
+        save_file(tensors, str(OUT / "case_tiled.safetensors"))
+        print("tiled", {k: tuple(v.shape) for k, v in tensors.items()},
+              "max |tiled - whole|", (tiled - whole).abs().max().item())
 
         # One causal conv (replicate padding in time and space), for the conv3d tests.
         conv = vae.decoder.block_in.resnets[0].conv1

@@ -3,13 +3,15 @@
 //! Fixtures come from `tools/make_vae_fixtures.py` (spec §6.2): genmo frame-dropping
 //! semantics (the reference behaviour, built from diffusers' sub-modules with `st − 1`
 //! frames dropped after every up block), plus diffusers' own `vae.decode`. Everything
-//! compares in f32 with max |Δ| ≤ 1e-4. No Python is needed here.
+//! compares in f32 with max |Δ| ≤ 1e-4, including the spatially tiled decode against
+//! diffusers' own `tiled_decode` (same blend rule). No Python is needed here.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use gpu_node::model::vae::conv3d::{CausalConv3d, Conv3dStrategy};
+use gpu_node::model::vae::tiling::TileConfig;
 use gpu_node::model::vae::weights::{VaeScheme, VaeWeights};
 use gpu_node::model::vae::{FrameDrop, VaeConfig, VaeDecoder};
 use gpu_node::pipeline::sampling::vae_to_dit;
@@ -184,6 +186,108 @@ fn streaming_equals_whole_decode() {
         .expect("stream");
     let (abs, _) = errors(&streamed, &whole);
     assert_eq!(abs, 0.0, "diffusers semantics: streamed differs by {abs}");
+}
+
+/// The tile grid of `case_tiled` from the diffusers pixel sizes stored with it.
+fn fixture_tiles(data: &HashMap<String, Tensor>) -> TileConfig {
+    // Sorted keys: min height, min width, stride height, stride width (pixels).
+    let px = data["tiles"].to_vec1::<i64>().expect("tiles");
+    let latent = |i: usize| usize::try_from(px[i] / 8).expect("size");
+    TileConfig {
+        tile_height: latent(0),
+        tile_width: latent(1),
+        stride_height: latent(2),
+        stride_width: latent(3),
+    }
+}
+
+#[test]
+fn tiled_decode_matches_diffusers_tiled_decode() {
+    let dec = decoder().with_frame_drop(FrameDrop::Diffusers);
+    let data = load("case_tiled.safetensors");
+    let tiles = fixture_tiles(&data);
+    assert_eq!(
+        (
+            tiles.tile_height,
+            tiles.tile_width,
+            tiles.stride_height,
+            tiles.stride_width
+        ),
+        (4, 6, 3, 4)
+    );
+    let z = &data["in_latents"];
+    let (rows, cols) = tiles.grid(z.dim(3).expect("h"), z.dim(4).expect("w"));
+    assert_eq!(
+        (rows.len(), cols.len()),
+        (2, 3),
+        "fixture exercises a 2x3 grid"
+    );
+    let want = &data["out_tiled_diffusers"];
+    let tiled = dec.decode_tiled(z, &tiles, 0).expect("tiled");
+    check("tiled (diffusers rule)", &tiled, want);
+    let streamed = dec.decode_tiled(z, &tiles, 1).expect("tiled + streamed");
+    check("tiled + streaming", &streamed, want);
+    let (gap, _) = errors(&streamed, &tiled);
+    assert_eq!(
+        gap, 0.0,
+        "streaming inside tiles changed the result by {gap}"
+    );
+    // Tiling is an approximation: here it is far from the whole decode, so the golden
+    // pins the blend rule and not just the decoder.
+    let whole = dec.decode(z).expect("whole");
+    let (approx, _) = errors(&tiled, &whole);
+    println!("tiled vs whole decode (tiling approximation): max|Δ| {approx:.3e}");
+    assert!(approx > 1e-2, "tiled equals whole ({approx})");
+}
+
+#[test]
+fn one_tile_covering_the_frame_equals_whole_decode() {
+    let data = load("case_tiled.safetensors");
+    let z = &data["in_latents"];
+    for drop in [FrameDrop::Genmo, FrameDrop::Diffusers] {
+        let dec = decoder().with_frame_drop(drop);
+        let whole = dec.decode(z).expect("whole");
+        // Exactly the frame, and bigger than it; strides smaller than the tile.
+        for tiles in [
+            TileConfig {
+                tile_height: 5,
+                tile_width: 9,
+                stride_height: 3,
+                stride_width: 4,
+            },
+            TileConfig::diffusers_default(),
+        ] {
+            for chunk in [0, 1] {
+                let tiled = dec.decode_tiled(z, &tiles, chunk).expect("tiled");
+                let (abs, _) = errors(&tiled, &whole);
+                assert_eq!(
+                    abs, 0.0,
+                    "{drop:?} {tiles:?} chunk {chunk}: differs by {abs}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn genmo_semantics_tiled_decode_streams_exactly() {
+    // No reference tiles genmo-style with diffusers' rule; check shape, streaming
+    // equality and that blending keeps the result near the whole decode.
+    let dec = decoder();
+    let data = load("case_tiled.safetensors");
+    let z = &data["in_latents"];
+    let tiles = fixture_tiles(&data);
+    let whole = dec.decode(z).expect("whole");
+    let tiled = dec.decode_tiled(z, &tiles, 0).expect("tiled");
+    let streamed = dec.decode_tiled(z, &tiles, 1).expect("streamed");
+    assert_eq!(tiled.dims(), whole.dims());
+    assert_eq!(errors(&streamed, &tiled).0, 0.0);
+    let (abs, rel) = errors(&tiled, &whole);
+    println!("genmo semantics, tiled vs whole: max|Δ| {abs:.3e} rel {rel:.3e}");
+    assert!(
+        rel < 1.0,
+        "tiled decode diverges from the whole one (rel {rel})"
+    );
 }
 
 #[test]

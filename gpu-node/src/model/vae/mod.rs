@@ -11,8 +11,14 @@
 //! `st − 1` leading frames inside every up block; [`FrameDrop::Diffusers`] decodes all
 //! `6T` frames and drops the first five at the end. Both give `6T − 5` frames but
 //! differ numerically in the early frames.
+//!
+//! Bounded memory: [`VaeDecoder::decode_chunked`] / [`DecodeStream`] stream over latent
+//! frames (exactly equal to the whole decode); [`VaeDecoder::decode_tiled`]
+//! (`tiling.rs`) splits the frame into overlapping, blended spatial tiles (diffusers'
+//! rule, approximate), optionally streaming inside each tile.
 
 pub mod conv3d;
+pub mod tiling;
 pub mod weights;
 
 use std::path::Path;
