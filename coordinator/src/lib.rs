@@ -8,10 +8,12 @@
 //! so two coordinators (or a restarted one) never both win.
 
 pub mod config;
+pub mod cost;
 pub mod error;
 pub mod intake;
 pub mod leases;
 pub mod metrics;
+pub mod policy;
 pub mod scheduler;
 pub mod slots;
 pub mod store;

@@ -16,6 +16,11 @@ pub const BUCKET_JOBS: &str = "mochi_jobs";
 pub const BUCKET_NODES: &str = "mochi_nodes";
 /// Object store of finished MP4 files, keyed by job id.
 pub const OBJECT_STORE_VIDEOS: &str = "mochi_videos";
+/// KV bucket of the cost model's learned corrections (one JSON document per key), so that
+/// a restarted coordinator keeps what finished jobs taught it.
+pub const BUCKET_COST: &str = "mochi_cost";
+/// Key of the corrections document in [`BUCKET_COST`].
+pub const COST_CORRECTIONS_KEY: &str = "corrections";
 /// Subjects of per-job progress events: `mochi.events.<job>`.
 pub const SUBJECT_EVENTS_ALL: &str = "mochi.events.>";
 

@@ -1,0 +1,347 @@
+//! The cost model: predicts a job's peak device memory and GPU seconds per GPU class from the
+//! terms that drive Mochi's cost, and learns a correction per shape bucket from finished jobs.
+//!
+//! * DiT work per denoising step and CFG branch: linear layers `2 · P · N` FLOPs (P ≈ 10.0e9
+//!   parameters, N visual tokens) plus joint attention `4 · (N + L)² · D · layers` FLOPs
+//!   (D = 3072, 48 layers, L = 256 text tokens); CFG doubles it. Source: the model spec's
+//!   dimensions (`docs/scheduling.md` § Cost model).
+//! * VAE decode: `frames × pixels` times a per-pixel cost; its working memory is a chunk of
+//!   decoded frames (the decoder streams latent frames), its output buffer grows with the
+//!   whole video.
+//! * Resident weights: DiT 20 GB + T5-XXL 9.5 GB + VAE 0.7 GB in bf16.
+//!
+//! GPU classes turn FLOPs into seconds with their dense bf16 peak and an efficiency fitted to
+//! published single-GPU timings; the `cpu` class runs the tiny model, timed by our own CPU
+//! benchmarks (`docs/benchmarks.md`).
+
+mod admission;
+mod correction;
+pub mod store;
+
+use protocol::JobShape;
+use serde::{Deserialize, Serialize};
+
+pub use admission::{Refusal, admit};
+pub use correction::{Bucket, Corrections};
+
+/// A class of device a slot runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum GpuClass {
+    /// NVIDIA H100 SXM, 80 GB.
+    H100,
+    /// NVIDIA H200, 141 GB.
+    H200,
+    /// NVIDIA A100, 80 GB.
+    A100,
+    /// NVIDIA L40, 48 GB.
+    L40,
+    /// A CPU running the tiny model (tests, demos).
+    Cpu,
+}
+
+/// Number of GPU classes (the length of per-class arrays).
+pub const CLASSES: usize = 5;
+
+const GB: f64 = 1e9;
+const GIB: u64 = 1 << 30;
+
+/// What a class is: memory and speed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClassSpec {
+    /// Its name in slot reports and configuration.
+    pub name: &'static str,
+    /// Device memory usable by one slot, bytes (what `mem_get_info` reports as total).
+    pub memory_bytes: u64,
+    /// Dense bf16 peak, FLOP/s (0 for the CPU class, which uses measured times).
+    pub peak_flops: f64,
+    /// Fraction of the peak reached by the DiT (fitted to published timings).
+    pub efficiency: f64,
+    /// Throughput relative to an H100 on the reference job (for load calculations).
+    pub relative_speed: f64,
+}
+
+const SPECS: [ClassSpec; CLASSES] = [
+    // 790 TFLOP/s: the dense bf16 figure of the architecture doc; 0.6 puts the reference
+    // job (163 frames 848×480, 64 steps) at ~9 min, inside the spec's own 6–12 min estimate.
+    ClassSpec {
+        name: "h100-80gb",
+        memory_bytes: 79 * GIB,
+        peak_flops: 790e12,
+        efficiency: 0.6,
+        relative_speed: 1.0,
+    },
+    // Same compute as the H100 (~790 TFLOP/s measured on a lent H200); more bandwidth.
+    ClassSpec {
+        name: "h200-141gb",
+        memory_bytes: 139 * GIB,
+        peak_flops: 790e12,
+        efficiency: 0.65,
+        relative_speed: 0.65 / 0.6,
+    },
+    // 312 TFLOP/s; 0.7 matches "about 20 minutes on one A100-80GB" for a 5 s 480p clip.
+    ClassSpec {
+        name: "a100-80gb",
+        memory_bytes: 79 * GIB,
+        peak_flops: 312e12,
+        efficiency: 0.7,
+        relative_speed: 312.0 * 0.7 / (790.0 * 0.6),
+    },
+    // 181 TFLOP/s; 0.72 matches xDiT's 394 s for 49 frames at 848×480 on one L40.
+    ClassSpec {
+        name: "l40-48gb",
+        memory_bytes: 45 * GIB,
+        peak_flops: 181e12,
+        efficiency: 0.72,
+        relative_speed: 181.0 * 0.72 / (790.0 * 0.6),
+    },
+    ClassSpec {
+        name: "cpu",
+        memory_bytes: 16 * GIB,
+        peak_flops: 0.0,
+        efficiency: 1.0,
+        relative_speed: 1.0,
+    },
+];
+
+impl GpuClass {
+    /// Every class, in index order.
+    pub const ALL: [Self; CLASSES] = [Self::H100, Self::H200, Self::A100, Self::L40, Self::Cpu];
+
+    /// Its index in per-class arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its memory and speed.
+    pub fn spec(self) -> &'static ClassSpec {
+        &SPECS[self.index()]
+    }
+
+    /// Its name in slot reports (`h100-80gb`, `cpu`, ...).
+    pub fn name(self) -> &'static str {
+        self.spec().name
+    }
+
+    /// The class a slot report names; `None` for an unknown name.
+    pub fn parse(name: &str) -> Option<Self> {
+        let name = name.trim().to_ascii_lowercase();
+        Self::ALL.into_iter().find(|class| {
+            let known = class.name();
+            name == known || known.split('-').next() == Some(name.as_str())
+        })
+    }
+
+    /// The class of a slot report, unknown names counted as an A100 (the slowest 80 GB
+    /// class we know, so predictions err long); admission uses the reported memory.
+    pub fn parse_or_default(name: &str) -> Self {
+        Self::parse(name).unwrap_or(Self::A100)
+    }
+}
+
+impl std::fmt::Display for GpuClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The full Mochi-1 model's dimensions and the figures the model derives from them.
+mod full {
+    /// DiT parameters (≈ 207.6 M per block × 48).
+    pub const PARAMS: f64 = 10.0e9;
+    /// Visual hidden width.
+    pub const WIDTH: f64 = 3072.0;
+    /// Transformer blocks.
+    pub const LAYERS: f64 = 48.0;
+    /// Text tokens the joint attention sees (T5 max length).
+    pub const TEXT_TOKENS: f64 = 256.0;
+    /// Resident bf16 weights: DiT 20 GB + T5-XXL 9.5 GB + VAE decoder 0.7 GB.
+    pub const RESIDENT_BYTES: f64 = 30.2e9;
+    /// Activation bytes per visual token per CFG branch (bf16, ~8 live width-3072 tensors;
+    /// the same figure gpu-node's memory accounting uses).
+    pub const ACTIVATION_BYTES_PER_TOKEN: f64 = 3072.0 * 2.0 * 8.0;
+    /// Attention is computed in query blocks of this many tokens, one head at a time, with
+    /// an f32 score block (`QUERY_BLOCK · S · 4` bytes).
+    pub const QUERY_BLOCK: f64 = 8192.0;
+    /// Latent frames the VAE decodes at once (exact causal streaming).
+    pub const VAE_CHUNK_LATENT_FRAMES: u32 = 4;
+    /// VAE working bytes per pixel of a decoded frame in the chunk: 128 channels f32 at full
+    /// resolution, ~3 live tensors.
+    pub const VAE_BYTES_PER_PIXEL: f64 = 128.0 * 4.0 * 3.0;
+    /// Decoded video kept until encoding: f32 RGB plus RGB8.
+    pub const DECODED_BYTES_PER_PIXEL: f64 = 15.0;
+    /// VAE decoder FLOPs per output pixel (conv3d 3×3×3 at 128/256/512 channels summed over
+    /// the up blocks).
+    pub const VAE_FLOPS_PER_PIXEL: f64 = 1.5e7;
+    /// Fraction of the bf16 peak the VAE's convolutions reach (f32, im2col).
+    pub const VAE_EFFICIENCY: f64 = 0.1;
+    /// Per job: T5 encode, MP4 encode, store (seconds).
+    pub const OVERHEAD_S: f64 = 3.0;
+}
+
+/// The tiny model on a CPU, from our own benchmarks (`docs/benchmarks.md`): a tiny DiT
+/// forward of 48 tokens takes ~1 ms, the tiny VAE decodes ~16 µs per output pixel.
+mod tiny {
+    pub const FORWARD_FIXED_S: f64 = 1.0e-3;
+    pub const FORWARD_S_PER_TOKEN: f64 = 2.0e-6;
+    pub const VAE_S_PER_PIXEL: f64 = 1.64e-5;
+    pub const OVERHEAD_S: f64 = 0.2;
+    pub const RESIDENT_BYTES: f64 = 64e6;
+    pub const BYTES_PER_TOKEN: f64 = 2048.0;
+    pub const BYTES_PER_PIXEL: f64 = 32.0 * 4.0 * 3.0 + 15.0;
+}
+
+/// A job's predicted cost on one class.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    /// Peak device memory, bytes (resident weights included).
+    pub peak_bytes: u64,
+    /// GPU seconds from start to stored video.
+    pub gpu_seconds: f64,
+    /// Seconds of one denoising step (both CFG branches).
+    pub step_seconds: f64,
+    /// Seconds of the DiT phase (all steps): an out-of-memory in the VAE comes after it.
+    pub denoise_seconds: f64,
+}
+
+/// Memory of the phases of a job on the full model: (DiT phase, VAE phase), bytes beyond
+/// the resident weights.
+fn full_phase_bytes(shape: &JobShape) -> (f64, f64) {
+    let branches = if shape.cfg { 2.0 } else { 1.0 };
+    let n = shape.num_tokens as f64;
+    let s = n + full::TEXT_TOKENS;
+    let latents = 12.0 * n * 4.0 * 4.0 * 3.0 * branches;
+    let dit = n * full::ACTIVATION_BYTES_PER_TOKEN * branches
+        + full::QUERY_BLOCK.min(s) * s * 4.0
+        + latents;
+    let pixels = f64::from(shape.width) * f64::from(shape.height);
+    let chunk_frames = f64::from((full::VAE_CHUNK_LATENT_FRAMES * 6).min(shape.num_frames.max(1)));
+    let vae = chunk_frames * pixels * full::VAE_BYTES_PER_PIXEL
+        + f64::from(shape.num_frames) * pixels * full::DECODED_BYTES_PER_PIXEL;
+    (dit, vae)
+}
+
+/// The prior (uncorrected) estimate of `shape` on `class`.
+pub fn prior(shape: &JobShape, class: GpuClass) -> Estimate {
+    let branches = if shape.cfg { 2.0 } else { 1.0 };
+    let n = shape.num_tokens as f64;
+    let steps = f64::from(shape.steps);
+    let pixel_frames =
+        f64::from(shape.num_frames) * f64::from(shape.width) * f64::from(shape.height);
+    if class == GpuClass::Cpu {
+        let step = branches * (tiny::FORWARD_FIXED_S + tiny::FORWARD_S_PER_TOKEN * n);
+        let denoise = step * steps;
+        let peak = tiny::RESIDENT_BYTES
+            + n * tiny::BYTES_PER_TOKEN * branches
+            + pixel_frames * tiny::BYTES_PER_PIXEL;
+        return Estimate {
+            peak_bytes: peak as u64,
+            gpu_seconds: tiny::OVERHEAD_S + denoise + pixel_frames * tiny::VAE_S_PER_PIXEL,
+            step_seconds: step,
+            denoise_seconds: denoise,
+        };
+    }
+    let spec = class.spec();
+    let s = n + full::TEXT_TOKENS;
+    let linear = 2.0 * full::PARAMS * n;
+    let attention = 4.0 * s * s * full::WIDTH * full::LAYERS;
+    let flops_per_step = branches * (linear + attention);
+    let step = flops_per_step / (spec.peak_flops * spec.efficiency);
+    let denoise = step * steps;
+    let vae = pixel_frames * full::VAE_FLOPS_PER_PIXEL / (spec.peak_flops * full::VAE_EFFICIENCY);
+    let (dit_bytes, vae_bytes) = full_phase_bytes(shape);
+    Estimate {
+        peak_bytes: (full::RESIDENT_BYTES + dit_bytes.max(vae_bytes)) as u64,
+        gpu_seconds: full::OVERHEAD_S + denoise + vae,
+        step_seconds: step,
+        denoise_seconds: denoise,
+    }
+}
+
+/// Memory needed on a GPU class (the same for every GPU class: same model, same precision).
+pub fn gpu_peak_bytes(shape: &JobShape) -> u64 {
+    prior(shape, GpuClass::H100).peak_bytes
+}
+
+/// A job's cost on every class, as the policies see it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JobCost {
+    /// Peak bytes per class index.
+    pub peak_bytes: [u64; CLASSES],
+    /// Predicted GPU seconds per class index.
+    pub seconds: [f64; CLASSES],
+    /// Seconds of one step per class index (preemption happens at step boundaries).
+    pub step_seconds: [f64; CLASSES],
+    /// Denoising steps.
+    pub steps: u32,
+}
+
+impl JobCost {
+    /// Predicted seconds on the reference class (H100), which sets the job's lane.
+    pub fn reference_seconds(&self) -> f64 {
+        self.seconds[GpuClass::H100.index()]
+    }
+
+    /// Whether a slot of `class` with `memory_bytes` holds the job.
+    pub fn fits(&self, class: GpuClass, memory_bytes: u64) -> bool {
+        self.peak_bytes[class.index()] <= memory_bytes
+    }
+}
+
+/// The cost model: priors plus learned corrections.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CostModel {
+    /// Corrections per shape bucket.
+    pub corrections: Corrections,
+}
+
+impl CostModel {
+    /// A model with the given corrections.
+    pub fn new(corrections: Corrections) -> Self {
+        Self { corrections }
+    }
+
+    /// The corrected estimate of `shape` on `class`.
+    pub fn estimate(&self, shape: &JobShape, class: GpuClass) -> Estimate {
+        let mut estimate = prior(shape, class);
+        let factor = self.corrections.factor(class, shape);
+        estimate.gpu_seconds *= factor;
+        estimate.step_seconds *= factor;
+        estimate.denoise_seconds *= factor;
+        estimate
+    }
+
+    /// The job's cost on every class.
+    pub fn cost(&self, shape: &JobShape) -> JobCost {
+        let mut cost = JobCost {
+            peak_bytes: [0; CLASSES],
+            seconds: [0.0; CLASSES],
+            step_seconds: [0.0; CLASSES],
+            steps: shape.steps,
+        };
+        for class in GpuClass::ALL {
+            let estimate = self.estimate(shape, class);
+            cost.peak_bytes[class.index()] = estimate.peak_bytes;
+            cost.seconds[class.index()] = estimate.gpu_seconds;
+            cost.step_seconds[class.index()] = estimate.step_seconds;
+        }
+        cost
+    }
+
+    /// Takes in a finished job's observed GPU seconds; returns the relative error of the
+    /// estimate before the update (`observed / predicted − 1`).
+    pub fn observe(&mut self, shape: &JobShape, class: GpuClass, observed_s: f64) -> f64 {
+        let predicted = self.estimate(shape, class).gpu_seconds;
+        let prior_s = prior(shape, class).gpu_seconds;
+        self.corrections
+            .observe(class, shape, observed_s / prior_s.max(1e-9));
+        observed_s / predicted.max(1e-9) - 1.0
+    }
+}
+
+/// Formats bytes as GB with one decimal.
+pub fn gb(bytes: u64) -> String {
+    format!("{:.1} GB", bytes as f64 / GB)
+}
+
+#[cfg(test)]
+mod tests;

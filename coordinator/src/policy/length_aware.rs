@@ -1,0 +1,282 @@
+//! The policy we ship. Every decision:
+//! 1. ranks the eligible jobs by `weight(priority) · (wait + s) / s / (1 + tenant load)`, where
+//!    `s` is the job's own predicted GPU time (aging relative to size, so a long job's rank
+//!    grows slowly but without bound) and the tenant load is its running slots over its fair
+//!    share;
+//! 2. places them in that order, each on the free slot that holds it with the least memory
+//!    (best fit: an L40 job never takes an H100 that a 720p job needs), fastest class first
+//!    among equals;
+//! 3. keeps `short_share` of the slots for the short lane: medium and long jobs together may
+//!    hold at most the rest, except that medium jobs may borrow the reserve while no short
+//!    job waits;
+//! 4. with preemption on, pauses a long job at its next step boundary for a short job that
+//!    nothing else can take (bounded pauses per job, only jobs close to a boundary).
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use protocol::JobId;
+use protocol::spec::Priority;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Decision, Lane, LaneBounds, Placement, Policy, Preemption, Running, Traits, View, Waiting, fits,
+};
+
+/// Settings of the length-aware policy.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LengthAwareConfig {
+    /// Lane bounds.
+    pub lanes: LaneBounds,
+    /// Share of the slots kept for the short lane while short jobs wait.
+    pub short_share: f64,
+    /// Whether running long jobs may be paused for short ones (needs node support).
+    pub preemption: bool,
+    /// Most pauses of one job.
+    pub max_pauses: u32,
+    /// Only jobs with at least this much left are paused, s.
+    pub min_remaining_to_pause_s: f64,
+    /// Only jobs whose next step boundary is this close are paused, s.
+    pub max_boundary_wait_s: f64,
+    /// Rank multiplier of `high` priority jobs (`low` gets its inverse).
+    pub priority_weight: f64,
+}
+
+impl Default for LengthAwareConfig {
+    fn default() -> Self {
+        Self {
+            lanes: LaneBounds::default(),
+            short_share: 0.25,
+            preemption: false,
+            max_pauses: 2,
+            min_remaining_to_pause_s: 120.0,
+            max_boundary_wait_s: 12.0,
+            priority_weight: 4.0,
+        }
+    }
+}
+
+/// The length-aware policy.
+#[derive(Debug, Clone, Copy)]
+pub struct LengthAware {
+    config: LengthAwareConfig,
+}
+
+impl LengthAware {
+    /// The policy with `config`.
+    pub fn new(config: LengthAwareConfig) -> Self {
+        Self { config }
+    }
+
+    fn weight(&self, priority: Priority) -> f64 {
+        match priority {
+            Priority::High => self.config.priority_weight,
+            Priority::Normal => 1.0,
+            Priority::Low => 1.0 / self.config.priority_weight.max(1e-9),
+        }
+    }
+
+    /// Ranked eligible jobs: (index, score), best first.
+    fn ranked(&self, view: &View<'_>, queue: &[Waiting]) -> Vec<(usize, f64)> {
+        let mut running_by_tenant: HashMap<u64, f64> = HashMap::new();
+        for running in view.slots.iter().filter_map(|slot| slot.running) {
+            *running_by_tenant.entry(running.tenant).or_default() += 1.0;
+        }
+        let mut tenants: Vec<u64> = queue.iter().map(|job| job.tenant).collect();
+        tenants.extend(running_by_tenant.keys());
+        tenants.sort_unstable();
+        tenants.dedup();
+        let fair_slots = view.slots.len().max(1) as f64 / tenants.len().max(1) as f64;
+        let mut scored: Vec<(usize, f64)> = queue
+            .iter()
+            .enumerate()
+            .filter(|(_, job)| job.not_before_ms <= view.now_ms)
+            .map(|(index, job)| {
+                let own_s = job.cost.reference_seconds().max(1.0);
+                let wait_s = view.now_ms.saturating_sub(job.created_at_ms) as f64 / 1_000.0;
+                let tenant_load =
+                    running_by_tenant.get(&job.tenant).copied().unwrap_or(0.0) / fair_slots;
+                let score =
+                    self.weight(job.priority) * (wait_s + own_s) / own_s / (1.0 + tenant_load);
+                (index, score)
+            })
+            .collect();
+        let better = |a: &(usize, f64), b: &(usize, f64)| -> Ordering {
+            b.1.total_cmp(&a.1).then_with(|| {
+                let (ja, jb) = (&queue[a.0], &queue[b.0]);
+                (ja.created_at_ms, ja.job_id).cmp(&(jb.created_at_ms, jb.job_id))
+            })
+        };
+        scored.sort_unstable_by(better);
+        scored.dedup_by_key(|(index, _)| queue[*index].job_id);
+        scored
+    }
+}
+
+/// The lane counts that limit placements.
+struct Reserve {
+    cap_non_short: usize,
+    non_short: usize,
+    short_waiting: usize,
+}
+
+impl Reserve {
+    fn allows(&self, lane: Lane) -> bool {
+        match lane {
+            Lane::Short => true,
+            Lane::Medium => self.non_short < self.cap_non_short || self.short_waiting == 0,
+            Lane::Long => self.non_short < self.cap_non_short,
+        }
+    }
+}
+
+impl Policy for LengthAware {
+    fn name(&self) -> &'static str {
+        "length-aware"
+    }
+
+    fn traits(&self) -> Traits {
+        Traits {
+            admission: true,
+            fit_aware: true,
+            fail_fast: true,
+        }
+    }
+
+    fn lanes(&self) -> LaneBounds {
+        self.config.lanes
+    }
+
+    fn decide(&self, view: &View<'_>, queue: &[Waiting]) -> Decision {
+        let mut free: Vec<usize> = (0..view.slots.len())
+            .filter(|&i| view.slots[i].running.is_none())
+            .collect();
+        let preempting = self.config.preemption
+            && view
+                .slots
+                .iter()
+                .any(|slot| slot.running.is_some_and(|r| r.lane != Lane::Short));
+        if free.is_empty() && !preempting {
+            return Decision::default();
+        }
+        // Best fit: least memory first, then the fastest class; a stable order per view.
+        free.sort_by(|&a, &b| {
+            let (sa, sb) = (&view.slots[a], &view.slots[b]);
+            sa.memory_bytes
+                .cmp(&sb.memory_bytes)
+                .then(
+                    sb.class
+                        .spec()
+                        .relative_speed
+                        .total_cmp(&sa.class.spec().relative_speed),
+                )
+                .then(a.cmp(&b))
+        });
+        let lanes = self.config.lanes;
+        let lane_of = |job: &Waiting| lanes.lane(job.cost.reference_seconds());
+        let ranked = self.ranked(view, queue);
+        let slots = view.slots.len();
+        let reserved = (self.config.short_share * slots as f64).floor() as usize;
+        let mut reserve = Reserve {
+            cap_non_short: slots.saturating_sub(reserved),
+            non_short: view
+                .slots
+                .iter()
+                .filter(|slot| slot.running.is_some_and(|r| r.lane != Lane::Short))
+                .count(),
+            short_waiting: ranked
+                .iter()
+                .filter(|(i, _)| lane_of(&queue[*i]) == Lane::Short)
+                .count(),
+        };
+        let mut decision = Decision::default();
+        let mut unplaced_short: Vec<usize> = Vec::new();
+        for &(index, _) in &ranked {
+            let job = &queue[index];
+            let lane = lane_of(job);
+            if free.is_empty() {
+                if lane == Lane::Short {
+                    unplaced_short.push(index);
+                }
+                if !preempting {
+                    break;
+                }
+                continue;
+            }
+            let placed = reserve.allows(lane)
+                && match free.iter().position(|&slot| fits(&view.slots[slot], job)) {
+                    Some(position) => {
+                        decision.placements.push(Placement {
+                            job_id: job.job_id,
+                            slot: free.remove(position),
+                        });
+                        true
+                    }
+                    None => false,
+                };
+            match (lane, placed) {
+                (Lane::Short, true) => reserve.short_waiting -= 1,
+                (Lane::Short, false) => unplaced_short.push(index),
+                (_, true) => reserve.non_short += 1,
+                (_, false) => {}
+            }
+        }
+        if preempting {
+            decision.preemptions = self.preemptions(view, queue, &unplaced_short);
+        }
+        decision
+    }
+
+    fn order(&self, view: &View<'_>, queue: &[Waiting]) -> Vec<usize> {
+        self.ranked(view, queue)
+            .into_iter()
+            .map(|(index, _)| index)
+            .collect()
+    }
+}
+
+impl LengthAware {
+    /// Pauses for short jobs nothing else can take: one per job, at most one per slot,
+    /// each on the running job closest to its step boundary.
+    fn preemptions(&self, view: &View<'_>, queue: &[Waiting], short: &[usize]) -> Vec<Preemption> {
+        let pending: Vec<JobId> = view
+            .slots
+            .iter()
+            .filter_map(|slot| slot.running.and_then(|r| r.pausing_for))
+            .collect();
+        let mut taken = vec![false; view.slots.len()];
+        let mut preemptions = Vec::new();
+        for &index in short {
+            let job = &queue[index];
+            if pending.contains(&job.job_id) {
+                continue;
+            }
+            let pausable = |running: &Running| {
+                running.lane != Lane::Short
+                    && !running.unpausable
+                    && running.pausing_for.is_none()
+                    && running.pauses < self.config.max_pauses
+                    && running.remaining_s >= self.config.min_remaining_to_pause_s
+                    && running.next_boundary_s <= self.config.max_boundary_wait_s
+            };
+            let best = (0..view.slots.len())
+                .filter(|&i| !taken[i] && fits(&view.slots[i], job))
+                .filter_map(|i| view.slots[i].running.filter(pausable).map(|r| (i, r)))
+                .min_by(|(ia, a), (ib, b)| {
+                    a.next_boundary_s
+                        .total_cmp(&b.next_boundary_s)
+                        .then(b.remaining_s.total_cmp(&a.remaining_s))
+                        .then(ia.cmp(ib))
+                });
+            if let Some((slot, _)) = best {
+                taken[slot] = true;
+                preemptions.push(Preemption {
+                    slot,
+                    for_job: job.job_id,
+                });
+            }
+        }
+        preemptions
+    }
+}

@@ -1,0 +1,260 @@
+//! Scheduling policies behind one trait, used by the live scheduler and by the simulator
+//! alike: a pure function from the slots (free or running) and the waiting jobs to
+//! placements and preemptions.
+//!
+//! * [`fifo`]: the seeds' design — oldest job onto any free slot, no size knowledge.
+//! * `fifo-failfast`: the same; an over-sized job fails at its first step instead of late.
+//! * `fifo-admit`: FIFO with our admission control and fit-aware placement.
+//! * [`length_aware`]: lanes by predicted GPU time, a short-lane reserve, aging relative to
+//!   a job's own size, best fit on memory and class, tenant fair share, priorities, and
+//!   preemption at step boundaries.
+
+pub mod eta;
+pub mod fifo;
+pub mod length_aware;
+
+use protocol::JobId;
+use protocol::spec::Priority;
+use serde::{Deserialize, Serialize};
+
+use crate::cost::{GpuClass, JobCost};
+
+pub use length_aware::{LengthAware, LengthAwareConfig};
+
+/// A job's lane, by predicted GPU seconds on the reference class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// Up to `short_max_s`.
+    Short,
+    /// Up to `medium_max_s`.
+    Medium,
+    /// The rest.
+    Long,
+}
+
+impl Lane {
+    /// Every lane.
+    pub const ALL: [Self; 3] = [Self::Short, Self::Medium, Self::Long];
+
+    /// The lane's name (metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Short => "short",
+            Self::Medium => "medium",
+            Self::Long => "long",
+        }
+    }
+}
+
+/// Lane bounds, in predicted seconds on an H100.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LaneBounds {
+    /// Longest short job.
+    pub short_max_s: f64,
+    /// Longest medium job.
+    pub medium_max_s: f64,
+}
+
+impl Default for LaneBounds {
+    fn default() -> Self {
+        Self {
+            short_max_s: 120.0,
+            medium_max_s: 900.0,
+        }
+    }
+}
+
+impl LaneBounds {
+    /// The lane of a job predicted to take `reference_s` on an H100.
+    pub fn lane(&self, reference_s: f64) -> Lane {
+        if reference_s <= self.short_max_s {
+            Lane::Short
+        } else if reference_s <= self.medium_max_s {
+            Lane::Medium
+        } else {
+            Lane::Long
+        }
+    }
+}
+
+/// A job on a slot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Running {
+    /// The job.
+    pub job_id: JobId,
+    /// Its lane.
+    pub lane: Lane,
+    /// Its tenant (a hash of the name).
+    pub tenant: u64,
+    /// Predicted seconds until it finishes.
+    pub remaining_s: f64,
+    /// Predicted seconds until its next step boundary (where it can be paused).
+    pub next_boundary_s: f64,
+    /// Times it was paused already.
+    pub pauses: u32,
+    /// Whether it cannot be paused at all (its node does not support it).
+    pub unpausable: bool,
+    /// The waiting job it is being paused for, if a pause is under way.
+    pub pausing_for: Option<JobId>,
+}
+
+/// One slot as the policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slot {
+    /// Its class.
+    pub class: GpuClass,
+    /// Device memory, bytes.
+    pub memory_bytes: u64,
+    /// The job on it; `None` when it is free.
+    pub running: Option<Running>,
+}
+
+/// A job waiting for a slot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Waiting {
+    /// The job.
+    pub job_id: JobId,
+    /// Its tenant (a hash of the name).
+    pub tenant: u64,
+    /// The priority it asked for.
+    pub priority: Priority,
+    /// When it was submitted, ms.
+    pub created_at_ms: u64,
+    /// Earliest time it may be placed (retry backoff), ms.
+    pub not_before_ms: u64,
+    /// Its predicted cost (of what is left, for a paused job).
+    pub cost: JobCost,
+    /// Times it was paused.
+    pub pauses: u32,
+}
+
+/// What the policy sees.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    /// Now, ms.
+    pub now_ms: u64,
+    /// Every live slot, free or running.
+    pub slots: &'a [Slot],
+}
+
+/// Run a job on a free slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// The job.
+    pub job_id: JobId,
+    /// Index of the slot in [`View::slots`].
+    pub slot: usize,
+}
+
+/// Pause the job on a slot at its next step boundary, for a waiting job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preemption {
+    /// Index of the slot in [`View::slots`].
+    pub slot: usize,
+    /// The waiting job the slot is freed for.
+    pub for_job: JobId,
+}
+
+/// A policy's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Jobs to place now.
+    pub placements: Vec<Placement>,
+    /// Jobs to pause.
+    pub preemptions: Vec<Preemption>,
+}
+
+/// How a policy's jobs meet the hardware (what the simulator and the live path honour).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traits {
+    /// Jobs no known slot can hold are refused at submit.
+    pub admission: bool,
+    /// Placement knows job sizes (never puts a job on a slot that cannot hold it).
+    pub fit_aware: bool,
+    /// An over-sized job fails at its first step rather than where memory peaks.
+    pub fail_fast: bool,
+}
+
+/// A scheduling policy.
+pub trait Policy: Send + Sync + std::fmt::Debug {
+    /// Its name (`fifo`, `length-aware`, ...).
+    fn name(&self) -> &'static str;
+    /// How it meets the hardware.
+    fn traits(&self) -> Traits;
+    /// Lane bounds (for metrics and reports).
+    fn lanes(&self) -> LaneBounds {
+        LaneBounds::default()
+    }
+    /// Placements and preemptions for this moment.
+    fn decide(&self, view: &View<'_>, queue: &[Waiting]) -> Decision;
+    /// The order in which it would serve `queue` now (indices into `queue`), for queue
+    /// positions and ETAs.
+    fn order(&self, view: &View<'_>, queue: &[Waiting]) -> Vec<usize>;
+}
+
+/// Which policy to run (configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyKind {
+    /// The seeds' FIFO.
+    Fifo,
+    /// FIFO; over-sized jobs fail at the first step.
+    FifoFailfast,
+    /// FIFO with admission control.
+    FifoAdmit,
+    /// Ours.
+    #[default]
+    LengthAware,
+}
+
+impl PolicyKind {
+    /// Every kind, baselines first.
+    pub const ALL: [Self; 4] = [
+        Self::Fifo,
+        Self::FifoFailfast,
+        Self::FifoAdmit,
+        Self::LengthAware,
+    ];
+
+    /// The kind of a name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fifo => "fifo",
+            Self::FifoFailfast => "fifo-failfast",
+            Self::FifoAdmit => "fifo-admit",
+            Self::LengthAware => "length-aware",
+        }
+    }
+
+    /// The policy, with `config` for the length-aware one.
+    pub fn build(self, config: LengthAwareConfig) -> Box<dyn Policy> {
+        match self {
+            Self::Fifo => Box::new(fifo::Fifo::blind(false)),
+            Self::FifoFailfast => Box::new(fifo::Fifo::blind(true)),
+            Self::FifoAdmit => Box::new(fifo::Fifo::admit()),
+            Self::LengthAware => Box::new(LengthAware::new(config)),
+        }
+    }
+}
+
+/// Whether a slot holds a job (by its class's predicted peak).
+pub fn fits(slot: &Slot, job: &Waiting) -> bool {
+    job.cost.fits(slot.class, slot.memory_bytes)
+}
+
+/// A stable 64-bit hash of a tenant name (FNV-1a), for [`Waiting::tenant`].
+pub fn tenant_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests;
