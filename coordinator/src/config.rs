@@ -34,6 +34,17 @@ pub struct Config {
     pub intake_max_deliver: i64,
     /// Submissions fetched at once.
     pub intake_batch: usize,
+    /// This replica's name in the leader lease; default: host name and process id.
+    pub instance_id: Option<String>,
+    /// How long the leader lease holds without renewal, ms: a standby takes over this long
+    /// after the leader went silent; a leader that cannot renew for this long steps down.
+    pub leader_lease_ms: u64,
+    /// Time-to-start: a job not placed this long after its creation ends `aborted` without
+    /// using a GPU, ms (0: no limit).
+    pub start_timeout_ms: u64,
+    /// Longest an attempt may run once started before the job fails with `timeout`, ms
+    /// (0: no limit).
+    pub max_run_ms: u64,
 }
 
 impl Default for Config {
@@ -50,6 +61,10 @@ impl Default for Config {
             intake_ack_wait_s: 30,
             intake_max_deliver: 10,
             intake_batch: 64,
+            instance_id: None,
+            leader_lease_ms: 10_000,
+            start_timeout_ms: 24 * 3600 * 1000,
+            max_run_ms: 2 * 3600 * 1000,
         }
     }
 }
@@ -71,6 +86,7 @@ impl Config {
             node_ttl_s: 3,
             backoff_base_ms: 50,
             backoff_max_ms: 200,
+            leader_lease_ms: 1_000,
             ..Self::default()
         }
     }
@@ -97,11 +113,30 @@ impl Config {
                 self.intake_max_deliver >= 1 && self.intake_batch >= 1,
                 "intake_max_deliver and intake_batch must be positive",
             ),
+            (
+                self.leader_lease_ms >= 300,
+                "leader_lease_ms must be at least 300",
+            ),
+            (
+                self.instance_id
+                    .as_deref()
+                    .is_none_or(protocol::names::is_valid_token),
+                "instance_id: use 1 to 64 letters, digits, '-' or '_'",
+            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, message)) => Err(Error::Config((*message).to_owned())),
             None => Ok(()),
         }
+    }
+
+    /// This replica's name: the configured one, or `<host>-<pid>`.
+    pub fn resolved_instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host =
+                std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "coordinator".into());
+            format!("{}-{}", host.trim(), std::process::id())
+        })
     }
 
     /// Retry delay after `failed_attempts` failures: base · 2^(n-1), capped.

@@ -2,13 +2,19 @@
 //! lease keeper actor sends each back to the queue with `LeaseExpired` and a retry backoff,
 //! by compare-and-set and only while the stored lease is still past its deadline (a node
 //! that renewed in the meantime keeps its job). It also copies dead jobs to `MOCHI_DLQ` and
-//! sends preempted jobs back to the queue.
+//! sends preempted jobs back to the queue. [`enforce_deadlines`] ends jobs that missed
+//! their time-to-start (`aborted`, no GPU used) or ran past the longest run time (`failed`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::kv::{Operation, Watch};
+use futures::StreamExt;
 use protocol::jetstream::Resources;
-use protocol::{JobEvent, JobId, JobRecord, JobState, NodeId, codec, names, now_ms};
+use protocol::record::JobFailure;
+use protocol::{ErrorCode, JobEvent, JobId, JobRecord, JobState, NodeId, codec, names, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::config::Config;
@@ -188,6 +194,109 @@ async fn dead_letter(state: &LeaseKeeperArgs, record: &JobRecord) {
     }
 }
 
+/// What the deadline keeper tracks of a non-terminal job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Timed {
+    state: JobState,
+    attempt: u32,
+    created_at_ms: u64,
+    started_at_ms: Option<u64>,
+}
+
+/// The deadline a job has missed at `now_ms`, if any.
+fn overdue(job: &Timed, config: &Config, now_ms: u64) -> Option<JobEvent> {
+    let past = |since: u64, limit: u64| limit > 0 && since.saturating_add(limit) < now_ms;
+    match job.state {
+        // Time-to-start: only a job that never reached a GPU is aborted.
+        JobState::Queued
+            if job.attempt == 0 && past(job.created_at_ms, config.start_timeout_ms) =>
+        {
+            Some(JobEvent::StartDeadlineMissed)
+        }
+        JobState::Running | JobState::Encoding
+            if job
+                .started_at_ms
+                .is_some_and(|started| past(started, config.max_run_ms)) =>
+        {
+            Some(JobEvent::Failed {
+                attempt: job.attempt,
+                failure: JobFailure {
+                    code: ErrorCode::JobFailed,
+                    message: format!(
+                        "the job ran longer than the longest run time of {} s",
+                        config.max_run_ms / 1_000
+                    ),
+                    retryable: false,
+                },
+                retry_at_ms: 0,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Ends jobs that missed a deadline, from its own watch of `mochi_jobs`, until the watch
+/// ends: a job still queued (never placed) past `start_timeout_ms` becomes `aborted`; an
+/// attempt running past `max_run_ms` fails (its node stops when its next write is refused).
+pub async fn enforce_deadlines(
+    config: Arc<Config>,
+    resources: Resources,
+    mut watch: Watch,
+) -> &'static str {
+    if config.start_timeout_ms == 0 && config.max_run_ms == 0 {
+        std::future::pending::<()>().await;
+    }
+    let mut jobs: HashMap<JobId, Timed> = HashMap::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(config.tick_ms.max(100)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            entry = watch.next() => {
+                let Some(entry) = entry else { return "the deadline watch" };
+                let Ok(entry) = entry else { continue };
+                let Ok(job_id) = entry.key.parse::<JobId>() else { continue };
+                let record = (entry.operation == Operation::Put)
+                    .then(|| codec::decode::<JobRecord>(&entry.value).ok())
+                    .flatten();
+                match record {
+                    Some(record) if !record.state.is_terminal() => {
+                        jobs.insert(job_id, Timed {
+                            state: record.state,
+                            attempt: record.attempt,
+                            created_at_ms: record.created_at_ms,
+                            started_at_ms: record.started_at_ms,
+                        });
+                    }
+                    _ => {
+                        jobs.remove(&job_id);
+                    }
+                }
+            }
+            _ = ticker.tick() => {
+                let now = now_ms();
+                let due: Vec<(JobId, Timed, JobEvent)> = jobs
+                    .iter()
+                    .filter_map(|(id, job)| overdue(job, &config, now).map(|event| (*id, *job, event)))
+                    .collect();
+                for (job_id, job, event) in due {
+                    let unchanged = |record: &JobRecord| {
+                        record.state == job.state && record.attempt == job.attempt
+                    };
+                    match store::apply_if(&resources.jobs, job_id, &event, now, unchanged).await {
+                        Ok(Some(written)) => {
+                            ::metrics::counter!(metrics::DEADLINES_MISSED, "deadline" => event.name()).increment(1);
+                            tracing::warn!(%job_id, tenant = %written.record.tenant, attempt = job.attempt, next_state = %written.record.state, "deadline missed");
+                            jobs.remove(&job_id);
+                        }
+                        Ok(None) => {}
+                        Err(error) => tracing::warn!(%job_id, %error, "cannot end the overdue job; will retry"),
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Whether a record just became dead (so that a restart does not copy old dead jobs again).
 pub(crate) fn freshly_dead(record: &JobRecord, now_ms: u64, window_ms: u64) -> bool {
     record.state == JobState::Dead
@@ -218,6 +327,67 @@ mod tests {
         assert_eq!(
             gone.iter().map(|j| j.deadline_ms).collect::<Vec<_>>(),
             vec![99]
+        );
+    }
+
+    fn timed(state: JobState, attempt: u32, started_at_ms: Option<u64>) -> Timed {
+        Timed {
+            state,
+            attempt,
+            created_at_ms: 1_000,
+            started_at_ms,
+        }
+    }
+
+    #[test]
+    fn only_never_placed_queued_jobs_miss_their_time_to_start() {
+        let config = Config {
+            start_timeout_ms: 500,
+            max_run_ms: 0,
+            ..Config::default()
+        };
+        let fresh = timed(JobState::Queued, 0, None);
+        assert_eq!(overdue(&fresh, &config, 1_500), None);
+        assert_eq!(
+            overdue(&fresh, &config, 1_501),
+            Some(JobEvent::StartDeadlineMissed)
+        );
+        // A retry waiting in the queue has used a GPU already: it is not aborted.
+        assert_eq!(
+            overdue(&timed(JobState::Queued, 1, None), &config, 9_999),
+            None
+        );
+        assert_eq!(
+            overdue(&timed(JobState::Running, 1, Some(1_000)), &config, 9_999),
+            None
+        );
+    }
+
+    #[test]
+    fn an_attempt_running_too_long_fails_for_good() {
+        let config = Config {
+            start_timeout_ms: 0,
+            max_run_ms: 1_000,
+            ..Config::default()
+        };
+        let running = timed(JobState::Running, 2, Some(5_000));
+        assert_eq!(overdue(&running, &config, 6_000), None);
+        match overdue(&running, &config, 6_001) {
+            Some(JobEvent::Failed {
+                attempt, failure, ..
+            }) => {
+                assert_eq!(attempt, 2);
+                assert!(!failure.retryable);
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        assert_eq!(
+            overdue(&timed(JobState::Queued, 0, None), &config, u64::MAX),
+            None
+        );
+        assert_eq!(
+            overdue(&timed(JobState::Assigned, 2, Some(0)), &config, u64::MAX),
+            None
         );
     }
 

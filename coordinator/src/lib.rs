@@ -5,12 +5,15 @@
 //! quiet back to the queue with a backoff ([`leases`]).
 //!
 //! Durability lives in JetStream: every decision is a compare-and-set on the job's record,
-//! so two coordinators (or a restarted one) never both win.
+//! so two coordinators (or a restarted one) never both win. Several replicas may run: one
+//! leads by a lease in NATS KV ([`leader`]) and runs the actors; the others stand by and,
+//! on taking over, rebuild their state from the watches and carry on ([`run_replica`]).
 
 pub mod config;
 pub mod cost;
 pub mod error;
 pub mod intake;
+pub mod leader;
 pub mod leases;
 pub mod metrics;
 pub mod policy;
@@ -27,6 +30,7 @@ use protocol::jetstream::Resources;
 use protocol::messages::NodeHeartbeat;
 use protocol::{JobId, JobRecord, NodeId, codec};
 use ractor::{Actor, ActorRef};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -35,25 +39,109 @@ pub use error::{Error, Result};
 pub use scheduler::{SchedulerMsg, SchedulerStatus};
 
 use crate::intake::{Intake, IntakeArgs, IntakeMsg};
+use crate::leader::{Election, Role};
 use crate::scheduler::{Scheduler, SchedulerArgs};
 
 /// How long shutdown waits for each actor to stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a status request may take.
 const STATUS_TIMEOUT_MS: u64 = 2_000;
+/// Pause before a leader restarts its actors after they failed (e.g. NATS restarted).
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
 
-/// Runs the coordinator until `shutdown` is cancelled (then stops taking submissions, lets
-/// placements in flight finish, and stops its actors) or a watch fails.
+/// Runs one coordinator replica until `shutdown` is cancelled (see [`run_replica`]).
 pub async fn run(
     config: Config,
     resources: Resources,
     client: async_nats::Client,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    Box::pin(Coordinator::start(config, resources, client))
-        .await?
-        .run_until(shutdown)
+    let (role, _) = watch::channel(Role::Standby);
+    Box::pin(run_replica(config, resources, client, role, shutdown)).await
+}
+
+/// Runs one coordinator replica: campaigns for the leader lease and, while it leads, runs the
+/// coordinator (state rebuilt from `mochi_jobs` and `mochi_nodes` at every start). When the
+/// lease is lost it stops scheduling at once and stands by again; when its actors fail
+/// (NATS restarted under a watch) it rebuilds them. `role` publishes every change of role.
+/// On `shutdown` it stops its actors and releases the lease so a standby takes over at once.
+pub async fn run_replica(
+    config: Config,
+    resources: Resources,
+    client: async_nats::Client,
+    role: watch::Sender<Role>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    config.validate()?;
+    let instance = config.resolved_instance_id();
+    tracing::info!(%instance, lease_ms = config.leader_lease_ms, "coordinator replica standing for leader");
+    let election = Election::new(
+        resources.leader.clone(),
+        instance.clone(),
+        config.leader_lease_ms,
+    );
+    let election_stop = CancellationToken::new();
+    let mut election_task = tokio::spawn(election.run(role.clone(), election_stop.clone()));
+    let mut roles = role.subscribe();
+    let outcome = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            _ = &mut election_task => break Err(Error::WatchEnded("the leader election")),
+            led = roles.wait_for(|role| role.is_leader()) => {
+                if led.is_err() {
+                    break Err(Error::WatchEnded("the leader election"));
+                }
+            }
+        }
+        let term = *roles.borrow();
+        tracing::info!(%instance, ?term, "leading: rebuilding state from mochi_jobs and mochi_nodes");
+        let coordinator = match Box::pin(Coordinator::start(
+            config.clone(),
+            resources.clone(),
+            client.clone(),
+        ))
         .await
+        {
+            Ok(coordinator) => coordinator,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the coordinator; retrying");
+                tokio::time::sleep(RESTART_PAUSE).await;
+                continue;
+            }
+        };
+        // The term ends on shutdown or when the lease is lost, whichever comes first.
+        let term_end = shutdown.child_token();
+        let mut lost = role.subscribe();
+        let watcher = tokio::spawn({
+            let term_end = term_end.clone();
+            async move {
+                tokio::select! {
+                    () = term_end.cancelled() => {}
+                    _ = lost.wait_for(|role| !role.is_leader()) => term_end.cancel(),
+                }
+            }
+        });
+        let ended = coordinator.run_until(term_end.clone()).await;
+        term_end.cancel();
+        let _ = watcher.await;
+        if shutdown.is_cancelled() {
+            break ended;
+        }
+        match ended {
+            Ok(()) => {
+                tracing::warn!(%instance, "no longer leader: scheduling stopped, standing by")
+            }
+            Err(error) => {
+                tracing::error!(%error, "coordinator stopped while leading; rebuilding");
+                tokio::time::sleep(RESTART_PAUSE).await;
+            }
+        }
+    };
+    election_stop.cancel();
+    if !election_task.is_finished() {
+        let _ = election_task.await;
+    }
+    outcome
 }
 
 /// A running coordinator.
@@ -108,6 +196,15 @@ impl Coordinator {
                     what: "the mochi_nodes watch",
                     source: Box::new(e),
                 })?;
+        let deadline_watch = resources
+            .jobs
+            .kv
+            .watch_with_history(">")
+            .await
+            .map_err(|e| Error::JetStream {
+                what: "the mochi_jobs watch of the deadline keeper",
+                source: Box::new(e),
+            })?;
         let scheduler_args = SchedulerArgs {
             config: Arc::clone(&config),
             resources: resources.clone(),
@@ -125,6 +222,11 @@ impl Coordinator {
         tasks.spawn(tick(
             scheduler.clone(),
             Duration::from_millis(config.tick_ms),
+        ));
+        tasks.spawn(leases::enforce_deadlines(
+            Arc::clone(&config),
+            resources.clone(),
+            deadline_watch,
         ));
         let intake_args = IntakeArgs {
             config: Arc::clone(&config),
@@ -174,8 +276,11 @@ impl Coordinator {
         outcome
     }
 
-    /// Stops taking submissions, lets each proxy finish its placement, and stops the actors.
+    /// Stops scheduling at once, stops taking submissions, lets each proxy finish its
+    /// placement, and stops the actors.
     pub async fn stop(mut self) {
+        // No new placements from here on (a stop signal overtakes queued messages).
+        self.scheduler.stop(Some("shutdown".to_owned()));
         // The intake finishes the batch in hand (each message is acked after its record).
         self.intake.stop(Some("shutdown".to_owned()));
         if tokio::time::timeout(STOP_TIMEOUT, &mut self.intake_handle)
@@ -186,7 +291,6 @@ impl Coordinator {
             self.intake_handle.abort();
         }
         self.tasks.shutdown().await;
-        self.scheduler.stop(Some("shutdown".to_owned()));
         if tokio::time::timeout(STOP_TIMEOUT, &mut self.scheduler_handle)
             .await
             .is_err()

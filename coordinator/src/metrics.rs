@@ -22,6 +22,10 @@ pub const PLACEMENTS: &str = "mochi_coordinator_placements_total";
 pub const LEASES_EXPIRED: &str = "mochi_coordinator_leases_expired_total";
 /// Dead jobs copied to `MOCHI_DLQ`.
 pub const DEAD_LETTERS: &str = "mochi_coordinator_dead_letters_total";
+/// Jobs ended for a missed deadline, by `deadline` (`start_deadline_missed`, `failed`).
+pub const DEADLINES_MISSED: &str = "mochi_coordinator_deadlines_missed_total";
+/// Times this replica became leader.
+pub const LEADER_TERMS: &str = "mochi_coordinator_leader_terms_total";
 /// Time from submission to placement, seconds.
 pub const QUEUE_WAIT_SECONDS: &str = "mochi_coordinator_queue_wait_seconds";
 
@@ -37,6 +41,11 @@ pub fn describe() {
         "Submissions refused by the intake, by reason"
     );
     metrics::describe_counter!(JOBS_ASSIGNED, "Jobs a node accepted");
+    metrics::describe_counter!(
+        DEADLINES_MISSED,
+        "Jobs ended for a missed deadline (time-to-start, longest run time)"
+    );
+    metrics::describe_counter!(LEADER_TERMS, "Times this replica became leader");
     metrics::describe_counter!(PLACEMENTS, "Placements by outcome");
     metrics::describe_counter!(LEASES_EXPIRED, "Leases that expired");
     metrics::describe_counter!(DEAD_LETTERS, "Dead jobs copied to the dead-letter stream");

@@ -140,7 +140,7 @@ impl Default for NatsConfig {
         Self {
             url: "nats://127.0.0.1:4222".to_owned(),
             credentials_file: None,
-            connect_timeout_s: 10,
+            connect_timeout_s: 60,
             jetstream: JetStreamConfig::default(),
         }
     }
@@ -171,7 +171,8 @@ impl Default for JetStreamConfig {
         Self {
             replicas: 1,
             submit_max_msgs: 100_000,
-            duplicate_window_s: 600,
+            // 24 h: a client may retry a submission with the same idempotency key for a day.
+            duplicate_window_s: 24 * 3600,
             node_ttl_s: 10,
             videos_max_bytes: -1,
             videos_max_age_s: 7 * 24 * 3600,

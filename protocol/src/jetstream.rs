@@ -85,12 +85,37 @@ pub struct Resources {
     pub jobs: JobStore,
     /// `mochi_nodes`, node heartbeats.
     pub nodes: kv::Store,
+    /// `mochi_leader`, the coordinator leader lease.
+    pub leader: kv::Store,
     /// `mochi_videos`, the MP4 files.
     pub videos: object_store::ObjectStore,
 }
 
+/// How long start-up keeps trying to open the JetStream resources (JetStream may still be
+/// recovering its store, or electing stream leaders, right after the server came up).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Opens every resource, creating what is missing (safe to run from every process at once).
+/// Retries for up to a minute while JetStream is not ready yet, so that a role started
+/// together with (or just before) its NATS server waits instead of crashing.
 pub async fn ensure_resources(
+    client: async_nats::Client,
+    config: &JetStreamConfig,
+) -> Result<Resources, SetupError> {
+    let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
+    loop {
+        match Box::pin(try_ensure_resources(client.clone(), config)).await {
+            Ok(resources) => return Ok(resources),
+            Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
+            Err(error) => {
+                tracing::warn!(%error, "JetStream not ready yet, retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn try_ensure_resources(
     client: async_nats::Client,
     config: &JetStreamConfig,
 ) -> Result<Resources, SetupError> {
@@ -157,6 +182,19 @@ pub async fn ensure_resources(
         "mochi_nodes",
     )
     .await?;
+    let leader = get_or_create_kv(
+        &context,
+        kv::Config {
+            bucket: names::BUCKET_LEADER.to_owned(),
+            description: "mochi-serve coordinator leader lease (compare-and-set)".to_owned(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        "mochi_leader",
+    )
+    .await?;
     let videos = get_or_create_object_store(
         &context,
         object_store::Config {
@@ -176,6 +214,7 @@ pub async fn ensure_resources(
         dlq,
         jobs: JobStore { kv: jobs },
         nodes,
+        leader,
         videos,
     })
 }

@@ -16,6 +16,11 @@ pub const BUCKET_JOBS: &str = "mochi_jobs";
 pub const BUCKET_NODES: &str = "mochi_nodes";
 /// Object store of finished MP4 files, keyed by job id.
 pub const OBJECT_STORE_VIDEOS: &str = "mochi_videos";
+/// KV bucket of the coordinator leader lease (one key, [`KEY_LEADER`]); the replica that
+/// holds it schedules, the others stand by.
+pub const BUCKET_LEADER: &str = "mochi_leader";
+/// Key of the leader lease in [`BUCKET_LEADER`].
+pub const KEY_LEADER: &str = "coordinator";
 /// KV bucket of the cost model's learned corrections (one JSON document per key), so that
 /// a restarted coordinator keeps what finished jobs taught it.
 pub const BUCKET_COST: &str = "mochi_cost";
