@@ -1,7 +1,7 @@
 //! Configuration of a GPU node (section `[gpu_node]`, env `MOCHI_GPU_NODE__*`).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +14,50 @@ pub enum BackendKind {
     /// Sleeps for a cost formula's time and renders a test pattern (load tests, demos
     /// without a GPU). Never for production traffic.
     Simulated,
+    /// The Mochi-1 pipeline in candle (the release with `mochi.model_dir`, else the
+    /// embedded tiny model whose videos are noise).
+    Mochi,
+}
+
+/// Where the `mochi` backend runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// CUDA device `slot` when this build has CUDA and the device exists, else the CPU.
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// CUDA device `slot` (needs a `--features cuda` build).
+    Cuda,
+}
+
+/// Settings of the `mochi` backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MochiConfig {
+    /// The model directory in the release's diffusers layout (`genmo/mochi-1-preview`);
+    /// unset: the embedded tiny model in `embedded_dir`.
+    pub model_dir: Option<PathBuf>,
+    /// Where the embedded tiny model is created (and checked) when `model_dir` is unset.
+    pub embedded_dir: PathBuf,
+    /// The device of each slot.
+    pub device: DeviceKind,
+    /// Latent frames the VAE decodes at a time (1 = least memory; same result).
+    pub decode_chunk_frames: u32,
+    /// Largest job, in visual tokens, a slot accepts (0 = no limit).
+    pub max_tokens: u64,
+}
+
+impl Default for MochiConfig {
+    fn default() -> Self {
+        Self {
+            model_dir: None,
+            embedded_dir: PathBuf::from("data/models/mochi-tiny"),
+            device: DeviceKind::Auto,
+            decode_chunk_frames: 1,
+            max_tokens: 0,
+        }
+    }
 }
 
 /// Settings of the simulated backend's cost formula: seconds per step =
@@ -77,6 +121,8 @@ pub struct Config {
     pub backend: BackendKind,
     /// Simulated backend settings.
     pub simulated: SimulatedConfig,
+    /// `mochi` backend settings.
+    pub mochi: MochiConfig,
     /// MP4 settings.
     pub video: VideoConfig,
     /// Heartbeat period, ms (keep well under `nats.jetstream.node_ttl_s`).
@@ -95,8 +141,9 @@ impl Default for Config {
             slots: 1,
             gpu_class: "cpu".to_owned(),
             memory_bytes_per_slot: 80 << 30,
-            backend: BackendKind::Simulated,
+            backend: BackendKind::Mochi,
             simulated: SimulatedConfig::default(),
+            mochi: MochiConfig::default(),
             video: VideoConfig::default(),
             heartbeat_interval_ms: 2_000,
             drain_timeout_ms: 20_000,
@@ -113,9 +160,10 @@ impl Config {
         Ok(config)
     }
 
-    /// A configuration for tests: fast jobs, frequent heartbeats.
+    /// A configuration for tests: the simulated backend, fast jobs, frequent heartbeats.
     pub fn for_test() -> Self {
         Self {
+            backend: BackendKind::Simulated,
             simulated: SimulatedConfig {
                 time_scale: 0.0005,
                 ..SimulatedConfig::default()
@@ -154,6 +202,11 @@ impl Config {
         if !(self.simulated.time_scale >= 0.0 && self.simulated.time_scale.is_finite()) {
             return Err(Error::Config(
                 "simulated.time_scale must be a finite number ≥ 0".to_owned(),
+            ));
+        }
+        if self.mochi.decode_chunk_frames == 0 {
+            return Err(Error::Config(
+                "mochi.decode_chunk_frames must be at least 1".to_owned(),
             ));
         }
         if !(self.video.bits_per_pixel > 0.0 && self.video.bits_per_pixel < 24.0) {

@@ -38,6 +38,28 @@ pub enum Error {
     /// The node actor stopped before shutdown was asked for.
     #[error("the node actor stopped unexpectedly")]
     NodeStopped,
+    /// The Mochi model could not be loaded.
+    #[error(transparent)]
+    LoadModel(#[from] crate::backend::mochi::LoadError),
+    /// The embedded tiny model could not be written.
+    #[error("cannot prepare the embedded tiny model in {dir}: {reason}")]
+    EmbeddedModel {
+        /// Its directory.
+        dir: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A slot's device cannot be used.
+    #[error("device for slot {slot}: {reason}")]
+    Device {
+        /// The slot.
+        slot: u32,
+        /// What failed.
+        reason: String,
+    },
+    /// A blocking start-up task failed.
+    #[error("start-up task failed: {0}")]
+    Startup(String),
     /// MP4 encoding failed.
     #[error(transparent)]
     Mp4(#[from] crate::mp4::Mp4Error),

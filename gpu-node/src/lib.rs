@@ -9,12 +9,14 @@ pub mod error;
 pub mod metrics;
 /// The Mochi-1 AsymmDiT transformer in candle.
 pub mod model;
+pub mod model_dir;
 pub mod mp4;
 pub mod node;
 /// Mochi-1 sampling: sigma schedule, Euler/CFG sampler, text encoder.
 pub mod pipeline;
 pub mod slot;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,8 +31,11 @@ pub use config::Config;
 pub use error::{Error, Result};
 
 use crate::backend::Backend;
+use crate::backend::mochi::{MochiBackend, MochiOptions};
 use crate::backend::simulated::SimulatedBackend;
+use crate::config::{BackendKind, DeviceKind, MochiConfig};
 use crate::device::DeviceMemory;
+use crate::model_dir::tiny;
 use crate::node::{Node, NodeArgs, NodeMsg};
 
 /// How often shutdown looks at the slots while it waits for them.
@@ -52,16 +57,19 @@ pub async fn run(
     let node_id = config.resolved_node_id();
     // One backend per slot: each device loads its model once and keeps it across jobs
     // (and across a restart of its slot actor).
-    let backends: Vec<Arc<dyn Backend>> = (0..config.slots)
-        .map(|_slot| -> Arc<dyn Backend> {
-            match config.backend {
-                config::BackendKind::Simulated => {
-                    Arc::new(SimulatedBackend::new(config.simulated.clone()))
-                }
-            }
-        })
-        .collect();
-    let backend_name = backends.first().map_or("none", |backend| backend.name());
+    let backends = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || build_backends(&config))
+            .await
+            .map_err(|e| Error::Startup(e.to_string()))??
+    };
+    let backend_name = backends.first().map_or_else(
+        || "none".to_owned(),
+        |backend| match backend.model() {
+            Some(model) => format!("{}:{model}", backend.name()),
+            None => backend.name().to_owned(),
+        },
+    );
     let memory: Vec<DeviceMemory> = backends
         .iter()
         .map(|backend| DeviceMemory::new(config.memory_bytes_per_slot, backend.resident_bytes()))
@@ -83,7 +91,7 @@ pub async fn run(
         .collect();
     let node_args = NodeArgs {
         node_id: node_id.clone(),
-        backend_name,
+        backend_name: backend_name.clone(),
         heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
         backends,
         resources,
@@ -100,7 +108,7 @@ pub async fn run(
             actor: "node",
             source,
         })?;
-    tracing::info!(node = %node_id, slots = config.slots, backend = backend_name, "gpu node up");
+    tracing::info!(node = %node_id, slots = config.slots, backend = %backend_name, "gpu node up");
 
     tokio::select! {
         () = shutdown.cancelled() => {}
@@ -122,6 +130,77 @@ pub async fn run(
     let _ = node_handle.await;
     tracing::info!(node = %node_id, "gpu node stopped");
     Ok(())
+}
+
+/// One backend per slot, as configured (blocking: the `mochi` backend reads its weights).
+pub fn build_backends(config: &Config) -> Result<Vec<Arc<dyn Backend>>> {
+    match config.backend {
+        BackendKind::Simulated => Ok((0..config.slots)
+            .map(|_| -> Arc<dyn Backend> {
+                Arc::new(SimulatedBackend::new(config.simulated.clone()))
+            })
+            .collect()),
+        BackendKind::Mochi => {
+            let dir = prepare_model_dir(&config.mochi)?;
+            let options = MochiOptions {
+                decode_chunk_frames: config.mochi.decode_chunk_frames.max(1) as usize,
+                max_tokens: (config.mochi.max_tokens > 0).then_some(config.mochi.max_tokens),
+            };
+            (0..config.slots)
+                .map(|slot| -> Result<Arc<dyn Backend>> {
+                    let device = device_for(config.mochi.device, slot)?;
+                    Ok(Arc::new(MochiBackend::load(
+                        &dir,
+                        &device,
+                        options.clone(),
+                    )?))
+                })
+                .collect()
+        }
+    }
+}
+
+/// The model directory the `mochi` backend loads: `model_dir`, or the embedded tiny model,
+/// created in `embedded_dir` on first use and checked (and repaired) on every start.
+pub fn prepare_model_dir(config: &MochiConfig) -> Result<PathBuf> {
+    if let Some(dir) = &config.model_dir {
+        return Ok(dir.clone());
+    }
+    let dir = &config.embedded_dir;
+    let prepared = tiny::ensure(dir).map_err(|reason| Error::EmbeddedModel {
+        dir: dir.display().to_string(),
+        reason,
+    })?;
+    match prepared {
+        tiny::Prepared::Created => {
+            tracing::info!(dir = %dir.display(), "created the embedded tiny Mochi model");
+        }
+        tiny::Prepared::Reused => {}
+        tiny::Prepared::Repaired(files) => {
+            tracing::warn!(dir = %dir.display(), ?files, "the embedded tiny Mochi model was damaged; rewrote these files");
+        }
+    }
+    tracing::warn!(
+        model = tiny::TINY_MODEL_NAME,
+        "running the embedded tiny Mochi model: its weights are random and its videos are noise; `--model-dir DIR` runs the official release"
+    );
+    Ok(dir.clone())
+}
+
+/// The candle device of a slot.
+pub fn device_for(kind: DeviceKind, slot: u32) -> Result<candle_core::Device> {
+    let device_error = |e: candle_core::Error| Error::Device {
+        slot,
+        reason: e.to_string(),
+    };
+    match kind {
+        DeviceKind::Cpu => Ok(candle_core::Device::Cpu),
+        DeviceKind::Cuda => candle_core::Device::new_cuda(slot as usize).map_err(|e| Error::Device {
+            slot,
+            reason: format!("CUDA device {slot} is not usable ({e}); CUDA needs a `--features cuda` build and a GPU"),
+        }),
+        DeviceKind::Auto => candle_core::Device::cuda_if_available(slot as usize).map_err(device_error),
+    }
 }
 
 /// Polls the node until no slot runs a job or `timeout` passes; true when idle.

@@ -45,8 +45,8 @@ pub enum NodeMsg {
 pub struct NodeArgs {
     /// The node's id: its subjects and its key in `mochi_nodes`.
     pub node_id: NodeId,
-    /// The backend's name, for heartbeats.
-    pub backend_name: &'static str,
+    /// The backend and its model, for heartbeats (`simulated`, `mochi:mochi-1-preview`).
+    pub backend_name: String,
     /// Heartbeat period.
     pub heartbeat_interval: Duration,
     /// Each slot's model, loaded once and kept across jobs and slot restarts.
@@ -95,7 +95,7 @@ impl NodeState {
     fn heartbeat(&self) -> NodeHeartbeat {
         NodeHeartbeat {
             node_id: self.args.node_id.clone(),
-            backend: self.args.backend_name.to_owned(),
+            backend: self.args.backend_name.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at_ms: self.started_at_ms,
             sent_at_ms: now_ms(),

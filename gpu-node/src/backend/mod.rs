@@ -1,5 +1,6 @@
 //! The `Backend` trait: what a slot runs, on its own OS thread, for one job.
 
+pub mod mochi;
 pub mod pattern;
 pub mod simulated;
 
@@ -36,6 +37,11 @@ pub enum Control {
 pub trait StepObserver {
     /// Step `step` of `total_steps` is done.
     fn on_step(&mut self, step: u32, total_steps: u32) -> Control;
+
+    /// `done` of `total` latent frames are decoded (the job is alive; it may be stopped).
+    fn on_decode(&mut self, _done: u32, _total: u32) -> Control {
+        Control::Continue
+    }
 }
 
 /// A decoded video: RGB24 frames, row-major.
@@ -88,6 +94,17 @@ impl BackendError {
 pub trait Backend: Send + Sync {
     /// The backend's name, reported in heartbeats.
     fn name(&self) -> &'static str;
+
+    /// The model it runs, for heartbeats (`None`: the backend has no model).
+    fn model(&self) -> Option<String> {
+        None
+    }
+
+    /// Whether its videos are noise or a test pattern rather than a real generation
+    /// (the simulated backend, the embedded tiny model); clients are told.
+    fn output_is_noise(&self) -> bool {
+        false
+    }
 
     /// Device memory the backend keeps loaded across jobs (model weights), bytes.
     fn resident_bytes(&self) -> u64 {

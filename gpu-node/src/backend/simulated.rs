@@ -33,6 +33,10 @@ impl Backend for SimulatedBackend {
         "simulated"
     }
 
+    fn output_is_noise(&self) -> bool {
+        true
+    }
+
     fn run(
         &self,
         job: &BackendJob,

@@ -61,7 +61,14 @@ pub enum GpuSlotMsg {
         /// Steps done and in all.
         progress: Progress,
     },
-    /// The worker finished denoising and is decoding and encoding.
+    /// The worker decoded another chunk of latent frames (renews the lease while decoding).
+    DecodeProgressed {
+        /// The job.
+        job_id: JobId,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// The worker finished denoising and decoding and is encoding the MP4.
     EncodingStarted {
         /// The job.
         job_id: JobId,
@@ -186,6 +193,22 @@ impl Actor for GpuSlot {
                 attempt,
                 progress,
             } => step_completed(job_id, attempt, progress, state).await,
+            GpuSlotMsg::DecodeProgressed { job_id, attempt } => {
+                if let Some(running) = current(state, job_id, attempt) {
+                    // All steps are done; the write renews the lease (and a refusal stops
+                    // the decode at its next chunk).
+                    let steps = running.shape.steps;
+                    let event = JobEvent::Progressed {
+                        attempt,
+                        progress: Progress {
+                            step: steps,
+                            total_steps: steps,
+                        },
+                        lease_deadline_ms: now_ms() + running.lease_ms,
+                    };
+                    write(state, job_id, &event).await;
+                }
+            }
             GpuSlotMsg::EncodingStarted { job_id, attempt } => {
                 if let Some(running) = current(state, job_id, attempt) {
                     let event = JobEvent::EncodingStarted {

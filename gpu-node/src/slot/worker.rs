@@ -84,6 +84,20 @@ impl StepObserver for Observer<'_> {
             attempt: self.attempt,
             progress,
         });
+        self.control()
+    }
+
+    fn on_decode(&mut self, _done: u32, _total: u32) -> Control {
+        let _ = self.slot.cast(GpuSlotMsg::DecodeProgressed {
+            job_id: self.job_id,
+            attempt: self.attempt,
+        });
+        self.control()
+    }
+}
+
+impl Observer<'_> {
+    fn control(&self) -> Control {
         if self.stop.load(Ordering::SeqCst) == STOP_NONE {
             Control::Continue
         } else {

@@ -1,0 +1,470 @@
+//! The `mochi` backend: the real Mochi-1 pipeline in candle on the slot's device —
+//! tokenize → T5 (prompt and negative prompt) → seeded latents → Euler denoising with
+//! classifier-free guidance (the observer after every step: progress, cancellation) →
+//! streaming VAE decode (bounded memory; the observer after every chunk) → RGB frames.
+//!
+//! One `MochiBackend` per slot loads a model directory once (the release, or the embedded
+//! tiny model of [`crate::model_dir::tiny`]) and keeps it across jobs. Every tensor of a
+//! job lives inside [`MochiBackend::run`] and is dropped before it returns; the device is
+//! then synchronised.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::{Backend, BackendError, BackendJob, Control, StepObserver, Video};
+use crate::model::AsymmDiT;
+use crate::model::vae::VaeDecoder;
+use crate::model_dir::{safetensors_header, tiny};
+use crate::pipeline::sampling::{self, StepInfo, TextConditioning};
+use crate::pipeline::scheduler;
+use crate::pipeline::text_encoder::TextEncoder;
+use crate::pipeline::vae::to_rgb_frames;
+
+/// How the backend runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MochiOptions {
+    /// Latent frames decoded at a time (1 = least memory; the result is the same).
+    pub decode_chunk_frames: usize,
+    /// Largest job in visual tokens this backend accepts (`None`: no limit).
+    pub max_tokens: Option<u64>,
+}
+
+impl Default for MochiOptions {
+    fn default() -> Self {
+        Self {
+            decode_chunk_frames: 1,
+            max_tokens: None,
+        }
+    }
+}
+
+/// Why a model directory could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot load the Mochi model from {dir}: {reason} (`mochi model check {dir}` lists every problem)"
+)]
+pub struct LoadError {
+    /// The model directory.
+    pub dir: String,
+    /// What failed.
+    pub reason: String,
+}
+
+/// The Mochi pipeline, loaded on one device.
+pub struct MochiBackend {
+    model_name: String,
+    output_is_noise: bool,
+    device: Device,
+    dit: AsymmDiT,
+    text: Mutex<TextEncoder>,
+    vae: VaeDecoder,
+    options: MochiOptions,
+    resident_bytes: u64,
+}
+
+impl std::fmt::Debug for MochiBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MochiBackend")
+            .field("model", &self.model_name)
+            .field("device", &self.device)
+            .field("resident_bytes", &self.resident_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The DiT's storage dtype on a device: bf16 matmul weights on GPUs, f32 on the CPU.
+pub fn dit_dtype(device: &Device) -> DType {
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    }
+}
+
+impl MochiBackend {
+    /// Loads the model in `dir` (diffusers layout) onto `device`.
+    pub fn load(dir: &Path, device: &Device, options: MochiOptions) -> Result<Self, LoadError> {
+        let fail = |reason: String| LoadError {
+            dir: dir.display().to_string(),
+            reason,
+        };
+        let started = Instant::now();
+        let dtype = dit_dtype(device);
+        let dit = AsymmDiT::from_model_dir(dir, dtype, device)
+            .map_err(|e| fail(format!("transformer: {e}")))?;
+        let text = TextEncoder::from_model_dir(dir, device)
+            .map_err(|e| fail(format!("text encoder: {e}")))?;
+        let vae = VaeDecoder::from_model_dir(dir, DType::F32, device)
+            .map_err(|e| fail(format!("VAE decoder: {e}")))?;
+        let config = dit.config();
+        if config.out_channels != vae.config().latent_channels {
+            return Err(fail(format!(
+                "the transformer makes {} latent channels but the VAE decoder takes {}",
+                config.out_channels,
+                vae.config().latent_channels
+            )));
+        }
+        let marker = tiny::marker_name(dir);
+        let output_is_noise = marker.as_deref() == Some(tiny::TINY_MODEL_NAME);
+        let model_name = marker.unwrap_or_else(|| {
+            if *config == crate::model::Config::mochi_1_preview() {
+                "mochi-1-preview".to_owned()
+            } else {
+                dir.file_name()
+                    .map_or_else(|| "mochi".to_owned(), |n| n.to_string_lossy().into_owned())
+            }
+        });
+        let resident_bytes = resident_bytes(dir, dtype);
+        tracing::info!(
+            model = %model_name,
+            device = ?device,
+            resident_mib = resident_bytes >> 20,
+            load_ms = started.elapsed().as_millis() as u64,
+            "mochi model loaded"
+        );
+        Ok(Self {
+            model_name,
+            output_is_noise,
+            device: device.clone(),
+            dit,
+            text: Mutex::new(text),
+            vae,
+            options,
+            resident_bytes,
+        })
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Refuses shapes this model cannot make, with a sentence saying what to change.
+    fn check_job(&self, job: &BackendJob) -> Result<(), BackendError> {
+        let shape = &job.shape;
+        let frames = self
+            .vae
+            .config()
+            .output_frames(shape.latent_frames as usize);
+        if frames != shape.num_frames as usize {
+            return Err(BackendError::InvalidJob(format!(
+                "{} frames cannot be decoded from {} latent frames (this model makes {frames}); use 6k+1 frames",
+                shape.num_frames, shape.latent_frames
+            )));
+        }
+        let patch = self.dit.config().patch_size as u32;
+        if !shape.latent_height.is_multiple_of(patch)
+            || !shape.latent_width.is_multiple_of(patch)
+            || shape.steps == 0
+        {
+            return Err(BackendError::InvalidJob(format!(
+                "a {}x{} video with {} steps cannot be made: width and height must be multiples of {} and steps at least 1",
+                shape.width,
+                shape.height,
+                shape.steps,
+                8 * patch
+            )));
+        }
+        if let Some(max) = self.options.max_tokens
+            && shape.num_tokens > max
+        {
+            return Err(BackendError::InvalidJob(format!(
+                "this job needs {} visual tokens ({} frames at {}x{}) but this node takes at most {max} (gpu_node.mochi.max_tokens); ask for fewer frames or a smaller size",
+                shape.num_tokens, shape.num_frames, shape.width, shape.height
+            )));
+        }
+        Ok(())
+    }
+
+    fn encode_text(
+        &self,
+        prompt: &str,
+        negative_prompt: &str,
+        cfg: bool,
+    ) -> candle_core::Result<(TextConditioning, Option<TextConditioning>)> {
+        let mut text = self
+            .text
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cond = text.encode(prompt)?;
+        let uncond = if cfg {
+            Some(text.encode(negative_prompt)?)
+        } else {
+            None
+        };
+        Ok((cond, uncond))
+    }
+
+    /// Denoising without guidance: the conditional branch alone.
+    fn denoise_conditional<F>(
+        &self,
+        initial: &Tensor,
+        cond: &TextConditioning,
+        sigmas: &[f64],
+        mut on_step: F,
+    ) -> candle_core::Result<Tensor>
+    where
+        F: FnMut(StepInfo<'_>) -> ControlFlow<()>,
+    {
+        let num_steps = sigmas.len().saturating_sub(1);
+        let mut latents = initial.to_dtype(DType::F32)?;
+        for step in 0..num_steps {
+            let (sigma, sigma_next) = (sigmas[step], sigmas[step + 1]);
+            let t = scheduler::timestep_from_sigma(sigma) as f32;
+            let timesteps = Tensor::from_vec(vec![t], 1, latents.device())?;
+            let velocity = self
+                .dit
+                .forward(&latents, &timesteps, &cond.features, &cond.mask)?;
+            latents = sampling::euler_step(&latents, &velocity, sigma, sigma_next)?;
+            let info = StepInfo {
+                step,
+                num_steps,
+                sigma,
+                latents: &latents,
+            };
+            if on_step(info).is_break() {
+                break;
+            }
+        }
+        Ok(latents)
+    }
+
+    /// Tokenize → encode → denoise; the final latents (DiT space, f32).
+    fn denoise(
+        &self,
+        job: &BackendJob,
+        observer: &mut dyn StepObserver,
+    ) -> Result<Tensor, BackendError> {
+        let shape = &job.shape;
+        let (cond, uncond) = self
+            .encode_text(&job.spec.prompt, &job.spec.negative_prompt, shape.cfg)
+            .map_err(from_candle)?;
+        let initial = sampling::initial_latents(
+            job.seed,
+            shape.latent_frames as usize,
+            shape.latent_height as usize,
+            shape.latent_width as usize,
+            &self.device,
+        )
+        .map_err(from_candle)?;
+        let sigmas = scheduler::linear_quadratic(
+            shape.steps as usize,
+            scheduler::DEFAULT_THRESHOLD_NOISE,
+            None,
+        );
+        let total = shape.steps;
+        let mut stopped = false;
+        let on_step = |info: StepInfo<'_>| {
+            let step = u32::try_from(info.step + 1).unwrap_or(u32::MAX);
+            if observer.on_step(step, total) == Control::Stop {
+                stopped = true;
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        let latents = match &uncond {
+            Some(uncond) => {
+                let guidance = f64::from(
+                    job.spec
+                        .guidance_scale
+                        .unwrap_or(protocol::spec::DEFAULT_GUIDANCE_SCALE),
+                );
+                sampling::denoise(
+                    &self.dit,
+                    &initial,
+                    &cond,
+                    uncond,
+                    &sigmas,
+                    &[guidance],
+                    on_step,
+                )
+            }
+            None => self.denoise_conditional(&initial, &cond, &sigmas, on_step),
+        }
+        .map_err(from_candle)?;
+        if stopped {
+            return Err(BackendError::Stopped);
+        }
+        Ok(latents)
+    }
+
+    /// Streams the latents through the VAE decoder `decode_chunk_frames` latent frames at
+    /// a time (activations bounded by the chunk), converting each chunk to RGB at once.
+    fn decode(
+        &self,
+        latents: &Tensor,
+        observer: &mut dyn StepObserver,
+    ) -> Result<Vec<Vec<u8>>, BackendError> {
+        let z = sampling::dit_to_vae(latents).map_err(from_candle)?;
+        let total = z.dim(2).map_err(from_candle)?;
+        let chunk = self.options.decode_chunk_frames.max(1);
+        let mut stream = self.vae.stream();
+        let mut frames = Vec::with_capacity(self.vae.config().output_frames(total));
+        let mut start = 0;
+        while start < total {
+            let len = chunk.min(total - start);
+            let part = z
+                .narrow(2, start, len)
+                .and_then(|part| stream.push(&part))
+                .and_then(|video| to_rgb_frames(&video))
+                .map_err(from_candle)?;
+            frames.extend(part.frames);
+            start += len;
+            let done = u32::try_from(start).unwrap_or(u32::MAX);
+            let all = u32::try_from(total).unwrap_or(u32::MAX);
+            if observer.on_decode(done, all) == Control::Stop {
+                return Err(BackendError::Stopped);
+            }
+        }
+        Ok(frames)
+    }
+
+    fn generate(
+        &self,
+        job: &BackendJob,
+        observer: &mut dyn StepObserver,
+    ) -> Result<Video, BackendError> {
+        self.check_job(job)?;
+        if let Some(resume) = &job.resume {
+            // The saved latent is not read yet: denoising restarts from step 0, which gives
+            // the same video (same seed, same inputs), only later.
+            tracing::warn!(job_id = %job.job_id, step = resume.step, "resuming from a saved latent is not supported yet; denoising restarts from step 0");
+        }
+        let started = Instant::now();
+        let latents = self.denoise(job, observer)?;
+        let denoised = started.elapsed();
+        let frames = self.decode(&latents, observer)?;
+        drop(latents);
+        let shape = &job.shape;
+        let expected = shape.num_frames as usize;
+        let frame_bytes = shape.width as usize * shape.height as usize * 3;
+        if frames.len() != expected || frames.iter().any(|f| f.len() != frame_bytes) {
+            return Err(BackendError::Internal(format!(
+                "the decoder made {} frames of {} bytes, expected {expected} of {frame_bytes}",
+                frames.len(),
+                frames.first().map_or(0, Vec::len)
+            )));
+        }
+        tracing::info!(
+            job_id = %job.job_id,
+            attempt = job.attempt,
+            denoise_ms = denoised.as_millis() as u64,
+            decode_ms = (started.elapsed() - denoised).as_millis() as u64,
+            "mochi job generated"
+        );
+        Ok(Video {
+            width: shape.width,
+            height: shape.height,
+            fps: shape.fps,
+            frames,
+        })
+    }
+}
+
+impl Backend for MochiBackend {
+    fn name(&self) -> &'static str {
+        "mochi"
+    }
+
+    fn model(&self) -> Option<String> {
+        Some(self.model_name.clone())
+    }
+
+    fn output_is_noise(&self) -> bool {
+        self.output_is_noise
+    }
+
+    fn resident_bytes(&self) -> u64 {
+        self.resident_bytes
+    }
+
+    fn run(
+        &self,
+        job: &BackendJob,
+        observer: &mut dyn StepObserver,
+    ) -> Result<Video, BackendError> {
+        let outcome = self.generate(job, observer);
+        // Every tensor of the job was created in `generate` and is dropped by now; wait for
+        // the device so the next job (and the memory report) starts from a quiet device.
+        if let Err(error) = self.device.synchronize() {
+            tracing::warn!(job_id = %job.job_id, %error, "device synchronisation after the job failed");
+        }
+        outcome
+    }
+}
+
+/// Whether a candle error is an allocation failure (CUDA, cuBLAS, host).
+fn is_out_of_memory(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("out of memory")
+        || lower.contains("out_of_memory")
+        || lower.contains("alloc_failed")
+        || lower.contains("cannot allocate memory")
+}
+
+/// A candle error as a backend error: allocation failures are retryable out-of-memory
+/// errors (the slot stays usable), the rest internal failures.
+pub fn from_candle(error: candle_core::Error) -> BackendError {
+    let text = error.to_string();
+    if is_out_of_memory(&text) {
+        BackendError::OutOfMemory(format!(
+            "the job did not fit in the device's memory ({text}); it will be retried"
+        ))
+    } else {
+        BackendError::Internal(text)
+    }
+}
+
+/// Bytes the loaded weights take: every tensor of the files the loaders read, in the dtype
+/// they are kept in (DiT in `dit_dtype`, T5 and VAE in f32).
+fn resident_bytes(dir: &Path, dit_dtype: DType) -> u64 {
+    let sum = |files: &[PathBuf], bytes_per_element: u64, prefix: &str| -> u64 {
+        files
+            .iter()
+            .filter_map(|file| safetensors_header::read(file).ok())
+            .flat_map(|header| header.tensors.into_iter())
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, info)| {
+                info.shape.iter().map(|d| *d as u64).product::<u64>() * bytes_per_element
+            })
+            .sum()
+    };
+    let dit_files =
+        crate::model::weights::find_weight_files_preferring(dir, dit_dtype == DType::BF16)
+            .unwrap_or_default();
+    let text_dir = dir.join("text_encoder");
+    let text_files =
+        crate::model::weights::shards_from_index(&text_dir.join("model.safetensors.index.json"))
+            .unwrap_or_else(|_| vec![text_dir.join("model.safetensors")]);
+    let vae_files = crate::model::vae::weights::find_vae_files(dir).unwrap_or_default();
+    let vae_prefix = if vae_files.iter().any(|f| f.ends_with("decoder.safetensors")) {
+        ""
+    } else {
+        crate::model_dir::VAE_DECODER_PREFIX
+    };
+    sum(&dit_files, dit_dtype.size_in_bytes() as u64, "")
+        + sum(&text_files, 4, "")
+        + sum(&vae_files, 4, vae_prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_failures_are_retryable_out_of_memory() {
+        let cuda = candle_core::Error::Msg(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        );
+        let error = from_candle(cuda);
+        assert!(matches!(error, BackendError::OutOfMemory(_)), "{error}");
+        assert!(error.retryable());
+        let other = from_candle(candle_core::Error::Msg("shape mismatch".into()));
+        assert!(matches!(other, BackendError::Internal(_)));
+    }
+}

@@ -1,0 +1,473 @@
+//! `mochi model check DIR`: verifies a model directory in the diffusers layout without
+//! loading it — every file present and as long as its header says, every tensor the
+//! configs imply present with the right shape and a float dtype the loader reads, and the
+//! components consistent with each other — and says exactly what is wrong.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use super::ExpectedTensor;
+use super::safetensors_header::{self, TensorInfo};
+
+/// Dtypes the loaders convert from.
+const FLOAT_DTYPES: [&str; 3] = ["F32", "BF16", "F16"];
+/// Problems listed per component before the rest are counted.
+const MAX_LISTED: usize = 40;
+
+/// The outcome of a check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// One line per component that passed, what it holds.
+    pub summary: Vec<String>,
+    /// Every problem, one sentence each.
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    /// Whether the directory is usable.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for line in &self.summary {
+            writeln!(f, "ok: {line}")?;
+        }
+        for line in &self.problems {
+            writeln!(f, "problem: {line}")?;
+        }
+        if self.is_ok() {
+            writeln!(f, "model directory is complete")
+        } else {
+            writeln!(f, "{} problem(s) found", self.problems.len())
+        }
+    }
+}
+
+/// One component's weight files.
+struct WeightSet<'a> {
+    component: &'a str,
+    /// The index, if the weights are sharded.
+    index: Option<PathBuf>,
+    /// The single file, if not.
+    single: Option<PathBuf>,
+    expected: Vec<ExpectedTensor>,
+}
+
+struct Checker<'a> {
+    root: &'a Path,
+    report: Report,
+}
+
+impl Checker<'_> {
+    fn rel(&self, path: &Path) -> String {
+        path.strip_prefix(self.root)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+
+    fn problem(&mut self, text: String) {
+        self.report.problems.push(text);
+    }
+
+    fn read_config(&mut self, relative: &str) -> Option<String> {
+        let path = self.root.join(relative);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.problem(format!("missing file {relative}"));
+                None
+            }
+            Err(e) => {
+                self.problem(format!("cannot read {relative}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Reads the headers of a weight set (checking sizes and the index) and compares the
+    /// tensors with the expected ones.
+    fn weights(&mut self, set: &WeightSet<'_>) {
+        let component = set.component;
+        let before = self.report.problems.len();
+        // file → tensors the index says it holds (empty for a single file).
+        let mut listed: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+        if let Some(index) = &set.index {
+            match read_index(index) {
+                Ok(map) => {
+                    let dir = index.parent().unwrap_or(self.root);
+                    for (tensor, file) in map {
+                        listed.entry(dir.join(file)).or_default().push(tensor);
+                    }
+                }
+                Err(e) => {
+                    self.problem(format!("{}: {e}", self.rel(index)));
+                    return;
+                }
+            }
+        } else if let Some(single) = &set.single {
+            listed.insert(single.clone(), Vec::new());
+        }
+        let mut found: BTreeMap<String, (PathBuf, TensorInfo)> = BTreeMap::new();
+        let mut unreadable: BTreeSet<String> = BTreeSet::new();
+        let mut bytes = 0u64;
+        for (file, names) in &listed {
+            if !file.is_file() {
+                let example = names
+                    .first()
+                    .map_or(String::new(), |n| format!(", e.g. `{n}`"));
+                self.problem(format!(
+                    "missing shard {} (listed in {}; it should hold {} tensors{example})",
+                    self.rel(file),
+                    set.index
+                        .as_deref()
+                        .map_or_else(String::new, |i| self.rel(i)),
+                    names.len()
+                ));
+                unreadable.extend(names.iter().cloned());
+                continue;
+            }
+            let header = match safetensors_header::read(file) {
+                Ok(header) => header,
+                Err(e) => {
+                    let text = e.replace(&format!("{}/", self.root.display()), "");
+                    self.problem(text);
+                    unreadable.extend(names.iter().cloned());
+                    continue;
+                }
+            };
+            if header.file_bytes != header.expected_file_bytes {
+                self.problem(format!(
+                    "{} has {} bytes but its header describes {} (truncated or damaged download)",
+                    self.rel(file),
+                    header.file_bytes,
+                    header.expected_file_bytes
+                ));
+            }
+            bytes += header.file_bytes;
+            for name in names {
+                if !header.tensors.contains_key(name) {
+                    self.problem(format!(
+                        "`{name}` is listed in {} as held by {}, which does not hold it",
+                        set.index
+                            .as_deref()
+                            .map_or_else(String::new, |i| self.rel(i)),
+                        self.rel(file)
+                    ));
+                }
+            }
+            for (name, info) in header.tensors {
+                found.insert(name, (file.clone(), info));
+            }
+        }
+        let mut listed_problems = 0usize;
+        let mut unlisted = 0usize;
+        let mut dtypes = BTreeSet::new();
+        for (name, shape) in &set.expected {
+            let problem = match found.get(name) {
+                None if unreadable.contains(name) => None,
+                None => Some(format!(
+                    "missing tensor `{name}` in {component} (expected shape {shape:?})"
+                )),
+                Some((file, info)) => {
+                    dtypes.insert(info.dtype.clone());
+                    if info.shape != *shape {
+                        Some(format!(
+                            "tensor `{name}` in {} has shape {:?}, the config needs {shape:?}",
+                            self.rel(file),
+                            info.shape
+                        ))
+                    } else if !FLOAT_DTYPES.contains(&info.dtype.as_str()) {
+                        Some(format!(
+                            "tensor `{name}` in {} has dtype {}, expected one of {}",
+                            self.rel(file),
+                            info.dtype,
+                            FLOAT_DTYPES.join(", ")
+                        ))
+                    } else {
+                        None
+                    }
+                }
+            };
+            if let Some(text) = problem {
+                if listed_problems < MAX_LISTED {
+                    self.problem(text);
+                    listed_problems += 1;
+                } else {
+                    unlisted += 1;
+                }
+            }
+        }
+        if unlisted > 0 {
+            self.problem(format!(
+                "{component}: {unlisted} more tensor problems not listed"
+            ));
+        }
+        if self.report.problems.len() == before {
+            let files = listed.len();
+            let dtypes: Vec<String> = dtypes.into_iter().collect();
+            self.report.summary.push(format!(
+                "{component}: {} tensors in {files} file(s), {:.1} MiB, {}",
+                set.expected.len(),
+                bytes as f64 / f64::from(1u32 << 20),
+                dtypes.join("+")
+            ));
+        }
+    }
+}
+
+fn read_index(path: &Path) -> Result<BTreeMap<String, String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or("no weight_map object")?;
+    map.iter()
+        .map(|(k, v)| {
+            v.as_str()
+                .map(|f| (k.clone(), f.to_owned()))
+                .ok_or_else(|| format!("weight_map entry `{k}` is not a file name"))
+        })
+        .collect()
+}
+
+/// The weight files of a diffusers component folder: the index if there is one, else the
+/// single file; `None` when neither exists.
+fn weight_files(
+    dir: &Path,
+    index: &str,
+    single: &str,
+) -> Option<(Option<PathBuf>, Option<PathBuf>)> {
+    let index = dir.join(index);
+    if index.is_file() {
+        return Some((Some(index), None));
+    }
+    let single = dir.join(single);
+    single.is_file().then_some((None, Some(single)))
+}
+
+/// Checks the model directory `root`.
+pub fn check(root: &Path) -> Report {
+    let mut c = Checker {
+        root,
+        report: Report::default(),
+    };
+    if !root.is_dir() {
+        c.problem(format!("{} is not a directory", root.display()));
+        return c.report;
+    }
+
+    // transformer/: the f32 files and/or diffusers' bf16 variant.
+    let dit = c.read_config("transformer/config.json").and_then(|text| {
+        match crate::model::Config::from_diffusers_json(&text) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                c.problem(format!("transformer/config.json: {e}"));
+                None
+            }
+        }
+    });
+    if let Some(config) = &dit {
+        let dir = root.join("transformer");
+        let variants = [
+            (
+                "transformer",
+                "diffusion_pytorch_model.safetensors.index.json",
+                "diffusion_pytorch_model.safetensors",
+            ),
+            (
+                "transformer (bf16 variant)",
+                "diffusion_pytorch_model.safetensors.index.bf16.json",
+                "diffusion_pytorch_model.bf16.safetensors",
+            ),
+        ];
+        let mut any = false;
+        for (component, index, single) in variants {
+            if let Some((index, single)) = weight_files(&dir, index, single) {
+                any = true;
+                c.weights(&WeightSet {
+                    component,
+                    index,
+                    single,
+                    expected: super::dit_tensors(config),
+                });
+            }
+        }
+        if !any {
+            c.problem("no transformer weights: expected transformer/diffusion_pytorch_model.safetensors.index.json with its shards, or transformer/diffusion_pytorch_model.safetensors (or their bf16 variants)".to_owned());
+        }
+    }
+
+    // text_encoder/ + tokenizer/.
+    let t5 =
+        c.read_config("text_encoder/config.json").and_then(
+            |text| match super::t5_config_from_json(&text) {
+                Ok(config) => Some(config),
+                Err(e) => {
+                    c.problem(format!("text_encoder/config.json: {e}"));
+                    None
+                }
+            },
+        );
+    if let Some(config) = &t5 {
+        match weight_files(&root.join("text_encoder"), "model.safetensors.index.json", "model.safetensors") {
+            Some((index, single)) => {
+                let mut expected = super::t5_encoder_tensors(config);
+                // The token embedding may be stored under the encoder's own name.
+                if let Some(entry) = expected.iter_mut().find(|(n, _)| n == "shared.weight")
+                    && !holds(root, index.as_deref(), single.as_deref(), "shared.weight")
+                    && holds(root, index.as_deref(), single.as_deref(), "encoder.embed_tokens.weight")
+                {
+                    entry.0 = "encoder.embed_tokens.weight".to_owned();
+                }
+                c.weights(&WeightSet {
+                    component: "text_encoder",
+                    index,
+                    single,
+                    expected,
+                });
+            }
+            None => c.problem("no T5 weights: expected text_encoder/model.safetensors.index.json with its shards, or text_encoder/model.safetensors".to_owned()),
+        }
+    }
+    match crate::pipeline::text_encoder::PromptTokenizer::from_model_dir(root) {
+        Ok(_) => c.report.summary.push("tokenizer: loads".to_owned()),
+        Err(e) => c.problem(format!("tokenizer: {e}")),
+    }
+
+    // vae/: the decoder.
+    let vae = c.read_config("vae/config.json").and_then(|text| {
+        match super::vae_config_from_json(&text) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                c.problem(format!("vae/config.json: {e}"));
+                None
+            }
+        }
+    });
+    if let Some(config) = &vae {
+        match weight_files(&root.join("vae"), "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors") {
+            Some((index, single)) => c.weights(&WeightSet {
+                component: "vae decoder",
+                index,
+                single,
+                expected: super::vae_decoder_tensors(config),
+            }),
+            None => c.problem("no VAE weights: expected vae/diffusion_pytorch_model.safetensors (or an index with shards)".to_owned()),
+        }
+    }
+
+    // The components must fit together.
+    if let (Some(dit), Some(t5)) = (&dit, &t5)
+        && dit.text_embed_dim != t5.d_model
+    {
+        c.problem(format!(
+            "transformer text_embed_dim is {} but the T5 encoder's d_model is {}",
+            dit.text_embed_dim, t5.d_model
+        ));
+    }
+    if let (Some(dit), Some(vae)) = (&dit, &vae)
+        && dit.out_channels != vae.latent_channels
+    {
+        c.problem(format!(
+            "transformer out_channels is {} but the VAE decoder takes {} latent channels",
+            dit.out_channels, vae.latent_channels
+        ));
+    }
+    c.report
+}
+
+/// Whether a weight set holds `name` (by the index, or the single file's header).
+fn holds(_root: &Path, index: Option<&Path>, single: Option<&Path>, name: &str) -> bool {
+    if let Some(index) = index {
+        return read_index(index).is_ok_and(|map| map.contains_key(name));
+    }
+    single
+        .and_then(|file| safetensors_header::read(file).ok())
+        .is_some_and(|header| header.tensors.contains_key(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model_dir::tiny;
+
+    fn tiny_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tmp");
+        tiny::ensure(dir.path()).expect("tiny model");
+        dir
+    }
+
+    #[test]
+    fn the_tiny_model_passes() {
+        let dir = tiny_dir();
+        let report = check(dir.path());
+        assert!(report.is_ok(), "{report}");
+        assert_eq!(report.summary.len(), 4, "{report}");
+        assert!(report.to_string().contains("model directory is complete"));
+    }
+
+    #[test]
+    fn a_missing_shard_is_named_with_its_index() {
+        let dir = tiny_dir();
+        let shard = "transformer/diffusion_pytorch_model-00002-of-00002.safetensors";
+        std::fs::remove_file(dir.path().join(shard)).expect("remove");
+        let report = check(dir.path());
+        assert_eq!(report.problems.len(), 1, "{report}");
+        let line = &report.problems[0];
+        assert!(
+            line.starts_with(&format!("missing shard {shard}")),
+            "{line}"
+        );
+        assert!(
+            line.contains("diffusion_pytorch_model.safetensors.index.json"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_shape_shows_both_shapes() {
+        let dir = tiny_dir();
+        let path = dir.path().join("vae/diffusion_pytorch_model.safetensors");
+        let mut tensors =
+            candle_core::safetensors::load(&path, &candle_core::Device::Cpu).expect("load");
+        let bad =
+            candle_core::Tensor::zeros((3, 16), candle_core::DType::F32, &candle_core::Device::Cpu)
+                .expect("zeros");
+        tensors.insert("decoder.proj_out.weight".to_owned(), bad);
+        candle_core::safetensors::save(&tensors, &path).expect("save");
+        let report = check(dir.path());
+        assert_eq!(
+            report.problems,
+            vec![
+                "tensor `decoder.proj_out.weight` in vae/diffusion_pytorch_model.safetensors has shape [3, 16], the config needs [3, 32]"
+                    .to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn truncation_missing_files_and_tensors_are_reported() {
+        let dir = tiny_dir();
+        let t5 = dir.path().join("text_encoder/model.safetensors");
+        let bytes = std::fs::read(&t5).expect("read");
+        std::fs::write(&t5, &bytes[..bytes.len() - 100]).expect("truncate");
+        std::fs::remove_file(dir.path().join("tokenizer/spiece.model")).expect("remove");
+        std::fs::remove_file(dir.path().join("vae/config.json")).expect("remove");
+        let report = check(dir.path());
+        let text = report.to_string();
+        assert!(
+            text.contains("text_encoder/model.safetensors has"),
+            "{text}"
+        );
+        assert!(text.contains("truncated"), "{text}");
+        assert!(text.contains("tokenizer: no tokenizer"), "{text}");
+        assert!(text.contains("missing file vae/config.json"), "{text}");
+        assert_eq!(report.problems.len(), 3, "{text}");
+    }
+}

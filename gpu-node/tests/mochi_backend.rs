@@ -1,0 +1,171 @@
+//! The `mochi` backend on the embedded tiny model, on the CPU: deterministic MP4 bytes per
+//! seed, progress after every step, cancellation at a step boundary, shape refusals.
+#![allow(clippy::unwrap_used, clippy::large_futures)]
+
+use candle_core::Device;
+use gpu_node::backend::mochi::{MochiBackend, MochiOptions};
+use gpu_node::backend::{Backend, BackendError, BackendJob, Control, StepObserver};
+use gpu_node::config::VideoConfig;
+use gpu_node::model_dir::tiny;
+use protocol::{JobId, JobSpec, Limits};
+
+fn backend(options: MochiOptions) -> (tempfile::TempDir, MochiBackend) {
+    let dir = tempfile::tempdir().unwrap();
+    tiny::ensure(dir.path()).unwrap();
+    let backend = MochiBackend::load(dir.path(), &Device::Cpu, options).unwrap();
+    (dir, backend)
+}
+
+fn job(seed: u64, steps: u32, guidance: f32) -> BackendJob {
+    let spec = JobSpec {
+        steps: Some(steps),
+        num_frames: Some(7),
+        width: Some(96),
+        height: Some(64),
+        guidance_scale: Some(guidance),
+        negative_prompt: "blurry".to_owned(),
+        ..JobSpec::new("a red fox running through fresh snow")
+    };
+    let shape = spec.validate(&Limits::default()).unwrap();
+    BackendJob {
+        job_id: JobId::new(),
+        attempt: 1,
+        spec,
+        shape,
+        seed,
+        resume: None,
+    }
+}
+
+/// Records every call; stops at `stop_at` (a step number).
+#[derive(Default)]
+struct Recorder {
+    steps: Vec<(u32, u32)>,
+    decoded: Vec<(u32, u32)>,
+    stop_at: Option<u32>,
+}
+
+impl StepObserver for Recorder {
+    fn on_step(&mut self, step: u32, total: u32) -> Control {
+        self.steps.push((step, total));
+        if self.stop_at == Some(step) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+
+    fn on_decode(&mut self, done: u32, total: u32) -> Control {
+        self.decoded.push((done, total));
+        Control::Continue
+    }
+}
+
+fn mp4(backend: &MochiBackend, job: &BackendJob) -> Vec<u8> {
+    let video = backend.run(job, &mut Recorder::default()).unwrap();
+    gpu_node::mp4::encode(&video, &VideoConfig::default()).unwrap()
+}
+
+#[test]
+fn same_seed_gives_the_same_mp4_and_another_seed_differs() {
+    let (_dir, backend) = backend(MochiOptions::default());
+    assert_eq!(backend.model().as_deref(), Some(tiny::TINY_MODEL_NAME));
+    assert!(backend.output_is_noise());
+    assert!(backend.resident_bytes() > 0);
+    let first = mp4(&backend, &job(7, 2, 4.5));
+    let second = mp4(&backend, &job(7, 2, 4.5));
+    assert_eq!(
+        first, second,
+        "same seed and inputs must give the same bytes"
+    );
+    let info = gpu_node::mp4::probe(&first).unwrap();
+    assert_eq!((info.decoded_frames, info.width, info.height), (7, 96, 64));
+    let other_seed = mp4(&backend, &job(8, 2, 4.5));
+    assert_ne!(first, other_seed);
+    // Without guidance only the conditional branch runs, and the result differs.
+    let unguided = mp4(&backend, &job(7, 2, 1.0));
+    assert_ne!(first, unguided);
+}
+
+#[test]
+fn progress_comes_after_every_step_and_every_decoded_chunk() {
+    let (_dir, backend) = backend(MochiOptions::default());
+    let mut recorder = Recorder::default();
+    let video = backend.run(&job(1, 3, 4.5), &mut recorder).unwrap();
+    assert_eq!(recorder.steps, vec![(1, 3), (2, 3), (3, 3)]);
+    // 7 frames = 2 latent frames, decoded one at a time.
+    assert_eq!(recorder.decoded, vec![(1, 2), (2, 2)]);
+    assert_eq!(video.frames.len(), 7);
+    assert_eq!(video.frames[0].len(), 96 * 64 * 3);
+    assert_eq!(video.fps, 30);
+    // The decoded frames are not flat: the tiny model's noise varies across the image.
+    let first = &video.frames[0];
+    let distinct: std::collections::BTreeSet<u8> = first.iter().copied().collect();
+    assert!(distinct.len() > 16, "{} distinct values", distinct.len());
+}
+
+#[test]
+fn decoding_in_bigger_chunks_gives_the_same_frames() {
+    let (_dir, one) = backend(MochiOptions::default());
+    let (_dir2, two) = backend(MochiOptions {
+        decode_chunk_frames: 2,
+        ..MochiOptions::default()
+    });
+    let job = job(3, 1, 4.5);
+    let a = one.run(&job, &mut Recorder::default()).unwrap();
+    let b = two.run(&job, &mut Recorder::default()).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn a_stop_at_step_k_ends_the_run_there() {
+    let (_dir, backend) = backend(MochiOptions::default());
+    let mut recorder = Recorder {
+        stop_at: Some(2),
+        ..Recorder::default()
+    };
+    let outcome = backend.run(&job(1, 5, 4.5), &mut recorder);
+    assert!(matches!(outcome, Err(BackendError::Stopped)), "{outcome:?}");
+    assert_eq!(recorder.steps, vec![(1, 5), (2, 5)]);
+    assert!(recorder.decoded.is_empty());
+    // The backend is still usable afterwards.
+    assert!(
+        backend
+            .run(&job(1, 1, 4.5), &mut Recorder::default())
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_job_over_the_token_limit_is_refused_with_a_sentence() {
+    let (_dir, backend) = backend(MochiOptions {
+        max_tokens: Some(10),
+        ..MochiOptions::default()
+    });
+    let mut recorder = Recorder::default();
+    let error = backend.run(&job(1, 2, 4.5), &mut recorder).unwrap_err();
+    assert!(!error.retryable());
+    let text = error.to_string();
+    assert!(
+        text.contains("48 visual tokens") && text.contains("at most 10"),
+        "{text}"
+    );
+    assert!(recorder.steps.is_empty());
+}
+
+#[test]
+fn a_damaged_model_directory_fails_to_load_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny::ensure(dir.path()).unwrap();
+    std::fs::remove_file(
+        dir.path()
+            .join("transformer/diffusion_pytorch_model-00001-of-00002.safetensors"),
+    )
+    .unwrap();
+    let error = MochiBackend::load(dir.path(), &Device::Cpu, MochiOptions::default()).unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("missing weight shard") && text.contains("mochi model check"),
+        "{text}"
+    );
+}
