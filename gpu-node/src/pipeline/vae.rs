@@ -4,6 +4,7 @@
 use candle_core::{DType, Result, Tensor};
 
 use crate::model::vae::VaeDecoder;
+use crate::model::vae::tiling::TileConfig;
 use crate::pipeline::sampling::dit_to_vae;
 
 /// Decoded RGB video: `frames.len()` frames of `width · height · 3` bytes, row-major.
@@ -58,6 +59,20 @@ pub fn decode_latents(
         decoder.decode_chunked(&z, chunk)?
     };
     to_rgb_frames(&video)
+}
+
+/// [`decode_latents`] in overlapping spatial tiles (diffusers' blend rule, see
+/// `model::vae::tiling`), each tile streamed `chunk` latent frames at a time (0: whole
+/// tile): activations bounded by the tile, not the frame. Equal to [`decode_latents`]
+/// when the frame fits in one tile; otherwise an approximation of it.
+pub fn decode_latents_tiled(
+    decoder: &VaeDecoder,
+    dit_latents: &Tensor,
+    tiles: &TileConfig,
+    chunk: usize,
+) -> Result<RgbFrames> {
+    let z = dit_to_vae(dit_latents)?;
+    to_rgb_frames(&decoder.decode_tiled(&z, tiles, chunk)?)
 }
 
 #[cfg(test)]
