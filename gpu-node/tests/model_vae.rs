@@ -188,6 +188,27 @@ fn streaming_equals_whole_decode() {
     assert_eq!(abs, 0.0, "diffusers semantics: streamed differs by {abs}");
 }
 
+#[test]
+fn short_clips_stream_to_the_reference() {
+    // T = 1 and T = 2 edge cases through the streaming path (one latent frame per chunk),
+    // against the references directly, in both frame-dropping semantics.
+    for (drop, key) in [
+        (FrameDrop::Genmo, "out_genmo"),
+        (FrameDrop::Diffusers, "out_diffusers"),
+    ] {
+        let dec = decoder().with_frame_drop(drop);
+        for case in ["t1", "t2"] {
+            let data = load(&format!("case_{case}.safetensors"));
+            let streamed = dec.decode_chunked(&data["in_latents"], 1).expect("stream");
+            check(
+                &format!("{case} streamed ({drop:?})"),
+                &streamed,
+                &data[key],
+            );
+        }
+    }
+}
+
 /// The tile grid of `case_tiled` from the diffusers pixel sizes stored with it.
 fn fixture_tiles(data: &HashMap<String, Tensor>) -> TileConfig {
     // Sorted keys: min height, min width, stride height, stride width (pixels).
