@@ -18,6 +18,7 @@ pub mod leases;
 pub mod metrics;
 pub mod policy;
 pub mod scheduler;
+pub mod sim;
 pub mod slots;
 pub mod store;
 

@@ -257,6 +257,35 @@ pub fn prior(shape: &JobShape, class: GpuClass) -> Estimate {
     }
 }
 
+/// Seconds a job runs on `class` with `memory_bytes` before it fails with out-of-memory, or
+/// `None` when it fits. The DiT phase fails at its first step; a job whose DiT fits but
+/// whose VAE decode does not fails after every denoising step (the seeds' expensive case),
+/// unless `fail_fast` checks the whole peak before the first step.
+pub fn failure_seconds(
+    shape: &JobShape,
+    class: GpuClass,
+    memory_bytes: u64,
+    fail_fast: bool,
+) -> Option<f64> {
+    let estimate = prior(shape, class);
+    if estimate.peak_bytes <= memory_bytes {
+        return None;
+    }
+    let overhead = if class == GpuClass::Cpu {
+        tiny::OVERHEAD_S
+    } else {
+        full::OVERHEAD_S
+    };
+    let dit_fits = class != GpuClass::Cpu
+        && full::RESIDENT_BYTES + full_phase_bytes(shape).0 <= memory_bytes as f64;
+    if fail_fast || !dit_fits {
+        Some(overhead + estimate.step_seconds)
+    } else {
+        let vae = estimate.gpu_seconds - estimate.denoise_seconds - overhead;
+        Some(overhead + estimate.denoise_seconds + 0.5 * vae)
+    }
+}
+
 /// Memory needed on a GPU class (the same for every GPU class: same model, same precision).
 pub fn gpu_peak_bytes(shape: &JobShape) -> u64 {
     prior(shape, GpuClass::H100).peak_bytes

@@ -1,0 +1,53 @@
+//! A small seeded generator (SplitMix64) so that traces and runs are reproducible
+//! everywhere without a dependency.
+
+/// SplitMix64.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Exponential with `rate`.
+    pub fn exponential(&mut self, rate: f64) -> f64 {
+        -(1.0 - self.uniform()).ln() / rate.max(1e-12)
+    }
+
+    /// exp(N(0, sigma²)).
+    pub fn lognormal(&mut self, sigma: f64) -> f64 {
+        let u1 = (1.0 - self.uniform()).max(1e-300);
+        let u2 = self.uniform();
+        let normal = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        (sigma * normal).exp()
+    }
+
+    /// One of `choices` by weight.
+    pub fn pick<'a, T>(&mut self, choices: &'a [(T, f64)]) -> &'a T {
+        let total: f64 = choices.iter().map(|(_, w)| w).sum();
+        let mut u = self.uniform() * total;
+        for (value, weight) in choices {
+            if u < *weight {
+                return value;
+            }
+            u -= weight;
+        }
+        &choices[choices.len() - 1].0
+    }
+}
