@@ -7,6 +7,7 @@ use protocol::Limits;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::policy::{LengthAwareConfig, PolicyKind};
 
 /// The coordinator's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +46,10 @@ pub struct Config {
     /// Longest an attempt may run once started before the job fails with `timeout`, ms
     /// (0: no limit).
     pub max_run_ms: u64,
+    /// The scheduling policy: `length-aware` (default), `fifo-admit`, `fifo`, `fifo-failfast`.
+    pub policy: PolicyKind,
+    /// Settings of the length-aware policy.
+    pub length_aware: LengthAwareConfig,
 }
 
 impl Default for Config {
@@ -65,6 +70,8 @@ impl Default for Config {
             leader_lease_ms: 10_000,
             start_timeout_ms: 24 * 3600 * 1000,
             max_run_ms: 2 * 3600 * 1000,
+            policy: PolicyKind::default(),
+            length_aware: LengthAwareConfig::default(),
         }
     }
 }
@@ -95,6 +102,11 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let checks = [
             (self.max_attempts >= 1, "max_attempts must be at least 1"),
+            (
+                (0.0..1.0).contains(&self.length_aware.short_share)
+                    && self.length_aware.lanes.short_max_s <= self.length_aware.lanes.medium_max_s,
+                "length_aware.short_share must be in [0, 1) and short_max_s ≤ medium_max_s",
+            ),
             (self.lease_ms >= 100, "lease_ms must be at least 100"),
             (
                 self.assign_timeout_ms >= 10,
@@ -180,6 +192,24 @@ mod tests {
         assert_eq!(config.max_attempts, 3);
         let unknown = HashMap::from([("MOCHI_COORDINATOR__LEASE".to_owned(), "1".to_owned())]);
         assert!(Config::load(None, &unknown).is_err());
+    }
+
+    #[test]
+    fn the_policy_is_chosen_by_configuration_and_length_aware_by_default() {
+        assert_eq!(Config::default().policy, PolicyKind::LengthAware);
+        let env = HashMap::from([(
+            "MOCHI_COORDINATOR__POLICY".to_owned(),
+            "fifo-admit".to_owned(),
+        )]);
+        assert_eq!(
+            Config::load(None, &env).expect("valid").policy,
+            PolicyKind::FifoAdmit
+        );
+        let bad = HashMap::from([(
+            "MOCHI_COORDINATOR__LENGTH_AWARE__SHORT_SHARE".to_owned(),
+            "1.5".to_owned(),
+        )]);
+        assert!(Config::load(None, &bad).is_err());
     }
 
     #[test]

@@ -29,6 +29,13 @@ pub const LEADER_TERMS: &str = "mochi_coordinator_leader_terms_total";
 /// Time from submission to placement, seconds.
 pub const QUEUE_WAIT_SECONDS: &str = "mochi_coordinator_queue_wait_seconds";
 
+/// Cost model error of finished jobs, `observed / predicted − 1` GPU seconds, by `class`.
+pub const COST_ERROR: &str = "mochi_coordinator_cost_error_ratio";
+/// Queued jobs no known slot can hold, refused with `job_too_large`.
+pub const JOBS_TOO_LARGE: &str = "mochi_coordinator_jobs_too_large_total";
+/// Jobs waiting for a slot, by `lane` (`short`, `medium`, `long`).
+pub const QUEUE_DEPTH_LANE: &str = "mochi_coordinator_queue_depth_lane";
+
 /// Describes every metric (call once; the binary installs the recorder).
 pub fn describe() {
     metrics::describe_gauge!(QUEUE_DEPTH, "Jobs waiting for a slot");
@@ -49,6 +56,15 @@ pub fn describe() {
     metrics::describe_counter!(PLACEMENTS, "Placements by outcome");
     metrics::describe_counter!(LEASES_EXPIRED, "Leases that expired");
     metrics::describe_counter!(DEAD_LETTERS, "Dead jobs copied to the dead-letter stream");
+    metrics::describe_histogram!(
+        COST_ERROR,
+        "Cost model error of finished jobs (observed / predicted - 1), by GPU class"
+    );
+    metrics::describe_counter!(
+        JOBS_TOO_LARGE,
+        "Jobs refused because no known slot holds them"
+    );
+    metrics::describe_gauge!(QUEUE_DEPTH_LANE, "Jobs waiting for a slot, by lane");
     metrics::describe_histogram!(
         QUEUE_WAIT_SECONDS,
         metrics::Unit::Seconds,

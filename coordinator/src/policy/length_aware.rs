@@ -41,6 +41,9 @@ pub struct LengthAwareConfig {
     pub max_boundary_wait_s: f64,
     /// Rank multiplier of `high` priority jobs (`low` gets its inverse).
     pub priority_weight: f64,
+    /// Aging counts a job's size up to this many seconds: a long job's rank grows as fast as
+    /// that of a job of this size, so no long job waits many times its own GPU time.
+    pub aging_cap_s: f64,
 }
 
 impl Default for LengthAwareConfig {
@@ -53,6 +56,7 @@ impl Default for LengthAwareConfig {
             min_remaining_to_pause_s: 120.0,
             max_boundary_wait_s: 12.0,
             priority_weight: 4.0,
+            aging_cap_s: 900.0,
         }
     }
 }
@@ -77,8 +81,9 @@ impl LengthAware {
         }
     }
 
-    /// Ranked eligible jobs: (index, score), best first.
-    fn ranked(&self, view: &View<'_>, queue: &[Waiting]) -> Vec<(usize, f64)> {
+    /// Ranked eligible jobs: (index, score), best first; only the best `top` are sorted
+    /// (the rest follow unsorted), so a decision over a long queue stays cheap.
+    fn ranked(&self, view: &View<'_>, queue: &[Waiting], top: usize) -> Vec<(usize, f64)> {
         let mut running_by_tenant: HashMap<u64, f64> = HashMap::new();
         for running in view.slots.iter().filter_map(|slot| slot.running) {
             *running_by_tenant.entry(running.tenant).or_default() += 1.0;
@@ -93,7 +98,10 @@ impl LengthAware {
             .enumerate()
             .filter(|(_, job)| job.not_before_ms <= view.now_ms)
             .map(|(index, job)| {
-                let own_s = job.cost.reference_seconds().max(1.0);
+                let own_s = job
+                    .cost
+                    .reference_seconds()
+                    .clamp(1.0, self.config.aging_cap_s.max(1.0));
                 let wait_s = view.now_ms.saturating_sub(job.created_at_ms) as f64 / 1_000.0;
                 let tenant_load =
                     running_by_tenant.get(&job.tenant).copied().unwrap_or(0.0) / fair_slots;
@@ -108,8 +116,12 @@ impl LengthAware {
                 (ja.created_at_ms, ja.job_id).cmp(&(jb.created_at_ms, jb.job_id))
             })
         };
-        scored.sort_unstable_by(better);
-        scored.dedup_by_key(|(index, _)| queue[*index].job_id);
+        if top < scored.len() {
+            scored.select_nth_unstable_by(top, better);
+            scored[..top].sort_unstable_by(better);
+        } else {
+            scored.sort_unstable_by(better);
+        }
         scored
     }
 }
@@ -175,7 +187,10 @@ impl Policy for LengthAware {
         });
         let lanes = self.config.lanes;
         let lane_of = |job: &Waiting| lanes.lane(job.cost.reference_seconds());
-        let ranked = self.ranked(view, queue);
+        // Enough candidates for the free slots even when many do not fit or are held; the
+        // rest are ranked only when the candidates run out.
+        let top = (free.len() * 16).max(64);
+        let mut ranked = self.ranked(view, queue, top);
         let slots = view.slots.len();
         let reserved = (self.config.short_share * slots as f64).floor() as usize;
         let mut reserve = Reserve {
@@ -192,7 +207,16 @@ impl Policy for LengthAware {
         };
         let mut decision = Decision::default();
         let mut unplaced_short: Vec<usize> = Vec::new();
-        for &(index, _) in &ranked {
+        let mut sorted_all = false;
+        let mut position = 0;
+        while position < ranked.len() {
+            if position == top && !sorted_all && !free.is_empty() {
+                // Out of sorted candidates with slots still free: rank the rest too.
+                ranked = self.ranked(view, queue, usize::MAX);
+                sorted_all = true;
+            }
+            let index = ranked[position].0;
+            position += 1;
             let job = &queue[index];
             let lane = lane_of(job);
             if free.is_empty() {
@@ -229,7 +253,7 @@ impl Policy for LengthAware {
     }
 
     fn order(&self, view: &View<'_>, queue: &[Waiting]) -> Vec<usize> {
-        self.ranked(view, queue)
+        self.ranked(view, queue, usize::MAX)
             .into_iter()
             .map(|(index, _)| index)
             .collect()

@@ -1,25 +1,30 @@
 //! The scheduler actor: holds the jobs that are queued or on nodes and the live slots (both
 //! rebuilt from the `mochi_jobs` and `mochi_nodes` watches, so a restarted coordinator loses
-//! nothing), asks the [`policy`] for placements on every event, hands each placement to its
-//! slot's proxy, and on every tick drops silent nodes and sends due leases to the keeper.
+//! nothing), refuses jobs no known slot can hold, asks the configured [`Policy`] for
+//! placements on every event, hands each placement to its slot's proxy, teaches the cost
+//! model from finished jobs, and on every tick drops silent nodes and sends due leases to the
+//! keeper.
 
-pub mod policy;
 mod view;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::kv;
 use protocol::jetstream::Resources;
 use protocol::messages::NodeHeartbeat;
-use protocol::{JobId, JobRecord, NodeId, now_ms};
+use protocol::record::JobFailure;
+use protocol::{ErrorCode, JobEvent, JobId, JobRecord, JobState, NodeId, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::cost::{self, CostModel, GpuClass};
 use crate::leases::{self, LeaseKeeper, LeaseKeeperArgs, LeaseKeeperMsg, OnNode};
 use crate::metrics;
+use crate::policy::{self, Lane, Policy};
 use crate::slots::{SlotProxy, SlotProxyArgs, SlotProxyMsg};
-use policy::ClusterView;
 use view::{FollowUp, View};
 
 /// How long stopping waits for each child actor.
@@ -107,6 +112,18 @@ pub struct SchedulerState {
     /// Jobs whose expiry the keeper is working on.
     expiring: HashSet<JobId>,
     proxies: HashMap<SlotKey, ActorRef<SlotProxyMsg>>,
+    policy: Box<dyn Policy>,
+    cost: CostModel,
+    /// The `mochi_cost` bucket, when it could be opened.
+    cost_store: Option<kv::Store>,
+    /// Corrections changed since they were last saved.
+    cost_dirty: bool,
+    cost_save: Option<JoinHandle<()>>,
+    /// Every slot seen since start (admission refuses only what none of them holds, so a
+    /// big node's restart does not turn its jobs away).
+    fleet: HashMap<SlotKey, (GpuClass, u64)>,
+    /// Jobs being refused (the write is under way or done, the watch has not shown it).
+    refusing: HashSet<JobId>,
 }
 
 impl Actor for Scheduler {
@@ -121,12 +138,26 @@ impl Actor for Scheduler {
     ) -> Result<SchedulerState, ActorProcessingErr> {
         let keeper = Box::pin(spawn_keeper(&myself, &args)).await?;
         let view = View::new(args.config.node_ttl_s);
+        let policy = args.config.policy.build(args.config.length_aware);
+        let (cost_store, cost) = Box::pin(open_cost_model(&args.resources)).await;
+        tracing::info!(
+            policy = policy.name(),
+            corrections = cost.corrections.buckets.len(),
+            "scheduler starting"
+        );
         Ok(SchedulerState {
             args,
             keeper,
             view,
             expiring: HashSet::new(),
             proxies: HashMap::new(),
+            policy,
+            cost,
+            cost_store,
+            cost_dirty: false,
+            cost_save: None,
+            fleet: HashMap::new(),
+            refusing: HashSet::new(),
         })
     }
 
@@ -145,6 +176,15 @@ impl Actor for Scheduler {
             .keeper
             .stop_and_wait(Some("shutdown".to_owned()), Some(CHILD_STOP_TIMEOUT))
             .await;
+        if let Some(save) = state.cost_save.take() {
+            let _ = tokio::time::timeout(CHILD_STOP_TIMEOUT, save).await;
+        }
+        if state.cost_dirty
+            && let Some(store) = &state.cost_store
+            && let Err(error) = cost::store::save(store, &state.cost.corrections).await
+        {
+            tracing::warn!(%error, "cost corrections not saved at shutdown");
+        }
         Ok(())
     }
 
@@ -180,7 +220,7 @@ impl Actor for Scheduler {
                 return Ok(());
             }
         }
-        schedule(state);
+        Box::pin(schedule(state)).await;
         Ok(())
     }
 
@@ -235,10 +275,37 @@ async fn spawn_keeper(
     Ok(keeper)
 }
 
+/// Opens the `mochi_cost` bucket (replicated like `mochi_jobs`) and loads the corrections;
+/// without it the model runs on its priors and learns in memory only.
+async fn open_cost_model(resources: &Resources) -> (Option<kv::Store>, CostModel) {
+    let replicas = match resources.jobs.kv.status().await {
+        Ok(status) => status.info.config.num_replicas,
+        Err(_) => 1,
+    };
+    let store = match cost::store::open(&resources.context, replicas).await {
+        Ok(store) => store,
+        Err(error) => {
+            tracing::warn!(%error, "cost corrections will not be persisted");
+            return (None, CostModel::default());
+        }
+    };
+    match cost::store::load(&store).await {
+        Ok(corrections) => (Some(store), CostModel::new(corrections)),
+        Err(error) => {
+            tracing::warn!(%error, "cost corrections not loaded; starting from the priors");
+            (Some(store), CostModel::default())
+        }
+    }
+}
+
 fn job_changed(state: &mut SchedulerState, record: &JobRecord, revision: u64) {
-    match state.view.job_changed(record, revision) {
+    match state.view.job_changed(record, revision, &state.cost) {
         FollowUp::None => {}
-        FollowUp::Finished => {
+        FollowUp::Finished(finished) => {
+            state.refusing.remove(&record.id);
+            if let Some(finished) = finished {
+                learn(state, record, finished);
+            }
             if leases::freshly_dead(record, now_ms(), DEAD_LETTER_WINDOW_MS) {
                 let _ = state
                     .keeper
@@ -251,6 +318,44 @@ fn job_changed(state: &mut SchedulerState, record: &JobRecord, revision: u64) {
     }
 }
 
+/// Teaches the cost model a succeeded job's run time (start of its attempt to success).
+fn learn(state: &mut SchedulerState, record: &JobRecord, finished: view::Finished) {
+    let (Some(started), Some(ended)) = (record.started_at_ms, record.finished_at_ms) else {
+        return;
+    };
+    if record.state != JobState::Succeeded || !finished.whole || ended <= started {
+        return;
+    }
+    let observed_s = (ended - started) as f64 / 1_000.0;
+    let error = state
+        .cost
+        .observe(&finished.shape, finished.class, observed_s);
+    ::metrics::histogram!(metrics::COST_ERROR, "class" => finished.class.name()).record(error);
+    state.cost_dirty = true;
+}
+
+/// Saves the corrections in the background when they changed and no save is under way.
+fn save_cost(state: &mut SchedulerState) {
+    if !state.cost_dirty
+        || state
+            .cost_save
+            .as_ref()
+            .is_some_and(|save| !save.is_finished())
+    {
+        return;
+    }
+    let Some(store) = state.cost_store.clone() else {
+        return;
+    };
+    let corrections = state.cost.corrections.clone();
+    state.cost_dirty = false;
+    state.cost_save = Some(tokio::spawn(async move {
+        if let Err(error) = cost::store::save(&store, &corrections).await {
+            tracing::warn!(%error, "cost corrections not saved; retried with the next change");
+        }
+    }));
+}
+
 async fn node_seen(
     myself: &ActorRef<SchedulerMsg>,
     state: &mut SchedulerState,
@@ -261,6 +366,9 @@ async fn node_seen(
         // An old heartbeat (e.g. from the watch's history at start-up): the node is gone.
         forget_node(state, &node, "node heartbeat expired");
         return Ok(());
+    }
+    for (index, class, memory) in state.view.slot_sizes(&node) {
+        state.fleet.insert((node.clone(), index), (class, memory));
     }
     let reported = state.view.slots_of(&node);
     state.proxies.retain(|(proxy_node, index), proxy| {
@@ -309,22 +417,47 @@ fn forget_node(state: &mut SchedulerState, node: &NodeId, why: &str) {
     });
 }
 
-fn schedule(state: &mut SchedulerState) {
+/// Refuses what no known slot holds, then asks the policy for placements.
+async fn schedule(state: &mut SchedulerState) {
     let now = now_ms();
-    let proxies = &state.proxies;
-    let view = ClusterView {
-        free_slots: state.view.free_slots(now, |key| proxies.contains_key(key)),
-        now_ms: now,
-    };
-    if view.free_slots.is_empty() {
-        return;
-    }
-    let queued = state.view.queued_jobs();
+    let mut queued = state.view.queued_jobs();
+    queued.retain(|job| !state.refusing.contains(&job.job_id));
     if queued.is_empty() {
         return;
     }
-    for placement in policy::place(&view, &queued) {
-        let key = (placement.node, placement.slot);
+    if state.policy.traits().admission && !state.fleet.is_empty() {
+        let fleet: Vec<(GpuClass, u64)> = state.fleet.values().copied().collect();
+        let mut refused = Vec::new();
+        queued.retain(|job| {
+            let fits = fleet
+                .iter()
+                .any(|(class, memory)| job.cost.fits(*class, *memory));
+            if !fits {
+                refused.push(job.job_id);
+            }
+            fits
+        });
+        for job_id in refused {
+            Box::pin(refuse(state, job_id, &fleet)).await;
+        }
+    }
+    let proxies = &state.proxies;
+    let slots = state
+        .view
+        .slots(now, |key| proxies.contains_key(key), state.policy.lanes());
+    if queued.is_empty() || slots.iter().all(|(_, slot)| slot.running.is_some()) {
+        return;
+    }
+    let (keys, slots): (Vec<SlotKey>, Vec<policy::Slot>) = slots.into_iter().unzip();
+    let view = policy::View {
+        now_ms: now,
+        slots: &slots,
+    };
+    let decision = state.policy.decide(&view, &queued);
+    for placement in decision.placements {
+        let Some(key) = keys.get(placement.slot).cloned() else {
+            continue;
+        };
         let Some(proxy) = state.proxies.get(&key) else {
             continue;
         };
@@ -339,8 +472,49 @@ fn schedule(state: &mut SchedulerState) {
     }
 }
 
+/// Writes a job no known slot can hold as refused (`job_too_large`), saying what would fit.
+async fn refuse(state: &mut SchedulerState, job_id: JobId, fleet: &[(GpuClass, u64)]) {
+    let Some(shape) = state.view.shape_of(job_id) else {
+        return;
+    };
+    let Err(refusal) = cost::admit(&shape, fleet.iter().copied()) else {
+        return;
+    };
+    let failure = JobFailure {
+        code: ErrorCode::JobTooLarge,
+        message: refusal.message(),
+        retryable: false,
+    };
+    state.refusing.insert(job_id);
+    let event = JobEvent::Rejected { failure };
+    match crate::store::apply_if(&state.args.resources.jobs, job_id, &event, now_ms(), |r| {
+        r.state == JobState::Queued
+    })
+    .await
+    {
+        Ok(_) => {
+            ::metrics::counter!(metrics::JOBS_TOO_LARGE).increment(1);
+            tracing::info!(%job_id, needs = refusal.needs_bytes, largest = refusal.largest_bytes, "job refused: no known slot holds it");
+        }
+        Err(error) => {
+            tracing::warn!(%job_id, %error, "cannot write the refusal; retried on the next event");
+            state.refusing.remove(&job_id);
+        }
+    }
+}
+
 fn tick(state: &mut SchedulerState) {
     let now = now_ms();
+    save_cost(state);
+    let lanes = state.policy.lanes();
+    let mut depth = [0u32; 3];
+    for job in state.view.queued_jobs() {
+        let lane = lanes.lane(job.cost.reference_seconds());
+        depth[Lane::ALL.iter().position(|l| *l == lane).unwrap_or(0)] += 1;
+    }
+    for (lane, count) in Lane::ALL.iter().zip(depth) {
+        ::metrics::gauge!(metrics::QUEUE_DEPTH_LANE, "lane" => lane.as_str()).set(f64::from(count));
+    }
     for node in state.view.gone_nodes(now) {
         forget_node(state, &node, "node heartbeat expired");
     }

@@ -2,15 +2,17 @@
 //! the jobs that are queued or on nodes (with the KV revision last seen), the placements in
 //! flight, the nodes' last heartbeats. No I/O here, so every rule is unit-tested.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use protocol::messages::NodeHeartbeat;
-use protocol::record::Lease;
-use protocol::{JobId, JobRecord, JobState, NodeId};
+use protocol::record::{Lease, Progress};
+use protocol::spec::Priority;
+use protocol::{JobId, JobRecord, JobShape, JobState, NodeId};
 
-use super::policy::{FreeSlot, QueuedJob};
 use super::{PlacementOutcome, SchedulerStatus, SlotKey};
+use crate::cost::{CostModel, GpuClass, JobCost};
 use crate::leases::OnNode;
+use crate::policy::{self, LaneBounds, Running, Slot, Waiting};
 
 /// A non-terminal job as last seen in the watch.
 struct Tracked {
@@ -21,6 +23,23 @@ struct Tracked {
     attempt: u32,
     failed_attempts: u32,
     lease: Option<Lease>,
+    shape: JobShape,
+    cost: JobCost,
+    tenant: u64,
+    priority: Priority,
+    progress: Option<Progress>,
+    resumed: bool,
+}
+
+/// What the view knew of a job that just finished, for the cost model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Finished {
+    /// Its shape.
+    pub(crate) shape: JobShape,
+    /// The class of the slot it ran on.
+    pub(crate) class: GpuClass,
+    /// Whether it ran in one piece (no pause, no retry), so its run time is its cost.
+    pub(crate) whole: bool,
 }
 
 /// A placement handed to a proxy. The job and its slot stay reserved until the watch has
@@ -31,12 +50,12 @@ struct Placing {
 }
 
 /// What a record change asks of the scheduler besides updating the view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum FollowUp {
     /// Nothing more.
     None,
-    /// The job reached a terminal state.
-    Finished,
+    /// The job reached a terminal state (with what is known of where it ran).
+    Finished(Option<Finished>),
     /// The job was preempted and must go back to the queue.
     Preempted,
 }
@@ -63,8 +82,14 @@ impl View {
         }
     }
 
-    /// Takes in a record from the watch (older revisions than the one known are ignored).
-    pub(crate) fn job_changed(&mut self, record: &JobRecord, revision: u64) -> FollowUp {
+    /// Takes in a record from the watch (older revisions than the one known are ignored);
+    /// `model` prices new jobs.
+    pub(crate) fn job_changed(
+        &mut self,
+        record: &JobRecord,
+        revision: u64,
+        model: &CostModel,
+    ) -> FollowUp {
         let job_id = record.id;
         if self
             .jobs
@@ -82,9 +107,21 @@ impl View {
             self.placing.remove(&job_id);
         }
         if record.state.is_terminal() {
-            self.jobs.remove(&job_id);
-            return FollowUp::Finished;
+            let finished = self.jobs.remove(&job_id).and_then(|job| {
+                let lease = job.lease?;
+                let class = self.class_of(&(lease.node, lease.slot))?;
+                Some(Finished {
+                    shape: job.shape,
+                    class,
+                    whole: !job.resumed && record.failed_attempts == 0,
+                })
+            });
+            return FollowUp::Finished(finished);
         }
+        let cost = match self.jobs.get(&job_id) {
+            Some(known) => known.cost,
+            None => model.cost(&record.shape),
+        };
         let tracked = Tracked {
             revision,
             state: record.state,
@@ -93,6 +130,12 @@ impl View {
             attempt: record.attempt,
             failed_attempts: record.failed_attempts,
             lease: record.lease.clone(),
+            shape: record.shape,
+            cost,
+            tenant: policy::tenant_hash(record.tenant.as_str()),
+            priority: record.spec.priority,
+            progress: record.progress,
+            resumed: record.resume.is_some(),
         };
         self.jobs.insert(job_id, tracked);
         if record.state == JobState::Preempted {
@@ -212,19 +255,51 @@ impl View {
             .collect()
     }
 
-    /// Queued jobs not being placed.
-    pub(crate) fn queued_jobs(&self) -> Vec<QueuedJob> {
+    /// Queued jobs not being placed, as the policy sees them.
+    pub(crate) fn queued_jobs(&self) -> Vec<Waiting> {
         let waiting = self
             .jobs
             .iter()
             .filter(|(id, job)| job.state == JobState::Queued && !self.placing.contains_key(*id));
         waiting
-            .map(|(job_id, job)| QueuedJob {
+            .map(|(job_id, job)| Waiting {
                 job_id: *job_id,
+                tenant: job.tenant,
+                priority: job.priority,
                 created_at_ms: job.created_at_ms,
                 not_before_ms: job.not_before_ms,
+                cost: job.cost,
+                pauses: 0,
             })
             .collect()
+    }
+
+    /// The shape of a tracked job.
+    pub(crate) fn shape_of(&self, job_id: JobId) -> Option<JobShape> {
+        self.jobs.get(&job_id).map(|job| job.shape)
+    }
+
+    /// Index, class and memory of each slot of a node, by its last report.
+    pub(crate) fn slot_sizes(&self, node: &NodeId) -> Vec<(u32, GpuClass, u64)> {
+        self.nodes
+            .get(node)
+            .map(|hb| {
+                hb.slots
+                    .iter()
+                    .map(|r| {
+                        let class = GpuClass::parse_or_default(&r.gpu_class);
+                        (r.slot, class, r.memory_total_bytes)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The class of a slot by its node's last report.
+    pub(crate) fn class_of(&self, key: &SlotKey) -> Option<GpuClass> {
+        let heartbeat = self.nodes.get(&key.0)?;
+        let report = heartbeat.slots.iter().find(|r| r.slot == key.1)?;
+        Some(GpuClass::parse_or_default(&report.gpu_class))
     }
 
     /// When a tracked job was created.
@@ -239,41 +314,85 @@ impl View {
         &self,
         now: u64,
         has_proxy: impl Fn(&SlotKey) -> bool,
-    ) -> Vec<FreeSlot> {
-        let occupied: HashSet<SlotKey> = self
+    ) -> Vec<SlotKey> {
+        self.slots(now, has_proxy, LaneBounds::default())
+            .into_iter()
+            .filter(|(_, slot)| slot.running.is_none())
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    /// The slots the policy sees: those of live, accepting nodes, healthy by their node's
+    /// report, with a proxy (`has_proxy`), and not refusing since their node's last
+    /// heartbeat; each free, or running the job our records (or a placement in flight, or
+    /// the node's report) put there. Sorted by key, so decisions are stable.
+    pub(crate) fn slots(
+        &self,
+        now: u64,
+        has_proxy: impl Fn(&SlotKey) -> bool,
+        lanes: LaneBounds,
+    ) -> Vec<(SlotKey, Slot)> {
+        let mut occupied: HashMap<SlotKey, JobId> = self
             .on_node_jobs()
             .into_iter()
-            .map(|job| (job.node, job.slot))
+            .map(|job| ((job.node, job.slot), job.job_id))
             .collect();
-        let reserved: HashSet<&SlotKey> =
-            self.placing.values().map(|placing| &placing.slot).collect();
-        let mut free = Vec::new();
+        for (job_id, placing) in &self.placing {
+            occupied.insert(placing.slot.clone(), *job_id);
+        }
+        let mut slots = Vec::new();
         for (node, heartbeat) in &self.nodes {
             if !heartbeat.accepting || !self.is_live(heartbeat, now) {
                 continue;
             }
-            for report in heartbeat
-                .slots
-                .iter()
-                .filter(|report| report.healthy && report.job.is_none())
-            {
+            for report in heartbeat.slots.iter().filter(|report| report.healthy) {
                 let key = (node.clone(), report.slot);
                 let refused = self
                     .refused_at
                     .get(&key)
                     .is_some_and(|at| *at >= heartbeat.sent_at_ms);
-                if occupied.contains(&key) || reserved.contains(&key) || refused || !has_proxy(&key)
-                {
+                if refused || !has_proxy(&key) {
                     continue;
                 }
-                free.push(FreeSlot {
-                    node: node.clone(),
-                    slot: report.slot,
-                    memory_free_bytes: report.memory_free_bytes,
-                });
+                let class = GpuClass::parse_or_default(&report.gpu_class);
+                let job = occupied
+                    .get(&key)
+                    .copied()
+                    .or(report.job.map(|job| job.job_id));
+                let running = job.map(|job_id| self.running(job_id, class, lanes));
+                slots.push((
+                    key,
+                    Slot {
+                        class,
+                        memory_bytes: report.memory_total_bytes,
+                        running,
+                    },
+                ));
             }
         }
-        free
+        slots.sort_by(|a, b| a.0.cmp(&b.0));
+        slots
+    }
+
+    /// A running job as the policy sees it (nodes cannot pause jobs yet: never pausable).
+    fn running(&self, job_id: JobId, class: GpuClass, lanes: LaneBounds) -> Running {
+        let job = self.jobs.get(&job_id);
+        let total_s = job.map_or(0.0, |job| job.cost.seconds[class.index()]);
+        let done = job
+            .and_then(|job| job.progress)
+            .map_or(0.0, |p| f64::from(p.step) / f64::from(p.total_steps.max(1)));
+        Running {
+            job_id,
+            lane: job.map_or(policy::Lane::Long, |job| {
+                lanes.lane(job.cost.reference_seconds())
+            }),
+            tenant: job.map_or(0, |job| job.tenant),
+            remaining_s: total_s * (1.0 - done.clamp(0.0, 1.0)),
+            next_boundary_s: f64::INFINITY,
+            pauses: 0,
+            unpausable: true,
+            pausing_for: None,
+        }
     }
 
     /// The counts.
@@ -306,6 +425,7 @@ mod tests {
     use protocol::{JobShape, JobSpec, TenantId};
 
     use super::*;
+    use crate::cost::CostModel;
 
     const NOW: u64 = 1_000_000;
 
@@ -360,11 +480,7 @@ mod tests {
     }
 
     fn free(view: &View) -> Vec<SlotKey> {
-        let mut slots: Vec<SlotKey> = view
-            .free_slots(NOW, |_| true)
-            .into_iter()
-            .map(|s| (s.node, s.slot))
-            .collect();
+        let mut slots: Vec<SlotKey> = view.free_slots(NOW, |_| true).into_iter().collect();
         slots.sort();
         slots
     }
@@ -374,7 +490,7 @@ mod tests {
         let mut view = View::new(10);
         view.node_seen(heartbeat("a", 1, NOW), NOW);
         let job = queued();
-        view.job_changed(&job, 1);
+        view.job_changed(&job, 1, &CostModel::default());
         view.placing_started(job.id, (node("a"), 0));
         assert!(free(&view).is_empty() && view.queued_jobs().is_empty());
         view.placement_done(job.id, PlacementOutcome::Accepted, Some(2), NOW);
@@ -382,7 +498,7 @@ mod tests {
             free(&view).is_empty(),
             "the watch has not shown revision 2 yet"
         );
-        view.job_changed(&assigned(&job, "a", 0), 2);
+        view.job_changed(&assigned(&job, "a", 0), 2, &CostModel::default());
         assert!(free(&view).is_empty(), "now the record holds the slot");
         assert_eq!(view.on_node_jobs().len(), 1);
     }
@@ -392,11 +508,14 @@ mod tests {
         let mut view = View::new(10);
         view.node_seen(heartbeat("a", 1, NOW), NOW);
         let job = queued();
-        view.job_changed(&job, 1);
+        view.job_changed(&job, 1, &CostModel::default());
         view.placing_started(job.id, (node("a"), 0));
         let mut done = assigned(&job, "a", 0);
         done.state = JobState::Succeeded;
-        assert_eq!(view.job_changed(&done, 6), FollowUp::Finished);
+        assert!(matches!(
+            view.job_changed(&done, 6, &CostModel::default()),
+            FollowUp::Finished(_)
+        ));
         view.placement_done(job.id, PlacementOutcome::Accepted, Some(2), NOW);
         assert_eq!(free(&view), vec![(node("a"), 0)]);
     }
@@ -405,8 +524,8 @@ mod tests {
     fn older_revisions_are_ignored() {
         let mut view = View::new(10);
         let job = queued();
-        view.job_changed(&assigned(&job, "a", 0), 5);
-        view.job_changed(&job, 4);
+        view.job_changed(&assigned(&job, "a", 0), 5, &CostModel::default());
+        view.job_changed(&job, 4, &CostModel::default());
         assert_eq!(view.on_node_jobs().len(), 1);
         assert!(view.queued_jobs().is_empty());
     }
@@ -416,7 +535,7 @@ mod tests {
         let mut view = View::new(10);
         view.node_seen(heartbeat("a", 2, NOW - 10), NOW);
         let job = queued();
-        view.job_changed(&job, 1);
+        view.job_changed(&job, 1, &CostModel::default());
         view.placing_started(job.id, (node("a"), 1));
         view.placement_done(job.id, PlacementOutcome::Refused, Some(3), NOW);
         assert!(
@@ -426,7 +545,7 @@ mod tests {
         let handed_back = assigned(&job, "a", 1)
             .apply(&protocol::JobEvent::AssignmentRejected { attempt: 1 }, NOW)
             .expect("legal");
-        view.job_changed(&handed_back, 3);
+        view.job_changed(&handed_back, 3, &CostModel::default());
         assert_eq!(free(&view), vec![(node("a"), 0)]);
         assert_eq!(view.queued_jobs().len(), 1, "the job is placeable again");
         view.node_seen(heartbeat("a", 2, NOW + 1), NOW);
@@ -462,7 +581,10 @@ mod tests {
         let mut view = View::new(10);
         let mut job = queued();
         job.state = JobState::Preempted;
-        assert_eq!(view.job_changed(&job, 3), FollowUp::Preempted);
+        assert_eq!(
+            view.job_changed(&job, 3, &CostModel::default()),
+            FollowUp::Preempted
+        );
         assert!(view.queued_jobs().is_empty());
     }
 }

@@ -1,0 +1,77 @@
+//! Admission and the cost model against a real nats-server: a job no known slot can hold
+//! is refused with `job_too_large` and a message saying what would fit, nothing is sent to a
+//! node for it, and the cost model's corrections from finished jobs land in `mochi_cost`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::large_futures)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Behaviour, Running, StandIn, eventually, nats, record, small_job, submit};
+use coordinator::cost::Corrections;
+use protocol::{ErrorCode, JobState, names};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_no_slot_holds_is_refused_and_finished_jobs_teach_the_cost_model() {
+    let nats = Box::pin(nats()).await;
+    let config = coordinator::Config::for_test();
+    // The stand-in's slots are `cpu` class with 1 GiB: the tiny model's small jobs fit.
+    let node = StandIn::start(&nats, "node-a", 1, Behaviour::Complete, config.lease_ms).await;
+    let coordinator = Running::start(&nats, config).await;
+    eventually(WAIT, "the node's slot is live", || async {
+        coordinator.status().await.live_slots == 1
+    })
+    .await;
+
+    let mut big = small_job("a long 720p clip");
+    big.spec.num_frames = Some(61);
+    big.spec.width = Some(1280);
+    big.spec.height = Some(720);
+    let big_id = big.job_id.unwrap();
+    submit(&nats.resources, "acme", &big, &big_id.to_string()).await;
+    let small = small_job("a short clip");
+    let small_id = small.job_id.unwrap();
+    submit(&nats.resources, "acme", &small, &small_id.to_string()).await;
+
+    eventually(WAIT, "the big job is refused", || async {
+        record(&nats.resources, big_id).await.map(|r| r.state) == Some(JobState::Failed)
+    })
+    .await;
+    let refused = record(&nats.resources, big_id).await.unwrap();
+    let error = refused.error.unwrap();
+    assert_eq!(error.code, ErrorCode::JobTooLarge);
+    assert!(!error.retryable);
+    assert!(
+        error.message.contains("largest slot (cpu)") && error.message.contains("what fits"),
+        "{}",
+        error.message
+    );
+    assert_eq!(refused.attempt, 0, "never placed");
+    assert!(node.assigned().iter().all(|(job, _)| *job != big_id));
+
+    eventually(WAIT, "the small job succeeds", || async {
+        record(&nats.resources, small_id).await.map(|r| r.state) == Some(JobState::Succeeded)
+    })
+    .await;
+    let bucket = nats
+        .resources
+        .context
+        .get_key_value(names::BUCKET_COST)
+        .await
+        .unwrap();
+    eventually(WAIT, "the corrections are stored", || async {
+        let Ok(Some(bytes)) = bucket.get(names::COST_CORRECTIONS_KEY).await else {
+            return false;
+        };
+        let corrections: Corrections = serde_json::from_slice(&bytes).unwrap();
+        corrections
+            .buckets
+            .iter()
+            .any(|(key, bucket)| key.starts_with("cpu/") && bucket.count >= 1)
+    })
+    .await;
+    coordinator.stop().await;
+    node.stop().await;
+}
