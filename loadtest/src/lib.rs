@@ -3,7 +3,10 @@
 //! Arrivals follow a fixed rate regardless of how fast the service answers (open loop), so
 //! queueing shows up as latency instead of being hidden by a slow client. Every run is
 //! bounded in job count and wall time, and targets loopback addresses unless the caller
-//! explicitly allows others.
+//! explicitly allows others. [`faults`] runs the stack as separate processes and injects
+//! faults while jobs run.
+
+pub mod faults;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};

@@ -1,0 +1,728 @@
+//! Fault injection with real processes: the stack runs as separate OS processes on loopback
+//! ([`cluster`]); a stream of jobs is submitted through the gateway while the harness kills
+//! (`kill -9`) a GPU node mid-job, the leading coordinator and the nats-server (restarted on
+//! the same store), stops a node (SIGSTOP) for longer than its lease, repeats submissions
+//! with the same idempotency key and cancels jobs at random moments. At the end every
+//! accepted job is checked ([`check`]): exactly one terminal state, none lost, no duplicate
+//! result, every succeeded MP4 present and matching its record, every cancel honoured.
+//!
+//! Run it on a current-thread runtime: children are bound to the thread that started them
+//! (`PR_SET_PDEATHSIG`), which must outlive them.
+
+pub mod check;
+pub mod cluster;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use nix::sys::signal::Signal;
+use protocol::api::JobView;
+use protocol::config::NatsConfig;
+use protocol::jetstream::Resources;
+use protocol::messages::NodeHeartbeat;
+use protocol::spec::JobSpec;
+use protocol::{JobId, JobRecord, JobState, codec, names};
+use serde::Serialize;
+
+use crate::Percentiles;
+use cluster::{COORDINATORS, Cluster, ClusterSettings, NODES, Proc};
+
+/// Why a fault run could not be carried out (distinct from what it found).
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    /// A file or process operation failed.
+    #[error("i/o error")]
+    Io(#[source] std::io::Error),
+    /// The stack did not come up.
+    #[error("start-up failed: {0}")]
+    Startup(String),
+    /// The harness's own NATS connection failed.
+    #[error("NATS: {0}")]
+    Nats(String),
+    /// The HTTP client failed to build.
+    #[error("cannot build the HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+/// One fault run.
+#[derive(Debug, Clone)]
+pub struct FaultConfig {
+    /// The `mochi` binary.
+    pub mochi: PathBuf,
+    /// The `nats-server` binary.
+    pub nats_server: PathBuf,
+    /// Fault rounds; each injects one fault and submits `jobs_per_round` jobs.
+    pub rounds: u32,
+    /// Jobs submitted per round.
+    pub jobs_per_round: u32,
+    /// Seed of the random choices (which node, when, which job to cancel).
+    pub seed: u64,
+    /// Denoising steps per job.
+    pub steps: u32,
+    /// Simulated backend time scale (60 ≈ 0.2 s per step for the harness's 64×64 jobs).
+    pub time_scale: f64,
+    /// Job lease, ms.
+    pub lease_ms: u64,
+    /// Coordinator leader lease, ms.
+    pub leader_lease_ms: u64,
+    /// How long the end phase waits for every accepted job to finish.
+    pub drain_timeout: Duration,
+    /// Keep the run's directory (store and logs) even when the run passes.
+    pub keep_dir: bool,
+    /// Rounds stop being started after this long.
+    pub max_duration: Duration,
+}
+
+impl FaultConfig {
+    /// A short run for CI: one round of each fault kind.
+    pub fn short(mochi: PathBuf, nats_server: PathBuf) -> Self {
+        Self {
+            mochi,
+            nats_server,
+            rounds: 4,
+            jobs_per_round: 4,
+            seed: 1,
+            steps: 8,
+            time_scale: 60.0,
+            lease_ms: 3_000,
+            leader_lease_ms: 1_500,
+            drain_timeout: Duration::from_secs(90),
+            keep_dir: false,
+            max_duration: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FaultReport {
+    /// Jobs answered 202.
+    pub accepted: u32,
+    /// Repeated submissions with an idempotency key already used.
+    pub duplicate_submissions: u32,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<String, u32>,
+    /// Processes that exited without being killed (each was restarted), by name.
+    pub unexpected_exits: BTreeMap<String, u32>,
+    /// Accepted jobs by final state.
+    pub final_states: BTreeMap<String, u32>,
+    /// Accepted jobs without a terminal record at the end (must be 0).
+    pub lost: u32,
+    /// Results visible twice: a repeated key naming another job, or two success entries (must be 0).
+    pub duplicated_results: u32,
+    /// Jobs whose history holds more than one terminal entry (must be 0).
+    pub multiple_terminal: u32,
+    /// Jobs that started running more than once.
+    pub ran_twice: u32,
+    /// `ran_twice` as a share of accepted jobs, percent.
+    pub ran_twice_pct: f64,
+    /// Jobs that ran twice because an attempt failed while a GPU node was killed or stopped
+    /// (expected: at most the victim's busy slots per such fault).
+    pub ran_twice_after_worker_fault: u32,
+    /// Jobs that ran twice with no worker fault to explain it (leader or NATS restarts should
+    /// cost no rerun).
+    pub ran_twice_unexplained: u32,
+    /// Succeeded jobs whose MP4 is missing, differs from its record or is malformed (must be 0).
+    pub invalid_videos: u32,
+    /// Cancels sent (each to a job not cancelled before).
+    pub cancels_sent: u32,
+    /// Cancels answered 409: the job had ended already (a no-op).
+    pub cancels_of_finished_jobs: u32,
+    /// Cancels answered 200.
+    pub cancels: u32,
+    /// Of those, jobs that did not end `cancelled` (must be 0).
+    pub cancels_not_honoured: u32,
+    /// Cancels of running jobs whose slot was seen free again.
+    pub cancel_to_free_samples: u32,
+    /// Time from sending the cancel of a running job to its slot's heartbeat showing it free, ms.
+    pub cancel_to_free_ms: Percentiles,
+    /// The same for cancels during which no fault was being injected, ms.
+    pub cancel_to_free_undisturbed_ms: Percentiles,
+    /// Wall time, s.
+    pub wall_s: f64,
+    /// The first problems found, one line each.
+    pub violations: Vec<String>,
+    /// Findings that are not failures (e.g. reruns without a worker fault), one line each.
+    pub notes: Vec<String>,
+    /// Where the logs and the store were kept (only when the run failed).
+    pub kept_dir: Option<String>,
+}
+
+impl FaultReport {
+    /// Whether no accepted job was lost, duplicated, left without a valid video, or kept
+    /// running after an honoured cancel.
+    pub fn passed(&self) -> bool {
+        self.lost == 0
+            && self.duplicated_results == 0
+            && self.multiple_terminal == 0
+            && self.invalid_videos == 0
+            && self.cancels_not_honoured == 0
+    }
+}
+
+/// The kinds of fault, injected in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    KillNode,
+    KillLeader,
+    KillNats,
+    StopNode,
+}
+
+impl Fault {
+    const ALL: [Self; 4] = [
+        Self::KillNode,
+        Self::KillLeader,
+        Self::KillNats,
+        Self::StopNode,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::KillNode => "kill_9_gpu_node",
+            Self::KillLeader => "kill_9_leader_coordinator",
+            Self::KillNats => "kill_9_nats_server",
+            Self::StopNode => "sigstop_gpu_node_past_lease",
+        }
+    }
+}
+
+/// SplitMix64: enough randomness for choosing victims and moments, reproducible by seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+
+    fn millis(&mut self, low: u64, high: u64) -> Duration {
+        Duration::from_millis(low + self.below(high.saturating_sub(low) + 1))
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+struct Cancelled {
+    job_id: JobId,
+    sent_at: Instant,
+}
+
+/// When a fault was injected: from its start to the victim's restart (wall clock, ms).
+struct Injected {
+    fault: Fault,
+    from_ms: u64,
+    to_ms: u64,
+}
+
+/// Slots seen freed: when each job's slot last stopped showing it, from the heartbeats.
+type Freed = Arc<Mutex<HashMap<JobId, Instant>>>;
+
+struct Harness {
+    config: FaultConfig,
+    cluster: Cluster,
+    http: reqwest::Client,
+    base: String,
+    resources: Resources,
+    rng: Rng,
+    accepted: Vec<JobId>,
+    cancels: Vec<Cancelled>,
+    injected: Vec<Injected>,
+    report: FaultReport,
+}
+
+/// Runs the whole fault scenario and checks every accepted job.
+pub async fn run(config: &FaultConfig) -> Result<FaultReport, FaultError> {
+    let started = Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix("mochi-faults-")
+        .tempdir()
+        .map_err(FaultError::Io)?;
+    let cluster = Cluster::start(ClusterSettings {
+        mochi: config.mochi.clone(),
+        nats_server: config.nats_server.clone(),
+        dir: dir.path().to_owned(),
+        lease_ms: config.lease_ms,
+        leader_lease_ms: config.leader_lease_ms,
+        time_scale: config.time_scale,
+        slots_per_node: 2,
+    })?;
+    let nats = NatsConfig {
+        url: cluster.nats_url(),
+        connect_timeout_s: 30,
+        ..NatsConfig::default()
+    };
+    let client = protocol::jetstream::connect(&nats, "mochi-faults")
+        .await
+        .map_err(|e| FaultError::Nats(e.to_string()))?;
+    let resources = Box::pin(protocol::jetstream::ensure_resources(
+        client,
+        &nats.jetstream,
+    ))
+    .await
+    .map_err(|e| FaultError::Nats(e.to_string()))?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(FaultError::Client)?;
+    let freed: Freed = Arc::default();
+    let watcher = tokio::spawn(watch_slots(resources.clone(), Arc::clone(&freed)));
+    let mut harness = Harness {
+        base: cluster.gateway_url(),
+        config: config.clone(),
+        cluster,
+        http,
+        resources,
+        rng: Rng(config.seed),
+        accepted: Vec::new(),
+        cancels: Vec::new(),
+        injected: Vec::new(),
+        report: FaultReport::default(),
+    };
+    harness.wait_until_ready().await?;
+    for round in 0..config.rounds {
+        if started.elapsed() > config.max_duration {
+            eprintln!("faults: time is up after {round} rounds");
+            break;
+        }
+        let fault = Fault::ALL[round as usize % Fault::ALL.len()];
+        harness.round(round, fault).await?;
+    }
+    harness.finish().await?;
+    watcher.abort();
+    harness.check(&freed).await;
+    let mut report = harness.report;
+    report.wall_s = started.elapsed().as_secs_f64();
+    drop(harness.cluster);
+    if !report.passed() || config.keep_dir {
+        report.kept_dir = Some(dir.keep().display().to_string());
+    }
+    Ok(report)
+}
+
+impl Harness {
+    async fn wait_until_ready(&self) -> Result<(), FaultError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let gateway = self
+                .http
+                .get(format!("{}/readyz", self.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            let leader = self.leader().await.is_some();
+            let mut nodes = 0;
+            for i in 0..NODES {
+                if let Ok(Some(_)) = self.resources.nodes.entry(Proc::Node(i).name()).await {
+                    nodes += 1;
+                }
+            }
+            if gateway && leader && nodes == NODES {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(FaultError::Startup(format!(
+                    "stack not ready after 60 s (gateway {gateway}, leader {leader}, nodes {nodes}); logs in {}",
+                    self.cluster.dir().display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The leading coordinator, from the lease in `mochi_leader`.
+    async fn leader(&self) -> Option<Proc> {
+        let entry = self
+            .resources
+            .leader
+            .entry(names::KEY_LEADER)
+            .await
+            .ok()??;
+        let value: serde_json::Value = serde_json::from_slice(&entry.value).ok()?;
+        let holder = value.get("holder")?.as_str()?;
+        (0..COORDINATORS)
+            .map(Proc::Coordinator)
+            .find(|proc| proc.name() == holder)
+    }
+
+    async fn round(&mut self, round: u32, fault: Fault) -> Result<(), FaultError> {
+        let mut mine = Vec::new();
+        for index in 0..self.config.jobs_per_round {
+            let key = format!("faults-{}-{round}-{index}", self.config.seed);
+            if let Some(job_id) = self.submit(&key, round, index).await {
+                self.report.accepted += 1;
+                self.accepted.push(job_id);
+                mine.push((key, index, job_id));
+            }
+        }
+        // A client retrying with the same key must get the same job back.
+        if !mine.is_empty() {
+            let pick = self.rng.below(mine.len() as u64) as usize;
+            let (key, index, job_id) = mine[pick].clone();
+            if let Some(again) = self.submit(&key, round, index).await {
+                self.report.duplicate_submissions += 1;
+                if again != job_id {
+                    self.report.duplicated_results += 1;
+                    self.violation(format!("key {key} gave job {job_id} and then job {again}"));
+                }
+            }
+        }
+        let pause = self.rng.millis(300, 1_200);
+        tokio::time::sleep(pause).await;
+        if self.rng.chance(60) {
+            self.cancel_one().await;
+        }
+        // Let that cancel settle before the fault, so some cancels meet no fault at all.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        self.inject(fault).await?;
+        if self.rng.chance(60) {
+            self.cancel_one().await;
+        }
+        *self
+            .report
+            .faults
+            .entry(fault.name().to_owned())
+            .or_default() += 1;
+        self.restart_exited()
+    }
+
+    fn restart_exited(&mut self) -> Result<(), FaultError> {
+        for proc in self.cluster.restart_exited()? {
+            *self.report.unexpected_exits.entry(proc.name()).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    async fn inject(&mut self, fault: Fault) -> Result<(), FaultError> {
+        let from_ms = protocol::now_ms();
+        self.injected.push(Injected {
+            fault,
+            from_ms,
+            to_ms: u64::MAX,
+        });
+        self.inject_fault(fault).await?;
+        if let Some(last) = self.injected.last_mut() {
+            last.to_ms = protocol::now_ms();
+        }
+        Ok(())
+    }
+
+    /// Whether a fault was being injected at some time within `[from_ms, to_ms]`, of a
+    /// kind `matching`; `slack_ms` extends each fault's window (a lease runs out after it).
+    fn fault_during(
+        &self,
+        from_ms: u64,
+        to_ms: u64,
+        slack_ms: u64,
+        matching: impl Fn(Fault) -> bool,
+    ) -> bool {
+        self.injected.iter().any(|f| {
+            matching(f.fault) && f.from_ms <= to_ms && f.to_ms.saturating_add(slack_ms) >= from_ms
+        })
+    }
+
+    async fn inject_fault(&mut self, fault: Fault) -> Result<(), FaultError> {
+        match fault {
+            Fault::KillNode => {
+                let victim = Proc::Node(self.rng.below(NODES as u64) as usize);
+                self.cluster.kill9(victim);
+                tokio::time::sleep(self.rng.millis(500, 1_500)).await;
+                self.cluster.spawn(victim)?;
+            }
+            Fault::KillLeader => {
+                let victim = self.leader().await.unwrap_or(Proc::Coordinator(0));
+                self.cluster.kill9(victim);
+                tokio::time::sleep(self.rng.millis(500, 1_500)).await;
+                self.cluster.spawn(victim)?;
+            }
+            Fault::KillNats => {
+                self.cluster.kill9(Proc::Nats);
+                tokio::time::sleep(self.rng.millis(500, 1_500)).await;
+                self.cluster.spawn(Proc::Nats)?;
+                self.cluster.wait_for_nats(Duration::from_secs(20))?;
+            }
+            Fault::StopNode => {
+                let victim = Proc::Node(self.rng.below(NODES as u64) as usize);
+                self.cluster.signal(victim, Signal::SIGSTOP);
+                let past_lease = Duration::from_millis(self.config.lease_ms + 1_000);
+                tokio::time::sleep(past_lease + self.rng.millis(0, 1_000)).await;
+                self.cluster.signal(victim, Signal::SIGCONT);
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits one job, retrying with the same idempotency key while the stack is disturbed.
+    async fn submit(&self, key: &str, round: u32, index: u32) -> Option<JobId> {
+        let mut spec = JobSpec::new(format!("faults round {round} job {index}"));
+        spec.num_frames = Some(7);
+        spec.width = Some(64);
+        spec.height = Some(64);
+        spec.steps = Some(self.config.steps);
+        for _ in 0..10 {
+            let response = self
+                .http
+                .post(format!("{}/v1/videos", self.base))
+                .header("Idempotency-Key", key)
+                .json(&spec)
+                .send()
+                .await;
+            if let Ok(response) = response
+                && response.status() == reqwest::StatusCode::ACCEPTED
+                && let Ok(view) = response.json::<JobView>().await
+            {
+                return Some(view.id);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        None
+    }
+
+    /// Cancels a random accepted job (it may be queued, running or finished already).
+    async fn cancel_one(&mut self) {
+        if self.accepted.is_empty() {
+            return;
+        }
+        // Prefer recent jobs: they are the ones likely to be queued or running.
+        let recent = self.accepted.len().min(12);
+        let pick = self.accepted.len() - 1 - self.rng.below(recent as u64) as usize;
+        let job_id = self.accepted[pick];
+        if self.cancels.iter().any(|c| c.job_id == job_id) {
+            return;
+        }
+        let sent_at = Instant::now();
+        self.report.cancels_sent += 1;
+        let response = self
+            .http
+            .delete(format!("{}/v1/videos/{job_id}", self.base))
+            .send()
+            .await;
+        match response.map(|r| r.status()) {
+            Ok(reqwest::StatusCode::OK) => {
+                self.report.cancels += 1;
+                self.cancels.push(Cancelled { job_id, sent_at });
+            }
+            Ok(reqwest::StatusCode::CONFLICT) => self.report.cancels_of_finished_jobs += 1,
+            Ok(status) => eprintln!("faults: cancel of {job_id} answered {status}"),
+            Err(error) => eprintln!("faults: cancel of {job_id} failed: {error}"),
+        }
+    }
+
+    /// Restarts whatever died on its own and waits for every accepted job to finish.
+    async fn finish(&mut self) -> Result<(), FaultError> {
+        self.restart_exited()?;
+        let deadline = Instant::now() + self.config.drain_timeout;
+        loop {
+            let mut open = 0;
+            for job_id in &self.accepted {
+                match self.record(*job_id).await {
+                    Some(record) if record.state.is_terminal() => {}
+                    _ => open += 1,
+                }
+            }
+            if open == 0 || Instant::now() > deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            self.restart_exited()?;
+        }
+    }
+
+    async fn record(&self, job_id: JobId) -> Option<JobRecord> {
+        match self.resources.jobs.get(job_id).await {
+            Ok(found) => found.map(|(record, _)| record),
+            Err(_) => None,
+        }
+    }
+
+    fn violation(&mut self, line: String) {
+        eprintln!("faults: VIOLATION {line}");
+        if self.report.violations.len() < 50 {
+            self.report.violations.push(line);
+        }
+    }
+
+    async fn check(&mut self, freed: &Freed) {
+        let accepted = self.accepted.clone();
+        for job_id in &accepted {
+            let Some(record) = self.record(*job_id).await else {
+                self.report.lost += 1;
+                self.violation(format!("job {job_id} accepted but has no record"));
+                continue;
+            };
+            *self
+                .report
+                .final_states
+                .entry(record.state.to_string())
+                .or_default() += 1;
+            if !record.state.is_terminal() {
+                self.report.lost += 1;
+                self.violation(format!("job {job_id} never finished: {}", record.state));
+                continue;
+            }
+            let (terminal, runs) = check::terminal_entries_and_runs(&record);
+            if terminal != 1 {
+                self.report.multiple_terminal += 1;
+                self.violation(format!("job {job_id} has {terminal} terminal entries"));
+            }
+            let successes = record
+                .history
+                .iter()
+                .filter(|h| h.to == JobState::Succeeded)
+                .count();
+            if successes > 1 {
+                self.report.duplicated_results += 1;
+                self.violation(format!("job {job_id} succeeded {successes} times"));
+            }
+            if runs > 1 {
+                self.report.ran_twice += 1;
+                let worker = |fault| matches!(fault, Fault::KillNode | Fault::StopNode);
+                let slack = self.config.lease_ms + 3_000;
+                let explained = record
+                    .history
+                    .iter()
+                    .filter(|h| h.event == "lease_expired" || h.event == "failed")
+                    .any(|h| self.fault_during(h.at_ms, h.at_ms, slack, worker));
+                if explained {
+                    self.report.ran_twice_after_worker_fault += 1;
+                } else {
+                    self.report.ran_twice_unexplained += 1;
+                    self.report.notes.push(format!(
+                        "job {job_id} ran {runs} times with no worker fault to explain it"
+                    ));
+                }
+            }
+            if record.state == JobState::Succeeded {
+                let problem = match self.download(*job_id).await {
+                    Ok(bytes) => check::video_problem(&record, &bytes),
+                    Err(error) => Some(error),
+                };
+                if let Some(problem) = problem {
+                    self.report.invalid_videos += 1;
+                    self.violation(format!("job {job_id}: video {problem}"));
+                }
+            }
+        }
+        let cancels = std::mem::take(&mut self.cancels);
+        let (mut to_free, mut undisturbed) = (Vec::new(), Vec::new());
+        for cancel in &cancels {
+            let Some(record) = self.record(cancel.job_id).await else {
+                continue;
+            };
+            if record.state != JobState::Cancelled {
+                self.report.cancels_not_honoured += 1;
+                self.violation(format!(
+                    "job {} was cancelled (200) but ended {}",
+                    cancel.job_id, record.state
+                ));
+                continue;
+            }
+            let was_running = record.history.iter().any(|h| {
+                h.event == "cancel_requested"
+                    && matches!(h.from, JobState::Running | JobState::Encoding)
+            });
+            let freed_at = freed
+                .lock()
+                .ok()
+                .and_then(|f| f.get(&cancel.job_id).copied());
+            if was_running
+                && let Some(freed_at) = freed_at
+                && freed_at > cancel.sent_at
+            {
+                let took = freed_at - cancel.sent_at;
+                let ms = took.as_secs_f64() * 1_000.0;
+                to_free.push(ms);
+                let took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+                let sent_ms = protocol::now_ms().saturating_sub(
+                    u64::try_from(cancel.sent_at.elapsed().as_millis()).unwrap_or(0),
+                );
+                if !self.fault_during(sent_ms, sent_ms + took_ms, 0, |_| true) {
+                    undisturbed.push(ms);
+                }
+            }
+        }
+        self.report.cancel_to_free_samples = u32::try_from(to_free.len()).unwrap_or(u32::MAX);
+        self.report.cancel_to_free_ms = Percentiles::of(to_free);
+        self.report.cancel_to_free_undisturbed_ms = Percentiles::of(undisturbed);
+        if self.report.accepted > 0 {
+            self.report.ran_twice_pct =
+                f64::from(self.report.ran_twice) * 100.0 / f64::from(self.report.accepted);
+        }
+    }
+
+    async fn download(&self, job_id: JobId) -> Result<Vec<u8>, String> {
+        let response = self
+            .http
+            .get(format!("{}/v1/videos/{job_id}/content", self.base))
+            .send()
+            .await
+            .map_err(|e| format!("download failed: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("download answered {}", response.status()));
+        }
+        response
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| format!("download failed: {e}"))
+    }
+}
+
+/// Follows the node heartbeats and notes when each job's slot stops showing it (re-opening
+/// the watch after a NATS restart).
+async fn watch_slots(resources: Resources, freed: Freed) {
+    let mut busy: HashMap<(String, u32), JobId> = HashMap::new();
+    loop {
+        let Ok(mut watch) = resources.nodes.watch(">").await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        while let Some(entry) = watch.next().await {
+            let Ok(entry) = entry else { break };
+            let Ok(beat) = codec::decode::<NodeHeartbeat>(&entry.value) else {
+                continue;
+            };
+            for slot in &beat.slots {
+                let key = (beat.node_id.as_str().to_owned(), slot.slot);
+                let now_running = slot.job.map(|job| job.job_id);
+                if let Some(previous) = busy.get(&key).copied()
+                    && now_running != Some(previous)
+                    && let Ok(mut freed) = freed.lock()
+                {
+                    freed.insert(previous, Instant::now());
+                }
+                match now_running {
+                    Some(job_id) => busy.insert(key, job_id),
+                    None => busy.remove(&key),
+                };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Finds `nats-server`: `MOCHI_NATS_SERVER`, then `.venv/bin/nats-server`, then `PATH`.
+pub fn find_nats_server() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("MOCHI_NATS_SERVER") {
+        return Some(PathBuf::from(path));
+    }
+    let venv = PathBuf::from(".venv/bin/nats-server");
+    if venv.is_file() {
+        return Some(venv);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+}
