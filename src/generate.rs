@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use protocol::api::JobView;
+use protocol::api::{BackendsView, JobView};
 use protocol::spec::{JobSpec, Priority, Resolution};
 use protocol::{ErrorBody, JobState};
 
@@ -92,6 +92,9 @@ pub async fn run(args: GenerateArgs) -> Result<PathBuf> {
         "job {} accepted: {} frames at {}x{}, {} fps",
         job.id, job.num_frames, job.width, job.height, job.fps
     );
+    if let Some(note) = backend_note(&http, &base).await {
+        eprintln!("note: {note}");
+    }
 
     let bar = ProgressBar::new(u64::from(job.steps));
     bar.set_style(
@@ -145,6 +148,29 @@ pub async fn run(args: GenerateArgs) -> Result<PathBuf> {
         .await
         .with_context(|| format!("cannot write {}", output.display()))?;
     Ok(output)
+}
+
+/// A note when the server's nodes do not run a real model (best effort: no note if the
+/// server cannot say).
+async fn backend_note(http: &reqwest::Client, base: &str) -> Option<String> {
+    let response = http.get(format!("{base}/v1/backends")).send().await.ok()?;
+    let view: BackendsView = check(response).await.ok()?.json().await.ok()?;
+    let tiny = format!("mochi:{}", gpu_node::model_dir::tiny::TINY_MODEL_NAME);
+    let notes: Vec<&str> = view
+        .backends
+        .iter()
+        .map(|b| b.backend.as_str())
+        .filter_map(|backend| {
+            if backend == tiny {
+                Some("the server runs the embedded tiny Mochi model with random weights: the video will be noise (start it with `--model-dir DIR` for the official release)")
+            } else if backend == "simulated" {
+                Some("the server runs the simulated backend: the video will be a test pattern")
+            } else {
+                None
+            }
+        })
+        .collect();
+    (!notes.is_empty() && notes.len() == view.backends.len()).then(|| notes.join("; "))
 }
 
 async fn submit(

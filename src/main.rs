@@ -2,6 +2,7 @@
 //! parses arguments and dispatches.
 
 mod generate;
+mod model;
 mod nats_server;
 mod roles;
 mod telemetry;
@@ -37,9 +38,12 @@ enum Command {
     /// Run the coordinator alone.
     Coordinator(roles::RoleArgs),
     /// Run one GPU node alone.
-    GpuNode(roles::RoleArgs),
+    GpuNode(roles::GpuNodeArgs),
     /// Submit a prompt, follow its progress and download the MP4.
     Generate(generate::GenerateArgs),
+    /// Model directories: check one, or write the embedded tiny model.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
 }
 
 fn main() -> ExitCode {
@@ -48,7 +52,7 @@ fn main() -> ExitCode {
         Command::Gateway(_) | Command::Coordinator(_) | Command::GpuNode(_) => {
             telemetry::LogFormat::Json
         }
-        Command::Up(_) | Command::Generate(_) => telemetry::LogFormat::Text,
+        Command::Up(_) | Command::Generate(_) | Command::Model(_) => telemetry::LogFormat::Text,
     };
     telemetry::init_logging(cli.log_format.unwrap_or(default_format));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
             Command::Generate(args) => generate::run(args).await.map(|path| {
                 println!("{}", path.display());
             }),
+            Command::Model(command) => model::run(command),
         }
     });
     match outcome {

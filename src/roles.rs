@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use futures::future::BoxFuture;
@@ -20,6 +20,83 @@ pub struct RoleArgs {
     /// it on its own port).
     #[arg(long, env = "MOCHI_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
+}
+
+/// Which backend a GPU node runs (the `--backend` flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    /// The Mochi-1 pipeline: the official release with `--model-dir`, else the embedded
+    /// tiny model (random weights: its videos are noise).
+    Mochi,
+    /// A test pattern after a simulated inference time (load tests; never production).
+    Simulated,
+}
+
+/// The model flags of `mochi up` and `mochi gpu-node`.
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// Backend of the GPU node (default: `gpu_node.backend` of the configuration, `mochi`).
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
+    /// The official Mochi release in its diffusers layout (`genmo/mochi-1-preview`);
+    /// without it the `mochi` backend runs the embedded tiny model, whose videos are noise.
+    #[arg(long, env = "MOCHI_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// Applies the flags to a node configuration; the embedded tiny model lives under
+    /// `data_dir/models/mochi-tiny` unless the configuration names another place.
+    pub fn apply(&self, config: &mut gpu_node::Config, data_dir: &Path) -> Result<()> {
+        if let Some(backend) = self.backend {
+            config.backend = match backend {
+                BackendArg::Mochi => gpu_node::config::BackendKind::Mochi,
+                BackendArg::Simulated => gpu_node::config::BackendKind::Simulated,
+            };
+        }
+        if let Some(dir) = &self.model_dir {
+            if config.backend != gpu_node::config::BackendKind::Mochi {
+                anyhow::bail!("--model-dir needs the mochi backend (drop `--backend simulated`)");
+            }
+            config.mochi.model_dir = Some(dir.clone());
+        }
+        if config.mochi.embedded_dir == gpu_node::config::MochiConfig::default().embedded_dir {
+            config.mochi.embedded_dir = data_dir.join("models").join("mochi-tiny");
+        }
+        Ok(())
+    }
+}
+
+/// One line saying what the GPU node will run (and that the tiny model's videos are noise).
+pub fn model_banner(config: &gpu_node::Config) -> String {
+    match (config.backend, &config.mochi.model_dir) {
+        (gpu_node::config::BackendKind::Simulated, _) => {
+            "backend: simulated (videos are a test pattern; `--backend mochi` runs the model)"
+                .to_owned()
+        }
+        (gpu_node::config::BackendKind::Mochi, Some(dir)) => {
+            format!("model: Mochi from {}", dir.display())
+        }
+        (gpu_node::config::BackendKind::Mochi, None) => format!(
+            "model: the embedded tiny Mochi ({}, in {}): random weights, so its videos are NOISE; `--model-dir DIR` runs the official release",
+            gpu_node::model_dir::tiny::TINY_MODEL_NAME,
+            config.mochi.embedded_dir.display()
+        ),
+    }
+}
+
+/// Flags of `mochi gpu-node`.
+#[derive(Debug, clap::Args)]
+pub struct GpuNodeArgs {
+    /// Shared role flags.
+    #[command(flatten)]
+    pub role: RoleArgs,
+    /// Backend and model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Where the embedded tiny model is created when no `--model-dir` is given.
+    #[arg(long, env = "MOCHI_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
 }
 
 /// The process environment as a map (configuration reads it, tests pass their own).
@@ -78,12 +155,14 @@ pub async fn coordinator(args: RoleArgs, file: Option<&Path>) -> Result<()> {
 }
 
 /// `mochi gpu-node`.
-pub async fn gpu_node(args: RoleArgs, file: Option<&Path>) -> Result<()> {
+pub async fn gpu_node(args: GpuNodeArgs, file: Option<&Path>) -> Result<()> {
     let env = env_map();
-    let config = gpu_node::Config::load(file, &env)?;
+    let mut config = gpu_node::Config::load(file, &env)?;
+    args.model.apply(&mut config, &args.data_dir)?;
+    tracing::info!("{}", model_banner(&config));
     background_role(
         "gpu-node",
-        args,
+        args.role,
         file,
         &env,
         format!("{config:?}"),

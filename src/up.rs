@@ -32,6 +32,10 @@ pub struct UpArgs {
     /// GPU slots of the embedded node.
     #[arg(long)]
     pub slots: Option<u32>,
+    /// What the embedded GPU node runs (default `mochi`, or `gpu_node.backend` of the
+    /// configuration).
+    #[command(flatten)]
+    pub model: roles::ModelArgs,
 }
 
 /// Runs `mochi up` until SIGINT/SIGTERM, then stops everything it started.
@@ -66,6 +70,8 @@ async fn run_roles(
     if let Some(slots) = args.slots {
         node_config.slots = slots;
     }
+    args.model.apply(&mut node_config, &args.data_dir)?;
+    let node_config_summary = node_config.clone();
     let metrics = gateway::install_metrics_recorder()?;
     let (client, resources) = roles::connect(&nats_config, "up").await?;
     let server = gateway::Server::bind(
@@ -104,6 +110,7 @@ async fn run_roles(
         async move { server.serve(shutdown).await.context("gateway") }
     });
     eprintln!("mochi-serve is up: {url}  (API: POST {url}/v1/videos; Ctrl-C to stop)");
+    eprintln!("{}", roles::model_banner(&node_config_summary));
     println!("{url}");
 
     // Run until a signal, or until one role stops on its own (then stop the others).

@@ -1,5 +1,6 @@
-//! The real `mochi` binary: `up` starts the stack, `generate` makes an MP4, SIGINT stops
-//! everything and leaves no nats-server behind.
+//! The real `mochi` binary: `up` starts the stack (by default the embedded tiny Mochi
+//! model, created on first start), `generate` makes an MP4 through the real pipeline and
+//! says its video is noise, SIGINT stops everything and leaves no nats-server behind.
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
 use std::io::{BufRead, BufReader};
@@ -55,7 +56,7 @@ fn up_generate_and_sigint_leave_an_mp4_and_no_nats_server() {
     let generate = Command::new(binary)
         .args([
             "generate",
-            "a test pattern",
+            "a red fox running through fresh snow",
             "--frames",
             "13",
             "--width",
@@ -79,7 +80,19 @@ fn up_generate_and_sigint_leave_an_mp4_and_no_nats_server() {
         output.display().to_string()
     );
     let info = gpu_node::mp4::probe(&std::fs::read(&output).unwrap()).unwrap();
-    assert_eq!(info.decoded_frames, 13);
+    assert_eq!(
+        (info.decoded_frames, info.width, info.height),
+        (13, 256, 144)
+    );
+    // The job ran through the tiny Mochi model, created under the data dir, and the CLI
+    // said that its output is noise.
+    let stderr = String::from_utf8_lossy(&generate.stderr);
+    assert!(
+        stderr.contains("tiny Mochi model") && stderr.contains("noise"),
+        "{stderr}"
+    );
+    let model_dir = data_dir.join("models/mochi-tiny");
+    assert!(gpu_node::model_dir::check::check(&model_dir).is_ok());
 
     // A bad request is refused with a clear error, and the CLI says which field.
     let bad = Command::new(binary)

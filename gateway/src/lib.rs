@@ -43,6 +43,7 @@ pub fn app(state: AppState) -> Router {
             get(routes::videos::status).delete(routes::videos::cancel),
         )
         .route("/v1/videos/{id}/content", get(routes::content::content))
+        .route("/v1/backends", get(routes::backends::backends))
         .fallback(|| async {
             ApiError::new(
                 ErrorCode::NotFound,
@@ -164,10 +165,8 @@ pub async fn run(
     client: async_nats::Client,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    Server::bind(config, resources, client, None)
-        .await?
-        .serve(shutdown)
-        .await
+    let server = Box::pin(Server::bind(config, resources, client, None)).await?;
+    Box::pin(server.serve(shutdown)).await
 }
 
 /// Installs the process-wide Prometheus recorder (once per process).

@@ -31,6 +31,10 @@ pub enum DeviceKind {
     Cuda,
 }
 
+/// The automatic `mochi.max_tokens` on the CPU: ~20 s per step of the tiny model on two
+/// cores (848×480 at 55 frames), well inside the coordinator's default 60 s lease.
+pub const CPU_MAX_TOKENS: u64 = 16_384;
+
 /// Settings of the `mochi` backend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -44,7 +48,8 @@ pub struct MochiConfig {
     pub device: DeviceKind,
     /// Latent frames the VAE decodes at a time (1 = least memory; same result).
     pub decode_chunk_frames: u32,
-    /// Largest job, in visual tokens, a slot accepts (0 = no limit).
+    /// Largest job, in visual tokens, a slot accepts; 0 = automatic: no limit on a GPU,
+    /// [`CPU_MAX_TOKENS`] on the CPU (where a bigger job's steps outlast the lease).
     pub max_tokens: u64,
 }
 

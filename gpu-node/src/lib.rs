@@ -142,18 +142,19 @@ pub fn build_backends(config: &Config) -> Result<Vec<Arc<dyn Backend>>> {
             .collect()),
         BackendKind::Mochi => {
             let dir = prepare_model_dir(&config.mochi)?;
-            let options = MochiOptions {
-                decode_chunk_frames: config.mochi.decode_chunk_frames.max(1) as usize,
-                max_tokens: (config.mochi.max_tokens > 0).then_some(config.mochi.max_tokens),
-            };
             (0..config.slots)
                 .map(|slot| -> Result<Arc<dyn Backend>> {
                     let device = device_for(config.mochi.device, slot)?;
-                    Ok(Arc::new(MochiBackend::load(
-                        &dir,
-                        &device,
-                        options.clone(),
-                    )?))
+                    let max_tokens = match config.mochi.max_tokens {
+                        0 if device.is_cpu() => Some(config::CPU_MAX_TOKENS),
+                        0 => None,
+                        limit => Some(limit),
+                    };
+                    let options = MochiOptions {
+                        decode_chunk_frames: config.mochi.decode_chunk_frames.max(1) as usize,
+                        max_tokens,
+                    };
+                    Ok(Arc::new(MochiBackend::load(&dir, &device, options)?))
                 })
                 .collect()
         }

@@ -123,3 +123,22 @@ impl JobView {
         }
     }
 }
+
+/// `GET /v1/backends`: what the live GPU nodes run, from their heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendsView {
+    /// One entry per backend (and model), most slots first.
+    pub backends: Vec<BackendView>,
+}
+
+/// The live nodes that run one backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendView {
+    /// `simulated` (a test pattern), or `mochi:<model>` (`mochi:mochi-1-preview` for the
+    /// release, `mochi:mochi-1-tiny-random` for the embedded model, whose videos are noise).
+    pub backend: String,
+    /// Live nodes running it.
+    pub nodes: u32,
+    /// Their slots.
+    pub slots: u32,
+}

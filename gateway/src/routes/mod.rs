@@ -1,5 +1,6 @@
 //! HTTP routes.
 
+pub mod backends;
 pub mod content;
 pub mod health;
 pub mod request;
