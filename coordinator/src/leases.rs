@@ -172,7 +172,7 @@ async fn dead_letter(state: &LeaseKeeperArgs, record: &JobRecord) {
     let mut headers = HeaderMap::new();
     headers.insert(
         async_nats::header::NATS_MESSAGE_ID,
-        format!("dead-{job_id}").as_str(),
+        format!("dead-{job_id}-{}", record.attempt).as_str(),
     );
     let published = state
         .resources

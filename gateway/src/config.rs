@@ -24,6 +24,20 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// How long a submission waits for JetStream's acknowledgement, ms.
     pub publish_timeout_ms: u64,
+    /// Bearer token of the admin API (`/v1/admin/…`: dead letters and their re-drive);
+    /// unset, the admin API answers 403.
+    pub admin_token: Option<Secret>,
+}
+
+/// A secret setting: its `Debug` form is redacted, so logging the config never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
 }
 
 impl Default for Config {
@@ -35,6 +49,7 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             max_concurrent_requests: 1024,
             publish_timeout_ms: 5_000,
+            admin_token: None,
         }
     }
 }

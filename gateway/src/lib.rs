@@ -43,6 +43,8 @@ pub fn app(state: AppState) -> Router {
             get(routes::videos::status).delete(routes::videos::cancel),
         )
         .route("/v1/videos/{id}/content", get(routes::content::content))
+        .route("/v1/admin/dead", get(routes::admin::list))
+        .route("/v1/admin/dead/{id}/redrive", post(routes::admin::redrive))
         .route("/v1/backends", get(routes::backends::backends))
         .fallback(|| async {
             ApiError::new(

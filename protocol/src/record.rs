@@ -43,7 +43,7 @@ pub enum JobState {
 }
 
 impl JobState {
-    /// Whether no event can move the job any more.
+    /// Whether no event can move the job any more (save an operator's re-drive of a dead job).
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -218,6 +218,9 @@ pub enum JobEvent {
     CancelRequested,
     /// The job missed its time-to-start.
     StartDeadlineMissed,
+    /// An operator re-drove a dead job: it is queued again with a fresh retry budget (the
+    /// only way out of a terminal state; the history keeps the earlier life).
+    Redriven,
 }
 
 impl JobEvent {
@@ -237,6 +240,7 @@ impl JobEvent {
             Self::Rejected { .. } => "rejected",
             Self::CancelRequested => "cancel_requested",
             Self::StartDeadlineMissed => "start_deadline_missed",
+            Self::Redriven => "redriven",
         }
     }
 
@@ -255,7 +259,8 @@ impl JobEvent {
             | Self::Requeued
             | Self::Rejected { .. }
             | Self::CancelRequested
-            | Self::StartDeadlineMissed => None,
+            | Self::StartDeadlineMissed
+            | Self::Redriven => None,
         }
     }
 }
@@ -490,6 +495,13 @@ impl JobRecord {
             }
             (S::Queued, JobEvent::StartDeadlineMissed) => {
                 next.state = S::Aborted;
+            }
+            (S::Dead, JobEvent::Redriven) => {
+                next.state = S::Queued;
+                next.failed_attempts = 0;
+                next.not_before_ms = 0;
+                next.progress = None;
+                next.finished_at_ms = None;
             }
             _ => return Err(illegal()),
         }

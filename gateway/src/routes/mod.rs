@@ -1,5 +1,6 @@
 //! HTTP routes.
 
+pub mod admin;
 pub mod backends;
 pub mod content;
 pub mod health;

@@ -193,6 +193,35 @@ fn retryable_failure_requeues_until_max_attempts_then_dies() {
 }
 
 #[test]
+fn a_redriven_dead_job_is_queued_with_a_fresh_retry_budget_and_its_history() {
+    let mut dead = record(JobState::Dead);
+    dead.failed_attempts = 3;
+    dead.attempt = 3;
+    dead.finished_at_ms = Some(5_000);
+    let again = dead.apply(&JobEvent::Redriven, 6_000).expect("redrive");
+    assert_eq!(again.state, JobState::Queued);
+    assert_eq!((again.failed_attempts, again.attempt), (0, 3));
+    assert_eq!(again.finished_at_ms, None);
+    assert_eq!(
+        again.history.last().map(|h| h.event.as_str()),
+        Some("redriven")
+    );
+    // The next placement is a new attempt, so no write of an earlier one can land.
+    let placed = again
+        .apply(&JobEvent::Assigned { lease: lease() }, 7_000)
+        .expect("assign");
+    assert_eq!(placed.attempt, 4);
+    for state in ALL_STATES {
+        if state != JobState::Dead {
+            assert!(
+                record(state).apply(&JobEvent::Redriven, 6_000).is_err(),
+                "{state}"
+            );
+        }
+    }
+}
+
+#[test]
 fn non_retryable_failure_fails_at_once() {
     let job = record(JobState::Running);
     let event = &events(1, false)[6];
