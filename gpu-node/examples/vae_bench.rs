@@ -8,7 +8,8 @@
 //! release's 128,256,512,768, with the release's res-block counts 3,3,4,6,3];
 //! `--latent 16x16` latent height × width [128×128 pixels];
 //! `--frames 1,2,4,8,16` latent frame counts [→ 1, 7, 19, 43, 91 video frames];
-//! `--modes whole,stream,tiled`; `--chunk 1` latent frames per streamed chunk;
+//! `--modes whole,stream,tiled` (also `tiled-t`: the time-major tiled stream, all
+//! tiles advanced one chunk at a time); `--chunk 1` latent frames per streamed chunk;
 //! `--tile 10 --stride 8` tile and stride in latent pixels [2×2 tiles, 16-pixel blend].
 //!
 //! Method: every (mode, frames) point runs in a fresh child process (this binary with
@@ -198,6 +199,18 @@ fn run_point(options: &Options, mode: &str, frames: usize) -> Result<()> {
         "whole" => decoder.decode(&z)?,
         "stream" => decoder.decode_chunked(&z, options.chunk)?,
         "tiled" => decoder.decode_tiled(&z, &tiles, options.chunk)?,
+        "tiled-t" => {
+            let mut stream = decoder.stream_tiled(&tiles, h, w)?;
+            let chunk = options.chunk.max(1);
+            let mut parts = Vec::new();
+            let mut start = 0;
+            while start < frames {
+                let len = chunk.min(frames - start);
+                parts.push(stream.push(&z.narrow(2, start, len)?)?);
+                start += len;
+            }
+            Tensor::cat(&parts, 2)?
+        }
         other => candle_core::bail!("unknown mode {other}"),
     };
     let ms = start.elapsed().as_secs_f64() * 1e3;

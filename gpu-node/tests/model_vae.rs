@@ -253,6 +253,24 @@ fn tiled_decode_matches_diffusers_tiled_decode() {
         gap, 0.0,
         "streaming inside tiles changed the result by {gap}"
     );
+    // Time-major: all tiles advance one latent frame per push.
+    let (t, h, w) = (
+        z.dim(2).expect("t"),
+        z.dim(3).expect("h"),
+        z.dim(4).expect("w"),
+    );
+    let mut stream = dec.stream_tiled(&tiles, h, w).expect("tiled stream");
+    let pushed: Vec<Tensor> = (0..t)
+        .map(|i| {
+            stream
+                .push(&z.narrow(2, i, 1).expect("chunk"))
+                .expect("push")
+        })
+        .collect();
+    let pushed = Tensor::cat(&pushed, 2).expect("cat");
+    let (gap, _) = errors(&pushed, &tiled);
+    assert_eq!(gap, 0.0, "time-major tiled stream differs by {gap}");
+    assert!(stream.push(&z.narrow(3, 0, 2).expect("narrow")).is_err());
     // Tiling is an approximation: here it is far from the whole decode, so the golden
     // pins the blend rule and not just the decoder.
     let whole = dec.decode(z).expect("whole");

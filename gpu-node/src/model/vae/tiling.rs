@@ -15,12 +15,15 @@
 //! Tiles are decoded one after another (row-major), each through the streaming decoder
 //! when a chunk length is given, so a decode holds one tile's activations and causal-conv
 //! contexts, plus the 3-channel output and the overlap strips of the previous row.
-//! Tiling is an approximation of the whole decode (group-norm statistics and conv context
-//! differ per tile); tiling and streaming together equal tiling alone exactly.
+//! [`TiledDecodeStream`] is the time-major order: all tiles advance together one latent
+//! chunk at a time, so decoded frames come out as they are produced, at the cost of
+//! holding every tile's conv contexts. Tiling is an approximation of the whole decode
+//! (group-norm statistics and conv context differ per tile); tiling and streaming
+//! together equal tiling alone exactly, in either order.
 
 use candle_core::{DType, Result, Tensor};
 
-use super::VaeDecoder;
+use super::{DecodeStream, VaeDecoder};
 
 /// Tile grid in latent pixels (multiply by the decoder's spatial scale, 8, for output
 /// pixels).
@@ -158,6 +161,57 @@ fn tail(x: &Tensor, dim: usize, n: usize) -> Result<Tensor> {
     x.narrow(dim, len - n, n)?.copy()
 }
 
+/// Decodes the tiles of a grid row-major through `decode_tile(index, row, col)` and
+/// assembles them with diffusers' blend: the blended tile above, then the one on the
+/// left, then each tile keeps its first `keep` pixels.
+fn assemble(
+    grid: &(Vec<Span>, Vec<Span>),
+    tiles: &TileConfig,
+    scale: usize,
+    mut decode_tile: impl FnMut(usize, &Span, &Span) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let (rows, cols) = grid;
+    let blend_rows = (tiles.tile_height - tiles.stride_height) * scale;
+    let blend_cols = (tiles.tile_width - tiles.stride_width) * scale;
+    // Bottom strip of each blended tile of the previous row, by column.
+    let mut above: Vec<Option<Tensor>> = vec![None; cols.len()];
+    let mut out_rows = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let mut left: Option<Tensor> = None;
+        let mut parts = Vec::with_capacity(cols.len());
+        for (j, col) in cols.iter().enumerate() {
+            let mut tile = decode_tile(i * cols.len() + j, row, col)?;
+            if let Some(a) = &above[j] {
+                tile = blend(a, &tile, 3, blend_rows)?;
+            }
+            if let Some(a) = &left {
+                tile = blend(a, &tile, 4, blend_cols)?;
+            }
+            if blend_rows > 0 {
+                above[j] = Some(tail(&tile, 3, blend_rows)?);
+            }
+            if blend_cols > 0 {
+                left = Some(tail(&tile, 4, blend_cols)?);
+            }
+            let (tile_rows, tile_cols) = (tile.dim(3)?, tile.dim(4)?);
+            parts.push(
+                tile.narrow(3, 0, (row.keep * scale).min(tile_rows))?
+                    .narrow(4, 0, (col.keep * scale).min(tile_cols))?
+                    .contiguous()?,
+            );
+        }
+        out_rows.push(Tensor::cat(&parts, 4)?);
+    }
+    Tensor::cat(&out_rows, 3)?.to_dtype(DType::F32)
+}
+
+/// The latents of one tile, contiguous.
+fn tile_latents(z: &Tensor, row: &Span, col: &Span) -> Result<Tensor> {
+    z.narrow(3, row.start, row.len)?
+        .narrow(4, col.start, col.len)?
+        .contiguous()
+}
+
 impl VaeDecoder {
     /// Output pixels per latent pixel (Π spatial expansions: 8 for Mochi).
     pub fn spatial_scale(&self) -> usize {
@@ -165,54 +219,79 @@ impl VaeDecoder {
     }
 
     /// Decodes `(B, 12, T, H, W)` in spatial tiles blended as diffusers'
-    /// `tiled_decode` does (see the module docs), each tile streamed `chunk` latent
-    /// frames at a time (0: each tile decoded whole). Same output shape as
+    /// `tiled_decode` does (see the module docs), tile after tile, each streamed `chunk`
+    /// latent frames at a time (0: each tile decoded whole). Same output shape as
     /// [`VaeDecoder::decode`]; equal to it when the frame fits in one tile.
     pub fn decode_tiled(&self, z: &Tensor, tiles: &TileConfig, chunk: usize) -> Result<Tensor> {
         tiles.validate()?;
         let (_, _, _, height, width) = z.dims5()?;
-        let scale = self.spatial_scale();
-        let (rows, cols) = tiles.grid(height, width);
-        let blend_rows = (tiles.tile_height - tiles.stride_height) * scale;
-        let blend_cols = (tiles.tile_width - tiles.stride_width) * scale;
-        // Bottom strip of each blended tile of the previous row, by column.
-        let mut above: Vec<Option<Tensor>> = vec![None; cols.len()];
-        let mut out_rows = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let mut left: Option<Tensor> = None;
-            let mut parts = Vec::with_capacity(cols.len());
-            for (j, col) in cols.iter().enumerate() {
-                let zt = z
-                    .narrow(3, row.start, row.len)?
-                    .narrow(4, col.start, col.len)?
-                    .contiguous()?;
-                let mut tile = if chunk == 0 {
-                    self.decode(&zt)?
-                } else {
-                    self.decode_chunked(&zt, chunk)?
-                };
-                if let Some(a) = &above[j] {
-                    tile = blend(a, &tile, 3, blend_rows)?;
-                }
-                if let Some(a) = &left {
-                    tile = blend(a, &tile, 4, blend_cols)?;
-                }
-                if blend_rows > 0 {
-                    above[j] = Some(tail(&tile, 3, blend_rows)?);
-                }
-                if blend_cols > 0 {
-                    left = Some(tail(&tile, 4, blend_cols)?);
-                }
-                let (tile_rows, tile_cols) = (tile.dim(3)?, tile.dim(4)?);
-                parts.push(
-                    tile.narrow(3, 0, (row.keep * scale).min(tile_rows))?
-                        .narrow(4, 0, (col.keep * scale).min(tile_cols))?
-                        .contiguous()?,
-                );
+        let grid = tiles.grid(height, width);
+        assemble(&grid, tiles, self.spatial_scale(), |_, row, col| {
+            let zt = tile_latents(z, row, col)?;
+            if chunk == 0 {
+                self.decode(&zt)
+            } else {
+                self.decode_chunked(&zt, chunk)
             }
-            out_rows.push(Tensor::cat(&parts, 4)?);
+        })
+    }
+
+    /// Starts a time-major tiled stream over a `height × width` latent frame (see
+    /// [`TiledDecodeStream`]).
+    pub fn stream_tiled(
+        &self,
+        tiles: &TileConfig,
+        height: usize,
+        width: usize,
+    ) -> Result<TiledDecodeStream<'_>> {
+        tiles.validate()?;
+        let grid = tiles.grid(height, width);
+        let streams = (0..grid.0.len() * grid.1.len())
+            .map(|_| self.stream())
+            .collect();
+        Ok(TiledDecodeStream {
+            scale: self.spatial_scale(),
+            tiles: *tiles,
+            size: (height, width),
+            grid,
+            streams,
+        })
+    }
+}
+
+/// Time-major tiled decoding of one sample: every push advances all tiles by the same
+/// latent frames (one [`DecodeStream`] per tile, each with its own causal contexts) and
+/// returns those frames blended, so frames can be handed on as they are produced. The
+/// concatenated pushes equal [`VaeDecoder::decode_tiled`] exactly (the blend is
+/// per frame). Holds every tile's conv contexts at once (about the frame's, times the
+/// overlap), plus one tile's chunk activations.
+#[derive(Debug)]
+pub struct TiledDecodeStream<'a> {
+    scale: usize,
+    tiles: TileConfig,
+    size: (usize, usize),
+    grid: (Vec<Span>, Vec<Span>),
+    streams: Vec<DecodeStream<'a>>,
+}
+
+impl TiledDecodeStream<'_> {
+    /// Decodes the next latent frames `(1, 12, t, H, W)` to `(1, 3, f, 8H, 8W)`.
+    pub fn push(&mut self, z: &Tensor) -> Result<Tensor> {
+        let (_, _, _, height, width) = z.dims5()?;
+        if (height, width) != self.size {
+            candle_core::bail!(
+                "tiled stream set up for {:?} latents, got shape {:?}",
+                self.size,
+                z.dims()
+            );
         }
-        Tensor::cat(&out_rows, 3)?.to_dtype(DType::F32)
+        let streams = &mut self.streams;
+        assemble(&self.grid, &self.tiles, self.scale, |index, row, col| {
+            let stream = streams
+                .get_mut(index)
+                .ok_or_else(|| candle_core::Error::Msg(format!("no stream for tile {index}")))?;
+            stream.push(&tile_latents(z, row, col)?)
+        })
     }
 }
 
