@@ -50,6 +50,8 @@ pub struct Config {
     pub policy: PolicyKind,
     /// Settings of the length-aware policy.
     pub length_aware: LengthAwareConfig,
+    /// Period of the queue positions and ETAs published in `mochi_queue`, ms (0: never).
+    pub eta_refresh_ms: u64,
 }
 
 impl Default for Config {
@@ -72,6 +74,7 @@ impl Default for Config {
             max_run_ms: 2 * 3600 * 1000,
             policy: PolicyKind::default(),
             length_aware: LengthAwareConfig::default(),
+            eta_refresh_ms: 2_000,
         }
     }
 }

@@ -75,3 +75,73 @@ async fn a_job_no_slot_holds_is_refused_and_finished_jobs_teach_the_cost_model()
     coordinator.stop().await;
     node.stop().await;
 }
+
+async fn queue_entries(
+    bucket: &async_nats::jetstream::kv::Store,
+    ids: &[protocol::JobId],
+) -> Vec<Option<protocol::queue::QueueInfo>> {
+    let mut entries = Vec::new();
+    for job_id in ids {
+        let entry = bucket.get(job_id.to_string()).await.ok().flatten();
+        entries.push(entry.map(|bytes| serde_json::from_slice(&bytes).unwrap()));
+    }
+    entries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_jobs_get_positions_that_go_away_once_they_run() {
+    let nats = Box::pin(nats()).await;
+    let config = coordinator::Config {
+        eta_refresh_ms: 50,
+        ..coordinator::Config::for_test()
+    };
+    let coordinator = Running::start(&nats, config.clone()).await;
+    let mut ids = Vec::new();
+    for index in 0..3 {
+        let request = small_job(&format!("job {index}"));
+        let job_id = request.job_id.unwrap();
+        submit(&nats.resources, "acme", &request, &job_id.to_string()).await;
+        ids.push(job_id);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bucket = nats
+        .resources
+        .context
+        .get_key_value(names::BUCKET_QUEUE)
+        .await
+        .unwrap();
+    eventually(WAIT, "every queued job has its position", || async {
+        queue_entries(&bucket, &ids)
+            .await
+            .iter()
+            .all(Option::is_some)
+    })
+    .await;
+    let entries = queue_entries(&bucket, &ids).await;
+    let positions: Vec<u32> = entries.iter().flatten().map(|e| e.position).collect();
+    assert_eq!(positions, vec![1, 2, 3], "oldest first among equal jobs");
+    for entry in entries.iter().flatten() {
+        assert_eq!((entry.queued, entry.lane.as_str()), (3, "short"));
+        assert_eq!(entry.eta_start_ms, None, "no slot is live yet");
+    }
+    let node = StandIn::start(&nats, "node-a", 1, Behaviour::Complete, config.lease_ms).await;
+    eventually(WAIT, "the jobs ran", || async {
+        for job_id in &ids {
+            let state = record(&nats.resources, *job_id).await.map(|r| r.state);
+            if state != Some(JobState::Succeeded) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    eventually(WAIT, "their positions are gone", || async {
+        queue_entries(&bucket, &ids)
+            .await
+            .iter()
+            .all(Option::is_none)
+    })
+    .await;
+    coordinator.stop().await;
+    node.stop().await;
+}

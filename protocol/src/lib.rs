@@ -15,6 +15,7 @@ pub mod ids;
 pub mod jetstream;
 pub mod messages;
 pub mod names;
+pub mod queue;
 pub mod record;
 pub mod shape;
 pub mod spec;

@@ -26,6 +26,9 @@ pub const KEY_LEADER: &str = "coordinator";
 pub const BUCKET_COST: &str = "mochi_cost";
 /// Key of the corrections document in [`BUCKET_COST`].
 pub const COST_CORRECTIONS_KEY: &str = "corrections";
+/// KV bucket of queued jobs' positions and predicted start times (JSON `QueueInfo`, keyed
+/// by job id), refreshed by the scheduler as the queue moves.
+pub const BUCKET_QUEUE: &str = "mochi_queue";
 /// Subjects of per-job progress events: `mochi.events.<job>`.
 pub const SUBJECT_EVENTS_ALL: &str = "mochi.events.>";
 

@@ -73,6 +73,11 @@ impl LengthAware {
         Self { config }
     }
 
+    /// Slots kept for the short lane out of `slots`.
+    fn reserved(&self, slots: usize) -> usize {
+        ((self.config.short_share * slots as f64).floor() as usize).min(slots)
+    }
+
     fn weight(&self, priority: Priority) -> f64 {
         match priority {
             Priority::High => self.config.priority_weight,
@@ -131,14 +136,17 @@ struct Reserve {
     cap_non_short: usize,
     non_short: usize,
     short_waiting: usize,
+    /// Long jobs may borrow the reserve too (with preemption, a pause takes it back).
+    long_borrows: bool,
 }
 
 impl Reserve {
     fn allows(&self, lane: Lane) -> bool {
+        let borrow = self.short_waiting == 0;
         match lane {
             Lane::Short => true,
-            Lane::Medium => self.non_short < self.cap_non_short || self.short_waiting == 0,
-            Lane::Long => self.non_short < self.cap_non_short,
+            Lane::Medium => self.non_short < self.cap_non_short || borrow,
+            Lane::Long => self.non_short < self.cap_non_short || (borrow && self.long_borrows),
         }
     }
 }
@@ -158,6 +166,10 @@ impl Policy for LengthAware {
 
     fn lanes(&self) -> LaneBounds {
         self.config.lanes
+    }
+
+    fn long_cap(&self, slots: usize) -> Option<usize> {
+        (!self.config.preemption).then(|| slots - self.reserved(slots))
     }
 
     fn decide(&self, view: &View<'_>, queue: &[Waiting]) -> Decision {
@@ -192,9 +204,8 @@ impl Policy for LengthAware {
         let top = (free.len() * 16).max(64);
         let mut ranked = self.ranked(view, queue, top);
         let slots = view.slots.len();
-        let reserved = (self.config.short_share * slots as f64).floor() as usize;
         let mut reserve = Reserve {
-            cap_non_short: slots.saturating_sub(reserved),
+            cap_non_short: slots - self.reserved(slots),
             non_short: view
                 .slots
                 .iter()
@@ -204,6 +215,7 @@ impl Policy for LengthAware {
                 .iter()
                 .filter(|(i, _)| lane_of(&queue[*i]) == Lane::Short)
                 .count(),
+            long_borrows: self.config.preemption,
         };
         let mut decision = Decision::default();
         let mut unplaced_short: Vec<usize> = Vec::new();

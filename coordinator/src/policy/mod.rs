@@ -187,6 +187,11 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
     fn lanes(&self) -> LaneBounds {
         LaneBounds::default()
     }
+    /// Most slots long jobs may hold at once out of `slots` (`None`: no cap).
+    fn long_cap(&self, slots: usize) -> Option<usize> {
+        let _ = slots;
+        None
+    }
     /// Placements and preemptions for this moment.
     fn decide(&self, view: &View<'_>, queue: &[Waiting]) -> Decision;
     /// The order in which it would serve `queue` now (indices into `queue`), for queue

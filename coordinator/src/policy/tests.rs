@@ -374,7 +374,23 @@ fn eta_plays_the_order_forward() {
     let estimates = eta::estimate(&policy, &view, &[b, a]);
     assert_eq!(estimates.len(), 2);
     assert_eq!((estimates[0].job_id, estimates[0].position), (a.job_id, 1));
-    assert_eq!(estimates[0].eta_start_ms, 101_000);
+    assert_eq!(estimates[0].eta_start_ms, Some(101_000));
     let after_a = 101_000 + (a.cost.seconds[0] * 1_000.0) as u64;
-    assert!(estimates[1].eta_start_ms.abs_diff(after_a) <= 1);
+    assert!(
+        estimates[1]
+            .eta_start_ms
+            .expect("a slot holds it")
+            .abs_diff(after_a)
+            <= 1
+    );
+    assert_eq!(estimates[0].eta_finish_ms, estimates[1].eta_start_ms);
+    let none = eta::estimate(
+        &policy,
+        &View {
+            now_ms: 0,
+            slots: &[],
+        },
+        &[a],
+    );
+    assert_eq!((none[0].position, none[0].eta_start_ms), (1, None));
 }

@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
+use futures::StreamExt;
 use protocol::jetstream::Resources;
 use protocol::messages::NodeHeartbeat;
+use protocol::queue::QueueInfo;
 use protocol::record::JobFailure;
-use protocol::{ErrorCode, JobEvent, JobId, JobRecord, JobState, NodeId, now_ms};
+use protocol::{ErrorCode, JobEvent, JobId, JobRecord, JobState, NodeId, names, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::task::JoinHandle;
 
@@ -29,6 +31,10 @@ use view::{FollowUp, View};
 
 /// How long stopping waits for each child actor.
 const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A published ETA is rewritten when the estimate moved by more than this, ms.
+const ETA_REPUBLISH_MS: u64 = 5_000;
+/// Writes to `mochi_queue` in flight at once.
+const QUEUE_WRITES_IN_FLIGHT: usize = 32;
 /// Dead jobs finished within this window are copied to the dead-letter stream when seen.
 const DEAD_LETTER_WINDOW_MS: u64 = 60_000;
 
@@ -124,6 +130,12 @@ pub struct SchedulerState {
     fleet: HashMap<SlotKey, (GpuClass, u64)>,
     /// Jobs being refused (the write is under way or done, the watch has not shown it).
     refusing: HashSet<JobId>,
+    /// Queue positions and ETAs: the `mochi_queue` bucket, what was last published there,
+    /// the write under way, and when the estimates were last made.
+    queue_store: Option<kv::Store>,
+    published: HashMap<JobId, QueueInfo>,
+    publishing: Option<JoinHandle<()>>,
+    estimated_at_ms: u64,
 }
 
 impl Actor for Scheduler {
@@ -140,6 +152,7 @@ impl Actor for Scheduler {
         let view = View::new(args.config.node_ttl_s);
         let policy = args.config.policy.build(args.config.length_aware);
         let (cost_store, cost) = Box::pin(open_cost_model(&args.resources)).await;
+        let queue_store = Box::pin(open_queue_bucket(&args.resources)).await;
         tracing::info!(
             policy = policy.name(),
             corrections = cost.corrections.buckets.len(),
@@ -158,6 +171,10 @@ impl Actor for Scheduler {
             cost_save: None,
             fleet: HashMap::new(),
             refusing: HashSet::new(),
+            queue_store,
+            published: HashMap::new(),
+            publishing: None,
+            estimated_at_ms: 0,
         })
     }
 
@@ -176,6 +193,9 @@ impl Actor for Scheduler {
             .keeper
             .stop_and_wait(Some("shutdown".to_owned()), Some(CHILD_STOP_TIMEOUT))
             .await;
+        if let Some(publishing) = state.publishing.take() {
+            publishing.abort();
+        }
         if let Some(save) = state.cost_save.take() {
             let _ = tokio::time::timeout(CHILD_STOP_TIMEOUT, save).await;
         }
@@ -296,6 +316,136 @@ async fn open_cost_model(resources: &Resources) -> (Option<kv::Store>, CostModel
             (Some(store), CostModel::default())
         }
     }
+}
+
+/// Opens (or creates) the `mochi_queue` bucket; entries expire a day after their last
+/// refresh, so a crashed coordinator leaves no stale positions for long.
+async fn open_queue_bucket(resources: &Resources) -> Option<kv::Store> {
+    if let Ok(store) = resources.context.get_key_value(names::BUCKET_QUEUE).await {
+        return Some(store);
+    }
+    let created = resources
+        .context
+        .create_key_value(kv::Config {
+            bucket: names::BUCKET_QUEUE.to_owned(),
+            description: "mochi-serve queue positions and ETAs".to_owned(),
+            history: 1,
+            max_age: Duration::from_secs(24 * 3600),
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(store) => Some(store),
+        Err(error) => {
+            tracing::warn!(%error, "queue positions will not be published");
+            None
+        }
+    }
+}
+
+/// Publishes every queued job's position and ETA (changed entries only) and removes those
+/// of jobs no longer queued, in the background.
+fn publish_queue(state: &mut SchedulerState, now: u64) {
+    let period = state.args.config.eta_refresh_ms;
+    if period == 0
+        || now.saturating_sub(state.estimated_at_ms) < period
+        || state
+            .publishing
+            .as_ref()
+            .is_some_and(|task| !task.is_finished())
+    {
+        return;
+    }
+    let Some(store) = state.queue_store.clone() else {
+        return;
+    };
+    state.estimated_at_ms = now;
+    let mut queued = state.view.queued_jobs();
+    queued.retain(|job| !state.refusing.contains(&job.job_id));
+    let proxies = &state.proxies;
+    let lanes = state.policy.lanes();
+    let (_, slots): (Vec<SlotKey>, Vec<policy::Slot>) = state
+        .view
+        .slots(now, |key| proxies.contains_key(key), lanes)
+        .into_iter()
+        .unzip();
+    let view = policy::View {
+        now_ms: now,
+        slots: &slots,
+    };
+    let lane_of: HashMap<JobId, Lane> = queued
+        .iter()
+        .map(|job| (job.job_id, lanes.lane(job.cost.reference_seconds())))
+        .collect();
+    let estimates = policy::eta::estimate(state.policy.as_ref(), &view, &queued);
+    let total = u32::try_from(estimates.len()).unwrap_or(u32::MAX);
+    let mut current = HashMap::with_capacity(estimates.len());
+    let mut puts = Vec::new();
+    for estimate in estimates {
+        let info = QueueInfo {
+            position: estimate.position,
+            queued: total,
+            lane: lane_of
+                .get(&estimate.job_id)
+                .map_or("short", |lane| lane.as_str())
+                .to_owned(),
+            eta_start_ms: estimate.eta_start_ms,
+            eta_finish_ms: estimate.eta_finish_ms,
+            updated_at_ms: now,
+        };
+        let changed = state.published.get(&estimate.job_id).is_none_or(|old| {
+            old.position != info.position
+                || old.queued != info.queued
+                || old.eta_start_ms.is_some() != info.eta_start_ms.is_some()
+                || old
+                    .eta_start_ms
+                    .zip(info.eta_start_ms)
+                    .is_some_and(|(a, b)| a.abs_diff(b) > ETA_REPUBLISH_MS)
+        });
+        if changed {
+            puts.push((estimate.job_id, info.clone()));
+            current.insert(estimate.job_id, info);
+        } else if let Some(old) = state.published.remove(&estimate.job_id) {
+            current.insert(estimate.job_id, old);
+        }
+    }
+    let gone: Vec<JobId> = state
+        .published
+        .keys()
+        .filter(|job_id| !current.contains_key(*job_id))
+        .copied()
+        .collect();
+    state.published = current;
+    if puts.is_empty() && gone.is_empty() {
+        return;
+    }
+    state.publishing = Some(tokio::spawn(async move {
+        let writes = puts.into_iter().map(|(job_id, info)| {
+            let store = store.clone();
+            async move {
+                let Ok(bytes) = serde_json::to_vec(&info) else {
+                    return;
+                };
+                if let Err(error) = store.put(job_id.to_string(), bytes.into()).await {
+                    tracing::debug!(%job_id, %error, "queue position not published");
+                }
+            }
+        });
+        futures::stream::iter(writes)
+            .buffer_unordered(QUEUE_WRITES_IN_FLIGHT)
+            .collect::<Vec<()>>()
+            .await;
+        let deletes = gone.into_iter().map(|job_id| {
+            let store = store.clone();
+            async move {
+                let _ = store.purge(job_id.to_string()).await;
+            }
+        });
+        futures::stream::iter(deletes)
+            .buffer_unordered(QUEUE_WRITES_IN_FLIGHT)
+            .collect::<Vec<()>>()
+            .await;
+    }));
 }
 
 fn job_changed(state: &mut SchedulerState, record: &JobRecord, revision: u64) {
@@ -506,6 +656,7 @@ async fn refuse(state: &mut SchedulerState, job_id: JobId, fleet: &[(GpuClass, u
 fn tick(state: &mut SchedulerState) {
     let now = now_ms();
     save_cost(state);
+    publish_queue(state, now);
     let lanes = state.policy.lanes();
     let mut depth = [0u32; 3];
     for job in state.view.queued_jobs() {

@@ -91,6 +91,8 @@ pub struct JobOutcome {
     pub queued_s: f64,
     /// Times paused.
     pub pauses: u32,
+    /// Whether it asked for low (batch) priority.
+    pub low_priority: bool,
     /// How it ended.
     pub fate: Fate,
 }
@@ -205,6 +207,7 @@ pub fn run(policy: &dyn Policy, trace: &[TraceJob], config: &SimConfig) -> SimRe
                     finish_s: None,
                     queued_s: 0.0,
                     pauses: 0,
+                    low_priority: job.priority == protocol::spec::Priority::Low,
                     fate: Fate::Unfinished,
                 },
             }
@@ -300,8 +303,9 @@ impl Sim<'_> {
         let estimate = policy::eta::estimate(self.policy, &view, &waiting)
             .into_iter()
             .find(|estimate| estimate.job_id == id);
-        self.jobs[index].outcome.predicted_start_s =
-            estimate.map(|estimate| estimate.eta_start_ms as f64 / 1_000.0);
+        self.jobs[index].outcome.predicted_start_s = estimate
+            .and_then(|estimate| estimate.eta_start_ms)
+            .map(|ms| ms as f64 / 1_000.0);
     }
 
     /// The policy's view: every slot and every queued job.

@@ -65,6 +65,8 @@ pub struct Summary {
     pub unfinished: usize,
     /// Longest queue wait of a long job over its own GPU time.
     pub long_wait_ratio: f64,
+    /// The same among jobs that did not ask for low (batch) priority.
+    pub long_wait_ratio_normal: f64,
     /// |predicted − actual start| at submission, s: median and p90.
     pub eta_abs_s: (f64, f64),
     /// The same over the job's end-to-end latency: median and p90.
@@ -83,6 +85,7 @@ pub fn summarize(result: &SimResult) -> Summary {
     let mut eta_rel = Vec::new();
     let (mut admitted, mut met, mut lost, mut rejected, mut unfinished) = (0, 0, 0, 0, 0);
     let mut long_wait_ratio: f64 = 0.0;
+    let mut long_wait_ratio_normal: f64 = 0.0;
     let mut max_pauses = 0;
     for job in &result.jobs {
         match job.fate {
@@ -99,7 +102,11 @@ pub fn summarize(result: &SimResult) -> Summary {
         let lane = Lane::ALL.iter().position(|l| *l == job.lane).unwrap_or(0);
         waits[lane].push(job.queued_s);
         if job.lane == Lane::Long {
-            long_wait_ratio = long_wait_ratio.max(job.queued_s / job.own_s.max(1.0));
+            let ratio = job.queued_s / job.own_s.max(1.0);
+            long_wait_ratio = long_wait_ratio.max(ratio);
+            if !job.low_priority {
+                long_wait_ratio_normal = long_wait_ratio_normal.max(ratio);
+            }
         }
         if let (Fate::Succeeded, Some(finish)) = (job.fate, job.finish_s) {
             let latency = finish - job.arrival_s;
@@ -140,6 +147,7 @@ pub fn summarize(result: &SimResult) -> Summary {
         rejected,
         unfinished,
         long_wait_ratio,
+        long_wait_ratio_normal,
         eta_abs_s: eta_abs,
         eta_rel,
         max_pauses,
@@ -173,14 +181,14 @@ pub fn human(seconds: f64) -> String {
 
 /// The header of [`table_row`]'s table (Markdown).
 pub fn table_header() -> String {
-    "| scenario | policy | short wait p50/p95/p99 | medium wait p50/p95/p99 | long wait p50/p95/p99 | e2e p50/p95/p99 | SLO | useful / wasted GPU-h | lost | rejected | long wait / own | ETA err p50/p90 (rel p50/p90) | max pauses |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n".to_owned()
+    "| scenario | policy | short wait p50/p95/p99 | medium wait p50/p95/p99 | long wait p50/p95/p99 | e2e p50/p95/p99 | SLO | useful / wasted GPU-h | lost | rejected | long wait / own (all, not low) | ETA err p50/p90 (rel p50/p90) | max pauses |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n".to_owned()
 }
 
 /// One row of the benchmark table (Markdown).
 pub fn table_row(scenario: &str, summary: &Summary) -> String {
     let p = |p: &Percentiles| format!("{} / {} / {}", human(p.p50), human(p.p95), human(p.p99));
     format!(
-        "| {scenario} | {} | {} | {} | {} | {} | {:.1}% | {:.1} / {:.2} | {} | {} | {:.2} | {} / {} ({:.0}% / {:.0}%) | {} |\n",
+        "| {scenario} | {} | {} | {} | {} | {} | {:.1}% | {:.1} / {:.2} | {} | {} | {:.2}, {:.2} | {} / {} ({:.0}% / {:.0}%) | {} |\n",
         summary.policy,
         p(&summary.wait[0]),
         p(&summary.wait[1]),
@@ -192,6 +200,7 @@ pub fn table_row(scenario: &str, summary: &Summary) -> String {
         summary.lost,
         summary.rejected,
         summary.long_wait_ratio,
+        summary.long_wait_ratio_normal,
         human(summary.eta_abs_s.0),
         human(summary.eta_abs_s.1),
         summary.eta_rel.0 * 100.0,
