@@ -71,29 +71,62 @@ pub struct LeaseKeeperArgs {
     pub scheduler: ActorRef<SchedulerMsg>,
 }
 
+/// The lease keeper's state.
+pub struct LeaseKeeperState {
+    args: LeaseKeeperArgs,
+    /// No lease is expired before this time (ms since the epoch): nodes get a whole lease to
+    /// renew after this keeper started (a new leader, a rebuilt coordinator) and after it
+    /// last saw NATS unreachable (their renewals could not land meanwhile either).
+    grace_until_ms: u64,
+}
+
+/// The end of the expiry grace after looking at the NATS connection at `now_ms`.
+fn grace_until(current_ms: u64, now_ms: u64, nats_connected: bool, lease_ms: u64) -> u64 {
+    if nats_connected {
+        current_ms
+    } else {
+        current_ms.max(now_ms.saturating_add(lease_ms))
+    }
+}
+
 impl Actor for LeaseKeeper {
     type Msg = LeaseKeeperMsg;
-    type State = LeaseKeeperArgs;
+    type State = LeaseKeeperState;
     type Arguments = LeaseKeeperArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
         args: LeaseKeeperArgs,
-    ) -> Result<LeaseKeeperArgs, ActorProcessingErr> {
-        Ok(args)
+    ) -> Result<LeaseKeeperState, ActorProcessingErr> {
+        let grace_until_ms = now_ms().saturating_add(args.config.lease_ms);
+        Ok(LeaseKeeperState {
+            args,
+            grace_until_ms,
+        })
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         message: LeaseKeeperMsg,
-        state: &mut LeaseKeeperArgs,
+        keeper: &mut LeaseKeeperState,
     ) -> Result<(), ActorProcessingErr> {
+        let state = &keeper.args;
         match message {
             LeaseKeeperMsg::Expire(jobs) => {
+                let now = now_ms();
+                let connected = state.resources.context.client().connection_state()
+                    == async_nats::connection::State::Connected;
+                keeper.grace_until_ms =
+                    grace_until(keeper.grace_until_ms, now, connected, state.config.lease_ms);
+                let in_grace = now < keeper.grace_until_ms;
                 for job in jobs {
-                    expire(state, &job).await;
+                    if in_grace {
+                        tracing::debug!(job_id = %job.job_id, "lease due during the expiry grace; not expired yet");
+                    } else {
+                        expire(state, &job).await;
+                    }
                     // The scheduler may ask again at its next tick if the lease is still due.
                     let _ = state.scheduler.cast(SchedulerMsg::ExpiryDone(job.job_id));
                 }
@@ -389,6 +422,13 @@ mod tests {
             overdue(&timed(JobState::Assigned, 2, Some(0)), &config, u64::MAX),
             None
         );
+    }
+
+    #[test]
+    fn an_unreachable_nats_extends_the_expiry_grace_by_a_lease() {
+        assert_eq!(grace_until(500, 1_000, true, 300), 500);
+        assert_eq!(grace_until(500, 1_000, false, 300), 1_300);
+        assert_eq!(grace_until(5_000, 1_000, false, 300), 5_000);
     }
 
     #[test]
