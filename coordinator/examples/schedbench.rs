@@ -90,8 +90,45 @@ fn policies() -> Vec<(String, Box<dyn Policy>)> {
     all
 }
 
+/// The cost model's predictions for reference shapes.
+fn cost_table() {
+    println!("Cost model priors (peak memory; GPU time per class):\n");
+    println!("| shape | tokens | peak | H100 | H200 | A100 | L40 |\n|---|---|---|---|---|---|---|");
+    for (frames, fps, width, height, steps) in [
+        (31, 30, 848, 480, 64),
+        (49, 30, 848, 480, 64),
+        (163, 30, 848, 480, 64),
+        (301, 30, 848, 480, 64),
+        (61, 30, 1280, 720, 64),
+        (301, 30, 1280, 720, 64),
+        (121, 30, 1920, 1088, 64),
+        (31, 30, 848, 480, 16),
+    ] {
+        let shape = protocol::JobShape::new(frames, fps, width, height, steps, true);
+        let cost = CostModel::default().cost(&shape);
+        let cell = |class: GpuClass| {
+            if cost.fits(class, class.spec().memory_bytes) {
+                report::human(cost.seconds[class.index()])
+            } else {
+                "does not fit".to_owned()
+            }
+        };
+        println!(
+            "| {frames} f {width}×{height}, {steps} steps | {} | {} | {} | {} | {} | {} |",
+            shape.num_tokens,
+            coordinator::cost::gb(cost.peak_bytes[0]),
+            cell(GpuClass::H100),
+            cell(GpuClass::H200),
+            cell(GpuClass::A100),
+            cell(GpuClass::L40),
+        );
+    }
+    println!();
+}
+
 fn main() {
     let args = args();
+    cost_table();
     let mix = Mix::standard();
     let mean_s = mean_service_s(mix);
     let h100 = vec![GpuClass::H100; 8];

@@ -140,6 +140,7 @@ fn admission_refuses_what_no_slot_holds_and_says_what_would_fit() {
     assert!(width < 1920 && height < 1088);
     assert!(gpu_peak_bytes(&shape(301, width, height, 64)) <= refusal.largest_bytes);
     let message = refusal.message();
+    println!("{message}");
     assert!(
         message.contains("h100-80gb") && message.contains("GB"),
         "{message}"
