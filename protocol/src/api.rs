@@ -41,6 +41,10 @@ pub struct JobView {
     pub updated_at_ms: u64,
     /// Where to poll and download.
     pub links: JobLinks,
+    /// While queued: the job's position and predicted start, as the scheduler last
+    /// published them (absent when not queued or not yet estimated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<crate::queue::QueueInfo>,
 }
 
 /// A job's failure as clients see it.
@@ -91,6 +95,7 @@ impl JobView {
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
             links: JobLinks::for_job(id),
+            queue: None,
         }
     }
 
@@ -120,6 +125,7 @@ impl JobView {
             created_at_ms: record.created_at_ms,
             updated_at_ms: record.updated_at_ms,
             links: JobLinks::for_job(record.id),
+            queue: None,
         }
     }
 }

@@ -178,15 +178,31 @@ async fn current_view(state: &AppState, job_id: JobId) -> Result<Option<JobView>
         .map(|record| JobView::from_record(&record)))
 }
 
-/// `GET /v1/videos/{id}`: the job's status.
+/// `GET /v1/videos/{id}`: the job's status, with its queue position and ETA while queued.
 pub async fn status(
     State(state): State<AppState>,
     JobPath(job_id): JobPath,
 ) -> Result<Json<JobView>, ApiError> {
-    current_view(&state, job_id)
+    let mut view = current_view(&state, job_id)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::job_not_found(job_id))
+        .ok_or_else(|| ApiError::job_not_found(job_id))?;
+    if view.state == protocol::JobState::Queued {
+        view.queue = queue_info(&state, job_id).await;
+    }
+    Ok(Json(view))
+}
+
+/// The queue position the scheduler published for a job in `mochi_queue` (best effort:
+/// absent when the bucket or the entry is missing or unreadable).
+async fn queue_info(state: &AppState, job_id: JobId) -> Option<protocol::queue::QueueInfo> {
+    let store = state
+        .resources
+        .context
+        .get_key_value(names::BUCKET_QUEUE)
+        .await
+        .ok()?;
+    let bytes = store.get(job_id.to_string()).await.ok()??;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// `DELETE /v1/videos/{id}`: cancels the job in any non-terminal state (409 once it ended).
