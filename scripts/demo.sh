@@ -4,10 +4,18 @@
 # `mochi generate`, stop the stack, and print where the MP4 is.
 #
 #   scripts/demo.sh ["prompt"] [extra `mochi generate` flags, e.g. --frames 61 --fps 24]
+#
+# The stack runs the embedded tiny Mochi model (random weights: the video is noise) on the
+# CPU. Without extra flags the demo asks for a small job so that it finishes in about half a
+# minute; with flags, exactly what they say.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prompt="${1:-a red fox running through fresh snow at dawn}"
 shift || true
+if [ "$#" -eq 0 ]; then
+  set -- --width 480 --height 272 --frames 31 --steps 16
+  echo "demo: asking for 480x272, 31 frames, 16 steps (pass mochi generate flags to change it)" >&2
+fi
 
 scripts/install-deps.sh
 cargo build --bin mochi

@@ -137,6 +137,9 @@ pub struct Config {
     /// Object-store chunk size for uploaded videos, bytes (must stay under the NATS
     /// server's `max_payload`, 1 MiB by default; larger chunks upload faster).
     pub object_chunk_bytes: u32,
+    /// A slot whose memory in use after a job stays more than this above the level after
+    /// its first job marks itself unhealthy, bytes (0: never; only backends that measure).
+    pub memory_growth_limit_bytes: u64,
 }
 
 impl Default for Config {
@@ -153,6 +156,7 @@ impl Default for Config {
             heartbeat_interval_ms: 2_000,
             drain_timeout_ms: 20_000,
             object_chunk_bytes: 512 * 1024,
+            memory_growth_limit_bytes: 512 << 20,
         }
     }
 }

@@ -101,6 +101,7 @@ pub async fn run(
         reports,
         changed: Arc::new(Notify::new()),
         memory,
+        memory_growth_limit_bytes: config.memory_growth_limit_bytes,
     };
     let (node, mut node_handle) = Box::pin(Actor::spawn(None, Node, node_args))
         .await

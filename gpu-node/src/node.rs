@@ -65,6 +65,8 @@ pub struct NodeArgs {
     pub changed: Arc<Notify>,
     /// Each slot's device memory.
     pub memory: Vec<DeviceMemory>,
+    /// Memory growth after a job that marks a slot unhealthy (0: never).
+    pub memory_growth_limit_bytes: u64,
 }
 
 /// The node actor's state.
@@ -89,6 +91,7 @@ impl NodeState {
             report: Arc::clone(&self.args.reports[index]),
             changed: Arc::clone(&self.args.changed),
             memory: self.args.memory[index],
+            memory_growth_limit_bytes: self.args.memory_growth_limit_bytes,
         }
     }
 

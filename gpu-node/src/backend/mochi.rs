@@ -93,6 +93,9 @@ impl MochiBackend {
             reason,
         };
         let started = Instant::now();
+        if device.is_cpu() {
+            crate::device::pin_host_mmap_threshold();
+        }
         let dtype = dit_dtype(device);
         let dit = AsymmDiT::from_model_dir(dir, dtype, device)
             .map_err(|e| fail(format!("transformer: {e}")))?;
@@ -383,6 +386,17 @@ impl Backend for MochiBackend {
         self.resident_bytes
     }
 
+    fn memory_in_use_bytes(&self) -> Option<u64> {
+        // On the CPU the device is this process's memory. CUDA devices are not measured yet.
+        if self.device.is_cpu() {
+            // Whatever ran after the job (the MP4 encoder) freed its memory too: trim first.
+            crate::device::trim_host_heap();
+            crate::device::process_rss_bytes()
+        } else {
+            None
+        }
+    }
+
     fn run(
         &self,
         job: &BackendJob,
@@ -393,6 +407,10 @@ impl Backend for MochiBackend {
         // the device so the next job (and the memory report) starts from a quiet device.
         if let Err(error) = self.device.synchronize() {
             tracing::warn!(job_id = %job.job_id, %error, "device synchronisation after the job failed");
+        }
+        if self.device.is_cpu() {
+            // The CPU's "memory pool" is the heap: hand the job's freed pages back.
+            crate::device::trim_host_heap();
         }
         outcome
     }

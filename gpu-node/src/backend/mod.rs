@@ -111,6 +111,12 @@ pub trait Backend: Send + Sync {
         0
     }
 
+    /// Memory the backend's device has in use now, bytes, when it can measure it (after a
+    /// job: the resident weights plus whatever the job failed to give back).
+    fn memory_in_use_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// Runs one job, calling `observer` after every denoising step.
     fn run(&self, job: &BackendJob, observer: &mut dyn StepObserver)
     -> Result<Video, BackendError>;

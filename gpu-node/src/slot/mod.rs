@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use crate::backend::{Backend, BackendError, BackendJob};
 use crate::config::VideoConfig;
-use crate::device::DeviceMemory;
+use crate::device::{DeviceMemory, MemoryWatch};
 use crate::metrics;
 
 mod output;
@@ -83,6 +83,8 @@ pub enum GpuSlotMsg {
         attempt: u32,
         /// The MP4, or the failure.
         outcome: Result<Vec<u8>, BackendError>,
+        /// Memory the device had in use after the job, when the backend measures it.
+        memory_used_bytes: Option<u64>,
     },
     /// The slot's report, for heartbeats and tests.
     Status(RpcReplyPort<SlotReport>),
@@ -108,6 +110,9 @@ pub struct GpuSlotArgs {
     pub changed: Arc<Notify>,
     /// The device's memory, for the report.
     pub memory: DeviceMemory,
+    /// Growth above the memory in use after the first job that marks the slot unhealthy
+    /// (0: never).
+    pub memory_growth_limit_bytes: u64,
 }
 
 struct Running {
@@ -126,6 +131,11 @@ pub struct GpuSlotState {
     work: std::sync::mpsc::Sender<WorkItem>,
     running: Option<Running>,
     draining: bool,
+    memory_watch: MemoryWatch,
+    /// Memory in use after the last job, when measured.
+    measured_used_bytes: Option<u64>,
+    /// Why the slot takes no more work (its memory did not come back).
+    unhealthy: Option<String>,
 }
 
 impl Drop for GpuSlotState {
@@ -156,11 +166,15 @@ impl Actor for GpuSlot {
         std::thread::Builder::new()
             .name(format!("gpu-slot-{}", args.slot))
             .spawn(move || worker(backend.as_ref(), &video, &queue))?;
+        let memory_watch = MemoryWatch::new(args.memory_growth_limit_bytes);
         Ok(GpuSlotState {
             args,
             work,
             running: None,
             draining: false,
+            memory_watch,
+            measured_used_bytes: None,
+            unhealthy: None,
         })
     }
 
@@ -223,9 +237,15 @@ impl Actor for GpuSlot {
                 job_id,
                 attempt,
                 outcome,
+                memory_used_bytes,
             } => {
+                if let Some(used) = memory_used_bytes {
+                    measured_memory(state, used);
+                }
                 if current(state, job_id, attempt).is_some() {
                     finish(job_id, attempt, outcome, state).await;
+                } else {
+                    report_changed(state);
                 }
             }
             GpuSlotMsg::Status(reply) => {
@@ -265,7 +285,13 @@ fn report_changed(state: &GpuSlotState) {
         attempt: r.attempt,
     });
     report.memory_total_bytes = state.args.memory.total_bytes();
-    report.memory_free_bytes = state.args.memory.free_bytes(running.map(|r| &r.shape));
+    report.memory_free_bytes = match (running, state.measured_used_bytes) {
+        // Idle with a measurement: what is really free.
+        (None, Some(used)) => state.args.memory.total_bytes().saturating_sub(used),
+        _ => state.args.memory.free_bytes(running.map(|r| &r.shape)),
+    };
+    report.healthy = state.unhealthy.is_none();
+    report.unhealthy_reason.clone_from(&state.unhealthy);
     drop(report);
     metrics::set_slot_busy(state.args.slot, running.is_some());
     state.args.changed.notify_one();
@@ -279,6 +305,8 @@ async fn start(
 ) {
     let refusal = if state.draining {
         Some("node is shutting down".to_owned())
+    } else if let Some(reason) = &state.unhealthy {
+        Some(format!("slot unhealthy: {reason}"))
     } else {
         state
             .running
@@ -344,6 +372,18 @@ async fn start(
             state,
         )
         .await;
+    }
+}
+
+/// Records the memory in use after a job; memory that did not come back marks the slot
+/// unhealthy (it refuses work and says why in its heartbeat).
+fn measured_memory(state: &mut GpuSlotState, used_bytes: u64) {
+    state.measured_used_bytes = Some(used_bytes);
+    if let Err(reason) = state.memory_watch.after_job(used_bytes)
+        && state.unhealthy.is_none()
+    {
+        tracing::error!(slot = state.args.slot, %reason, "slot unhealthy");
+        state.unhealthy = Some(reason);
     }
 }
 

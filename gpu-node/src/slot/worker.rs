@@ -36,10 +36,13 @@ pub(super) fn worker(
         let outcome = run_job(backend, &job, &mut observer, video, || {
             let _ = slot.cast(GpuSlotMsg::EncodingStarted { job_id, attempt });
         });
+        // Measured once the job's memory (MP4 included) is released.
+        let memory_used_bytes = backend.memory_in_use_bytes();
         let _ = slot.cast(GpuSlotMsg::JobFinished {
             job_id,
             attempt,
             outcome,
+            memory_used_bytes,
         });
     }
 }
