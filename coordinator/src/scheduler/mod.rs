@@ -130,6 +130,8 @@ pub struct SchedulerState {
     fleet: HashMap<SlotKey, (GpuClass, u64)>,
     /// Jobs being refused (the write is under way or done, the watch has not shown it).
     refusing: HashSet<JobId>,
+    /// Jobs found to fit a slot of `fleet` (which only grows): not checked again.
+    admitted: HashSet<JobId>,
     /// Queue positions and ETAs: the `mochi_queue` bucket, what was last published there,
     /// the write under way, and when the estimates were last made.
     queue_store: Option<kv::Store>,
@@ -171,6 +173,7 @@ impl Actor for Scheduler {
             cost_save: None,
             fleet: HashMap::new(),
             refusing: HashSet::new(),
+            admitted: HashSet::new(),
             queue_store,
             published: HashMap::new(),
             publishing: None,
@@ -216,7 +219,10 @@ impl Actor for Scheduler {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SchedulerMsg::JobChanged { record, revision } => job_changed(state, &record, revision),
-            SchedulerMsg::JobRemoved(job_id) => state.view.job_removed(job_id),
+            SchedulerMsg::JobRemoved(job_id) => {
+                state.admitted.remove(&job_id);
+                state.view.job_removed(job_id);
+            }
             SchedulerMsg::NodeSeen(heartbeat) => {
                 Box::pin(node_seen(&myself, state, *heartbeat)).await?
             }
@@ -453,6 +459,7 @@ fn job_changed(state: &mut SchedulerState, record: &JobRecord, revision: u64) {
         FollowUp::None => {}
         FollowUp::Finished(finished) => {
             state.refusing.remove(&record.id);
+            state.admitted.remove(&record.id);
             if let Some(finished) = finished {
                 learn(state, record, finished);
             }
@@ -578,11 +585,17 @@ async fn schedule(state: &mut SchedulerState) {
     if state.policy.traits().admission && !state.fleet.is_empty() {
         let fleet: Vec<(GpuClass, u64)> = state.fleet.values().copied().collect();
         let mut refused = Vec::new();
+        let admitted = &mut state.admitted;
         queued.retain(|job| {
+            if admitted.contains(&job.job_id) {
+                return true;
+            }
             let fits = fleet
                 .iter()
                 .any(|(class, memory)| job.cost.fits(*class, *memory));
-            if !fits {
+            if fits {
+                admitted.insert(job.job_id);
+            } else {
                 refused.push(job.job_id);
             }
             fits
