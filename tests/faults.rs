@@ -20,7 +20,9 @@ fn no_accepted_job_is_lost_under_process_kills_stops_and_nats_restarts() {
         .enable_all()
         .build()
         .unwrap();
-    let report = runtime.block_on(Box::pin(loadtest::faults::run(&config))).unwrap();
+    let report = runtime
+        .block_on(Box::pin(loadtest::faults::run(&config)))
+        .unwrap();
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     assert!(report.accepted >= 12, "too few jobs accepted: {report:?}");
     assert_eq!(report.faults.values().sum::<u32>(), 4, "{report:?}");
