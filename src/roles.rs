@@ -126,9 +126,15 @@ pub async fn gateway(_args: RoleArgs, file: Option<&Path>) -> Result<()> {
     let metrics = gateway::install_metrics_recorder()?;
     let (client, resources) = connect(&nats, "gateway").await?;
     let (shutdown, _signals) = telemetry::shutdown_on_signal();
-    let server = gateway::Server::bind(config, resources, client.clone(), Some(metrics)).await?;
+    let server = Box::pin(gateway::Server::bind(
+        config,
+        resources,
+        client.clone(),
+        Some(metrics),
+    ))
+    .await?;
     tracing::info!(addr = %server.local_addr(), "gateway listening");
-    server.serve(shutdown).await?;
+    Box::pin(server.serve(shutdown)).await?;
     client.flush().await.ok();
     Ok(())
 }

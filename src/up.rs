@@ -74,12 +74,12 @@ async fn run_roles(
     let node_config_summary = node_config.clone();
     let metrics = gateway::install_metrics_recorder()?;
     let (client, resources) = roles::connect(&nats_config, "up").await?;
-    let server = gateway::Server::bind(
+    let server = Box::pin(gateway::Server::bind(
         gateway_config,
         resources.clone(),
         client.clone(),
         Some(metrics),
-    )
+    ))
     .await?;
     let url = format!("http://{}", server.local_addr());
 
@@ -107,7 +107,7 @@ async fn run_roles(
     });
     tasks.spawn({
         let shutdown = shutdown.clone();
-        async move { server.serve(shutdown).await.context("gateway") }
+        async move { Box::pin(server.serve(shutdown)).await.context("gateway") }
     });
     eprintln!("mochi-serve is up: {url}  (API: POST {url}/v1/videos; Ctrl-C to stop)");
     eprintln!("{}", roles::model_banner(&node_config_summary));
