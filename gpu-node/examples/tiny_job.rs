@@ -108,6 +108,7 @@ fn main() {
         shape,
         seed: 42,
         resume: None,
+        checkpoint: None,
     };
     println!(
         "job: {width}x{height}, {} frames, {steps} steps, CFG, {} visual tokens; {} CPU threads",

@@ -46,6 +46,7 @@ fn fifty_consecutive_jobs_leave_memory_at_its_baseline() {
             shape,
             seed,
             resume: None,
+            checkpoint: None,
         };
         let video = backend.run(&job, &mut Continue).unwrap();
         let mp4 = gpu_node::mp4::encode(&video, &VideoConfig::default()).unwrap();

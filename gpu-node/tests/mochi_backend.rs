@@ -4,7 +4,9 @@
 
 use candle_core::Device;
 use gpu_node::backend::mochi::{MochiBackend, MochiOptions};
-use gpu_node::backend::{Backend, BackendError, BackendJob, Control, StepObserver};
+use gpu_node::backend::{
+    Backend, BackendError, BackendJob, Control, LatentCheckpoint, StepObserver,
+};
 use gpu_node::config::VideoConfig;
 use gpu_node::model_dir::tiny;
 use protocol::{JobId, JobSpec, Limits};
@@ -34,6 +36,7 @@ fn job(seed: u64, steps: u32, guidance: f32) -> BackendJob {
         shape,
         seed,
         resume: None,
+        checkpoint: None,
     }
 }
 
@@ -42,6 +45,7 @@ fn job(seed: u64, steps: u32, guidance: f32) -> BackendJob {
 struct Recorder {
     steps: Vec<(u32, u32)>,
     decoded: Vec<(u32, u32)>,
+    denoised: Option<LatentCheckpoint>,
     stop_at: Option<u32>,
 }
 
@@ -53,6 +57,11 @@ impl StepObserver for Recorder {
         } else {
             Control::Continue
         }
+    }
+
+    fn on_denoised(&mut self, latent: &LatentCheckpoint) -> Control {
+        self.denoised = Some(latent.clone());
+        Control::Continue
     }
 
     fn on_decode(&mut self, done: u32, total: u32) -> Control {
@@ -115,6 +124,40 @@ fn decoding_in_bigger_chunks_gives_the_same_frames() {
     let a = one.run(&job, &mut Recorder::default()).unwrap();
     let b = two.run(&job, &mut Recorder::default()).unwrap();
     assert_eq!(a, b);
+}
+
+#[test]
+fn a_saved_latent_skips_denoising_and_gives_the_same_video() {
+    let (_dir, backend) = backend(MochiOptions::default());
+    let first_job = job(5, 3, 4.5);
+    let mut recorder = Recorder::default();
+    let first = backend.run(&first_job, &mut recorder).unwrap();
+    let saved = recorder.denoised.clone().unwrap();
+    assert_eq!(saved.dims, vec![1, 12, 2, 8, 12]);
+    let bytes = saved.to_bytes();
+    let parsed = LatentCheckpoint::from_bytes(&bytes).unwrap();
+    assert_eq!(parsed, saved);
+    assert!(LatentCheckpoint::from_bytes(&bytes[..bytes.len() - 1]).is_none());
+    assert!(LatentCheckpoint::from_bytes(b"not a latent").is_none());
+
+    // The retry decodes from the latent: no denoising step runs, the video is the same.
+    let mut retry = first_job.clone();
+    retry.attempt = 2;
+    retry.checkpoint = Some(parsed);
+    let mut recorder = Recorder::default();
+    assert_eq!(backend.run(&retry, &mut recorder).unwrap(), first);
+    assert_eq!(recorder.steps, vec![(3, 3)]);
+    assert!(recorder.denoised.is_none());
+
+    // A latent of another shape is ignored: denoising runs again.
+    let mut other = first_job.clone();
+    other.checkpoint = Some(LatentCheckpoint {
+        dims: vec![1, 12, 1, 8, 12],
+        values: vec![0.0; 1152],
+    });
+    let mut recorder = Recorder::default();
+    assert_eq!(backend.run(&other, &mut recorder).unwrap(), first);
+    assert_eq!(recorder.steps.len(), 3);
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{Backend, BackendError, BackendJob, Control, StepObserver, Video};
+use super::{Backend, BackendError, BackendJob, Control, LatentCheckpoint, StepObserver, Video};
 use crate::model::AsymmDiT;
 use crate::model::vae::VaeDecoder;
 use crate::model_dir::{safetensors_header, tiny};
@@ -296,6 +296,44 @@ impl MochiBackend {
         Ok(latents)
     }
 
+    /// The denoised latents: from an earlier attempt's checkpoint when it has the job's
+    /// shape (denoising skipped), else denoised now and handed to the observer to be saved
+    /// before decoding.
+    fn latents(
+        &self,
+        job: &BackendJob,
+        observer: &mut dyn StepObserver,
+    ) -> Result<Tensor, BackendError> {
+        let shape = &job.shape;
+        let dims = vec![
+            1,
+            sampling::LATENT_CHANNELS,
+            shape.latent_frames as usize,
+            shape.latent_height as usize,
+            shape.latent_width as usize,
+        ];
+        if let Some(checkpoint) = job.checkpoint.as_ref().filter(|c| c.dims == dims) {
+            tracing::info!(job_id = %job.job_id, attempt = job.attempt, "decoding from the saved latent; denoising skipped");
+            if observer.on_step(shape.steps, shape.steps) == Control::Stop {
+                return Err(BackendError::Stopped);
+            }
+            return Tensor::from_vec(checkpoint.values.clone(), dims, &self.device)
+                .map_err(from_candle);
+        }
+        if let Some(checkpoint) = &job.checkpoint {
+            tracing::warn!(job_id = %job.job_id, saved = ?checkpoint.dims, expected = ?dims, "ignoring a saved latent of another shape");
+        }
+        let latents = self.denoise(job, observer)?;
+        let values = latents
+            .flatten_all()
+            .and_then(|flat| flat.to_vec1::<f32>())
+            .map_err(from_candle)?;
+        if observer.on_denoised(&LatentCheckpoint { dims, values }) == Control::Stop {
+            return Err(BackendError::Stopped);
+        }
+        Ok(latents)
+    }
+
     /// Streams the latents through the VAE decoder `decode_chunk_frames` latent frames at
     /// a time (activations bounded by the chunk), converting each chunk to RGB at once.
     fn decode(
@@ -339,7 +377,7 @@ impl MochiBackend {
             tracing::warn!(job_id = %job.job_id, step = resume.step, "resuming from a saved latent is not supported yet; denoising restarts from step 0");
         }
         let started = Instant::now();
-        let latents = self.denoise(job, observer)?;
+        let latents = self.latents(job, observer)?;
         let denoised = started.elapsed();
         let frames = self.decode(&latents, observer)?;
         drop(latents);

@@ -22,6 +22,63 @@ pub struct BackendJob {
     pub seed: u64,
     /// Where to resume, for a preempted job.
     pub resume: Option<ResumePoint>,
+    /// The denoised latent an earlier attempt saved: decoding starts from it.
+    pub checkpoint: Option<LatentCheckpoint>,
+}
+
+/// A denoised latent (DiT space, f32), saved before decoding so that an attempt whose
+/// decode failed is retried from it without denoising again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatentCheckpoint {
+    /// `(1, 12, T, H, W)`.
+    pub dims: Vec<usize>,
+    /// Row-major values.
+    pub values: Vec<f32>,
+}
+
+/// Leading bytes of a serialised [`LatentCheckpoint`] (format version 1).
+const CHECKPOINT_MAGIC: &[u8; 8] = b"MOLATV1\0";
+
+impl LatentCheckpoint {
+    /// `magic, rank (u32), dims (u32 each), values (f32)`, little endian.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(12 + 4 * (self.dims.len() + self.values.len()));
+        bytes.extend_from_slice(CHECKPOINT_MAGIC);
+        bytes.extend_from_slice(&u32::try_from(self.dims.len()).unwrap_or(0).to_le_bytes());
+        for dim in &self.dims {
+            bytes.extend_from_slice(&u32::try_from(*dim).unwrap_or(0).to_le_bytes());
+        }
+        for value in &self.values {
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+        bytes
+    }
+
+    /// Parses [`LatentCheckpoint::to_bytes`]; `None` for anything else.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let rest = bytes.strip_prefix(CHECKPOINT_MAGIC)?;
+        let word = |at: usize| -> Option<u32> {
+            rest.get(at..at + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let rank = word(0)? as usize;
+        if rank > 8 {
+            return None;
+        }
+        let dims: Vec<usize> = (0..rank)
+            .map(|i| word(4 + 4 * i).map(|d| d as usize))
+            .collect::<Option<_>>()?;
+        let data = rest.get(4 + 4 * rank..)?;
+        let count = dims.iter().try_fold(1usize, |n, d| n.checked_mul(*d))?;
+        if data.len() != count.checked_mul(4)? {
+            return None;
+        }
+        let values = data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Some(Self { dims, values })
+    }
 }
 
 /// What a backend should do after a step.
@@ -37,6 +94,12 @@ pub enum Control {
 pub trait StepObserver {
     /// Step `step` of `total_steps` is done.
     fn on_step(&mut self, step: u32, total_steps: u32) -> Control;
+
+    /// Denoising is done; `latent` is what decoding starts from. Saved before decoding so a
+    /// retry can skip denoising.
+    fn on_denoised(&mut self, _latent: &LatentCheckpoint) -> Control {
+        Control::Continue
+    }
 
     /// `done` of `total` latent frames are decoded (the job is alive; it may be stopped).
     fn on_decode(&mut self, _done: u32, _total: u32) -> Control {

@@ -99,6 +99,7 @@ mod tests {
             shape,
             seed: 1,
             resume: None,
+            checkpoint: None,
         }
     }
 

@@ -21,7 +21,7 @@ use crate::metrics;
 mod output;
 mod worker;
 
-use output::{publish_progress, store_video};
+use output::{load_latent, publish_progress, save_latent, store_video};
 use worker::{WorkItem, worker};
 
 /// Why a running job is being stopped (0 = it is not).
@@ -67,6 +67,18 @@ pub enum GpuSlotMsg {
         job_id: JobId,
         /// The attempt.
         attempt: u32,
+    },
+    /// The worker denoised the job: save the latent, then answer on `saved` (the worker
+    /// waits for it before decoding).
+    LatentDenoised {
+        /// The job.
+        job_id: JobId,
+        /// The attempt.
+        attempt: u32,
+        /// The serialised latent.
+        bytes: Vec<u8>,
+        /// Told whether the latent was stored.
+        saved: std::sync::mpsc::Sender<bool>,
     },
     /// The worker finished denoising and decoding and is encoding the MP4.
     EncodingStarted {
@@ -207,6 +219,16 @@ impl Actor for GpuSlot {
                 attempt,
                 progress,
             } => step_completed(job_id, attempt, progress, state).await,
+            GpuSlotMsg::LatentDenoised {
+                job_id,
+                attempt,
+                bytes,
+                saved,
+            } => {
+                let stored = current(state, job_id, attempt).is_some()
+                    && save_latent(state, job_id, attempt, bytes).await;
+                let _ = saved.send(stored);
+            }
             GpuSlotMsg::DecodeProgressed { job_id, attempt } => {
                 if let Some(running) = current(state, job_id, attempt) {
                     // All steps are done; the write renews the lease (and a refusal stops
@@ -346,6 +368,11 @@ async fn start(
     });
     report_changed(state);
     tracing::info!(%job_id, attempt, slot = state.args.slot, frames = assign.shape.num_frames, "job started");
+    let checkpoint = if attempt > 1 {
+        load_latent(state, job_id, attempt).await
+    } else {
+        None
+    };
     let job = BackendJob {
         job_id,
         attempt,
@@ -353,6 +380,7 @@ async fn start(
         shape: assign.shape,
         seed: assign.seed,
         resume: assign.resume,
+        checkpoint,
     };
     if state
         .work

@@ -8,6 +8,7 @@ use protocol::{ErrorCode, JobId, JobState, codec, names, now_ms};
 use sha2::{Digest, Sha256};
 
 use super::{GpuSlotState, RETRY_DELAY_MS, write};
+use crate::backend::LatentCheckpoint;
 
 pub(super) async fn publish_progress(
     state: &GpuSlotState,
@@ -86,6 +87,72 @@ pub(super) async fn store_video(
     } else {
         "abandoned"
     }
+}
+
+/// Object name of the latent an attempt saved before decoding.
+pub(super) fn latent_object(job_id: JobId, attempt: u32) -> String {
+    format!("{job_id}/latent/{attempt}")
+}
+
+/// Saves an attempt's denoised latent; true once stored.
+pub(super) async fn save_latent(
+    state: &GpuSlotState,
+    job_id: JobId,
+    attempt: u32,
+    bytes: Vec<u8>,
+) -> bool {
+    let metadata = ObjectMetadata {
+        name: latent_object(job_id, attempt),
+        chunk_size: Some(state.args.object_chunk_bytes),
+        ..Default::default()
+    };
+    match state
+        .args
+        .resources
+        .videos
+        .put(metadata, &mut std::io::Cursor::new(bytes))
+        .await
+    {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(%job_id, attempt, %error, "cannot save the denoised latent; a retry will denoise again");
+            false
+        }
+    }
+}
+
+/// The newest latent an earlier attempt of the job saved, if any.
+pub(super) async fn load_latent(
+    state: &GpuSlotState,
+    job_id: JobId,
+    attempt: u32,
+) -> Option<LatentCheckpoint> {
+    use tokio::io::AsyncReadExt;
+    for earlier in (1..attempt).rev() {
+        let Ok(mut object) = state
+            .args
+            .resources
+            .videos
+            .get(latent_object(job_id, earlier))
+            .await
+        else {
+            continue;
+        };
+        let mut bytes = Vec::new();
+        if object.read_to_end(&mut bytes).await.is_err() {
+            continue;
+        }
+        match LatentCheckpoint::from_bytes(&bytes) {
+            Some(checkpoint) => {
+                tracing::info!(%job_id, attempt, from_attempt = earlier, "resuming from a saved latent");
+                return Some(checkpoint);
+            }
+            None => {
+                tracing::warn!(%job_id, attempt, from_attempt = earlier, "unreadable saved latent ignored")
+            }
+        }
+    }
+    None
 }
 
 /// Fails the attempt with a retryable error (another attempt, maybe elsewhere, may succeed).

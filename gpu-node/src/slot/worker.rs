@@ -9,8 +9,11 @@ use protocol::record::Progress;
 use ractor::ActorRef;
 
 use super::{GpuSlotMsg, STOP_NONE};
-use crate::backend::{Backend, BackendError, BackendJob, Control, StepObserver};
+use crate::backend::{Backend, BackendError, BackendJob, Control, LatentCheckpoint, StepObserver};
 use crate::config::VideoConfig;
+
+/// How long decoding waits for the denoised latent to be stored.
+const LATENT_SAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One job handed to the thread.
 pub(super) struct WorkItem {
@@ -90,6 +93,21 @@ impl StepObserver for Observer<'_> {
         self.control()
     }
 
+    fn on_denoised(&mut self, latent: &LatentCheckpoint) -> Control {
+        let (saved, stored) = std::sync::mpsc::channel();
+        let _ = self.slot.cast(GpuSlotMsg::LatentDenoised {
+            job_id: self.job_id,
+            attempt: self.attempt,
+            bytes: latent.to_bytes(),
+            saved,
+        });
+        // Decoding starts once the latent is stored (or after the wait, without it).
+        if !matches!(stored.recv_timeout(LATENT_SAVE_TIMEOUT), Ok(true)) {
+            tracing::warn!(job_id = %self.job_id, attempt = self.attempt, "the denoised latent was not saved; decoding anyway");
+        }
+        self.control()
+    }
+
     fn on_decode(&mut self, _done: u32, _total: u32) -> Control {
         let _ = self.slot.cast(GpuSlotMsg::DecodeProgressed {
             job_id: self.job_id,
@@ -158,6 +176,7 @@ mod tests {
             shape,
             seed: 1,
             resume: None,
+            checkpoint: None,
         }
     }
 
