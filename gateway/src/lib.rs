@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod metrics;
 pub mod routes;
 pub mod state;
@@ -135,10 +136,14 @@ impl Server {
             .await
             .map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
+        let nodes = resources.nodes.clone();
+        let state = AppState::new(config, resources, client, metrics_handle);
+        // Kept current for as long as the state lives; ends with it.
+        drop(state.fleet.watch(nodes));
         Ok(Self {
             listener,
             local_addr,
-            state: AppState::new(config, resources, client, metrics_handle),
+            state,
         })
     }
 

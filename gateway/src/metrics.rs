@@ -11,6 +11,9 @@ pub const JOBS_SUBMITTED: &str = "mochi_gateway_jobs_submitted_total";
 /// Time to get JetStream's acknowledgement of a submission, seconds.
 pub const SUBMIT_SECONDS: &str = "mochi_gateway_submit_seconds";
 
+/// Submissions refused with `job_too_large`: no known slot holds the job.
+pub const JOBS_TOO_LARGE: &str = "mochi_gateway_jobs_too_large_total";
+
 /// Requests refused by the gateway's own layers, by reason (`overloaded`, `timeout`).
 pub const REQUESTS_SHED: &str = "mochi_gateway_requests_shed_total";
 
@@ -27,6 +30,10 @@ pub fn describe() {
         "Requests answered 503 by load shedding or the request timeout"
     );
     metrics::describe_counter!(JOBS_SUBMITTED, "Jobs accepted by JetStream");
+    metrics::describe_counter!(
+        JOBS_TOO_LARGE,
+        "Submissions refused because no known slot holds the job"
+    );
     metrics::describe_histogram!(
         SUBMIT_SECONDS,
         metrics::Unit::Seconds,
@@ -38,6 +45,10 @@ pub(crate) fn record_submit(elapsed: Duration, duplicate: bool) {
     metrics::counter!(JOBS_SUBMITTED, "duplicate" => if duplicate { "true" } else { "false" })
         .increment(1);
     metrics::histogram!(SUBMIT_SECONDS).record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn record_too_large() {
+    metrics::counter!(JOBS_TOO_LARGE).increment(1);
 }
 
 pub(crate) fn record_request(route: String, method: String, status: u16, elapsed: Duration) {

@@ -7,6 +7,7 @@ use protocol::TenantId;
 use protocol::jetstream::Resources;
 
 use crate::config::Config;
+use crate::fleet::Fleet;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -21,6 +22,9 @@ pub struct AppState {
     pub tenant: TenantId,
     /// Renders `/metrics`, when this process installed a Prometheus recorder.
     pub metrics: Option<PrometheusHandle>,
+    /// The slots known from the node heartbeats (submit refuses what none holds); empty, so
+    /// accepting everything, until [`Fleet::watch`] runs (`Server::bind` starts it).
+    pub fleet: Fleet,
 }
 
 impl AppState {
@@ -37,6 +41,7 @@ impl AppState {
             config: Arc::new(config),
             tenant: TenantId::default_tenant(),
             metrics,
+            fleet: Fleet::new(),
         }
     }
 }

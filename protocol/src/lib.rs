@@ -13,6 +13,7 @@ pub mod error;
 pub mod ids;
 #[cfg(feature = "jetstream")]
 pub mod jetstream;
+pub mod memory;
 pub mod messages;
 pub mod names;
 pub mod queue;

@@ -5,10 +5,10 @@
 //!   parameters, N visual tokens) plus joint attention `4 · (N + L)² · D · layers` FLOPs
 //!   (D = 3072, 48 layers, L = 256 text tokens); CFG doubles it. Source: the model spec's
 //!   dimensions (`docs/scheduling.md` § Cost model).
-//! * VAE decode: `frames × pixels` times a per-pixel cost; its working memory is a chunk of
-//!   decoded frames (the decoder streams latent frames), its output buffer grows with the
-//!   whole video.
-//! * Resident weights: DiT 20 GB + T5-XXL 9.5 GB + VAE 0.7 GB in bf16.
+//! * VAE decode: `frames × pixels` times a per-pixel cost.
+//! * Peak device memory (resident weights, DiT activations, VAE working set and output
+//!   buffer) comes from [`protocol::memory`], which the gateway also uses to refuse an
+//!   over-sized job at submit: one memory model for both.
 //!
 //! GPU classes turn FLOPs into seconds with their dense bf16 peak and an efficiency fitted to
 //! published single-GPU timings; the `cpu` class runs the tiny model, timed by our own CPU
@@ -19,6 +19,7 @@ mod correction;
 pub mod store;
 
 use protocol::JobShape;
+use protocol::memory::{self, Model};
 use serde::{Deserialize, Serialize};
 
 pub use admission::{Refusal, admit};
@@ -42,7 +43,6 @@ pub enum GpuClass {
 /// Number of GPU classes (the length of per-class arrays).
 pub const CLASSES: usize = 5;
 
-const GB: f64 = 1e9;
 const GIB: u64 = 1 << 30;
 
 /// What a class is: memory and speed.
@@ -154,21 +154,6 @@ mod full {
     pub const LAYERS: f64 = 48.0;
     /// Text tokens the joint attention sees (T5 max length).
     pub const TEXT_TOKENS: f64 = 256.0;
-    /// Resident bf16 weights: DiT 20 GB + T5-XXL 9.5 GB + VAE decoder 0.7 GB.
-    pub const RESIDENT_BYTES: f64 = 30.2e9;
-    /// Activation bytes per visual token per CFG branch (bf16, ~8 live width-3072 tensors;
-    /// the same figure gpu-node's memory accounting uses).
-    pub const ACTIVATION_BYTES_PER_TOKEN: f64 = 3072.0 * 2.0 * 8.0;
-    /// Attention is computed in query blocks of this many tokens, one head at a time, with
-    /// an f32 score block (`QUERY_BLOCK · S · 4` bytes).
-    pub const QUERY_BLOCK: f64 = 8192.0;
-    /// Latent frames the VAE decodes at once (exact causal streaming).
-    pub const VAE_CHUNK_LATENT_FRAMES: u32 = 4;
-    /// VAE working bytes per pixel of a decoded frame in the chunk: 128 channels f32 at full
-    /// resolution, ~3 live tensors.
-    pub const VAE_BYTES_PER_PIXEL: f64 = 128.0 * 4.0 * 3.0;
-    /// Decoded video kept until encoding: f32 RGB plus RGB8.
-    pub const DECODED_BYTES_PER_PIXEL: f64 = 15.0;
     /// VAE decoder FLOPs per output pixel (conv3d 3×3×3 at 128/256/512 channels summed over
     /// the up blocks).
     pub const VAE_FLOPS_PER_PIXEL: f64 = 1.5e7;
@@ -185,9 +170,6 @@ mod tiny {
     pub const FORWARD_S_PER_TOKEN: f64 = 2.0e-6;
     pub const VAE_S_PER_PIXEL: f64 = 1.64e-5;
     pub const OVERHEAD_S: f64 = 0.2;
-    pub const RESIDENT_BYTES: f64 = 64e6;
-    pub const BYTES_PER_TOKEN: f64 = 2048.0;
-    pub const BYTES_PER_PIXEL: f64 = 32.0 * 4.0 * 3.0 + 15.0;
 }
 
 /// A job's predicted cost on one class.
@@ -203,23 +185,6 @@ pub struct Estimate {
     pub denoise_seconds: f64,
 }
 
-/// Memory of the phases of a job on the full model: (DiT phase, VAE phase), bytes beyond
-/// the resident weights.
-fn full_phase_bytes(shape: &JobShape) -> (f64, f64) {
-    let branches = if shape.cfg { 2.0 } else { 1.0 };
-    let n = shape.num_tokens as f64;
-    let s = n + full::TEXT_TOKENS;
-    let latents = 12.0 * n * 4.0 * 4.0 * 3.0 * branches;
-    let dit = n * full::ACTIVATION_BYTES_PER_TOKEN * branches
-        + full::QUERY_BLOCK.min(s) * s * 4.0
-        + latents;
-    let pixels = f64::from(shape.width) * f64::from(shape.height);
-    let chunk_frames = f64::from((full::VAE_CHUNK_LATENT_FRAMES * 6).min(shape.num_frames.max(1)));
-    let vae = chunk_frames * pixels * full::VAE_BYTES_PER_PIXEL
-        + f64::from(shape.num_frames) * pixels * full::DECODED_BYTES_PER_PIXEL;
-    (dit, vae)
-}
-
 /// The prior (uncorrected) estimate of `shape` on `class`.
 pub fn prior(shape: &JobShape, class: GpuClass) -> Estimate {
     let branches = if shape.cfg { 2.0 } else { 1.0 };
@@ -230,11 +195,8 @@ pub fn prior(shape: &JobShape, class: GpuClass) -> Estimate {
     if class == GpuClass::Cpu {
         let step = branches * (tiny::FORWARD_FIXED_S + tiny::FORWARD_S_PER_TOKEN * n);
         let denoise = step * steps;
-        let peak = tiny::RESIDENT_BYTES
-            + n * tiny::BYTES_PER_TOKEN * branches
-            + pixel_frames * tiny::BYTES_PER_PIXEL;
         return Estimate {
-            peak_bytes: peak as u64,
+            peak_bytes: memory::peak_bytes(shape, Model::Tiny),
             gpu_seconds: tiny::OVERHEAD_S + denoise + pixel_frames * tiny::VAE_S_PER_PIXEL,
             step_seconds: step,
             denoise_seconds: denoise,
@@ -248,9 +210,8 @@ pub fn prior(shape: &JobShape, class: GpuClass) -> Estimate {
     let step = flops_per_step / (spec.peak_flops * spec.efficiency);
     let denoise = step * steps;
     let vae = pixel_frames * full::VAE_FLOPS_PER_PIXEL / (spec.peak_flops * full::VAE_EFFICIENCY);
-    let (dit_bytes, vae_bytes) = full_phase_bytes(shape);
     Estimate {
-        peak_bytes: (full::RESIDENT_BYTES + dit_bytes.max(vae_bytes)) as u64,
+        peak_bytes: memory::peak_bytes(shape, Model::Full),
         gpu_seconds: full::OVERHEAD_S + denoise + vae,
         step_seconds: step,
         denoise_seconds: denoise,
@@ -276,8 +237,7 @@ pub fn failure_seconds(
     } else {
         full::OVERHEAD_S
     };
-    let dit_fits = class != GpuClass::Cpu
-        && full::RESIDENT_BYTES + full_phase_bytes(shape).0 <= memory_bytes as f64;
+    let dit_fits = class != GpuClass::Cpu && memory::dit_phase_fits(shape, memory_bytes);
     if fail_fast || !dit_fits {
         Some(overhead + estimate.step_seconds)
     } else {
@@ -367,10 +327,7 @@ impl CostModel {
     }
 }
 
-/// Formats bytes as GB with one decimal.
-pub fn gb(bytes: u64) -> String {
-    format!("{:.1} GB", bytes as f64 / GB)
-}
+pub use protocol::memory::gb;
 
 #[cfg(test)]
 mod tests;

@@ -56,6 +56,11 @@ pub async fn submit(
     let body = json_body(&headers, body, state.config.max_body_bytes)?;
     let spec = parse_spec(&body)?;
     let shape = spec.validate(&state.config.limits)?;
+    // No known slot holds it: refused now rather than queued (the coordinator checks again).
+    state.fleet.admit(&shape).map_err(|refusal| {
+        metrics::record_too_large();
+        ApiError::new(ErrorCode::JobTooLarge, refusal.message())
+    })?;
     let idempotency_key = idempotency_key(&headers)?;
     let tenant = state.tenant.clone();
     let job_id = match &idempotency_key {

@@ -1,0 +1,139 @@
+//! Admission at submit against a real nats-server: once a node's heartbeat shows the fleet's
+//! slots, a job none of them can hold is refused with 422 `job_too_large` and a sentence
+//! saying what it needs, what the largest slot has and what would fit; a job that fits is
+//! accepted; while no node has been seen every job is accepted.
+#![allow(clippy::unwrap_used, clippy::large_futures)]
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use gateway::{AppState, Config};
+use http_body_util::BodyExt;
+use protocol::jetstream::{connect, ensure_resources};
+use protocol::messages::{NodeHeartbeat, SlotReport};
+use protocol::{ErrorBody, ErrorCode, NodeId, codec};
+use tower::ServiceExt;
+
+/// 720p for 10 s: about 70 GB, more than an L40 has.
+const TOO_LARGE: &str = r#"{"prompt":"a lighthouse","resolution":"720p","duration_s":10}"#;
+/// 480p for 1 s: fits an L40.
+const FITS: &str = r#"{"prompt":"a lighthouse","resolution":"480p","duration_s":1}"#;
+
+fn heartbeat(node: &str, class: &str, memory: u64) -> NodeHeartbeat {
+    NodeHeartbeat {
+        node_id: NodeId::new(node).unwrap(),
+        backend: "simulated".to_owned(),
+        version: "0.1.0".to_owned(),
+        started_at_ms: 1,
+        sent_at_ms: 2,
+        accepting: true,
+        slots: vec![SlotReport {
+            slot: 0,
+            gpu_class: class.to_owned(),
+            memory_total_bytes: memory,
+            memory_free_bytes: memory,
+            job: None,
+            healthy: true,
+            unhealthy_reason: None,
+        }],
+    }
+}
+
+async fn submit(state: &AppState, body: &'static str) -> (StatusCode, Vec<u8>) {
+    let response = gateway::app(state.clone())
+        .oneshot(
+            Request::post("/v1/videos")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, body.to_vec())
+}
+
+async fn wait_for_slots(state: &AppState, slots: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state.fleet.len() < slots {
+        assert!(
+            Instant::now() < deadline,
+            "the heartbeat never reached the fleet"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_job_no_known_slot_holds_is_refused_at_submit_with_what_would_fit() {
+    let server = testkit::NatsServer::start();
+    let nats = protocol::config::NatsConfig {
+        url: server.url().to_owned(),
+        ..Default::default()
+    };
+    let client = connect(&nats, "test").await.unwrap();
+    let resources = Box::pin(ensure_resources(client.clone(), &nats.jetstream))
+        .await
+        .unwrap();
+    let state = AppState::new(Config::for_test(), resources.clone(), client, None);
+    let _watch = state.fleet.watch(resources.nodes.clone());
+
+    // No node seen yet: accepted, the coordinator decides once nodes appear.
+    let (status, body) = submit(&state, TOO_LARGE).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+
+    let beat = heartbeat("node-l40", "l40-48gb", 45 << 30);
+    resources
+        .nodes
+        .put("node-l40", codec::encode(&beat).unwrap().into())
+        .await
+        .unwrap();
+    wait_for_slots(&state, 1).await;
+
+    let (status, body) = submit(&state, TOO_LARGE).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let error: ErrorBody = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error.error.code, ErrorCode::JobTooLarge);
+    let message = error.error.message;
+    assert!(message.contains("needs about"), "{message}");
+    assert!(
+        message.contains("the largest slot (l40-48gb) has 48.3 GB"),
+        "{message}"
+    );
+    assert!(
+        message.contains("frames") && message.contains("at this resolution"),
+        "{message}"
+    );
+    assert!(message.contains("at this length"), "{message}");
+
+    let (status, body) = submit(&state, FITS).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+
+    // A larger node joins: the same job now fits and is accepted.
+    let beat = heartbeat("node-h200", "h200-141gb", 139 << 30);
+    resources
+        .nodes
+        .put("node-h200", codec::encode(&beat).unwrap().into())
+        .await
+        .unwrap();
+    wait_for_slots(&state, 2).await;
+    let (status, body) = submit(&state, TOO_LARGE).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}
