@@ -55,6 +55,21 @@ fn fifty_consecutive_jobs_leave_memory_at_its_baseline() {
         readings.push(backend.memory_in_use_bytes().expect("measured on the CPU"));
         heap.push(gpu_node::device::heap_in_use_bytes().expect("glibc"));
     }
+    let range = |values: &[u64]| {
+        let min = values.iter().copied().min().unwrap_or(0);
+        let max = values.iter().copied().max().unwrap_or(0);
+        format!(
+            "first {} KiB, min {} KiB, max {} KiB",
+            values[0] >> 10,
+            min >> 10,
+            max >> 10
+        )
+    };
+    eprintln!(
+        "after each of {JOBS} jobs: allocated {}; resident {}",
+        range(&heap),
+        range(&readings)
+    );
     // What a leaked tensor would hold: the allocator's bytes in use, within 1% of the level
     // after the first job, after every job.
     let heap_baseline = heap[0];
