@@ -1,6 +1,7 @@
 //! Coordinator failover against a real nats-server: two replicas, one leads; when the lease
 //! is taken from the leader it stops at once; when the leader goes silent or stops, the
 //! other takes over, rebuilds its state from the buckets and the queued jobs complete.
+//! Also the deadlines the leader enforces: time-to-start and the longest run time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::large_futures)]
 
 mod common;
@@ -210,6 +211,79 @@ async fn jobs_missing_their_time_to_start_are_aborted_without_a_gpu() {
         );
     }
     assert!(role.borrow().is_leader());
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_running_past_the_longest_run_time_fails_for_good() {
+    let nats = nats().await;
+    let config = coordinator::Config {
+        max_run_ms: 300,
+        ..coordinator::Config::for_test()
+    };
+    let (role_tx, _role) = watch::channel(Role::Standby);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(coordinator::run_replica(
+        config,
+        nats.resources.clone(),
+        nats.client.clone(),
+        role_tx,
+        shutdown.clone(),
+    ));
+    let ids = submit_jobs(&nats, 1).await;
+    let job_id = ids[0];
+    eventually(WAIT, "the job is queued", || async {
+        record(&nats.resources, job_id).await.is_some()
+    })
+    .await;
+    // Play a node that took the job and keeps its lease fresh but never finishes.
+    let lease = protocol::record::Lease {
+        node: protocol::NodeId::new("slow-node").unwrap(),
+        slot: 0,
+        deadline_ms: protocol::now_ms() + 600_000,
+    };
+    let jobs = &nats.resources.jobs;
+    jobs.apply(
+        job_id,
+        &protocol::JobEvent::Assigned { lease },
+        protocol::now_ms(),
+    )
+    .await
+    .unwrap();
+    let started = protocol::JobEvent::Started {
+        attempt: 1,
+        lease_deadline_ms: protocol::now_ms() + 600_000,
+    };
+    jobs.apply(job_id, &started, protocol::now_ms())
+        .await
+        .unwrap();
+    eventually(WAIT, "the overrunning job fails", || async {
+        record(&nats.resources, job_id).await.map(|r| r.state) == Some(JobState::Failed)
+    })
+    .await;
+    let failed = record(&nats.resources, job_id).await.unwrap();
+    let error = failed.error.unwrap();
+    assert!(!error.retryable, "a job over its run time is not retried");
+    assert!(
+        error.message.contains("longest run time"),
+        "{}",
+        error.message
+    );
+    // The node's next write is refused, so it stops at its next step.
+    let progressed = protocol::JobEvent::Progressed {
+        attempt: 1,
+        progress: protocol::record::Progress {
+            step: 1,
+            total_steps: 3,
+        },
+        lease_deadline_ms: protocol::now_ms() + 600_000,
+    };
+    assert!(
+        jobs.apply(job_id, &progressed, protocol::now_ms())
+            .await
+            .is_err()
+    );
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
