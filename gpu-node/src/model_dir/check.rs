@@ -320,8 +320,8 @@ pub fn check(root: &Path) -> Report {
                 let mut expected = super::t5_encoder_tensors(config);
                 // The token embedding may be stored under the encoder's own name.
                 if let Some(entry) = expected.iter_mut().find(|(n, _)| n == "shared.weight")
-                    && !holds(root, index.as_deref(), single.as_deref(), "shared.weight")
-                    && holds(root, index.as_deref(), single.as_deref(), "encoder.embed_tokens.weight")
+                    && !holds(index.as_deref(), single.as_deref(), "shared.weight")
+                    && holds(index.as_deref(), single.as_deref(), "encoder.embed_tokens.weight")
                 {
                     entry.0 = "encoder.embed_tokens.weight".to_owned();
                 }
@@ -383,7 +383,7 @@ pub fn check(root: &Path) -> Report {
 }
 
 /// Whether a weight set holds `name` (by the index, or the single file's header).
-fn holds(_root: &Path, index: Option<&Path>, single: Option<&Path>, name: &str) -> bool {
+fn holds(index: Option<&Path>, single: Option<&Path>, name: &str) -> bool {
     if let Some(index) = index {
         return read_index(index).is_ok_and(|map| map.contains_key(name));
     }
