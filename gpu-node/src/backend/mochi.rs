@@ -125,7 +125,7 @@ impl MochiBackend {
         tracing::info!(
             model = %model_name,
             device = ?device,
-            resident_mib = resident_bytes >> 20,
+            resident_bytes,
             load_ms = started.elapsed().as_millis() as u64,
             "mochi model loaded"
         );
