@@ -1,0 +1,175 @@
+//! A slot whose memory does not come back marks itself unhealthy: a real node (tiny Mochi
+//! model on the CPU, real nats-server) measures the memory in use after each job and
+//! reports it in the heartbeat; when it stays above the level after the first job by more
+//! than the limit (here: the test holds 96 MiB between two jobs, as a leak would), the slot
+//! reports itself unhealthy with the figures and refuses the next assignment.
+#![allow(clippy::unwrap_used, clippy::large_futures)]
+
+use std::time::Duration;
+
+use gpu_node::Config;
+use gpu_node::config::BackendKind;
+use protocol::jetstream::{Resources, connect, ensure_resources};
+use protocol::messages::{Assign, AssignReply, NodeHeartbeat};
+use protocol::record::{JobEvent, Lease};
+use protocol::{
+    JobId, JobRecord, JobSpec, JobState, Limits, NodeId, TenantId, codec, names, now_ms,
+};
+use tokio_util::sync::CancellationToken;
+
+async fn heartbeat(resources: &Resources) -> Option<NodeHeartbeat> {
+    let bytes = resources.nodes.get("n1").await.unwrap()?;
+    Some(codec::decode(&bytes).unwrap())
+}
+
+/// Creates and assigns a small job to slot 0; returns its id and the node's answer.
+async fn assign(client: &async_nats::Client, resources: &Resources) -> (JobId, AssignReply) {
+    let spec = JobSpec {
+        num_frames: Some(7),
+        width: Some(96),
+        height: Some(64),
+        steps: Some(2),
+        ..JobSpec::new("a red fox")
+    };
+    let shape = spec.validate(&Limits::default()).unwrap();
+    let id = JobId::new();
+    let record = JobRecord::queued(
+        id,
+        TenantId::default_tenant(),
+        spec.clone(),
+        shape,
+        1,
+        3,
+        now_ms(),
+    );
+    assert!(resources.jobs.create(&record).await.unwrap());
+    let lease = Lease {
+        node: NodeId::new("n1").unwrap(),
+        slot: 0,
+        deadline_ms: now_ms() + 60_000,
+    };
+    let placed = resources
+        .jobs
+        .apply(id, &JobEvent::Assigned { lease }, now_ms())
+        .await
+        .unwrap();
+    let assign = Assign {
+        job_id: id,
+        attempt: placed.attempt,
+        slot: 0,
+        spec,
+        shape,
+        seed: 1,
+        lease_ms: 60_000,
+        resume: None,
+    };
+    let reply = client
+        .request(
+            names::node_assign_subject("n1"),
+            codec::encode(&assign).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    (id, codec::decode(&reply.payload).unwrap())
+}
+
+async fn finished(resources: &Resources, id: JobId) -> JobRecord {
+    for _ in 0..3000 {
+        let (record, _) = resources.jobs.get(id).await.unwrap().unwrap();
+        if record.state.is_terminal() {
+            return record;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job {id} did not finish");
+}
+
+/// Waits until the heartbeat shows slot 0 idle and `condition` holds.
+async fn wait_for(
+    resources: &Resources,
+    condition: impl Fn(&NodeHeartbeat) -> bool,
+) -> NodeHeartbeat {
+    for _ in 0..500 {
+        if let Some(beat) = heartbeat(resources).await
+            && beat.slots[0].job.is_none()
+            && condition(&beat)
+        {
+            return beat;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "heartbeat condition not met: {:?}",
+        heartbeat(resources).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_that_stays_up_after_a_job_marks_the_slot_unhealthy() {
+    let server = testkit::NatsServer::start();
+    let nats = protocol::config::NatsConfig {
+        url: server.url().to_owned(),
+        ..Default::default()
+    };
+    let client = connect(&nats, "test").await.unwrap();
+    let resources = ensure_resources(client.clone(), &nats.jetstream)
+        .await
+        .unwrap();
+    let model = tempfile::tempdir().unwrap();
+    let mut config = Config::for_test();
+    config.node_id = Some("n1".to_owned());
+    config.backend = BackendKind::Mochi;
+    config.mochi.embedded_dir = model.path().join("tiny");
+    config.memory_growth_limit_bytes = 48 << 20;
+    let total = config.memory_bytes_per_slot;
+    let shutdown = CancellationToken::new();
+    let node = tokio::spawn(gpu_node::run(
+        config,
+        resources.clone(),
+        client.clone(),
+        shutdown.clone(),
+    ));
+    wait_for(&resources, |beat| beat.accepting).await;
+
+    // The first job sets the baseline; the heartbeat reports the measured free memory.
+    let (first, reply) = assign(&client, &resources).await;
+    assert_eq!(reply, AssignReply::Accepted);
+    assert_eq!(finished(&resources, first).await.state, JobState::Succeeded);
+    let beat = wait_for(&resources, |beat| {
+        beat.slots[0].memory_free_bytes < total && beat.slots[0].healthy
+    })
+    .await;
+    let used = total - beat.slots[0].memory_free_bytes;
+    let rss = gpu_node::device::process_rss_bytes().unwrap();
+    assert!(
+        used.abs_diff(rss) < 64 << 20,
+        "reported {used} bytes in use, RSS {rss}"
+    );
+
+    // 96 MiB held across the next job, as a leak would: the slot marks itself unhealthy.
+    let leak = vec![1u8; 96 << 20];
+    let (second, reply) = assign(&client, &resources).await;
+    assert_eq!(reply, AssignReply::Accepted);
+    assert_eq!(
+        finished(&resources, second).await.state,
+        JobState::Succeeded
+    );
+    let beat = wait_for(&resources, |beat| !beat.slots[0].healthy).await;
+    let reason = beat.slots[0].unhealthy_reason.clone().unwrap();
+    assert!(
+        reason.contains("memory did not come back") && reason.contains("limit 48 MiB"),
+        "{reason}"
+    );
+    let (_, reply) = assign(&client, &resources).await;
+    let AssignReply::Rejected { reason } = reply else {
+        panic!("an unhealthy slot took a job");
+    };
+    assert!(
+        reason.starts_with("slot unhealthy: memory did not come back"),
+        "{reason}"
+    );
+    assert_eq!(leak.iter().map(|b| u64::from(*b)).sum::<u64>(), 96 << 20);
+
+    shutdown.cancel();
+    node.await.unwrap().unwrap();
+}
