@@ -81,6 +81,41 @@ impl WireMessage for Cancel {
     const NAME: &'static str = "cancel";
 }
 
+/// Pause a job at its next denoising-step boundary so that its slot can take another job
+/// (request/reply on `mochi.node.<node>.preempt`). The slot saves the job's latent and step
+/// to the object store, writes `preempted` (fenced by the attempt) and frees itself; the
+/// coordinator puts the job back in the queue with its [`ResumePoint`]. A node that does
+/// not answer cannot pause (an older build): its jobs are not paused again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preempt {
+    /// The job.
+    pub job_id: JobId,
+    /// The attempt to pause.
+    pub attempt: u32,
+}
+
+impl WireMessage for Preempt {
+    const KIND: u8 = 7;
+    const NAME: &'static str = "preempt";
+}
+
+/// The node's answer to a [`Preempt`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PreemptReply {
+    /// The slot will pause the job at its next step boundary and write `preempted`.
+    Pausing,
+    /// The job will not be paused (not running that attempt, already decoding, shutting down).
+    Refused {
+        /// Why, for logs.
+        reason: String,
+    },
+}
+
+impl WireMessage for PreemptReply {
+    const KIND: u8 = 8;
+    const NAME: &'static str = "preempt_reply";
+}
+
 /// What a job is doing, published on `mochi.events.<job>` (best effort; the record is the truth).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProgressEvent {

@@ -65,6 +65,11 @@ pub fn node_cancel_subject(node_id: &str) -> String {
     format!("mochi.node.{node_id}.cancel")
 }
 
+/// The request/reply subject a node takes pause requests on ([`crate::messages::Preempt`]).
+pub fn node_preempt_subject(node_id: &str) -> String {
+    format!("mochi.node.{node_id}.preempt")
+}
+
 /// The subject a job's progress events are published on.
 pub fn events_subject(job_id: &str) -> String {
     format!("mochi.events.{job_id}")

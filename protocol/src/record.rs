@@ -386,6 +386,16 @@ impl JobRecord {
         }
     }
 
+    /// Times the job was paused at a step boundary (`preempted` entries of its history).
+    pub fn pauses(&self) -> u32 {
+        let count = self
+            .history
+            .iter()
+            .filter(|entry| entry.to == JobState::Preempted)
+            .count();
+        u32::try_from(count).unwrap_or(u32::MAX)
+    }
+
     /// Applies `event` at time `now_ms`, returning the next record or why it is refused.
     /// The record itself is not changed: store the result by compare-and-set.
     pub fn apply(&self, event: &JobEvent, now_ms: u64) -> Result<Self, TransitionError> {

@@ -3,7 +3,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::ids::{JobId, NodeId, TenantId};
 use crate::messages::{
-    Assign, AssignReply, Cancel, NodeHeartbeat, ProgressEvent, SlotJob, SlotReport,
+    Assign, AssignReply, Cancel, NodeHeartbeat, Preempt, PreemptReply, ProgressEvent, SlotJob,
+    SlotReport,
 };
 use crate::record::{JobRecord, JobState};
 use crate::spec::{JobSpec, Limits};
@@ -67,6 +68,27 @@ fn golden_bytes_cancel() {
         hex(&bytes),
         "4d4f010003100192000000007000800000000000000103"
     );
+}
+
+#[test]
+fn golden_bytes_preempt() {
+    let bytes = encode(&Preempt {
+        job_id: job_id(),
+        attempt: 3,
+    })
+    .expect("encode");
+    assert_eq!(
+        hex(&bytes),
+        "4d4f010007100192000000007000800000000000000103"
+    );
+    assert_eq!(
+        hex(&encode(&PreemptReply::Pausing).expect("encode")),
+        "4d4f01000800"
+    );
+    assert!(matches!(
+        decode::<Cancel>(&bytes),
+        Err(CodecError::WrongKind { found: 7, .. })
+    ));
 }
 
 #[test]
@@ -200,6 +222,10 @@ proptest! {
         prop_assert_eq!(decode::<Cancel>(&encode(&cancel).expect("encode")).expect("decode"), cancel);
         let event = ProgressEvent { job_id: JobId::new(), attempt, state: JobState::Encoding, step, total_steps: step, at_ms };
         prop_assert_eq!(decode::<ProgressEvent>(&encode(&event).expect("encode")).expect("decode"), event);
+        let preempt = Preempt { job_id: JobId::new(), attempt };
+        prop_assert_eq!(decode::<Preempt>(&encode(&preempt).expect("encode")).expect("decode"), preempt);
+        let refused = PreemptReply::Refused { reason: format!("step {step}") };
+        prop_assert_eq!(decode::<PreemptReply>(&encode(&refused).expect("encode")).expect("decode"), refused);
     }
 
     #[test]

@@ -311,3 +311,101 @@ proptest! {
         prop_assert_eq!(terminal_entries, 1);
     }
 }
+
+#[test]
+fn a_paused_job_resumes_on_a_new_attempt_that_fences_the_old_one_and_counts_its_pauses() {
+    let running = record(JobState::Queued)
+        .apply(&JobEvent::Assigned { lease: lease() }, 2_000)
+        .and_then(|r| {
+            r.apply(
+                &JobEvent::Started {
+                    attempt: 2,
+                    lease_deadline_ms: 9_000,
+                },
+                2_100,
+            )
+        })
+        .expect("placed and started");
+    assert_eq!((running.attempt, running.pauses()), (2, 0));
+    let resume = ResumePoint {
+        step: 5,
+        latent_object: "job/latent/2".into(),
+    };
+    let paused = running
+        .apply(
+            &JobEvent::Preempted {
+                attempt: 2,
+                resume: resume.clone(),
+            },
+            3_000,
+        )
+        .expect("pausing a running attempt");
+    assert_eq!(paused.state, JobState::Preempted);
+    assert_eq!(paused.resume.as_ref(), Some(&resume));
+    assert_eq!(paused.pauses(), 1);
+    let requeued = paused.apply(&JobEvent::Requeued, 3_100).expect("requeue");
+    assert_eq!(
+        (
+            requeued.state,
+            requeued.lease.clone(),
+            requeued.failed_attempts
+        ),
+        (JobState::Queued, None, 0),
+        "a pause is not a failure"
+    );
+    let resumed = requeued
+        .apply(&JobEvent::Assigned { lease: lease() }, 3_200)
+        .expect("placed again");
+    assert_eq!(resumed.attempt, 3);
+    assert_eq!(
+        resumed.resume.as_ref(),
+        Some(&resume),
+        "the placement carries it"
+    );
+    // The paused attempt's late writes are refused.
+    let late = JobEvent::Progressed {
+        attempt: 2,
+        progress: Progress {
+            step: 6,
+            total_steps: 64,
+        },
+        lease_deadline_ms: 9_999,
+    };
+    assert!(matches!(
+        resumed.apply(&late, 3_300),
+        Err(TransitionError::StaleAttempt { .. })
+    ));
+    // A pause of a job that is no longer running is refused.
+    assert!(matches!(
+        record(JobState::Encoding).apply(
+            &JobEvent::Preempted {
+                attempt: 1,
+                resume: resume.clone()
+            },
+            4_000
+        ),
+        Err(TransitionError::Illegal { .. })
+    ));
+    let second = resumed
+        .apply(
+            &JobEvent::Started {
+                attempt: 3,
+                lease_deadline_ms: 9_000,
+            },
+            3_400,
+        )
+        .and_then(|r| {
+            r.apply(
+                &JobEvent::Preempted {
+                    attempt: 3,
+                    resume: ResumePoint {
+                        step: 9,
+                        latent_object: "job/latent/3".into(),
+                    },
+                },
+                3_500,
+            )
+        })
+        .expect("paused twice");
+    assert_eq!(second.pauses(), 2);
+}
