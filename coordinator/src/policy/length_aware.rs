@@ -2,25 +2,29 @@
 //! 1. ranks the eligible jobs by `weight(priority) · (wait + s) / s / (1 + tenant load)`, where
 //!    `s` is the job's own predicted GPU time (aging relative to size, so a long job's rank
 //!    grows slowly but without bound) and the tenant load is its running slots over its fair
-//!    share;
+//!    share; a job that has waited `starvation_factor` times its own GPU time or more is
+//!    *starving* and ranks before every other job whatever its priority or tenant (most
+//!    starved first), which bounds the priority's and the tenant's effect on waiting;
 //! 2. places them in that order, each on the free slot that holds it with the least memory
-//!    (best fit: an L40 job never takes an H100 that a 720p job needs), fastest class first
-//!    among equals;
+//!    (best fit: an L40 job never takes an H100 that a 720p job needs) while some waiting job
+//!    needs more memory than the smallest free slot has; otherwise on the fitting free slot
+//!    where it finishes soonest (a 480p job takes a free H100 before an L40);
 //! 3. keeps `short_share` of the slots for the short lane: medium and long jobs together may
-//!    hold at most the rest, except that medium jobs may borrow the reserve while no short
-//!    job waits;
+//!    hold at most the rest, except that medium (and starving) jobs may borrow the reserve
+//!    while no short job waits;
 //! 4. with preemption on, pauses a long job at its next step boundary for a short job that
 //!    nothing else can take (bounded pauses per job, only jobs close to a boundary).
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use protocol::JobId;
 use protocol::spec::Priority;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Decision, Lane, LaneBounds, Placement, Policy, Preemption, Running, Traits, View, Waiting, fits,
+    Aging, Decision, Lane, LaneBounds, Placement, Policy, Preemption, Running, STARVING, Traits,
+    View, Waiting, fits,
 };
 
 /// Settings of the length-aware policy.
@@ -44,6 +48,9 @@ pub struct LengthAwareConfig {
     /// Aging counts a job's size up to this many seconds: a long job's rank grows as fast as
     /// that of a job of this size, so no long job waits many times its own GPU time.
     pub aging_cap_s: f64,
+    /// A job that has waited this many times its own predicted GPU time ranks before every
+    /// job that has not (0: off).
+    pub starvation_factor: f64,
 }
 
 impl Default for LengthAwareConfig {
@@ -57,6 +64,7 @@ impl Default for LengthAwareConfig {
             max_boundary_wait_s: 12.0,
             priority_weight: 4.0,
             aging_cap_s: 900.0,
+            starvation_factor: 1.0,
         }
     }
 }
@@ -86,48 +94,85 @@ impl LengthAware {
         }
     }
 
-    /// Ranked eligible jobs: (index, score), best first; only the best `top` are sorted
-    /// (the rest follow unsorted), so a decision over a long queue stays cheap.
-    fn ranked(&self, view: &View<'_>, queue: &[Waiting], top: usize) -> Vec<(usize, f64)> {
+    /// How each eligible job's rank grows with time.
+    fn agings(&self, view: &View<'_>, queue: &[Waiting]) -> Vec<Aging> {
         let mut running_by_tenant: HashMap<u64, f64> = HashMap::new();
         for running in view.slots.iter().filter_map(|slot| slot.running) {
             *running_by_tenant.entry(running.tenant).or_default() += 1.0;
         }
-        let mut tenants: Vec<u64> = queue.iter().map(|job| job.tenant).collect();
-        tenants.extend(running_by_tenant.keys());
-        tenants.sort_unstable();
-        tenants.dedup();
-        let fair_slots = view.slots.len().max(1) as f64 / tenants.len().max(1) as f64;
-        let mut scored: Vec<(usize, f64)> = queue
-            .iter()
-            .enumerate()
-            .filter(|(_, job)| job.not_before_ms <= view.now_ms)
-            .map(|(index, job)| {
-                let own_s = job
-                    .cost
-                    .reference_seconds()
-                    .clamp(1.0, self.config.aging_cap_s.max(1.0));
-                let wait_s = view.now_ms.saturating_sub(job.created_at_ms) as f64 / 1_000.0;
-                let tenant_load =
-                    running_by_tenant.get(&job.tenant).copied().unwrap_or(0.0) / fair_slots;
-                let score =
-                    self.weight(job.priority) * (wait_s + own_s) / own_s / (1.0 + tenant_load);
-                (index, score)
-            })
-            .collect();
-        let better = |a: &(usize, f64), b: &(usize, f64)| -> Ordering {
-            b.1.total_cmp(&a.1).then_with(|| {
-                let (ja, jb) = (&queue[a.0], &queue[b.0]);
-                (ja.created_at_ms, ja.job_id).cmp(&(jb.created_at_ms, jb.job_id))
-            })
-        };
-        if top < scored.len() {
-            scored.select_nth_unstable_by(top, better);
-            scored[..top].sort_unstable_by(better);
-        } else {
-            scored.sort_unstable_by(better);
+        let mut tenants: HashSet<u64> = running_by_tenant.keys().copied().collect();
+        let mut last_tenant = None;
+        for job in queue {
+            // Queues come in runs of one tenant: skip the hash while the tenant repeats.
+            if last_tenant != Some(job.tenant) {
+                tenants.insert(job.tenant);
+                last_tenant = Some(job.tenant);
+            }
         }
+        let fair_slots = view.slots.len().max(1) as f64 / tenants.len().max(1) as f64;
+        let starvation = self.config.starvation_factor;
+        let aging_cap = self.config.aging_cap_s.max(1.0);
+        let mut agings = Vec::with_capacity(queue.len());
+        for (index, job) in queue.iter().enumerate() {
+            if job.not_before_ms > view.now_ms {
+                continue;
+            }
+            let full_s = job.cost.reference_seconds().max(1.0);
+            let own_s = full_s.min(aging_cap);
+            let tenant_load = if running_by_tenant.is_empty() {
+                0.0
+            } else {
+                running_by_tenant.get(&job.tenant).copied().unwrap_or(0.0) / fair_slots
+            };
+            agings.push(Aging {
+                index,
+                waited_s: view.now_ms.saturating_sub(job.created_at_ms) as f64 / 1_000.0,
+                factor: self.weight(job.priority) / own_s / (1.0 + tenant_load),
+                own_s,
+                full_s,
+                starve_after_s: if starvation > 0.0 {
+                    starvation * full_s
+                } else {
+                    f64::INFINITY
+                },
+            });
+        }
+        agings
+    }
+
+    /// Ranked eligible jobs: (index, score), best first; only the best `top` are sorted
+    /// (the rest follow unsorted, see [`sort_more`]), so a decision over a long queue stays
+    /// cheap.
+    fn ranked(&self, view: &View<'_>, queue: &[Waiting], top: usize) -> Vec<(usize, f64)> {
+        let mut scored: Vec<(usize, f64)> = self
+            .agings(view, queue)
+            .iter()
+            .map(|aging| (aging.index, aging.score(0.0)))
+            .collect();
+        sort_more(&mut scored, 0, top, queue);
         scored
+    }
+}
+
+/// Best first: higher score, then older, then lower id.
+fn better(queue: &[Waiting], a: &(usize, f64), b: &(usize, f64)) -> Ordering {
+    b.1.total_cmp(&a.1).then_with(|| {
+        let (ja, jb) = (&queue[a.0], &queue[b.0]);
+        (ja.created_at_ms, ja.job_id).cmp(&(jb.created_at_ms, jb.job_id))
+    })
+}
+
+/// Sorts the best `count` of `scored[from..]` into place (the rest stay unsorted after
+/// them); returns how far `scored` is sorted now.
+fn sort_more(scored: &mut [(usize, f64)], from: usize, count: usize, queue: &[Waiting]) -> usize {
+    let rest = &mut scored[from..];
+    if count < rest.len() {
+        rest.select_nth_unstable_by(count, |a, b| better(queue, a, b));
+        rest[..count].sort_unstable_by(|a, b| better(queue, a, b));
+        from + count
+    } else {
+        rest.sort_unstable_by(|a, b| better(queue, a, b));
+        scored.len()
     }
 }
 
@@ -141,12 +186,14 @@ struct Reserve {
 }
 
 impl Reserve {
-    fn allows(&self, lane: Lane) -> bool {
+    fn allows(&self, lane: Lane, starving: bool) -> bool {
         let borrow = self.short_waiting == 0;
         match lane {
             Lane::Short => true,
             Lane::Medium => self.non_short < self.cap_non_short || borrow,
-            Lane::Long => self.non_short < self.cap_non_short || (borrow && self.long_borrows),
+            Lane::Long => {
+                self.non_short < self.cap_non_short || (borrow && (self.long_borrows || starving))
+            }
         }
     }
 }
@@ -166,6 +213,14 @@ impl Policy for LengthAware {
 
     fn lanes(&self) -> LaneBounds {
         self.config.lanes
+    }
+
+    fn overtakes(&self) -> bool {
+        true
+    }
+
+    fn aging(&self, view: &View<'_>, queue: &[Waiting]) -> Option<Vec<Aging>> {
+        Some(self.agings(view, queue))
     }
 
     fn long_cap(&self, slots: usize) -> Option<usize> {
@@ -199,10 +254,11 @@ impl Policy for LengthAware {
         });
         let lanes = self.config.lanes;
         let lane_of = |job: &Waiting| lanes.lane(job.cost.reference_seconds());
-        // Enough candidates for the free slots even when many do not fit or are held; the
-        // rest are ranked only when the candidates run out.
+        // Enough candidates for the free slots even when many do not fit or are held; more
+        // are sorted only when the candidates run out.
         let top = (free.len() * 16).max(64);
         let mut ranked = self.ranked(view, queue, top);
+        let mut sorted = top.min(ranked.len());
         let slots = view.slots.len();
         let mut reserve = Reserve {
             cap_non_short: slots - self.reserved(slots),
@@ -217,17 +273,26 @@ impl Policy for LengthAware {
                 .count(),
             long_borrows: self.config.preemption,
         };
+        // Waiting jobs (among the candidates) that the smallest free slot cannot hold: while
+        // there are any, jobs take the smallest slot that holds them (best fit on memory),
+        // else the one where they finish soonest.
+        let smallest = free.first().map(|&slot| &view.slots[slot]);
+        let mut need_bigger = smallest.map_or(0, |small| {
+            ranked[..sorted]
+                .iter()
+                .filter(|(i, _)| !fits(small, &queue[*i]))
+                .count()
+        });
         let mut decision = Decision::default();
         let mut unplaced_short: Vec<usize> = Vec::new();
-        let mut sorted_all = false;
         let mut position = 0;
         while position < ranked.len() {
-            if position == top && !sorted_all && !free.is_empty() {
-                // Out of sorted candidates with slots still free: rank the rest too.
-                ranked = self.ranked(view, queue, usize::MAX);
-                sorted_all = true;
+            if position == sorted && !free.is_empty() {
+                // Out of sorted candidates with slots still free: sort as many again.
+                sorted = sort_more(&mut ranked, sorted, sorted.max(64), queue);
             }
-            let index = ranked[position].0;
+            let (index, score) = ranked[position];
+            let candidate = position < top;
             position += 1;
             let job = &queue[index];
             let lane = lane_of(job);
@@ -240,17 +305,24 @@ impl Policy for LengthAware {
                 }
                 continue;
             }
-            let placed = reserve.allows(lane)
-                && match free.iter().position(|&slot| fits(&view.slots[slot], job)) {
-                    Some(position) => {
-                        decision.placements.push(Placement {
-                            job_id: job.job_id,
-                            slot: free.remove(position),
-                        });
-                        true
-                    }
-                    None => false,
-                };
+            let bigger = candidate && smallest.is_some_and(|small| !fits(small, job));
+            let slot = if !reserve.allows(lane, score >= STARVING) {
+                None
+            } else if need_bigger > 0 {
+                free.iter().position(|&slot| fits(&view.slots[slot], job))
+            } else {
+                soonest(view, &free, job)
+            };
+            if bigger && slot.is_some() {
+                need_bigger = need_bigger.saturating_sub(1);
+            }
+            let placed = slot.is_some();
+            if let Some(position) = slot {
+                decision.placements.push(Placement {
+                    job_id: job.job_id,
+                    slot: free.remove(position),
+                });
+            }
             match (lane, placed) {
                 (Lane::Short, true) => reserve.short_waiting -= 1,
                 (Lane::Short, false) => unplaced_short.push(index),
@@ -270,6 +342,23 @@ impl Policy for LengthAware {
             .map(|(index, _)| index)
             .collect()
     }
+}
+
+/// The position in `free` of the fitting slot where `job` finishes soonest (least memory,
+/// then the order of `free`, among equals).
+fn soonest(view: &View<'_>, free: &[usize], job: &Waiting) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    for (position, &slot) in free.iter().enumerate() {
+        let slot = &view.slots[slot];
+        if !fits(slot, job) {
+            continue;
+        }
+        let seconds = job.cost.seconds[slot.class.index()];
+        if best.is_none_or(|(_, known)| seconds < known) {
+            best = Some((position, seconds));
+        }
+    }
+    best.map(|(position, _)| position)
 }
 
 impl LengthAware {

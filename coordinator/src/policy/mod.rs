@@ -192,6 +192,17 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
         let _ = slots;
         None
     }
+    /// Whether jobs submitted later, of shorter lanes, may start before a queued job (ETAs
+    /// then allow for them, see [`eta::estimate_with`]).
+    fn overtakes(&self) -> bool {
+        false
+    }
+    /// How each eligible job's rank grows with time, for ETAs that play the queue forward
+    /// (`None`: the order does not change with time, as in FIFO).
+    fn aging(&self, view: &View<'_>, queue: &[Waiting]) -> Option<Vec<Aging>> {
+        let _ = (view, queue);
+        None
+    }
     /// Placements and preemptions for this moment.
     fn decide(&self, view: &View<'_>, queue: &[Waiting]) -> Decision;
     /// The order in which it would serve `queue` now (indices into `queue`), for queue
@@ -245,6 +256,39 @@ impl PolicyKind {
             Self::FifoFailfast => Box::new(fifo::Fifo::blind(true)),
             Self::FifoAdmit => Box::new(fifo::Fifo::admit()),
             Self::LengthAware => Box::new(LengthAware::new(config)),
+        }
+    }
+}
+
+/// Ranks at or above this belong to starving jobs (see [`LengthAwareConfig::starvation_factor`]).
+pub const STARVING: f64 = 1e12;
+
+/// How one waiting job's rank grows with time: `factor · (waited + own)` until it has waited
+/// `starve_after_s`, then [`STARVING`] `+ waited / full` (most starved first).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Aging {
+    /// Index of the job in the queue.
+    pub index: usize,
+    /// Seconds it has waited so far.
+    pub waited_s: f64,
+    /// `weight(priority) / own / (1 + tenant load)`.
+    pub factor: f64,
+    /// Its own predicted seconds, capped for aging.
+    pub own_s: f64,
+    /// Its own predicted seconds, uncapped.
+    pub full_s: f64,
+    /// Total wait at which it starves (infinite: never).
+    pub starve_after_s: f64,
+}
+
+impl Aging {
+    /// Its rank `later_s` seconds from now.
+    pub fn score(&self, later_s: f64) -> f64 {
+        let waited_s = self.waited_s + later_s;
+        if waited_s >= self.starve_after_s {
+            STARVING + waited_s / self.full_s
+        } else {
+            self.factor * (waited_s + self.own_s)
         }
     }
 }

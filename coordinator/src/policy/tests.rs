@@ -394,3 +394,107 @@ fn eta_plays_the_order_forward() {
     );
     assert_eq!((none[0].position, none[0].eta_start_ms), (1, None));
 }
+
+#[test]
+fn a_starving_job_goes_first_whatever_its_priority() {
+    let slots = [slot(0, None)];
+    let policy = LengthAware::new(LengthAwareConfig::default());
+    let mut low = job(1, 3, 0, 0, 0, 0); // 10 s 480p, low priority: long lane
+    low.priority = Priority::Low;
+    let own_ms = (low.cost.reference_seconds() * 1_000.0) as u64;
+    // Just below its own GPU time of waiting, a fresh high-priority medium job goes first.
+    let now = own_ms - 1_000;
+    let mut high = job(2, 1, 1, 2, now, 0);
+    high.priority = Priority::High;
+    let placed = policy.decide(
+        &View {
+            now_ms: now,
+            slots: &slots,
+        },
+        &[low, high],
+    );
+    assert_eq!(placed.placements[0].job_id, high.job_id);
+    // Once it has waited its own GPU time, it goes before every job that is not starving.
+    let now = own_ms + 1_000;
+    high.created_at_ms = now;
+    let placed = policy.decide(
+        &View {
+            now_ms: now,
+            slots: &slots,
+        },
+        &[low, high],
+    );
+    assert_eq!(placed.placements[0].job_id, low.job_id);
+}
+
+#[test]
+fn a_job_takes_the_faster_card_unless_a_bigger_job_needs_it() {
+    let slots = [slot(3, None), slot(0, None)]; // L40, H100
+    let small = job(1, 0, 0, 1, 0, 0); // 480p: fits both
+    let policy = LengthAware::new(LengthAwareConfig {
+        short_share: 0.0,
+        ..Default::default()
+    });
+    let view = View {
+        now_ms: 1_000,
+        slots: &slots,
+    };
+    let alone = policy.decide(&view, &[small]);
+    assert_eq!(
+        alone.placements[0].slot, 1,
+        "nothing bigger waits: the H100"
+    );
+    let big = job(2, 4, 0, 1, 500, 0); // 720p: only the H100
+    let both = policy.decide(&view, &[small, big]);
+    for placement in both.placements {
+        let expected = if placement.job_id == small.job_id {
+            0
+        } else {
+            1
+        };
+        assert_eq!(placement.slot, expected, "{placement:?}");
+    }
+}
+
+#[test]
+fn eta_lets_a_short_job_overtake_as_ranks_age() {
+    let slots = [slot(0, Some((2, 300.0, 9)))];
+    let long = job(1, 3, 0, 1, 0, 0); // 10 s 480p: long lane
+    let short = job(2, 7, 1, 1, 600_000, 0); // submitted now: short lane
+    let view = View {
+        now_ms: 600_000,
+        slots: &slots,
+    };
+    let policy = LengthAware::new(LengthAwareConfig::default());
+    // Today the long job ranks first ...
+    assert_eq!(policy.order(&view, &[long, short]), vec![0, 1]);
+    // ... but by the time the slot frees the short job has aged past it.
+    let estimates = eta::estimate(&policy, &view, &[long, short]);
+    assert_eq!(
+        (estimates[0].job_id, estimates[0].position),
+        (short.job_id, 1)
+    );
+    assert_eq!(estimates[0].eta_start_ms, Some(900_000));
+    assert!(estimates[1].eta_start_ms > estimates[0].eta_finish_ms.map(|ms| ms - 1));
+}
+
+#[test]
+fn arrivals_of_shorter_lanes_stretch_the_wait_of_longer_ones() {
+    let mut arrivals = eta::Arrivals::new(eta::ARRIVAL_WINDOW_MS, 0);
+    for k in 0..100u128 {
+        // 100 short jobs of 36 s in an hour: 1 slot-hour of work.
+        arrivals.observe(
+            JobId(uuid::Uuid::from_u128(k)),
+            (k as u64) * 36_000,
+            Lane::Short,
+            36.0,
+        );
+    }
+    arrivals.observe(JobId(uuid::Uuid::from_u128(0)), 0, Lane::Short, 36.0); // counted once
+    let overtaking = arrivals.overtaking(3_600_000, 4.0);
+    assert_eq!(overtaking[0], 0.0, "nothing overtakes the short lane");
+    assert!((overtaking[1] - 0.25).abs() < 0.01, "{overtaking:?}");
+    assert!((overtaking[2] - 0.25).abs() < 0.01, "{overtaking:?}");
+    // An hour later with no arrivals, nothing is left.
+    assert_eq!(arrivals.overtaking(7_300_000, 4.0), [0.0; 3]);
+}

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::cost::{self, CostModel, GpuClass};
 use crate::leases::{self, LeaseKeeper, LeaseKeeperArgs, LeaseKeeperMsg, OnNode};
 use crate::metrics;
+use crate::policy::eta::{ARRIVAL_WINDOW_MS, Arrivals};
 use crate::policy::{self, Lane, Policy};
 use crate::slots::{SlotProxy, SlotProxyArgs, SlotProxyMsg};
 use view::{FollowUp, View};
@@ -138,6 +139,8 @@ pub struct SchedulerState {
     published: HashMap<JobId, QueueInfo>,
     publishing: Option<JoinHandle<()>>,
     estimated_at_ms: u64,
+    /// Recent arrivals by lane (ETAs allow for the later jobs that will go first).
+    arrivals: Arrivals,
 }
 
 impl Actor for Scheduler {
@@ -178,6 +181,7 @@ impl Actor for Scheduler {
             published: HashMap::new(),
             publishing: None,
             estimated_at_ms: 0,
+            arrivals: Arrivals::new(ARRIVAL_WINDOW_MS, now_ms()),
         })
     }
 
@@ -383,7 +387,12 @@ fn publish_queue(state: &mut SchedulerState, now: u64) {
         .iter()
         .map(|job| (job.job_id, lanes.lane(job.cost.reference_seconds())))
         .collect();
-    let estimates = policy::eta::estimate(state.policy.as_ref(), &view, &queued);
+    let capacity = slots
+        .iter()
+        .map(|slot| slot.class.spec().relative_speed)
+        .sum();
+    let overtaking = state.arrivals.overtaking(now, capacity);
+    let estimates = policy::eta::estimate_with(state.policy.as_ref(), &view, &queued, overtaking);
     let total = u32::try_from(estimates.len()).unwrap_or(u32::MAX);
     let mut current = HashMap::with_capacity(estimates.len());
     let mut puts = Vec::new();
@@ -455,6 +464,16 @@ fn publish_queue(state: &mut SchedulerState, now: u64) {
 }
 
 fn job_changed(state: &mut SchedulerState, record: &JobRecord, revision: u64) {
+    if record.state == JobState::Queued && record.attempt <= 1 {
+        let reference_s = state
+            .cost
+            .estimate(&record.shape, GpuClass::H100)
+            .gpu_seconds;
+        let lane = state.policy.lanes().lane(reference_s);
+        state
+            .arrivals
+            .observe(record.id, record.created_at_ms, lane, reference_s);
+    }
     match state.view.job_changed(record, revision, &state.cost) {
         FollowUp::None => {}
         FollowUp::Finished(finished) => {

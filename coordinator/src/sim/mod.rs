@@ -18,6 +18,7 @@ use std::time::Instant;
 use protocol::JobId;
 
 use crate::cost::{self, CostModel, GpuClass, JobCost};
+use crate::policy::eta::{ARRIVAL_WINDOW_MS, Arrivals};
 use crate::policy::{self, Lane, Policy, Running, Slot, View, Waiting};
 use rng::Rng;
 use trace::TraceJob;
@@ -167,6 +168,9 @@ struct Sim<'a> {
     queue: Vec<usize>,
     result: SimResult,
     wake_at: Option<u64>,
+    arrivals: Arrivals,
+    /// Σ relative speed of the slots (in reference slots).
+    capacity: f64,
 }
 
 fn micros(seconds: f64) -> u64 {
@@ -241,6 +245,12 @@ pub fn run(policy: &dyn Policy, trace: &[TraceJob], config: &SimConfig) -> SimRe
             decision_wall_s: 0.0,
         },
         wake_at: None,
+        arrivals: Arrivals::new(ARRIVAL_WINDOW_MS, 0),
+        capacity: config
+            .slots
+            .iter()
+            .map(|class| class.spec().relative_speed)
+            .sum(),
     };
     for (index, job) in trace.iter().enumerate() {
         sim.push(job.arrival_s, Event::Arrival(index));
@@ -295,12 +305,17 @@ impl Sim<'_> {
         self.queue.push(index);
         // The ETA the client is told at submission.
         let (slots, waiting) = self.views();
+        let now_ms = micros(self.now) / 1_000;
         let view = View {
-            now_ms: micros(self.now) / 1_000,
+            now_ms,
             slots: &slots,
         };
         let id = self.jobs[index].id;
-        let estimate = policy::eta::estimate(self.policy, &view, &waiting)
+        let job = &self.jobs[index];
+        self.arrivals
+            .observe(id, now_ms, job.lane, job.cost.reference_seconds());
+        let overtaking = self.arrivals.overtaking(now_ms, self.capacity);
+        let estimate = policy::eta::estimate_with(self.policy, &view, &waiting, overtaking)
             .into_iter()
             .find(|estimate| estimate.job_id == id);
         self.jobs[index].outcome.predicted_start_s = estimate
