@@ -109,6 +109,7 @@ fn main() {
         seed: 42,
         resume: None,
         checkpoint: None,
+        resume_latent: None,
     };
     println!(
         "job: {width}x{height}, {} frames, {steps} steps, CFG, {} visual tokens; {} CPU threads",

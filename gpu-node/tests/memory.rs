@@ -47,6 +47,7 @@ fn fifty_consecutive_jobs_leave_memory_at_its_baseline() {
             seed,
             resume: None,
             checkpoint: None,
+            resume_latent: None,
         };
         let video = backend.run(&job, &mut Continue).unwrap();
         let mp4 = gpu_node::mp4::encode(&video, &VideoConfig::default()).unwrap();

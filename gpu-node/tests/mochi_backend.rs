@@ -2,13 +2,19 @@
 //! seed, progress after every step, cancellation at a step boundary, shape refusals.
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
-use candle_core::Device;
+use std::ops::ControlFlow;
+
+use candle_core::{DType, Device};
 use gpu_node::backend::mochi::{MochiBackend, MochiOptions};
 use gpu_node::backend::{
     Backend, BackendError, BackendJob, Control, LatentCheckpoint, StepObserver,
 };
 use gpu_node::config::VideoConfig;
+use gpu_node::model::AsymmDiT;
 use gpu_node::model_dir::tiny;
+use gpu_node::pipeline::text_encoder::TextEncoder;
+use gpu_node::pipeline::{sampling, scheduler};
+use protocol::record::ResumePoint;
 use protocol::{JobId, JobSpec, Limits};
 
 fn backend(options: MochiOptions) -> (tempfile::TempDir, MochiBackend) {
@@ -37,6 +43,7 @@ fn job(seed: u64, steps: u32, guidance: f32) -> BackendJob {
         seed,
         resume: None,
         checkpoint: None,
+        resume_latent: None,
     }
 }
 
@@ -158,6 +165,51 @@ fn a_saved_latent_skips_denoising_and_gives_the_same_video() {
     let mut recorder = Recorder::default();
     assert_eq!(backend.run(&other, &mut recorder).unwrap(), first);
     assert_eq!(recorder.steps.len(), 3);
+}
+
+#[test]
+fn a_preempted_job_resumes_from_its_step_and_latent_with_the_same_video() {
+    let (dir, backend) = backend(MochiOptions::default());
+    let full = job(9, 4, 4.5);
+    let expected = backend.run(&full, &mut Recorder::default()).unwrap();
+
+    // The latent after step 2, made with the pipeline's own pieces from the same directory.
+    let device = Device::Cpu;
+    let dit = AsymmDiT::from_model_dir(dir.path(), DType::F32, &device).unwrap();
+    let mut text = TextEncoder::from_model_dir(dir.path(), &device).unwrap();
+    let cond = text.encode(&full.spec.prompt).unwrap();
+    let uncond = text.encode(&full.spec.negative_prompt).unwrap();
+    let initial = sampling::initial_latents(9, 2, 8, 12, &device).unwrap();
+    let sigmas = scheduler::linear_quadratic(4, scheduler::DEFAULT_THRESHOLD_NOISE, None);
+    let mut after_two = None;
+    sampling::denoise(&dit, &initial, &cond, &uncond, &sigmas, &[4.5], |info| {
+        if info.step == 1 {
+            after_two = Some(info.latents.clone());
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap();
+    let latent = after_two.unwrap();
+    let mut resumed = full.clone();
+    resumed.resume = Some(ResumePoint {
+        step: 2,
+        latent_object: "job/preempted".to_owned(),
+    });
+    resumed.resume_latent = Some(LatentCheckpoint {
+        dims: latent.dims().to_vec(),
+        values: latent.flatten_all().unwrap().to_vec1().unwrap(),
+    });
+    let mut recorder = Recorder::default();
+    assert_eq!(backend.run(&resumed, &mut recorder).unwrap(), expected);
+    assert_eq!(recorder.steps, vec![(3, 4), (4, 4)]);
+
+    // Without its latent the job starts over, with the same video.
+    resumed.resume_latent = None;
+    let mut recorder = Recorder::default();
+    assert_eq!(backend.run(&resumed, &mut recorder).unwrap(), expected);
+    assert_eq!(recorder.steps.len(), 4);
 }
 
 #[test]

@@ -236,33 +236,42 @@ impl MochiBackend {
         Ok(latents)
     }
 
-    /// Tokenize → encode → denoise; the final latents (DiT space, f32).
+    /// Tokenize → encode → denoise from the job's seed, or from `resume` (the latent after
+    /// step `k`, continuing with step `k + 1`); the final latents (DiT space, f32).
     fn denoise(
         &self,
         job: &BackendJob,
         observer: &mut dyn StepObserver,
+        resume: Option<(Tensor, usize)>,
     ) -> Result<Tensor, BackendError> {
         let shape = &job.shape;
         let (cond, uncond) = self
             .encode_text(&job.spec.prompt, &job.spec.negative_prompt, shape.cfg)
             .map_err(from_candle)?;
-        let initial = sampling::initial_latents(
-            job.seed,
-            shape.latent_frames as usize,
-            shape.latent_height as usize,
-            shape.latent_width as usize,
-            &self.device,
-        )
-        .map_err(from_candle)?;
-        let sigmas = scheduler::linear_quadratic(
+        let (initial, first_step) = match resume {
+            Some(resumed) => resumed,
+            None => (
+                sampling::initial_latents(
+                    job.seed,
+                    shape.latent_frames as usize,
+                    shape.latent_height as usize,
+                    shape.latent_width as usize,
+                    &self.device,
+                )
+                .map_err(from_candle)?,
+                0,
+            ),
+        };
+        let schedule = scheduler::linear_quadratic(
             shape.steps as usize,
             scheduler::DEFAULT_THRESHOLD_NOISE,
             None,
         );
+        let sigmas = &schedule[first_step.min(schedule.len() - 1)..];
         let total = shape.steps;
         let mut stopped = false;
         let on_step = |info: StepInfo<'_>| {
-            let step = u32::try_from(info.step + 1).unwrap_or(u32::MAX);
+            let step = u32::try_from(first_step + info.step + 1).unwrap_or(u32::MAX);
             if observer.on_step(step, total) == Control::Stop {
                 stopped = true;
                 ControlFlow::Break(())
@@ -282,12 +291,12 @@ impl MochiBackend {
                     &initial,
                     &cond,
                     uncond,
-                    &sigmas,
+                    sigmas,
                     &[guidance],
                     on_step,
                 )
             }
-            None => self.denoise_conditional(&initial, &cond, &sigmas, on_step),
+            None => self.denoise_conditional(&initial, &cond, sigmas, on_step),
         }
         .map_err(from_candle)?;
         if stopped {
@@ -323,7 +332,22 @@ impl MochiBackend {
         if let Some(checkpoint) = &job.checkpoint {
             tracing::warn!(job_id = %job.job_id, saved = ?checkpoint.dims, expected = ?dims, "ignoring a saved latent of another shape");
         }
-        let latents = self.denoise(job, observer)?;
+        // A preempted job continues from the step and latent it was paused at.
+        let resume = match (&job.resume, &job.resume_latent) {
+            (Some(point), Some(latent)) if latent.dims == dims => {
+                tracing::info!(job_id = %job.job_id, step = point.step, "resuming denoising after a preemption");
+                let tensor = Tensor::from_vec(latent.values.clone(), dims.clone(), &self.device)
+                    .map_err(from_candle)?;
+                Some((tensor, point.step.min(shape.steps) as usize))
+            }
+            (Some(point), _) => {
+                // Without its latent the job starts over, which gives the same video.
+                tracing::warn!(job_id = %job.job_id, step = point.step, object = %point.latent_object, "the preempted job's latent is missing or of another shape; denoising restarts from step 0");
+                None
+            }
+            (None, _) => None,
+        };
+        let latents = self.denoise(job, observer, resume)?;
         let values = latents
             .flatten_all()
             .and_then(|flat| flat.to_vec1::<f32>())
@@ -371,11 +395,6 @@ impl MochiBackend {
         observer: &mut dyn StepObserver,
     ) -> Result<Video, BackendError> {
         self.check_job(job)?;
-        if let Some(resume) = &job.resume {
-            // The saved latent is not read yet: denoising restarts from step 0, which gives
-            // the same video (same seed, same inputs), only later.
-            tracing::warn!(job_id = %job.job_id, step = resume.step, "resuming from a saved latent is not supported yet; denoising restarts from step 0");
-        }
         let started = Instant::now();
         let latents = self.latents(job, observer)?;
         let denoised = started.elapsed();

@@ -24,6 +24,9 @@ pub struct BackendJob {
     pub resume: Option<ResumePoint>,
     /// The denoised latent an earlier attempt saved: decoding starts from it.
     pub checkpoint: Option<LatentCheckpoint>,
+    /// For a preempted job (`resume`): the latent after step `resume.step`, read from
+    /// `resume.latent_object` (a [`LatentCheckpoint`]); denoising continues from it.
+    pub resume_latent: Option<LatentCheckpoint>,
 }
 
 /// A denoised latent (DiT space, f32), saved before decoding so that an attempt whose

@@ -100,6 +100,7 @@ mod tests {
             seed: 1,
             resume: None,
             checkpoint: None,
+            resume_latent: None,
         }
     }
 

@@ -21,7 +21,7 @@ use crate::metrics;
 mod output;
 mod worker;
 
-use output::{load_latent, publish_progress, save_latent, store_video};
+use output::{load_latent, publish_progress, read_latent, save_latent, store_video};
 use worker::{WorkItem, worker};
 
 /// Why a running job is being stopped (0 = it is not).
@@ -373,6 +373,10 @@ async fn start(
     } else {
         None
     };
+    let resume_latent = match &assign.resume {
+        Some(point) => read_latent(state, &point.latent_object).await,
+        None => None,
+    };
     let job = BackendJob {
         job_id,
         attempt,
@@ -381,6 +385,7 @@ async fn start(
         seed: assign.seed,
         resume: assign.resume,
         checkpoint,
+        resume_latent,
     };
     if state
         .work

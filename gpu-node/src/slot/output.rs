@@ -127,32 +127,26 @@ pub(super) async fn load_latent(
     job_id: JobId,
     attempt: u32,
 ) -> Option<LatentCheckpoint> {
-    use tokio::io::AsyncReadExt;
     for earlier in (1..attempt).rev() {
-        let Ok(mut object) = state
-            .args
-            .resources
-            .videos
-            .get(latent_object(job_id, earlier))
-            .await
-        else {
-            continue;
-        };
-        let mut bytes = Vec::new();
-        if object.read_to_end(&mut bytes).await.is_err() {
-            continue;
-        }
-        match LatentCheckpoint::from_bytes(&bytes) {
-            Some(checkpoint) => {
-                tracing::info!(%job_id, attempt, from_attempt = earlier, "resuming from a saved latent");
-                return Some(checkpoint);
-            }
-            None => {
-                tracing::warn!(%job_id, attempt, from_attempt = earlier, "unreadable saved latent ignored")
-            }
+        if let Some(checkpoint) = read_latent(state, &latent_object(job_id, earlier)).await {
+            tracing::info!(%job_id, attempt, from_attempt = earlier, "resuming from a saved latent");
+            return Some(checkpoint);
         }
     }
     None
+}
+
+/// A latent stored under `name` ([`LatentCheckpoint::to_bytes`]), if present and readable.
+pub(super) async fn read_latent(state: &GpuSlotState, name: &str) -> Option<LatentCheckpoint> {
+    use tokio::io::AsyncReadExt;
+    let mut object = state.args.resources.videos.get(name).await.ok()?;
+    let mut bytes = Vec::new();
+    object.read_to_end(&mut bytes).await.ok()?;
+    let checkpoint = LatentCheckpoint::from_bytes(&bytes);
+    if checkpoint.is_none() {
+        tracing::warn!(object = name, "unreadable saved latent ignored");
+    }
+    checkpoint
 }
 
 /// Fails the attempt with a retryable error (another attempt, maybe elsewhere, may succeed).

@@ -177,6 +177,7 @@ mod tests {
             seed: 1,
             resume: None,
             checkpoint: None,
+            resume_latent: None,
         }
     }
 
