@@ -17,6 +17,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use protocol::JobId;
 use protocol::spec::Priority;
@@ -96,11 +97,19 @@ impl LengthAware {
 
     /// How each eligible job's rank grows with time.
     fn agings(&self, view: &View<'_>, queue: &[Waiting]) -> Vec<Aging> {
-        let mut running_by_tenant: HashMap<u64, f64> = HashMap::new();
+        let mut agings = Vec::with_capacity(queue.len());
+        self.each_aging(view, queue, |aging| agings.push(aging));
+        agings
+    }
+
+    /// Calls `each` with how every eligible job's rank grows, in queue order (no allocation
+    /// per job: a decision over 10 000 queued jobs stays well under a millisecond).
+    fn each_aging(&self, view: &View<'_>, queue: &[Waiting], mut each: impl FnMut(Aging)) {
+        let mut running_by_tenant: TenantMap<f64> = TenantMap::default();
         for running in view.slots.iter().filter_map(|slot| slot.running) {
             *running_by_tenant.entry(running.tenant).or_default() += 1.0;
         }
-        let mut tenants: HashSet<u64> = running_by_tenant.keys().copied().collect();
+        let mut tenants: TenantSet = running_by_tenant.keys().copied().collect();
         let mut last_tenant = None;
         for job in queue {
             // Queues come in runs of one tenant: skip the hash while the tenant repeats.
@@ -112,7 +121,7 @@ impl LengthAware {
         let fair_slots = view.slots.len().max(1) as f64 / tenants.len().max(1) as f64;
         let starvation = self.config.starvation_factor;
         let aging_cap = self.config.aging_cap_s.max(1.0);
-        let mut agings = Vec::with_capacity(queue.len());
+        let mut last_load = (None, 0.0);
         for (index, job) in queue.iter().enumerate() {
             if job.not_before_ms > view.now_ms {
                 continue;
@@ -121,10 +130,14 @@ impl LengthAware {
             let own_s = full_s.min(aging_cap);
             let tenant_load = if running_by_tenant.is_empty() {
                 0.0
+            } else if last_load.0 == Some(job.tenant) {
+                last_load.1
             } else {
-                running_by_tenant.get(&job.tenant).copied().unwrap_or(0.0) / fair_slots
+                let load = running_by_tenant.get(&job.tenant).copied().unwrap_or(0.0) / fair_slots;
+                last_load = (Some(job.tenant), load);
+                load
             };
-            agings.push(Aging {
+            each(Aging {
                 index,
                 waited_s: view.now_ms.saturating_sub(job.created_at_ms) as f64 / 1_000.0,
                 factor: self.weight(job.priority) / own_s / (1.0 + tenant_load),
@@ -137,22 +150,43 @@ impl LengthAware {
                 },
             });
         }
-        agings
     }
 
     /// Ranked eligible jobs: (index, score), best first; only the best `top` are sorted
     /// (the rest follow unsorted, see [`sort_more`]), so a decision over a long queue stays
     /// cheap.
     fn ranked(&self, view: &View<'_>, queue: &[Waiting], top: usize) -> Vec<(usize, f64)> {
-        let mut scored: Vec<(usize, f64)> = self
-            .agings(view, queue)
-            .iter()
-            .map(|aging| (aging.index, aging.score(0.0)))
-            .collect();
+        let mut scored: Vec<(usize, f64)> = Vec::with_capacity(queue.len());
+        self.each_aging(view, queue, |aging| {
+            scored.push((aging.index, aging.score(0.0)));
+        });
         sort_more(&mut scored, 0, top, queue);
         scored
     }
 }
+
+/// Tenant keys are already hashes (`tenant_hash`): a multiply spreads them, no SipHash.
+#[derive(Default)]
+struct TenantHasher(u64);
+
+impl Hasher for TenantHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0 ^ value).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type TenantMap<V> = HashMap<u64, V, BuildHasherDefault<TenantHasher>>;
+type TenantSet = HashSet<u64, BuildHasherDefault<TenantHasher>>;
 
 /// Best first: higher score, then older, then lower id.
 fn better(queue: &[Waiting], a: &(usize, f64), b: &(usize, f64)) -> Ordering {
