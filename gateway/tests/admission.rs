@@ -102,6 +102,7 @@ async fn a_job_no_known_slot_holds_is_refused_at_submit_with_what_would_fit() {
     let error: ErrorBody = serde_json::from_slice(&body).unwrap();
     assert_eq!(error.error.code, ErrorCode::JobTooLarge);
     let message = error.error.message;
+    println!("{message}");
     assert!(message.contains("needs about"), "{message}");
     assert!(
         message.contains("the largest slot (l40-48gb) has 48.3 GB"),
