@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use protocol::jetstream::Resources;
-use protocol::messages::{Assign, AssignReply, Cancel, NodeHeartbeat, SlotReport};
+use protocol::messages::{
+    Assign, AssignReply, Cancel, NodeHeartbeat, Preempt, PreemptReply, SlotReport,
+};
 use protocol::{NodeId, codec, names, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::Notify;
@@ -31,6 +33,8 @@ pub enum NodeMsg {
     Assign(Box<Assign>, RpcReplyPort<AssignReply>),
     /// Route a cancellation to the slot running the job.
     Cancel(Cancel),
+    /// Route a pause request to the slot running the job, replying its answer.
+    Preempt(Preempt, RpcReplyPort<PreemptReply>),
     /// Write a heartbeat now (period elapsed, or a slot became busy or free).
     Heartbeat,
     /// Refuse new work (shutdown began) and say so in the heartbeat.
@@ -159,6 +163,10 @@ impl Actor for Node {
             .client
             .subscribe(names::node_cancel_subject(&node_id))
             .await?;
+        let preempts = args
+            .client
+            .subscribe(names::node_preempt_subject(&node_id))
+            .await?;
         let mut state = NodeState {
             args,
             slots: Vec::new(),
@@ -178,8 +186,9 @@ impl Actor for Node {
         }
         let client = state.args.client.clone();
         state.tasks = vec![
-            tokio::spawn(answer_assignments(assigns, client, myself.clone())),
+            tokio::spawn(answer_assignments(assigns, client.clone(), myself.clone())),
             tokio::spawn(forward_cancellations(cancels, myself.clone())),
+            tokio::spawn(answer_preemptions(preempts, client, myself.clone())),
             tokio::spawn(pump_heartbeats(
                 state.args.heartbeat_interval,
                 Arc::clone(&state.args.changed),
@@ -244,6 +253,31 @@ impl Actor for Node {
                         job_id: cancel.job_id,
                         attempt: cancel.attempt,
                     });
+                }
+            }
+            NodeMsg::Preempt(preempt, reply) => {
+                let running = |index: &usize| {
+                    state.args.reports[*index]
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .job
+                        .is_some_and(|job| {
+                            job.job_id == preempt.job_id && job.attempt == preempt.attempt
+                        })
+                };
+                match (0..state.slots.len()).find(running) {
+                    Some(index) => {
+                        let _ = state.slots[index].cast(GpuSlotMsg::Pause {
+                            job_id: preempt.job_id,
+                            attempt: preempt.attempt,
+                            reply,
+                        });
+                    }
+                    None => {
+                        let _ = reply.send(PreemptReply::Refused {
+                            reason: "no slot of this node runs that attempt".to_owned(),
+                        });
+                    }
                 }
             }
             NodeMsg::Heartbeat => state.write_heartbeat().await,
@@ -338,6 +372,39 @@ async fn answer_assignments(
         }
     }
     tracing::warn!("assignment subscription ended");
+}
+
+/// Answers every `Preempt` request on the node's subject with its slot's decision.
+async fn answer_preemptions(
+    mut preempts: async_nats::Subscriber,
+    client: async_nats::Client,
+    node: ActorRef<NodeMsg>,
+) {
+    while let Some(message) = preempts.next().await {
+        let reply = match codec::decode::<Preempt>(&message.payload) {
+            Ok(preempt) => {
+                ractor::call_t!(node, NodeMsg::Preempt, ASSIGN_REPLY_TIMEOUT_MS, preempt)
+                    .unwrap_or_else(|error| PreemptReply::Refused {
+                        reason: format!("slot did not answer: {error}"),
+                    })
+            }
+            Err(error) => PreemptReply::Refused {
+                reason: format!("unreadable pause request: {error}"),
+            },
+        };
+        let Some(subject) = message.reply else {
+            continue;
+        };
+        match codec::encode(&reply) {
+            Ok(bytes) => {
+                if let Err(error) = client.publish(subject, bytes.into()).await {
+                    tracing::warn!(%error, "cannot answer a pause request");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot encode a pause reply"),
+        }
+    }
+    tracing::warn!("preempt subscription ended");
 }
 
 /// Forwards every `Cancel` on the node's subject to the node actor.

@@ -15,7 +15,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{Backend, BackendError, BackendJob, Control, LatentCheckpoint, StepObserver, Video};
+use super::{
+    Backend, BackendError, BackendJob, Control, LatentCheckpoint, PausedState, StepObserver, Video,
+};
 use crate::model::AsymmDiT;
 use crate::model::vae::VaeDecoder;
 use crate::model_dir::{safetensors_header, tiny};
@@ -270,13 +272,20 @@ impl MochiBackend {
         let sigmas = &schedule[first_step.min(schedule.len() - 1)..];
         let total = shape.steps;
         let mut stopped = false;
+        let mut paused_after = None;
         let on_step = |info: StepInfo<'_>| {
             let step = u32::try_from(first_step + info.step + 1).unwrap_or(u32::MAX);
-            if observer.on_step(step, total) == Control::Stop {
-                stopped = true;
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
+            match observer.on_step(step, total) {
+                Control::Stop => {
+                    stopped = true;
+                    ControlFlow::Break(())
+                }
+                // The loop ends with the latent after this step: the state to resume from.
+                Control::Pause if step < total => {
+                    paused_after = Some(step);
+                    ControlFlow::Break(())
+                }
+                Control::Pause | Control::Continue => ControlFlow::Continue(()),
             }
         };
         let latents = match &uncond {
@@ -301,6 +310,20 @@ impl MochiBackend {
         .map_err(from_candle)?;
         if stopped {
             return Err(BackendError::Stopped);
+        }
+        if let Some(steps_done) = paused_after {
+            let latent = LatentCheckpoint {
+                dims: latents.dims().to_vec(),
+                values: latents
+                    .flatten_all()
+                    .and_then(|flat| flat.to_vec1::<f32>())
+                    .map_err(from_candle)?,
+            };
+            tracing::info!(job_id = %job.job_id, attempt = job.attempt, steps_done, "paused at a step boundary");
+            return Err(BackendError::Paused(Box::new(PausedState {
+                steps_done,
+                latent: Some(latent),
+            })));
         }
         Ok(latents)
     }

@@ -91,6 +91,20 @@ pub enum Control {
     Continue,
     /// Stop at this step boundary (cancelled, fenced out, shutting down).
     Stop,
+    /// Pause at this step boundary (preempted for another job): stop and hand back the
+    /// job's state ([`BackendError::Paused`]) so that it can resume from here. Only honoured
+    /// while denoising; once denoising is done the run goes on as with `Continue`.
+    Pause,
+}
+
+/// Where a paused run stopped: what a later attempt resumes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PausedState {
+    /// Denoising steps done (the resumed run starts with step `steps_done + 1`).
+    pub steps_done: u32,
+    /// The latent after those steps (`None`: the backend needs none to resume, as the
+    /// simulated one, whose output depends only on the job).
+    pub latent: Option<LatentCheckpoint>,
 }
 
 /// Told after every denoising step; decides whether the job goes on.
@@ -129,6 +143,9 @@ pub enum BackendError {
     /// The observer asked to stop.
     #[error("stopped at a step boundary")]
     Stopped,
+    /// The observer asked to pause: the run stopped at a step boundary with this state.
+    #[error("paused after step {}", .0.steps_done)]
+    Paused(Box<PausedState>),
     /// The device ran out of memory; another attempt (or another slot) may succeed.
     #[error("out of device memory: {0}")]
     OutOfMemory(String),
@@ -150,7 +167,9 @@ impl BackendError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::InvalidJob(_) => ErrorCode::InvalidField,
-            Self::Stopped | Self::OutOfMemory(_) | Self::Internal(_) => ErrorCode::JobFailed,
+            Self::Stopped | Self::Paused(_) | Self::OutOfMemory(_) | Self::Internal(_) => {
+                ErrorCode::JobFailed
+            }
         }
     }
 }

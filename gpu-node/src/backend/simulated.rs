@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use super::{Backend, BackendError, BackendJob, Control, StepObserver, Video, pattern};
+use super::{
+    Backend, BackendError, BackendJob, Control, PausedState, StepObserver, Video, pattern,
+};
 use crate::config::SimulatedConfig;
 
 /// Sleeps per step as the cost formula says, then renders a test pattern.
@@ -50,8 +52,17 @@ impl Backend for SimulatedBackend {
         let step_time = Duration::from_secs_f64(self.step_seconds(job).min(3600.0));
         for step in first..total {
             std::thread::sleep(step_time);
-            if observer.on_step(step + 1, total) == Control::Stop {
-                return Err(BackendError::Stopped);
+            match observer.on_step(step + 1, total) {
+                Control::Continue => {}
+                Control::Stop => return Err(BackendError::Stopped),
+                // The pattern depends only on the job: the step index is all there is to save.
+                Control::Pause if step + 1 < total => {
+                    return Err(BackendError::Paused(Box::new(PausedState {
+                        steps_done: step + 1,
+                        latent: None,
+                    })));
+                }
+                Control::Pause => {}
             }
         }
         Ok(pattern::render(
@@ -129,6 +140,49 @@ mod tests {
             Err(BackendError::Stopped)
         ));
         assert_eq!(observer.1, vec![1, 2]);
+    }
+
+    struct PauseAt(u32);
+
+    impl StepObserver for PauseAt {
+        fn on_step(&mut self, step: u32, _total: u32) -> Control {
+            if step == self.0 {
+                Control::Pause
+            } else {
+                Control::Continue
+            }
+        }
+    }
+
+    #[test]
+    fn a_paused_run_resumed_from_its_step_gives_the_same_video() {
+        let backend = SimulatedBackend::new(SimulatedConfig {
+            time_scale: 0.0,
+            ..SimulatedConfig::default()
+        });
+        let whole = job(5);
+        let uninterrupted = backend
+            .run(&whole, &mut StopAfter(u32::MAX, Vec::new()))
+            .expect("video");
+        let Err(BackendError::Paused(paused)) = backend.run(&whole, &mut PauseAt(2)) else {
+            panic!("the run should pause after step 2");
+        };
+        assert_eq!(paused.steps_done, 2);
+        let mut resumed = whole.clone();
+        resumed.attempt = 2;
+        resumed.resume = Some(protocol::record::ResumePoint {
+            step: paused.steps_done,
+            latent_object: String::new(),
+        });
+        let mut observer = StopAfter(u32::MAX, Vec::new());
+        let video = backend.run(&resumed, &mut observer).expect("video");
+        assert_eq!(observer.1, vec![3, 4, 5], "only the steps left run");
+        assert_eq!(video, uninterrupted);
+        // A pause asked at the last step is too late: the run finishes.
+        assert_eq!(
+            backend.run(&whole, &mut PauseAt(5)).expect("video"),
+            uninterrupted
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use protocol::jetstream::{Resources, StoreError};
-use protocol::messages::{Assign, AssignReply, SlotJob, SlotReport};
-use protocol::record::{JobEvent, JobFailure, Progress, TransitionError};
+use protocol::messages::{Assign, AssignReply, PreemptReply, SlotJob, SlotReport};
+use protocol::record::{JobEvent, JobFailure, Progress, ResumePoint, TransitionError};
 use protocol::{ErrorCode, JobId, JobShape, JobState, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::Notify;
@@ -21,7 +21,10 @@ use crate::metrics;
 mod output;
 mod worker;
 
-use output::{load_latent, publish_progress, read_latent, save_latent, store_video};
+use output::{
+    latent_object, load_latent, paused_object, publish_progress, read_latent, save_latent,
+    store_video,
+};
 use worker::{WorkItem, worker};
 
 /// Why a running job is being stopped (0 = it is not).
@@ -30,6 +33,8 @@ const STOP_NONE: u8 = 0;
 const STOP_ABANDON: u8 = 1;
 /// The node is shutting down: hand the job back as a retryable failure.
 const STOP_SHUTDOWN: u8 = 2;
+/// Preempted: pause at the next step boundary, save the state, write `preempted`.
+const STOP_PAUSE: u8 = 3;
 
 /// Delay before a job failed on this node may be retried, ms.
 const RETRY_DELAY_MS: u64 = 2_000;
@@ -47,6 +52,16 @@ pub enum GpuSlotMsg {
         job_id: JobId,
         /// The attempt.
         attempt: u32,
+    },
+    /// Pause a job at its next denoising-step boundary (preempted for another job),
+    /// replying whether the slot will.
+    Pause {
+        /// The job.
+        job_id: JobId,
+        /// The attempt.
+        attempt: u32,
+        /// Told whether the slot pauses it.
+        reply: RpcReplyPort<PreemptReply>,
     },
     /// Refuse new work from now on (shutdown).
     Drain,
@@ -135,6 +150,8 @@ struct Running {
     stop: Arc<AtomicU8>,
     started: Instant,
     last_step: Instant,
+    /// Denoising steps done (as last reported by the worker).
+    steps_done: u32,
 }
 
 /// The slot actor's state.
@@ -208,6 +225,13 @@ impl Actor for GpuSlot {
                     running.stop.store(STOP_ABANDON, Ordering::SeqCst);
                 }
             }
+            GpuSlotMsg::Pause {
+                job_id,
+                attempt,
+                reply,
+            } => {
+                let _ = reply.send(pause(state, job_id, attempt));
+            }
             GpuSlotMsg::Drain => state.draining = true,
             GpuSlotMsg::Abort => {
                 if let Some(running) = &state.running {
@@ -226,7 +250,7 @@ impl Actor for GpuSlot {
                 saved,
             } => {
                 let stored = current(state, job_id, attempt).is_some()
-                    && save_latent(state, job_id, attempt, bytes).await;
+                    && save_latent(state, &latent_object(job_id, attempt), bytes).await;
                 let _ = saved.send(stored);
             }
             GpuSlotMsg::DecodeProgressed { job_id, attempt } => {
@@ -275,6 +299,33 @@ impl Actor for GpuSlot {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether the slot will pause `job_id` (`attempt`) at its next step boundary: only while
+/// it runs that attempt, is still denoising and is not being stopped for another reason.
+fn pause(state: &GpuSlotState, job_id: JobId, attempt: u32) -> PreemptReply {
+    let refused = |reason: &str| PreemptReply::Refused {
+        reason: reason.to_owned(),
+    };
+    let Some(running) = current(state, job_id, attempt) else {
+        return refused("the slot is not running this attempt");
+    };
+    if state.draining {
+        return refused("the node is shutting down");
+    }
+    if running.steps_done >= running.shape.steps {
+        return refused("denoising is done; the job is decoding");
+    }
+    match running
+        .stop
+        .compare_exchange(STOP_NONE, STOP_PAUSE, Ordering::SeqCst, Ordering::SeqCst)
+    {
+        Ok(_) | Err(STOP_PAUSE) => {
+            tracing::info!(%job_id, attempt, steps_done = running.steps_done, "pausing at the next step boundary");
+            PreemptReply::Pausing
+        }
+        Err(_) => refused("the job is being stopped"),
     }
 }
 
@@ -365,6 +416,7 @@ async fn start(
         stop: Arc::clone(&stop),
         started: now,
         last_step: now,
+        steps_done: assign.resume.as_ref().map_or(0, |r| r.step),
     });
     report_changed(state);
     tracing::info!(%job_id, attempt, slot = state.args.slot, frames = assign.shape.num_frames, "job started");
@@ -430,6 +482,7 @@ async fn step_completed(job_id: JobId, attempt: u32, progress: Progress, state: 
     };
     metrics::record_step(running.last_step.elapsed());
     running.last_step = Instant::now();
+    running.steps_done = progress.step;
     let event = JobEvent::Progressed {
         attempt,
         progress,
@@ -481,6 +534,9 @@ async fn finish(
     let label = match (outcome, stop_reason) {
         (Ok(mp4), _) => store_video(job_id, attempt, mp4, state).await,
         (Err(BackendError::Stopped), STOP_ABANDON) => "abandoned",
+        (Err(BackendError::Paused(paused)), STOP_PAUSE) => {
+            paused_job(state, job_id, attempt, *paused).await
+        }
         (Err(error), reason) => {
             let (failure, label) = if reason == STOP_SHUTDOWN {
                 let message =
@@ -521,4 +577,31 @@ async fn finish(
     tracing::info!(%job_id, attempt, outcome = label, "slot free");
     state.running = None;
     report_changed(state);
+}
+
+/// Saves a paused job's state under `<job>/paused/<attempt>` (the latent checkpoint's format
+/// and store, under its own name so that a retry never mistakes a half-denoised latent for
+/// a denoised one) and writes `preempted` with where to resume (fenced by the attempt). A
+/// state that cannot be saved resumes from step 0: the same video, later.
+async fn paused_job(
+    state: &GpuSlotState,
+    job_id: JobId,
+    attempt: u32,
+    paused: crate::backend::PausedState,
+) -> &'static str {
+    let object = paused_object(job_id, attempt);
+    let saved = match paused.latent {
+        Some(latent) => save_latent(state, &object, latent.to_bytes()).await,
+        None => true,
+    };
+    let resume = ResumePoint {
+        step: if saved { paused.steps_done } else { 0 },
+        latent_object: object,
+    };
+    tracing::info!(%job_id, attempt, step = resume.step, "job paused; slot free");
+    if write(state, job_id, &JobEvent::Preempted { attempt, resume }).await {
+        "preempted"
+    } else {
+        "abandoned"
+    }
 }

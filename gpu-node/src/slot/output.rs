@@ -94,15 +94,17 @@ pub(super) fn latent_object(job_id: JobId, attempt: u32) -> String {
     format!("{job_id}/latent/{attempt}")
 }
 
-/// Saves an attempt's denoised latent; true once stored.
-pub(super) async fn save_latent(
-    state: &GpuSlotState,
-    job_id: JobId,
-    attempt: u32,
-    bytes: Vec<u8>,
-) -> bool {
+/// Object name of the state a paused attempt saved (the latent after its last step).
+pub(super) fn paused_object(job_id: JobId, attempt: u32) -> String {
+    format!("{job_id}/paused/{attempt}")
+}
+
+/// Saves a latent ([`LatentCheckpoint::to_bytes`]) under `name`: an attempt's denoised
+/// latent ([`latent_object`]) or a paused attempt's state ([`paused_object`]); true once
+/// stored.
+pub(super) async fn save_latent(state: &GpuSlotState, name: &str, bytes: Vec<u8>) -> bool {
     let metadata = ObjectMetadata {
-        name: latent_object(job_id, attempt),
+        name: name.to_owned(),
         chunk_size: Some(state.args.object_chunk_bytes),
         ..Default::default()
     };
@@ -115,7 +117,7 @@ pub(super) async fn save_latent(
     {
         Ok(_) => true,
         Err(error) => {
-            tracing::warn!(%job_id, attempt, %error, "cannot save the denoised latent; a retry will denoise again");
+            tracing::warn!(object = name, %error, "cannot save the latent; a retry or resume will denoise again");
             false
         }
     }

@@ -8,7 +8,7 @@ use protocol::JobId;
 use protocol::record::Progress;
 use ractor::ActorRef;
 
-use super::{GpuSlotMsg, STOP_NONE};
+use super::{GpuSlotMsg, STOP_NONE, STOP_PAUSE};
 use crate::backend::{Backend, BackendError, BackendJob, Control, LatentCheckpoint, StepObserver};
 use crate::config::VideoConfig;
 
@@ -119,10 +119,10 @@ impl StepObserver for Observer<'_> {
 
 impl Observer<'_> {
     fn control(&self) -> Control {
-        if self.stop.load(Ordering::SeqCst) == STOP_NONE {
-            Control::Continue
-        } else {
-            Control::Stop
+        match self.stop.load(Ordering::SeqCst) {
+            STOP_NONE => Control::Continue,
+            STOP_PAUSE => Control::Pause,
+            _ => Control::Stop,
         }
     }
 }
