@@ -36,8 +36,15 @@ pub const JOBS_TOO_LARGE: &str = "mochi_coordinator_jobs_too_large_total";
 /// Jobs waiting for a slot, by `lane` (`short`, `medium`, `long`).
 pub const QUEUE_DEPTH_LANE: &str = "mochi_coordinator_queue_depth_lane";
 
+/// Running jobs asked to pause at their next step boundary for a waiting job.
+pub const PAUSES_REQUESTED: &str = "mochi_coordinator_pauses_requested_total";
+
 /// Describes every metric (call once; the binary installs the recorder).
 pub fn describe() {
+    metrics::describe_counter!(
+        PAUSES_REQUESTED,
+        "Running jobs asked to pause at their next step boundary for a waiting job"
+    );
     metrics::describe_gauge!(QUEUE_DEPTH, "Jobs waiting for a slot");
     metrics::describe_gauge!(JOBS_ON_NODES, "Jobs on nodes (assigned, running, encoding)");
     metrics::describe_gauge!(SLOTS, "Slots of live nodes, by state (live, free)");

@@ -30,6 +30,8 @@ use crate::policy::{self, Lane, Policy};
 use crate::slots::{SlotProxy, SlotProxyArgs, SlotProxyMsg};
 use view::{FollowUp, View};
 
+pub mod pause;
+
 /// How long stopping waits for each child actor.
 const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A published ETA is rewritten when the estimate moved by more than this, ms.
@@ -82,6 +84,15 @@ pub enum SchedulerMsg {
     },
     /// The lease keeper settled an expiry request.
     ExpiryDone(JobId),
+    /// A node answered (or did not) a request to pause a job.
+    PauseAnswered {
+        /// The job asked to pause.
+        job_id: JobId,
+        /// Its node.
+        node: NodeId,
+        /// The answer.
+        answer: pause::PauseAnswer,
+    },
     /// Periodic work: node liveness, lease expiry, placement.
     Tick,
     /// Counts for tests and `/debug`.
@@ -243,6 +254,11 @@ impl Actor for Scheduler {
             SchedulerMsg::ExpiryDone(job_id) => {
                 state.expiring.remove(&job_id);
             }
+            SchedulerMsg::PauseAnswered {
+                job_id,
+                node,
+                answer,
+            } => pause::answered(&mut state.view, job_id, &node, &answer),
             SchedulerMsg::Tick => tick(state),
             SchedulerMsg::Status(reply) => {
                 let proxies = &state.proxies;
@@ -250,7 +266,7 @@ impl Actor for Scheduler {
                 return Ok(());
             }
         }
-        Box::pin(schedule(state)).await;
+        Box::pin(schedule(&myself, state)).await;
         Ok(())
     }
 
@@ -594,7 +610,7 @@ fn forget_node(state: &mut SchedulerState, node: &NodeId, why: &str) {
 }
 
 /// Refuses what no known slot holds, then asks the policy for placements.
-async fn schedule(state: &mut SchedulerState) {
+async fn schedule(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
     let now = now_ms();
     let mut queued = state.view.queued_jobs();
     queued.retain(|job| !state.refusing.contains(&job.job_id));
@@ -627,7 +643,9 @@ async fn schedule(state: &mut SchedulerState) {
     let slots = state
         .view
         .slots(now, |key| proxies.contains_key(key), state.policy.lanes());
-    if queued.is_empty() || slots.iter().all(|(_, slot)| slot.running.is_some()) {
+    // With every slot busy only a pause can help a waiting job.
+    let all_busy = slots.iter().all(|(_, slot)| slot.running.is_some());
+    if queued.is_empty() || (all_busy && !state.args.config.length_aware.preemption) {
         return;
     }
     let (keys, slots): (Vec<SlotKey>, Vec<policy::Slot>) = slots.into_iter().unzip();
@@ -651,6 +669,14 @@ async fn schedule(state: &mut SchedulerState) {
             ::metrics::histogram!(metrics::QUEUE_WAIT_SECONDS).record(waited_s);
         }
         state.view.placing_started(placement.job_id, key);
+    }
+    if !decision.preemptions.is_empty() {
+        let pauses = decision
+            .preemptions
+            .iter()
+            .filter_map(|p| Some((keys.get(p.slot)?.clone(), p.for_job)));
+        let timeout = Duration::from_millis(state.args.config.assign_timeout_ms);
+        pause::request(myself, &mut state.view, &state.args.client, timeout, pauses);
     }
 }
 

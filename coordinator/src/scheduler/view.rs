@@ -28,7 +28,22 @@ struct Tracked {
     tenant: u64,
     priority: Priority,
     progress: Option<Progress>,
+    /// When `progress` last changed (the step boundary it marks), ms.
+    progress_at_ms: u64,
     resumed: bool,
+    /// Steps done before the current attempt (a paused job resumes from there).
+    resume_step: u32,
+    /// Times the job was paused.
+    pauses: u32,
+}
+
+/// A pause asked of a node and not yet settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pausing {
+    /// The waiting job the slot is freed for.
+    for_job: JobId,
+    /// The attempt asked to pause.
+    attempt: u32,
 }
 
 /// What the view knew of a job that just finished, for the cost model.
@@ -60,6 +75,16 @@ pub(crate) enum FollowUp {
     Preempted,
 }
 
+/// What is left of a job's cost: a paused job resumes after the steps it has done.
+fn remaining_cost(job: &Tracked) -> JobCost {
+    let mut cost = job.cost;
+    let done = f64::from(job.resume_step.min(cost.steps));
+    for (seconds, step) in cost.seconds.iter_mut().zip(cost.step_seconds) {
+        *seconds = (*seconds - done * step).max(step);
+    }
+    cost
+}
+
 /// The scheduler's view of jobs, placements and nodes.
 pub(crate) struct View {
     node_ttl_ms: u64,
@@ -68,6 +93,11 @@ pub(crate) struct View {
     nodes: HashMap<NodeId, NodeHeartbeat>,
     /// Slots that refused a placement at this time: not free until a newer heartbeat.
     refused_at: HashMap<SlotKey, u64>,
+    /// Pauses asked of nodes, by the job being paused.
+    pausing: HashMap<JobId, Pausing>,
+    /// Nodes that cannot pause a job (no answer to a pause request), with the start time of
+    /// the node process that did not answer (a restarted node is asked again).
+    cannot_pause: HashMap<NodeId, u64>,
 }
 
 impl View {
@@ -79,6 +109,8 @@ impl View {
             placing: HashMap::new(),
             nodes: HashMap::new(),
             refused_at: HashMap::new(),
+            pausing: HashMap::new(),
+            cannot_pause: HashMap::new(),
         }
     }
 
@@ -122,6 +154,19 @@ impl View {
             Some(known) => known.cost,
             None => model.cost(&record.shape),
         };
+        let progress_at_ms = match self.jobs.get(&job_id) {
+            Some(known) if known.progress == record.progress && known.attempt == record.attempt => {
+                known.progress_at_ms
+            }
+            _ => record.updated_at_ms,
+        };
+        if self
+            .pausing
+            .get(&job_id)
+            .is_some_and(|p| record.state != JobState::Running || record.attempt != p.attempt)
+        {
+            self.pausing.remove(&job_id);
+        }
         let tracked = Tracked {
             revision,
             state: record.state,
@@ -135,7 +180,10 @@ impl View {
             tenant: policy::tenant_hash(record.tenant.as_str()),
             priority: record.spec.priority,
             progress: record.progress,
+            progress_at_ms,
             resumed: record.resume.is_some(),
+            resume_step: record.resume.as_ref().map_or(0, |r| r.step),
+            pauses: record.pauses(),
         };
         self.jobs.insert(job_id, tracked);
         if record.state == JobState::Preempted {
@@ -148,6 +196,41 @@ impl View {
     /// Forgets a deleted record.
     pub(crate) fn job_removed(&mut self, job_id: JobId) {
         self.jobs.remove(&job_id);
+        self.pausing.remove(&job_id);
+    }
+
+    /// The job running on `slot` by our records, with its attempt, if it is running (only a
+    /// running job can be paused).
+    pub(crate) fn running_on(&self, slot: &SlotKey) -> Option<(JobId, u32)> {
+        self.jobs.iter().find_map(|(job_id, job)| {
+            let lease = job.lease.as_ref()?;
+            (job.state == JobState::Running && lease.node == slot.0 && lease.slot == slot.1)
+                .then_some((*job_id, job.attempt))
+        })
+    }
+
+    /// A pause of `job_id` (`attempt`) was asked of its node, for `for_job`.
+    pub(crate) fn pause_requested(&mut self, job_id: JobId, attempt: u32, for_job: JobId) {
+        self.pausing.insert(job_id, Pausing { for_job, attempt });
+    }
+
+    /// The node will not pause the job (it refused: decoding already, another attempt). With
+    /// `unsupported`, the node did not answer at all: it cannot pause, and its jobs are not
+    /// offered for pausing again until the node restarts.
+    pub(crate) fn pause_refused(&mut self, job_id: JobId, node: &NodeId, unsupported: bool) {
+        self.pausing.remove(&job_id);
+        if unsupported && let Some(heartbeat) = self.nodes.get(node) {
+            self.cannot_pause
+                .insert(node.clone(), heartbeat.started_at_ms);
+        }
+    }
+
+    /// Whether a node can pause its jobs (until one of its processes failed to answer).
+    fn can_pause(&self, node: &NodeId) -> bool {
+        match (self.cannot_pause.get(node), self.nodes.get(node)) {
+            (Some(started), Some(heartbeat)) => heartbeat.started_at_ms != *started,
+            _ => true,
+        }
     }
 
     /// Reserves the job and the slot for a placement handed to the slot's proxy.
@@ -268,8 +351,8 @@ impl View {
                 priority: job.priority,
                 created_at_ms: job.created_at_ms,
                 not_before_ms: job.not_before_ms,
-                cost: job.cost,
-                pauses: 0,
+                cost: remaining_cost(job),
+                pauses: job.pauses,
             })
             .collect()
     }
@@ -359,7 +442,8 @@ impl View {
                     .get(&key)
                     .copied()
                     .or(report.job.map(|job| job.job_id));
-                let running = job.map(|job_id| self.running(job_id, class, lanes));
+                let pausable = self.can_pause(node);
+                let running = job.map(|job_id| self.running(job_id, class, lanes, now, pausable));
                 slots.push((
                     key,
                     Slot {
@@ -374,13 +458,29 @@ impl View {
         slots
     }
 
-    /// A running job as the policy sees it (nodes cannot pause jobs yet: never pausable).
-    fn running(&self, job_id: JobId, class: GpuClass, lanes: LaneBounds) -> Running {
+    /// A job on a slot as the policy sees it: pausable while it is running (denoising) on
+    /// a node that can pause, with its pauses so far and any pause under way.
+    fn running(
+        &self,
+        job_id: JobId,
+        class: GpuClass,
+        lanes: LaneBounds,
+        now: u64,
+        node_can_pause: bool,
+    ) -> Running {
         let job = self.jobs.get(&job_id);
         let total_s = job.map_or(0.0, |job| job.cost.seconds[class.index()]);
         let done = job
             .and_then(|job| job.progress)
             .map_or(0.0, |p| f64::from(p.step) / f64::from(p.total_steps.max(1)));
+        let next_boundary_s = job.map_or(f64::INFINITY, |job| {
+            let step_s = job.cost.step_seconds[class.index()];
+            let since_s = now.saturating_sub(job.progress_at_ms) as f64 / 1_000.0;
+            (step_s - since_s).max(0.0)
+        });
+        let denoising = job.is_some_and(|job| {
+            job.state == JobState::Running && job.progress.is_none_or(|p| p.step < p.total_steps)
+        });
         Running {
             job_id,
             lane: job.map_or(policy::Lane::Long, |job| {
@@ -388,10 +488,10 @@ impl View {
             }),
             tenant: job.map_or(0, |job| job.tenant),
             remaining_s: total_s * (1.0 - done.clamp(0.0, 1.0)),
-            next_boundary_s: f64::INFINITY,
-            pauses: 0,
-            unpausable: true,
-            pausing_for: None,
+            next_boundary_s,
+            pauses: job.map_or(0, |job| job.pauses),
+            unpausable: !(denoising && node_can_pause),
+            pausing_for: self.pausing.get(&job_id).map(|p| p.for_job),
         }
     }
 
@@ -574,6 +674,123 @@ mod tests {
         view.node_seen(closed, NOW);
         assert_eq!(free(&view), vec![(node("b"), 0)]);
         assert_eq!(view.status(NOW, |_| true).live_slots, 3);
+    }
+
+    fn running_record(name: &str, step: u32) -> JobRecord {
+        let job = assigned(&queued(), name, 0);
+        let started = job
+            .apply(
+                &protocol::JobEvent::Started {
+                    attempt: 1,
+                    lease_deadline_ms: NOW + 1_000,
+                },
+                NOW,
+            )
+            .expect("legal");
+        started
+            .apply(
+                &protocol::JobEvent::Progressed {
+                    attempt: 1,
+                    progress: Progress {
+                        step,
+                        total_steps: 3,
+                    },
+                    lease_deadline_ms: NOW + 1_000,
+                },
+                NOW,
+            )
+            .expect("legal")
+    }
+
+    fn running_on_a(view: &View, now: u64) -> Running {
+        let slots = view.slots(now, |_| true, LaneBounds::default());
+        slots[0].1.running.expect("a job runs on the slot")
+    }
+
+    #[test]
+    fn a_denoising_job_is_pausable_until_asked_and_its_node_is_not_asked_again_once_it_cannot() {
+        let mut view = View::new(10);
+        view.node_seen(heartbeat("a", 1, NOW), NOW);
+        let job = running_record("a", 1);
+        view.job_changed(&job, 4, &CostModel::default());
+        let running = running_on_a(&view, NOW);
+        assert!(
+            !running.unpausable,
+            "running, denoising, on a node that can pause"
+        );
+        assert_eq!((running.pauses, running.pausing_for), (0, None));
+        assert_eq!(view.running_on(&(node("a"), 0)), Some((job.id, 1)));
+
+        let waiting = JobId::new();
+        view.pause_requested(job.id, 1, waiting);
+        assert_eq!(running_on_a(&view, NOW).pausing_for, Some(waiting));
+        view.pause_refused(job.id, &node("a"), false);
+        assert_eq!(running_on_a(&view, NOW).pausing_for, None);
+        assert!(
+            !running_on_a(&view, NOW).unpausable,
+            "a refusal is for this once"
+        );
+
+        view.pause_requested(job.id, 1, waiting);
+        view.pause_refused(job.id, &node("a"), true);
+        assert!(
+            running_on_a(&view, NOW).unpausable,
+            "the node did not answer"
+        );
+        let mut restarted = heartbeat("a", 1, NOW + 1);
+        restarted.started_at_ms = 7;
+        view.node_seen(restarted, NOW + 1);
+        assert!(
+            !running_on_a(&view, NOW + 1).unpausable,
+            "a restarted node is asked again"
+        );
+
+        // Denoising done: nothing left to pause.
+        let decoding = job
+            .apply(
+                &protocol::JobEvent::Progressed {
+                    attempt: 1,
+                    progress: Progress {
+                        step: 3,
+                        total_steps: 3,
+                    },
+                    lease_deadline_ms: NOW + 1_000,
+                },
+                NOW,
+            )
+            .expect("legal");
+        view.job_changed(&decoding, 5, &CostModel::default());
+        assert!(running_on_a(&view, NOW + 1).unpausable);
+    }
+
+    #[test]
+    fn a_paused_job_waits_with_its_pauses_and_the_cost_of_what_is_left() {
+        let mut view = View::new(10);
+        let job = running_record("a", 1);
+        let whole = CostModel::default().cost(&job.shape);
+        let paused = job
+            .apply(
+                &protocol::JobEvent::Preempted {
+                    attempt: 1,
+                    resume: protocol::record::ResumePoint {
+                        step: 2,
+                        latent_object: "x".to_owned(),
+                    },
+                },
+                NOW,
+            )
+            .and_then(|r| r.apply(&protocol::JobEvent::Requeued, NOW))
+            .expect("legal");
+        view.job_changed(&paused, 6, &CostModel::default());
+        let waiting = view.queued_jobs();
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(waiting[0].pauses, 1);
+        let left = waiting[0].cost.reference_seconds();
+        assert!(
+            left < whole.reference_seconds() && left > 0.0,
+            "{left} of {}",
+            whole.reference_seconds()
+        );
     }
 
     #[test]
