@@ -73,7 +73,14 @@ impl Default for Config {
             start_timeout_ms: 24 * 3600 * 1000,
             max_run_ms: 2 * 3600 * 1000,
             policy: PolicyKind::default(),
-            length_aware: LengthAwareConfig::default(),
+            // Live, a long job may be paused at a step boundary for a short one: every node
+            // of this build can pause (one that cannot is found out by its silence and left
+            // alone), and a pause costs one step's wait, a saved latent and a text encode.
+            // The simulator's plain `length-aware` keeps it off; see docs/scheduling.md.
+            length_aware: LengthAwareConfig {
+                preemption: true,
+                ..LengthAwareConfig::default()
+            },
             eta_refresh_ms: 2_000,
         }
     }
@@ -166,6 +173,28 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preemption_is_on_live_by_default_and_a_partial_policy_section_keeps_it() {
+        assert!(Config::default().length_aware.preemption);
+        let env = HashMap::from([(
+            "MOCHI_COORDINATOR__LENGTH_AWARE__SHORT_SHARE".to_owned(),
+            "0.5".to_owned(),
+        )]);
+        let config = Config::load(None, &env).expect("valid");
+        assert!(config.length_aware.preemption);
+        assert!((config.length_aware.short_share - 0.5).abs() < 1e-9);
+        let off = HashMap::from([(
+            "MOCHI_COORDINATOR__LENGTH_AWARE__PREEMPTION".to_owned(),
+            "false".to_owned(),
+        )]);
+        assert!(
+            !Config::load(None, &off)
+                .expect("valid")
+                .length_aware
+                .preemption
+        );
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {
