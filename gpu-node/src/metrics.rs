@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// Jobs a slot finished, by outcome (`succeeded`, `failed`, `abandoned`, `handed_back`).
+/// Jobs a slot finished, by outcome (`succeeded`, `failed`, `abandoned`, `handed_back`, `preempted`).
 pub const JOBS_FINISHED: &str = "mochi_node_jobs_finished_total";
 /// Wall time of a job on its slot, seconds.
 pub const JOB_SECONDS: &str = "mochi_node_job_seconds";
