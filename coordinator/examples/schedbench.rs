@@ -351,6 +351,7 @@ fn micro_benchmark() {
     for kind in PolicyKind::ALL {
         let policy = kind.build(LengthAwareConfig::default());
         let mut times = Vec::new();
+        let mut best_times = Vec::new();
         for round in 0..2_000u64 {
             let free = 1 + (rng.next_u64() % 8) as usize;
             let slots: Vec<Slot> = (0..64)
@@ -376,12 +377,24 @@ fn micro_benchmark() {
                 now_ms: 5_000_000 + round * 1_000,
                 slots: &slots,
             };
-            let started = Instant::now();
-            let decision = policy.decide(&view, &queue);
-            times.push(started.elapsed().as_secs_f64() * 1e3);
-            std::hint::black_box(decision);
+            // Each decision is timed three times on the same input: the first is the raw
+            // figure, the fastest filters out the host descheduling us (a shared build host
+            // hands out 4 ms time slices, which is what a raw p99 there measures).
+            let mut fastest = f64::INFINITY;
+            for repeat in 0..3 {
+                let started = Instant::now();
+                let decision = policy.decide(&view, &queue);
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                std::hint::black_box(decision);
+                if repeat == 0 {
+                    times.push(ms);
+                }
+                fastest = fastest.min(ms);
+            }
+            best_times.push(fastest);
         }
         let summary = report::percentiles(&mut times);
+        let best = report::percentiles(&mut best_times);
         let eta_started = Instant::now();
         let slots: Vec<Slot> = (0..64)
             .map(|i| Slot {
@@ -399,10 +412,12 @@ fn micro_benchmark() {
             &queue,
         );
         println!(
-            "  {:<14} decide p50 {:.3} ms, p99 {:.3} ms; full ETA refresh of {} jobs {:.1} ms",
+            "  {:<14} decide p50 {:.3} ms, p99 {:.3} ms (fastest of 3: p50 {:.3} ms, p99 {:.3} ms); full ETA refresh of {} jobs {:.1} ms",
             kind.name(),
             summary.p50,
             summary.p99,
+            best.p50,
+            best.p99,
             estimates.len(),
             eta_started.elapsed().as_secs_f64() * 1e3
         );
