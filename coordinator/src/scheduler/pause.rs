@@ -94,3 +94,86 @@ async fn ask(
         Err(_) => PauseAnswer::Refused("no answer in time".to_owned()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use futures::StreamExt;
+
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// Answers every pause request on `n1`'s subject with `reply`.
+    async fn responder(client: &async_nats::Client, reply: PreemptReply) {
+        let mut requests = client
+            .subscribe(names::node_preempt_subject("n1"))
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let client = client.clone();
+        tokio::spawn(async move {
+            while let Some(message) = requests.next().await {
+                let request: Preempt = codec::decode(&message.payload).unwrap();
+                assert_eq!(request.attempt, 3);
+                if let Some(to) = message.reply {
+                    let bytes = codec::encode(&reply).unwrap();
+                    client.publish(to, bytes.into()).await.unwrap();
+                }
+            }
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_is_asked_and_its_silence_means_it_cannot_pause() {
+        // Bounded as a whole: a lost message fails the test instead of hanging CI.
+        tokio::time::timeout(Duration::from_secs(30), ask_three_nodes())
+            .await
+            .unwrap();
+    }
+
+    async fn ask_three_nodes() {
+        let server = testkit::NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let node = NodeId::new("n1").unwrap();
+        let job = JobId::new();
+        assert!(matches!(
+            ask(&client, &node, job, 3, TIMEOUT).await,
+            PauseAnswer::Unsupported(_)
+        ));
+        responder(&client, PreemptReply::Pausing).await;
+        assert_eq!(
+            ask(&client, &node, job, 3, TIMEOUT).await,
+            PauseAnswer::Pausing
+        );
+        let other = async_nats::connect(server.url()).await.unwrap();
+        let node = NodeId::new("n2").unwrap();
+        let refusing = PreemptReply::Refused {
+            reason: "decoding".to_owned(),
+        };
+        let mut requests = other
+            .subscribe(names::node_preempt_subject("n2"))
+            .await
+            .unwrap();
+        other.flush().await.unwrap();
+        let answer = tokio::spawn({
+            let client = client.clone();
+            let node = node.clone();
+            async move { ask(&client, &node, job, 3, TIMEOUT).await }
+        });
+        let message = tokio::time::timeout(TIMEOUT, requests.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let bytes = codec::encode(&refusing).unwrap();
+        other
+            .publish(message.reply.unwrap(), bytes.into())
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.await.unwrap(),
+            PauseAnswer::Refused("decoding".to_owned())
+        );
+    }
+}
