@@ -639,6 +639,26 @@ async fn schedule(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
             Box::pin(refuse(state, job_id, &fleet)).await;
         }
     }
+    // A slot a pause freed goes to the job it was freed for first.
+    let proxies = &state.proxies;
+    let handed = state
+        .view
+        .freed_slot_placements(now, |key| proxies.contains_key(key));
+    for (key, job_id) in handed {
+        let Some(proxy) = state.proxies.get(&key) else {
+            continue;
+        };
+        if proxy.cast(SlotProxyMsg::Place(job_id)).is_err() {
+            continue;
+        }
+        tracing::info!(%job_id, node = %key.0, slot = key.1, "placed on the slot a pause freed for it");
+        if let Some(created_at_ms) = state.view.created_at_ms(job_id) {
+            let waited_s = now.saturating_sub(created_at_ms) as f64 / 1_000.0;
+            ::metrics::histogram!(metrics::QUEUE_WAIT_SECONDS).record(waited_s);
+        }
+        state.view.placing_started(job_id, key);
+        queued.retain(|job| job.job_id != job_id);
+    }
     let proxies = &state.proxies;
     let slots = state
         .view

@@ -98,7 +98,14 @@ pub(crate) struct View {
     /// Nodes that cannot pause a job (no answer to a pause request), with the start time of
     /// the node process that did not answer (a restarted node is asked again).
     cannot_pause: HashMap<NodeId, u64>,
+    /// Slots a pause freed, held for the job they were freed for (until it is placed, stops
+    /// waiting, or the hold runs out), with when the pause was seen. Without the hold the
+    /// paused job, which has waited since it was submitted, could take its slot straight back.
+    freed_for: HashMap<SlotKey, (JobId, u64)>,
 }
+
+/// How long a slot a pause freed is held for the job it was freed for, ms.
+const FREED_SLOT_HOLD_MS: u64 = 10_000;
 
 impl View {
     /// An empty view; a node is live while its last heartbeat is within `node_ttl_s`.
@@ -111,6 +118,7 @@ impl View {
             refused_at: HashMap::new(),
             pausing: HashMap::new(),
             cannot_pause: HashMap::new(),
+            freed_for: HashMap::new(),
         }
     }
 
@@ -160,12 +168,17 @@ impl View {
             }
             _ => record.updated_at_ms,
         };
-        if self
-            .pausing
-            .get(&job_id)
-            .is_some_and(|p| record.state != JobState::Running || record.attempt != p.attempt)
+        if let Some(pausing) = self.pausing.get(&job_id).copied()
+            && (record.state != JobState::Running || record.attempt != pausing.attempt)
         {
             self.pausing.remove(&job_id);
+            if record.state == JobState::Preempted
+                && let Some(lease) = &record.lease
+            {
+                let slot = (lease.node.clone(), lease.slot);
+                self.freed_for
+                    .insert(slot, (pausing.for_job, record.updated_at_ms));
+            }
         }
         let tracked = Tracked {
             revision,
@@ -223,6 +236,39 @@ impl View {
             self.cannot_pause
                 .insert(node.clone(), heartbeat.started_at_ms);
         }
+    }
+
+    /// Placements of waiting jobs on the slots paused jobs freed for them: each held slot
+    /// that is free now, for its job if it still waits and may start. Holds that ran out, or
+    /// whose job no longer waits, are dropped.
+    pub(crate) fn freed_slot_placements(
+        &mut self,
+        now: u64,
+        has_proxy: impl Fn(&SlotKey) -> bool,
+    ) -> Vec<(SlotKey, JobId)> {
+        if self.freed_for.is_empty() {
+            return Vec::new();
+        }
+        let free = self.free_slots(now, has_proxy);
+        let mut placements = Vec::new();
+        let jobs = &self.jobs;
+        let placing = &self.placing;
+        self.freed_for.retain(|slot, (job_id, at_ms)| {
+            let waiting = jobs.get(job_id).is_some_and(|job| {
+                job.state == JobState::Queued
+                    && job.not_before_ms <= now
+                    && !placing.contains_key(job_id)
+            });
+            if !waiting || now.saturating_sub(*at_ms) > FREED_SLOT_HOLD_MS {
+                return false;
+            }
+            if free.contains(slot) {
+                placements.push((slot.clone(), *job_id));
+                return false;
+            }
+            true
+        });
+        placements
     }
 
     /// Whether a node can pause its jobs (until one of its processes failed to answer).
@@ -761,6 +807,48 @@ mod tests {
             .expect("legal");
         view.job_changed(&decoding, 5, &CostModel::default());
         assert!(running_on_a(&view, NOW + 1).unpausable);
+    }
+
+    #[test]
+    fn the_slot_a_pause_frees_is_held_for_the_job_it_was_freed_for() {
+        let mut view = View::new(10);
+        view.node_seen(heartbeat("a", 1, NOW), NOW);
+        let long = running_record("a", 1);
+        view.job_changed(&long, 4, &CostModel::default());
+        let short = queued();
+        view.job_changed(&short, 5, &CostModel::default());
+        view.pause_requested(long.id, 1, short.id);
+        assert!(view.freed_slot_placements(NOW, |_| true).is_empty());
+        let paused = long
+            .apply(
+                &protocol::JobEvent::Preempted {
+                    attempt: 1,
+                    resume: protocol::record::ResumePoint {
+                        step: 1,
+                        latent_object: "x".to_owned(),
+                    },
+                },
+                NOW,
+            )
+            .expect("legal");
+        view.job_changed(&paused, 6, &CostModel::default());
+        let requeued = paused
+            .apply(&protocol::JobEvent::Requeued, NOW)
+            .expect("legal");
+        view.job_changed(&requeued, 7, &CostModel::default());
+        assert_eq!(
+            view.queued_jobs().len(),
+            2,
+            "both wait: the policy would rank them"
+        );
+        assert_eq!(
+            view.freed_slot_placements(NOW, |_| true),
+            vec![((node("a"), 0), short.id)]
+        );
+        assert!(
+            view.freed_slot_placements(NOW, |_| true).is_empty(),
+            "held once"
+        );
     }
 
     #[test]
