@@ -319,6 +319,8 @@ impl Policy for LengthAware {
         });
         let mut decision = Decision::default();
         let mut unplaced_short: Vec<usize> = Vec::new();
+        // Jobs held back for the short lane; reconsidered if every short job got a slot.
+        let mut held: Vec<(usize, f64)> = Vec::new();
         let mut position = 0;
         while position < ranked.len() {
             if position == sorted && !free.is_empty() {
@@ -340,7 +342,11 @@ impl Policy for LengthAware {
                 continue;
             }
             let bigger = candidate && smallest.is_some_and(|small| !fits(small, job));
-            let slot = if !reserve.allows(lane, score >= STARVING) {
+            let allowed = reserve.allows(lane, score >= STARVING);
+            if !allowed {
+                held.push((index, score));
+            }
+            let slot = if !allowed {
                 None
             } else if need_bigger > 0 {
                 free.iter().position(|&slot| fits(&view.slots[slot], job))
@@ -362,6 +368,27 @@ impl Policy for LengthAware {
                 (Lane::Short, false) => unplaced_short.push(index),
                 (_, true) => reserve.non_short += 1,
                 (_, false) => {}
+            }
+        }
+        // A job held for the short lane while short jobs still waited further down the
+        // ranking may borrow the reserve once they all have a slot: no slot stays idle
+        // while a job that fits it waits and no short job does.
+        if reserve.short_waiting == 0 {
+            for (index, score) in held {
+                if free.is_empty() {
+                    break;
+                }
+                let job = &queue[index];
+                if !reserve.allows(lane_of(job), score >= STARVING) {
+                    continue;
+                }
+                if let Some(position) = free.iter().position(|&slot| fits(&view.slots[slot], job)) {
+                    decision.placements.push(Placement {
+                        job_id: job.job_id,
+                        slot: free.remove(position),
+                    });
+                    reserve.non_short += 1;
+                }
             }
         }
         if preempting {
