@@ -92,8 +92,12 @@ pub async fn run(args: GenerateArgs) -> Result<PathBuf> {
         "job {} accepted: {} frames at {}x{}, {} fps",
         job.id, job.num_frames, job.width, job.height, job.fps
     );
+    // Nodes that have just started may not have announced themselves yet: ask again once
+    // the job is over if nothing was known now.
+    let mut noted = false;
     if let Some(note) = backend_note(&http, &base).await {
         eprintln!("note: {note}");
+        noted = true;
     }
 
     let bar = ProgressBar::new(u64::from(job.steps));
@@ -136,6 +140,9 @@ pub async fn run(args: GenerateArgs) -> Result<PathBuf> {
         bail!("job {} ended {}. {reason}", job.id, finished.state);
     }
     bar.finish_with_message("done");
+    if !noted && let Some(note) = backend_note(&http, &base).await {
+        eprintln!("note: {note}");
+    }
 
     let output = args
         .output
