@@ -3,17 +3,14 @@
 //! retried attempt decodes from an earlier attempt's latent without denoising.
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
-use std::time::Duration;
+mod common;
 
-use gpu_node::Config;
 use gpu_node::backend::LatentCheckpoint;
 use gpu_node::config::BackendKind;
-use protocol::jetstream::{Resources, connect, ensure_resources};
+use protocol::jetstream::Resources;
 use protocol::messages::{Assign, AssignReply};
-use protocol::record::{JobEvent, JobFailure, Lease};
-use protocol::{
-    ErrorCode, JobId, JobRecord, JobSpec, JobState, Limits, NodeId, TenantId, codec, names, now_ms,
-};
+use protocol::record::{JobEvent, JobFailure};
+use protocol::{ErrorCode, JobId, JobRecord, JobSpec, JobState, now_ms};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
@@ -44,34 +41,9 @@ async fn run_job(
     before_assign: impl AsyncFnOnce(JobId),
 ) -> JobRecord {
     let spec = spec();
-    let shape = spec.validate(&Limits::default()).unwrap();
-    let id = JobId::new();
-    let record = JobRecord::queued(
-        id,
-        TenantId::default_tenant(),
-        spec.clone(),
-        shape,
-        seed,
-        5,
-        now_ms(),
-    );
-    assert!(resources.jobs.create(&record).await.unwrap());
-    let lease = Lease {
-        node: NodeId::new("n1").unwrap(),
-        slot: 0,
-        deadline_ms: now_ms() + 60_000,
-    };
-    let mut placed = resources
-        .jobs
-        .apply(
-            id,
-            &JobEvent::Assigned {
-                lease: lease.clone(),
-            },
-            now_ms(),
-        )
-        .await
-        .unwrap();
+    let (id, shape) = common::create_job(resources, spec.clone(), seed, 5).await;
+    let lease = common::lease();
+    let mut placed = common::place(resources, id, lease.clone()).await;
     while placed.attempt < attempt {
         let failure = JobFailure {
             code: ErrorCode::JobFailed,
@@ -84,17 +56,7 @@ async fn run_job(
             retry_at_ms: now_ms(),
         };
         resources.jobs.apply(id, &failed, now_ms()).await.unwrap();
-        placed = resources
-            .jobs
-            .apply(
-                id,
-                &JobEvent::Assigned {
-                    lease: lease.clone(),
-                },
-                now_ms(),
-            )
-            .await
-            .unwrap();
+        placed = common::place(resources, id, lease.clone()).await;
     }
     before_assign(id).await;
     let assign = Assign {
@@ -107,56 +69,29 @@ async fn run_job(
         lease_ms: 60_000,
         resume: None,
     };
-    let reply = client
-        .request(
-            names::node_assign_subject("n1"),
-            codec::encode(&assign).unwrap().into(),
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        codec::decode::<AssignReply>(&reply.payload).unwrap(),
+        common::send_assign(client, &assign).await,
         AssignReply::Accepted
     );
-    for _ in 0..3000 {
-        let (record, _) = resources.jobs.get(id).await.unwrap().unwrap();
-        if record.state.is_terminal() {
-            return record;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("job {id} did not finish");
+    common::poll_job(resources, id, 3000, |record| record.state.is_terminal())
+        .await
+        .unwrap_or_else(|| panic!("job {id} did not finish"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_decodes_from_the_latent_an_earlier_attempt_saved() {
-    let server = testkit::NatsServer::start();
-    let nats = protocol::config::NatsConfig {
-        url: server.url().to_owned(),
-        ..Default::default()
-    };
-    let client = connect(&nats, "test").await.unwrap();
-    let resources = ensure_resources(client.clone(), &nats.jetstream)
-        .await
-        .unwrap();
+    let common::Nats {
+        server: _server,
+        client,
+        resources,
+    } = common::nats().await;
     let model = tempfile::tempdir().unwrap();
-    let mut config = Config::for_test();
-    config.node_id = Some("n1".to_owned());
+    let mut config = common::config();
     config.backend = BackendKind::Mochi;
     config.mochi.embedded_dir = model.path().join("tiny");
     let shutdown = CancellationToken::new();
-    let node = tokio::spawn(gpu_node::run(
-        config,
-        resources.clone(),
-        client.clone(),
-        shutdown.clone(),
-    ));
-    for _ in 0..500 {
-        if resources.nodes.get("n1").await.unwrap().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let node = common::spawn_node(config, &resources, &client, &shutdown);
+    common::wait_for_node(&resources).await;
 
     // Attempt 1 of a first job saves its latent before decoding.
     let first = run_job(&client, &resources, 5, 1, async |_| {}).await;

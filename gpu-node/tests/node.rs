@@ -1,15 +1,15 @@
 //! The GPU node against a real nats-server, with the test acting as the coordinator.
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
+mod common;
+
 use std::time::Duration;
 
 use gpu_node::Config;
-use protocol::jetstream::{Resources, connect, ensure_resources};
+use protocol::jetstream::Resources;
 use protocol::messages::{Assign, AssignReply, Cancel, NodeHeartbeat};
 use protocol::record::{JobEvent, Lease};
-use protocol::{
-    JobId, JobRecord, JobSpec, JobState, Limits, NodeId, TenantId, codec, names, now_ms,
-};
+use protocol::{JobId, JobRecord, JobSpec, JobState, NodeId, codec, names, now_ms};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
@@ -26,26 +26,16 @@ async fn start(time_scale: f64) -> Harness {
 }
 
 async fn start_with(time_scale: f64, drain_timeout_ms: u64) -> Harness {
-    let server = testkit::NatsServer::start();
-    let nats = protocol::config::NatsConfig {
-        url: server.url().to_owned(),
-        ..Default::default()
-    };
-    let client = connect(&nats, "test").await.unwrap();
-    let resources = ensure_resources(client.clone(), &nats.jetstream)
-        .await
-        .unwrap();
+    let common::Nats {
+        server,
+        client,
+        resources,
+    } = common::nats().await;
     let shutdown = CancellationToken::new();
-    let mut config = Config::for_test();
-    config.node_id = Some("n1".to_owned());
+    let mut config = common::config();
     config.simulated.time_scale = time_scale;
     config.drain_timeout_ms = drain_timeout_ms;
-    let node = tokio::spawn(gpu_node::run(
-        config,
-        resources.clone(),
-        client.clone(),
-        shutdown.clone(),
-    ));
+    let node = common::spawn_node(config, &resources, &client, &shutdown);
     let harness = Harness {
         _server: server,
         client,
@@ -87,29 +77,8 @@ impl Harness {
             steps: Some(steps),
             ..JobSpec::new("x")
         };
-        let shape = spec.validate(&Limits::default()).unwrap();
-        let id = JobId::new();
-        let record = JobRecord::queued(
-            id,
-            TenantId::default_tenant(),
-            spec.clone(),
-            shape,
-            5,
-            3,
-            now_ms(),
-        );
-        assert!(self.resources.jobs.create(&record).await.unwrap());
-        let lease = Lease {
-            node: NodeId::new("n1").unwrap(),
-            slot: 0,
-            deadline_ms: now_ms() + 60_000,
-        };
-        let placed = self
-            .resources
-            .jobs
-            .apply(id, &JobEvent::Assigned { lease }, now_ms())
-            .await
-            .unwrap();
+        let (id, shape) = common::create_job(&self.resources, spec.clone(), 5, 3).await;
+        let placed = common::place(&self.resources, id, common::lease()).await;
         let assign = Assign {
             job_id: id,
             attempt: placed.attempt,
@@ -120,24 +89,12 @@ impl Harness {
             lease_ms: 60_000,
             resume: None,
         };
-        let reply = self
-            .client
-            .request(
-                names::node_assign_subject("n1"),
-                codec::encode(&assign).unwrap().into(),
-            )
-            .await
-            .unwrap();
-        (id, codec::decode(&reply.payload).unwrap())
+        (id, common::send_assign(&self.client, &assign).await)
     }
 
     async fn wait_for_state(&self, id: JobId, wanted: impl Fn(&JobRecord) -> bool) -> JobRecord {
-        for _ in 0..1000 {
-            let (record, _) = self.resources.jobs.get(id).await.unwrap().unwrap();
-            if wanted(&record) {
-                return record;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if let Some(record) = common::poll_job(&self.resources, id, 1000, wanted).await {
+            return record;
         }
         panic!(
             "job {id} never reached the wanted state: {:?}",

@@ -3,11 +3,12 @@
 //! nats-server, the test acting as the coordinator) and on the tiny Mochi backend.
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
+mod common;
+
 use std::time::Duration;
 
 use candle_core::Device;
 use futures::StreamExt;
-use gpu_node::Config;
 use gpu_node::backend::mochi::{MochiBackend, MochiOptions};
 use gpu_node::backend::simulated::SimulatedBackend;
 use gpu_node::backend::{
@@ -15,12 +16,10 @@ use gpu_node::backend::{
 };
 use gpu_node::config::VideoConfig;
 use gpu_node::model_dir::tiny;
-use protocol::jetstream::{Resources, connect, ensure_resources};
+use protocol::jetstream::Resources;
 use protocol::messages::{Assign, AssignReply, Preempt, PreemptReply, ProgressEvent};
-use protocol::record::{JobEvent, Lease};
-use protocol::{
-    JobId, JobRecord, JobSpec, JobState, Limits, NodeId, TenantId, codec, names, now_ms,
-};
+use protocol::record::JobEvent;
+use protocol::{JobId, JobRecord, JobSpec, JobState, Limits, codec, names, now_ms};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
@@ -41,16 +40,7 @@ fn spec() -> JobSpec {
 /// Places the job's current record on slot 0 of `n1` (a new attempt) and sends the
 /// assignment with the record's resume point, as the coordinator's slot proxy does.
 async fn place(client: &async_nats::Client, resources: &Resources, id: JobId) -> JobRecord {
-    let lease = Lease {
-        node: NodeId::new("n1").unwrap(),
-        slot: 0,
-        deadline_ms: now_ms() + 60_000,
-    };
-    let placed = resources
-        .jobs
-        .apply(id, &JobEvent::Assigned { lease }, now_ms())
-        .await
-        .unwrap();
+    let placed = common::place(resources, id, common::lease()).await;
     let assign = Assign {
         job_id: id,
         attempt: placed.attempt,
@@ -61,15 +51,8 @@ async fn place(client: &async_nats::Client, resources: &Resources, id: JobId) ->
         lease_ms: 60_000,
         resume: placed.resume.clone(),
     };
-    let reply = client
-        .request(
-            names::node_assign_subject("n1"),
-            codec::encode(&assign).unwrap().into(),
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        codec::decode::<AssignReply>(&reply.payload).unwrap(),
+        common::send_assign(client, &assign).await,
         AssignReply::Accepted
     );
     placed
@@ -95,12 +78,8 @@ async fn wait_for(
     id: JobId,
     wanted: impl Fn(&JobRecord) -> bool,
 ) -> JobRecord {
-    for _ in 0..1000 {
-        let (record, _) = resources.jobs.get(id).await.unwrap().unwrap();
-        if wanted(&record) {
-            return record;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if let Some(record) = common::poll_job(resources, id, 1000, wanted).await {
+        return record;
     }
     panic!(
         "job {id} never reached the wanted state: {:?}",
@@ -110,38 +89,19 @@ async fn wait_for(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_paused_on_the_node_resumes_from_its_step_with_the_same_mp4_bytes() {
-    let server = testkit::NatsServer::start();
-    let nats = protocol::config::NatsConfig {
-        url: server.url().to_owned(),
-        ..Default::default()
-    };
-    let client = connect(&nats, "test").await.unwrap();
-    let resources = ensure_resources(client.clone(), &nats.jetstream)
-        .await
-        .unwrap();
+    let common::Nats {
+        server: _server,
+        client,
+        resources,
+    } = common::nats().await;
     let shutdown = CancellationToken::new();
-    let mut config = Config::for_test();
-    config.node_id = Some("n1".to_owned());
+    let mut config = common::config();
     config.simulated.time_scale = TIME_SCALE;
     let video_config = config.video.clone();
-    let node = tokio::spawn(gpu_node::run(
-        config,
-        resources.clone(),
-        client.clone(),
-        shutdown.clone(),
-    ));
-    for _ in 0..500 {
-        if resources.nodes.get("n1").await.unwrap().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let node = common::spawn_node(config, &resources, &client, &shutdown);
+    common::wait_for_node(&resources).await;
 
-    let spec = spec();
-    let shape = spec.validate(&Limits::default()).unwrap();
-    let id = JobId::new();
-    let record = JobRecord::queued(id, TenantId::default_tenant(), spec, shape, 5, 3, now_ms());
-    assert!(resources.jobs.create(&record).await.unwrap());
+    let (id, shape) = common::create_job(&resources, spec(), 5, 3).await;
     let mut events = client
         .subscribe(names::events_subject(&id.to_string()))
         .await

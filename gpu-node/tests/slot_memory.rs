@@ -5,16 +5,14 @@
 //! reports itself unhealthy with the figures and refuses the next assignment.
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
+mod common;
+
 use std::time::Duration;
 
-use gpu_node::Config;
 use gpu_node::config::BackendKind;
-use protocol::jetstream::{Resources, connect, ensure_resources};
+use protocol::jetstream::Resources;
 use protocol::messages::{Assign, AssignReply, NodeHeartbeat};
-use protocol::record::{JobEvent, Lease};
-use protocol::{
-    JobId, JobRecord, JobSpec, JobState, Limits, NodeId, TenantId, codec, names, now_ms,
-};
+use protocol::{JobId, JobRecord, JobSpec, JobState, codec};
 use tokio_util::sync::CancellationToken;
 
 async fn heartbeat(resources: &Resources) -> Option<NodeHeartbeat> {
@@ -31,28 +29,8 @@ async fn assign(client: &async_nats::Client, resources: &Resources) -> (JobId, A
         steps: Some(2),
         ..JobSpec::new("a red fox")
     };
-    let shape = spec.validate(&Limits::default()).unwrap();
-    let id = JobId::new();
-    let record = JobRecord::queued(
-        id,
-        TenantId::default_tenant(),
-        spec.clone(),
-        shape,
-        1,
-        3,
-        now_ms(),
-    );
-    assert!(resources.jobs.create(&record).await.unwrap());
-    let lease = Lease {
-        node: NodeId::new("n1").unwrap(),
-        slot: 0,
-        deadline_ms: now_ms() + 60_000,
-    };
-    let placed = resources
-        .jobs
-        .apply(id, &JobEvent::Assigned { lease }, now_ms())
-        .await
-        .unwrap();
+    let (id, shape) = common::create_job(resources, spec.clone(), 1, 3).await;
+    let placed = common::place(resources, id, common::lease()).await;
     let assign = Assign {
         job_id: id,
         attempt: placed.attempt,
@@ -63,25 +41,13 @@ async fn assign(client: &async_nats::Client, resources: &Resources) -> (JobId, A
         lease_ms: 60_000,
         resume: None,
     };
-    let reply = client
-        .request(
-            names::node_assign_subject("n1"),
-            codec::encode(&assign).unwrap().into(),
-        )
-        .await
-        .unwrap();
-    (id, codec::decode(&reply.payload).unwrap())
+    (id, common::send_assign(client, &assign).await)
 }
 
 async fn finished(resources: &Resources, id: JobId) -> JobRecord {
-    for _ in 0..3000 {
-        let (record, _) = resources.jobs.get(id).await.unwrap().unwrap();
-        if record.state.is_terminal() {
-            return record;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("job {id} did not finish");
+    common::poll_job(resources, id, 3000, |record| record.state.is_terminal())
+        .await
+        .unwrap_or_else(|| panic!("job {id} did not finish"))
 }
 
 /// Waits until the heartbeat shows slot 0 idle and `condition` holds.
@@ -106,29 +72,19 @@ async fn wait_for(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_that_stays_up_after_a_job_marks_the_slot_unhealthy() {
-    let server = testkit::NatsServer::start();
-    let nats = protocol::config::NatsConfig {
-        url: server.url().to_owned(),
-        ..Default::default()
-    };
-    let client = connect(&nats, "test").await.unwrap();
-    let resources = ensure_resources(client.clone(), &nats.jetstream)
-        .await
-        .unwrap();
+    let common::Nats {
+        server: _server,
+        client,
+        resources,
+    } = common::nats().await;
     let model = tempfile::tempdir().unwrap();
-    let mut config = Config::for_test();
-    config.node_id = Some("n1".to_owned());
+    let mut config = common::config();
     config.backend = BackendKind::Mochi;
     config.mochi.embedded_dir = model.path().join("tiny");
     config.memory_growth_limit_bytes = 48 << 20;
     let total = config.memory_bytes_per_slot;
     let shutdown = CancellationToken::new();
-    let node = tokio::spawn(gpu_node::run(
-        config,
-        resources.clone(),
-        client.clone(),
-        shutdown.clone(),
-    ));
+    let node = common::spawn_node(config, &resources, &client, &shutdown);
     wait_for(&resources, |beat| beat.accepting).await;
 
     // The first job sets the baseline; the heartbeat reports the measured free memory.

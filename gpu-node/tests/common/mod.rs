@@ -1,0 +1,142 @@
+//! Shared setup for the node tests: a real nats-server with the JetStream resources, a node
+//! `n1` started on it, and the coordinator's part played by the test (a lease on slot 0 of
+//! `n1`, the assignment sent to the node, polling the job's record).
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use gpu_node::Config;
+use protocol::jetstream::{Resources, connect, ensure_resources};
+use protocol::messages::{Assign, AssignReply};
+use protocol::record::{JobEvent, Lease};
+use protocol::{
+    JobId, JobRecord, JobShape, JobSpec, Limits, NodeId, TenantId, codec, names, now_ms,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A test's NATS: the server (killed on drop), a client and the resources.
+pub struct Nats {
+    pub server: testkit::NatsServer,
+    pub client: async_nats::Client,
+    pub resources: Resources,
+}
+
+/// Starts a nats-server and creates the JetStream resources on it.
+pub async fn nats() -> Nats {
+    let server = testkit::NatsServer::start();
+    let config = protocol::config::NatsConfig {
+        url: server.url().to_owned(),
+        ..Default::default()
+    };
+    let client = connect(&config, "test").await.unwrap();
+    let resources = ensure_resources(client.clone(), &config.jetstream)
+        .await
+        .unwrap();
+    Nats {
+        server,
+        client,
+        resources,
+    }
+}
+
+/// The test configuration for node `n1`.
+pub fn config() -> Config {
+    let mut config = Config::for_test();
+    config.node_id = Some("n1".to_owned());
+    config
+}
+
+/// Runs the node with `config` until `shutdown` is cancelled.
+pub fn spawn_node(
+    config: Config,
+    resources: &Resources,
+    client: &async_nats::Client,
+    shutdown: &CancellationToken,
+) -> JoinHandle<gpu_node::Result<()>> {
+    tokio::spawn(gpu_node::run(
+        config,
+        resources.clone(),
+        client.clone(),
+        shutdown.clone(),
+    ))
+}
+
+/// Waits (up to 5 s) for `n1`'s first heartbeat.
+pub async fn wait_for_node(resources: &Resources) {
+    for _ in 0..500 {
+        if resources.nodes.get("n1").await.unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Creates a queued job for `spec`; returns its id and shape.
+pub async fn create_job(
+    resources: &Resources,
+    spec: JobSpec,
+    seed: u64,
+    max_attempts: u32,
+) -> (JobId, JobShape) {
+    let shape = spec.validate(&Limits::default()).unwrap();
+    let id = JobId::new();
+    let record = JobRecord::queued(
+        id,
+        TenantId::default_tenant(),
+        spec,
+        shape,
+        seed,
+        max_attempts,
+        now_ms(),
+    );
+    assert!(resources.jobs.create(&record).await.unwrap());
+    (id, shape)
+}
+
+/// A lease on slot 0 of `n1` for the next minute.
+pub fn lease() -> Lease {
+    Lease {
+        node: NodeId::new("n1").unwrap(),
+        slot: 0,
+        deadline_ms: now_ms() + 60_000,
+    }
+}
+
+/// Places job `id` under `lease` (a new attempt); returns the record.
+pub async fn place(resources: &Resources, id: JobId, lease: Lease) -> JobRecord {
+    resources
+        .jobs
+        .apply(id, &JobEvent::Assigned { lease }, now_ms())
+        .await
+        .unwrap()
+}
+
+/// Sends `assign` to `n1`; returns its answer.
+pub async fn send_assign(client: &async_nats::Client, assign: &Assign) -> AssignReply {
+    let reply = client
+        .request(
+            names::node_assign_subject("n1"),
+            codec::encode(assign).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    codec::decode(&reply.payload).unwrap()
+}
+
+/// Reads job `id` every 10 ms, up to `tries` times, until `wanted` holds.
+pub async fn poll_job(
+    resources: &Resources,
+    id: JobId,
+    tries: u32,
+    wanted: impl Fn(&JobRecord) -> bool,
+) -> Option<JobRecord> {
+    for _ in 0..tries {
+        let (record, _) = resources.jobs.get(id).await.unwrap().unwrap();
+        if wanted(&record) {
+            return Some(record);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
