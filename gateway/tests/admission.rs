@@ -4,41 +4,21 @@
 //! accepted; while no node has been seen every job is accepted.
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use gateway::{AppState, Config};
+use gateway::AppState;
 use http_body_util::BodyExt;
-use protocol::jetstream::{connect, ensure_resources};
-use protocol::messages::{NodeHeartbeat, SlotReport};
-use protocol::{ErrorBody, ErrorCode, NodeId, codec};
+use protocol::{ErrorBody, ErrorCode};
 use tower::ServiceExt;
 
 /// 720p for 10 s: about 70 GB, more than an L40 has.
 const TOO_LARGE: &str = r#"{"prompt":"a lighthouse","resolution":"720p","duration_s":10}"#;
 /// 480p for 1 s: fits an L40.
 const FITS: &str = r#"{"prompt":"a lighthouse","resolution":"480p","duration_s":1}"#;
-
-fn heartbeat(node: &str, class: &str, memory: u64) -> NodeHeartbeat {
-    NodeHeartbeat {
-        node_id: NodeId::new(node).unwrap(),
-        backend: "simulated".to_owned(),
-        version: "0.1.0".to_owned(),
-        started_at_ms: 1,
-        sent_at_ms: 2,
-        accepting: true,
-        slots: vec![SlotReport {
-            slot: 0,
-            gpu_class: class.to_owned(),
-            memory_total_bytes: memory,
-            memory_free_bytes: memory,
-            job: None,
-            healthy: true,
-            unhealthy_reason: None,
-        }],
-    }
-}
 
 async fn submit(state: &AppState, body: &'static str) -> (StatusCode, Vec<u8>) {
     let response = gateway::app(state.clone())
@@ -55,9 +35,13 @@ async fn submit(state: &AppState, body: &'static str) -> (StatusCode, Vec<u8>) {
     (status, body.to_vec())
 }
 
-async fn wait_for_slots(state: &AppState, slots: usize) {
+/// A node with one slot of `class` and `memory` writes its heartbeat; waits until the
+/// gateway's fleet shows `slots` slots.
+async fn announce(gateway: &common::Gateway, node: &str, class: &str, memory: u64, slots: usize) {
+    let beat = common::heartbeat(node, "simulated", vec![common::slot(0, class, memory)]);
+    common::put_heartbeat(&gateway.resources, node, &beat).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while state.fleet.len() < slots {
+    while gateway.state.fleet.len() < slots {
         assert!(
             Instant::now() < deadline,
             "the heartbeat never reached the fleet"
@@ -68,20 +52,12 @@ async fn wait_for_slots(state: &AppState, slots: usize) {
 
 #[tokio::test]
 async fn a_job_no_known_slot_holds_is_refused_at_submit_with_what_would_fit() {
-    let server = testkit::NatsServer::start();
-    let nats = protocol::config::NatsConfig {
-        url: server.url().to_owned(),
-        ..Default::default()
-    };
-    let client = connect(&nats, "test").await.unwrap();
-    let resources = Box::pin(ensure_resources(client.clone(), &nats.jetstream))
-        .await
-        .unwrap();
-    let state = AppState::new(Config::for_test(), resources.clone(), client, None);
-    let _watch = state.fleet.watch(resources.nodes.clone());
+    let gateway = common::start().await;
+    let state = &gateway.state;
+    let _watch = state.fleet.watch(gateway.resources.nodes.clone());
 
     // No node seen yet: accepted, the coordinator decides once nodes appear.
-    let (status, body) = submit(&state, TOO_LARGE).await;
+    let (status, body) = submit(state, TOO_LARGE).await;
     assert_eq!(
         status,
         StatusCode::ACCEPTED,
@@ -89,15 +65,9 @@ async fn a_job_no_known_slot_holds_is_refused_at_submit_with_what_would_fit() {
         String::from_utf8_lossy(&body)
     );
 
-    let beat = heartbeat("node-l40", "l40-48gb", 45 << 30);
-    resources
-        .nodes
-        .put("node-l40", codec::encode(&beat).unwrap().into())
-        .await
-        .unwrap();
-    wait_for_slots(&state, 1).await;
+    announce(&gateway, "node-l40", "l40-48gb", 45 << 30, 1).await;
 
-    let (status, body) = submit(&state, TOO_LARGE).await;
+    let (status, body) = submit(state, TOO_LARGE).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let error: ErrorBody = serde_json::from_slice(&body).unwrap();
     assert_eq!(error.error.code, ErrorCode::JobTooLarge);
@@ -114,7 +84,7 @@ async fn a_job_no_known_slot_holds_is_refused_at_submit_with_what_would_fit() {
     );
     assert!(message.contains("at this length"), "{message}");
 
-    let (status, body) = submit(&state, FITS).await;
+    let (status, body) = submit(state, FITS).await;
     assert_eq!(
         status,
         StatusCode::ACCEPTED,
@@ -123,14 +93,8 @@ async fn a_job_no_known_slot_holds_is_refused_at_submit_with_what_would_fit() {
     );
 
     // A larger node joins: the same job now fits and is accepted.
-    let beat = heartbeat("node-h200", "h200-141gb", 139 << 30);
-    resources
-        .nodes
-        .put("node-h200", codec::encode(&beat).unwrap().into())
-        .await
-        .unwrap();
-    wait_for_slots(&state, 2).await;
-    let (status, body) = submit(&state, TOO_LARGE).await;
+    announce(&gateway, "node-h200", "h200-141gb", 139 << 30, 2).await;
+    let (status, body) = submit(state, TOO_LARGE).await;
     assert_eq!(
         status,
         StatusCode::ACCEPTED,

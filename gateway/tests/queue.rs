@@ -2,44 +2,26 @@
 //! `mochi_queue` bucket, and nothing once the job left the queue.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::large_futures)]
 
+mod common;
+
 use async_nats::jetstream::kv;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use gateway::{AppState, Config};
-use http_body_util::BodyExt;
+use gateway::AppState;
 use protocol::api::JobView;
-use protocol::jetstream::{connect, ensure_resources};
 use protocol::queue::QueueInfo;
 use protocol::record::{JobEvent, Lease};
 use protocol::{JobId, JobRecord, JobSpec, Limits, NodeId, TenantId, names, now_ms};
-use tower::ServiceExt;
 
 async fn get(state: &AppState, id: JobId) -> JobView {
-    let response = gateway::app(state.clone())
-        .oneshot(
-            Request::get(format!("/v1/videos/{id}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    serde_json::from_slice(&body).unwrap()
+    common::get_json(state, format!("/v1/videos/{id}")).await
 }
 
 #[tokio::test]
 async fn a_queued_job_shows_its_position_and_eta() {
-    let server = testkit::NatsServer::start();
-    let nats = protocol::config::NatsConfig {
-        url: server.url().to_owned(),
-        ..Default::default()
-    };
-    let client = connect(&nats, "test").await.unwrap();
-    let resources = Box::pin(ensure_resources(client.clone(), &nats.jetstream))
-        .await
-        .unwrap();
-    let state = AppState::new(Config::for_test(), resources.clone(), client, None);
+    let common::Gateway {
+        server: _server,
+        resources,
+        state,
+    } = common::start().await;
     let spec = JobSpec::new("x");
     let shape = spec.validate(&Limits::default()).unwrap();
     let record = JobRecord::queued(

@@ -1,0 +1,86 @@
+//! Shared setup for the gateway tests: the gateway's state over a real nats-server, node
+//! heartbeats as the nodes write them, and `GET` requests answered with JSON.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use gateway::{AppState, Config};
+use http_body_util::BodyExt;
+use protocol::jetstream::{Resources, connect, ensure_resources};
+use protocol::messages::{NodeHeartbeat, SlotReport};
+use protocol::{NodeId, codec};
+use serde::de::DeserializeOwned;
+use tower::ServiceExt;
+
+/// The gateway's state over a test's NATS; the server is killed on drop.
+pub struct Gateway {
+    pub server: testkit::NatsServer,
+    pub resources: Resources,
+    pub state: AppState,
+}
+
+/// Starts a nats-server, creates the JetStream resources and the gateway's state on them
+/// (test configuration, no metrics recorder).
+pub async fn start() -> Gateway {
+    let server = testkit::NatsServer::start();
+    let nats = protocol::config::NatsConfig {
+        url: server.url().to_owned(),
+        ..Default::default()
+    };
+    let client = connect(&nats, "test").await.unwrap();
+    let resources = Box::pin(ensure_resources(client.clone(), &nats.jetstream))
+        .await
+        .unwrap();
+    let state = AppState::new(Config::for_test(), resources.clone(), client, None);
+    Gateway {
+        server,
+        resources,
+        state,
+    }
+}
+
+/// A healthy, idle slot with all of `memory` free.
+pub fn slot(slot: u32, gpu_class: &str, memory: u64) -> SlotReport {
+    SlotReport {
+        slot,
+        gpu_class: gpu_class.to_owned(),
+        memory_total_bytes: memory,
+        memory_free_bytes: memory,
+        job: None,
+        healthy: true,
+        unhealthy_reason: None,
+    }
+}
+
+/// An accepting node's heartbeat with `slots`.
+pub fn heartbeat(node: &str, backend: &str, slots: Vec<SlotReport>) -> NodeHeartbeat {
+    NodeHeartbeat {
+        node_id: NodeId::new(node).unwrap(),
+        backend: backend.to_owned(),
+        version: "0.1.0".to_owned(),
+        started_at_ms: 1,
+        sent_at_ms: 2,
+        accepting: true,
+        slots,
+    }
+}
+
+/// Writes `beat` to the nodes bucket under `node`, as the node does.
+pub async fn put_heartbeat(resources: &Resources, node: &str, beat: &NodeHeartbeat) {
+    resources
+        .nodes
+        .put(node, codec::encode(beat).unwrap().into())
+        .await
+        .unwrap();
+}
+
+/// `GET uri`: asserts 200 and returns the JSON body.
+pub async fn get_json<T: DeserializeOwned>(state: &AppState, uri: String) -> T {
+    let response = gateway::app(state.clone())
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap()
+}
