@@ -28,6 +28,10 @@ impl Replica {
             instance_id: Some(instance.to_owned()),
             ..coordinator::Config::for_test()
         };
+        Self::start_with(nats, config)
+    }
+
+    fn start_with(nats: &common::Nats, config: coordinator::Config) -> Self {
         let (role_tx, role) = watch::channel(Role::Standby);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(coordinator::run_replica(
@@ -180,15 +184,7 @@ async fn jobs_missing_their_time_to_start_are_aborted_without_a_gpu() {
         start_timeout_ms: 300,
         ..coordinator::Config::for_test()
     };
-    let (role_tx, role) = watch::channel(Role::Standby);
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(coordinator::run_replica(
-        config,
-        nats.resources.clone(),
-        nats.client.clone(),
-        role_tx,
-        shutdown.clone(),
-    ));
+    let replica = Replica::start_with(&nats, config);
     // No node: nothing can start.
     let ids = submit_jobs(&nats, 2).await;
     eventually(WAIT, "both jobs are aborted", || async {
@@ -210,9 +206,8 @@ async fn jobs_missing_their_time_to_start_are_aborted_without_a_gpu() {
                 .any(|h| h.event == "start_deadline_missed")
         );
     }
-    assert!(role.borrow().is_leader());
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    assert!(replica.leads());
+    replica.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,15 +217,7 @@ async fn an_attempt_running_past_the_longest_run_time_fails_for_good() {
         max_run_ms: 300,
         ..coordinator::Config::for_test()
     };
-    let (role_tx, _role) = watch::channel(Role::Standby);
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(coordinator::run_replica(
-        config,
-        nats.resources.clone(),
-        nats.client.clone(),
-        role_tx,
-        shutdown.clone(),
-    ));
+    let replica = Replica::start_with(&nats, config);
     let ids = submit_jobs(&nats, 1).await;
     let job_id = ids[0];
     eventually(WAIT, "the job is queued", || async {
@@ -284,6 +271,5 @@ async fn an_attempt_running_past_the_longest_run_time_fails_for_good() {
             .await
             .is_err()
     );
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    replica.stop().await;
 }
