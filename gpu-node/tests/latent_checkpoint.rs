@@ -6,7 +6,6 @@
 mod common;
 
 use gpu_node::backend::LatentCheckpoint;
-use gpu_node::config::BackendKind;
 use protocol::jetstream::Resources;
 use protocol::messages::{Assign, AssignReply};
 use protocol::record::{JobEvent, JobFailure};
@@ -86,9 +85,7 @@ async fn a_retry_decodes_from_the_latent_an_earlier_attempt_saved() {
         resources,
     } = common::nats().await;
     let model = tempfile::tempdir().unwrap();
-    let mut config = common::config();
-    config.backend = BackendKind::Mochi;
-    config.mochi.embedded_dir = model.path().join("tiny");
+    let config = common::tiny_mochi_config(model.path());
     let shutdown = CancellationToken::new();
     let node = common::spawn_node(config, &resources, &client, &shutdown);
     common::wait_for_node(&resources).await;

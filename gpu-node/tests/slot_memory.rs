@@ -9,7 +9,6 @@ mod common;
 
 use std::time::Duration;
 
-use gpu_node::config::BackendKind;
 use protocol::jetstream::Resources;
 use protocol::messages::{Assign, AssignReply, NodeHeartbeat};
 use protocol::{JobId, JobRecord, JobSpec, JobState, codec};
@@ -78,9 +77,7 @@ async fn memory_that_stays_up_after_a_job_marks_the_slot_unhealthy() {
         resources,
     } = common::nats().await;
     let model = tempfile::tempdir().unwrap();
-    let mut config = common::config();
-    config.backend = BackendKind::Mochi;
-    config.mochi.embedded_dir = model.path().join("tiny");
+    let mut config = common::tiny_mochi_config(model.path());
     config.memory_growth_limit_bytes = 48 << 20;
     let total = config.memory_bytes_per_slot;
     let shutdown = CancellationToken::new();

@@ -3,9 +3,11 @@
 //! `n1`, the assignment sent to the node, polling the job's record).
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::path::Path;
 use std::time::Duration;
 
 use gpu_node::Config;
+use gpu_node::config::BackendKind;
 use protocol::jetstream::{Resources, connect, ensure_resources};
 use protocol::messages::{Assign, AssignReply};
 use protocol::record::{JobEvent, Lease};
@@ -44,6 +46,14 @@ pub async fn nats() -> Nats {
 pub fn config() -> Config {
     let mut config = Config::for_test();
     config.node_id = Some("n1".to_owned());
+    config
+}
+
+/// The test configuration for node `n1` on the tiny Mochi model, made under `model_dir`.
+pub fn tiny_mochi_config(model_dir: &Path) -> Config {
+    let mut config = config();
+    config.backend = BackendKind::Mochi;
+    config.mochi.embedded_dir = model_dir.join("tiny");
     config
 }
 
