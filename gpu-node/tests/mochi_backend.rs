@@ -182,14 +182,22 @@ fn a_preempted_job_resumes_from_its_step_and_latent_with_the_same_video() {
     let initial = sampling::initial_latents(9, 2, 8, 12, &device).unwrap();
     let sigmas = scheduler::linear_quadratic(4, scheduler::DEFAULT_THRESHOLD_NOISE, None);
     let mut after_two = None;
-    sampling::denoise(&dit, &initial, &cond, &uncond, &sigmas, &[4.5], |info| {
-        if info.step == 1 {
-            after_two = Some(info.latents.clone());
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
-    })
+    sampling::denoise(
+        &dit,
+        &initial,
+        &cond,
+        Some(&uncond),
+        &sigmas,
+        &[4.5],
+        |info| {
+            if info.step == 1 {
+                after_two = Some(info.latents.clone());
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        },
+    )
     .unwrap();
     let latent = after_two.unwrap();
     let mut resumed = full.clone();
@@ -263,4 +271,39 @@ fn a_damaged_model_directory_fails_to_load_naming_the_problem() {
         text.contains("missing weight shard") && text.contains("mochi model check"),
         "{text}"
     );
+}
+
+#[test]
+fn without_guidance_the_conditional_branch_alone_equals_cfg_at_scale_one() {
+    // CFG at scale 1 with the prompt in both branches is the conditional velocity, which is
+    // what the single-branch path computes in half the work.
+    let (dir, _backend) = backend(MochiOptions::default());
+    let device = Device::Cpu;
+    let dit = AsymmDiT::from_model_dir(dir.path(), DType::F32, &device).unwrap();
+    let mut text = TextEncoder::from_model_dir(dir.path(), &device).unwrap();
+    let cond = text.encode("a red fox").unwrap();
+    let initial = sampling::initial_latents(3, 2, 8, 12, &device).unwrap();
+    let sigmas = scheduler::linear_quadratic(3, scheduler::DEFAULT_THRESHOLD_NOISE, None);
+    let mut single_steps = 0;
+    let single = sampling::denoise(&dit, &initial, &cond, None, &sigmas, &[7.0], |_| {
+        single_steps += 1;
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    let both = sampling::denoise(&dit, &initial, &cond, Some(&cond), &sigmas, &[1.0], |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(single_steps, 3);
+    let difference = (single - both)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(difference < 1e-5, "max |Δ| {difference}");
 }

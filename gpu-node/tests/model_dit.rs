@@ -184,7 +184,7 @@ fn two_step_cfg_sampling_matches_reference() {
         &model,
         &data["in_latents"],
         &cond,
-        &uncond,
+        Some(&uncond),
         &sigmas,
         &guidance,
         |info| {
@@ -226,7 +226,7 @@ fn sampling_stops_when_the_callback_breaks() {
         &model,
         &data["in_latents"],
         &cond,
-        &uncond,
+        Some(&uncond),
         &sigmas,
         &[4.5],
         |_| {

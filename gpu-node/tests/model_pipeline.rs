@@ -75,7 +75,7 @@ fn denoise_fixture(data: &HashMap<String, Tensor>) -> Vec<Tensor> {
         &model,
         &data["in_latents"],
         &conditioning(data, "cond"),
-        &conditioning(data, "uncond"),
+        Some(&conditioning(data, "uncond")),
         &sigmas,
         &guidance,
         |info| {

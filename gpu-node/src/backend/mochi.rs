@@ -204,40 +204,6 @@ impl MochiBackend {
         Ok((cond, uncond))
     }
 
-    /// Denoising without guidance: the conditional branch alone.
-    fn denoise_conditional<F>(
-        &self,
-        initial: &Tensor,
-        cond: &TextConditioning,
-        sigmas: &[f64],
-        mut on_step: F,
-    ) -> candle_core::Result<Tensor>
-    where
-        F: FnMut(StepInfo<'_>) -> ControlFlow<()>,
-    {
-        let num_steps = sigmas.len().saturating_sub(1);
-        let mut latents = initial.to_dtype(DType::F32)?;
-        for step in 0..num_steps {
-            let (sigma, sigma_next) = (sigmas[step], sigmas[step + 1]);
-            let t = scheduler::timestep_from_sigma(sigma) as f32;
-            let timesteps = Tensor::from_vec(vec![t], 1, latents.device())?;
-            let velocity = self
-                .dit
-                .forward(&latents, &timesteps, &cond.features, &cond.mask)?;
-            latents = sampling::euler_step(&latents, &velocity, sigma, sigma_next)?;
-            let info = StepInfo {
-                step,
-                num_steps,
-                sigma,
-                latents: &latents,
-            };
-            if on_step(info).is_break() {
-                break;
-            }
-        }
-        Ok(latents)
-    }
-
     /// Tokenize → encode → denoise from the job's seed, or from `resume` (the latent after
     /// step `k`, continuing with step `k + 1`); the final latents (DiT space, f32).
     fn denoise(
@@ -288,25 +254,20 @@ impl MochiBackend {
                 Control::Pause | Control::Continue => ControlFlow::Continue(()),
             }
         };
-        let latents = match &uncond {
-            Some(uncond) => {
-                let guidance = f64::from(
-                    job.spec
-                        .guidance_scale
-                        .unwrap_or(protocol::spec::DEFAULT_GUIDANCE_SCALE),
-                );
-                sampling::denoise(
-                    &self.dit,
-                    &initial,
-                    &cond,
-                    uncond,
-                    sigmas,
-                    &[guidance],
-                    on_step,
-                )
-            }
-            None => self.denoise_conditional(&initial, &cond, sigmas, on_step),
-        }
+        let guidance = f64::from(
+            job.spec
+                .guidance_scale
+                .unwrap_or(protocol::spec::DEFAULT_GUIDANCE_SCALE),
+        );
+        let latents = sampling::denoise(
+            &self.dit,
+            &initial,
+            &cond,
+            uncond.as_ref(),
+            sigmas,
+            &[guidance],
+            on_step,
+        )
         .map_err(from_candle)?;
         if stopped {
             return Err(BackendError::Stopped);

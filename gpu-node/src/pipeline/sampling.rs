@@ -140,15 +140,16 @@ pub struct StepInfo<'a> {
     pub latents: &'a Tensor,
 }
 
-/// Runs the denoising loop: both CFG branches in one batch of two (uncond first), Euler
-/// updates on f32 latents. `guidance` holds one scale per step (or a single value).
+/// Runs the denoising loop: with `uncond`, both CFG branches in one batch of two (uncond
+/// first); without (no guidance), the conditional branch alone. Euler updates on f32
+/// latents. `guidance` holds one scale per step (or a single value; unused without CFG).
 /// The callback may stop the loop early with `ControlFlow::Break` (cancellation); the
 /// latents reached so far are returned.
 pub fn denoise<F>(
     model: &AsymmDiT,
     initial_latents: &Tensor,
     cond: &TextConditioning,
-    uncond: &TextConditioning,
+    uncond: Option<&TextConditioning>,
     sigmas: &[f64],
     guidance: &[f64],
     mut on_step: F,
@@ -159,22 +160,30 @@ where
     if guidance.is_empty() {
         candle_core::bail!("guidance schedule is empty");
     }
-    let (text, mask) = batch_conditioning(uncond, cond)?;
+    let (text, mask) = match uncond {
+        Some(uncond) => batch_conditioning(uncond, cond)?,
+        None => (cond.features.clone(), cond.mask.clone()),
+    };
     let num_steps = sigmas.len().saturating_sub(1);
     let mut latents = initial_latents.to_dtype(DType::F32)?;
     for step in 0..num_steps {
         let (sigma, sigma_next) = (sigmas[step], sigmas[step + 1]);
-        let scale = guidance[step.min(guidance.len() - 1)];
-        let batch = Tensor::cat(&[&latents, &latents], 0)?;
         let t = super::scheduler::timestep_from_sigma(sigma) as f32;
-        let timesteps = Tensor::from_vec(vec![t, t], 2, latents.device())?;
-        let velocity = model.forward(&batch, &timesteps, &text, &mask)?;
-        let guided = cfg_combine(
-            &velocity.get(0)?.unsqueeze(0)?,
-            &velocity.get(1)?.unsqueeze(0)?,
-            scale,
-        )?;
-        latents = euler_step(&latents, &guided, sigma, sigma_next)?;
+        let velocity = if uncond.is_some() {
+            let scale = guidance[step.min(guidance.len() - 1)];
+            let batch = Tensor::cat(&[&latents, &latents], 0)?;
+            let timesteps = Tensor::from_vec(vec![t, t], 2, latents.device())?;
+            let velocity = model.forward(&batch, &timesteps, &text, &mask)?;
+            cfg_combine(
+                &velocity.get(0)?.unsqueeze(0)?,
+                &velocity.get(1)?.unsqueeze(0)?,
+                scale,
+            )?
+        } else {
+            let timesteps = Tensor::from_vec(vec![t], 1, latents.device())?;
+            model.forward(&latents, &timesteps, &text, &mask)?
+        };
+        latents = euler_step(&latents, &velocity, sigma, sigma_next)?;
         let info = StepInfo {
             step,
             num_steps,
