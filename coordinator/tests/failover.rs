@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Behaviour, StandIn, eventually, nats, record, small_job, submit};
+use common::{Behaviour, StandIn, eventually, nats, record, submit_jobs};
 use coordinator::leader::{LeaderRecord, Role};
 use protocol::{JobId, JobState, codec, names};
 use tokio::sync::watch;
@@ -56,17 +56,6 @@ impl Replica {
         self.shutdown.cancel();
         self.task.await.unwrap().unwrap();
     }
-}
-
-async fn submit_jobs(nats: &common::Nats, count: usize) -> Vec<JobId> {
-    let mut ids = Vec::new();
-    for index in 0..count {
-        let request = small_job(&format!("job {index}"));
-        let job_id = request.job_id.unwrap();
-        submit(&nats.resources, "acme", &request, &job_id.to_string()).await;
-        ids.push(job_id);
-    }
-    ids
 }
 
 async fn all_succeeded_first_time(nats: &common::Nats, ids: &[JobId]) -> bool {

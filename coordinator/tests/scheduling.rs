@@ -7,21 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Behaviour, Running, StandIn, eventually, nats, record, small_job, submit};
+use common::{Behaviour, Running, StandIn, eventually, nats, record, submit_jobs};
 use protocol::{ErrorCode, JobId, JobState};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-async fn submit_jobs(nats: &common::Nats, count: usize) -> Vec<JobId> {
-    let mut ids = Vec::new();
-    for index in 0..count {
-        let request = small_job(&format!("job {index}"));
-        let job_id = request.job_id.unwrap();
-        submit(&nats.resources, "acme", &request, &job_id.to_string()).await;
-        ids.push(job_id);
-    }
-    ids
-}
 
 async fn all_in_state(nats: &common::Nats, ids: &[JobId], state: JobState) -> bool {
     for job_id in ids {

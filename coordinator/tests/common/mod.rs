@@ -81,6 +81,18 @@ pub async fn submit(
     ack.await.unwrap();
 }
 
+/// Submits `count` small jobs for tenant `acme`; their ids in submission order.
+pub async fn submit_jobs(nats: &Nats, count: usize) -> Vec<JobId> {
+    let mut ids = Vec::new();
+    for index in 0..count {
+        let request = small_job(&format!("job {index}"));
+        let job_id = request.job_id.unwrap();
+        submit(&nats.resources, "acme", &request, &job_id.to_string()).await;
+        ids.push(job_id);
+    }
+    ids
+}
+
 /// A small valid submission with its own job id.
 pub fn small_job(prompt: &str) -> SubmitRequest {
     let mut spec = protocol::JobSpec::new(prompt);
