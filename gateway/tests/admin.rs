@@ -2,6 +2,8 @@
 //! with the admin token.
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
+mod common;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use gateway::config::Secret;
@@ -9,7 +11,7 @@ use gateway::routes::admin::DeadList;
 use gateway::{AppState, Config};
 use http_body_util::BodyExt;
 use protocol::api::JobView;
-use protocol::jetstream::{Resources, connect, ensure_resources};
+use protocol::jetstream::Resources;
 use protocol::record::{JobEvent, Lease};
 use protocol::{JobRecord, JobSpec, JobState, Limits, NodeId, TenantId, codec, names, now_ms};
 use tower::ServiceExt;
@@ -17,15 +19,7 @@ use tower::ServiceExt;
 const TOKEN: &str = "s3cret-admin";
 
 async fn setup(admin_token: Option<&str>) -> (testkit::NatsServer, Resources, AppState) {
-    let server = testkit::NatsServer::start();
-    let nats = protocol::config::NatsConfig {
-        url: server.url().to_owned(),
-        ..Default::default()
-    };
-    let client = connect(&nats, "test").await.unwrap();
-    let resources = ensure_resources(client.clone(), &nats.jetstream)
-        .await
-        .unwrap();
+    let (server, client, resources) = common::nats().await;
     let config = Config {
         admin_token: admin_token.map(|t| Secret(t.to_owned())),
         ..Config::for_test()

@@ -1,6 +1,8 @@
 //! The HTTP API against a real nats-server (no coordinator running unless a test plays one).
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -9,7 +11,7 @@ use futures::StreamExt;
 use gateway::{AppState, Config};
 use http_body_util::BodyExt;
 use protocol::api::JobView;
-use protocol::jetstream::{Resources, connect, ensure_resources};
+use protocol::jetstream::Resources;
 use protocol::messages::Cancel;
 use protocol::record::{JobEvent, Lease, VideoResult};
 use protocol::{
@@ -30,15 +32,7 @@ async fn api() -> Api {
 }
 
 async fn api_with(config: Config) -> Api {
-    let server = testkit::NatsServer::start();
-    let nats = protocol::config::NatsConfig {
-        url: server.url().to_owned(),
-        ..Default::default()
-    };
-    let client = connect(&nats, "test").await.unwrap();
-    let resources = ensure_resources(client.clone(), &nats.jetstream)
-        .await
-        .unwrap();
+    let (server, client, resources) = common::nats().await;
     let state = AppState::new(config, resources.clone(), client.clone(), None);
     Api {
         _server: server,

@@ -2,12 +2,13 @@
 //! per process).
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
+mod common;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use gateway::{AppState, Config};
 use http_body_util::BodyExt;
 use protocol::JobId;
-use protocol::jetstream::{connect, ensure_resources};
 use tower::ServiceExt;
 
 async fn send(app: &axum::Router, request: Request<Body>) -> (StatusCode, String) {
@@ -19,15 +20,7 @@ async fn send(app: &axum::Router, request: Request<Body>) -> (StatusCode, String
 
 #[tokio::test]
 async fn metrics_count_requests_by_route_template_and_submissions() {
-    let server = testkit::NatsServer::start();
-    let nats = protocol::config::NatsConfig {
-        url: server.url().to_owned(),
-        ..Default::default()
-    };
-    let client = connect(&nats, "test").await.unwrap();
-    let resources = ensure_resources(client.clone(), &nats.jetstream)
-        .await
-        .unwrap();
+    let (_server, client, resources) = common::nats().await;
     let handle = gateway::install_metrics_recorder().unwrap();
     gateway::metrics::describe();
     let app = gateway::app(AppState::new(

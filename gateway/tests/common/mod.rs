@@ -19,9 +19,9 @@ pub struct Gateway {
     pub state: AppState,
 }
 
-/// Starts a nats-server, creates the JetStream resources and the gateway's state on them
-/// (test configuration, no metrics recorder).
-pub async fn start() -> Gateway {
+/// Starts a nats-server (killed when the returned server drops), connects to it and
+/// creates the JetStream resources.
+pub async fn nats() -> (testkit::NatsServer, async_nats::Client, Resources) {
     let server = testkit::NatsServer::start();
     let nats = protocol::config::NatsConfig {
         url: server.url().to_owned(),
@@ -31,6 +31,13 @@ pub async fn start() -> Gateway {
     let resources = Box::pin(ensure_resources(client.clone(), &nats.jetstream))
         .await
         .unwrap();
+    (server, client, resources)
+}
+
+/// Starts a nats-server, creates the JetStream resources and the gateway's state on them
+/// (test configuration, no metrics recorder).
+pub async fn start() -> Gateway {
+    let (server, client, resources) = nats().await;
     let state = AppState::new(Config::for_test(), resources.clone(), client, None);
     Gateway {
         server,
