@@ -1,8 +1,9 @@
 //! The coordinator of mochi-serve: takes jobs in from `MOCHI_SUBMIT` ([`intake`]), keeps the
 //! queue and the live slots rebuilt from the `mochi_jobs` and `mochi_nodes` watches (so a
-//! restarted coordinator loses nothing), places jobs FIFO on free slots ([`scheduler`])
-//! through one proxy actor per remote slot ([`slots`]), and sends jobs whose node went
-//! quiet back to the queue with a backoff ([`leases`]).
+//! restarted coordinator loses nothing), places jobs on free slots with the configured
+//! policy (`length-aware` by default: [`policy`], [`cost`], [`scheduler`]) through one proxy
+//! actor per remote slot ([`slots`]), and sends jobs whose node went quiet back to the queue
+//! with a backoff ([`leases`]).
 //!
 //! Durability lives in JetStream: every decision is a compare-and-set on the job's record,
 //! so two coordinators (or a restarted one) never both win. Several replicas may run: one
