@@ -53,6 +53,13 @@ pub struct GenerateArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 3600)]
     pub timeout_s: u64,
+    /// The API key (default: `MOCHI_API_KEY`, else the file `<data-dir>/api-key` that
+    /// `mochi up` writes).
+    #[arg(long, env = "MOCHI_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Where `mochi up` keeps its data (and the `api-key` file).
+    #[arg(long, env = "MOCHI_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
 }
 
 fn parse_resolution(text: &str) -> Result<Resolution, String> {
@@ -83,8 +90,16 @@ impl GenerateArgs {
 /// Runs `mochi generate`; returns the path of the saved MP4.
 pub async fn run(args: GenerateArgs) -> Result<PathBuf> {
     let base = args.server.trim_end_matches('/').to_owned();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = api_key(&args)? {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .context("the API key has characters a header cannot carry")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
+        .default_headers(headers)
         .build()?;
     let idempotency_key = protocol::JobId::new().to_string();
     let job = submit(&http, &base, &args.spec(), &idempotency_key).await?;
@@ -155,6 +170,20 @@ pub async fn run(args: GenerateArgs) -> Result<PathBuf> {
         .await
         .with_context(|| format!("cannot write {}", output.display()))?;
     Ok(output)
+}
+
+/// The key from the flag or environment, else from `<data-dir>/api-key`; `None` when
+/// neither exists (a server with authentication off needs none).
+fn api_key(args: &GenerateArgs) -> Result<Option<String>> {
+    if let Some(key) = &args.api_key {
+        return Ok(Some(key.trim().to_owned()));
+    }
+    let path = args.data_dir.join("api-key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim().to_owned())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// A note when the server's nodes do not run a real model (best effort: no note if the

@@ -2,6 +2,7 @@
 //! parses arguments and dispatches.
 
 mod generate;
+mod keys;
 mod model;
 mod nats_server;
 mod roles;
@@ -41,6 +42,9 @@ enum Command {
     GpuNode(roles::GpuNodeArgs),
     /// Submit a prompt, follow its progress and download the MP4.
     Generate(generate::GenerateArgs),
+    /// API keys: create, list, revoke.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Model directories: check one, or write the embedded tiny model.
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -52,7 +56,9 @@ fn main() -> ExitCode {
         Command::Gateway(_) | Command::Coordinator(_) | Command::GpuNode(_) => {
             telemetry::LogFormat::Json
         }
-        Command::Up(_) | Command::Generate(_) | Command::Model(_) => telemetry::LogFormat::Text,
+        Command::Up(_) | Command::Generate(_) | Command::Model(_) | Command::Keys(_) => {
+            telemetry::LogFormat::Text
+        }
     };
     telemetry::init_logging(cli.log_format.unwrap_or(default_format));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -76,6 +82,7 @@ fn main() -> ExitCode {
                 println!("{}", path.display());
             }),
             Command::Model(command) => model::run(command),
+            Command::Keys(command) => keys::run(command, config).await,
         }
     });
     match outcome {

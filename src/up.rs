@@ -29,6 +29,11 @@ pub struct UpArgs {
     /// Port of the embedded nats-server (default: a free one, loopback only).
     #[arg(long)]
     pub nats_port: Option<u16>,
+    /// Turn authentication off (only on a loopback `--listen`): every request acts as an
+    /// admin of tenant `local`. Without it, the first start writes an admin key to
+    /// `<data-dir>/api-key`.
+    #[arg(long)]
+    pub no_auth: bool,
     /// GPU slots of the embedded node.
     #[arg(long)]
     pub slots: Option<u32>,
@@ -44,6 +49,10 @@ pub async fn run(args: UpArgs, file: Option<&Path>) -> Result<()> {
     let (shutdown, _signals) = telemetry::shutdown_on_signal();
     let nats = EmbeddedNats::start(&binary, &args.data_dir, args.nats_port).await?;
     tracing::info!(url = nats.url(), data_dir = %args.data_dir.display(), "embedded nats-server up");
+    // `mochi keys` on this machine finds the server here.
+    let url_file = nats_url_file(&args.data_dir);
+    std::fs::write(&url_file, nats.url())
+        .with_context(|| format!("cannot write {}", url_file.display()))?;
     let outcome = Box::pin(run_roles(&args, file, nats.url(), shutdown.clone())).await;
     shutdown.cancel();
     let stopped = nats.stop().await;
@@ -65,6 +74,9 @@ async fn run_roles(
     nats_config.url = nats_url.to_owned();
     let mut gateway_config = gateway::Config::load(file, &env)?;
     gateway_config.listen_addr = args.listen.to_string();
+    if args.no_auth {
+        gateway_config.auth.disabled = true;
+    }
     let coordinator_config = coordinator::Config::load(file, &env)?;
     let mut node_config = gpu_node::Config::load(file, &env)?;
     if let Some(slots) = args.slots {
@@ -74,6 +86,9 @@ async fn run_roles(
     let node_config_summary = node_config.clone();
     let metrics = gateway::install_metrics_recorder()?;
     let (client, resources) = roles::connect(&nats_config, "up").await?;
+    if !gateway_config.auth.disabled {
+        ensure_api_key(&args.data_dir, &resources).await?;
+    }
     let server = Box::pin(gateway::Server::bind(
         gateway_config,
         resources.clone(),
@@ -136,6 +151,48 @@ async fn run_roles(
     }
     client.flush().await.ok();
     first_error.map_or(Ok(()), Err)
+}
+
+/// The file holding the embedded nats-server's client URL while `mochi up` runs.
+pub fn nats_url_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("nats").join("client-url")
+}
+
+/// On first start, makes an admin key for tenant `local` and writes it to
+/// `<data-dir>/api-key` (mode 0600), where `mochi generate` finds it.
+async fn ensure_api_key(data_dir: &Path, resources: &protocol::jetstream::Resources) -> Result<()> {
+    let path = data_dir.join("api-key");
+    if path.exists() {
+        eprintln!("API key: {} (admin, tenant local)", path.display());
+        return Ok(());
+    }
+    let tenant = protocol::TenantId::new("local")?;
+    let created = gateway::auth::keys::KeyStore::new(resources.keys.clone())
+        .create(tenant, gateway::auth::Role::Admin, "mochi up", None)
+        .await
+        .context("cannot create the first API key")?;
+    write_private(&path, &format!("{}\n", created.secret))?;
+    eprintln!(
+        "created an admin API key for tenant local ({}) in {} (mode 0600); `mochi generate` uses it, curl: -H \"Authorization: Bearer $(cat {})\"",
+        created.record.id,
+        path.display(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// Writes `text` to a new file only its owner can read.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn flatten(joined: Result<Result<()>, tokio::task::JoinError>) -> Result<()> {

@@ -182,10 +182,7 @@ fn record_for(state: &IntakeState, message: &async_nats::jetstream::Message) -> 
         .info()
         .map(|info| info.stream_sequence)
         .unwrap_or_default();
-    let job_id = request.job_id.unwrap_or_else(|| match &message_id {
-        Some(message_id) => JobId::derived(tenant.as_str(), message_id),
-        None => JobId::derived(tenant.as_str(), &format!("seq-{sequence}")),
-    });
+    let job_id = job_id_for(&tenant, &request, message_id.as_deref(), sequence);
     let seed = request.spec.seed.unwrap_or_else(|| seed_from(job_id));
     let now = now_ms();
     let (shape, rejection) = match request.spec.validate(&state.config.limits) {
@@ -223,6 +220,38 @@ fn record_for(state: &IntakeState, message: &async_nats::jetstream::Message) -> 
     Some(record)
 }
 
+/// The id of a submission's job. A publisher may not pick an id in the space of ids derived
+/// from idempotency keys (UUIDv5), since another tenant's key maps there: with a key the id
+/// is always derived from the subject's tenant and the key; a given v5 id is moved into the
+/// publisher's own tenant's space; a given random id (v4, v7) is kept, as nobody can guess
+/// another request's; without either, the id derives from the message id or the sequence.
+fn job_id_for(
+    tenant: &TenantId,
+    request: &SubmitRequest,
+    message_id: Option<&str>,
+    sequence: u64,
+) -> JobId {
+    let derived = |name: &str| JobId::derived(tenant.as_str(), name);
+    match (&request.idempotency_key, request.job_id) {
+        (Some(key), given) => {
+            let id = derived(key);
+            if given.is_some_and(|given| given != id) {
+                tracing::warn!(%tenant, job_id = %id, "submission named a job id that its idempotency key does not map to; using the key's");
+            }
+            id
+        }
+        (None, Some(given)) if given.0.get_version_num() == 5 => {
+            tracing::warn!(%tenant, "submission named a derived (v5) job id without its key; moved into the tenant's own id space");
+            derived(&format!("job-id/{given}"))
+        }
+        (None, Some(given)) => given,
+        (None, None) => match message_id {
+            Some(message_id) => derived(message_id),
+            None => derived(&format!("seq-{sequence}")),
+        },
+    }
+}
+
 /// A seed derived from the job id, so that a redelivered submission gets the same one.
 fn seed_from(job_id: JobId) -> u64 {
     let bits = job_id.0.as_u128();
@@ -232,6 +261,33 @@ fn seed_from(job_id: JobId) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(job_id: Option<JobId>, key: Option<&str>) -> SubmitRequest {
+        SubmitRequest {
+            job_id,
+            spec: protocol::JobSpec::new("x"),
+            idempotency_key: key.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_publisher_cannot_take_an_id_another_tenants_key_maps_to() {
+        let evil = TenantId::new("evil").expect("tenant");
+        let victims = JobId::derived("victim", "key-1");
+        // Named outright, with or without a key of its own: never the victim's id.
+        for key in [None, Some("key-1"), Some("other")] {
+            let id = job_id_for(&evil, &request(Some(victims), key), None, 1);
+            assert_ne!(id, victims, "{key:?}");
+        }
+        // Its own key maps into its own space, and is stable.
+        assert_eq!(
+            job_id_for(&evil, &request(None, Some("key-1")), None, 1),
+            JobId::derived("evil", "key-1")
+        );
+        // A random id it picked is kept.
+        let random = JobId::new();
+        assert_eq!(job_id_for(&evil, &request(Some(random), None), None, 1), random);
+    }
 
     #[test]
     fn seed_is_stable_per_job() {

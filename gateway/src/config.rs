@@ -6,6 +6,10 @@ use std::path::Path;
 use protocol::Limits;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
+use crate::auth::limits::RateLimitConfig;
+use crate::auth::quota::QuotaConfig;
+use crate::auth::signing::LinkConfig;
 use crate::error::{Error, Result};
 
 /// The gateway's configuration.
@@ -24,9 +28,39 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// How long a submission waits for JetStream's acknowledgement, ms.
     pub publish_timeout_ms: u64,
-    /// Bearer token of the admin API (`/v1/admin/…`: dead letters and their re-drive);
-    /// unset, the admin API answers 403.
-    pub admin_token: Option<Secret>,
+    /// Authentication (`[gateway.auth]`).
+    pub auth: AuthConfig,
+    /// Per-key rate limits (`[gateway.rate_limit]`).
+    pub rate_limit: RateLimitConfig,
+    /// Per-tenant quotas on queued + running jobs (`[gateway.quota]`).
+    pub quota: QuotaConfig,
+    /// Signed download links (`[gateway.links]`).
+    pub links: LinkConfig,
+    /// Guards against slow and idle clients (`[gateway.connections]`).
+    pub connections: ConnectionConfig,
+}
+
+/// Limits on client connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionConfig {
+    /// Time a client has to send a request's headers, from the first byte, ms.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight and no bytes moving for this long is
+    /// closed, ms (keep-alive idleness, and connections that never send a byte).
+    pub idle_timeout_ms: u64,
+    /// Open connections at most; beyond it a new connection gets 503 and is closed.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 10_000,
+        }
+    }
 }
 
 /// A secret setting: its `Debug` form is redacted, so logging the config never shows it.
@@ -49,7 +83,11 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             max_concurrent_requests: 1024,
             publish_timeout_ms: 5_000,
-            admin_token: None,
+            auth: AuthConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            quota: QuotaConfig::default(),
+            links: LinkConfig::default(),
+            connections: ConnectionConfig::default(),
         }
     }
 }
@@ -62,21 +100,64 @@ impl Config {
         Ok(config)
     }
 
-    /// A configuration for tests: a free loopback port.
+    /// A configuration for tests: a free loopback port, authentication off (every request
+    /// is an admin of tenant `default`); tests of authentication turn it back on.
     pub fn for_test() -> Self {
         Self {
             listen_addr: "127.0.0.1:0".to_owned(),
+            auth: AuthConfig {
+                disabled: true,
+                open_tenant: protocol::TenantId::default_tenant().to_string(),
+                ..AuthConfig::default()
+            },
             ..Self::default()
         }
     }
 
     /// Checks every field.
     pub fn validate(&self) -> Result<()> {
-        if self.listen_addr.parse::<std::net::SocketAddr>().is_err() {
+        let Ok(listen) = self.listen_addr.parse::<std::net::SocketAddr>() else {
             return Err(Error::Config(format!(
                 "listen_addr {:?} is not an address like 0.0.0.0:8080",
                 self.listen_addr
             )));
+        };
+        if self.auth.disabled && !listen.ip().is_loopback() {
+            return Err(Error::Config(format!(
+                "auth.disabled is only allowed on a loopback listener, not {listen}; create API keys with `mochi keys create` instead"
+            )));
+        }
+        if protocol::TenantId::new(self.auth.open_tenant.as_str()).is_err() {
+            return Err(Error::Config(format!(
+                "auth.open_tenant {:?} is not a tenant name (1 to 64 letters, digits, '-' or '_')",
+                self.auth.open_tenant
+            )));
+        }
+        for tenant in self.quota.tenants.keys() {
+            if protocol::TenantId::new(tenant.as_str()).is_err() {
+                return Err(Error::Config(format!(
+                    "quota.tenants names {tenant:?}, which is not a tenant name"
+                )));
+            }
+        }
+        for key in &self.links.signing_keys {
+            if !protocol::names::is_valid_token(&key.id) || key.secret.0.len() < 32 {
+                return Err(Error::Config(format!(
+                    "links.signing_keys: key {:?} needs an id of letters, digits, '-' or '_' and a secret of at least 32 bytes",
+                    key.id
+                )));
+            }
+        }
+        if self.links.ttl_s == 0
+            || self.rate_limit.creates_per_minute == 0
+            || self.rate_limit.reads_per_minute == 0
+            || self.connections.max_connections == 0
+            || self.connections.header_read_timeout_ms == 0
+            || self.connections.idle_timeout_ms == 0
+        {
+            return Err(Error::Config(
+                "links.ttl_s, rate_limit.*_per_minute and connections.* must be positive".to_owned(),
+            ));
         }
         if self.max_body_bytes < 1024
             || self.max_concurrent_requests == 0

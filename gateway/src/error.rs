@@ -27,6 +27,9 @@ pub enum Error {
     /// The HTTP server failed.
     #[error("HTTP server failed")]
     Serve(#[source] std::io::Error),
+    /// The state the API needs (keys, signing key) could not be loaded.
+    #[error("cannot start the gateway: {0}")]
+    Start(String),
     /// The Prometheus recorder could not be installed.
     #[error("cannot install the metrics recorder: {0}")]
     Metrics(String),
@@ -100,7 +103,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::NotReady | ErrorCode::Conflict | ErrorCode::JobFailed => StatusCode::CONFLICT,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited | ErrorCode::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::UnsupportedVersion | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }

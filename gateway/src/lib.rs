@@ -1,11 +1,13 @@
 //! The HTTP gateway of mochi-serve: the public API (`/v1/videos`), validation errors with
 //! stable codes, downloads with range requests, health and Prometheus metrics.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod metrics;
 pub mod routes;
+pub mod serve;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -17,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use protocol::ErrorCode;
 use protocol::jetstream::Resources;
@@ -30,7 +32,8 @@ pub use state::AppState;
 
 /// The router with every route and layer.
 ///
-/// The API (`/v1/…`) sits behind, outermost first: load shedding (503 `unavailable` at once
+/// Every API route is authenticated and rate-limited by [`auth::middleware`] (a download by
+/// signed link excepted). The API (`/v1/…`) sits behind, outermost first: load shedding (503 `unavailable` at once
 /// while `max_concurrent_requests` API requests are in flight, one limit for all of them), the
 /// request timeout (503 `unavailable`) and the body size limit (413 `payload_too_large`).
 /// `/healthz`, `/readyz` and `/metrics` stay outside the limit, so that a busy gateway is not
@@ -46,6 +49,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/videos/{id}/content", get(routes::content::content))
         .route("/v1/admin/dead", get(routes::admin::list))
         .route("/v1/admin/dead/{id}/redrive", post(routes::admin::redrive))
+        .route(
+            "/v1/admin/keys",
+            get(routes::keys::list).post(routes::keys::create),
+        )
+        .route("/v1/admin/keys/{id}", delete(routes::keys::revoke))
         .route("/v1/backends", get(routes::backends::backends))
         .fallback(|| async {
             ApiError::new(
@@ -54,6 +62,10 @@ pub fn app(state: AppState) -> Router {
             )
         })
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::middleware,
+        ))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn(track))
         .with_state(state.clone());
@@ -136,10 +148,12 @@ impl Server {
             .await
             .map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
-        let nodes = resources.nodes.clone();
+        if config.auth.disabled {
+            tracing::warn!(addr = %local_addr, tenant = %config.auth.open_tenant, "AUTHENTICATION IS OFF: every request on this loopback listener acts as an admin");
+        }
         let state = AppState::new(config, resources, client, metrics_handle);
-        // Kept current for as long as the state lives; ends with it.
-        drop(state.fleet.watch(nodes));
+        // Keys, tenant loads and the fleet are kept current for as long as the state lives.
+        state.start().await?;
         Ok(Self {
             listener,
             local_addr,
@@ -156,8 +170,8 @@ impl Server {
     /// the requests in flight are answered.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<()> {
         tracing::info!(addr = %self.local_addr, "gateway listening");
-        axum::serve(self.listener, app(self.state))
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+        let connections = self.state.config.connections.clone();
+        serve::serve(self.listener, app(self.state), connections, shutdown)
             .await
             .map_err(Error::Serve)?;
         tracing::info!("gateway stopped");

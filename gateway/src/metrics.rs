@@ -17,6 +17,18 @@ pub const JOBS_TOO_LARGE: &str = "mochi_gateway_jobs_too_large_total";
 /// Requests refused by the gateway's own layers, by reason (`overloaded`, `timeout`).
 pub const REQUESTS_SHED: &str = "mochi_gateway_requests_shed_total";
 
+/// Requests refused for their credentials (401).
+pub const AUTH_FAILURES: &str = "mochi_gateway_auth_failures_total";
+/// Requests refused by a rate limit (429 `rate_limited`), by class (`create`, `read`).
+pub const RATE_LIMITED: &str = "mochi_gateway_rate_limited_total";
+/// Submissions refused by a tenant quota (429 `quota_exceeded`).
+pub const QUOTA_EXCEEDED: &str = "mochi_gateway_quota_exceeded_total";
+/// Connections refused or closed by the connection guards, by reason (`limit`,
+/// `header_timeout`, `idle`).
+pub const CONNECTIONS_CLOSED: &str = "mochi_gateway_connections_closed_total";
+/// Open client connections.
+pub const CONNECTIONS_OPEN: &str = "mochi_gateway_connections_open";
+
 /// Describes every metric (call once, after the recorder is installed).
 pub fn describe() {
     metrics::describe_counter!(REQUESTS, "HTTP requests by route, method and status");
@@ -34,6 +46,14 @@ pub fn describe() {
         JOBS_TOO_LARGE,
         "Submissions refused because no known slot holds the job"
     );
+    metrics::describe_counter!(AUTH_FAILURES, "Requests refused 401 for their credentials");
+    metrics::describe_counter!(RATE_LIMITED, "Requests refused 429 by a per-key rate limit");
+    metrics::describe_counter!(QUOTA_EXCEEDED, "Submissions refused 429 by a tenant quota");
+    metrics::describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Connections refused at the limit or closed for slowness or idleness"
+    );
+    metrics::describe_gauge!(CONNECTIONS_OPEN, "Open client connections");
     metrics::describe_histogram!(
         SUBMIT_SECONDS,
         metrics::Unit::Seconds,
@@ -58,4 +78,28 @@ pub(crate) fn record_request(route: String, method: String, status: u16, elapsed
 
 pub(crate) fn record_shed(reason: &'static str) {
     metrics::counter!(REQUESTS_SHED, "reason" => reason).increment(1);
+}
+
+pub(crate) fn record_auth_failure() {
+    metrics::counter!(AUTH_FAILURES).increment(1);
+}
+
+pub(crate) fn record_rate_limited(class: crate::auth::limits::RateClass) {
+    let class = match class {
+        crate::auth::limits::RateClass::Create => "create",
+        crate::auth::limits::RateClass::Read => "read",
+    };
+    metrics::counter!(RATE_LIMITED, "class" => class).increment(1);
+}
+
+pub(crate) fn record_quota_exceeded() {
+    metrics::counter!(QUOTA_EXCEEDED).increment(1);
+}
+
+pub(crate) fn record_connection_closed(reason: &'static str) {
+    metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+}
+
+pub(crate) fn set_connections_open(open: usize) {
+    metrics::gauge!(CONNECTIONS_OPEN).set(open as f64);
 }

@@ -1,11 +1,16 @@
 //! Shared state of the HTTP handlers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use protocol::TenantId;
 use protocol::jetstream::Resources;
 
+use crate::auth::keys::KeyCache;
+use crate::auth::limits::RateLimiter;
+use crate::auth::quota::TenantLoad;
+use crate::auth::signing::LinkSigner;
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::fleet::Fleet;
 
@@ -18,30 +23,64 @@ pub struct AppState {
     pub client: async_nats::Client,
     /// The gateway's configuration.
     pub config: Arc<Config>,
-    /// The tenant requests act for (authentication is not configured yet: one tenant).
-    pub tenant: TenantId,
     /// Renders `/metrics`, when this process installed a Prometheus recorder.
     pub metrics: Option<PrometheusHandle>,
     /// The slots known from the node heartbeats (submit refuses what none holds); empty, so
     /// accepting everything, until [`Fleet::watch`] runs (`Server::bind` starts it).
     pub fleet: Fleet,
+    /// Checks credentials; its key cache is empty until [`AppState::start`] runs.
+    pub auth: Authenticator,
+    /// Per-key token buckets.
+    pub limiter: Arc<RateLimiter>,
+    /// Each tenant's queued + running jobs, for quotas (kept current by [`AppState::start`]).
+    pub load: TenantLoad,
+    /// Signs download links: the configured keys or the shared generated one, set by
+    /// [`AppState::start`] (until then no link is given or accepted).
+    pub links: Arc<std::sync::OnceLock<LinkSigner>>,
 }
 
 impl AppState {
-    /// State for the default tenant.
+    /// State over `resources`; [`AppState::start`] then loads keys and starts the watches.
     pub fn new(
         config: Config,
         resources: Resources,
         client: async_nats::Client,
         metrics: Option<PrometheusHandle>,
     ) -> Self {
+        let keys = KeyCache::new(
+            resources.keys.clone(),
+            Duration::from_secs(config.auth.key_touch_interval_s),
+        );
         Self {
+            auth: Authenticator::new(&config.auth, keys),
+            limiter: Arc::new(RateLimiter::new(config.rate_limit.clone())),
+            load: TenantLoad::new(),
+            links: Arc::default(),
             resources,
             client,
             config: Arc::new(config),
-            tenant: TenantId::default_tenant(),
             metrics,
             fleet: Fleet::new(),
         }
+    }
+
+    /// Loads the API keys and the link-signing key, and starts the watches that keep keys,
+    /// tenant loads and the fleet current for as long as this state lives.
+    pub async fn start(&self) -> crate::Result<()> {
+        drop(self.fleet.watch(self.resources.nodes.clone()));
+        drop(self.load.watch(self.resources.jobs.kv.clone()));
+        let watch = self
+            .auth
+            .keys()
+            .start()
+            .await
+            .map_err(|e| crate::Error::Start(e.to_string()))?;
+        drop(watch);
+        let signer = LinkSigner::load(&self.config.links, &self.resources.keys)
+            .await
+            .map_err(crate::Error::Start)?;
+        // A second start keeps the first signer: both loaded the same keys.
+        let _ = self.links.set(signer);
+        Ok(())
     }
 }

@@ -63,6 +63,13 @@ pub struct JobLinks {
     pub status: String,
     /// The MP4, once succeeded.
     pub content: String,
+    /// The MP4 by a signed link that needs no credentials (once succeeded), until
+    /// `signed_content_expires_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_content: Option<String>,
+    /// When `signed_content` stops working, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_content_expires_at: Option<u64>,
 }
 
 impl JobLinks {
@@ -71,6 +78,8 @@ impl JobLinks {
         Self {
             status: format!("/v1/videos/{id}"),
             content: format!("/v1/videos/{id}/content"),
+            signed_content: None,
+            signed_content_expires_at: None,
         }
     }
 }

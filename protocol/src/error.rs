@@ -36,6 +36,8 @@ pub enum ErrorCode {
     JobFailed,
     /// An internal error; the details are in the server's logs.
     Internal,
+    /// The tenant has as many queued and running jobs as its quota allows.
+    QuotaExceeded,
 }
 
 impl ErrorCode {
@@ -57,6 +59,7 @@ impl ErrorCode {
             Self::UnsupportedVersion => "unsupported_version",
             Self::JobFailed => "job_failed",
             Self::Internal => "internal",
+            Self::QuotaExceeded => "quota_exceeded",
         }
     }
 }

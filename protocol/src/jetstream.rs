@@ -89,6 +89,8 @@ pub struct Resources {
     pub leader: kv::Store,
     /// `mochi_videos`, the MP4 files.
     pub videos: object_store::ObjectStore,
+    /// `mochi_keys`, the API key records (hashes only) and the link-signing key.
+    pub keys: kv::Store,
 }
 
 /// How long start-up keeps trying to open the JetStream resources (JetStream may still be
@@ -195,6 +197,19 @@ async fn try_ensure_resources(
         "mochi_leader",
     )
     .await?;
+    let keys = get_or_create_kv(
+        &context,
+        kv::Config {
+            bucket: names::BUCKET_KEYS.to_owned(),
+            description: "mochi-serve API keys (hashes only) and link-signing keys".to_owned(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        "mochi_keys",
+    )
+    .await?;
     let videos = get_or_create_object_store(
         &context,
         object_store::Config {
@@ -216,6 +231,7 @@ async fn try_ensure_resources(
         nodes,
         leader,
         videos,
+        keys,
     })
 }
 

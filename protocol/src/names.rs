@@ -29,6 +29,9 @@ pub const COST_CORRECTIONS_KEY: &str = "corrections";
 /// KV bucket of queued jobs' positions and predicted start times (JSON `QueueInfo`, keyed
 /// by job id), refreshed by the scheduler as the queue moves.
 pub const BUCKET_QUEUE: &str = "mochi_queue";
+/// KV bucket of API keys (JSON records keyed by `k.<sha256 of the key>`, never the key
+/// itself) and of the gateway's generated link-signing key.
+pub const BUCKET_KEYS: &str = "mochi_keys";
 /// Subjects of per-job progress events: `mochi.events.<job>`.
 pub const SUBJECT_EVENTS_ALL: &str = "mochi.events.>";
 

@@ -1,16 +1,15 @@
 //! `/v1/admin/dead`: dead letters (jobs whose retries ran out, copied to `MOCHI_DLQ` with
-//! their history) and their re-drive. Only with `gateway.admin_token` set, and only for a
-//! request carrying it as `Authorization: Bearer <token>`.
+//! their history) and their re-drive, across tenants; admin credentials only.
 
 use async_nats::jetstream::kv::UpdateErrorKind;
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, header};
 use protocol::api::{JobError, JobView};
 use protocol::record::TransitionError;
 use protocol::{ErrorCode, JobEvent, JobId, JobRecord, JobState, codec, now_ms};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{AUDIT, Action, Caller};
 use crate::error::ApiError;
 use crate::routes::videos::JobPath;
 use crate::state::AppState;
@@ -53,38 +52,13 @@ pub struct DeadList {
     pub dead: Vec<DeadJob>,
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = state.config.admin_token.as_ref().map(|t| t.0.as_str()) else {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "the admin API is disabled; set gateway.admin_token to enable it",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match given {
-        Some(token) if same_bytes(token.as_bytes(), expected.as_bytes()) => Ok(()),
-        _ => Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "send the admin token as `Authorization: Bearer <token>`",
-        )),
-    }
-}
-
-/// Compares without stopping at the first difference (no timing hint about the token).
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// `GET /v1/admin/dead`: the newest dead letters, with each job's state now.
 pub async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<DeadList>, ApiError> {
-    authorize(&state, &headers)?;
+    caller.require(Action::Admin)?;
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_LIST);
     let info = state.resources.dlq.get_info().await.map_err(|error| {
         tracing::warn!(%error, "dead-letter stream unreachable");
@@ -122,10 +96,10 @@ pub async fn list(
 /// (409 when the job is not dead).
 pub async fn redrive(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     JobPath(job_id): JobPath,
 ) -> Result<Json<JobView>, ApiError> {
-    authorize(&state, &headers)?;
+    caller.require(Action::Admin)?;
     let jobs = &state.resources.jobs;
     for _ in 0..MAX_REDRIVE_TRIES {
         let (record, revision) = match jobs.get(job_id).await {
@@ -150,7 +124,7 @@ pub async fn redrive(
             .await
         {
             Ok(_) => {
-                tracing::warn!(%job_id, tenant = %next.tenant, "dead job re-driven by an operator");
+                tracing::warn!(target: AUDIT, event = "job_redriven", %job_id, tenant = %next.tenant, key_id = %caller.id, "dead job re-driven by an admin");
                 return Ok(Json(JobView::from_record(&next)));
             }
             Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => continue,

@@ -10,6 +10,7 @@ use protocol::api::{BackendView, BackendsView};
 use protocol::codec;
 use protocol::messages::NodeHeartbeat;
 
+use crate::auth::{Action, Caller};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -17,7 +18,11 @@ use crate::state::AppState;
 const MAX_NODES: usize = 1024;
 
 /// `GET /v1/backends`.
-pub async fn backends(State(state): State<AppState>) -> Result<Json<BackendsView>, ApiError> {
+pub async fn backends(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Json<BackendsView>, ApiError> {
+    caller.require(Action::Read)?;
     let nodes = &state.resources.nodes;
     let unavailable = |what: &str| {
         ApiError::unavailable(format!(

@@ -1,27 +1,66 @@
 //! `GET /v1/videos/{id}/content`: the MP4 from the object store, whole or one byte range.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use protocol::{ErrorCode, JobState};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
+use serde::Deserialize;
+
+use crate::auth::signing::{LinkError, VARIANT_VIDEO};
+use crate::auth::{AUDIT, Action, Caller};
 use crate::error::ApiError;
-use crate::routes::videos::{JobPath, tenant_record};
+use crate::routes::videos::{JobPath, any_record, tenant_record};
 use crate::state::AppState;
+
+/// The query of a signed link.
+#[derive(Debug, Default, Deserialize)]
+pub struct LinkQuery {
+    /// Expiry, seconds since the epoch.
+    pub exp: Option<String>,
+    /// `<key id>.<hex HMAC>`.
+    pub sig: Option<String>,
+    /// What the link is for (default `video`).
+    pub variant: Option<String>,
+}
 
 /// `GET /v1/videos/{id}/content`: the MP4, with single-range requests so players can seek.
 ///
 /// 409 `not_ready` (naming the state) until the job has succeeded; 409 `conflict` for a job
 /// that ended without a video.
+///
+/// With `sig` in the query it needs no credentials: the link's signature and expiry decide
+/// (403 with a sentence when expired, altered, or its job is gone).
 pub async fn content(
     State(state): State<AppState>,
+    caller: Option<Caller>,
     JobPath(job_id): JobPath,
+    query: Result<Query<LinkQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Some(record) = tenant_record(&state, job_id).await? else {
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::new(
+            ErrorCode::MalformedRequest,
+            format!("the query string cannot be read: {rejection}"),
+        )
+    })?;
+    let record = if query.sig.is_some() {
+        signed_record(&state, job_id, &query).await?
+    } else {
+        let Some(Caller(caller)) = caller else {
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "send an API key as `Authorization: Bearer <key>`, or use the signed link of GET /v1/videos/{id}",
+            ));
+        };
+        caller.require(Action::Read)?;
+        tenant_record(&state, &caller, job_id).await?
+    };
+    let Some(record) = record else {
         return Err(ApiError::job_not_found(job_id));
     };
     let result = match (&record.state, &record.result) {
@@ -158,5 +197,40 @@ mod tests {
             None,
             "start == size"
         );
+    }
+}
+
+/// The record a signed link names, once its signature and expiry hold.
+async fn signed_record(
+    state: &AppState,
+    job_id: protocol::JobId,
+    query: &LinkQuery,
+) -> Result<Option<protocol::JobRecord>, ApiError> {
+    let variant = query.variant.as_deref().unwrap_or(VARIANT_VIDEO);
+    let refuse = |error: LinkError| {
+        tracing::info!(target: AUDIT, event = "signed_link_refused", %job_id, reason = ?error, "signed link refused");
+        ApiError::new(ErrorCode::Forbidden, error.to_string().replace("{id}", &job_id.to_string()))
+    };
+    if variant != VARIANT_VIDEO {
+        return Err(refuse(LinkError::Malformed));
+    }
+    let Some(signer) = state.links.get() else {
+        return Err(ApiError::unavailable("signed links are not loaded yet; retry shortly"));
+    };
+    signer
+        .verify(
+            job_id,
+            variant,
+            query.exp.as_deref(),
+            query.sig.as_deref(),
+            protocol::now_ms() / 1000,
+        )
+        .map_err(refuse)?;
+    match any_record(state, job_id).await? {
+        Some(record) => Ok(Some(record)),
+        None => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("job {job_id} of this download link no longer exists"),
+        )),
     }
 }

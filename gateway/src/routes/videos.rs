@@ -19,6 +19,7 @@ use protocol::messages::{Cancel, SubmitRequest};
 use protocol::record::TransitionError;
 use protocol::{ErrorCode, JobEvent, JobId, JobRecord, codec, names, now_ms};
 
+use crate::auth::{AUDIT, Action, Caller, Principal};
 use crate::error::ApiError;
 use crate::metrics;
 use crate::routes::request::{idempotency_key, json_body, parse_spec};
@@ -50,9 +51,11 @@ impl<S: Send + Sync> FromRequestParts<S> for JobPath {
 /// `POST /v1/videos`: validates the spec, stores it durably in `MOCHI_SUBMIT`, answers 202.
 pub async fn submit(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    caller.require(Action::Submit)?;
     let body = json_body(&headers, body, state.config.max_body_bytes)?;
     let spec = parse_spec(&body)?;
     let shape = spec.validate(&state.config.limits)?;
@@ -62,11 +65,31 @@ pub async fn submit(
         ApiError::new(ErrorCode::JobTooLarge, refusal.message())
     })?;
     let idempotency_key = idempotency_key(&headers)?;
-    let tenant = state.tenant.clone();
+    let tenant = caller.tenant.clone();
     let job_id = match &idempotency_key {
         Some(key) => JobId::derived(tenant.as_str(), key),
         None => JobId::new(),
     };
+    // A repeated key is the same job: it never counts against the quota twice.
+    let repeated = match &idempotency_key {
+        Some(_) => current_view(&state, &caller, job_id).await?,
+        None => None,
+    };
+    if let Some(view) = repeated {
+        return Ok(accepted(view));
+    }
+    let limit = state.config.quota.limit_of(&tenant);
+    let active = state.load.active(&tenant);
+    if active >= limit {
+        metrics::record_quota_exceeded();
+        tracing::info!(%tenant, key_id = %caller.id, active, limit, "quota exceeded");
+        return Err(ApiError::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "tenant {tenant} has {active} queued or running jobs, its limit is {limit}; wait for some to finish or cancel some"
+            ),
+        ));
+    }
     let request = SubmitRequest {
         job_id: Some(job_id),
         spec: spec.clone(),
@@ -102,35 +125,67 @@ pub async fn submit(
             }
         })?;
     metrics::record_submit(started.elapsed(), ack.duplicate);
-    tracing::info!(%job_id, %tenant, duplicate = ack.duplicate, frames = shape.num_frames, steps = shape.steps, "job submitted");
+    if !ack.duplicate {
+        state.load.submitted(job_id, tenant.clone());
+    }
+    tracing::info!(%job_id, %tenant, key_id = %caller.id, duplicate = ack.duplicate, frames = shape.num_frames, steps = shape.steps, "job submitted");
     // A repeated key names the job the first request created: show that job as it is now.
     let existing = if idempotency_key.is_some() {
-        current_view(&state, job_id).await?
+        current_view(&state, &caller, job_id).await?
     } else {
         None
     };
     let view = existing.unwrap_or_else(|| JobView::pending(job_id, spec, &shape, now_ms()));
+    Ok(accepted(view))
+}
+
+/// `202 Accepted` with the job and its status URL in `Location`.
+fn accepted(view: JobView) -> Response {
     let location = view.links.status.clone();
-    Ok((
+    (
         StatusCode::ACCEPTED,
         [(header::LOCATION, location)],
         Json(view),
     )
-        .into_response())
+        .into_response()
 }
 
-/// Reads the tenant's record of `id`; `None` when absent or another tenant's.
+/// Reads the caller's tenant's record of `id`; `None` when absent or another tenant's (that
+/// attempt is audited).
 pub(crate) async fn tenant_record(
+    state: &AppState,
+    caller: &Principal,
+    job_id: JobId,
+) -> Result<Option<JobRecord>, ApiError> {
+    match any_record(state, job_id).await? {
+        Some(record) if record.tenant == caller.tenant => Ok(Some(record)),
+        Some(record) => {
+            tracing::warn!(target: AUDIT, event = "cross_tenant_refused", %job_id, tenant = %caller.tenant, key_id = %caller.id, owner = %record.tenant, "another tenant's job asked for; answered 404");
+            Ok(None)
+        }
+        None => Ok(None),
+    }
+}
+
+/// Reads the record of `id` whoever owns it. A record this build cannot read is an error
+/// for this job alone, logged with its key.
+pub(crate) async fn any_record(
     state: &AppState,
     job_id: JobId,
 ) -> Result<Option<JobRecord>, ApiError> {
     match state.resources.jobs.get(job_id).await {
-        Ok(Some((record, _))) if record.tenant == state.tenant => Ok(Some(record)),
-        Ok(_) => Ok(None),
+        Ok(found) => Ok(found.map(|(record, _)| record)),
         Err(error @ StoreError::Nats { .. }) => {
             tracing::warn!(%job_id, %error, "job store unreachable");
             Err(ApiError::unavailable(
                 "the job store is unreachable; retry shortly",
+            ))
+        }
+        Err(error @ StoreError::Codec { .. }) => {
+            tracing::error!(%job_id, key = %job_id, %error, "unreadable job record");
+            Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("the stored record of job {job_id} cannot be read (damaged, or written by another version); the operators have it in the logs"),
             ))
         }
         Err(error) => Err(ApiError::internal("read job record", &error)),
@@ -141,9 +196,10 @@ pub(crate) async fn tenant_record(
 /// the coordinator's intake), with its time of acceptance in ms.
 async fn submitted(
     state: &AppState,
+    caller: &Principal,
     job_id: JobId,
 ) -> Result<Option<(SubmitRequest, u64)>, ApiError> {
-    let subject = names::submit_job_subject(state.tenant.as_str(), &job_id.to_string());
+    let subject = names::submit_job_subject(caller.tenant.as_str(), &job_id.to_string());
     let message = match state
         .resources
         .submit
@@ -168,27 +224,47 @@ async fn submitted(
 }
 
 /// The job as it is now: its record, else its waiting submission; `None` if neither exists.
-async fn current_view(state: &AppState, job_id: JobId) -> Result<Option<JobView>, ApiError> {
-    if let Some(record) = tenant_record(state, job_id).await? {
-        return Ok(Some(JobView::from_record(&record)));
+async fn current_view(
+    state: &AppState,
+    caller: &Principal,
+    job_id: JobId,
+) -> Result<Option<JobView>, ApiError> {
+    if let Some(record) = tenant_record(state, caller, job_id).await? {
+        return Ok(Some(view_of(state, &record)));
     }
-    if let Some((request, at_ms)) = submitted(state, job_id).await?
+    if let Some((request, at_ms)) = submitted(state, caller, job_id).await?
         && let Ok(shape) = request.spec.validate(&state.config.limits)
     {
         return Ok(Some(JobView::pending(job_id, request.spec, &shape, at_ms)));
     }
     // The intake may have taken it in between the two reads.
-    Ok(tenant_record(state, job_id)
+    Ok(tenant_record(state, caller, job_id)
         .await?
-        .map(|record| JobView::from_record(&record)))
+        .map(|record| view_of(state, &record)))
+}
+
+/// The view of a record, with a signed download link once the video exists.
+fn view_of(state: &AppState, record: &JobRecord) -> JobView {
+    let mut view = JobView::from_record(record);
+    if record.state == protocol::JobState::Succeeded
+        && let Some(signer) = state.links.get()
+        && let Some((link, expires)) =
+            signer.link(record.id, crate::auth::signing::VARIANT_VIDEO, now_ms() / 1000)
+    {
+        view.links.signed_content = Some(link);
+        view.links.signed_content_expires_at = Some(expires);
+    }
+    view
 }
 
 /// `GET /v1/videos/{id}`: the job's status, with its queue position and ETA while queued.
 pub async fn status(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     JobPath(job_id): JobPath,
 ) -> Result<Json<JobView>, ApiError> {
-    let mut view = current_view(&state, job_id)
+    caller.require(Action::Read)?;
+    let mut view = current_view(&state, &caller, job_id)
         .await?
         .ok_or_else(|| ApiError::job_not_found(job_id))?;
     if view.state == protocol::JobState::Queued {
@@ -214,20 +290,22 @@ async fn queue_info(state: &AppState, job_id: JobId) -> Option<protocol::queue::
 /// A job on a node also gets a `Cancel` on the node's subject so it stops at its next step.
 pub async fn cancel(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     JobPath(job_id): JobPath,
 ) -> Result<Json<JobView>, ApiError> {
-    let (before, cancelled) = match cancel_record(&state, job_id).await? {
+    caller.require(Action::Cancel)?;
+    let (before, cancelled) = match cancel_record(&state, &caller, job_id).await? {
         Some(outcome) => outcome,
         None => {
             // Accepted but not taken in yet: write its record ourselves, already cancelled.
             // The intake then finds a record and only acknowledges the submission.
-            let Some((request, at_ms)) = submitted(&state, job_id).await? else {
+            let Some((request, at_ms)) = submitted(&state, &caller, job_id).await? else {
                 return Err(ApiError::job_not_found(job_id));
             };
-            match create_cancelled_record(&state, job_id, request, at_ms).await? {
+            match create_cancelled_record(&state, &caller, job_id, request, at_ms).await? {
                 Some(outcome) => outcome,
                 // The intake got there first: cancel its record.
-                None => cancel_record(&state, job_id)
+                None => cancel_record(&state, &caller, job_id)
                     .await?
                     .ok_or_else(|| ApiError::job_not_found(job_id))?,
             }
@@ -249,7 +327,7 @@ pub async fn cancel(
             Err(error) => tracing::error!(%job_id, %error, "cannot encode a cancel message"),
         }
     }
-    tracing::info!(%job_id, tenant = %state.tenant, from = %before.state, "job cancelled");
+    tracing::info!(%job_id, tenant = %caller.tenant, key_id = %caller.id, from = %before.state, "job cancelled");
     Ok(Json(JobView::from_record(&cancelled)))
 }
 
@@ -257,12 +335,17 @@ pub async fn cancel(
 /// that the lease that was cancelled is known exactly. `None`: no record of this tenant.
 async fn cancel_record(
     state: &AppState,
+    caller: &Principal,
     job_id: JobId,
 ) -> Result<Option<(JobRecord, JobRecord)>, ApiError> {
     let jobs = &state.resources.jobs;
     for _ in 0..MAX_CANCEL_TRIES {
+        // Checks the tenant (and audits a cross-tenant attempt) before reading the revision.
+        if tenant_record(state, caller, job_id).await?.is_none() {
+            return Ok(None);
+        }
         let (before, revision) = match jobs.get(job_id).await {
-            Ok(Some((record, revision))) if record.tenant == state.tenant => (record, revision),
+            Ok(Some((record, revision))) if record.tenant == caller.tenant => (record, revision),
             Ok(_) => return Ok(None),
             Err(error) => return Err(ApiError::internal("read job record", &error)),
         };
@@ -296,6 +379,7 @@ async fn cancel_record(
 /// (create-only: `None` if a record exists by now). Returns the record before and after.
 async fn create_cancelled_record(
     state: &AppState,
+    caller: &Principal,
     job_id: JobId,
     request: SubmitRequest,
     at_ms: u64,
@@ -312,7 +396,7 @@ async fn create_cancelled_record(
         .unwrap_or((bits as u64) ^ ((bits >> 64) as u64));
     let mut queued = JobRecord::queued(
         job_id,
-        state.tenant.clone(),
+        caller.tenant.clone(),
         request.spec,
         shape,
         seed,

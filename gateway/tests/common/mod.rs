@@ -46,6 +46,41 @@ pub async fn start() -> Gateway {
     }
 }
 
+/// The gateway's state with authentication on (the default configuration on a loopback
+/// port), its keys loaded and watches started.
+pub async fn start_with_auth(config: Config) -> Gateway {
+    let (server, client, resources) = nats().await;
+    let config = Config {
+        auth: gateway::auth::AuthConfig::default(),
+        ..config
+    };
+    let state = AppState::new(config, resources.clone(), client, None);
+    state.start().await.unwrap();
+    Gateway {
+        server,
+        resources,
+        state,
+    }
+}
+
+/// Makes a key of `role` for `tenant` and waits until `state` knows it.
+pub async fn key(state: &AppState, tenant: &str, role: gateway::auth::Role) -> String {
+    let created = gateway::auth::keys::KeyStore::new(state.resources.keys.clone())
+        .create(protocol::TenantId::new(tenant).unwrap(), role, "test", None)
+        .await
+        .unwrap();
+    let secret = created.secret;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while state.auth.keys().lookup(&secret).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key watch never delivered the new key"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    secret
+}
+
 /// A healthy, idle slot with all of `memory` free.
 pub fn slot(slot: u32, gpu_class: &str, memory: u64) -> SlotReport {
     SlotReport {

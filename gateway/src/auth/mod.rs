@@ -1,0 +1,403 @@
+//! Who calls, and what they may do: API keys (hashed, in `mochi_keys`), roles, the
+//! middleware that authenticates and rate-limits every API request, tenant quotas and
+//! signed download links. Audit lines (keys made and revoked, admin actions, refused
+//! cross-tenant attempts) go to the log target `mochi::audit`.
+
+pub mod keys;
+pub mod limits;
+pub mod quota;
+pub mod signing;
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use protocol::{ErrorCode, TenantId, now_ms};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::metrics;
+use crate::state::AppState;
+use keys::KeyCache;
+use limits::{Decision, RateClass};
+
+/// Log target of audit events.
+pub const AUDIT: &str = "mochi::audit";
+
+/// What a credential may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Every route: its tenant's jobs, every tenant's admin views, keys, dead letters.
+    Admin,
+    /// Create, read, cancel and download its own tenant's jobs.
+    Submitter,
+    /// Read and download its own tenant's jobs.
+    Viewer,
+}
+
+impl Role {
+    /// The role's name on the wire and in the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Submitter => "submitter",
+            Self::Viewer => "viewer",
+        }
+    }
+
+    /// Whether the role may do `action`.
+    pub fn allows(self, action: Action) -> bool {
+        matches!(
+            (self, action),
+            (Self::Admin, _)
+                | (Self::Submitter, Action::Read | Action::Submit | Action::Cancel)
+                | (Self::Viewer, Action::Read)
+        )
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "admin" => Ok(Self::Admin),
+            "submitter" => Ok(Self::Submitter),
+            "viewer" => Ok(Self::Viewer),
+            other => Err(format!(
+                "unknown role {other:?}: use admin, submitter or viewer"
+            )),
+        }
+    }
+}
+
+/// What a route does, for the role check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Read a job, its video or the fleet.
+    Read,
+    /// Create a job.
+    Submit,
+    /// Cancel a job.
+    Cancel,
+    /// Admin views: keys, dead letters.
+    Admin,
+}
+
+impl Action {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Read => "read jobs",
+            Self::Submit => "create jobs",
+            Self::Cancel => "cancel jobs",
+            Self::Admin => "use the admin API",
+        }
+    }
+}
+
+/// How a caller proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// An API key.
+    ApiKey,
+    /// An OIDC bearer token.
+    Token,
+    /// Nothing: authentication is off (loopback only).
+    Anonymous,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The tenant whose jobs it acts on.
+    pub tenant: TenantId,
+    /// What it may do.
+    pub role: Role,
+    /// Who it is in logs and rate limits: a key id, `oidc:<subject>` or `anonymous`.
+    pub id: String,
+    /// How it authenticated.
+    pub credential: Credential,
+}
+
+impl Principal {
+    /// 403 unless the caller's role allows `action` (refusals are audited).
+    pub fn require(&self, action: Action) -> Result<(), ApiError> {
+        if self.role.allows(action) {
+            return Ok(());
+        }
+        tracing::warn!(target: AUDIT, event = "forbidden", tenant = %self.tenant, key_id = %self.id, role = %self.role, "role refused");
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "a {} credential cannot {}; use a key with a role that can",
+                self.role,
+                action.describe()
+            ),
+        ))
+    }
+}
+
+/// The authenticated caller of a request (401 if the middleware let none through).
+pub struct Caller(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Caller)
+            .ok_or_else(missing_credentials)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<Principal>().cloned().map(Caller))
+    }
+}
+
+/// Authentication settings (`[gateway.auth]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Turns authentication off: every request acts as an admin of `open_tenant`. Refused
+    /// unless the gateway listens on loopback only.
+    pub disabled: bool,
+    /// The tenant of every request while authentication is off.
+    pub open_tenant: String,
+    /// How often each replica writes a key's last-used time at most, seconds.
+    pub key_touch_interval_s: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            disabled: false,
+            open_tenant: "local".to_owned(),
+            key_touch_interval_s: 60,
+        }
+    }
+}
+
+/// Checks credentials.
+#[derive(Clone)]
+pub struct Authenticator {
+    keys: KeyCache,
+    /// The caller of every request while authentication is off.
+    open: Option<Principal>,
+}
+
+impl Authenticator {
+    /// Over `keys`; `config.disabled` lets every request in as an admin of `open_tenant`.
+    pub fn new(config: &AuthConfig, keys: KeyCache) -> Self {
+        let open = config.disabled.then(|| Principal {
+            tenant: TenantId::new(config.open_tenant.as_str())
+                .unwrap_or_else(|_| TenantId::default_tenant()),
+            role: Role::Admin,
+            id: "anonymous".to_owned(),
+            credential: Credential::Anonymous,
+        });
+        Self { keys, open }
+    }
+
+    /// The key cache (started by the server).
+    pub fn keys(&self) -> &KeyCache {
+        &self.keys
+    }
+
+    /// Who sent `headers`: `Authorization: Bearer <API key>`.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        if let Some(open) = &self.open {
+            return Ok(open.clone());
+        }
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(missing_credentials());
+        };
+        let bearer = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|token| !token.is_empty());
+        let Some(token) = bearer else {
+            return Err(unauthorized(
+                "the Authorization header must be `Bearer <API key>`",
+            ));
+        };
+        if token.starts_with(keys::KEY_PREFIX) {
+            let record = self.keys.lookup(token).ok_or_else(|| {
+                unauthorized("this API key is not valid; check that it was copied whole, or ask an admin for a new one")
+            })?;
+            if let Some(refusal) = record.refusal(now_ms()) {
+                return Err(unauthorized(refusal));
+            }
+            self.keys.used(&record);
+            return Ok(Principal {
+                tenant: record.tenant,
+                role: record.role,
+                id: record.id,
+                credential: Credential::ApiKey,
+            });
+        }
+        Err(unauthorized(
+            "the bearer credential is not an API key of this service (they start with mk_live_)",
+        ))
+    }
+}
+
+fn unauthorized(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::Unauthorized, message)
+}
+
+fn missing_credentials() -> ApiError {
+    unauthorized("send an API key as `Authorization: Bearer <key>`; `mochi keys create` makes one")
+}
+
+/// The route of a download by signed link, which needs no credentials.
+const CONTENT_ROUTE: &str = "/v1/videos/{id}/content";
+
+/// Middleware of the API: authenticates the caller (401), applies its rate limit (429 with
+/// `Retry-After`), hands the [`Principal`] to the handler and adds the `RateLimit-*` headers.
+pub async fn middleware(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let signed_link = route.as_deref() == Some(CONTENT_ROUTE)
+        && request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("sig=")));
+    if signed_link {
+        // The handler verifies the signature instead.
+        return next.run(request).await;
+    }
+    let principal = match state.auth.authenticate(request.headers()).await {
+        Ok(principal) => principal,
+        Err(error) => {
+            metrics::record_auth_failure();
+            return error.into_response();
+        }
+    };
+    let class = if request.method() == Method::POST && route.as_deref() == Some("/v1/videos") {
+        RateClass::Create
+    } else {
+        RateClass::Read
+    };
+    // Anonymous callers (authentication off, loopback only) have no key to limit.
+    let decision = (principal.credential != Credential::Anonymous)
+        .then(|| state.limiter.check(&principal.id, class, Instant::now()));
+    if let Some(decision) = decision.filter(|d| !d.allowed) {
+        metrics::record_rate_limited(class);
+        tracing::info!(key_id = %principal.id, tenant = %principal.tenant, ?class, "rate limited");
+        let mut response = ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "this key may make {} {} requests a minute; retry in {} s",
+                decision.limit,
+                match class {
+                    RateClass::Create => "create",
+                    RateClass::Read => "read",
+                },
+                decision.retry_after_s
+            ),
+        )
+        .into_response();
+        rate_headers(response.headers_mut(), &decision);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(decision.retry_after_s));
+        return response;
+    }
+    request.extensions_mut().insert(principal);
+    let mut response = next.run(request).await;
+    if let Some(decision) = decision {
+        rate_headers(response.headers_mut(), &decision);
+    }
+    response
+}
+
+fn rate_headers(headers: &mut HeaderMap, decision: &Decision) {
+    headers.insert("ratelimit-limit", HeaderValue::from(decision.limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
+    headers.insert("ratelimit-reset", HeaderValue::from(decision.reset_s));
+}
+
+/// Parses `--expires-in` style durations: `90s`, `30m`, `12h`, `30d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 12h or 30d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?} is not a duration like 90s, 30m, 12h or 30d")),
+    };
+    number
+        .checked_mul(seconds)
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is not a positive duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_allow_what_the_issue_says() {
+        use Action::*;
+        let table = [
+            (Role::Admin, [true, true, true, true]),
+            (Role::Submitter, [true, true, true, false]),
+            (Role::Viewer, [true, false, false, false]),
+        ];
+        for (role, allowed) in table {
+            for (action, expected) in [Read, Submit, Cancel, Admin].into_iter().zip(allowed) {
+                assert_eq!(role.allows(action), expected, "{role} {action:?}");
+            }
+        }
+        assert_eq!("viewer".parse::<Role>(), Ok(Role::Viewer));
+        assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        for bad in ["", "10", "5w", "0s", "-3h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Per-tenant quota on queued + running jobs. The count comes from a watch of `mochi_jobs`
+//! (every replica sees every record) plus this replica's submissions the intake has not
+//! recorded yet. Replicas check on their own, so N replicas accepting at the same instant
+//! may overshoot by up to N − 1 jobs: the quota is a guard against one tenant filling the
+//! queue, not an exact count.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, Operation};
+use futures::StreamExt;
+use protocol::{JobId, JobRecord, TenantId, codec, now_ms};
+use serde::{Deserialize, Serialize};
+
+/// Quota settings (`[gateway.quota]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// Queued + running jobs a tenant may have at once.
+    pub max_active_jobs: u32,
+    /// Per-tenant overrides of `max_active_jobs`.
+    pub tenants: HashMap<String, u32>,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            max_active_jobs: 1_000,
+            tenants: HashMap::new(),
+        }
+    }
+}
+
+impl QuotaConfig {
+    /// The limit of `tenant`.
+    pub fn limit_of(&self, tenant: &TenantId) -> u32 {
+        self.tenants
+            .get(tenant.as_str())
+            .copied()
+            .unwrap_or(self.max_active_jobs)
+    }
+}
+
+/// How long a submission counts as pending before its record must have appeared.
+const PENDING_FOR_MS: u64 = 60_000;
+/// Wait before watching the bucket again after the watch ended.
+const RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+struct Load {
+    /// Active jobs by id, with their tenant.
+    active: HashMap<JobId, TenantId>,
+    /// Active jobs per tenant.
+    per_tenant: HashMap<TenantId, u32>,
+    /// Accepted here, not yet recorded: id → (tenant, accepted at ms).
+    pending: HashMap<JobId, (TenantId, u64)>,
+}
+
+impl Load {
+    fn record_seen(&mut self, id: JobId, tenant: Option<TenantId>) {
+        self.pending.remove(&id);
+        let before = self.active.remove(&id);
+        if let Some(tenant) = &before
+            && let Some(count) = self.per_tenant.get_mut(tenant)
+        {
+            *count = count.saturating_sub(1);
+        }
+        if let Some(tenant) = tenant {
+            *self.per_tenant.entry(tenant.clone()).or_default() += 1;
+            self.active.insert(id, tenant);
+        }
+    }
+}
+
+/// Each tenant's active jobs, as this replica knows them.
+#[derive(Clone, Default)]
+pub struct TenantLoad {
+    load: Arc<Mutex<Load>>,
+}
+
+impl TenantLoad {
+    /// Empty until [`TenantLoad::watch`] runs.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps the counts current from `jobs` for as long as this value lives.
+    pub fn watch(&self, jobs: kv::Store) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(watch(Arc::downgrade(&self.load), jobs))
+    }
+
+    /// Active jobs of `tenant`, counting this replica's pending submissions.
+    pub fn active(&self, tenant: &TenantId) -> u32 {
+        let mut load = self.load.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        load.pending
+            .retain(|_, (_, at)| now.saturating_sub(*at) < PENDING_FOR_MS);
+        let pending = load.pending.values().filter(|(t, _)| t == tenant).count();
+        load.per_tenant.get(tenant).copied().unwrap_or(0)
+            + u32::try_from(pending).unwrap_or(u32::MAX)
+    }
+
+    /// Counts a submission accepted here until its record appears.
+    pub fn submitted(&self, id: JobId, tenant: TenantId) {
+        let mut load = self.load.lock().unwrap_or_else(|p| p.into_inner());
+        if !load.active.contains_key(&id) {
+            load.pending.insert(id, (tenant, now_ms()));
+        }
+    }
+}
+
+async fn watch(load: Weak<Mutex<Load>>, jobs: kv::Store) {
+    loop {
+        match jobs.watch_with_history(">").await {
+            Ok(mut entries) => {
+                while let Some(entry) = entries.next().await {
+                    let Some(load) = load.upgrade() else { return };
+                    let Ok(entry) = entry else { break };
+                    let Ok(id) = entry.key.parse::<JobId>() else {
+                        continue;
+                    };
+                    let tenant = match entry.operation {
+                        Operation::Put => match codec::decode::<JobRecord>(&entry.value) {
+                            Ok(record) if !record.state.is_terminal() => Some(record.tenant),
+                            Ok(_) => None,
+                            Err(_) => {
+                                tracing::warn!(job_id = %id, "unreadable job record not counted in its tenant's quota");
+                                None
+                            }
+                        },
+                        Operation::Delete | Operation::Purge => None,
+                    };
+                    load.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record_seen(id, tenant);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot watch the job records for quotas; retrying"),
+        }
+        if load.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_follow_records_and_pending_submissions() {
+        let acme = TenantId::new("acme").expect("tenant");
+        let other = TenantId::new("other").expect("tenant");
+        let load = TenantLoad::new();
+        let (a, b) = (JobId::new(), JobId::new());
+        load.submitted(a, acme.clone());
+        assert_eq!(load.active(&acme), 1);
+        {
+            let mut inner = load.load.lock().expect("lock");
+            inner.record_seen(a, Some(acme.clone()));
+            inner.record_seen(b, Some(other.clone()));
+            inner.record_seen(a, Some(acme.clone()));
+        }
+        assert_eq!((load.active(&acme), load.active(&other)), (1, 1));
+        load.load.lock().expect("lock").record_seen(a, None);
+        assert_eq!(load.active(&acme), 0);
+    }
+
+    #[test]
+    fn overrides_win() {
+        let config = QuotaConfig {
+            max_active_jobs: 5,
+            tenants: HashMap::from([("vip".to_owned(), 50)]),
+        };
+        assert_eq!(config.limit_of(&TenantId::new("vip").expect("t")), 50);
+        assert_eq!(config.limit_of(&TenantId::new("x").expect("t")), 5);
+    }
+}
