@@ -50,7 +50,7 @@ url="$(head -n1 out/up.url)"
 echo "demo: stack up at $url" >&2
 
 output="$PWD/out/demo.mp4"
-"$mochi" generate "$prompt" --server "$url" -o "$output" "$@"
+"$mochi" generate "$prompt" --server "$url" --data-dir "$data_dir" -o "$output" "$@"
 stop_stack
 trap - EXIT
 

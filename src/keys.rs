@@ -113,7 +113,10 @@ pub async fn run(command: KeysCommand, file: Option<&Path>) -> Result<()> {
         }
         KeysCommand::Revoke(args) => {
             let record = store(&args.common, file).await?.revoke(&args.id).await?;
-            println!("revoked {} (tenant {}, role {})", record.id, record.tenant, record.role);
+            println!(
+                "revoked {} (tenant {}, role {})",
+                record.id, record.tenant, record.role
+            );
         }
     }
     Ok(())

@@ -66,8 +66,11 @@ fn up_generate_and_sigint_leave_an_mp4_and_no_nats_server() {
             "--steps",
             "4",
         ])
-        .args(["--server", &url, "-o"])
+        .args(["--server", &url, "--data-dir"])
+        .arg(&data_dir)
+        .arg("-o")
         .arg(&output)
+        .env_remove("MOCHI_API_KEY")
         .output()
         .unwrap();
     assert!(
@@ -94,11 +97,40 @@ fn up_generate_and_sigint_leave_an_mp4_and_no_nats_server() {
     let model_dir = data_dir.join("models/mochi-tiny");
     assert!(gpu_node::model_dir::check::check(&model_dir).is_ok());
 
+    // The first start wrote an admin key only its owner can read; without it the API
+    // answers 401 with a sentence that says what to send.
+    let key_file = data_dir.join("api-key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "api-key file mode {mode:o}");
+    assert!(
+        std::fs::read_to_string(&key_file)
+            .unwrap()
+            .starts_with("mk_live_")
+    );
+    let anonymous = Command::new(binary)
+        .args(["generate", "x", "--server", &url, "--data-dir"])
+        .arg(work.path().join("elsewhere"))
+        .env_remove("MOCHI_API_KEY")
+        .output()
+        .unwrap();
+    assert!(!anonymous.status.success());
+    let stderr = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(
+        stderr.contains("401") && stderr.contains("Authorization: Bearer"),
+        "{stderr}"
+    );
+
     // A bad request is refused with a clear error, and the CLI says which field.
     let bad = Command::new(binary)
         .args([
             "generate", "x", "--width", "850", "--height", "480", "--server", &url,
         ])
+        .env(
+            "MOCHI_API_KEY",
+            std::fs::read_to_string(&key_file).unwrap().trim(),
+        )
         .output()
         .unwrap();
     assert!(!bad.status.success());

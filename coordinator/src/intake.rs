@@ -286,7 +286,10 @@ mod tests {
         );
         // A random id it picked is kept.
         let random = JobId::new();
-        assert_eq!(job_id_for(&evil, &request(Some(random), None), None, 1), random);
+        assert_eq!(
+            job_id_for(&evil, &request(Some(random), None), None, 1),
+            random
+        );
     }
 
     #[test]

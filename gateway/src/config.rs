@@ -156,7 +156,8 @@ impl Config {
             || self.connections.idle_timeout_ms == 0
         {
             return Err(Error::Config(
-                "links.ttl_s, rate_limit.*_per_minute and connections.* must be positive".to_owned(),
+                "links.ttl_s, rate_limit.*_per_minute and connections.* must be positive"
+                    .to_owned(),
             ));
         }
         if self.max_body_bytes < 1024

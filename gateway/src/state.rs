@@ -6,11 +6,11 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use protocol::jetstream::Resources;
 
+use crate::auth::Authenticator;
 use crate::auth::keys::KeyCache;
 use crate::auth::limits::RateLimiter;
 use crate::auth::quota::TenantLoad;
 use crate::auth::signing::LinkSigner;
-use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::fleet::Fleet;
 

@@ -374,7 +374,9 @@ async fn watch(records: Weak<RwLock<HashMap<String, (ApiKeyRecord, u64)>>>, kv: 
                         Ok(record) if record.hash == hash => {
                             apply(&records, record, entry.revision);
                         }
-                        _ => tracing::warn!(entry = %entry.key, "unreadable API key record skipped"),
+                        _ => {
+                            tracing::warn!(entry = %entry.key, "unreadable API key record skipped")
+                        }
                     }
                 }
             }

@@ -91,12 +91,10 @@ impl RateLimiter {
                 bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate < capacity
             });
         }
-        let bucket = buckets
-            .entry((caller.to_owned(), class))
-            .or_insert(Bucket {
-                tokens: capacity,
-                at: now,
-            });
+        let bucket = buckets.entry((caller.to_owned(), class)).or_insert(Bucket {
+            tokens: capacity,
+            at: now,
+        });
         let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate).min(capacity);
         bucket.at = now;

@@ -55,7 +55,10 @@ impl Role {
         matches!(
             (self, action),
             (Self::Admin, _)
-                | (Self::Submitter, Action::Read | Action::Submit | Action::Cancel)
+                | (
+                    Self::Submitter,
+                    Action::Read | Action::Submit | Action::Cancel
+                )
                 | (Self::Viewer, Action::Read)
         )
     }
@@ -328,9 +331,10 @@ pub async fn middleware(
         )
         .into_response();
         rate_headers(response.headers_mut(), &decision);
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(decision.retry_after_s));
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(decision.retry_after_s),
+        );
         return response;
     }
     request.extensions_mut().insert(principal);
@@ -362,7 +366,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => 60,
         "h" => 3_600,
         "d" => 86_400,
-        _ => return Err(format!("{text:?} is not a duration like 90s, 30m, 12h or 30d")),
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration like 90s, 30m, 12h or 30d"
+            ));
+        }
     };
     number
         .checked_mul(seconds)

@@ -136,7 +136,9 @@ async fn watch(load: Weak<Mutex<Load>>, jobs: kv::Store) {
                         .record_seen(id, tenant);
                 }
             }
-            Err(error) => tracing::warn!(%error, "cannot watch the job records for quotas; retrying"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch the job records for quotas; retrying")
+            }
         }
         if load.strong_count() == 0 {
             return;

@@ -63,7 +63,9 @@ pub enum LinkError {
     #[error("the download link expired; get a fresh one from GET /v1/videos/{{id}}")]
     Expired,
     /// The signature does not match (altered link, or a key no longer configured).
-    #[error("the download link's signature does not match; use the link exactly as GET /v1/videos/{{id}} gave it")]
+    #[error(
+        "the download link's signature does not match; use the link exactly as GET /v1/videos/{{id}} gave it"
+    )]
     BadSignature,
 }
 
@@ -77,9 +79,7 @@ pub struct LinkSigner {
 impl std::fmt::Debug for LinkSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ids: Vec<&str> = self.keys.iter().map(|(id, _)| id.as_str()).collect();
-        f.debug_struct("LinkSigner")
-            .field("key_ids", &ids)
-            .finish()
+        f.debug_struct("LinkSigner").field("key_ids", &ids).finish()
     }
 }
 
@@ -109,7 +109,10 @@ impl LinkSigner {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 let fresh = StoredKey {
-                    id: format!("auto-{}", super::keys::random_base62(6).map_err(|e| e.to_string())?),
+                    id: format!(
+                        "auto-{}",
+                        super::keys::random_base62(6).map_err(|e| e.to_string())?
+                    ),
                     secret_hex: super::keys::random_base62(64).map_err(|e| e.to_string())?,
                 };
                 let bytes = serde_json::to_vec(&fresh).map_err(|e| e.to_string())?;
@@ -238,8 +241,17 @@ mod tests {
             signer.verify(job, "thumbnail", Some("1000"), Some(&sig), 999),
             Err(LinkError::BadSignature)
         );
-        for (exp, sig) in [("x", sig.as_str()), ("1000", "k1"), ("1000", "k1.zz"), ("1000", "")] {
-            assert_eq!(verify(exp, sig, 999), Err(LinkError::Malformed), "{exp} {sig}");
+        for (exp, sig) in [
+            ("x", sig.as_str()),
+            ("1000", "k1"),
+            ("1000", "k1.zz"),
+            ("1000", ""),
+        ] {
+            assert_eq!(
+                verify(exp, sig, 999),
+                Err(LinkError::Malformed),
+                "{exp} {sig}"
+            );
         }
     }
 
@@ -257,7 +269,11 @@ mod tests {
             both.verify(job, VARIANT_VIDEO, Some("50"), Some(&old_sig), 1),
             Ok(())
         );
-        assert!(both.sign(job, VARIANT_VIDEO, 50).expect("sig").starts_with("k2."));
+        assert!(
+            both.sign(job, VARIANT_VIDEO, 50)
+                .expect("sig")
+                .starts_with("k2.")
+        );
         assert_eq!(
             new.verify(job, VARIANT_VIDEO, Some("50"), Some(&old_sig), 1),
             Err(LinkError::BadSignature)

@@ -209,13 +209,18 @@ async fn signed_record(
     let variant = query.variant.as_deref().unwrap_or(VARIANT_VIDEO);
     let refuse = |error: LinkError| {
         tracing::info!(target: AUDIT, event = "signed_link_refused", %job_id, reason = ?error, "signed link refused");
-        ApiError::new(ErrorCode::Forbidden, error.to_string().replace("{id}", &job_id.to_string()))
+        ApiError::new(
+            ErrorCode::Forbidden,
+            error.to_string().replace("{id}", &job_id.to_string()),
+        )
     };
     if variant != VARIANT_VIDEO {
         return Err(refuse(LinkError::Malformed));
     }
     let Some(signer) = state.links.get() else {
-        return Err(ApiError::unavailable("signed links are not loaded yet; retry shortly"));
+        return Err(ApiError::unavailable(
+            "signed links are not loaded yet; retry shortly",
+        ));
     };
     signer
         .verify(

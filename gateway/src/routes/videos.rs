@@ -185,7 +185,9 @@ pub(crate) async fn any_record(
             tracing::error!(%job_id, key = %job_id, %error, "unreadable job record");
             Err(ApiError::new(
                 ErrorCode::Internal,
-                format!("the stored record of job {job_id} cannot be read (damaged, or written by another version); the operators have it in the logs"),
+                format!(
+                    "the stored record of job {job_id} cannot be read (damaged, or written by another version); the operators have it in the logs"
+                ),
             ))
         }
         Err(error) => Err(ApiError::internal("read job record", &error)),
@@ -248,8 +250,11 @@ fn view_of(state: &AppState, record: &JobRecord) -> JobView {
     let mut view = JobView::from_record(record);
     if record.state == protocol::JobState::Succeeded
         && let Some(signer) = state.links.get()
-        && let Some((link, expires)) =
-            signer.link(record.id, crate::auth::signing::VARIANT_VIDEO, now_ms() / 1000)
+        && let Some((link, expires)) = signer.link(
+            record.id,
+            crate::auth::signing::VARIANT_VIDEO,
+            now_ms() / 1000,
+        )
     {
         view.links.signed_content = Some(link);
         view.links.signed_content_expires_at = Some(expires);

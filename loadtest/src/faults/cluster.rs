@@ -164,7 +164,10 @@ impl Cluster {
                         "MOCHI_GATEWAY__LISTEN_ADDR",
                         format!("127.0.0.1:{}", self.gateway_port),
                     )
-                    .env("MOCHI_GATEWAY__PUBLISH_TIMEOUT_MS", "2000");
+                    .env("MOCHI_GATEWAY__PUBLISH_TIMEOUT_MS", "2000")
+                    // The harness tests faults, not credentials: its loopback gateway runs
+                    // open (allowed on loopback only), as one tenant.
+                    .env("MOCHI_GATEWAY__AUTH__DISABLED", "true");
             }
             Proc::Coordinator(i) => {
                 command
