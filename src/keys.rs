@@ -93,8 +93,8 @@ pub async fn run(command: KeysCommand, file: Option<&Path>) -> Result<()> {
         KeysCommand::List(common) => {
             let keys = store(&common, file).await?.list().await?;
             println!(
-                "{:<22} {:<14} {:<16} {:<10} {:<8} {}",
-                "ID", "SHOWN", "TENANT", "ROLE", "STATE", "NAME"
+                "{:<22} {:<14} {:<16} {:<10} {:<8} NAME",
+                "ID", "SHOWN", "TENANT", "ROLE", "STATE"
             );
             let now = protocol::now_ms();
             for key in keys {

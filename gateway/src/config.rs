@@ -133,6 +133,10 @@ impl Config {
                 self.auth.open_tenant
             )));
         }
+        if let Some(oidc) = &self.auth.oidc {
+            oidc.validate()
+                .map_err(|e| Error::Config(format!("auth.oidc: {e}")))?;
+        }
         for tenant in self.quota.tenants.keys() {
             if protocol::TenantId::new(tenant.as_str()).is_err() {
                 return Err(Error::Config(format!(
@@ -147,6 +151,12 @@ impl Config {
                     key.id
                 )));
             }
+        }
+        if self.connections.idle_timeout_ms <= self.request_timeout_ms {
+            return Err(Error::Config(format!(
+                "connections.idle_timeout_ms ({}) must be longer than request_timeout_ms ({}), or requests still working would be cut off",
+                self.connections.idle_timeout_ms, self.request_timeout_ms
+            )));
         }
         if self.links.ttl_s == 0
             || self.rate_limit.creates_per_minute == 0

@@ -67,6 +67,7 @@ impl AppState {
     /// Loads the API keys and the link-signing key, and starts the watches that keep keys,
     /// tenant loads and the fleet current for as long as this state lives.
     pub async fn start(&self) -> crate::Result<()> {
+        self.auth.start_oidc().map_err(crate::Error::Start)?;
         drop(self.fleet.watch(self.resources.nodes.clone()));
         drop(self.load.watch(self.resources.jobs.kv.clone()));
         let watch = self

@@ -5,10 +5,12 @@
 
 pub mod keys;
 pub mod limits;
+pub mod oidc;
 pub mod quota;
 pub mod signing;
 
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
@@ -189,6 +191,8 @@ pub struct AuthConfig {
     pub open_tenant: String,
     /// How often each replica writes a key's last-used time at most, seconds.
     pub key_touch_interval_s: u64,
+    /// OIDC bearer tokens, verified against the issuer's JWKS (absent: API keys only).
+    pub oidc: Option<oidc::OidcConfig>,
 }
 
 impl Default for AuthConfig {
@@ -197,6 +201,7 @@ impl Default for AuthConfig {
             disabled: false,
             open_tenant: "local".to_owned(),
             key_touch_interval_s: 60,
+            oidc: None,
         }
     }
 }
@@ -207,6 +212,10 @@ pub struct Authenticator {
     keys: KeyCache,
     /// The caller of every request while authentication is off.
     open: Option<Principal>,
+    /// The OIDC settings, when tokens are accepted.
+    oidc_config: Option<oidc::OidcConfig>,
+    /// The token verifier, made by [`Authenticator::start`].
+    oidc: Arc<OnceLock<oidc::OidcVerifier>>,
 }
 
 impl Authenticator {
@@ -219,7 +228,24 @@ impl Authenticator {
             id: "anonymous".to_owned(),
             credential: Credential::Anonymous,
         });
-        Self { keys, open }
+        Self {
+            keys,
+            open,
+            oidc_config: config.oidc.clone(),
+            oidc: Arc::default(),
+        }
+    }
+
+    /// Makes the OIDC verifier, if tokens are configured (fails when, say, an https JWKS
+    /// URL has no CA certificates to check it with).
+    pub fn start_oidc(&self) -> Result<(), String> {
+        if let Some(config) = &self.oidc_config
+            && self.oidc.get().is_none()
+        {
+            let verifier = oidc::OidcVerifier::new(config.clone())?;
+            let _ = self.oidc.set(verifier);
+        }
+        Ok(())
     }
 
     /// The key cache (started by the server).
@@ -262,9 +288,42 @@ impl Authenticator {
                 credential: Credential::ApiKey,
             });
         }
-        Err(unauthorized(
-            "the bearer credential is not an API key of this service (they start with mk_live_)",
-        ))
+        let Some(config) = &self.oidc_config else {
+            return Err(unauthorized(
+                "the bearer credential is not an API key of this service (they start with mk_live_)",
+            ));
+        };
+        let Some(verifier) = self.oidc.get() else {
+            return Err(ApiError::unavailable(
+                "token verification is starting; retry shortly",
+            ));
+        };
+        let claims = verifier.verify(token).await.map_err(|error| {
+            if error.is_unavailable() {
+                tracing::warn!(%error, "OIDC keys unavailable");
+                ApiError::unavailable(error.to_string())
+            } else {
+                unauthorized(error.to_string())
+            }
+        })?;
+        let tenant = TenantId::new(claims.tenant.as_str()).map_err(|_| {
+            unauthorized(format!(
+                "the token's {} claim is not a tenant name (1 to 64 letters, digits, '-' or '_')",
+                config.tenant_claim
+            ))
+        })?;
+        let role: Role = claims.role.parse().map_err(|_| {
+            unauthorized(format!(
+                "the token's {} claim is not a role: use admin, submitter or viewer",
+                config.role_claim
+            ))
+        })?;
+        Ok(Principal {
+            tenant,
+            role,
+            id: format!("oidc:{}", claims.subject),
+            credential: Credential::Token,
+        })
     }
 }
 

@@ -168,38 +168,6 @@ fn parse_range(value: &str, size: u64) -> Option<(u64, u64)> {
     (start <= end && start < size).then_some((start, end))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_are_parsed_and_clamped() {
-        assert_eq!(parse_range("bytes=0-99", 1000), Some((0, 99)));
-        assert_eq!(parse_range("bytes=900-", 1000), Some((900, 999)));
-        assert_eq!(parse_range("bytes=-100", 1000), Some((900, 999)));
-        assert_eq!(parse_range("bytes=-5000", 1000), Some((0, 999)));
-        assert_eq!(parse_range("bytes=990-2000", 1000), Some((990, 999)));
-        assert_eq!(parse_range("bytes=999-999", 1000), Some((999, 999)));
-    }
-
-    #[test]
-    fn unsatisfiable_or_unsupported_ranges_are_refused() {
-        assert_eq!(parse_range("bytes=1000-", 1000), None);
-        assert_eq!(parse_range("bytes=5-2", 1000), None);
-        assert_eq!(parse_range("bytes=-0", 1000), None);
-        assert_eq!(parse_range("bytes=0-1,5-6", 1000), None);
-        assert_eq!(parse_range("items=0-1", 1000), None);
-        assert_eq!(parse_range("bytes=a-b", 1000), None);
-        assert_eq!(parse_range("bytes=-", 1000), None);
-        assert_eq!(parse_range("bytes=0-", 0), None);
-        assert_eq!(
-            parse_range("bytes=18446744073709551615-", u64::MAX),
-            None,
-            "start == size"
-        );
-    }
-}
-
 /// The record a signed link names, once its signature and expiry hold.
 async fn signed_record(
     state: &AppState,
@@ -237,5 +205,37 @@ async fn signed_record(
             ErrorCode::Forbidden,
             format!("job {job_id} of this download link no longer exists"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_parsed_and_clamped() {
+        assert_eq!(parse_range("bytes=0-99", 1000), Some((0, 99)));
+        assert_eq!(parse_range("bytes=900-", 1000), Some((900, 999)));
+        assert_eq!(parse_range("bytes=-100", 1000), Some((900, 999)));
+        assert_eq!(parse_range("bytes=-5000", 1000), Some((0, 999)));
+        assert_eq!(parse_range("bytes=990-2000", 1000), Some((990, 999)));
+        assert_eq!(parse_range("bytes=999-999", 1000), Some((999, 999)));
+    }
+
+    #[test]
+    fn unsatisfiable_or_unsupported_ranges_are_refused() {
+        assert_eq!(parse_range("bytes=1000-", 1000), None);
+        assert_eq!(parse_range("bytes=5-2", 1000), None);
+        assert_eq!(parse_range("bytes=-0", 1000), None);
+        assert_eq!(parse_range("bytes=0-1,5-6", 1000), None);
+        assert_eq!(parse_range("items=0-1", 1000), None);
+        assert_eq!(parse_range("bytes=a-b", 1000), None);
+        assert_eq!(parse_range("bytes=-", 1000), None);
+        assert_eq!(parse_range("bytes=0-", 0), None);
+        assert_eq!(
+            parse_range("bytes=18446744073709551615-", u64::MAX),
+            None,
+            "start == size"
+        );
     }
 }

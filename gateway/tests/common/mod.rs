@@ -50,10 +50,8 @@ pub async fn start() -> Gateway {
 /// port), its keys loaded and watches started.
 pub async fn start_with_auth(config: Config) -> Gateway {
     let (server, client, resources) = nats().await;
-    let config = Config {
-        auth: gateway::auth::AuthConfig::default(),
-        ..config
-    };
+    let mut config = config;
+    config.auth.disabled = false;
     let state = AppState::new(config, resources.clone(), client, None);
     state.start().await.unwrap();
     Gateway {
