@@ -31,6 +31,8 @@ pub const COST_CORRECTIONS_KEY: &str = "corrections";
 pub const BUCKET_QUEUE: &str = "mochi_queue";
 /// Subjects of per-job progress events: `mochi.events.<job>`.
 pub const SUBJECT_EVENTS_ALL: &str = "mochi.events.>";
+/// KV bucket of API key records (keyed by key id); only the gateway and operators read it.
+pub const BUCKET_KEYS: &str = "mochi_keys";
 
 /// The subject internal services publish a tenant's submissions on.
 pub fn submit_subject(tenant: &str) -> String {
@@ -73,6 +75,23 @@ pub fn node_preempt_subject(node_id: &str) -> String {
 /// The subject a job's progress events are published on.
 pub fn events_subject(job_id: &str) -> String {
     format!("mochi.events.{job_id}")
+}
+
+/// The JetStream stream behind KV bucket `bucket` (`KV_<bucket>`).
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// The JetStream stream behind object store `bucket` (`OBJ_<bucket>`).
+pub fn object_stream(bucket: &str) -> String {
+    format!("OBJ_{bucket}")
+}
+
+/// The inbox prefix of a client logged in as NATS user `user` (`_INBOX_<user>`): replies to
+/// its requests and its consumers' deliveries arrive under it, and only that user may
+/// subscribe there, so no other credential can read them.
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{user}")
 }
 
 /// Whether `token` may be used as one NATS subject token and KV key (tenant, node id).
