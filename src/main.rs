@@ -4,6 +4,7 @@
 mod generate;
 mod model;
 mod nats_server;
+mod nats_users;
 mod roles;
 mod telemetry;
 mod up;
@@ -44,6 +45,9 @@ enum Command {
     /// Model directories: check one, or write the embedded tiny model.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// NATS users: the server's authorization block, passwords, creating the resources.
+    #[command(subcommand)]
+    Nats(nats_users::NatsCommand),
 }
 
 fn main() -> ExitCode {
@@ -52,7 +56,9 @@ fn main() -> ExitCode {
         Command::Gateway(_) | Command::Coordinator(_) | Command::GpuNode(_) => {
             telemetry::LogFormat::Json
         }
-        Command::Up(_) | Command::Generate(_) | Command::Model(_) => telemetry::LogFormat::Text,
+        Command::Up(_) | Command::Generate(_) | Command::Model(_) | Command::Nats(_) => {
+            telemetry::LogFormat::Text
+        }
     };
     telemetry::init_logging(cli.log_format.unwrap_or(default_format));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -76,6 +82,7 @@ fn main() -> ExitCode {
                 println!("{}", path.display());
             }),
             Command::Model(command) => model::run(command),
+            Command::Nats(command) => nats_users::run(command, config).await,
         }
     });
     match outcome {
