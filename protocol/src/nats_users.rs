@@ -116,12 +116,12 @@ pub fn authorization_block() -> String {
         let _ = writeln!(
             text,
             "        publish: {{ allow: {} }}",
-            quoted_list(&permissions.publish)
+            subject_list(&permissions.publish)
         );
         let _ = writeln!(
             text,
             "        subscribe: {{ allow: {} }}",
-            quoted_list(&permissions.subscribe)
+            subject_list(&permissions.subscribe)
         );
         if permissions.allow_responses {
             text.push_str("        allow_responses: true\n");
@@ -143,9 +143,14 @@ pub fn is_valid_password(password: &str) -> bool {
             .is_some_and(|b| b.is_ascii_alphabetic())
 }
 
-fn quoted_list(subjects: &[String]) -> String {
-    let quoted: Vec<String> = subjects.iter().map(|s| format!("\"{s}\"")).collect();
-    format!("[{}]", quoted.join(", "))
+/// A configuration array, one quoted subject per line (reviewable in a diff).
+fn subject_list(subjects: &[String]) -> String {
+    let mut list = String::from("[\n");
+    for subject in subjects {
+        let _ = writeln!(list, "          \"{subject}\"");
+    }
+    list.push_str("        ]");
+    list
 }
 
 /// Builds a user's permission lists from what its role does.
