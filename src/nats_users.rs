@@ -194,13 +194,13 @@ pub fn passwords_path(run_dir: &Path) -> PathBuf {
 fn restrict_mode(path: &Path) -> Result<()> {
     let metadata =
         std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+    if !metadata.is_file() {
+        bail!("{} is not a file", path.display());
+    }
     if metadata.permissions().mode() & 0o077 != 0 {
         tracing::warn!(path = %path.display(), "NATS passwords file was readable by others; setting mode 0600");
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("cannot chmod {}", path.display()))?;
-    }
-    if !metadata.is_file() {
-        bail!("{} is not a file", path.display());
     }
     Ok(())
 }
