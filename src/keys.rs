@@ -125,7 +125,11 @@ pub async fn run(command: KeysCommand, file: Option<&Path>) -> Result<()> {
 async fn store(common: &CommonArgs, file: Option<&Path>) -> Result<KeyStore> {
     let nats = nats_config(common, file)?;
     let (_client, resources) = roles::connect(&nats, "keys").await?;
-    Ok(KeyStore::new(resources.keys))
+    let keys = match resources.keys {
+        Some(keys) => keys,
+        None => protocol::jetstream::open_keys(&resources.context).await?,
+    };
+    Ok(KeyStore::new(keys))
 }
 
 /// The configured NATS; without a configured URL, the embedded server of `mochi up`.
@@ -137,6 +141,12 @@ fn nats_config(common: &CommonArgs, file: Option<&Path>) -> Result<NatsConfig> {
         && let Ok(url) = std::fs::read_to_string(crate::up::nats_url_file(&common.data_dir))
     {
         config.url = url.trim().to_owned();
+        // The embedded server takes the admin user, whose password `mochi up` keeps here.
+        let run_dir = common.data_dir.join("nats");
+        if crate::nats_users::passwords_path(&run_dir).exists() {
+            let passwords = crate::nats_users::Passwords::load_or_create(&run_dir)?;
+            config = passwords.login(&config, protocol::nats_users::NatsUser::Admin)?;
+        }
     }
     config.connect_timeout_s = config.connect_timeout_s.min(10);
     Ok(config)

@@ -5,6 +5,7 @@ mod generate;
 mod keys;
 mod model;
 mod nats_server;
+mod nats_users;
 mod roles;
 mod telemetry;
 mod up;
@@ -48,6 +49,9 @@ enum Command {
     /// Model directories: check one, or write the embedded tiny model.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// NATS users: the server's authorization block, passwords, creating the resources.
+    #[command(subcommand)]
+    Nats(nats_users::NatsCommand),
 }
 
 fn main() -> ExitCode {
@@ -56,9 +60,11 @@ fn main() -> ExitCode {
         Command::Gateway(_) | Command::Coordinator(_) | Command::GpuNode(_) => {
             telemetry::LogFormat::Json
         }
-        Command::Up(_) | Command::Generate(_) | Command::Model(_) | Command::Keys(_) => {
-            telemetry::LogFormat::Text
-        }
+        Command::Up(_)
+        | Command::Generate(_)
+        | Command::Model(_)
+        | Command::Keys(_)
+        | Command::Nats(_) => telemetry::LogFormat::Text,
     };
     telemetry::init_logging(cli.log_format.unwrap_or(default_format));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -83,6 +89,7 @@ fn main() -> ExitCode {
             }),
             Command::Model(command) => model::run(command),
             Command::Keys(command) => keys::run(command, config).await,
+            Command::Nats(command) => nats_users::run(command, config).await,
         }
     });
     match outcome {

@@ -1,7 +1,9 @@
 //! The embedded `nats-server` that `mochi up` runs as a child process.
 //!
 //! The child gets its own config file (JetStream under the data directory, every write
-//! synced to disk), binds loopback on a free port and reports it through a ports file.
+//! synced to disk, the `authorization` block of [`protocol::nats_users`] with the passwords
+//! passed in its environment, so the file holds no secret), binds loopback on a free port
+//! and reports it through a ports file.
 //! On Linux the child is told to die with its parent (`PR_SET_PDEATHSIG`), so even a
 //! `kill -9` of `mochi` leaves no server behind; a normal stop sends SIGTERM and waits.
 
@@ -51,19 +53,34 @@ pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf> {
     )
 }
 
+/// The directory of the server's config, ports file, log and passwords, created if missing.
+pub fn run_dir(data_dir: &Path) -> Result<PathBuf> {
+    let run_dir = data_dir.join("nats");
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    Ok(run_dir)
+}
+
 impl EmbeddedNats {
     /// Starts the server with its store under `data_dir` and waits until it listens.
-    pub async fn start(binary: &Path, data_dir: &Path, port: Option<u16>) -> Result<Self> {
-        let run_dir = data_dir.join("nats");
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    /// `authorization` is appended to the config file; `env` (the passwords it refers to) is
+    /// passed to the child only.
+    pub async fn start(
+        binary: &Path,
+        data_dir: &Path,
+        port: Option<u16>,
+        authorization: &str,
+        env: &[(String, String)],
+    ) -> Result<Self> {
+        let run_dir = run_dir(data_dir)?;
         let store_dir = data_dir.join("jetstream");
         let listen_port = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let config = format!(
             "# Written by `mochi up` at every start; edit flags instead.\n\
              listen: \"127.0.0.1:{listen_port}\"\n\
              server_name: mochi-embedded\n\
-             jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n",
+             jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n\
+             {authorization}",
             store = store_dir.display().to_string(),
         );
         let config_path = run_dir.join("nats.conf");
@@ -81,6 +98,7 @@ impl EmbeddedNats {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .envs(env.iter().map(|(key, value)| (key, value)))
             .kill_on_drop(true);
         die_with_parent(&mut command);
         let mut child = command

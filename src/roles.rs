@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use futures::future::BoxFuture;
 use protocol::config::NatsConfig;
 use protocol::jetstream::{self, Resources};
+use protocol::nats_users::NatsUser;
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry;
@@ -104,12 +105,23 @@ pub fn env_map() -> HashMap<String, String> {
     std::env::vars().collect()
 }
 
-/// Connects to NATS and opens (or creates) every JetStream resource.
+/// Connects to NATS and opens every JetStream resource. An anonymous client (development)
+/// also creates what is missing; a named user (production, `mochi up`) only opens them, as
+/// its permissions allow: the `admin` user creates them (`mochi nats setup`). The `admin`
+/// user itself creates what is missing.
 pub async fn connect(nats: &NatsConfig, role: &str) -> Result<(async_nats::Client, Resources)> {
     let client = jetstream::connect(nats, &format!("mochi-{role}"))
         .await
         .with_context(|| format!("the {role} needs NATS at {}", nats.url))?;
-    let resources = jetstream::ensure_resources(client.clone(), &nats.jetstream).await?;
+    let creates = match nats.user.as_deref() {
+        None => nats.credentials_file.is_none(),
+        Some(user) => user == NatsUser::Admin.name(),
+    };
+    let resources = if creates {
+        jetstream::ensure_resources(client.clone(), &nats.jetstream).await?
+    } else {
+        jetstream::open_resources(client.clone()).await?
+    };
     Ok((client, resources))
 }
 

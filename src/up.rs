@@ -1,13 +1,19 @@
 //! `mochi up`: the whole service on one machine — an embedded `nats-server` child, the
 //! coordinator, one GPU node and the gateway in this process.
+//!
+//! The server refuses anonymous clients: `mochi up` generates one password per NATS user
+//! on first start (`DATA_DIR/nats/users.json`, mode 0600, reused later), creates the
+//! JetStream resources as `admin`, and connects each role with its own restricted user.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use protocol::nats_users::NatsUser;
 
 use crate::nats_server::{self, EmbeddedNats};
+use crate::nats_users::Passwords;
 use crate::roles;
 use crate::telemetry;
 
@@ -47,13 +53,28 @@ pub struct UpArgs {
 pub async fn run(args: UpArgs, file: Option<&Path>) -> Result<()> {
     let binary = nats_server::find_binary(args.nats_server.as_deref())?;
     let (shutdown, _signals) = telemetry::shutdown_on_signal();
-    let nats = EmbeddedNats::start(&binary, &args.data_dir, args.nats_port).await?;
+    let passwords = Passwords::load_or_create(&nats_server::run_dir(&args.data_dir)?)?;
+    let nats = EmbeddedNats::start(
+        &binary,
+        &args.data_dir,
+        args.nats_port,
+        &protocol::nats_users::authorization_block(),
+        &passwords.server_env()?,
+    )
+    .await?;
     tracing::info!(url = nats.url(), data_dir = %args.data_dir.display(), "embedded nats-server up");
     // `mochi keys` on this machine finds the server here.
     let url_file = nats_url_file(&args.data_dir);
     std::fs::write(&url_file, nats.url())
         .with_context(|| format!("cannot write {}", url_file.display()))?;
-    let outcome = Box::pin(run_roles(&args, file, nats.url(), shutdown.clone())).await;
+    let outcome = Box::pin(run_roles(
+        &args,
+        file,
+        nats.url(),
+        &passwords,
+        shutdown.clone(),
+    ))
+    .await;
     shutdown.cancel();
     let stopped = nats.stop().await;
     outcome?;
@@ -66,6 +87,7 @@ async fn run_roles(
     args: &UpArgs,
     file: Option<&Path>,
     nats_url: &str,
+    passwords: &Passwords,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<()> {
     let env = roles::env_map();
@@ -85,14 +107,25 @@ async fn run_roles(
     args.model.apply(&mut node_config, &args.data_dir)?;
     let node_config_summary = node_config.clone();
     let metrics = gateway::install_metrics_recorder()?;
-    let (client, resources) = roles::connect(&nats_config, "up").await?;
+    // The admin creates what is missing; each role then opens it with its own user.
+    let admin = passwords.login(&nats_config, NatsUser::Admin)?;
+    let (admin_client, admin_resources) = roles::connect(&admin, "up-admin").await?;
     if !gateway_config.auth.disabled {
-        ensure_api_key(&args.data_dir, &resources).await?;
+        ensure_api_key(&args.data_dir, &admin_resources).await?;
     }
+    admin_client.flush().await.ok();
+    drop(admin_client);
+    let login = |user| passwords.login(&nats_config, user);
+    let (gateway_client, gateway_resources) =
+        roles::connect(&login(NatsUser::Gateway)?, "gateway").await?;
+    let (coordinator_client, coordinator_resources) =
+        roles::connect(&login(NatsUser::Coordinator)?, "coordinator").await?;
+    let (node_client, node_resources) =
+        roles::connect(&login(NatsUser::GpuNode)?, "gpu-node").await?;
     let server = Box::pin(gateway::Server::bind(
         gateway_config,
-        resources.clone(),
-        client.clone(),
+        gateway_resources,
+        gateway_client.clone(),
         Some(metrics),
     ))
     .await?;
@@ -100,7 +133,11 @@ async fn run_roles(
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn({
-        let (resources, client, shutdown) = (resources.clone(), client.clone(), shutdown.clone());
+        let (resources, client, shutdown) = (
+            coordinator_resources,
+            coordinator_client.clone(),
+            shutdown.clone(),
+        );
         async move {
             Box::pin(coordinator::run(
                 coordinator_config,
@@ -113,7 +150,7 @@ async fn run_roles(
         }
     });
     tasks.spawn({
-        let (resources, client, shutdown) = (resources.clone(), client.clone(), shutdown.clone());
+        let (resources, client, shutdown) = (node_resources, node_client.clone(), shutdown.clone());
         async move {
             Box::pin(gpu_node::run(node_config, resources, client, shutdown))
                 .await
@@ -149,7 +186,9 @@ async fn run_roles(
         tracing::warn!("roles did not stop within {DRAIN_TIMEOUT:?}; aborting them");
         tasks.abort_all();
     }
-    client.flush().await.ok();
+    for client in [gateway_client, coordinator_client, node_client] {
+        client.flush().await.ok();
+    }
     first_error.map_or(Ok(()), Err)
 }
 
@@ -167,10 +206,15 @@ async fn ensure_api_key(data_dir: &Path, resources: &protocol::jetstream::Resour
         return Ok(());
     }
     let tenant = protocol::TenantId::new("local")?;
-    let created = gateway::auth::keys::KeyStore::new(resources.keys.clone())
-        .create(tenant, gateway::auth::Role::Admin, "mochi up", None)
-        .await
-        .context("cannot create the first API key")?;
+    let created = gateway::auth::keys::KeyStore::new(
+        resources
+            .keys
+            .clone()
+            .context("the admin's resources lack mochi_keys")?,
+    )
+    .create(tenant, gateway::auth::Role::Admin, "mochi up", None)
+    .await
+    .context("cannot create the first API key")?;
     write_private(&path, &format!("{}\n", created.secret))?;
     eprintln!(
         "created an admin API key for tenant local ({}) in {} (mode 0600); `mochi generate` uses it, curl: -H \"Authorization: Bearer $(cat {})\"",

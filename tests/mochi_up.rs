@@ -3,7 +3,8 @@
 //! says its video is noise, SIGINT stops everything and leaves no nats-server behind.
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -51,6 +52,21 @@ fn up_generate_and_sigint_leave_an_mp4_and_no_nats_server() {
         "mochi up printed {url:?}"
     );
     let nats = nats_pid(&data_dir).expect("nats-server ports file");
+    // The embedded server has generated passwords (kept private) and refuses anonymity.
+    let passwords = data_dir.join("nats/users.json");
+    let mode = std::fs::metadata(&passwords).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", passwords.display());
+    let config = std::fs::read_to_string(data_dir.join("nats/nats.conf")).unwrap();
+    assert!(config.contains("authorization") && !config.contains("no_auth_user"));
+    let users: std::collections::HashMap<String, String> =
+        serde_json::from_str(&std::fs::read_to_string(&passwords).unwrap()).unwrap();
+    assert!(
+        users
+            .values()
+            .all(|password| !config.contains(password.as_str()))
+    );
+    let answer = anonymous_connect(&nats_url(&data_dir, nats));
+    assert!(answer.contains("Authorization Violation"), "{answer}");
 
     let output: PathBuf = work.path().join("out.mp4");
     let generate = Command::new(binary)
@@ -140,6 +156,52 @@ fn up_generate_and_sigint_leave_an_mp4_and_no_nats_server() {
         "{stderr}"
     );
 
+    // `mochi keys` finds the running stack through the data dir: a viewer key may read
+    // but not create, and once revoked it is refused.
+    let keys = |args: &[&str]| {
+        let output = Command::new(binary)
+            .arg("keys")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env_remove("MOCHI_NATS__URL")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "mochi keys {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let created = keys(&[
+        "create", "--tenant", "local", "--role", "viewer", "--name", "ci",
+    ]);
+    let viewer = created.lines().last().unwrap().to_owned();
+    assert!(viewer.starts_with("mk_live_"), "{created}");
+    let id = created
+        .lines()
+        .find_map(|l| l.strip_prefix("id:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(keys(&["list"]).contains(&id));
+    let as_viewer = Command::new(binary)
+        .args(["generate", "x", "--server", &url])
+        .env("MOCHI_API_KEY", &viewer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&as_viewer.stderr);
+    assert!(stderr.contains("403"), "{stderr}");
+    keys(&["revoke", &id]);
+    let listed = keys(&["list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("revoked")),
+        "{listed}"
+    );
+
     kill(
         Pid::from_raw(i32::try_from(up.id()).unwrap()),
         Signal::SIGINT,
@@ -154,6 +216,32 @@ fn up_generate_and_sigint_leave_an_mp4_and_no_nats_server() {
         gone,
         "nats-server {nats} still running after mochi up stopped"
     );
+}
+
+fn nats_url(data_dir: &Path, pid: i32) -> String {
+    let ports =
+        std::fs::read_to_string(data_dir.join(format!("nats/nats-server_{pid}.ports"))).unwrap();
+    let ports: serde_json::Value = serde_json::from_str(&ports).unwrap();
+    ports["nats"][0].as_str().unwrap().to_owned()
+}
+
+/// Speaks the NATS protocol without credentials; returns what the server answers.
+fn anonymous_connect(url: &str) -> String {
+    let address = url.trim_start_matches("nats://");
+    let stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut info = String::new();
+    reader.read_line(&mut info).unwrap();
+    assert!(info.starts_with("INFO"), "{info}");
+    (&stream)
+        .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    reader.read_line(&mut answer).unwrap();
+    answer
 }
 
 fn wait_with_timeout(

@@ -78,7 +78,7 @@ async fn a_publisher_cannot_squat_another_tenants_job_and_logs_hold_no_prompt_or
         .unwrap();
     let base = format!("http://{}", gateway.local_addr());
     let gateway_task = tokio::spawn(gateway.serve(shutdown.clone()));
-    let key = KeyStore::new(resources.keys.clone())
+    let key = KeyStore::new(resources.keys.clone().unwrap())
         .create(
             TenantId::new("victim").unwrap(),
             Role::Submitter,

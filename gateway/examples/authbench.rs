@@ -91,7 +91,7 @@ async fn main() {
         bases.push(format!("http://{}", gateway.local_addr()));
         drop(tokio::spawn(gateway.serve(shutdown.clone())));
     }
-    let key = KeyStore::new(resources.keys.clone())
+    let key = KeyStore::new(resources.keys.clone().unwrap())
         .create(
             TenantId::new("bench").unwrap(),
             Role::Submitter,

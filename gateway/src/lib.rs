@@ -151,6 +151,14 @@ impl Server {
         if config.auth.disabled {
             tracing::warn!(addr = %local_addr, tenant = %config.auth.open_tenant, "AUTHENTICATION IS OFF: every request on this loopback listener acts as an admin");
         }
+        let mut resources = resources;
+        if resources.keys.is_none() {
+            resources.keys = Some(
+                protocol::jetstream::open_keys(&resources.context)
+                    .await
+                    .map_err(|e| Error::Start(format!("{e:#}")))?,
+            );
+        }
         let state = AppState::new(config, resources, client, metrics_handle);
         // Keys, tenant loads and the fleet are kept current for as long as the state lives.
         state.start().await?;

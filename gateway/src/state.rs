@@ -77,7 +77,11 @@ impl AppState {
             .await
             .map_err(|e| crate::Error::Start(e.to_string()))?;
         drop(watch);
-        let signer = LinkSigner::load(&self.config.links, &self.resources.keys)
+        let keys =
+            self.resources.keys.as_ref().ok_or_else(|| {
+                crate::Error::Start("the mochi_keys bucket is not open".to_owned())
+            })?;
+        let signer = LinkSigner::load(&self.config.links, keys)
             .await
             .map_err(crate::Error::Start)?;
         // A second start keeps the first signer: both loaded the same keys.

@@ -138,7 +138,7 @@ async fn every_credential_state_on_every_route() {
     let submitter = common::key(state, "acme", Role::Submitter).await;
     let viewer = common::key(state, "acme", Role::Viewer).await;
     let revoked = common::key(state, "acme", Role::Admin).await;
-    let store = KeyStore::new(gateway.resources.keys.clone());
+    let store = KeyStore::new(gateway.resources.keys.clone().unwrap());
     let revoked_id = state.auth.keys().lookup(&revoked).unwrap().id;
     store.revoke(&revoked_id).await.unwrap();
     let took = wait_revoked(state, &revoked).await;

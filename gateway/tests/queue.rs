@@ -4,7 +4,6 @@
 
 mod common;
 
-use async_nats::jetstream::kv;
 use gateway::AppState;
 use protocol::api::JobView;
 use protocol::queue::QueueInfo;
@@ -34,14 +33,12 @@ async fn a_queued_job_shows_its_position_and_eta() {
         now_ms(),
     );
     resources.jobs.create(&record).await.unwrap();
-    assert_eq!(get(&state, record.id).await.queue, None, "no bucket yet");
+    assert_eq!(get(&state, record.id).await.queue, None, "no entry yet");
 
+    // Created with the other resources (by the admin in production).
     let bucket = resources
         .context
-        .create_key_value(kv::Config {
-            bucket: names::BUCKET_QUEUE.to_owned(),
-            ..Default::default()
-        })
+        .get_key_value(names::BUCKET_QUEUE)
         .await
         .unwrap();
     let info = QueueInfo {

@@ -127,8 +127,13 @@ fn set_path(root: &mut Value, path: &[String], raw: &str) {
 pub struct NatsConfig {
     /// Server URL(s), comma-separated.
     pub url: String,
-    /// A `.creds` file for this role's NATS user (production: one user per role).
+    /// A `.creds` file for this role's NATS user (decentralised JWT/NKey authentication).
     pub credentials_file: Option<String>,
+    /// This role's NATS user (server-side `authorization` block: one user per role, see
+    /// `docs/operations.md`); its inboxes are `_INBOX_<user>.*`.
+    pub user: Option<String>,
+    /// The password of [`NatsConfig::user`] (env `MOCHI_NATS__PASSWORD`); redacted in `Debug`.
+    pub password: Option<Secret>,
     /// Seconds to wait for the first connection.
     pub connect_timeout_s: u64,
     /// Settings of the streams, buckets and object store created at start-up.
@@ -140,9 +145,35 @@ impl Default for NatsConfig {
         Self {
             url: "nats://127.0.0.1:4222".to_owned(),
             credentials_file: None,
+            user: None,
+            password: None,
             connect_timeout_s: 60,
             jetstream: JetStreamConfig::default(),
         }
+    }
+}
+
+/// A secret setting (a password): its `Debug` form is redacted, so that logging a
+/// configuration never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
     }
 }
 
@@ -210,6 +241,26 @@ mod tests {
             JetStreamConfig::default().submit_max_msgs
         );
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn user_and_password_come_from_env_and_the_password_is_redacted() {
+        let env = HashMap::from([
+            ("MOCHI_NATS__USER".to_owned(), "gateway".to_owned()),
+            (
+                "MOCHI_NATS__PASSWORD".to_owned(),
+                "s3cretPassw0rd".to_owned(),
+            ),
+        ]);
+        let config: NatsConfig = load_section(None, &env, "nats").expect("load");
+        assert_eq!(config.user.as_deref(), Some("gateway"));
+        assert_eq!(
+            config.password.as_ref().map(Secret::expose),
+            Some("s3cretPassw0rd")
+        );
+        let logged = format!("{config:?}");
+        assert!(!logged.contains("s3cretPassw0rd"), "{logged}");
+        assert!(logged.contains("<redacted>"), "{logged}");
     }
 
     #[test]

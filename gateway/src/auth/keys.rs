@@ -280,28 +280,33 @@ pub struct KeyCache {
     records: Arc<RwLock<HashMap<String, (ApiKeyRecord, u64)>>>,
     /// When this replica last wrote each key's last-used time, ms.
     touched: Arc<std::sync::Mutex<HashMap<String, u64>>>,
-    store: KeyStore,
+    /// The bucket (`None`: not opened; every key is then unknown and `start` fails).
+    store: Option<KeyStore>,
     touch_interval_ms: u64,
 }
 
 impl KeyCache {
     /// An empty cache over `kv`; [`KeyCache::start`] fills it and keeps it current.
-    pub fn new(kv: kv::Store, touch_interval: Duration) -> Self {
+    pub fn new(kv: Option<kv::Store>, touch_interval: Duration) -> Self {
         Self {
             records: Arc::default(),
             touched: Arc::default(),
-            store: KeyStore::new(kv),
+            store: kv.map(KeyStore::new),
             touch_interval_ms: u64::try_from(touch_interval.as_millis()).unwrap_or(u64::MAX),
         }
     }
 
     /// Loads every key, then watches the bucket for as long as the cache lives.
     pub async fn start(&self) -> Result<tokio::task::JoinHandle<()>, KeyError> {
-        for (record, revision) in self.store.entries().await? {
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| KeyError::Store("the mochi_keys bucket is not open".to_owned()))?;
+        for (record, revision) in store.entries().await? {
             self.apply(record, revision);
         }
         let records = Arc::downgrade(&self.records);
-        let kv = self.store.kv.clone();
+        let kv = store.kv.clone();
         Ok(tokio::spawn(watch(records, kv)))
     }
 
@@ -327,7 +332,9 @@ impl KeyCache {
             }
             touched.insert(record.hash.clone(), now);
         }
-        let store = self.store.clone();
+        let Some(store) = self.store.clone() else {
+            return;
+        };
         let hash = record.hash.clone();
         // Fire and forget: bounded by one write per key per interval.
         drop(tokio::spawn(async move { store.touch(&hash, now).await }));

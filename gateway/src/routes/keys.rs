@@ -91,8 +91,15 @@ pub struct CreatedKey {
     pub view: KeyView,
 }
 
-fn store(state: &AppState) -> KeyStore {
-    KeyStore::new(state.resources.keys.clone())
+fn store(state: &AppState) -> Result<KeyStore, ApiError> {
+    state
+        .resources
+        .keys
+        .clone()
+        .map(KeyStore::new)
+        .ok_or_else(|| {
+            ApiError::unavailable("the key store is not open on this gateway; retry shortly")
+        })
 }
 
 fn store_error(error: KeyError) -> ApiError {
@@ -112,7 +119,7 @@ pub async fn list(
     Caller(caller): Caller,
 ) -> Result<Json<KeyList>, ApiError> {
     caller.require(Action::Admin)?;
-    let keys = store(&state).list().await.map_err(store_error)?;
+    let keys = store(&state)?.list().await.map_err(store_error)?;
     Ok(Json(KeyList {
         keys: keys.into_iter().map(KeyView::from).collect(),
     }))
@@ -155,7 +162,7 @@ pub async fn create(
             "name",
         ));
     }
-    let created = store(&state)
+    let created = store(&state)?
         .create(tenant, role, &request.name, expires_in)
         .await
         .map_err(store_error)?;
@@ -177,7 +184,7 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
     caller.require(Action::Admin)?;
-    let record = store(&state).revoke(&id).await.map_err(store_error)?;
+    let record = store(&state)?.revoke(&id).await.map_err(store_error)?;
     tracing::info!(target: AUDIT, event = "admin_key_revoked", key_id = %record.id, by = %caller.id, "key revoked through the admin API");
     Ok(Json(record.into()))
 }

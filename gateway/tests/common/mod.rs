@@ -63,7 +63,7 @@ pub async fn start_with_auth(config: Config) -> Gateway {
 
 /// Makes a key of `role` for `tenant` and waits until `state` knows it.
 pub async fn key(state: &AppState, tenant: &str, role: gateway::auth::Role) -> String {
-    let created = gateway::auth::keys::KeyStore::new(state.resources.keys.clone())
+    let created = gateway::auth::keys::KeyStore::new(state.resources.keys.clone().unwrap())
         .create(protocol::TenantId::new(tenant).unwrap(), role, "test", None)
         .await
         .unwrap();

@@ -1,0 +1,253 @@
+//! NATS users on the binary's side: the passwords `mochi up` generates and keeps in its data
+//! directory, each role's login, and `mochi nats config|passwords|setup` for production.
+//! The users and their permissions are [`protocol::nats_users`].
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use protocol::config::{NatsConfig, Secret};
+use protocol::nats_users::{self, NatsUser};
+
+use crate::roles;
+
+/// Characters of a generated password after the first (62 symbols, ~5.95 bits each).
+const ALPHANUMERIC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+/// Length of a generated password: 32 characters, ~190 bits.
+const PASSWORD_LEN: usize = 32;
+/// File of the embedded server's passwords, under `DATA_DIR/nats/`.
+const PASSWORDS_FILE: &str = "users.json";
+
+/// `mochi nats …`: the production NATS authorization.
+#[derive(Debug, clap::Subcommand)]
+pub enum NatsCommand {
+    /// Print the nats-server `authorization` block (one user per role; passwords read from
+    /// the server's environment, `MOCHI_NATS_PASSWORD_<USER>`).
+    Config,
+    /// Print fresh random passwords for every user as `MOCHI_NATS_PASSWORD_<USER>=…` lines
+    /// (an env file for the server's and the roles' secrets).
+    Passwords,
+    /// Create every stream, bucket and object store that is missing (run once as `admin`:
+    /// `MOCHI_NATS__USER=admin MOCHI_NATS__PASSWORD=…`), then exit.
+    Setup,
+}
+
+/// Runs a `mochi nats` subcommand.
+pub async fn run(command: NatsCommand, file: Option<&Path>) -> Result<()> {
+    match command {
+        NatsCommand::Config => print!("{}", nats_users::authorization_block()),
+        NatsCommand::Passwords => {
+            for user in NatsUser::ALL {
+                println!(
+                    "{}={}",
+                    user.password_env_var(),
+                    generate_password()?.expose()
+                );
+            }
+        }
+        NatsCommand::Setup => {
+            let env = roles::env_map();
+            let nats: NatsConfig = protocol::config::load_section(file, &env, "nats")?;
+            tracing::info!(nats = ?nats, "creating the JetStream resources");
+            let client = protocol::jetstream::connect(&nats, "mochi-setup")
+                .await
+                .with_context(|| format!("cannot reach NATS at {}", nats.url))?;
+            protocol::jetstream::ensure_resources(client.clone(), &nats.jetstream).await?;
+            client.flush().await.ok();
+            eprintln!("JetStream resources are in place");
+        }
+    }
+    Ok(())
+}
+
+/// A fresh password: a letter, then letters and digits, from the OS's random source.
+pub fn generate_password() -> Result<Secret> {
+    let mut password = String::with_capacity(PASSWORD_LEN);
+    let letters = &ALPHANUMERIC[..52];
+    while password.len() < PASSWORD_LEN {
+        let mut bytes = [0u8; 64];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
+        for byte in bytes {
+            let alphabet = if password.is_empty() {
+                letters
+            } else {
+                ALPHANUMERIC
+            };
+            // Rejection sampling keeps every symbol equally likely.
+            let limit = 256 - 256 % alphabet.len();
+            if usize::from(byte) < limit && password.len() < PASSWORD_LEN {
+                password.push(char::from(alphabet[usize::from(byte) % alphabet.len()]));
+            }
+        }
+    }
+    Ok(Secret::new(password))
+}
+
+/// The passwords of the embedded server's users, kept in `DATA_DIR/nats/users.json`
+/// (mode 0600) so that a restart reuses them.
+#[derive(Clone)]
+pub struct Passwords {
+    by_user: BTreeMap<String, Secret>,
+}
+
+impl std::fmt::Debug for Passwords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Passwords")
+            .field("users", &self.by_user.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Passwords {
+    /// Reads the file under `run_dir`, generating it (or any user it lacks) first.
+    pub fn load_or_create(run_dir: &Path) -> Result<Self> {
+        let path = passwords_path(run_dir);
+        let mut by_user: BTreeMap<String, Secret> = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str::<BTreeMap<String, String>>(&text)
+                .with_context(|| format!("{} is not a JSON map of passwords", path.display()))?
+                .into_iter()
+                .map(|(user, password)| (user, Secret::new(password)))
+                .collect(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot read {}", path.display()));
+            }
+        };
+        let mut changed = false;
+        for user in NatsUser::ALL {
+            let valid = by_user
+                .get(user.name())
+                .is_some_and(|password| nats_users::is_valid_password(password.expose()));
+            if !valid {
+                by_user.insert(user.name().to_owned(), generate_password()?);
+                changed = true;
+            }
+        }
+        let passwords = Self { by_user };
+        if changed {
+            passwords.write(&path)?;
+            tracing::info!(path = %path.display(), "generated NATS passwords");
+        } else {
+            restrict_mode(&path)?;
+        }
+        Ok(passwords)
+    }
+
+    /// The password of `user`.
+    pub fn get(&self, user: NatsUser) -> Result<&Secret> {
+        self.by_user
+            .get(user.name())
+            .with_context(|| format!("no password for NATS user {}", user.name()))
+    }
+
+    /// The server's environment: `MOCHI_NATS_PASSWORD_<USER>` for every user.
+    pub fn server_env(&self) -> Result<Vec<(String, String)>> {
+        NatsUser::ALL
+            .into_iter()
+            .map(|user| Ok((user.password_env_var(), self.get(user)?.expose().to_owned())))
+            .collect()
+    }
+
+    /// `base` logged in as `user`.
+    pub fn login(&self, base: &NatsConfig, user: NatsUser) -> Result<NatsConfig> {
+        Ok(NatsConfig {
+            user: Some(user.name().to_owned()),
+            password: Some(self.get(user)?.clone()),
+            credentials_file: None,
+            ..base.clone()
+        })
+    }
+
+    fn write(&self, path: &Path) -> Result<()> {
+        let plain: BTreeMap<&str, &str> = self
+            .by_user
+            .iter()
+            .map(|(user, password)| (user.as_str(), password.expose()))
+            .collect();
+        let text = serde_json::to_string_pretty(&plain)?;
+        // Written beside the file with mode 0600 from the start, then renamed over it.
+        let temporary = path.with_extension("json.tmp");
+        let _ = std::fs::remove_file(&temporary);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temporary)
+            .with_context(|| format!("cannot create {}", temporary.display()))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("cannot write {}", temporary.display()))?;
+        std::fs::rename(&temporary, path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// Where the embedded server's passwords live.
+pub fn passwords_path(run_dir: &Path) -> PathBuf {
+    run_dir.join(PASSWORDS_FILE)
+}
+
+/// Tightens a passwords file that someone made readable to others back to 0600.
+fn restrict_mode(path: &Path) -> Result<()> {
+    let metadata =
+        std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+    if !metadata.is_file() {
+        bail!("{} is not a file", path.display());
+    }
+    if metadata.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), "NATS passwords file was readable by others; setting mode 0600");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot chmod {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_passwords_are_valid_and_differ() {
+        let first = generate_password().expect("password");
+        let second = generate_password().expect("password");
+        assert!(nats_users::is_valid_password(first.expose()));
+        assert_eq!(first.expose().len(), PASSWORD_LEN);
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn passwords_are_created_once_with_mode_0600_and_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let created = Passwords::load_or_create(dir.path()).expect("create");
+        let path = passwords_path(dir.path());
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let reused = Passwords::load_or_create(dir.path()).expect("reuse");
+        for user in NatsUser::ALL {
+            assert_eq!(
+                created.get(user).expect("created"),
+                reused.get(user).expect("reused")
+            );
+        }
+        assert_ne!(
+            created.get(NatsUser::Admin).expect("admin"),
+            created.get(NatsUser::GpuNode).expect("gpu-node")
+        );
+        let logged = format!("{created:?}");
+        assert!(!logged.contains(created.get(NatsUser::Admin).expect("admin").expose()));
+    }
+
+    #[test]
+    fn a_loose_mode_is_tightened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Passwords::load_or_create(dir.path()).expect("create");
+        let path = passwords_path(dir.path());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        Passwords::load_or_create(dir.path()).expect("reuse");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
