@@ -4,7 +4,7 @@
 //! may overshoot by up to N − 1 jobs: the quota is a guard against one tenant filling the
 //! queue, not an exact count.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -53,13 +53,36 @@ struct Load {
     active: HashMap<JobId, TenantId>,
     /// Active jobs per tenant.
     per_tenant: HashMap<TenantId, u32>,
-    /// Accepted here, not yet recorded: id → (tenant, accepted at ms).
-    pending: HashMap<JobId, (TenantId, u64)>,
+    /// Accepted here, not yet recorded: id → tenant.
+    pending: HashMap<JobId, TenantId>,
+    /// Pending submissions per tenant.
+    pending_per_tenant: HashMap<TenantId, u32>,
+    /// Pending submissions in order of acceptance (ms), to expire them.
+    pending_order: VecDeque<(u64, JobId)>,
 }
 
 impl Load {
+    fn unpend(&mut self, id: &JobId) {
+        if let Some(tenant) = self.pending.remove(id)
+            && let Some(count) = self.pending_per_tenant.get_mut(&tenant)
+        {
+            *count = count.saturating_sub(1);
+        }
+    }
+
+    /// Forgets submissions whose record never appeared (refused, or lost to a restart).
+    fn expire(&mut self, now: u64) {
+        while let Some(&(at, id)) = self.pending_order.front() {
+            if now.saturating_sub(at) < PENDING_FOR_MS {
+                break;
+            }
+            self.pending_order.pop_front();
+            self.unpend(&id);
+        }
+    }
+
     fn record_seen(&mut self, id: JobId, tenant: Option<TenantId>) {
-        self.pending.remove(&id);
+        self.unpend(&id);
         let before = self.active.remove(&id);
         if let Some(tenant) = &before
             && let Some(count) = self.per_tenant.get_mut(tenant)
@@ -93,19 +116,18 @@ impl TenantLoad {
     /// Active jobs of `tenant`, counting this replica's pending submissions.
     pub fn active(&self, tenant: &TenantId) -> u32 {
         let mut load = self.load.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_ms();
-        load.pending
-            .retain(|_, (_, at)| now.saturating_sub(*at) < PENDING_FOR_MS);
-        let pending = load.pending.values().filter(|(t, _)| t == tenant).count();
+        load.expire(now_ms());
         load.per_tenant.get(tenant).copied().unwrap_or(0)
-            + u32::try_from(pending).unwrap_or(u32::MAX)
+            + load.pending_per_tenant.get(tenant).copied().unwrap_or(0)
     }
 
     /// Counts a submission accepted here until its record appears.
     pub fn submitted(&self, id: JobId, tenant: TenantId) {
         let mut load = self.load.lock().unwrap_or_else(|p| p.into_inner());
-        if !load.active.contains_key(&id) {
-            load.pending.insert(id, (tenant, now_ms()));
+        if !load.active.contains_key(&id) && !load.pending.contains_key(&id) {
+            *load.pending_per_tenant.entry(tenant.clone()).or_default() += 1;
+            load.pending.insert(id, tenant);
+            load.pending_order.push_back((now_ms(), id));
         }
     }
 }
@@ -168,6 +190,19 @@ mod tests {
         assert_eq!((load.active(&acme), load.active(&other)), (1, 1));
         load.load.lock().expect("lock").record_seen(a, None);
         assert_eq!(load.active(&acme), 0);
+    }
+
+    #[test]
+    fn pending_submissions_expire_when_no_record_comes() {
+        let acme = TenantId::new("acme").expect("tenant");
+        let load = TenantLoad::new();
+        load.submitted(JobId::new(), acme.clone());
+        load.submitted(JobId::new(), acme.clone());
+        assert_eq!(load.active(&acme), 2);
+        let mut inner = load.load.lock().expect("lock");
+        inner.expire(now_ms() + PENDING_FOR_MS);
+        assert_eq!(inner.pending_per_tenant.get(&acme), Some(&0));
+        assert!(inner.pending.is_empty() && inner.pending_order.is_empty());
     }
 
     #[test]
