@@ -107,7 +107,12 @@ pub async fn run(command: KeysCommand, file: Option<&Path>) -> Result<()> {
                 };
                 println!(
                     "{:<22} {:<14} {:<16} {:<10} {:<8} {}",
-                    key.id, key.shown, key.tenant, key.role, state, key.name
+                    key.id,
+                    key.shown,
+                    key.tenant.as_str(),
+                    key.role.as_str(),
+                    state,
+                    key.name
                 );
             }
         }

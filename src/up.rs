@@ -201,20 +201,34 @@ pub fn nats_url_file(data_dir: &Path) -> PathBuf {
 /// `<data-dir>/api-key` (mode 0600), where `mochi generate` finds it.
 async fn ensure_api_key(data_dir: &Path, resources: &protocol::jetstream::Resources) -> Result<()> {
     let path = data_dir.join("api-key");
-    if path.exists() {
-        eprintln!("API key: {} (admin, tenant local)", path.display());
-        return Ok(());
-    }
-    let tenant = protocol::TenantId::new("local")?;
-    let created = gateway::auth::keys::KeyStore::new(
+    let store = gateway::auth::keys::KeyStore::new(
         resources
             .keys
             .clone()
             .context("the admin's resources lack mochi_keys")?,
-    )
-    .create(tenant, gateway::auth::Role::Admin, "mochi up", None)
-    .await
-    .context("cannot create the first API key")?;
+    );
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let usable = store
+            .find(existing.trim())
+            .await?
+            .is_some_and(|record| record.refusal(protocol::now_ms()).is_none());
+        if usable {
+            eprintln!("API key: {} (admin, tenant local)", path.display());
+            return Ok(());
+        }
+        // The store was reset, or the key revoked or expired: replace it.
+        eprintln!(
+            "the key in {} is no longer valid; making a new one",
+            path.display()
+        );
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot replace {}", path.display()))?;
+    }
+    let tenant = protocol::TenantId::new("local")?;
+    let created = store
+        .create(tenant, gateway::auth::Role::Admin, "mochi up", None)
+        .await
+        .context("cannot create the first API key")?;
     write_private(&path, &format!("{}\n", created.secret))?;
     eprintln!(
         "created an admin API key for tenant local ({}) in {} (mode 0600); `mochi generate` uses it, curl: -H \"Authorization: Bearer $(cat {})\"",

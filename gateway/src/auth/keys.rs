@@ -179,6 +179,16 @@ impl KeyStore {
         Ok(NewKey { secret, record })
     }
 
+    /// The record of `secret`, if it is a stored key.
+    pub async fn find(&self, secret: &str) -> Result<Option<ApiKeyRecord>, KeyError> {
+        let entry = self
+            .kv
+            .get(entry_key(&hash_key(secret)))
+            .await
+            .map_err(|e| KeyError::Store(e.to_string()))?;
+        Ok(entry.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
     /// Every key record (revoked and expired ones too), oldest first.
     pub async fn list(&self) -> Result<Vec<ApiKeyRecord>, KeyError> {
         let mut records: Vec<ApiKeyRecord> = self
