@@ -114,6 +114,15 @@ async fn a_publisher_cannot_squat_another_tenants_job_and_logs_hold_no_prompt_or
         "the publisher created a record under another tenant's id"
     );
 
+    // A damaged record in the job store: an error for that job alone, no role stops.
+    let damaged = JobId::new();
+    resources
+        .jobs
+        .kv
+        .put(damaged.to_string(), b"\x07not a record".to_vec().into())
+        .await
+        .unwrap();
+
     let http = reqwest::Client::new();
     let submit = |prompt: &str, key_header: Option<&str>| {
         let mut request = http
@@ -159,12 +168,21 @@ async fn a_publisher_cannot_squat_another_tenants_job_and_logs_hold_no_prompt_or
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    let response = http
+        .get(format!("{base}/v1/videos/{damaged}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    assert!(response.text().await.unwrap().contains("cannot be read"));
     let (record, _) = resources.jobs.get(victims_id).await.unwrap().unwrap();
     assert_eq!(record.tenant.as_str(), "victim");
     assert_eq!(record.spec.prompt, MARKER);
 
     shutdown.cancel();
     gateway_task.await.unwrap().unwrap();
+    // Both roles ran to the end (none stopped on the damaged record).
     while let Some(joined) = roles.join_next().await {
         joined.unwrap().unwrap();
     }

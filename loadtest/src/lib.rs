@@ -45,6 +45,8 @@ pub struct LoadConfig {
     pub max_duration: Duration,
     /// Allow targets that are not loopback addresses.
     pub allow_remote: bool,
+    /// The API key sent as a bearer token (none: the gateway must run with auth off).
+    pub api_key: Option<String>,
 }
 
 /// What a run measured.
@@ -123,8 +125,16 @@ pub fn check_target(base_url: &str, allow_remote: bool) -> Result<(), Error> {
 /// Runs the load: submits `jobs` at `rate_per_s`, then follows each job to its end.
 pub async fn run(config: &LoadConfig) -> Result<Report, Error> {
     check_target(&config.base_url, config.allow_remote)?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = &config.api_key
+        && let Ok(mut value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+    {
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .default_headers(headers)
         .build()
         .map_err(Error::Client)?;
     let base = config.base_url.trim_end_matches('/').to_owned();

@@ -35,6 +35,9 @@ struct Args {
     /// Allow a target that is not a loopback address.
     #[arg(long)]
     allow_remote: bool,
+    /// API key to send (e.g. `$(cat data/api-key)` for `mochi up`).
+    #[arg(long, env = "MOCHI_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -129,6 +132,7 @@ async fn run_load(args: Args) -> ExitCode {
         spec,
         max_duration: Duration::from_secs(args.max_duration_s),
         allow_remote: args.allow_remote,
+        api_key: args.api_key,
     };
     match loadtest::run(&config).await {
         Ok(report) => {
