@@ -2,6 +2,8 @@
 //! coordinator → two GPU nodes (simulated backend) → MP4 in the object store → download.
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
+mod common;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -46,24 +48,22 @@ async fn twenty_jobs_on_two_nodes_all_succeed_and_decode() {
         nodes
     });
 
-    let mut roles = tokio::task::JoinSet::new();
-    roles.spawn({
-        let (resources, client, shutdown) = (resources.clone(), client.clone(), shutdown.clone());
-        async move {
-            coordinator::run(coordinator::Config::for_test(), resources, client, shutdown)
-                .await
-                .map_err(|e| format!("coordinator: {e}"))
-        }
-    });
+    let mut roles = common::Roles::new();
+    common::spawn_coordinator(
+        &mut roles,
+        coordinator::Config::for_test(),
+        resources.clone(),
+        client.clone(),
+        &shutdown,
+    );
     for name in ["node-a", "node-b"] {
-        let mut config = gpu_node::Config::for_test();
-        config.node_id = Some(name.to_owned());
-        let (resources, client, shutdown) = (resources.clone(), client.clone(), shutdown.clone());
-        roles.spawn(async move {
-            gpu_node::run(config, resources, client, shutdown)
-                .await
-                .map_err(|e| format!("gpu-node: {e}"))
-        });
+        common::spawn_node(
+            &mut roles,
+            name,
+            resources.clone(),
+            client.clone(),
+            &shutdown,
+        );
     }
     let mut gateway_config = gateway::Config::for_test();
     gateway_config.listen_addr = "127.0.0.1:0".to_owned();
@@ -97,26 +97,7 @@ async fn twenty_jobs_on_two_nodes_all_succeed_and_decode() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut finished = Vec::new();
     for id in &ids {
-        loop {
-            let view: JobView = http
-                .get(format!("{base}/v1/videos/{id}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if view.state.is_terminal() {
-                finished.push(view);
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "job {id} still {} at the deadline",
-                view.state
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        finished.push(common::wait_terminal(&http, &base, *id, None, deadline).await);
     }
     for view in &finished {
         assert_eq!(

@@ -5,6 +5,8 @@
 //! violation in the server's log.
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -376,27 +378,17 @@ async fn full_path_runs_with_one_restricted_user_per_role() {
         }
     };
 
-    let mut roles = tokio::task::JoinSet::new();
+    let mut roles = common::Roles::new();
     let (client, resources) = role(NatsUser::Coordinator).await;
-    roles.spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            coordinator::run(coordinator::Config::for_test(), resources, client, shutdown)
-                .await
-                .map_err(|e| format!("coordinator: {e}"))
-        }
-    });
+    common::spawn_coordinator(
+        &mut roles,
+        coordinator::Config::for_test(),
+        resources,
+        client,
+        &shutdown,
+    );
     let (client, resources) = role(NatsUser::GpuNode).await;
-    roles.spawn({
-        let shutdown = shutdown.clone();
-        let mut config = gpu_node::Config::for_test();
-        config.node_id = Some("node-a".to_owned());
-        async move {
-            gpu_node::run(config, resources, client, shutdown)
-                .await
-                .map_err(|e| format!("gpu-node: {e}"))
-        }
-    });
+    common::spawn_node(&mut roles, "node-a", resources, client, &shutdown);
     let (client, resources) = role(NatsUser::Gateway).await;
     let mut gateway_config = gateway::Config::for_test();
     gateway_config.listen_addr = "127.0.0.1:0".to_owned();
@@ -435,21 +427,7 @@ async fn full_path_runs_with_one_restricted_user_per_role() {
 
     let deadline = Instant::now() + Duration::from_secs(120);
     for id in &ids {
-        let view = loop {
-            let view: JobView = http
-                .get(format!("{base}/v1/videos/{id}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if view.state.is_terminal() {
-                break view;
-            }
-            assert!(Instant::now() < deadline, "job {id} still {}", view.state);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let view = common::wait_terminal(&http, &base, *id, None, deadline).await;
         assert_eq!(
             view.state,
             protocol::JobState::Succeeded,

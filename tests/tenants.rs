@@ -4,6 +4,8 @@
 //! key. Every log line of the process (debug level, all roles) is captured and searched.
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
+mod common;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,23 +56,21 @@ async fn a_publisher_cannot_squat_another_tenants_job_and_logs_hold_no_prompt_or
         .await
         .unwrap();
     let shutdown = CancellationToken::new();
-    let mut roles = tokio::task::JoinSet::new();
-    roles.spawn({
-        let (resources, client, shutdown) = (resources.clone(), client.clone(), shutdown.clone());
-        async move {
-            coordinator::run(coordinator::Config::for_test(), resources, client, shutdown)
-                .await
-                .map_err(|e| format!("coordinator: {e}"))
-        }
-    });
-    roles.spawn({
-        let (resources, client, shutdown) = (resources.clone(), client.clone(), shutdown.clone());
-        async move {
-            gpu_node::run(gpu_node::Config::for_test(), resources, client, shutdown)
-                .await
-                .map_err(|e| format!("gpu-node: {e}"))
-        }
-    });
+    let mut roles = common::Roles::new();
+    common::spawn_coordinator(
+        &mut roles,
+        coordinator::Config::for_test(),
+        resources.clone(),
+        client.clone(),
+        &shutdown,
+    );
+    common::spawn_node(
+        &mut roles,
+        "node-a",
+        resources.clone(),
+        client.clone(),
+        &shutdown,
+    );
     let mut gateway_config = gateway::Config::for_test();
     gateway_config.auth.disabled = false;
     let gateway = gateway::Server::bind(gateway_config, resources.clone(), client.clone(), None)
@@ -147,26 +147,11 @@ async fn a_publisher_cannot_squat_another_tenants_job_and_logs_hold_no_prompt_or
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     for id in &ids {
-        loop {
-            let view: JobView = http
-                .get(format!("{base}/v1/videos/{id}"))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if view.state.is_terminal() {
-                assert_eq!(view.state, JobState::Succeeded, "{id}: {:?}", view.error);
-                let link = view.links.signed_content.unwrap();
-                let video = http.get(format!("{base}{link}")).send().await.unwrap();
-                assert_eq!(video.status(), 200);
-                break;
-            }
-            assert!(Instant::now() < deadline, "job {id} still {}", view.state);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let view = common::wait_terminal(&http, &base, *id, Some(&key), deadline).await;
+        assert_eq!(view.state, JobState::Succeeded, "{id}: {:?}", view.error);
+        let link = view.links.signed_content.unwrap();
+        let video = http.get(format!("{base}{link}")).send().await.unwrap();
+        assert_eq!(video.status(), 200);
     }
     let response = http
         .get(format!("{base}/v1/videos/{damaged}"))

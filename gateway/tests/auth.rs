@@ -42,6 +42,11 @@ fn request(method: &str, uri: &str, auth: Option<&str>, body: Option<&str>) -> R
     }
 }
 
+/// `GET uri` with `key`.
+async fn get(state: &AppState, uri: &str, key: &str) -> (StatusCode, HeaderMap, Vec<u8>) {
+    send(state, request("GET", uri, Some(&bearer(key)), None)).await
+}
+
 fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
@@ -240,11 +245,7 @@ async fn every_credential_state_on_every_route() {
         }
     }
     // The keys themselves never come back from the list.
-    let (_, _, listed) = send(
-        state,
-        request("GET", "/v1/admin/keys", Some(&bearer(&admin)), None),
-    )
-    .await;
+    let (_, _, listed) = get(state, "/v1/admin/keys", &admin).await;
     let listed = String::from_utf8_lossy(&listed);
     assert!(listed.contains(&victim_key_id));
     for key in [&admin, &submitter, &viewer, &victim_key] {
@@ -271,11 +272,7 @@ async fn another_tenants_job_is_404_on_every_route_and_left_alone() {
             send(state, request(method, &uri, Some(&bearer(&intruder)), None)).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {uri}");
         let missing = format!("/v1/videos/{}", JobId::new());
-        let (_, _, missing_body) = send(
-            state,
-            request("GET", &missing, Some(&bearer(&intruder)), None),
-        )
-        .await;
+        let (_, _, missing_body) = get(state, &missing, &intruder).await;
         assert_eq!(error_code(&body), error_code(&missing_body));
     }
     let (record, _) = gateway
@@ -352,11 +349,7 @@ async fn creates_are_rate_limited_per_key_with_headers() {
     assert!((1..=20).contains(&retry), "Retry-After {retry}");
     assert_eq!(headers["ratelimit-remaining"], "0");
     // Reads and other keys are not held back.
-    let (status, _, _) = send(
-        state,
-        request("GET", "/v1/backends", Some(&bearer(&key)), None),
-    )
-    .await;
+    let (status, _, _) = get(state, "/v1/backends", &key).await;
     assert_eq!(status, StatusCode::OK);
     let (status, _, _) = send(state, post(&other)).await;
     assert_eq!(status, StatusCode::ACCEPTED);
