@@ -13,8 +13,6 @@ use protocol::nats_users::{self, NatsUser};
 
 use crate::roles;
 
-/// Characters of a generated password after the first (62 symbols, ~5.95 bits each).
-const ALPHANUMERIC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 /// Length of a generated password: 32 characters, ~190 bits.
 const PASSWORD_LEN: usize = 32;
 /// File of the embedded server's passwords, under `DATA_DIR/nats/`.
@@ -62,27 +60,15 @@ pub async fn run(command: NatsCommand, file: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// A fresh password: a letter, then letters and digits, from the OS's random source.
+/// A fresh password: base62 from the OS's random source, redrawn until it starts with a
+/// letter (the server would read a leading digit as a number).
 pub fn generate_password() -> Result<Secret> {
-    let mut password = String::with_capacity(PASSWORD_LEN);
-    let letters = &ALPHANUMERIC[..52];
-    while password.len() < PASSWORD_LEN {
-        let mut bytes = [0u8; 64];
-        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
-        for byte in bytes {
-            let alphabet = if password.is_empty() {
-                letters
-            } else {
-                ALPHANUMERIC
-            };
-            // Rejection sampling keeps every symbol equally likely.
-            let limit = 256 - 256 % alphabet.len();
-            if usize::from(byte) < limit && password.len() < PASSWORD_LEN {
-                password.push(char::from(alphabet[usize::from(byte) % alphabet.len()]));
-            }
+    loop {
+        let password = protocol::random::base62(PASSWORD_LEN)?;
+        if password.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            return Ok(Secret::new(password));
         }
     }
-    Ok(Secret::new(password))
 }
 
 /// The passwords of the embedded server's users, kept in `DATA_DIR/nats/users.json`

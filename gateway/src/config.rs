@@ -10,6 +10,8 @@ use crate::auth::AuthConfig;
 use crate::auth::limits::RateLimitConfig;
 use crate::auth::quota::QuotaConfig;
 use crate::auth::signing::LinkConfig;
+pub use protocol::config::Secret;
+
 use crate::error::{Error, Result};
 
 /// The gateway's configuration.
@@ -60,17 +62,6 @@ impl Default for ConnectionConfig {
             idle_timeout_ms: 60_000,
             max_connections: 10_000,
         }
-    }
-}
-
-/// A secret setting: its `Debug` form is redacted, so logging the config never shows it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"<redacted>\"")
     }
 }
 
@@ -145,7 +136,7 @@ impl Config {
             }
         }
         for key in &self.links.signing_keys {
-            if !protocol::names::is_valid_token(&key.id) || key.secret.0.len() < 32 {
+            if !protocol::names::is_valid_token(&key.id) || key.secret.expose().len() < 32 {
                 return Err(Error::Config(format!(
                     "links.signing_keys: key {:?} needs an id of letters, digits, '-' or '_' and a secret of at least 32 bytes",
                     key.id

@@ -146,5 +146,16 @@ pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(serde_json::from_slice(bytes)?)
 }
 
+/// Lower-case hex of `bytes` (digests in records, key hashes, signatures).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
 #[cfg(test)]
 mod tests;

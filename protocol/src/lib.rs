@@ -18,6 +18,7 @@ pub mod messages;
 pub mod names;
 pub mod nats_users;
 pub mod queue;
+pub mod random;
 pub mod record;
 pub mod shape;
 pub mod spec;

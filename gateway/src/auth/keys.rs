@@ -26,8 +26,6 @@ const RETRY: Duration = Duration::from_secs(1);
 /// Most compare-and-set rounds a revocation tries.
 const MAX_TRIES: u32 = 16;
 
-const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
 /// What can go wrong managing keys.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -44,8 +42,8 @@ pub enum KeyError {
     #[error("no API key has the id {0}; `mochi keys list` shows the ids")]
     NotFound(String),
     /// The system's random source failed.
-    #[error("cannot draw random bytes for a new key")]
-    Random,
+    #[error(transparent)]
+    Random(#[from] protocol::random::RandomError),
     /// The key changed too often while being revoked.
     #[error("key {0} is changing too fast; retry")]
     Contended(String),
@@ -106,26 +104,7 @@ pub struct NewKey {
 
 /// Hex SHA-256 of a key.
 pub fn hash_key(key: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `n` characters drawn uniformly from base62 (rejection sampling, no modulo bias).
-pub fn random_base62(n: usize) -> Result<String, KeyError> {
-    use ring::rand::SecureRandom;
-    let rng = ring::rand::SystemRandom::new();
-    let mut out = String::with_capacity(n);
-    let mut buffer = [0u8; 64];
-    while out.len() < n {
-        rng.fill(&mut buffer).map_err(|_| KeyError::Random)?;
-        for byte in buffer {
-            // 248 = 4 × 62: bytes above it would favour the first characters.
-            if byte < 248 && out.len() < n {
-                out.push(char::from(BASE62[usize::from(byte % 62)]));
-            }
-        }
-    }
-    Ok(out)
+    protocol::codec::hex(ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref())
 }
 
 /// Whether `text` has the shape of one of our keys (cheap check before hashing).
@@ -155,10 +134,13 @@ impl KeyStore {
         name: &str,
         expires_in: Option<Duration>,
     ) -> Result<NewKey, KeyError> {
-        let secret = format!("{KEY_PREFIX}{}", random_base62(KEY_RANDOM_CHARS)?);
+        let secret = format!(
+            "{KEY_PREFIX}{}",
+            protocol::random::base62(KEY_RANDOM_CHARS)?
+        );
         let now = now_ms();
         let record = ApiKeyRecord {
-            id: format!("key_{}", random_base62(16)?),
+            id: format!("key_{}", protocol::random::base62(16)?),
             hash: hash_key(&secret),
             shown: secret.chars().take(SHOWN_CHARS).collect(),
             tenant,
@@ -414,11 +396,11 @@ mod tests {
     fn keys_are_long_prefixed_and_distinct() {
         let a = format!(
             "{KEY_PREFIX}{}",
-            random_base62(KEY_RANDOM_CHARS).expect("rng")
+            protocol::random::base62(KEY_RANDOM_CHARS).expect("rng")
         );
         let b = format!(
             "{KEY_PREFIX}{}",
-            random_base62(KEY_RANDOM_CHARS).expect("rng")
+            protocol::random::base62(KEY_RANDOM_CHARS).expect("rng")
         );
         assert!(looks_like_key(&a) && looks_like_key(&b));
         assert_ne!(a, b);
@@ -426,13 +408,6 @@ mod tests {
         assert_ne!(hash_key(&a), hash_key(&b));
         assert!(!looks_like_key("mk_live_short"));
         assert!(!looks_like_key(&a.replace("mk_live_", "mk_test_")));
-    }
-
-    #[test]
-    fn base62_draws_every_character() {
-        let text = random_base62(20_000).expect("rng");
-        let distinct: std::collections::HashSet<char> = text.chars().collect();
-        assert_eq!(distinct.len(), 62);
     }
 
     #[test]

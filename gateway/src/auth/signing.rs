@@ -3,8 +3,6 @@
 //! expiry, so that signing keys rotate: the first configured key signs, every configured key
 //! verifies (two at once during a rotation).
 
-use std::fmt::Write as _;
-
 use async_nats::jetstream::kv;
 use protocol::JobId;
 use ring::hmac;
@@ -50,7 +48,8 @@ pub struct SigningKeyConfig {
 #[derive(Serialize, Deserialize)]
 struct StoredKey {
     id: String,
-    secret_hex: String,
+    /// 64 base62 characters (381 bits).
+    secret: String,
 }
 
 /// Why a link was refused (each a sentence for the caller; all answer 403).
@@ -101,7 +100,7 @@ impl LinkSigner {
             let keys: Vec<(String, Vec<u8>)> = config
                 .signing_keys
                 .iter()
-                .map(|k| (k.id.clone(), k.secret.0.as_bytes().to_vec()))
+                .map(|k| (k.id.clone(), k.secret.expose().as_bytes().to_vec()))
                 .collect();
             return Ok(Self::new(&keys, config.ttl_s));
         }
@@ -111,9 +110,9 @@ impl LinkSigner {
                 let fresh = StoredKey {
                     id: format!(
                         "auto-{}",
-                        super::keys::random_base62(6).map_err(|e| e.to_string())?
+                        protocol::random::base62(6).map_err(|e| e.to_string())?
                     ),
-                    secret_hex: super::keys::random_base62(64).map_err(|e| e.to_string())?,
+                    secret: protocol::random::base62(64).map_err(|e| e.to_string())?,
                 };
                 let bytes = serde_json::to_vec(&fresh).map_err(|e| e.to_string())?;
                 // Another replica may have made one first: theirs wins.
@@ -131,7 +130,7 @@ impl LinkSigner {
         let key: StoredKey = serde_json::from_slice(&stored)
             .map_err(|_| "the stored signing key is unreadable".to_owned())?;
         Ok(Self::new(
-            &[(key.id, key.secret_hex.into_bytes())],
+            &[(key.id, key.secret.into_bytes())],
             config.ttl_s,
         ))
     }
@@ -155,7 +154,7 @@ impl LinkSigner {
     pub fn sign(&self, job_id: JobId, variant: &str, exp: u64) -> Option<String> {
         let (id, key) = self.keys.first()?;
         let tag = hmac::sign(key, message(id, job_id, variant, exp).as_bytes());
-        Some(format!("{id}.{}", hex(tag.as_ref())))
+        Some(format!("{id}.{}", protocol::codec::hex(tag.as_ref())))
     }
 
     /// Checks a link's `exp` and `sig` at `now_s`.
@@ -191,13 +190,6 @@ impl LinkSigner {
 
 fn message(key_id: &str, job_id: JobId, variant: &str, exp: u64) -> String {
     format!("mochi-link-v1\n{key_id}\n{job_id}\n{variant}\n{exp}")
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {

@@ -55,10 +55,7 @@ pub(super) async fn store_video(
         chunk_size: Some(state.args.object_chunk_bytes),
         ..Default::default()
     };
-    let sha256 = Sha256::digest(&mp4)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
+    let sha256 = protocol::codec::hex(&Sha256::digest(&mp4));
     let size_bytes = mp4.len() as u64;
     if let Err(error) = state
         .args

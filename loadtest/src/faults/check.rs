@@ -30,10 +30,7 @@ pub fn video_problem(record: &JobRecord, bytes: &[u8]) -> Option<String> {
             result.size_bytes
         ));
     }
-    let sha256: String = Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha256 = protocol::codec::hex(&Sha256::digest(bytes));
     if sha256 != result.sha256 {
         return Some("sha256 differs from the record".to_owned());
     }

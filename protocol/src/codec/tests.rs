@@ -53,10 +53,6 @@ fn heartbeat() -> NodeHeartbeat {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[test]
 fn golden_bytes_cancel() {
     let bytes = encode(&Cancel {
