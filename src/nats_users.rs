@@ -152,23 +152,28 @@ impl Passwords {
             .iter()
             .map(|(user, password)| (user.as_str(), password.expose()))
             .collect();
-        let text = serde_json::to_string_pretty(&plain)?;
-        // Written beside the file with mode 0600 from the start, then renamed over it.
-        let temporary = path.with_extension("json.tmp");
-        let _ = std::fs::remove_file(&temporary);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temporary)
-            .with_context(|| format!("cannot create {}", temporary.display()))?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("cannot write {}", temporary.display()))?;
-        std::fs::rename(&temporary, path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(())
+        write_private(path, &serde_json::to_string_pretty(&plain)?)
     }
+}
+
+/// Writes `text` to `path` so that only its owner can read it: into a file beside it made
+/// with mode 0600 from the start, synced, then renamed over `path` (a reader never sees a
+/// half-written or briefly readable file).
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("cannot create {}", temporary.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Where the embedded server's passwords live.

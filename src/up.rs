@@ -221,15 +221,13 @@ async fn ensure_api_key(data_dir: &Path, resources: &protocol::jetstream::Resour
             "the key in {} is no longer valid; making a new one",
             path.display()
         );
-        std::fs::remove_file(&path)
-            .with_context(|| format!("cannot replace {}", path.display()))?;
     }
     let tenant = protocol::TenantId::new("local")?;
     let created = store
         .create(tenant, gateway::auth::Role::Admin, "mochi up", None)
         .await
         .context("cannot create the first API key")?;
-    write_private(&path, &format!("{}\n", created.secret))?;
+    crate::nats_users::write_private(&path, &format!("{}\n", created.secret))?;
     eprintln!(
         "created an admin API key for tenant local ({}) in {} (mode 0600); `mochi generate` uses it, curl: -H \"Authorization: Bearer $(cat {})\"",
         created.record.id,
@@ -237,20 +235,6 @@ async fn ensure_api_key(data_dir: &Path, resources: &protocol::jetstream::Resour
         path.display()
     );
     Ok(())
-}
-
-/// Writes `text` to a new file only its owner can read.
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn flatten(joined: Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
