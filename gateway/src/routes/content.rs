@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::auth::signing::{LinkError, VARIANT_VIDEO};
 use crate::auth::{AUDIT, Action, Caller};
 use crate::error::ApiError;
-use crate::routes::videos::{JobPath, any_record, tenant_record};
+use crate::routes::videos::{JobPath, any_entry, tenant_record};
 use crate::state::AppState;
 
 /// The query of a signed link.
@@ -199,8 +199,8 @@ async fn signed_record(
             protocol::now_ms() / 1000,
         )
         .map_err(refuse)?;
-    match any_record(state, job_id).await? {
-        Some(record) => Ok(Some(record)),
+    match any_entry(state, job_id).await? {
+        Some((record, _)) => Ok(Some(record)),
         None => Err(ApiError::new(
             ErrorCode::Forbidden,
             format!("job {job_id} of this download link no longer exists"),

@@ -129,8 +129,9 @@ pub async fn submit(
         state.load.submitted(job_id, tenant.clone());
     }
     tracing::info!(%job_id, %tenant, key_id = %caller.id, duplicate = ack.duplicate, frames = shape.num_frames, steps = shape.steps, "job submitted");
-    // A repeated key names the job the first request created: show that job as it is now.
-    let existing = if idempotency_key.is_some() {
+    // JetStream dropped it as a repeat of a request that raced this one past the check
+    // above: show the job the first request created, as it is now.
+    let existing = if ack.duplicate {
         current_view(&state, &caller, job_id).await?
     } else {
         None
@@ -157,9 +158,20 @@ pub(crate) async fn tenant_record(
     caller: &Principal,
     job_id: JobId,
 ) -> Result<Option<JobRecord>, ApiError> {
-    match any_record(state, job_id).await? {
-        Some(record) if record.tenant == caller.tenant => Ok(Some(record)),
-        Some(record) => {
+    Ok(tenant_entry(state, caller, job_id)
+        .await?
+        .map(|(record, _)| record))
+}
+
+/// [`tenant_record`] with the record's revision, for a compare-and-set.
+async fn tenant_entry(
+    state: &AppState,
+    caller: &Principal,
+    job_id: JobId,
+) -> Result<Option<(JobRecord, u64)>, ApiError> {
+    match any_entry(state, job_id).await? {
+        Some((record, revision)) if record.tenant == caller.tenant => Ok(Some((record, revision))),
+        Some((record, _)) => {
             tracing::warn!(target: AUDIT, event = "cross_tenant_refused", %job_id, tenant = %caller.tenant, key_id = %caller.id, owner = %record.tenant, "another tenant's job asked for; answered 404");
             Ok(None)
         }
@@ -167,14 +179,14 @@ pub(crate) async fn tenant_record(
     }
 }
 
-/// Reads the record of `id` whoever owns it. A record this build cannot read is an error
-/// for this job alone, logged with its key.
-pub(crate) async fn any_record(
+/// Reads the record of `id` and its revision, whoever owns it. A record this build cannot
+/// read is an error for this job alone, logged with its key.
+pub(crate) async fn any_entry(
     state: &AppState,
     job_id: JobId,
-) -> Result<Option<JobRecord>, ApiError> {
+) -> Result<Option<(JobRecord, u64)>, ApiError> {
     match state.resources.jobs.get(job_id).await {
-        Ok(found) => Ok(found.map(|(record, _)| record)),
+        Ok(found) => Ok(found),
         Err(error @ StoreError::Nats { .. }) => {
             tracing::warn!(%job_id, %error, "job store unreachable");
             Err(ApiError::unavailable(
@@ -345,14 +357,8 @@ async fn cancel_record(
 ) -> Result<Option<(JobRecord, JobRecord)>, ApiError> {
     let jobs = &state.resources.jobs;
     for _ in 0..MAX_CANCEL_TRIES {
-        // Checks the tenant (and audits a cross-tenant attempt) before reading the revision.
-        if tenant_record(state, caller, job_id).await?.is_none() {
+        let Some((before, revision)) = tenant_entry(state, caller, job_id).await? else {
             return Ok(None);
-        }
-        let (before, revision) = match jobs.get(job_id).await {
-            Ok(Some((record, revision))) if record.tenant == caller.tenant => (record, revision),
-            Ok(_) => return Ok(None),
-            Err(error) => return Err(ApiError::internal("read job record", &error)),
         };
         let after = match before.apply(&JobEvent::CancelRequested, now_ms()) {
             Ok(after) => after,
