@@ -52,19 +52,17 @@ struct StoredKey {
     secret: String,
 }
 
-/// Why a link was refused (each a sentence for the caller; all answer 403).
+/// Why a link was refused (all answer 403; the route adds where to get a fresh link).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
     /// `exp` or `sig` is missing or not in their format.
-    #[error("the download link is malformed; get a fresh one from GET /v1/videos/{{id}}")]
+    #[error("the download link is malformed")]
     Malformed,
     /// The link's time is over.
-    #[error("the download link expired; get a fresh one from GET /v1/videos/{{id}}")]
+    #[error("the download link expired")]
     Expired,
     /// The signature does not match (altered link, or a key no longer configured).
-    #[error(
-        "the download link's signature does not match; use the link exactly as GET /v1/videos/{{id}} gave it"
-    )]
+    #[error("the download link's signature does not match (altered, or signed with a retired key)")]
     BadSignature,
 }
 

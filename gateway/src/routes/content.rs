@@ -179,7 +179,7 @@ async fn signed_record(
         tracing::info!(target: AUDIT, event = "signed_link_refused", %job_id, reason = ?error, "signed link refused");
         ApiError::new(
             ErrorCode::Forbidden,
-            error.to_string().replace("{id}", &job_id.to_string()),
+            format!("{error}; use the link GET /v1/videos/{job_id} gives now, exactly as given"),
         )
     };
     if variant != VARIANT_VIDEO {
