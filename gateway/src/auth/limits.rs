@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RateClass {
     /// `POST /v1/videos`.
-    Create,
+    Create = 0,
     /// Every other API request.
-    Read,
+    Read = 1,
 }
 
 /// Rate-limit settings (`[gateway.rate_limit]`).
@@ -58,11 +58,11 @@ struct Bucket {
     at: Instant,
 }
 
-/// Buckets of every caller seen recently.
+/// Buckets of every caller seen recently: `[create, read]` per caller.
 #[derive(Debug)]
 pub struct RateLimiter {
     config: RateLimitConfig,
-    buckets: Mutex<HashMap<(String, RateClass), Bucket>>,
+    buckets: Mutex<HashMap<String, [Bucket; 2]>>,
 }
 
 /// Buckets kept before full ones are dropped (a full bucket is the same as no bucket).
@@ -79,22 +79,31 @@ impl RateLimiter {
 
     /// Takes one token from `caller`'s bucket of `class`, at `now`.
     pub fn check(&self, caller: &str, class: RateClass, now: Instant) -> Decision {
-        let per_minute = match class {
-            RateClass::Create => self.config.creates_per_minute,
-            RateClass::Read => self.config.reads_per_minute,
-        };
+        let per_minute = self.per_minute(class);
         let capacity = f64::from(per_minute.max(1));
         let rate = capacity / 60.0;
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() > PRUNE_ABOVE {
-            buckets.retain(|_, bucket| {
-                bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate < capacity
+            // A caller whose two buckets have refilled is the same as one never seen.
+            buckets.retain(|_, pair| {
+                [RateClass::Create, RateClass::Read]
+                    .into_iter()
+                    .any(|class| !self.refilled(&pair[class as usize], class, now))
             });
         }
-        let bucket = buckets.entry((caller.to_owned(), class)).or_insert(Bucket {
-            tokens: capacity,
-            at: now,
-        });
+        // The caller's name is copied only when it is first seen, not on every request.
+        if !buckets.contains_key(caller) {
+            let full = |class| Bucket {
+                tokens: f64::from(self.per_minute(class).max(1)),
+                at: now,
+            };
+            buckets.insert(
+                caller.to_owned(),
+                [full(RateClass::Create), full(RateClass::Read)],
+            );
+        }
+        let pair = buckets.get_mut(caller).expect("inserted above if absent");
+        let bucket = &mut pair[class as usize];
         let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate).min(capacity);
         bucket.at = now;
@@ -112,6 +121,20 @@ impl RateLimiter {
             reset_s: to_full.as_secs_f64().ceil() as u64,
             retry_after_s: (to_next.as_secs_f64().ceil() as u64).max(1),
         }
+    }
+
+    fn per_minute(&self, class: RateClass) -> u32 {
+        match class {
+            RateClass::Create => self.config.creates_per_minute,
+            RateClass::Read => self.config.reads_per_minute,
+        }
+    }
+
+    /// Whether `bucket` of `class` is full again at `now`.
+    fn refilled(&self, bucket: &Bucket, class: RateClass, now: Instant) -> bool {
+        let capacity = f64::from(self.per_minute(class).max(1));
+        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+        bucket.tokens + elapsed * capacity / 60.0 >= capacity
     }
 }
 
@@ -157,5 +180,23 @@ mod tests {
         assert!(limiter.check("k", RateClass::Create, later).allowed);
         assert!(limiter.check("k", RateClass::Create, later).allowed);
         assert!(!limiter.check("k", RateClass::Create, later).allowed);
+    }
+
+    #[test]
+    fn pruning_judges_each_bucket_by_its_own_size() {
+        let limiter = limiter(600);
+        let now = Instant::now();
+        for _ in 0..600 {
+            assert!(limiter.check("hot", RateClass::Create, now).allowed);
+        }
+        for i in 0..=PRUNE_ABOVE {
+            limiter.check(&format!("c{i}"), RateClass::Read, now);
+        }
+        // 15 s later "hot" has 150 of its 600 creates back: more than a full read bucket
+        // (100), yet not full. A prune run by a read must keep it, not reset it to 600.
+        let later = now + Duration::from_secs(15);
+        limiter.check("someone", RateClass::Read, later);
+        let decision = limiter.check("hot", RateClass::Create, later);
+        assert_eq!(decision.remaining, 149);
     }
 }
