@@ -189,6 +189,7 @@ async fn every_credential_state_on_every_route() {
             "admin",
         ),
         ("DELETE", "/v1/admin/keys/key_nope".into(), None, "admin"),
+        ("DELETE", "/v1/admin/keys/%FF%FE".into(), None, "admin"),
         ("DELETE", format!("/v1/videos/{job}"), None, "cancel"),
         ("GET", "/v1/no-such-route".into(), None, "read"),
     ];

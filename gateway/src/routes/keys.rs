@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -181,9 +181,16 @@ pub async fn create(
 pub async fn revoke(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<KeyView>, ApiError> {
     caller.require(Action::Admin)?;
+    // Anything that is not a readable id names no key.
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            "no such API key; `mochi keys list` or GET /v1/admin/keys shows the ids",
+        ));
+    };
     let record = store(&state)?.revoke(&id).await.map_err(store_error)?;
     tracing::info!(target: AUDIT, event = "admin_key_revoked", key_id = %record.id, by = %caller.id, "key revoked through the admin API");
     Ok(Json(record.into()))
