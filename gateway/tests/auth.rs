@@ -175,6 +175,7 @@ async fn every_credential_state_on_every_route() {
         ("GET", format!("/v1/videos/{job}/content"), None, "read"),
         ("GET", "/v1/backends".into(), None, "read"),
         ("GET", "/v1/admin/dead".into(), None, "admin"),
+        ("GET", "/v1/admin/dead?limit=lots".into(), None, "admin"),
         (
             "POST",
             format!("/v1/admin/dead/{job}/redrive"),

@@ -3,6 +3,7 @@
 
 use async_nats::jetstream::kv::UpdateErrorKind;
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use protocol::api::{JobError, JobView};
 use protocol::record::TransitionError;
@@ -56,9 +57,16 @@ pub struct DeadList {
 pub async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<DeadList>, ApiError> {
     caller.require(Action::Admin)?;
+    let Query(query) = query.map_err(|_| {
+        ApiError::field(
+            ErrorCode::InvalidField,
+            "limit must be a whole number from 1 to 1000",
+            "limit",
+        )
+    })?;
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_LIST);
     let info = state.resources.dlq.get_info().await.map_err(|error| {
         tracing::warn!(%error, "dead-letter stream unreachable");
