@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use protocol::api::JobView;
 use protocol::jetstream::{connect, ensure_resources};
 use protocol::{JobRecord, JobState};
 use tokio_util::sync::CancellationToken;
@@ -83,15 +82,7 @@ async fn twenty_jobs_on_two_nodes_all_succeed_and_decode() {
             "height": HEIGHT,
             "steps": 4,
         });
-        let response = http
-            .post(format!("{base}/v1/videos"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
-        let view: JobView = response.json().await.unwrap();
-        ids.push(view.id);
+        ids.push(common::submit(&http, &base, &body, None, None).await.id);
     }
 
     let deadline = Instant::now() + Duration::from_secs(120);

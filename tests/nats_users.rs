@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv, stream};
 use async_nats::{Client, ConnectOptions, Event};
 use futures::StreamExt;
-use protocol::api::JobView;
 use protocol::config::{NatsConfig, Secret};
 use protocol::jetstream::{connect, ensure_resources, open_resources};
 use protocol::names;
@@ -408,15 +407,7 @@ async fn full_path_runs_with_one_restricted_user_per_role() {
             "height": 144,
             "steps": 4,
         });
-        let response = http
-            .post(format!("{base}/v1/videos"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
-        let view: JobView = response.json().await.unwrap();
-        ids.push(view.id);
+        ids.push(common::submit(&http, &base, &body, None, None).await.id);
     }
     let backends = http
         .get(format!("{base}/v1/backends"))

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::message::PublishMessage;
 use gateway::auth::Role;
 use gateway::auth::keys::KeyStore;
-use protocol::api::JobView;
 use protocol::jetstream::{connect, ensure_resources};
 use protocol::messages::SubmitRequest;
 use protocol::{JobId, JobSpec, JobState, TenantId, names};
@@ -124,26 +123,18 @@ async fn a_publisher_cannot_squat_another_tenants_job_and_logs_hold_no_prompt_or
         .unwrap();
 
     let http = reqwest::Client::new();
-    let submit = |prompt: &str, key_header: Option<&str>| {
-        let mut request = http
-            .post(format!("{base}/v1/videos"))
-            .bearer_auth(&key)
-            .json(&serde_json::json!({
-                "prompt": prompt, "num_frames": 7, "width": 64, "height": 64, "steps": 2,
-            }));
-        if let Some(k) = key_header {
-            request = request.header("Idempotency-Key", k);
-        }
-        request.send()
-    };
-    let response = submit(MARKER, Some(idempotency_key)).await.unwrap();
-    assert_eq!(response.status(), 202);
-    let view: JobView = response.json().await.unwrap();
+    let body = serde_json::json!({
+        "prompt": MARKER, "num_frames": 7, "width": 64, "height": 64, "steps": 2,
+    });
+    let view = common::submit(&http, &base, &body, Some(&key), Some(idempotency_key)).await;
     assert_eq!(view.id, victims_id);
     let mut ids = vec![view.id];
     for _ in 0..2 {
-        let view: JobView = submit(MARKER, None).await.unwrap().json().await.unwrap();
-        ids.push(view.id);
+        ids.push(
+            common::submit(&http, &base, &body, Some(&key), None)
+                .await
+                .id,
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     for id in &ids {

@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use protocol::api::JobView;
 use protocol::jetstream::Resources;
 use protocol::messages::Cancel;
-use protocol::record::{JobEvent, Lease, VideoResult};
+use protocol::record::{JobEvent, Lease};
 use protocol::{
     ErrorBody, ErrorCode, JobId, JobRecord, JobSpec, JobState, Limits, NodeId, TenantId, codec,
     names, now_ms,
@@ -303,39 +303,7 @@ async fn content_is_409_before_success_then_served_whole_and_by_range() {
     assert!(detail.message.contains("assigned"), "{}", detail.message);
 
     let video: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    let name = format!("{}/1", record.id);
-    api.resources
-        .videos
-        .put(name.as_str(), &mut std::io::Cursor::new(video.clone()))
-        .await
-        .unwrap();
-    let result = VideoResult {
-        object_name: name,
-        size_bytes: video.len() as u64,
-        sha256: "ab".into(),
-        duration_ms: 1000,
-        num_frames: 31,
-        width: 848,
-        height: 480,
-        fps: 30,
-    };
-    for event in [
-        JobEvent::Started {
-            attempt: 1,
-            lease_deadline_ms: now_ms() + 60_000,
-        },
-        JobEvent::EncodingStarted {
-            attempt: 1,
-            lease_deadline_ms: now_ms() + 60_000,
-        },
-        JobEvent::Succeeded { attempt: 1, result },
-    ] {
-        api.resources
-            .jobs
-            .apply(record.id, &event, now_ms())
-            .await
-            .unwrap();
-    }
+    common::succeed(&api.resources, record.id, &video).await;
     let uri = format!("/v1/videos/{}/content", record.id);
     let (status, headers, body) = api
         .send(Request::get(&uri).body(Body::empty()).unwrap())

@@ -77,46 +77,16 @@ async fn stored_job(state: &AppState, tenant: &str, succeeded: bool) -> JobRecor
     if !succeeded {
         return record;
     }
-    let video: Vec<u8> = (0..5_000u32).map(|i| (i % 251) as u8).collect();
-    let name = format!("{}/1", record.id);
-    state
-        .resources
-        .videos
-        .put(name.as_str(), &mut std::io::Cursor::new(video.clone()))
-        .await
-        .unwrap();
     let lease = Lease {
         node: NodeId::new("n1").unwrap(),
         slot: 0,
         deadline_ms: now_ms() + 60_000,
     };
-    let deadline = now_ms() + 60_000;
-    let result = protocol::record::VideoResult {
-        object_name: name,
-        size_bytes: video.len() as u64,
-        sha256: "ab".into(),
-        duration_ms: 1000,
-        num_frames: 31,
-        width: 848,
-        height: 480,
-        fps: 30,
-    };
-    let mut record = record;
-    for event in [
-        JobEvent::Assigned { lease },
-        JobEvent::Started {
-            attempt: 1,
-            lease_deadline_ms: deadline,
-        },
-        JobEvent::EncodingStarted {
-            attempt: 1,
-            lease_deadline_ms: deadline,
-        },
-        JobEvent::Succeeded { attempt: 1, result },
-    ] {
-        record = jobs.apply(record.id, &event, now_ms()).await.unwrap();
-    }
-    record
+    jobs.apply(record.id, &JobEvent::Assigned { lease }, now_ms())
+        .await
+        .unwrap();
+    let video: Vec<u8> = (0..5_000u32).map(|i| (i % 251) as u8).collect();
+    common::succeed(&state.resources, record.id, &video).await
 }
 
 /// Waits until `state` sees the key revoked.

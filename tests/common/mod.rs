@@ -46,6 +46,27 @@ pub fn spawn_node(
     });
 }
 
+/// `POST {base}/v1/videos` with `body` (with `key` and `idempotency_key`, if any); asserts
+/// `202` and returns the job.
+pub async fn submit(
+    http: &reqwest::Client,
+    base: &str,
+    body: &serde_json::Value,
+    key: Option<&str>,
+    idempotency_key: Option<&str>,
+) -> JobView {
+    let mut request = http.post(format!("{base}/v1/videos")).json(body);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    if let Some(idempotency_key) = idempotency_key {
+        request = request.header("Idempotency-Key", idempotency_key);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    response.json().await.unwrap()
+}
+
 /// Polls `GET {base}/v1/videos/{id}` (with `key`, if any) until the job ends or `deadline`.
 pub async fn wait_terminal(
     http: &reqwest::Client,

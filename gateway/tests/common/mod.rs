@@ -79,6 +79,54 @@ pub async fn key(state: &AppState, tenant: &str, role: gateway::auth::Role) -> S
     secret
 }
 
+/// Stores `video` as attempt 1's MP4 of the assigned job `job_id` and runs the job to
+/// `succeeded` as its node would (started, encoding, succeeded).
+pub async fn succeed(
+    resources: &Resources,
+    job_id: protocol::JobId,
+    video: &[u8],
+) -> protocol::JobRecord {
+    use protocol::JobEvent;
+    let name = format!("{job_id}/1");
+    resources
+        .videos
+        .put(name.as_str(), &mut std::io::Cursor::new(video.to_vec()))
+        .await
+        .unwrap();
+    let result = protocol::record::VideoResult {
+        object_name: name,
+        size_bytes: video.len() as u64,
+        sha256: "ab".into(),
+        duration_ms: 1000,
+        num_frames: 31,
+        width: 848,
+        height: 480,
+        fps: 30,
+    };
+    let deadline = protocol::now_ms() + 60_000;
+    let mut record = None;
+    for event in [
+        JobEvent::Started {
+            attempt: 1,
+            lease_deadline_ms: deadline,
+        },
+        JobEvent::EncodingStarted {
+            attempt: 1,
+            lease_deadline_ms: deadline,
+        },
+        JobEvent::Succeeded { attempt: 1, result },
+    ] {
+        record = Some(
+            resources
+                .jobs
+                .apply(job_id, &event, protocol::now_ms())
+                .await
+                .unwrap(),
+        );
+    }
+    record.unwrap()
+}
+
 /// A healthy, idle slot with all of `memory` free.
 pub fn slot(slot: u32, gpu_class: &str, memory: u64) -> SlotReport {
     SlotReport {
