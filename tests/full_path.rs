@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use protocol::jetstream::{connect, ensure_resources};
 use protocol::{JobRecord, JobState};
 use tokio_util::sync::CancellationToken;
 
@@ -19,15 +18,7 @@ const HEIGHT: u32 = 144;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_jobs_on_two_nodes_all_succeed_and_decode() {
-    let server = testkit::NatsServer::start();
-    let nats = protocol::config::NatsConfig {
-        url: server.url().to_owned(),
-        ..Default::default()
-    };
-    let client = connect(&nats, "e2e").await.unwrap();
-    let resources = ensure_resources(client.clone(), &nats.jetstream)
-        .await
-        .unwrap();
+    let (_server, client, resources) = common::nats("e2e").await;
     let shutdown = CancellationToken::new();
 
     // Watch placements to see that both nodes did work.

@@ -5,12 +5,14 @@
 //! succeeds with the same video as a run never paused.
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use coordinator::cost::{CostModel, GpuClass};
 use gpu_node::backend::simulated::SimulatedBackend;
 use gpu_node::backend::{Backend, BackendJob, Control, StepObserver};
-use protocol::jetstream::{Resources, connect, ensure_resources};
+use protocol::jetstream::Resources;
 use protocol::messages::SubmitRequest;
 use protocol::{JobId, JobRecord, JobSpec, JobState, Limits, codec, names};
 use tokio::io::AsyncReadExt;
@@ -95,15 +97,7 @@ impl StepObserver for Continue {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_short_job_takes_the_only_slot_at_a_step_boundary_and_the_long_job_resumes_and_succeeds()
 {
-    let server = testkit::NatsServer::start();
-    let nats = protocol::config::NatsConfig {
-        url: server.url().to_owned(),
-        ..Default::default()
-    };
-    let client = connect(&nats, "preemption").await.unwrap();
-    let resources = ensure_resources(client.clone(), &nats.jetstream)
-        .await
-        .unwrap();
+    let (_server, client, resources) = common::nats("preemption").await;
     let shutdown = CancellationToken::new();
 
     // Lanes between the two jobs' predicted GPU times, so that one is short and one long

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::message::PublishMessage;
 use gateway::auth::Role;
 use gateway::auth::keys::KeyStore;
-use protocol::jetstream::{connect, ensure_resources};
 use protocol::messages::SubmitRequest;
 use protocol::{JobId, JobSpec, JobState, TenantId, names};
 use tokio_util::sync::CancellationToken;
@@ -45,15 +44,7 @@ async fn a_publisher_cannot_squat_another_tenants_job_and_logs_hold_no_prompt_or
         .with_writer(move || writer.clone())
         .init();
 
-    let server = testkit::NatsServer::start();
-    let nats = protocol::config::NatsConfig {
-        url: server.url().to_owned(),
-        ..Default::default()
-    };
-    let client = connect(&nats, "tenants").await.unwrap();
-    let resources = ensure_resources(client.clone(), &nats.jetstream)
-        .await
-        .unwrap();
+    let (_server, client, resources) = common::nats("tenants").await;
     let shutdown = CancellationToken::new();
     let mut roles = common::Roles::new();
     common::spawn_coordinator(

@@ -12,6 +12,21 @@ use tokio_util::sync::CancellationToken;
 /// The role tasks; each ends with `Err(<role>: <error>)` if its role failed.
 pub type Roles = JoinSet<Result<(), String>>;
 
+/// Starts a nats-server (killed when the returned guard drops), connects to it as `name`
+/// and creates the JetStream resources.
+pub async fn nats(name: &str) -> (testkit::NatsServer, async_nats::Client, Resources) {
+    let server = testkit::NatsServer::start();
+    let config = protocol::config::NatsConfig {
+        url: server.url().to_owned(),
+        ..Default::default()
+    };
+    let client = protocol::jetstream::connect(&config, name).await.unwrap();
+    let resources = protocol::jetstream::ensure_resources(client.clone(), &config.jetstream)
+        .await
+        .unwrap();
+    (server, client, resources)
+}
+
 /// Starts a coordinator with `config` on `roles`.
 pub fn spawn_coordinator(
     roles: &mut Roles,
