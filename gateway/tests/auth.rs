@@ -260,16 +260,7 @@ async fn another_tenants_job_is_404_on_every_route_and_left_alone() {
         "the intruder's cancel changed the job"
     );
     // The owner still sees both, and an idempotency key means something per tenant only.
-    let (status, _, _) = send(
-        state,
-        request(
-            "GET",
-            &format!("/v1/videos/{}", done.id),
-            Some(&bearer(&owner)),
-            None,
-        ),
-    )
-    .await;
+    let (status, _, _) = get(state, &format!("/v1/videos/{}", done.id), &owner).await;
     assert_eq!(status, StatusCode::OK);
     let submit = |key: &str| {
         Request::post("/v1/videos")
@@ -394,16 +385,7 @@ async fn signed_links_work_without_a_key_until_they_expire() {
     let state = &gateway.state;
     let key = common::key(state, "acme", Role::Viewer).await;
     let job = stored_job(state, "acme", true).await;
-    let (status, _, body) = send(
-        state,
-        request(
-            "GET",
-            &format!("/v1/videos/{}", job.id),
-            Some(&bearer(&key)),
-            None,
-        ),
-    )
-    .await;
+    let (status, _, body) = get(state, &format!("/v1/videos/{}", job.id), &key).await;
     assert_eq!(status, StatusCode::OK);
     let view: JobView = serde_json::from_slice(&body).unwrap();
     let link = view
@@ -516,15 +498,6 @@ async fn an_unreadable_record_is_an_error_for_that_job_only() {
             "{message}"
         );
     }
-    let (status, _, _) = send(
-        state,
-        request(
-            "GET",
-            &format!("/v1/videos/{}", good.id),
-            Some(&bearer(&key)),
-            None,
-        ),
-    )
-    .await;
+    let (status, _, _) = get(state, &format!("/v1/videos/{}", good.id), &key).await;
     assert_eq!(status, StatusCode::OK);
 }
