@@ -26,8 +26,6 @@ use crate::metrics;
 
 /// How long connections get to finish their requests after the stop signal.
 const DRAIN: Duration = Duration::from_secs(30);
-/// How often a connection checks whether it went idle.
-const IDLE_CHECK: Duration = Duration::from_millis(250);
 
 /// Serves `app` on `listener` until `shutdown`, then lets open requests finish (up to 30 s).
 pub async fn serve(
@@ -96,9 +94,15 @@ async fn connection(
         .keep_alive(true);
     let conn = builder.serve_connection(io, TowerToHyperService::new(app));
     let mut conn = std::pin::pin!(conn);
-    let idle_ms = config.idle_timeout_ms;
+    let idle = Duration::from_millis(config.idle_timeout_ms);
     let mut draining = false;
-    let mut check = tokio::time::interval(IDLE_CHECK);
+    // One timer per connection, set to when it would go idle if no byte moves; it wakes
+    // once per idle period at most, not on a fixed tick.
+    let idle_at = |last_ms: u64| {
+        tokio::time::Instant::from_std(started) + Duration::from_millis(last_ms) + idle
+    };
+    let check = tokio::time::sleep_until(idle_at(activity.load(Ordering::Relaxed)));
+    let mut check = std::pin::pin!(check);
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -114,13 +118,15 @@ async fn connection(
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = check.tick() => {
-                let last = activity.load(Ordering::Relaxed);
-                if elapsed_ms(started).saturating_sub(last) > idle_ms {
+            () = check.as_mut() => {
+                let deadline = idle_at(activity.load(Ordering::Relaxed));
+                if deadline <= tokio::time::Instant::now() {
                     metrics::record_connection_closed("idle");
                     tracing::debug!("connection idle; closed");
                     return;
                 }
+                // Bytes moved since the timer was set: wait until the new deadline.
+                check.as_mut().reset(deadline);
             }
         }
     }
