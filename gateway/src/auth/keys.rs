@@ -294,12 +294,20 @@ impl KeyCache {
             .store
             .as_ref()
             .ok_or_else(|| KeyError::Store("the mochi_keys bucket is not open".to_owned()))?;
+        // Changes from now on are watched first, then the keys there are now are read: what
+        // changes while they are read arrives through the watch too (the newer revision
+        // wins), and nothing is read twice at start-up.
+        let updates = store
+            .kv
+            .watch(format!("{ENTRY_PREFIX}>"))
+            .await
+            .map_err(|e| KeyError::Store(e.to_string()))?;
         for (record, revision) in store.entries().await? {
             self.apply(record, revision);
         }
         let records = Arc::downgrade(&self.records);
         let kv = store.kv.clone();
-        Ok(tokio::spawn(watch(records, kv)))
+        Ok(tokio::spawn(watch(records, kv, updates)))
     }
 
     /// The record of `key`, if it is one of ours and known.
@@ -351,9 +359,16 @@ fn apply(
     }
 }
 
-async fn watch(records: Weak<RwLock<HashMap<String, (ApiKeyRecord, u64)>>>, kv: kv::Store) {
+/// Applies `updates`; if that watch ends (NATS restarted, say), watches again with the
+/// whole history so that nothing missed in between is lost.
+async fn watch(
+    records: Weak<RwLock<HashMap<String, (ApiKeyRecord, u64)>>>,
+    kv: kv::Store,
+    updates: kv::Watch,
+) {
+    let mut next = Ok(updates);
     loop {
-        match kv.watch_with_history(format!("{ENTRY_PREFIX}>")).await {
+        match next {
             Ok(mut entries) => {
                 while let Some(entry) = entries.next().await {
                     let Some(records) = records.upgrade() else {
@@ -385,6 +400,7 @@ async fn watch(records: Weak<RwLock<HashMap<String, (ApiKeyRecord, u64)>>>, kv: 
             return;
         }
         tokio::time::sleep(RETRY).await;
+        next = kv.watch_with_history(format!("{ENTRY_PREFIX}>")).await;
     }
 }
 
