@@ -111,7 +111,7 @@ pub struct ResumePoint {
 /// The finished video.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VideoResult {
-    /// Object-store name (the job id).
+    /// Object-store name of the MP4 (`<job id>/<attempt>`).
     pub object_name: String,
     /// Size of the MP4 in bytes.
     pub size_bytes: u64,
@@ -127,6 +127,19 @@ pub struct VideoResult {
     pub height: u32,
     /// Frames per second.
     pub fps: u32,
+}
+
+impl VideoResult {
+    /// Object name of the thumbnail stored beside the MP4: its middle frame, JPEG.
+    pub fn thumbnail_object(&self) -> String {
+        format!("{}/thumbnail.jpg", self.object_name)
+    }
+
+    /// Object name of the spritesheet stored beside the MP4: evenly spaced frames in a
+    /// grid, JPEG.
+    pub fn spritesheet_object(&self) -> String {
+        format!("{}/spritesheet.jpg", self.object_name)
+    }
 }
 
 /// Why an attempt failed.
