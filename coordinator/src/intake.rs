@@ -206,6 +206,7 @@ fn record_for(state: &IntakeState, message: &async_nats::jetstream::Message) -> 
         now,
     );
     record.idempotency_key = request.idempotency_key;
+    record.remixed_from = request.remixed_from;
     if let Some(failure) = rejection {
         tracing::info!(%job_id, code = %failure.code, "submission refused at intake");
         record = record

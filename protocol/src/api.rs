@@ -6,12 +6,44 @@ use crate::ids::JobId;
 use crate::record::{JobRecord, JobState, Progress, VideoResult};
 use crate::spec::JobSpec;
 
-/// A job as the API shows it to its owner.
+/// The model this service serves, as `model` names it in requests and job objects.
+pub const MODEL_ID: &str = "mochi-1-preview";
+
+/// Share of `progress` given to denoising; the decode and the MP4 are the rest.
+const DENOISE_PERCENT: u32 = 95;
+
+/// A job as the API shows it to its owner: OpenAI's video object (`id` to
+/// `remixed_from_video_id`), then this service's own fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     /// The job's id.
     pub id: JobId,
-    /// Its state.
+    /// Always `video`.
+    pub object: String,
+    /// The model that makes the video ([`MODEL_ID`]).
+    pub model: String,
+    /// OpenAI's coarse status; `state` has the exact one.
+    pub status: VideoStatus,
+    /// Completion in percent (0–100): denoising steps, then the decode.
+    pub progress: u32,
+    /// Creation time, seconds since the epoch.
+    pub created_at: u64,
+    /// When the job ended (any terminal state), seconds since the epoch.
+    pub completed_at: Option<u64>,
+    /// When the video and its previews are removed, seconds since the epoch (none
+    /// configured: `null`).
+    pub expires_at: Option<u64>,
+    /// The prompt.
+    pub prompt: String,
+    /// Length of the video in seconds (frames ÷ fps, at most two decimals), as a string.
+    pub seconds: String,
+    /// `WIDTHxHEIGHT` in pixels.
+    pub size: String,
+    /// Why the job failed; a cancelled job has code `cancelled`.
+    pub error: Option<JobError>,
+    /// The job this one remixes.
+    pub remixed_from_video_id: Option<JobId>,
+    /// The exact state (the service's own field).
     pub state: JobState,
     /// What was asked.
     pub spec: JobSpec,
@@ -29,12 +61,10 @@ pub struct JobView {
     pub seed: Option<u64>,
     /// Current attempt (0 before the first placement).
     pub attempt: u32,
-    /// Denoising progress.
-    pub progress: Option<Progress>,
+    /// Denoising steps done in the current attempt.
+    pub denoising: Option<Progress>,
     /// The video, once succeeded.
     pub result: Option<VideoResult>,
-    /// The failure, if the job failed or is dead.
-    pub error: Option<JobError>,
     /// Creation time, ms since the epoch.
     pub created_at_ms: u64,
     /// Last change, ms since the epoch.
@@ -45,6 +75,51 @@ pub struct JobView {
     /// published them (absent when not queued or not yet estimated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<crate::queue::QueueInfo>,
+}
+
+/// OpenAI's status of a video job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VideoStatus {
+    /// Waiting for a slot (queued, assigned, or paused to let another job run).
+    Queued,
+    /// Denoising or encoding.
+    InProgress,
+    /// The video is ready.
+    Completed,
+    /// Ended without a video (failed, cancelled, aborted, dead).
+    Failed,
+}
+
+impl VideoStatus {
+    /// The status of a job in `state`.
+    pub fn of(state: JobState) -> Self {
+        match state {
+            JobState::Queued | JobState::Assigned | JobState::Preempted => Self::Queued,
+            JobState::Running | JobState::Encoding => Self::InProgress,
+            JobState::Succeeded => Self::Completed,
+            JobState::Failed | JobState::Cancelled | JobState::Aborted | JobState::Dead => {
+                Self::Failed
+            }
+        }
+    }
+
+    /// The snake_case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::InProgress => "in_progress",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Queued, Self::InProgress, Self::Completed, Self::Failed]
+            .into_iter()
+            .find(|status| status.as_str() == name)
+    }
 }
 
 /// A job's failure as clients see it.
@@ -61,13 +136,16 @@ pub struct JobError {
 pub struct JobLinks {
     /// The job's status.
     pub status: String,
-    /// The MP4, once succeeded.
+    /// The MP4, once succeeded (`?variant=thumbnail` or `spritesheet` for the previews).
     pub content: String,
     /// The MP4 by a signed link that needs no credentials (once succeeded), until
     /// `signed_content_expires_at`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_content: Option<String>,
-    /// When `signed_content` stops working, seconds since the epoch.
+    /// The thumbnail by a signed link, like `signed_content`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_thumbnail: Option<String>,
+    /// When the signed links stop working, seconds since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_content_expires_at: Option<u64>,
 }
@@ -79,8 +157,34 @@ impl JobLinks {
             status: format!("/v1/videos/{id}"),
             content: format!("/v1/videos/{id}/content"),
             signed_content: None,
+            signed_thumbnail: None,
             signed_content_expires_at: None,
         }
+    }
+}
+
+/// `seconds` of a video: `frames / fps` to the nearest hundredth, without trailing zeros
+/// (`"4"`, `"1.5"`, `"1.03"`).
+pub fn seconds_of(num_frames: u32, fps: u32) -> String {
+    let fps = u64::from(fps.max(1));
+    let hundredths = (u64::from(num_frames) * 100 + fps / 2) / fps;
+    let (whole, frac) = (hundredths / 100, hundredths % 100);
+    match frac {
+        0 => whole.to_string(),
+        f if f % 10 == 0 => format!("{whole}.{}", f / 10),
+        f => format!("{whole}.{f:02}"),
+    }
+}
+
+/// `progress` of a job in `state` that has done `denoising`.
+pub fn percent_of(state: JobState, denoising: Option<Progress>) -> u32 {
+    let denoised = denoising
+        .filter(|p| p.total_steps > 0)
+        .map_or(0, |p| p.step.min(p.total_steps) * DENOISE_PERCENT / p.total_steps);
+    match state {
+        JobState::Succeeded => 100,
+        JobState::Encoding => DENOISE_PERCENT,
+        _ => denoised,
     }
 }
 
@@ -89,6 +193,18 @@ impl JobView {
     pub fn pending(id: JobId, spec: JobSpec, shape: &crate::shape::JobShape, at_ms: u64) -> Self {
         Self {
             id,
+            object: "video".to_owned(),
+            model: MODEL_ID.to_owned(),
+            status: VideoStatus::Queued,
+            progress: 0,
+            created_at: at_ms / 1000,
+            completed_at: None,
+            expires_at: None,
+            prompt: spec.prompt.clone(),
+            seconds: seconds_of(shape.num_frames, shape.fps),
+            size: format!("{}x{}", shape.width, shape.height),
+            error: None,
+            remixed_from_video_id: None,
             state: JobState::Queued,
             seed: spec.seed,
             spec,
@@ -98,9 +214,8 @@ impl JobView {
             height: shape.height,
             steps: shape.steps,
             attempt: 0,
-            progress: None,
+            denoising: None,
             result: None,
-            error: None,
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
             links: JobLinks::for_job(id),
@@ -110,8 +225,35 @@ impl JobView {
 
     /// The view of a stored record.
     pub fn from_record(record: &JobRecord) -> Self {
+        let error = match record.state {
+            JobState::Succeeded => None,
+            JobState::Cancelled => Some(JobError {
+                code: crate::error::ErrorCode::Cancelled,
+                message: "the job was cancelled".to_owned(),
+            }),
+            _ => record.error.as_ref().map(|failure| JobError {
+                code: failure.code,
+                message: failure.message.clone(),
+            }),
+        };
+        let completed_at = record
+            .finished_at_ms
+            .filter(|_| record.state.is_terminal())
+            .map(|ms| ms / 1000);
         Self {
             id: record.id,
+            object: "video".to_owned(),
+            model: MODEL_ID.to_owned(),
+            status: VideoStatus::of(record.state),
+            progress: percent_of(record.state, record.progress),
+            created_at: record.created_at_ms / 1000,
+            completed_at,
+            expires_at: None,
+            prompt: record.spec.prompt.clone(),
+            seconds: seconds_of(record.shape.num_frames, record.shape.fps),
+            size: format!("{}x{}", record.shape.width, record.shape.height),
+            error,
+            remixed_from_video_id: record.remixed_from,
             state: record.state,
             spec: record.spec.clone(),
             num_frames: record.shape.num_frames,
@@ -121,22 +263,62 @@ impl JobView {
             steps: record.shape.steps,
             seed: Some(record.seed),
             attempt: record.attempt,
-            progress: record.progress,
+            denoising: record.progress,
             result: record.result.clone(),
-            error: record
-                .error
-                .as_ref()
-                .filter(|_| record.state != JobState::Succeeded)
-                .map(|failure| JobError {
-                    code: failure.code,
-                    message: failure.message.clone(),
-                }),
             created_at_ms: record.created_at_ms,
             updated_at_ms: record.updated_at_ms,
             links: JobLinks::for_job(record.id),
             queue: None,
         }
     }
+}
+
+/// `GET /v1/videos`: one page of the tenant's jobs (OpenAI's cursor page).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VideoList {
+    /// Always `list`.
+    pub object: String,
+    /// The jobs of this page, in the order asked for.
+    pub data: Vec<JobView>,
+    /// The first job's id.
+    pub first_id: Option<JobId>,
+    /// The last job's id: pass it as `after` for the next page.
+    pub last_id: Option<JobId>,
+    /// Whether a next page exists.
+    pub has_more: bool,
+}
+
+/// `DELETE /v1/videos/{id}`: the job and its files are gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VideoDeleted {
+    /// The deleted job.
+    pub id: JobId,
+    /// Always `video.deleted`.
+    pub object: String,
+    /// Always true.
+    pub deleted: bool,
+}
+
+/// `GET /v1/models`: the models served (OpenAI's list of models).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: String,
+    /// The models.
+    pub data: Vec<Model>,
+}
+
+/// One served model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Model {
+    /// Its name, as `model` takes it.
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    /// When it was published, seconds since the epoch.
+    pub created: u64,
+    /// Who publishes it.
+    pub owned_by: String,
 }
 
 /// `GET /v1/backends`: what the live GPU nodes run, from their heartbeats.
@@ -156,4 +338,44 @@ pub struct BackendView {
     pub nodes: u32,
     /// Their slots.
     pub slots: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_frames_over_fps_to_the_hundredth() {
+        assert_eq!(seconds_of(121, 30), "4.03");
+        assert_eq!(seconds_of(120, 30), "4");
+        assert_eq!(seconds_of(31, 30), "1.03");
+        assert_eq!(seconds_of(37, 24), "1.54");
+        assert_eq!(seconds_of(3, 2), "1.5");
+        assert_eq!(seconds_of(7, 0), "7");
+    }
+
+    #[test]
+    fn progress_counts_steps_then_the_decode() {
+        let at = |step, total_steps| Some(Progress { step, total_steps });
+        assert_eq!(percent_of(JobState::Queued, None), 0);
+        assert_eq!(percent_of(JobState::Running, at(0, 64)), 0);
+        assert_eq!(percent_of(JobState::Running, at(32, 64)), 47);
+        assert_eq!(percent_of(JobState::Running, at(64, 64)), 95);
+        assert_eq!(percent_of(JobState::Running, at(99, 64)), 95);
+        assert_eq!(percent_of(JobState::Running, at(3, 0)), 0);
+        assert_eq!(percent_of(JobState::Encoding, at(64, 64)), 95);
+        assert_eq!(percent_of(JobState::Succeeded, at(64, 64)), 100);
+        assert_eq!(percent_of(JobState::Preempted, at(16, 64)), 23);
+    }
+
+    #[test]
+    fn every_state_has_an_openai_status() {
+        assert_eq!(VideoStatus::of(JobState::Assigned), VideoStatus::Queued);
+        assert_eq!(VideoStatus::of(JobState::Encoding), VideoStatus::InProgress);
+        assert_eq!(VideoStatus::of(JobState::Cancelled), VideoStatus::Failed);
+        for status in ["queued", "in_progress", "completed", "failed"] {
+            assert_eq!(VideoStatus::parse(status).map(VideoStatus::as_str), Some(status));
+        }
+        assert_eq!(VideoStatus::parse("running"), None);
+    }
 }

@@ -7,9 +7,11 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// The format version this build writes and reads. Changing any bincode-encoded type
-/// (field order, a new field, a new enum variant) bumps it.
-pub const WIRE_VERSION: u16 = 1;
+/// The format version this build writes. Changing any bincode-encoded type (field order, a
+/// new field, a new enum variant) bumps it, and sets that type's [`WireMessage::SINCE`].
+///
+/// Version 2: `JobRecord.remixed_from` and `JobRecord.deleted_at_ms`.
+pub const WIRE_VERSION: u16 = 2;
 
 const MAGIC: [u8; 2] = *b"MO";
 const HEADER_LEN: usize = 5;
@@ -20,6 +22,19 @@ pub trait WireMessage: Serialize + DeserializeOwned {
     const KIND: u8;
     /// The type's name, for errors.
     const NAME: &'static str;
+    /// The format version in which this type last changed: bodies of this version or newer
+    /// (up to [`WIRE_VERSION`]) decode as the current type.
+    const SINCE: u16 = 1;
+
+    /// Reads a body written in `version`, older than [`WireMessage::SINCE`] (stored records
+    /// outlive an upgrade). Types that keep no older layout refuse it.
+    fn upgrade(version: u16, body: &[u8]) -> Result<Self, CodecError> {
+        let _ = body;
+        Err(CodecError::RetiredVersion {
+            found: version,
+            supported: Self::SINCE,
+        })
+    }
 }
 
 /// Why bytes could not be turned into a message (or a message into bytes).
@@ -116,22 +131,28 @@ pub fn decode<M: WireMessage>(bytes: &[u8]) -> Result<M, CodecError> {
             supported: WIRE_VERSION,
         });
     }
-    if version < WIRE_VERSION {
-        return Err(CodecError::RetiredVersion {
-            found: version,
-            supported: WIRE_VERSION,
-        });
-    }
     if bytes[4] != M::KIND {
         return Err(CodecError::WrongKind {
             expected: M::NAME,
             found: bytes[4],
         });
     }
-    let (message, _) = bincode::serde::decode_from_slice(&bytes[HEADER_LEN..], bincode_config())
-        .map_err(|source| CodecError::Decode {
-            message: M::NAME,
-            source,
+    let body = &bytes[HEADER_LEN..];
+    if version < M::SINCE {
+        return M::upgrade(version, body);
+    }
+    decode_body(body, M::NAME)
+}
+
+/// Decodes a bincode body (no header) as `T`: the current type, or an older layout of one
+/// in [`WireMessage::upgrade`].
+pub fn decode_body<T: DeserializeOwned>(body: &[u8], name: &'static str) -> Result<T, CodecError> {
+    let (message, _) =
+        bincode::serde::decode_from_slice(body, bincode_config()).map_err(|source| {
+            CodecError::Decode {
+                message: name,
+                source,
+            }
         })?;
     Ok(message)
 }

@@ -38,6 +38,12 @@ pub enum ErrorCode {
     Internal,
     /// The tenant has as many queued and running jobs as its quota allows.
     QuotaExceeded,
+    /// The job was cancelled (a job's error, never an HTTP answer's).
+    Cancelled,
+    /// The request names a model this service does not serve.
+    ModelNotFound,
+    /// The request asks for something Mochi-1 cannot do (e.g. an input image).
+    Unsupported,
 }
 
 impl ErrorCode {
@@ -60,6 +66,30 @@ impl ErrorCode {
             Self::JobFailed => "job_failed",
             Self::Internal => "internal",
             Self::QuotaExceeded => "quota_exceeded",
+            Self::Cancelled => "cancelled",
+            Self::ModelNotFound => "model_not_found",
+            Self::Unsupported => "unsupported",
+        }
+    }
+
+    /// OpenAI's error `type` for this code, so that OpenAI clients classify it.
+    pub fn openai_type(self) -> &'static str {
+        match self {
+            Self::MalformedRequest
+            | Self::PayloadTooLarge
+            | Self::InvalidField
+            | Self::ConflictingFields
+            | Self::JobTooLarge
+            | Self::NotReady
+            | Self::Conflict
+            | Self::JobFailed
+            | Self::Cancelled
+            | Self::Unsupported => "invalid_request_error",
+            Self::NotFound | Self::ModelNotFound => "not_found_error",
+            Self::Unauthorized => "authentication_error",
+            Self::Forbidden => "permission_error",
+            Self::RateLimited | Self::QuotaExceeded => "rate_limit_error",
+            Self::Unavailable | Self::UnsupportedVersion | Self::Internal => "server_error",
         }
     }
 }
@@ -70,7 +100,8 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
-/// The JSON body of every error response: `{"error": {"code", "message", "field"}}`.
+/// The JSON body of every error response: `{"error": {"code", "message", "field", "type",
+/// "param"}}` (`type` and `param` are OpenAI's names; `param` repeats `field`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// The error itself.
@@ -87,6 +118,12 @@ pub struct ErrorDetail {
     /// The request field at fault, as a JSON path (`width`, `spec.steps`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// OpenAI's error class ([`ErrorCode::openai_type`]).
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// OpenAI's name for `field` (`null` when no field is at fault).
+    #[serde(default)]
+    pub param: Option<String>,
 }
 
 impl ErrorBody {
@@ -97,6 +134,8 @@ impl ErrorBody {
                 code,
                 message: message.into(),
                 field: field.map(str::to_owned),
+                kind: Some(code.openai_type().to_owned()),
+                param: field.map(str::to_owned),
             },
         }
     }

@@ -22,6 +22,10 @@ pub struct SubmitRequest {
     /// The client's idempotency key, if any.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// The job this one remixes, if any (recorded as given: a label, not a reference the
+    /// intake checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remixed_from: Option<JobId>,
 }
 
 /// The coordinator places a job on a slot (request/reply on `mochi.node.<node>.assign`).
@@ -193,6 +197,19 @@ impl WireMessage for NodeHeartbeat {
 impl WireMessage for crate::record::JobRecord {
     const KIND: u8 = 6;
     const NAME: &'static str = "job_record";
+    const SINCE: u16 = 2;
+
+    /// Records stored by version 1 read as neither remixed nor deleted.
+    fn upgrade(version: u16, body: &[u8]) -> Result<Self, crate::codec::CodecError> {
+        match version {
+            1 => crate::codec::decode_body::<crate::record::v1::JobRecordV1>(body, Self::NAME)
+                .map(Into::into),
+            _ => Err(crate::codec::CodecError::RetiredVersion {
+                found: version,
+                supported: Self::SINCE,
+            }),
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.

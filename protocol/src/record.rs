@@ -361,6 +361,12 @@ pub struct JobRecord {
     pub idempotency_key: Option<String>,
     /// Transitions so far (at most [`MAX_HISTORY`], oldest dropped).
     pub history: Vec<HistoryEntry>,
+    /// The job this one remixes (same parameters and seed, another prompt), if any.
+    pub remixed_from: Option<JobId>,
+    /// When the owner deleted the job: the record is then a tombstone (prompts, result and
+    /// history erased) that reads as absent and keeps a late redelivery of the submission
+    /// from creating the job again.
+    pub deleted_at_ms: Option<u64>,
 }
 
 impl JobRecord {
@@ -396,6 +402,29 @@ impl JobRecord {
             finished_at_ms: None,
             idempotency_key: None,
             history: Vec::new(),
+            remixed_from: None,
+            deleted_at_ms: None,
+        }
+    }
+
+    /// The tombstone that replaces this (terminal) record when its owner deletes it: ids,
+    /// tenant, state and times stay; what the client wrote and what the job made go.
+    pub fn tombstone(&self, now_ms: u64) -> Self {
+        let mut spec = self.spec.clone();
+        spec.prompt.clear();
+        spec.negative_prompt.clear();
+        Self {
+            spec,
+            lease: None,
+            progress: None,
+            resume: None,
+            result: None,
+            error: None,
+            idempotency_key: None,
+            history: Vec::new(),
+            updated_at_ms: now_ms,
+            deleted_at_ms: Some(now_ms),
+            ..self.clone()
         }
     }
 
@@ -426,6 +455,9 @@ impl JobRecord {
             state: self.state,
             event: event.name(),
         };
+        if self.deleted_at_ms.is_some() {
+            return Err(illegal());
+        }
         let mut next = self.clone();
         use JobState as S;
         match (self.state, event) {
@@ -566,6 +598,8 @@ fn retry_or_die(record: &mut JobRecord, retry_at_ms: u64) {
         record.not_before_ms = retry_at_ms;
     }
 }
+
+pub(crate) mod v1;
 
 #[cfg(test)]
 mod tests;

@@ -409,3 +409,49 @@ fn a_paused_job_resumes_on_a_new_attempt_that_fences_the_old_one_and_counts_its_
         .expect("paused twice");
     assert_eq!(second.pauses(), 2);
 }
+
+#[test]
+fn a_record_stored_by_format_version_1_still_reads() {
+    let mut current = record(JobState::Succeeded);
+    current.history.push(HistoryEntry {
+        at_ms: 5,
+        from: JobState::Queued,
+        to: JobState::Running,
+        event: "started".into(),
+        attempt: 1,
+    });
+    let bytes = crate::codec::encode(&current).expect("encode");
+    // Version 1's layout is version 2's without the trailing `remixed_from` and
+    // `deleted_at_ms` (None: one 0 byte each in bincode).
+    assert_eq!(bytes[bytes.len() - 2..], [0, 0]);
+    let mut old = bytes[..bytes.len() - 2].to_vec();
+    old[2..4].copy_from_slice(&1u16.to_le_bytes());
+    let read: JobRecord = crate::codec::decode(&old).expect("a version 1 record reads");
+    assert_eq!(read, current);
+    let remixed = JobRecord {
+        remixed_from: Some(JobId::new()),
+        ..current.clone()
+    };
+    let bytes = crate::codec::encode(&remixed).expect("encode");
+    assert_eq!(
+        crate::codec::decode::<JobRecord>(&bytes).expect("decode"),
+        remixed
+    );
+}
+
+#[test]
+fn a_deleted_job_keeps_no_content_and_takes_no_event() {
+    let mut done = record(JobState::Dead);
+    assert!(done.apply(&JobEvent::Redriven, 10_000).is_ok());
+    done.spec.negative_prompt = "blurry".into();
+    done.idempotency_key = Some("k1".into());
+    let tomb = done.tombstone(9_000);
+    assert_eq!(tomb.deleted_at_ms, Some(9_000));
+    assert!(tomb.spec.prompt.is_empty() && tomb.spec.negative_prompt.is_empty());
+    assert_eq!((tomb.id, tomb.state, &tomb.tenant), (done.id, done.state, &done.tenant));
+    assert!(tomb.idempotency_key.is_none() && tomb.history.is_empty());
+    assert!(matches!(
+        tomb.apply(&JobEvent::Redriven, 10_000),
+        Err(TransitionError::Illegal { .. })
+    ));
+}
