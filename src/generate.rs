@@ -129,7 +129,7 @@ pub async fn run(args: GenerateArgs) -> Result<PathBuf> {
     let finished = loop {
         let view: JobView = get_json(&http, &status_url).await?;
         bar.set_message(view.state.to_string());
-        if let Some(progress) = view.progress {
+        if let Some(progress) = view.denoising {
             bar.set_position(u64::from(progress.step));
         }
         if view.state.is_terminal() {

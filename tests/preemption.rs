@@ -48,6 +48,7 @@ async fn submit(resources: &Resources, spec: JobSpec) -> JobId {
         job_id: Some(job_id),
         spec,
         idempotency_key: None,
+        remixed_from: None,
     };
     let subject = names::submit_job_subject("acme", &job_id.to_string());
     resources

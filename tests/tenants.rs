@@ -86,6 +86,7 @@ async fn a_publisher_cannot_squat_another_tenants_job_and_logs_hold_no_prompt_or
         job_id: Some(victims_id),
         spec: JobSpec::new("squatter"),
         idempotency_key: None,
+        remixed_from: None,
     };
     resources
         .context

@@ -268,6 +268,7 @@ mod tests {
             job_id,
             spec: protocol::JobSpec::new("x"),
             idempotency_key: key.map(str::to_owned),
+            remixed_from: None,
         }
     }
 

@@ -96,11 +96,14 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::MalformedRequest => StatusCode::BAD_REQUEST,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::InvalidField | ErrorCode::ConflictingFields | ErrorCode::JobTooLarge => {
-            StatusCode::UNPROCESSABLE_ENTITY
+        ErrorCode::InvalidField
+        | ErrorCode::ConflictingFields
+        | ErrorCode::JobTooLarge
+        | ErrorCode::Unsupported => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::NotFound | ErrorCode::ModelNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::NotReady | ErrorCode::Conflict | ErrorCode::JobFailed | ErrorCode::Cancelled => {
+            StatusCode::CONFLICT
         }
-        ErrorCode::NotFound => StatusCode::NOT_FOUND,
-        ErrorCode::NotReady | ErrorCode::Conflict | ErrorCode::JobFailed => StatusCode::CONFLICT,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::RateLimited | ErrorCode::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,

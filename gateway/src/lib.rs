@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod fleet;
+pub mod index;
 pub mod metrics;
 pub mod routes;
 pub mod serve;
@@ -41,12 +42,18 @@ pub use state::AppState;
 pub fn app(state: AppState) -> Router {
     let config = state.config.clone();
     let api = Router::new()
-        .route("/v1/videos", post(routes::videos::submit))
+        .route(
+            "/v1/videos",
+            post(routes::videos::submit).get(routes::videos::list),
+        )
         .route(
             "/v1/videos/{id}",
-            get(routes::videos::status).delete(routes::videos::cancel),
+            get(routes::videos::status).delete(routes::videos::delete),
         )
+        .route("/v1/videos/{id}/cancel", post(routes::videos::cancel))
+        .route("/v1/videos/{id}/remix", post(routes::videos::remix))
         .route("/v1/videos/{id}/content", get(routes::content::content))
+        .route("/v1/models", get(routes::models::models))
         .route("/v1/admin/dead", get(routes::admin::list))
         .route("/v1/admin/dead/{id}/redrive", post(routes::admin::redrive))
         .route(
@@ -81,9 +88,43 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(track))
         .with_state(state)
         .fallback_service(guarded)
+        .layer(axum::middleware::from_fn(request_id))
+}
+
+/// The header that names a request in both directions.
+const REQUEST_ID: &str = "x-request-id";
+/// Longest client-chosen request id kept.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Gives every response an `x-request-id`: the client's, when it sent a usable one, else a
+/// new one; the request's log lines carry it.
+async fn request_id(request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= MAX_REQUEST_ID
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned);
+    let id = given.unwrap_or_else(|| {
+        protocol::random::base62(22)
+            .map_or_else(|_| "req_unknown".to_owned(), |r| format!("req_{r}"))
+    });
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
 }
 
 /// A known route with a method it does not have (our error body instead of an empty 405).

@@ -13,6 +13,7 @@ use crate::auth::quota::TenantLoad;
 use crate::auth::signing::LinkSigner;
 use crate::config::Config;
 use crate::fleet::Fleet;
+use crate::index::JobIndex;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -34,6 +35,8 @@ pub struct AppState {
     pub limiter: Arc<RateLimiter>,
     /// Each tenant's queued + running jobs, for quotas (kept current by [`AppState::start`]).
     pub load: TenantLoad,
+    /// Each tenant's jobs in creation order, for lists (kept current by [`AppState::start`]).
+    pub index: JobIndex,
     /// Signs download links: the configured keys or the shared generated one, set by
     /// [`AppState::start`] (until then no link is given or accepted).
     pub links: Arc<std::sync::OnceLock<LinkSigner>>,
@@ -55,6 +58,7 @@ impl AppState {
             auth: Authenticator::new(&config.auth, keys),
             limiter: Arc::new(RateLimiter::new(config.rate_limit.clone())),
             load: TenantLoad::new(),
+            index: JobIndex::new(),
             links: Arc::default(),
             resources,
             client,
@@ -65,11 +69,15 @@ impl AppState {
     }
 
     /// Loads the API keys and the link-signing key, and starts the watches that keep keys,
-    /// tenant loads and the fleet current for as long as this state lives.
+    /// tenant loads, the job index and the fleet current for as long as this state lives.
     pub async fn start(&self) -> crate::Result<()> {
         self.auth.start_oidc().map_err(crate::Error::Start)?;
         drop(self.fleet.watch(self.resources.nodes.clone()));
-        drop(self.load.watch(self.resources.jobs.kv.clone()));
+        drop(crate::index::watch(
+            self.resources.jobs.kv.clone(),
+            &self.load,
+            &self.index,
+        ));
         let watch = self
             .auth
             .keys()

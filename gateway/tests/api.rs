@@ -85,6 +85,18 @@ impl Api {
             .await;
         (status, body)
     }
+
+    /// `POST {job_uri}/cancel`.
+    async fn cancel(&self, job_uri: &str) -> (StatusCode, Vec<u8>) {
+        let (status, _, body) = self
+            .send(
+                Request::post(format!("{job_uri}/cancel"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        (status, body)
+    }
 }
 
 fn view(body: &[u8]) -> JobView {
@@ -353,7 +365,7 @@ async fn content_is_409_before_success_then_served_whole_and_by_range() {
 async fn content_of_a_cancelled_job_is_a_conflict() {
     let api = api().await;
     let record = stored_job(&api, JobState::Queued).await;
-    let (status, _) = api.delete(&format!("/v1/videos/{}", record.id)).await;
+    let (status, _) = api.cancel(&format!("/v1/videos/{}", record.id)).await;
     assert_eq!(status, StatusCode::OK);
     let (status, body) = api.get(&format!("/v1/videos/{}/content", record.id)).await;
     let detail = error(&body).error;
@@ -365,21 +377,18 @@ async fn content_of_a_cancelled_job_is_a_conflict() {
 }
 
 #[tokio::test]
-async fn delete_cancels_a_queued_job_and_refuses_a_finished_one() {
+async fn cancel_cancels_a_queued_job_and_refuses_a_finished_one() {
     let api = api().await;
     let record = stored_job(&api, JobState::Queued).await;
     let uri = format!("/v1/videos/{}", record.id);
-    let (status, _, body) = api
-        .send(Request::delete(&uri).body(Body::empty()).unwrap())
-        .await;
+    let (status, body) = api.cancel(&uri).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(
-        serde_json::from_slice::<JobView>(&body).unwrap().state,
-        JobState::Cancelled
-    );
-    let (status, _, body) = api
-        .send(Request::delete(&uri).body(Body::empty()).unwrap())
-        .await;
+    let cancelled = view(&body);
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    // OpenAI's status for it, with the exact state beside it.
+    assert_eq!(cancelled.status, protocol::api::VideoStatus::Failed);
+    assert_eq!(cancelled.error.map(|e| e.code), Some(ErrorCode::Cancelled));
+    let (status, body) = api.cancel(&uri).await;
     assert_eq!(
         (status, error(&body).error.code),
         (StatusCode::CONFLICT, ErrorCode::Conflict)
@@ -387,13 +396,13 @@ async fn delete_cancels_a_queued_job_and_refuses_a_finished_one() {
 }
 
 #[tokio::test]
-async fn delete_right_after_submit_cancels_before_the_intake_runs() {
+async fn cancel_right_after_submit_cancels_before_the_intake_runs() {
     let api = api().await;
     let (status, body) = api.post(r#"{"prompt":"x"}"#, Some("cancel-me")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let id = view(&body).id;
     let uri = format!("/v1/videos/{id}");
-    let (status, body) = api.delete(&uri).await;
+    let (status, body) = api.cancel(&uri).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(view(&body).state, JobState::Cancelled);
     let (status, body) = api.get(&uri).await;
@@ -414,7 +423,7 @@ async fn delete_right_after_submit_cancels_before_the_intake_runs() {
 }
 
 #[tokio::test]
-async fn delete_of_a_job_on_a_node_tells_the_node() {
+async fn cancel_of_a_job_on_a_node_tells_the_node() {
     let api = api().await;
     let record = stored_job(&api, JobState::Assigned).await;
     let mut cancels = api
@@ -423,7 +432,7 @@ async fn delete_of_a_job_on_a_node_tells_the_node() {
         .await
         .unwrap();
     api.client.flush().await.unwrap();
-    let (status, body) = api.delete(&format!("/v1/videos/{}", record.id)).await;
+    let (status, body) = api.cancel(&format!("/v1/videos/{}", record.id)).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(view(&body).state, JobState::Cancelled);
     let message = tokio::time::timeout(Duration::from_secs(10), cancels.next())

@@ -69,6 +69,8 @@ pub struct JobView {
     pub created_at_ms: u64,
     /// Last change, ms since the epoch.
     pub updated_at_ms: u64,
+    /// When the current attempt started running, ms since the epoch.
+    pub started_at_ms: Option<u64>,
     /// Where to poll and download.
     pub links: JobLinks,
     /// While queued: the job's position and predicted start, as the scheduler last
@@ -116,9 +118,14 @@ impl VideoStatus {
 
     /// Parses a wire name.
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::Queued, Self::InProgress, Self::Completed, Self::Failed]
-            .into_iter()
-            .find(|status| status.as_str() == name)
+        [
+            Self::Queued,
+            Self::InProgress,
+            Self::Completed,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == name)
     }
 }
 
@@ -178,9 +185,9 @@ pub fn seconds_of(num_frames: u32, fps: u32) -> String {
 
 /// `progress` of a job in `state` that has done `denoising`.
 pub fn percent_of(state: JobState, denoising: Option<Progress>) -> u32 {
-    let denoised = denoising
-        .filter(|p| p.total_steps > 0)
-        .map_or(0, |p| p.step.min(p.total_steps) * DENOISE_PERCENT / p.total_steps);
+    let denoised = denoising.filter(|p| p.total_steps > 0).map_or(0, |p| {
+        p.step.min(p.total_steps) * DENOISE_PERCENT / p.total_steps
+    });
     match state {
         JobState::Succeeded => 100,
         JobState::Encoding => DENOISE_PERCENT,
@@ -218,6 +225,7 @@ impl JobView {
             result: None,
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
+            started_at_ms: None,
             links: JobLinks::for_job(id),
             queue: None,
         }
@@ -267,6 +275,7 @@ impl JobView {
             result: record.result.clone(),
             created_at_ms: record.created_at_ms,
             updated_at_ms: record.updated_at_ms,
+            started_at_ms: record.started_at_ms,
             links: JobLinks::for_job(record.id),
             queue: None,
         }
@@ -374,7 +383,10 @@ mod tests {
         assert_eq!(VideoStatus::of(JobState::Encoding), VideoStatus::InProgress);
         assert_eq!(VideoStatus::of(JobState::Cancelled), VideoStatus::Failed);
         for status in ["queued", "in_progress", "completed", "failed"] {
-            assert_eq!(VideoStatus::parse(status).map(VideoStatus::as_str), Some(status));
+            assert_eq!(
+                VideoStatus::parse(status).map(VideoStatus::as_str),
+                Some(status)
+            );
         }
         assert_eq!(VideoStatus::parse("running"), None);
     }

@@ -54,6 +54,33 @@ pub fn tenant_of_submit_subject(subject: &str) -> Option<&str> {
     is_valid_token(tenant).then_some(tenant)
 }
 
+/// Object name of an attempt's MP4 (one per attempt: a stale attempt never overwrites a
+/// newer one's video).
+pub fn video_object(job_id: &str, attempt: u32) -> String {
+    format!("{job_id}/{attempt}")
+}
+
+/// Object name of the thumbnail beside the MP4 `video_object`: its middle frame, JPEG.
+pub fn thumbnail_object(video_object: &str) -> String {
+    format!("{video_object}/thumbnail.jpg")
+}
+
+/// Object name of the spritesheet beside the MP4 `video_object`: evenly spaced frames in a
+/// grid, JPEG.
+pub fn spritesheet_object(video_object: &str) -> String {
+    format!("{video_object}/spritesheet.jpg")
+}
+
+/// Object name of the latent an attempt saved before decoding.
+pub fn latent_object(job_id: &str, attempt: u32) -> String {
+    format!("{job_id}/latent/{attempt}")
+}
+
+/// Object name of the state a paused attempt saved (the latent after its last step).
+pub fn paused_object(job_id: &str, attempt: u32) -> String {
+    format!("{job_id}/paused/{attempt}")
+}
+
 /// The subject a dead-lettered job is copied to.
 pub fn dlq_subject(job_id: &str) -> String {
     format!("mochi.dlq.{job_id}")

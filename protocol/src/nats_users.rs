@@ -241,6 +241,17 @@ impl Grants {
         self.publish(format!("$O.{bucket}.>"));
     }
 
+    /// Delete objects of an object store (a metadata rollup, then a purge of the chunks).
+    fn object_delete(&mut self, bucket: &str) {
+        self.object_write(bucket);
+        self.purge(&names::object_stream(bucket));
+    }
+
+    /// Purge messages of a stream (by subject filter).
+    fn purge(&mut self, stream: &str) {
+        self.publish(format!("$JS.API.STREAM.PURGE.{stream}"));
+    }
+
     /// Open every resource of [`crate::jetstream::Resources`] (what a role does at start).
     fn open_resources(&mut self) {
         for stream in [names::STREAM_SUBMIT, names::STREAM_DLQ] {
@@ -284,8 +295,10 @@ fn gateway(grants: &mut Grants) {
     // The fleet (admission, `/v1/backends`) and queue positions.
     grants.kv_watch(names::BUCKET_NODES);
     grants.kv_read(names::BUCKET_QUEUE);
-    // Downloads.
-    grants.object_read(names::OBJECT_STORE_VIDEOS);
+    // Downloads; a deleted job's video, previews and latents.
+    grants.object_delete(names::OBJECT_STORE_VIDEOS);
+    // A deleted job's dead letter.
+    grants.purge(names::STREAM_DLQ);
     // API keys: read, watched, written by the gateway alone (and admin).
     grants.kv_read(names::BUCKET_KEYS);
     grants.kv_watch(names::BUCKET_KEYS);

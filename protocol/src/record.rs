@@ -132,13 +132,13 @@ pub struct VideoResult {
 impl VideoResult {
     /// Object name of the thumbnail stored beside the MP4: its middle frame, JPEG.
     pub fn thumbnail_object(&self) -> String {
-        format!("{}/thumbnail.jpg", self.object_name)
+        crate::names::thumbnail_object(&self.object_name)
     }
 
     /// Object name of the spritesheet stored beside the MP4: evenly spaced frames in a
     /// grid, JPEG.
     pub fn spritesheet_object(&self) -> String {
-        format!("{}/spritesheet.jpg", self.object_name)
+        crate::names::spritesheet_object(&self.object_name)
     }
 }
 

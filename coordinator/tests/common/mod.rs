@@ -104,6 +104,7 @@ pub fn small_job(prompt: &str) -> SubmitRequest {
         job_id: Some(JobId::new()),
         spec,
         idempotency_key: None,
+        remixed_from: None,
     }
 }
 

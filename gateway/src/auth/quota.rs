@@ -1,17 +1,13 @@
 //! Per-tenant quota on queued + running jobs. The count comes from a watch of `mochi_jobs`
-//! (every replica sees every record) plus this replica's submissions the intake has not
+//! (every replica sees every record; the watch is `crate::index::watch`) plus this replica's submissions the intake has not
 //! recorded yet. Replicas check on their own, so N replicas accepting at the same instant
 //! may overshoot by up to N − 1 jobs: the quota is a guard against one tenant filling the
 //! queue, not an exact count.
 
+use protocol::{JobId, TenantId, now_ms};
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
-
-use async_nats::jetstream::kv::{self, Operation};
-use futures::StreamExt;
-use protocol::{JobId, JobRecord, TenantId, codec, now_ms};
-use serde::{Deserialize, Serialize};
 
 /// Quota settings (`[gateway.quota]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,8 +40,6 @@ impl QuotaConfig {
 
 /// How long a submission counts as pending before its record must have appeared.
 const PENDING_FOR_MS: u64 = 60_000;
-/// Wait before watching the bucket again after the watch ended.
-const RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 struct Load {
@@ -96,6 +90,16 @@ impl Load {
     }
 }
 
+/// A [`TenantLoad`] that does not keep it alive.
+pub(crate) struct WeakLoad(Weak<Mutex<Load>>);
+
+impl WeakLoad {
+    /// The load, while some [`TenantLoad`] holds it.
+    pub(crate) fn upgrade(&self) -> Option<TenantLoad> {
+        self.0.upgrade().map(|load| TenantLoad { load })
+    }
+}
+
 /// Each tenant's active jobs, as this replica knows them.
 #[derive(Clone, Default)]
 pub struct TenantLoad {
@@ -108,9 +112,9 @@ impl TenantLoad {
         Self::default()
     }
 
-    /// Keeps the counts current from `jobs` for as long as this value lives.
-    pub fn watch(&self, jobs: kv::Store) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(watch(Arc::downgrade(&self.load), jobs))
+    /// A handle that does not keep the counts alive (for the watch that feeds them).
+    pub(crate) fn downgrade(&self) -> WeakLoad {
+        WeakLoad(Arc::downgrade(&self.load))
     }
 
     /// Active jobs of `tenant`, counting this replica's pending submissions.
@@ -121,6 +125,15 @@ impl TenantLoad {
             + load.pending_per_tenant.get(tenant).copied().unwrap_or(0)
     }
 
+    /// A record's newest revision: `tenant` while the job is active, `None` once it ended
+    /// or was deleted.
+    pub(crate) fn record_seen(&self, id: JobId, tenant: Option<TenantId>) {
+        self.load
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record_seen(id, tenant);
+    }
+
     /// Counts a submission accepted here until its record appears.
     pub fn submitted(&self, id: JobId, tenant: TenantId) {
         let mut load = self.load.lock().unwrap_or_else(|p| p.into_inner());
@@ -129,43 +142,6 @@ impl TenantLoad {
             load.pending.insert(id, tenant);
             load.pending_order.push_back((now_ms(), id));
         }
-    }
-}
-
-async fn watch(load: Weak<Mutex<Load>>, jobs: kv::Store) {
-    loop {
-        match jobs.watch_with_history(">").await {
-            Ok(mut entries) => {
-                while let Some(entry) = entries.next().await {
-                    let Some(load) = load.upgrade() else { return };
-                    let Ok(entry) = entry else { break };
-                    let Ok(id) = entry.key.parse::<JobId>() else {
-                        continue;
-                    };
-                    let tenant = match entry.operation {
-                        Operation::Put => match codec::decode::<JobRecord>(&entry.value) {
-                            Ok(record) if !record.state.is_terminal() => Some(record.tenant),
-                            Ok(_) => None,
-                            Err(_) => {
-                                tracing::warn!(job_id = %id, "unreadable job record not counted in its tenant's quota");
-                                None
-                            }
-                        },
-                        Operation::Delete | Operation::Purge => None,
-                    };
-                    load.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .record_seen(id, tenant);
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot watch the job records for quotas; retrying")
-            }
-        }
-        if load.strong_count() == 0 {
-            return;
-        }
-        tokio::time::sleep(RETRY).await;
     }
 }
 

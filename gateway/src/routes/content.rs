@@ -1,10 +1,13 @@
-//! `GET /v1/videos/{id}/content`: the MP4 from the object store, whole or one byte range.
+//! `GET /v1/videos/{id}/content`: the MP4 or a preview from the object store, whole or one
+//! byte range.
 
+use async_nats::jetstream::object_store::GetErrorKind;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use protocol::record::VideoResult;
 use protocol::{ErrorCode, JobState};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
@@ -14,21 +17,83 @@ use serde::Deserialize;
 use crate::auth::signing::{LinkError, VARIANT_VIDEO};
 use crate::auth::{AUDIT, Action, Caller};
 use crate::error::ApiError;
-use crate::routes::videos::{JobPath, any_entry, tenant_record};
+use crate::routes::videos::{JobPath, any_entry, query_error, tenant_record};
 use crate::state::AppState;
 
-/// The query of a signed link.
+/// What a content request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// The MP4.
+    Video,
+    /// The middle frame, JPEG.
+    Thumbnail,
+    /// Evenly spaced frames in a grid, JPEG.
+    Spritesheet,
+}
+
+impl Variant {
+    /// The name in `?variant=` (and in a signed link's signature).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Video => VARIANT_VIDEO,
+            Self::Thumbnail => "thumbnail",
+            Self::Spritesheet => "spritesheet",
+        }
+    }
+
+    fn parse(name: Option<&str>) -> Result<Self, ApiError> {
+        match name {
+            None | Some(VARIANT_VIDEO) => Ok(Self::Video),
+            Some("thumbnail") => Ok(Self::Thumbnail),
+            Some("spritesheet") => Ok(Self::Spritesheet),
+            Some(_) => Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "variant must be video, thumbnail or spritesheet",
+                "variant",
+            )),
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::Video => "video/mp4",
+            Self::Thumbnail | Self::Spritesheet => "image/jpeg",
+        }
+    }
+
+    /// The object holding this variant of `result`.
+    fn object(self, result: &VideoResult) -> String {
+        match self {
+            Self::Video => result.object_name.clone(),
+            Self::Thumbnail => result.thumbnail_object(),
+            Self::Spritesheet => result.spritesheet_object(),
+        }
+    }
+
+    fn file_name(self, job_id: protocol::JobId) -> String {
+        match self {
+            Self::Video => format!("{job_id}.mp4"),
+            Self::Thumbnail => format!("{job_id}-thumbnail.jpg"),
+            Self::Spritesheet => format!("{job_id}-spritesheet.jpg"),
+        }
+    }
+}
+
+/// The query of a content request (and of a signed link).
 #[derive(Debug, Default, Deserialize)]
-pub struct LinkQuery {
+#[serde(deny_unknown_fields)]
+pub struct ContentQuery {
     /// Expiry, seconds since the epoch.
     pub exp: Option<String>,
     /// `<key id>.<hex HMAC>`.
     pub sig: Option<String>,
-    /// What the link is for (default `video`).
+    /// `video` (the default), `thumbnail` or `spritesheet`.
     pub variant: Option<String>,
 }
 
-/// `GET /v1/videos/{id}/content`: the MP4, with single-range requests so players can seek.
+/// `GET /v1/videos/{id}/content?variant=video|thumbnail|spritesheet`: the MP4 (or a
+/// preview, JPEG), with single-range requests so that players can seek, `ETag`,
+/// `If-None-Match` (304) and `If-Range`.
 ///
 /// 409 `not_ready` (naming the state) until the job has succeeded; 409 `conflict` for a job
 /// that ended without a video.
@@ -39,17 +104,13 @@ pub async fn content(
     State(state): State<AppState>,
     caller: Option<Caller>,
     JobPath(job_id): JobPath,
-    query: Result<Query<LinkQuery>, QueryRejection>,
+    query: Result<Query<ContentQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|rejection| {
-        ApiError::new(
-            ErrorCode::MalformedRequest,
-            format!("the query string cannot be read: {rejection}"),
-        )
-    })?;
+    let Query(query) = query.map_err(|rejection| query_error(&rejection))?;
+    let variant = Variant::parse(query.variant.as_deref())?;
     let record = if query.sig.is_some() {
-        signed_record(&state, job_id, &query).await?
+        signed_record(&state, job_id, variant, &query).await?
     } else {
         let Some(Caller(caller)) = caller else {
             return Err(ApiError::new(
@@ -80,46 +141,76 @@ pub async fn content(
             ));
         }
     };
-    let mut object = state
-        .resources
-        .videos
-        .get(&result.object_name)
-        .await
-        .map_err(|e| ApiError::internal("open video object", &e))?;
-    // The stored object is the authority on the length (Content-Length must be exact).
-    let size = u64::try_from(object.info.size).unwrap_or(u64::MAX);
-    if size != result.size_bytes {
-        tracing::warn!(%job_id, stored = size, recorded = result.size_bytes, "video object size differs from its record");
-    }
+    let etag = match variant {
+        Variant::Video => format!("\"{}\"", result.sha256),
+        other => format!("\"{}-{}\"", result.sha256, other.as_str()),
+    };
     let common = [
-        (header::CONTENT_TYPE, "video/mp4".to_owned()),
+        (header::CONTENT_TYPE, variant.content_type().to_owned()),
         (header::ACCEPT_RANGES, "bytes".to_owned()),
-        (header::ETAG, format!("\"{}\"", result.sha256)),
+        (header::ETAG, etag.clone()),
         (
             header::CONTENT_DISPOSITION,
-            format!("inline; filename=\"{job_id}.mp4\""),
+            format!("inline; filename=\"{}\"", variant.file_name(job_id)),
         ),
     ];
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let Some(range) = range else {
-        let body = Body::from_stream(ReaderStream::new(object));
-        return Ok((
-            StatusCode::OK,
-            common,
-            [(header::CONTENT_LENGTH, size.to_string())],
-            body,
-        )
-            .into_response());
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| etag_matches(tags, &etag))
+    {
+        return Ok((StatusCode::NOT_MODIFIED, common).into_response());
+    }
+    let mut object = match state.resources.videos.get(&variant.object(&result)).await {
+        Ok(object) => object,
+        Err(error) if error.kind() == GetErrorKind::NotFound && variant != Variant::Video => {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "job {job_id} has no {}: it was made by a version that made no previews",
+                    variant.as_str()
+                ),
+            ));
+        }
+        Err(error) => return Err(ApiError::internal("open video object", &error)),
     };
-    let Some((start, end)) = parse_range(range, size) else {
-        return Ok((
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            [
-                (header::CONTENT_RANGE, format!("bytes */{size}")),
-                (header::ACCEPT_RANGES, "bytes".to_owned()),
-            ],
-        )
-            .into_response());
+    // The stored object is the authority on the length (Content-Length must be exact).
+    let size = u64::try_from(object.info.size).unwrap_or(u64::MAX);
+    if variant == Variant::Video && size != result.size_bytes {
+        tracing::warn!(%job_id, stored = size, recorded = result.size_bytes, "video object size differs from its record");
+    }
+    // A range applies only while the client's copy is this one (`If-Range`).
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| {
+            headers
+                .get(header::IF_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .is_none_or(|tag| tag.trim() == etag)
+        });
+    let (start, end) = match range.map_or(RangeRequest::Whole, |r| parse_range(r, size)) {
+        RangeRequest::Whole => {
+            let body = Body::from_stream(ReaderStream::new(object));
+            return Ok((
+                StatusCode::OK,
+                common,
+                [(header::CONTENT_LENGTH, size.to_string())],
+                body,
+            )
+                .into_response());
+        }
+        RangeRequest::Unsatisfiable => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [
+                    (header::CONTENT_RANGE, format!("bytes */{size}")),
+                    (header::ACCEPT_RANGES, "bytes".to_owned()),
+                ],
+            )
+                .into_response());
+        }
+        RangeRequest::Part(start, end) => (start, end),
     };
     // The object store reads front to back: skip to `start` without holding the skipped bytes.
     let skipped = tokio::io::copy(&mut (&mut object).take(start), &mut tokio::io::sink())
@@ -145,36 +236,68 @@ pub async fn content(
         .into_response())
 }
 
-/// Parses one `bytes=` range against `size` into inclusive `(start, end)`; `None` when it is
-/// unsatisfiable, malformed or more than one range (answered 416).
-fn parse_range(value: &str, size: u64) -> Option<(u64, u64)> {
-    let spec = value.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') || size == 0 {
-        return None;
-    }
-    let (first, last) = spec.split_once('-')?;
-    let last_byte = size - 1;
-    let (start, end) = match (first.trim(), last.trim()) {
-        ("", suffix) => {
-            let length: u64 = suffix.parse().ok()?;
-            if length == 0 {
-                return None;
-            }
-            (size.saturating_sub(length), last_byte)
-        }
-        (start, "") => (start.parse().ok()?, last_byte),
-        (start, end) => (start.parse().ok()?, end.parse::<u64>().ok()?.min(last_byte)),
+/// What a `Range` header asks of a body of `size` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeRequest {
+    /// The whole body: no range we serve (another unit, several ranges, bad syntax — a
+    /// server may ignore those and answer 200).
+    Whole,
+    /// Bytes `start..=end`.
+    Part(u64, u64),
+    /// One well-formed byte range that lies past the end (416).
+    Unsatisfiable,
+}
+
+/// Parses a `Range` header against `size`, clamping the end to the last byte.
+fn parse_range(value: &str, size: u64) -> RangeRequest {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeRequest::Whole;
     };
-    (start <= end && start < size).then_some((start, end))
+    if spec.contains(',') {
+        return RangeRequest::Whole;
+    }
+    let Some((first, last)) = spec.split_once('-') else {
+        return RangeRequest::Whole;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let number = |text: &str| text.parse::<u64>().ok();
+    let (start, end) = match (first, last) {
+        ("", "") => return RangeRequest::Whole,
+        ("", suffix) => match number(suffix) {
+            Some(0) => return RangeRequest::Unsatisfiable,
+            Some(length) if size > 0 => (size.saturating_sub(length), size - 1),
+            Some(_) => return RangeRequest::Unsatisfiable,
+            None => return RangeRequest::Whole,
+        },
+        (start, "") => match number(start) {
+            Some(start) => (start, u64::MAX),
+            None => return RangeRequest::Whole,
+        },
+        (start, end) => match (number(start), number(end)) {
+            (Some(start), Some(end)) if start <= end => (start, end),
+            _ => return RangeRequest::Whole,
+        },
+    };
+    if start >= size {
+        return RangeRequest::Unsatisfiable;
+    }
+    RangeRequest::Part(start, end.min(size - 1))
+}
+
+/// Whether an `If-None-Match` list names `etag` (or is `*`).
+fn etag_matches(list: &str, etag: &str) -> bool {
+    list.split(',').map(str::trim).any(|tag| {
+        tag == "*" || tag == etag || tag.strip_prefix("W/").is_some_and(|weak| weak == etag)
+    })
 }
 
 /// The record a signed link names, once its signature and expiry hold.
 async fn signed_record(
     state: &AppState,
     job_id: protocol::JobId,
-    query: &LinkQuery,
+    variant: Variant,
+    query: &ContentQuery,
 ) -> Result<Option<protocol::JobRecord>, ApiError> {
-    let variant = query.variant.as_deref().unwrap_or(VARIANT_VIDEO);
     let refuse = |error: LinkError| {
         tracing::info!(target: AUDIT, event = "signed_link_refused", %job_id, reason = ?error, "signed link refused");
         ApiError::new(
@@ -182,9 +305,6 @@ async fn signed_record(
             format!("{error}; use the link GET /v1/videos/{job_id} gives now, exactly as given"),
         )
     };
-    if variant != VARIANT_VIDEO {
-        return Err(refuse(LinkError::Malformed));
-    }
     let Some(signer) = state.links.get() else {
         return Err(ApiError::unavailable(
             "signed links are not loaded yet; retry shortly",
@@ -193,7 +313,7 @@ async fn signed_record(
     signer
         .verify(
             job_id,
-            variant,
+            variant.as_str(),
             query.exp.as_deref(),
             query.sig.as_deref(),
             protocol::now_ms() / 1000,
@@ -214,28 +334,75 @@ mod tests {
 
     #[test]
     fn ranges_are_parsed_and_clamped() {
-        assert_eq!(parse_range("bytes=0-99", 1000), Some((0, 99)));
-        assert_eq!(parse_range("bytes=900-", 1000), Some((900, 999)));
-        assert_eq!(parse_range("bytes=-100", 1000), Some((900, 999)));
-        assert_eq!(parse_range("bytes=-5000", 1000), Some((0, 999)));
-        assert_eq!(parse_range("bytes=990-2000", 1000), Some((990, 999)));
-        assert_eq!(parse_range("bytes=999-999", 1000), Some((999, 999)));
+        use RangeRequest::Part;
+        assert_eq!(parse_range("bytes=0-99", 1000), Part(0, 99));
+        assert_eq!(parse_range("bytes=900-", 1000), Part(900, 999));
+        assert_eq!(parse_range("bytes=-100", 1000), Part(900, 999));
+        assert_eq!(parse_range("bytes=-5000", 1000), Part(0, 999));
+        assert_eq!(parse_range("bytes=990-2000", 1000), Part(990, 999));
+        assert_eq!(parse_range("bytes=999-999", 1000), Part(999, 999));
+        assert_eq!(parse_range(" bytes= 5 - 9 ", 1000), Part(5, 9));
     }
 
     #[test]
-    fn unsatisfiable_or_unsupported_ranges_are_refused() {
-        assert_eq!(parse_range("bytes=1000-", 1000), None);
-        assert_eq!(parse_range("bytes=5-2", 1000), None);
-        assert_eq!(parse_range("bytes=-0", 1000), None);
-        assert_eq!(parse_range("bytes=0-1,5-6", 1000), None);
-        assert_eq!(parse_range("items=0-1", 1000), None);
-        assert_eq!(parse_range("bytes=a-b", 1000), None);
-        assert_eq!(parse_range("bytes=-", 1000), None);
-        assert_eq!(parse_range("bytes=0-", 0), None);
+    fn ranges_past_the_end_are_unsatisfiable() {
+        use RangeRequest::Unsatisfiable;
+        assert_eq!(parse_range("bytes=1000-", 1000), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 1000), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-5", 0), Unsatisfiable);
         assert_eq!(
             parse_range("bytes=18446744073709551615-", u64::MAX),
-            None,
+            Unsatisfiable,
             "start == size"
         );
+    }
+
+    #[test]
+    fn other_units_several_ranges_and_bad_syntax_get_the_whole_body() {
+        for header in [
+            "",
+            "items=0-1",
+            "bytes=0-1,5-6",
+            "bytes=5-2",
+            "bytes=a-b",
+            "bytes=-",
+            "bytes=",
+            "bytes=7",
+        ] {
+            assert_eq!(parse_range(header, 1000), RangeRequest::Whole, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn if_none_match_lists_match_strong_weak_and_any() {
+        let etag = "\"abc\"";
+        assert!(etag_matches("\"abc\"", etag));
+        assert!(etag_matches("\"x\", W/\"abc\"", etag));
+        assert!(etag_matches("*", etag));
+        assert!(!etag_matches("\"abd\"", etag));
+    }
+
+    #[test]
+    fn variants_parse_and_name_their_objects() {
+        assert_eq!(Variant::parse(None).expect("default"), Variant::Video);
+        assert_eq!(
+            Variant::parse(Some("spritesheet")).expect("known"),
+            Variant::Spritesheet
+        );
+        let error = Variant::parse(Some("gif")).expect_err("unknown");
+        assert_eq!(error.field.as_deref(), Some("variant"));
+        let result = VideoResult {
+            object_name: "j/2".into(),
+            size_bytes: 1,
+            sha256: "00".into(),
+            duration_ms: 1,
+            num_frames: 1,
+            width: 16,
+            height: 16,
+            fps: 1,
+        };
+        assert_eq!(Variant::Thumbnail.object(&result), "j/2/thumbnail.jpg");
+        assert_eq!(Variant::Video.content_type(), "video/mp4");
     }
 }

@@ -3,7 +3,9 @@
 pub mod admin;
 pub mod backends;
 pub mod content;
+pub mod create;
 pub mod health;
 pub mod keys;
+pub mod models;
 pub mod request;
 pub mod videos;

@@ -5,6 +5,9 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use protocol::{ErrorCode, JobSpec};
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
@@ -17,19 +20,7 @@ pub fn json_body(
     body: Result<Bytes, BytesRejection>,
     max_body_bytes: usize,
 ) -> Result<Bytes, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("the body is larger than {max_body_bytes} bytes; shorten the prompt"),
-            )
-        } else {
-            ApiError::new(
-                ErrorCode::MalformedRequest,
-                format!("cannot read the body: {rejection}"),
-            )
-        }
-    })?;
+    let body = read_body(body, max_body_bytes)?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -44,47 +35,82 @@ pub fn json_body(
     Ok(body)
 }
 
-/// Parses a `JobSpec`; a value of the wrong type, an unknown or a missing field is a 422
-/// naming the field (by its path), anything that is not one JSON object a 400.
+/// The body, within the size limit (413 `payload_too_large` beyond it).
+pub fn read_body(
+    body: Result<Bytes, BytesRejection>,
+    max_body_bytes: usize,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the body is larger than {max_body_bytes} bytes; shorten the prompt"),
+            )
+        } else {
+            ApiError::new(
+                ErrorCode::MalformedRequest,
+                format!("cannot read the body: {rejection}"),
+            )
+        }
+    })
+}
+
+/// Parses a `JobSpec`; a value of the wrong type, an unknown, a missing or a repeated field
+/// is a 422 naming the field, anything that is not one JSON object a 400 or a 422.
 pub fn parse_spec(body: &[u8]) -> Result<JobSpec, ApiError> {
+    from_fields(json_object(body)?)
+}
+
+/// The fields of a body that must be one JSON object, refusing a field given twice (JSON
+/// parsers disagree on which of the two wins, so neither does).
+pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::new(
             ErrorCode::MalformedRequest,
             "the body is empty; send a JSON object with at least a prompt",
         ));
     }
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    if first != Some(&b'{') {
-        // serde would read an array as the fields in order: refuse anything but an object.
-        return Err(
-            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-                Ok(_) => ApiError::new(
-                    ErrorCode::InvalidField,
-                    "the job must be a JSON object with at least a prompt",
-                ),
-                Err(error) => ApiError::new(
-                    ErrorCode::MalformedRequest,
-                    format!(
-                        "the body is not valid JSON: {}",
-                        strip_position(&error.to_string())
-                    ),
-                ),
-            },
-        );
-    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let spec: JobSpec = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let inner = error.into_inner();
-        // serde_json's messages may quote the input: keep them, they go to the client
-        // that sent it, never to the logs.
-        let message = strip_position(&inner.to_string());
-        if inner.classify() != serde_json::error::Category::Data {
+    let UniqueObject(fields) = UniqueObject::deserialize(&mut deserializer).map_err(|error| {
+        let message = strip_position(&error.to_string());
+        if error.classify() != serde_json::error::Category::Data {
             return ApiError::new(
                 ErrorCode::MalformedRequest,
                 format!("the body is not valid JSON: {message}"),
             );
         }
+        match repeated_field(&message) {
+            Some(field) => ApiError::field(
+                ErrorCode::InvalidField,
+                format!("field `{field}` given twice; give each field once"),
+                field,
+            ),
+            None => ApiError::new(
+                ErrorCode::InvalidField,
+                "the job must be a JSON object with at least a prompt",
+            ),
+        }
+    })?;
+    deserializer.end().map_err(|e| {
+        ApiError::new(
+            ErrorCode::MalformedRequest,
+            format!(
+                "the body has data after the JSON object: {}",
+                strip_position(&e.to_string())
+            ),
+        )
+    })?;
+    Ok(fields)
+}
+
+/// Reads `T` from an object's fields: a value of the wrong type, an unknown or a missing
+/// field is a 422 naming the field (by its path) and what it takes.
+pub fn from_fields<T: DeserializeOwned>(fields: Map<String, Value>) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(Value::Object(fields)).map_err(|error| {
+        let path = error.path().to_string();
+        // serde's messages may quote the input: they go to the client that sent it, never
+        // to the logs.
+        let message = strip_position(&error.into_inner().to_string());
         let field = unknown_field(&message)
             .or_else(|| missing_field(&message))
             .or_else(|| (path != ".").then_some(path));
@@ -99,17 +125,45 @@ pub fn parse_spec(body: &[u8]) -> Result<JobSpec, ApiError> {
                 format!("the job must be a JSON object with at least a prompt: {message}"),
             ),
         }
-    })?;
-    deserializer.end().map_err(|e| {
-        ApiError::new(
-            ErrorCode::MalformedRequest,
-            format!(
-                "the body has data after the JSON object: {}",
-                strip_position(&e.to_string())
-            ),
-        )
-    })?;
-    Ok(spec)
+    })
+}
+
+/// A JSON object whose keys are unique.
+struct UniqueObject(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for UniqueObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = UniqueObject;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueObject, A::Error> {
+                let mut fields = Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if fields.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!("{REPEATED}{key}`")));
+                    }
+                    let value = map.next_value::<Value>()?;
+                    fields.insert(key, value);
+                }
+                Ok(UniqueObject(fields))
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
+/// How [`UniqueObject`] names a repeated key.
+const REPEATED: &str = "repeated field `";
+
+/// The field of a [`REPEATED`] error.
+fn repeated_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix(REPEATED)?;
+    Some(rest.split('`').next()?.to_owned())
 }
 
 /// serde_json's message without its " at line 1 column 7" suffix.
@@ -197,6 +251,34 @@ mod tests {
             let error = parse_spec(body).expect_err("not an object");
             assert_eq!((error.code, error.field), (ErrorCode::InvalidField, None));
         }
+    }
+
+    #[test]
+    fn a_wrong_type_is_an_invalid_field_never_malformed_json() {
+        for (body, field) in [
+            (&br#"{"prompt":"x","priority":null}"#[..], "priority"),
+            (br#"{"prompt":"x","resolution":480}"#, "resolution"),
+            (br#"{"prompt":7}"#, "prompt"),
+            (br#"{"prompt":"x","seed":-1}"#, "seed"),
+        ] {
+            let error = parse_spec(body).expect_err("wrong type");
+            assert_eq!(
+                (error.code, error.field.as_deref()),
+                (ErrorCode::InvalidField, Some(field)),
+                "{}",
+                error.message
+            );
+        }
+    }
+
+    #[test]
+    fn a_field_given_twice_is_named() {
+        let error = parse_spec(br#"{"prompt":"a","steps":4,"prompt":"b"}"#).expect_err("repeated");
+        assert_eq!(
+            (error.code, error.field.as_deref()),
+            (ErrorCode::InvalidField, Some("prompt"))
+        );
+        assert!(error.message.contains("given twice"), "{}", error.message);
     }
 
     #[test]

@@ -1,28 +1,34 @@
-//! `/v1/videos`: submit, status, cancel (the download is in `content.rs`).
+//! `/v1/videos`: create, list, status, cancel, delete, remix (the download is in
+//! `content.rs`, the create body in `create.rs`).
 
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::UpdateErrorKind;
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::object_store::DeleteErrorKind;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use protocol::api::JobView;
+use protocol::api::{JobView, VideoDeleted, VideoList, VideoStatus};
 use protocol::jetstream::StoreError;
 use protocol::messages::{Cancel, SubmitRequest};
 use protocol::record::TransitionError;
-use protocol::{ErrorCode, JobEvent, JobId, JobRecord, codec, names, now_ms};
+use protocol::{ErrorCode, JobEvent, JobId, JobRecord, JobSpec, codec, names, now_ms};
 
 use crate::auth::{AUDIT, Action, Caller, Principal};
 use crate::error::ApiError;
+use crate::index::PageQuery;
 use crate::metrics;
-use crate::routes::request::{idempotency_key, json_body, parse_spec};
+use crate::routes::content::Variant;
+use crate::routes::create::create_spec;
+use crate::routes::request::{from_fields, idempotency_key, json_body, json_object};
 use crate::state::AppState;
 
 /// Most compare-and-set rounds a cancellation tries before answering 503.
@@ -48,7 +54,8 @@ impl<S: Send + Sync> FromRequestParts<S> for JobPath {
     }
 }
 
-/// `POST /v1/videos`: validates the spec, stores it durably in `MOCHI_SUBMIT`, answers 202.
+/// `POST /v1/videos`: validates the request (JSON or a form, OpenAI's fields or ours),
+/// stores it durably in `MOCHI_SUBMIT`, answers 202 with the video object.
 pub async fn submit(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -56,15 +63,26 @@ pub async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(Action::Submit)?;
-    let body = json_body(&headers, body, state.config.max_body_bytes)?;
-    let spec = parse_spec(&body)?;
+    let spec = create_spec(&headers, body, state.config.max_body_bytes).await?;
+    enqueue(&state, &caller, &headers, spec, None).await
+}
+
+/// Accepts `spec` for the caller's tenant: admission, idempotency, quota, then the durable
+/// publish; 202 with the job.
+async fn enqueue(
+    state: &AppState,
+    caller: &Principal,
+    headers: &HeaderMap,
+    spec: JobSpec,
+    remixed_from: Option<JobId>,
+) -> Result<Response, ApiError> {
     let shape = spec.validate(&state.config.limits)?;
     // No known slot holds it: refused now rather than queued (the coordinator checks again).
     state.fleet.admit(&shape).map_err(|refusal| {
         metrics::record_too_large();
         ApiError::new(ErrorCode::JobTooLarge, refusal.message())
     })?;
-    let idempotency_key = idempotency_key(&headers)?;
+    let idempotency_key = idempotency_key(headers)?;
     let tenant = caller.tenant.clone();
     let job_id = match &idempotency_key {
         Some(key) => JobId::derived(tenant.as_str(), key),
@@ -72,7 +90,7 @@ pub async fn submit(
     };
     // A repeated key is the same job: it never counts against the quota twice.
     let repeated = match &idempotency_key {
-        Some(_) => current_view(&state, &caller, job_id).await?,
+        Some(_) => current_view(state, caller, job_id).await?,
         None => None,
     };
     if let Some(view) = repeated {
@@ -94,6 +112,7 @@ pub async fn submit(
         job_id: Some(job_id),
         spec: spec.clone(),
         idempotency_key: idempotency_key.clone(),
+        remixed_from,
     };
     let payload =
         codec::to_json(&request).map_err(|e| ApiError::internal("encode submission", &e))?;
@@ -127,16 +146,21 @@ pub async fn submit(
     metrics::record_submit(started.elapsed(), ack.duplicate);
     if !ack.duplicate {
         state.load.submitted(job_id, tenant.clone());
+        state.index.submitted(job_id, tenant.clone(), now_ms());
     }
     tracing::info!(%job_id, %tenant, key_id = %caller.id, duplicate = ack.duplicate, frames = shape.num_frames, steps = shape.steps, "job submitted");
     // JetStream dropped it as a repeat of a request that raced this one past the check
     // above: show the job the first request created, as it is now.
     let existing = if ack.duplicate {
-        current_view(&state, &caller, job_id).await?
+        current_view(state, caller, job_id).await?
     } else {
         None
     };
-    let view = existing.unwrap_or_else(|| JobView::pending(job_id, spec, &shape, now_ms()));
+    let view = existing.unwrap_or_else(|| {
+        let mut view = JobView::pending(job_id, spec, &shape, now_ms());
+        view.remixed_from_video_id = remixed_from;
+        view
+    });
     Ok(accepted(view))
 }
 
@@ -179,13 +203,15 @@ async fn tenant_entry(
     }
 }
 
-/// Reads the record of `id` and its revision, whoever owns it. A record this build cannot
-/// read is an error for this job alone, logged with its key.
+/// Reads the record of `id` and its revision, whoever owns it (a deleted job's tombstone
+/// reads as absent). A record this build cannot read is an error for this job alone, logged
+/// with its key.
 pub(crate) async fn any_entry(
     state: &AppState,
     job_id: JobId,
 ) -> Result<Option<(JobRecord, u64)>, ApiError> {
     match state.resources.jobs.get(job_id).await {
+        Ok(Some((record, _))) if record.deleted_at_ms.is_some() => Ok(None),
         Ok(found) => Ok(found),
         Err(error @ StoreError::Nats { .. }) => {
             tracing::warn!(%job_id, %error, "job store unreachable");
@@ -249,7 +275,9 @@ async fn current_view(
     if let Some((request, at_ms)) = submitted(state, caller, job_id).await?
         && let Ok(shape) = request.spec.validate(&state.config.limits)
     {
-        return Ok(Some(JobView::pending(job_id, request.spec, &shape, at_ms)));
+        let mut view = JobView::pending(job_id, request.spec, &shape, at_ms);
+        view.remixed_from_video_id = request.remixed_from;
+        return Ok(Some(view));
     }
     // The intake may have taken it in between the two reads.
     Ok(tenant_record(state, caller, job_id)
@@ -262,24 +290,26 @@ fn view_of(state: &AppState, record: &JobRecord) -> JobView {
     let mut view = JobView::from_record(record);
     if record.state == protocol::JobState::Succeeded
         && let Some(signer) = state.links.get()
-        && let Some((link, expires)) = signer.link(
-            record.id,
-            crate::auth::signing::VARIANT_VIDEO,
-            now_ms() / 1000,
-        )
     {
-        view.links.signed_content = Some(link);
-        view.links.signed_content_expires_at = Some(expires);
+        let now_s = now_ms() / 1000;
+        if let Some((link, expires)) = signer.link(record.id, Variant::Video.as_str(), now_s) {
+            view.links.signed_content = Some(link);
+            view.links.signed_content_expires_at = Some(expires);
+        }
+        view.links.signed_thumbnail = signer
+            .link(record.id, Variant::Thumbnail.as_str(), now_s)
+            .map(|(link, _)| link);
     }
     view
 }
 
-/// `GET /v1/videos/{id}`: the job's status, with its queue position and ETA while queued.
+/// `GET /v1/videos/{id}`: the job's status, with its queue position and ETA while queued,
+/// and `openai-poll-after-ms` while it has not ended.
 pub async fn status(
     State(state): State<AppState>,
     Caller(caller): Caller,
     JobPath(job_id): JobPath,
-) -> Result<Json<JobView>, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require(Action::Read)?;
     let mut view = current_view(&state, &caller, job_id)
         .await?
@@ -287,7 +317,39 @@ pub async fn status(
     if view.state == protocol::JobState::Queued {
         view.queue = queue_info(&state, job_id).await;
     }
-    Ok(Json(view))
+    let mut response = Json(&view).into_response();
+    if let Some(ms) = poll_after_ms(&view, now_ms()) {
+        response
+            .headers_mut()
+            .insert(POLL_AFTER, HeaderValue::from(ms));
+    }
+    Ok(response)
+}
+
+/// The header OpenAI's SDKs read to pace their polling.
+const POLL_AFTER: &str = "openai-poll-after-ms";
+
+/// When to poll a job that has not ended: half the predicted wait for a queued one, two
+/// steps' time for a running one (its pace so far), bounded to 0.25–10 s.
+fn poll_after_ms(view: &JobView, now: u64) -> Option<u64> {
+    use protocol::JobState as S;
+    let guess = match view.state {
+        state if state.is_terminal() => return None,
+        S::Queued => view
+            .queue
+            .as_ref()
+            .and_then(|queue| queue.eta_start_ms)
+            .map_or(2_000, |eta| eta.saturating_sub(now) / 2),
+        S::Running => match (view.denoising, view.started_at_ms) {
+            (Some(done), Some(started)) if done.step > 0 => {
+                now.saturating_sub(started) * 2 / u64::from(done.step)
+            }
+            _ => 1_000,
+        },
+        S::Encoding => 500,
+        _ => 1_000,
+    };
+    Some(guess.clamp(250, 10_000))
 }
 
 /// The queue position the scheduler published for a job in `mochi_queue` (best effort:
@@ -303,26 +365,37 @@ async fn queue_info(state: &AppState, job_id: JobId) -> Option<protocol::queue::
     serde_json::from_slice(&bytes).ok()
 }
 
-/// `DELETE /v1/videos/{id}`: cancels the job in any non-terminal state (409 once it ended).
-/// A job on a node also gets a `Cancel` on the node's subject so it stops at its next step.
+/// `POST /v1/videos/{id}/cancel`: cancels the job in any non-terminal state (409 once it
+/// ended). A job on a node also gets a `Cancel` on the node's subject so it stops at its
+/// next step.
 pub async fn cancel(
     State(state): State<AppState>,
     Caller(caller): Caller,
     JobPath(job_id): JobPath,
 ) -> Result<Json<JobView>, ApiError> {
     caller.require(Action::Cancel)?;
-    let (before, cancelled) = match cancel_record(&state, &caller, job_id).await? {
+    let cancelled = cancel_job(&state, &caller, job_id).await?;
+    Ok(Json(JobView::from_record(&cancelled)))
+}
+
+/// Cancels the caller's job `job_id` and tells its node; returns the cancelled record.
+async fn cancel_job(
+    state: &AppState,
+    caller: &Principal,
+    job_id: JobId,
+) -> Result<JobRecord, ApiError> {
+    let (before, cancelled) = match cancel_record(state, caller, job_id).await? {
         Some(outcome) => outcome,
         None => {
             // Accepted but not taken in yet: write its record ourselves, already cancelled.
             // The intake then finds a record and only acknowledges the submission.
-            let Some((request, at_ms)) = submitted(&state, &caller, job_id).await? else {
+            let Some((request, at_ms)) = submitted(state, caller, job_id).await? else {
                 return Err(ApiError::job_not_found(job_id));
             };
-            match create_cancelled_record(&state, &caller, job_id, request, at_ms).await? {
+            match create_cancelled_record(state, caller, job_id, request, at_ms).await? {
                 Some(outcome) => outcome,
                 // The intake got there first: cancel its record.
-                None => cancel_record(&state, &caller, job_id)
+                None => cancel_record(state, caller, job_id)
                     .await?
                     .ok_or_else(|| ApiError::job_not_found(job_id))?,
             }
@@ -345,7 +418,290 @@ pub async fn cancel(
         }
     }
     tracing::info!(%job_id, tenant = %caller.tenant, key_id = %caller.id, from = %before.state, "job cancelled");
-    Ok(Json(JobView::from_record(&cancelled)))
+    Ok(cancelled)
+}
+
+/// `DELETE /v1/videos/{id}`: OpenAI's delete. A job still queued or running is cancelled
+/// first; then its record becomes a tombstone (it reads as absent, and a late redelivery of
+/// the submission cannot bring the job back) and its video, previews, latents and dead
+/// letter are removed.
+pub async fn delete(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    JobPath(job_id): JobPath,
+) -> Result<Json<VideoDeleted>, ApiError> {
+    caller.require(Action::Cancel)?;
+    let mut deleted = None;
+    for _ in 0..MAX_CANCEL_TRIES {
+        let Some((record, revision)) = tenant_entry(&state, &caller, job_id).await? else {
+            // Not taken in yet: cancelling writes its record, then the loop deletes it.
+            if submitted(&state, &caller, job_id).await?.is_none() {
+                return Err(ApiError::job_not_found(job_id));
+            }
+            cancel_job(&state, &caller, job_id).await?;
+            continue;
+        };
+        if !record.state.is_terminal() {
+            match cancel_job(&state, &caller, job_id).await {
+                // It ended by itself meanwhile: delete it as it is.
+                Ok(_) => {}
+                Err(error) if error.code == ErrorCode::Conflict => {}
+                Err(error) => return Err(error),
+            }
+            continue;
+        }
+        let tombstone = record.tombstone(now_ms());
+        let bytes =
+            codec::encode(&tombstone).map_err(|e| ApiError::internal("encode record", &e))?;
+        match state
+            .resources
+            .jobs
+            .kv
+            .update(job_id.to_string(), bytes.into(), revision)
+            .await
+        {
+            Ok(_) => {
+                deleted = Some(record);
+                break;
+            }
+            Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => continue,
+            Err(error) => return Err(ApiError::internal("write job record", &error)),
+        }
+    }
+    let Some(record) = deleted else {
+        return Err(ApiError::unavailable(format!(
+            "job {job_id} is changing too fast to delete; retry"
+        )));
+    };
+    state.index.forget(job_id);
+    remove_files(&state, &record).await;
+    tracing::info!(%job_id, tenant = %caller.tenant, key_id = %caller.id, state = %record.state, "job deleted");
+    Ok(Json(VideoDeleted {
+        id: job_id,
+        object: "video.deleted".to_owned(),
+        deleted: true,
+    }))
+}
+
+/// Removes what a job left in the object store (every attempt's video, previews and
+/// latents) and its dead letter. Best effort: what cannot be removed now is logged.
+async fn remove_files(state: &AppState, record: &JobRecord) {
+    let id = record.id;
+    let mut objects = Vec::new();
+    let job = id.to_string();
+    for attempt in 1..=record.attempt {
+        let video = names::video_object(&job, attempt);
+        objects.push(names::thumbnail_object(&video));
+        objects.push(names::spritesheet_object(&video));
+        objects.push(video);
+        objects.push(names::latent_object(&job, attempt));
+        objects.push(names::paused_object(&job, attempt));
+    }
+    for name in objects {
+        match state.resources.videos.delete(&name).await {
+            Ok(()) => {}
+            Err(error) if error.kind() == DeleteErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(job_id = %id, object = %name, %error, "cannot remove a deleted job's file");
+            }
+        }
+    }
+    if record.state == protocol::JobState::Dead {
+        let subject = names::dlq_subject(&id.to_string());
+        if let Err(error) = state.resources.dlq.purge().filter(subject).await {
+            tracing::warn!(job_id = %id, %error, "cannot remove a deleted job's dead letter");
+        }
+    }
+}
+
+/// `POST /v1/videos/{id}/remix`: a new job with the source's parameters and seed and a new
+/// `prompt` (JSON `{"prompt": …}`; `Idempotency-Key` as for a create).
+pub async fn remix(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    JobPath(source_id): JobPath,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(Action::Submit)?;
+    let body = json_body(&headers, body, state.config.max_body_bytes)?;
+    let RemixRequest { prompt } = from_fields(json_object(&body)?)?;
+    let Some(source) = tenant_record(&state, &caller, source_id).await? else {
+        if submitted(&state, &caller, source_id).await?.is_some() {
+            return Err(ApiError::new(
+                ErrorCode::NotReady,
+                format!("job {source_id} has not been taken in yet; retry in a moment"),
+            ));
+        }
+        return Err(ApiError::job_not_found(source_id));
+    };
+    let mut spec = source.spec.clone();
+    spec.prompt = prompt;
+    spec.seed = Some(source.seed);
+    enqueue(&state, &caller, &headers, spec, Some(source_id)).await
+}
+
+/// The body of a remix.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemixRequest {
+    /// The new prompt.
+    prompt: String,
+}
+
+/// Most jobs a list page holds.
+pub const MAX_PAGE: usize = 100;
+/// Jobs on a list page when `limit` is absent.
+pub const DEFAULT_PAGE: usize = 20;
+
+/// The query of `GET /v1/videos`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// The previous page's `last_id`.
+    pub after: Option<String>,
+    /// Jobs per page, 1 to [`MAX_PAGE`].
+    pub limit: Option<String>,
+    /// `desc` (newest first, the default) or `asc`.
+    pub order: Option<String>,
+    /// Only jobs with this status (`queued`, `in_progress`, `completed`, `failed`).
+    pub status: Option<String>,
+    /// Only jobs created at or after this time, seconds since the epoch.
+    pub created_after: Option<String>,
+}
+
+impl ListQuery {
+    /// Checks the query; each bad parameter is a 422 naming it.
+    fn page_query(&self) -> Result<PageQuery, ApiError> {
+        let invalid =
+            |field: &str, message: String| ApiError::field(ErrorCode::InvalidField, message, field);
+        let after = self
+            .after
+            .as_deref()
+            .map(|after| {
+                after.parse::<JobId>().map_err(|_| {
+                    invalid(
+                        "after",
+                        "after must be a job id: the last_id of the previous page".to_owned(),
+                    )
+                })
+            })
+            .transpose()?;
+        let limit = match self.limit.as_deref() {
+            None => DEFAULT_PAGE,
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|limit| (1..=MAX_PAGE).contains(limit))
+                .ok_or_else(|| invalid("limit", format!("limit must be 1 to {MAX_PAGE}")))?,
+        };
+        let ascending = match self.order.as_deref() {
+            None | Some("desc") => false,
+            Some("asc") => true,
+            Some(_) => {
+                return Err(invalid(
+                    "order",
+                    "order must be asc (oldest first) or desc (newest first)".to_owned(),
+                ));
+            }
+        };
+        let status = self
+            .status
+            .as_deref()
+            .map(|status| {
+                VideoStatus::parse(status).ok_or_else(|| {
+                    invalid(
+                        "status",
+                        "status must be queued, in_progress, completed or failed".to_owned(),
+                    )
+                })
+            })
+            .transpose()?;
+        let created_after_ms = self
+            .created_after
+            .as_deref()
+            .map(|text| {
+                text.parse::<u64>()
+                    .ok()
+                    .and_then(|s| s.checked_mul(1000))
+                    .ok_or_else(|| {
+                        invalid(
+                            "created_after",
+                            "created_after must be a time in whole seconds since the Unix epoch"
+                                .to_owned(),
+                        )
+                    })
+            })
+            .transpose()?;
+        Ok(PageQuery {
+            after,
+            limit,
+            ascending,
+            status,
+            created_after_ms,
+        })
+    }
+}
+
+/// `GET /v1/videos`: one page of the caller's tenant's jobs, newest first unless
+/// `order=asc`, from the in-memory index (see `crate::index`).
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<VideoList>, ApiError> {
+    caller.require(Action::Read)?;
+    let Query(query) = query.map_err(|rejection| query_error(&rejection))?;
+    let page_query = query.page_query()?;
+    let page = state
+        .index
+        .page(&caller.tenant, &page_query)
+        .map_err(|error| {
+            ApiError::field(
+                ErrorCode::InvalidField,
+                format!("{error}: pass the last_id of a page you were given"),
+                "after",
+            )
+        })?;
+    let views =
+        futures::future::join_all(page.ids.iter().map(|&id| current_view(&state, &caller, id)))
+            .await;
+    let mut data = Vec::with_capacity(views.len());
+    for view in views {
+        // A job deleted since the index listed it is left out.
+        if let Some(view) = view? {
+            data.push(view);
+        }
+    }
+    Ok(Json(VideoList {
+        object: "list".to_owned(),
+        first_id: data.first().map(|view| view.id),
+        last_id: data.last().map(|view| view.id),
+        has_more: page.has_more,
+        data,
+    }))
+}
+
+/// A query string that does not parse: a 422 naming the parameter where serde does.
+pub fn query_error(rejection: &QueryRejection) -> ApiError {
+    let text = rejection.body_text();
+    let message = text
+        .split_once(": ")
+        .map_or(text.as_str(), |(_, detail)| detail);
+    let unknown = text
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split('`').next());
+    match unknown {
+        Some(field) => ApiError::field(
+            ErrorCode::InvalidField,
+            format!("unknown query parameter {field}; see the API reference for this route's"),
+            field,
+        ),
+        None => ApiError::new(
+            ErrorCode::InvalidField,
+            format!("the query string cannot be read: {message}"),
+        ),
+    }
 }
 
 /// Applies `CancelRequested` by compare-and-set and returns the record before and after, so
@@ -415,6 +771,7 @@ async fn create_cancelled_record(
         at_ms,
     );
     queued.idempotency_key = request.idempotency_key;
+    queued.remixed_from = request.remixed_from;
     let cancelled = queued
         .apply(&JobEvent::CancelRequested, now_ms())
         .map_err(|e| ApiError::internal("cancel a new record", &e))?;

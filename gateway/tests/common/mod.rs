@@ -79,8 +79,14 @@ pub async fn key(state: &AppState, tenant: &str, role: gateway::auth::Role) -> S
     secret
 }
 
-/// Stores `video` as attempt 1's MP4 of the assigned job `job_id` and runs the job to
-/// `succeeded` as its node would (started, encoding, succeeded).
+/// What [`succeed`] stores as the thumbnail.
+pub const THUMBNAIL: &[u8] = b"\xff\xd8thumbnail\xff\xd9";
+/// What [`succeed`] stores as the spritesheet.
+pub const SPRITESHEET: &[u8] = b"\xff\xd8spritesheet\xff\xd9";
+
+/// Stores `video` as attempt 1's MP4 of the assigned job `job_id` (and stand-ins for its
+/// previews) and runs the job to `succeeded` as its node would (started, encoding,
+/// succeeded).
 pub async fn succeed(
     resources: &Resources,
     job_id: protocol::JobId,
@@ -93,6 +99,17 @@ pub async fn succeed(
         .put(name.as_str(), &mut std::io::Cursor::new(video.to_vec()))
         .await
         .unwrap();
+    // Stand-ins for the previews a node stores beside the MP4.
+    for (preview, bytes) in [
+        (protocol::names::thumbnail_object(&name), THUMBNAIL),
+        (protocol::names::spritesheet_object(&name), SPRITESHEET),
+    ] {
+        resources
+            .videos
+            .put(preview.as_str(), &mut std::io::Cursor::new(bytes.to_vec()))
+            .await
+            .unwrap();
+    }
     let result = protocol::record::VideoResult {
         object_name: name,
         size_bytes: video.len() as u64,
@@ -171,4 +188,16 @@ pub async fn get_json<T: DeserializeOwned>(state: &AppState, uri: String) -> T {
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     serde_json::from_slice(&body).unwrap()
+}
+
+/// Sends `request` through the router: status, headers and the whole body.
+pub async fn send(
+    state: &AppState,
+    request: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let response = gateway::app(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, body.to_vec())
 }

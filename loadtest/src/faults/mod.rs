@@ -506,7 +506,7 @@ impl Harness {
         self.report.cancels_sent += 1;
         let response = self
             .http
-            .delete(format!("{}/v1/videos/{job_id}", self.base))
+            .post(format!("{}/v1/videos/{job_id}/cancel", self.base))
             .send()
             .await;
         match response.map(|r| r.status()) {

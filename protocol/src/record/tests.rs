@@ -448,7 +448,10 @@ fn a_deleted_job_keeps_no_content_and_takes_no_event() {
     let tomb = done.tombstone(9_000);
     assert_eq!(tomb.deleted_at_ms, Some(9_000));
     assert!(tomb.spec.prompt.is_empty() && tomb.spec.negative_prompt.is_empty());
-    assert_eq!((tomb.id, tomb.state, &tomb.tenant), (done.id, done.state, &done.tenant));
+    assert_eq!(
+        (tomb.id, tomb.state, &tomb.tenant),
+        (done.id, done.state, &done.tenant)
+    );
     assert!(tomb.idempotency_key.is_none() && tomb.history.is_empty());
     assert!(matches!(
         tomb.apply(&JobEvent::Redriven, 10_000),

@@ -3,8 +3,8 @@
 
 use serde::Deserialize;
 
-use super::{HistoryEntry, JobFailure, JobRecord, JobState, Lease, Progress, ResumePoint};
 use super::VideoResult;
+use super::{HistoryEntry, JobFailure, JobRecord, JobState, Lease, Progress, ResumePoint};
 use crate::ids::{JobId, TenantId};
 use crate::shape::JobShape;
 use crate::spec::JobSpec;
