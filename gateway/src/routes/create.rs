@@ -339,7 +339,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_form_names_bad_text_repeated_fields_and_files() {
-        let cases: [(&[(&str, &str)], Option<&str>, ErrorCode, &str); 4] = [
+        type Case<'a> = (
+            &'a [(&'a str, &'a str)],
+            Option<&'a str>,
+            ErrorCode,
+            &'a str,
+        );
+        let cases: [Case; 4] = [
             (
                 &[("prompt", "x"), ("steps", "many")],
                 None,
