@@ -1,6 +1,6 @@
 //! The GPU node of mochi-serve: the node actor (assignments, cancellations, heartbeats),
 //! one `GpuSlot` actor per device running jobs on its own OS thread through a `Backend`,
-//! the simulated backend, and MP4 encoding.
+//! the simulated backend, MP4 encoding and the JPEG previews stored beside each MP4.
 
 pub mod backend;
 pub mod config;
@@ -14,6 +14,7 @@ pub mod mp4;
 pub mod node;
 /// Mochi-1 sampling: sigma schedule, Euler/CFG sampler, text encoder.
 pub mod pipeline;
+pub mod preview;
 pub mod slot;
 
 use std::path::PathBuf;

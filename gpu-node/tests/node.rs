@@ -113,7 +113,7 @@ impl Harness {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runs_a_job_to_success_and_stores_a_decodable_mp4() {
+async fn runs_a_job_to_success_and_stores_a_decodable_mp4_with_its_previews() {
     let harness = start(0.0005).await;
     let (id, reply) = harness.place(4).await;
     assert_eq!(reply, AssignReply::Accepted);
@@ -134,6 +134,20 @@ async fn runs_a_job_to_success_and_stores_a_decodable_mp4() {
         (info.decoded_frames, info.width, info.height, info.fps),
         (13, 128, 64, 30)
     );
+    // The previews are stored beside the MP4 before the result is recorded: the middle
+    // frame at full size, and 13 frames in 4 columns × 4 rows of full-size tiles.
+    for (name, size) in [
+        (result.thumbnail_object(), (128, 64)),
+        (result.spritesheet_object(), (512, 256)),
+    ] {
+        let mut object = harness.resources.videos.get(&name).await.unwrap();
+        let mut jpeg = Vec::new();
+        object.read_to_end(&mut jpeg).await.unwrap();
+        let mut decoder = jpeg_decoder::Decoder::new(jpeg.as_slice());
+        decoder.decode().unwrap();
+        let info = decoder.info().unwrap();
+        assert_eq!((info.width, info.height), size, "{name}");
+    }
     assert_eq!(
         record.progress.map(|p| (p.step, p.total_steps)),
         Some((4, 4))

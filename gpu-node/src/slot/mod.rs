@@ -1,6 +1,6 @@
 //! The `GpuSlot` actor: one per device. It owns a long-lived OS thread that runs the
-//! backend and the MP4 encoder, and does every write about its job (record transitions
-//! fenced by the attempt, progress events, the object-store upload).
+//! backend, the MP4 encoder and the JPEG previews, and does every write about its job
+//! (record transitions fenced by the attempt, progress events, the object-store uploads).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +25,7 @@ use output::{
     latent_object, load_latent, paused_object, publish_progress, read_latent, save_latent,
     store_video,
 };
+pub use worker::Encoded;
 use worker::{WorkItem, worker};
 
 /// Why a running job is being stopped (0 = it is not).
@@ -102,14 +103,14 @@ pub enum GpuSlotMsg {
         /// The attempt.
         attempt: u32,
     },
-    /// The worker finished the job: MP4 bytes or why not.
+    /// The worker finished the job: the MP4 and its previews, or why not.
     JobFinished {
         /// The job.
         job_id: JobId,
         /// The attempt.
         attempt: u32,
-        /// The MP4, or the failure.
-        outcome: Result<Vec<u8>, BackendError>,
+        /// The MP4 and its previews, or the failure.
+        outcome: Result<Encoded, BackendError>,
         /// Memory the device had in use after the job, when the backend measures it.
         memory_used_bytes: Option<u64>,
     },
@@ -523,7 +524,7 @@ async fn write(state: &GpuSlotState, job_id: JobId, event: &JobEvent) -> bool {
 async fn finish(
     job_id: JobId,
     attempt: u32,
-    outcome: Result<Vec<u8>, BackendError>,
+    outcome: Result<Encoded, BackendError>,
     state: &mut GpuSlotState,
 ) {
     let stop_reason = state
@@ -532,7 +533,7 @@ async fn finish(
         .map_or(STOP_NONE, |r| r.stop.load(Ordering::SeqCst));
     let elapsed = state.running.as_ref().map(|r| r.started.elapsed());
     let label = match (outcome, stop_reason) {
-        (Ok(mp4), _) => store_video(job_id, attempt, mp4, state).await,
+        (Ok(encoded), _) => store_video(job_id, attempt, encoded, state).await,
         (Err(BackendError::Stopped), STOP_ABANDON) => "abandoned",
         (Err(BackendError::Paused(paused)), STOP_PAUSE) => {
             paused_job(state, job_id, attempt, *paused).await

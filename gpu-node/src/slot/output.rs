@@ -1,5 +1,6 @@
 //! What a slot writes outside its job record: progress events and the finished video
-//! (probed, hashed, uploaded to the object store, then recorded as the attempt's result).
+//! (probed, hashed, uploaded to the object store with its thumbnail and spritesheet, then
+//! recorded as the attempt's result).
 
 use async_nats::jetstream::object_store::ObjectMetadata;
 use protocol::messages::ProgressEvent;
@@ -7,7 +8,7 @@ use protocol::record::{JobEvent, JobFailure, Progress, VideoResult};
 use protocol::{ErrorCode, JobId, JobState, codec, names, now_ms};
 use sha2::{Digest, Sha256};
 
-use super::{GpuSlotState, RETRY_DELAY_MS, write};
+use super::{Encoded, GpuSlotState, RETRY_DELAY_MS, write};
 use crate::backend::LatentCheckpoint;
 
 pub(super) async fn publish_progress(
@@ -34,12 +35,20 @@ pub(super) async fn publish_progress(
     }
 }
 
+/// Probes and hashes the MP4, uploads it and then its thumbnail and spritesheet beside it,
+/// and records the attempt's result once all three are stored. An unreadable MP4 or a
+/// failed upload fails the attempt (retryable) and records no result.
 pub(super) async fn store_video(
     job_id: JobId,
     attempt: u32,
-    mp4: Vec<u8>,
+    encoded: Encoded,
     state: &GpuSlotState,
 ) -> &'static str {
+    let Encoded {
+        mp4,
+        thumbnail,
+        spritesheet,
+    } = encoded;
     let info = match crate::mp4::probe(&mp4) {
         Ok(info) => info,
         Err(error) => {
@@ -48,42 +57,55 @@ pub(super) async fn store_video(
             return "failed";
         }
     };
-    // One object per attempt: a stale attempt can never overwrite the video of a newer one.
-    let object_name = format!("{job_id}/{attempt}");
-    let metadata = ObjectMetadata {
-        name: object_name.clone(),
-        chunk_size: Some(state.args.object_chunk_bytes),
-        ..Default::default()
-    };
-    let sha256 = protocol::codec::hex(&Sha256::digest(&mp4));
-    let size_bytes = mp4.len() as u64;
-    if let Err(error) = state
-        .args
-        .resources
-        .videos
-        .put(metadata, &mut std::io::Cursor::new(mp4))
-        .await
-    {
-        tracing::warn!(%job_id, attempt, %error, "cannot store the video");
-        let message = "the video could not be stored".to_owned();
-        fail_retryable(state, job_id, attempt, ErrorCode::Unavailable, message).await;
-        return "failed";
-    }
     let result = VideoResult {
-        object_name,
-        size_bytes,
-        sha256,
+        // One object per attempt: a stale attempt can never overwrite the video of a newer one.
+        object_name: format!("{job_id}/{attempt}"),
+        size_bytes: mp4.len() as u64,
+        sha256: protocol::codec::hex(&Sha256::digest(&mp4)),
         duration_ms: u64::from(info.decoded_frames) * 1000 / u64::from(info.fps.max(1)),
         num_frames: info.decoded_frames,
         width: info.width,
         height: info.height,
         fps: info.fps,
     };
+    let objects = [
+        ("video", result.object_name.clone(), mp4),
+        ("thumbnail", result.thumbnail_object(), thumbnail),
+        ("spritesheet", result.spritesheet_object(), spritesheet),
+    ];
+    for (what, name, bytes) in objects {
+        if let Err(error) = put_object(state, &name, bytes).await {
+            tracing::warn!(%job_id, attempt, object = %name, %error, "cannot store the {what}");
+            let message = format!("the {what} could not be stored");
+            fail_retryable(state, job_id, attempt, ErrorCode::Unavailable, message).await;
+            return "failed";
+        }
+    }
     if write(state, job_id, &JobEvent::Succeeded { attempt, result }).await {
         "succeeded"
     } else {
         "abandoned"
     }
+}
+
+/// Uploads `bytes` to the object store under `name`, in chunks of `object_chunk_bytes`.
+async fn put_object(
+    state: &GpuSlotState,
+    name: &str,
+    bytes: Vec<u8>,
+) -> Result<(), async_nats::jetstream::object_store::PutError> {
+    let metadata = ObjectMetadata {
+        name: name.to_owned(),
+        chunk_size: Some(state.args.object_chunk_bytes),
+        ..Default::default()
+    };
+    state
+        .args
+        .resources
+        .videos
+        .put(metadata, &mut std::io::Cursor::new(bytes))
+        .await
+        .map(drop)
 }
 
 /// Object name of the latent an attempt saved before decoding.
@@ -100,18 +122,7 @@ pub(super) fn paused_object(job_id: JobId, attempt: u32) -> String {
 /// latent ([`latent_object`]) or a paused attempt's state ([`paused_object`]); true once
 /// stored.
 pub(super) async fn save_latent(state: &GpuSlotState, name: &str, bytes: Vec<u8>) -> bool {
-    let metadata = ObjectMetadata {
-        name: name.to_owned(),
-        chunk_size: Some(state.args.object_chunk_bytes),
-        ..Default::default()
-    };
-    match state
-        .args
-        .resources
-        .videos
-        .put(metadata, &mut std::io::Cursor::new(bytes))
-        .await
-    {
+    match put_object(state, name, bytes).await {
         Ok(_) => true,
         Err(error) => {
             tracing::warn!(object = name, %error, "cannot save the latent; a retry or resume will denoise again");

@@ -1,5 +1,5 @@
-//! The slot's OS thread: runs the backend and the MP4 encoder for one job at a time and
-//! reports back to the slot actor with messages.
+//! The slot's OS thread: runs the backend, the MP4 encoder and the JPEG previews for one
+//! job at a time and reports back to the slot actor with messages.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -14,6 +14,17 @@ use crate::config::VideoConfig;
 
 /// How long decoding waits for the denoised latent to be stored.
 const LATENT_SAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What a finished job hands to the slot actor for upload.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The H.264 MP4.
+    pub mp4: Vec<u8>,
+    /// The middle frame, JPEG ([`crate::preview::thumbnail`]).
+    pub thumbnail: Vec<u8>,
+    /// Evenly spaced frames in a grid, JPEG ([`crate::preview::spritesheet`]).
+    pub spritesheet: Vec<u8>,
+}
 
 /// One job handed to the thread.
 pub(super) struct WorkItem {
@@ -50,19 +61,26 @@ pub(super) fn worker(
     }
 }
 
-/// Runs one job through the backend and the MP4 encoder. A panicking backend fails its job
-/// (retryable) instead of killing the thread and leaving the slot busy forever.
+/// Runs one job through the backend, the MP4 encoder and the previews. A panicking backend
+/// fails its job (retryable) instead of killing the thread and leaving the slot busy forever.
 fn run_job(
     backend: &dyn Backend,
     job: &BackendJob,
     observer: &mut dyn StepObserver,
     video: &VideoConfig,
     encoding_started: impl FnOnce(),
-) -> Result<Vec<u8>, BackendError> {
+) -> Result<Encoded, BackendError> {
     let run = std::panic::AssertUnwindSafe(|| {
         let frames = backend.run(job, observer)?;
         encoding_started();
-        crate::mp4::encode(&frames, video).map_err(|e| BackendError::Internal(e.to_string()))
+        let internal = |error: &dyn std::error::Error| BackendError::Internal(with_causes(error));
+        let mp4 = crate::mp4::encode(&frames, video).map_err(|e| internal(&e))?;
+        let previews = crate::preview::render(&frames).map_err(|e| internal(&e))?;
+        Ok(Encoded {
+            mp4,
+            thumbnail: previews.thumbnail,
+            spritesheet: previews.spritesheet,
+        })
     });
     std::panic::catch_unwind(run).unwrap_or_else(|panic| {
         let what = panic
@@ -73,6 +91,18 @@ fn run_job(
         tracing::error!(job_id = %job.job_id, attempt = job.attempt, panic = %what, "backend panicked");
         Err(BackendError::Internal(format!("backend panicked: {what}")))
     })
+}
+
+/// `error` followed by its causes, `: `-separated.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(source) = cause {
+        message.push_str(": ");
+        message.push_str(&source.to_string());
+        cause = source.source();
+    }
+    message
 }
 
 struct Observer<'a> {
@@ -200,13 +230,13 @@ mod tests {
     }
 
     #[test]
-    fn a_finished_run_is_encoded_to_a_decodable_mp4() {
+    fn a_finished_run_is_encoded_to_a_decodable_mp4_and_jpeg_previews() {
         let backend = SimulatedBackend::new(SimulatedConfig {
             time_scale: 0.0,
             ..SimulatedConfig::default()
         });
         let mut encoding = false;
-        let mp4 = run_job(
+        let encoded = run_job(
             &backend,
             &job(),
             &mut Always,
@@ -215,9 +245,34 @@ mod tests {
                 encoding = true;
             },
         )
-        .expect("mp4");
-        let info = crate::mp4::probe(&mp4).expect("probe");
+        .expect("encoded");
+        let info = crate::mp4::probe(&encoded.mp4).expect("probe");
         assert_eq!((info.decoded_frames, info.width, info.height), (7, 96, 64));
+        let size = |jpeg: &[u8]| {
+            let mut decoder = jpeg_decoder::Decoder::new(jpeg);
+            decoder.decode().expect("decodable JPEG");
+            decoder.info().map(|info| (info.width, info.height))
+        };
+        assert_eq!(size(&encoded.thumbnail), Some((96, 64)));
+        // 7 frames: 3 columns × 3 rows of full-size (96 px ≤ 256 px) tiles.
+        assert_eq!(size(&encoded.spritesheet), Some((288, 192)));
         assert!(encoding);
+    }
+
+    #[test]
+    fn a_preview_failure_fails_the_job_with_its_cause() {
+        let error = crate::preview::PreviewError::Jpeg {
+            width: 0,
+            height: 0,
+            source: jpeg_encoder::EncodingError::ZeroImageDimensions {
+                width: 0,
+                height: 0,
+            },
+        };
+        let failure = BackendError::Internal(with_causes(&error));
+        assert!(failure.retryable());
+        let message = failure.to_string();
+        assert!(message.contains("cannot encode a 0x0 JPEG: "), "{message}");
+        assert!(message.contains("non zero"), "{message}");
     }
 }
