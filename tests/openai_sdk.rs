@@ -49,7 +49,10 @@ fn the_openai_python_sdk_drives_the_video_api() {
         .read_line(&mut url)
         .unwrap();
     let url = url.trim().to_owned();
-    assert!(url.starts_with("http://127.0.0.1:"), "mochi up printed {url:?}");
+    assert!(
+        url.starts_with("http://127.0.0.1:"),
+        "mochi up printed {url:?}"
+    );
     let key = std::fs::read_to_string(data_dir.join("api-key")).unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_videos.py");
     let run = Command::new(&python)
@@ -57,7 +60,11 @@ fn the_openai_python_sdk_drives_the_video_api() {
         .args([&url, key.trim()])
         .output()
         .unwrap();
-    kill(Pid::from_raw(i32::try_from(up.id()).unwrap()), Signal::SIGTERM).unwrap();
+    kill(
+        Pid::from_raw(i32::try_from(up.id()).unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
     let stopped = up.wait().unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(

@@ -348,8 +348,9 @@ fn gpu_node(grants: &mut Grants) {
     // Progress of its jobs, by compare-and-set on their records.
     grants.kv_read(names::BUCKET_JOBS);
     grants.kv_write(names::BUCKET_JOBS);
-    // Videos, saved latents and paused state (write and read back).
-    grants.object_write(names::OBJECT_STORE_VIDEOS);
+    // Videos, saved latents and paused state (write, read back, and remove what an
+    // abandoned attempt stored).
+    grants.object_delete(names::OBJECT_STORE_VIDEOS);
     // Progress events.
     grants.publish(names::events_subject("*"));
 }

@@ -58,8 +58,7 @@ pub(super) async fn store_video(
         }
     };
     let result = VideoResult {
-        // One object per attempt: a stale attempt can never overwrite the video of a newer one.
-        object_name: format!("{job_id}/{attempt}"),
+        object_name: names::video_object(&job_id.to_string(), attempt),
         size_bytes: mp4.len() as u64,
         sha256: protocol::codec::hex(&Sha256::digest(&mp4)),
         duration_ms: u64::from(info.decoded_frames) * 1000 / u64::from(info.fps.max(1)),
@@ -73,6 +72,7 @@ pub(super) async fn store_video(
         ("thumbnail", result.thumbnail_object(), thumbnail),
         ("spritesheet", result.spritesheet_object(), spritesheet),
     ];
+    let stored: Vec<String> = objects.iter().map(|(_, name, _)| name.clone()).collect();
     for (what, name, bytes) in objects {
         if let Err(error) = put_object(state, &name, bytes).await {
             tracing::warn!(%job_id, attempt, object = %name, %error, "cannot store the {what}");
@@ -84,6 +84,12 @@ pub(super) async fn store_video(
     if write(state, job_id, &JobEvent::Succeeded { attempt, result }).await {
         "succeeded"
     } else {
+        // Cancelled, deleted or superseded meanwhile: nothing will ever point at these files.
+        for name in stored {
+            if let Err(error) = state.args.resources.videos.delete(&name).await {
+                tracing::warn!(%job_id, attempt, object = %name, %error, "cannot remove an abandoned attempt's file");
+            }
+        }
         "abandoned"
     }
 }
@@ -110,12 +116,12 @@ async fn put_object(
 
 /// Object name of the latent an attempt saved before decoding.
 pub(super) fn latent_object(job_id: JobId, attempt: u32) -> String {
-    format!("{job_id}/latent/{attempt}")
+    names::latent_object(&job_id.to_string(), attempt)
 }
 
 /// Object name of the state a paused attempt saved (the latent after its last step).
 pub(super) fn paused_object(job_id: JobId, attempt: u32) -> String {
-    format!("{job_id}/paused/{attempt}")
+    names::paused_object(&job_id.to_string(), attempt)
 }
 
 /// Saves a latent ([`LatentCheckpoint::to_bytes`]) under `name`: an attempt's denoised
