@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use futures::StreamExt;
+use protocol::ErrorCode;
 use protocol::jetstream::Resources;
 use protocol::messages::SubmitRequest;
 use protocol::record::JobFailure;
@@ -164,13 +165,13 @@ fn record_for(state: &IntakeState, message: &async_nats::jetstream::Message) -> 
         tracing::warn!(subject = %message.subject, "submission on a subject without a valid tenant; dropped");
         return None;
     };
-    let request = match serde_json::from_slice::<SubmitRequest>(&message.payload) {
-        Ok(request) => request,
-        Err(error) => {
-            // serde's message may quote the payload (the prompt): log only where it broke.
-            let category = format!("{:?}", error.classify());
-            tracing::warn!(%tenant, %category, line = error.line(), column = error.column(), bytes = message.payload.len(), "unreadable submission; dropped");
-            return None;
+    let (request, unreadable) = match read_request(&message.payload) {
+        Ok(request) => (request, None),
+        Err((salvaged, failure)) => {
+            // serde's message may quote the payload (the prompt): the record keeps it for
+            // its owner; the log says only which tenant and how long.
+            tracing::warn!(%tenant, bytes = message.payload.len(), code = %failure.code, "unreadable submission; recorded as failed");
+            (salvaged, Some(failure))
         }
     };
     let message_id = message
@@ -186,6 +187,7 @@ fn record_for(state: &IntakeState, message: &async_nats::jetstream::Message) -> 
     let seed = request.spec.seed.unwrap_or_else(|| seed_from(job_id));
     let now = now_ms();
     let (shape, rejection) = match request.spec.validate(&state.config.limits) {
+        _ if unreadable.is_some() => (JobShape::new(1, 1, 16, 16, 1, false), unreadable),
         Ok(shape) => (shape, None),
         Err(error) => {
             let failure = JobFailure {
@@ -219,6 +221,63 @@ fn record_for(state: &IntakeState, message: &async_nats::jetstream::Message) -> 
         tracing::info!(%job_id, tenant = %record.tenant, frames = record.shape.num_frames, "job queued");
     }
     Some(record)
+}
+
+/// Reads a submission. One that does not read still becomes a job (recorded `failed`, so
+/// that its publisher finds the reason under the id it expects): the error comes with what
+/// could be salvaged for the id (`job_id`, `idempotency_key`) and an empty spec.
+fn read_request(payload: &[u8]) -> Result<SubmitRequest, (SubmitRequest, JobFailure)> {
+    let mut deserializer = serde_json::Deserializer::from_slice(payload);
+    let error = match serde_path_to_error::deserialize::<_, SubmitRequest>(&mut deserializer)
+        .map_err(|error| {
+            let path = error.path().to_string();
+            (path, error.into_inner())
+        })
+        .and_then(|request| {
+            deserializer
+                .end()
+                .map(|()| request)
+                .map_err(|error| (".".to_owned(), error))
+        }) {
+        Ok(request) => return Ok(request),
+        Err(error) => error,
+    };
+    let (path, error) = error;
+    let message = error.to_string();
+    let message = message.split(" at line ").next().unwrap_or(&message);
+    let fields = serde_json::from_slice::<serde_json::Value>(payload).ok();
+    let text = |name: &str| {
+        fields
+            .as_ref()
+            .and_then(|value| value.get(name))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    let salvaged = SubmitRequest {
+        job_id: text("job_id").and_then(|id| id.parse().ok()),
+        spec: protocol::JobSpec::new(String::new()),
+        idempotency_key: text("idempotency_key"),
+        remixed_from: None,
+    };
+    let failure = if fields.as_ref().is_some_and(serde_json::Value::is_object) {
+        let field = if path == "." {
+            String::new()
+        } else {
+            format!("{path}: ")
+        };
+        JobFailure {
+            code: ErrorCode::InvalidField,
+            message: format!("the submission does not read as a SubmitRequest: {field}{message}"),
+            retryable: false,
+        }
+    } else {
+        JobFailure {
+            code: ErrorCode::MalformedRequest,
+            message: format!("the submission is not one JSON object: {message}"),
+            retryable: false,
+        }
+    };
+    Err((salvaged, failure))
 }
 
 /// The id of a submission's job. A publisher may not pick an id in the space of ids derived
@@ -292,6 +351,31 @@ mod tests {
             job_id_for(&evil, &request(Some(random), None), None, 1),
             random
         );
+    }
+
+    #[test]
+    fn unreadable_submissions_fail_under_the_id_they_name() {
+        let id = JobId::new();
+        let (salvaged, failure) = read_request(
+            format!(r#"{{"job_id":"{id}","spec":{{"prompt":"x","steps":"many"}}}}"#).as_bytes(),
+        )
+        .expect_err("steps of the wrong type");
+        assert_eq!(salvaged.job_id, Some(id));
+        assert_eq!(failure.code, ErrorCode::InvalidField);
+        assert!(
+            failure.message.contains("spec.steps"),
+            "{}",
+            failure.message
+        );
+        let (_, failure) =
+            read_request(br#"{"spec":{"prompt":"x"},"colour":1}"#).expect_err("unknown field");
+        assert!(failure.message.contains("colour"), "{}", failure.message);
+        let (salvaged, failure) = read_request(b"not json").expect_err("not json");
+        assert_eq!(
+            (salvaged.job_id, failure.code),
+            (None, ErrorCode::MalformedRequest)
+        );
+        assert!(read_request(br#"{"spec":{"prompt":"x"}}"#).is_ok());
     }
 
     #[test]

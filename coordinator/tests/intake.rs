@@ -85,12 +85,37 @@ async fn invalid_spec_published_directly_ends_failed_with_invalid_field() {
         )
         .await
         .unwrap();
-    // An unparseable message on the same stream is dropped without blocking the next one.
+    // A message that is not JSON fails under its sequence's id, without blocking the next;
+    // one with a wrong type fails under the job id it names.
     nats.client
         .publish(names::submit_subject("acme"), "not json".into())
         .await
         .unwrap();
+    let named = JobId::new();
+    let typo = format!(r#"{{"job_id":"{named}","spec":{{"prompt":"a dog","priority":null}}}}"#);
+    nats.client
+        .publish(names::submit_subject("acme"), typo.into())
+        .await
+        .unwrap();
     nats.client.flush().await.unwrap();
+    eventually(WAIT, "the mistyped job has a record", || async {
+        record(&nats.resources, named).await.is_some()
+    })
+    .await;
+    let mistyped = record(&nats.resources, named).await.unwrap();
+    let error = mistyped.error.expect("a failed record says why");
+    assert_eq!(
+        (mistyped.state, error.code),
+        (JobState::Failed, ErrorCode::InvalidField)
+    );
+    assert!(error.message.contains("spec.priority"), "{}", error.message);
+    let garbled = record(&nats.resources, JobId::derived("acme", "seq-2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        garbled.error.map(|e| e.code),
+        Some(ErrorCode::MalformedRequest)
+    );
     let job_id = JobId::derived("acme", "seq-1");
     eventually(WAIT, "the invalid job has a record", || async {
         record(&nats.resources, job_id).await.is_some()
@@ -106,7 +131,7 @@ async fn invalid_spec_published_directly_ends_failed_with_invalid_field() {
         "message names the field: {}",
         error.message
     );
-    eventually(WAIT, "both messages leave the work queue", || async {
+    eventually(WAIT, "every message leaves the work queue", || async {
         nats.resources
             .submit
             .get_info()

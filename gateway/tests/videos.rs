@@ -279,9 +279,15 @@ async fn lists_page_through_the_tenants_jobs_only() {
     assert_eq!(completed.data[0].id, done.id);
     assert_eq!(completed.data[0].progress, 100);
     let since = (base + 1_000) / 1000;
+    let created: Vec<u64> = (0..5)
+        .map(|i| base + i * 100)
+        .chain([base + 1_000])
+        .collect();
+    let expected = created.iter().filter(|&&ms| ms >= since * 1000).count();
     let recent = client
-        .list_until(&format!("?created_after={since}"), 1)
+        .list_until(&format!("?created_after={since}"), expected)
         .await;
+    assert_eq!(recent.data.len(), expected);
     assert!(recent.data.iter().all(|v| v.created_at >= since));
 
     let other = client.as_tenant("other").await;
@@ -532,5 +538,26 @@ async fn previews_and_conditional_downloads() {
         if status == StatusCode::OK {
             assert_eq!(body, video);
         }
+    }
+}
+
+#[tokio::test]
+async fn other_methods_on_the_probes_answer_with_our_error_body() {
+    let client = Client::new().await;
+    for (method, uri) in [
+        ("POST", "/healthz"),
+        ("DELETE", "/readyz"),
+        ("PUT", "/metrics"),
+    ] {
+        let (status, _, body) = client
+            .send(client.request(method, uri), Body::empty())
+            .await;
+        let detail = error(&body).error;
+        assert_eq!(
+            (status, detail.code),
+            (StatusCode::BAD_REQUEST, ErrorCode::MalformedRequest),
+            "{method} {uri}"
+        );
+        assert!(detail.message.contains(uri), "{}", detail.message);
     }
 }

@@ -262,7 +262,7 @@ fn check_text(
     max_chars: u32,
     required: bool,
 ) -> Result<(), SpecError> {
-    if required && text.trim().is_empty() {
+    if required && text.chars().all(is_invisible) {
         return Err(SpecError::Empty { field });
     }
     let chars = text.chars().count();
@@ -280,6 +280,48 @@ fn check_text(
         return Err(SpecError::ControlCharacter { field });
     }
     Ok(())
+}
+
+/// Whether `c` shows nothing on its own: white space, format characters (zero-width
+/// spaces and joiners, the byte-order mark, direction marks), and combining marks, which
+/// only change the character before them.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{0300}'..='\u{036F}'
+                | '\u{1AB0}'..='\u{1AFF}'
+                | '\u{1DC0}'..='\u{1DFF}'
+                | '\u{20D0}'..='\u{20FF}'
+                | '\u{FE20}'..='\u{FE2F}'
+                | '\u{E0000}'..='\u{E007F}'
+        )
+}
+
+/// A limit as people write it: at most three decimals, no trailing zeros
+/// (`0.03333333333333333` → `0.033`, `10.0` → `10`).
+fn readable(value: f64) -> String {
+    let text = format!("{value:.3}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "0" && value > 0.0 {
+        format!("{value:.1e}")
+    } else {
+        text.to_owned()
+    }
 }
 
 fn check_range(field: &'static str, value: f64, min: f64, max: f64) -> Result<(), SpecError> {
@@ -333,7 +375,9 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SpecError {
     /// A required text field is empty.
-    #[error("{field} must not be empty: describe the video you want")]
+    #[error(
+        "{field} must not be blank (spaces and invisible characters only): describe the video you want"
+    )]
     Empty {
         /// The field.
         field: &'static str,
@@ -355,7 +399,7 @@ pub enum SpecError {
         field: &'static str,
     },
     /// A number is outside its allowed range.
-    #[error("{field} must be between {min} and {max}")]
+    #[error("{field} must be between {} and {}", readable(*min), readable(*max))]
     OutOfRange {
         /// The field.
         field: &'static str,
@@ -432,6 +476,45 @@ impl SpecError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_prompt_of_invisible_characters_only_is_blank() {
+        for prompt in [
+            "\u{200B}",
+            "\u{FEFF} \u{200B}",
+            "\u{0301}",
+            " \t\u{2060}\u{3000}",
+        ] {
+            let error = JobSpec::new(prompt)
+                .validate(&Limits::default())
+                .expect_err("blank");
+            assert_eq!(error, SpecError::Empty { field: "prompt" }, "{prompt:?}");
+        }
+        assert!(
+            JobSpec::new("e\u{0301}")
+                .validate(&Limits::default())
+                .is_ok()
+        );
+        assert!(
+            JobSpec::new("\u{200B}猫")
+                .validate(&Limits::default())
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn range_messages_round_limits_for_people() {
+        let mut spec = JobSpec::new("x");
+        spec.duration_s = Some(0.001);
+        let message = spec
+            .validate(&Limits::default())
+            .expect_err("too short")
+            .to_string();
+        assert!(message.contains("between 0.033 and 10.033"), "{message}");
+        assert_eq!(readable(20.0), "20");
+        assert_eq!(readable(0.5), "0.5");
+        assert_eq!(readable(1e-5), "1.0e-5");
+    }
+
     use super::*;
 
     fn valid(spec: &JobSpec) -> JobShape {
