@@ -54,6 +54,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/videos/{id}/remix", post(routes::videos::remix))
         .route("/v1/videos/{id}/content", get(routes::content::content))
         .route("/v1/models", get(routes::models::models))
+        // The seed service's endpoints, as aliases.
+        .route("/generate-video", post(routes::seed::generate_video))
+        .route("/jobs", get(routes::seed::jobs))
+        .route("/jobs/{job_id}", get(routes::seed::job))
+        .route("/videos/{job_id}", get(routes::content::content))
         .route("/v1/admin/dead", get(routes::admin::list))
         .route("/v1/admin/dead/{id}/redrive", post(routes::admin::redrive))
         .route(
@@ -88,6 +93,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
+        .route("/health", get(routes::seed::health))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(track))
         .with_state(state)

@@ -561,3 +561,81 @@ async fn other_methods_on_the_probes_answer_with_our_error_body() {
         assert!(detail.message.contains(uri), "{}", detail.message);
     }
 }
+
+#[tokio::test]
+async fn the_seed_endpoints_answer_as_the_seed_did() {
+    let client = Client::new().await;
+    let (status, body) = client
+        .json(
+            "POST",
+            "/generate-video",
+            r#"{"prompt":"a fox","duration":2,"fps":24,"resolution":"720p"}"#,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let job: gateway::routes::seed::SeedJob = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (job.status.as_str(), job.prompt.as_str()),
+        ("queued", "a fox")
+    );
+    let (status, body) = client.get(&format!("/v1/videos/{}", job.job_id)).await;
+    assert_eq!(status, StatusCode::OK);
+    let video = view(&body);
+    assert_eq!((video.size.as_str(), video.fps), ("1280x720", 24));
+
+    let (status, body) = client
+        .json(
+            "POST",
+            "/generate-video",
+            r#"{"prompt":"a fox","resolution":"1080p"}"#,
+        )
+        .await;
+    let detail = error(&body).error;
+    assert_eq!(
+        (status, detail.code),
+        (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::JobTooLarge)
+    );
+    assert!(detail.message.contains("720p"), "{}", detail.message);
+
+    let done = client.assign(&client.stored("acme", now_ms()).await).await;
+    common::succeed(&client.gateway.resources, done.id, b"the mp4").await;
+    let (status, body) = client.get(&format!("/jobs/{}", done.id)).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen: gateway::routes::seed::SeedJob = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen.status, "completed");
+    let url = seen.video_url.expect("a completed job has its video's URL");
+    let (status, body) = client.get(&url).await;
+    assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"the mp4"[..]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = client.get("/jobs").await;
+        assert_eq!(status, StatusCode::OK);
+        let jobs: gateway::routes::seed::SeedJobs = serde_json::from_slice(&body).unwrap();
+        if jobs.jobs.len() == 2 {
+            assert_eq!(jobs.jobs[0].job_id, done.id, "newest first");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", jobs.jobs);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _, body) = common::send(
+        &client.gateway.state,
+        Request::get("/health").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::OK, &br#"{"status":"ok"}"#[..])
+    );
+    let (status, _, _) = common::send(
+        &client.gateway.state,
+        Request::get("/jobs").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}

@@ -8,4 +8,5 @@ pub mod health;
 pub mod keys;
 pub mod models;
 pub mod request;
+pub mod seed;
 pub mod videos;

@@ -67,8 +67,7 @@ pub async fn submit(
     enqueue(&state, &caller, &headers, spec, None).await
 }
 
-/// Accepts `spec` for the caller's tenant: admission, idempotency, quota, then the durable
-/// publish; 202 with the job.
+/// Accepts `spec` for the caller's tenant; 202 with the job and its `Location`.
 async fn enqueue(
     state: &AppState,
     caller: &Principal,
@@ -76,6 +75,19 @@ async fn enqueue(
     spec: JobSpec,
     remixed_from: Option<JobId>,
 ) -> Result<Response, ApiError> {
+    let (_, view) = enqueue_view(state, caller, headers, spec, remixed_from).await?;
+    Ok(accepted(view))
+}
+
+/// Accepts `spec` for the caller's tenant: admission, idempotency, quota, then the durable
+/// publish; the status to answer (202) and the job.
+pub(crate) async fn enqueue_view(
+    state: &AppState,
+    caller: &Principal,
+    headers: &HeaderMap,
+    spec: JobSpec,
+    remixed_from: Option<JobId>,
+) -> Result<(StatusCode, JobView), ApiError> {
     let shape = spec.validate(&state.config.limits)?;
     // No known slot holds it: refused now rather than queued (the coordinator checks again).
     state.fleet.admit(&shape).map_err(|refusal| {
@@ -94,7 +106,7 @@ async fn enqueue(
         None => None,
     };
     if let Some(view) = repeated {
-        return Ok(accepted(view));
+        return Ok((StatusCode::ACCEPTED, view));
     }
     let limit = state.config.quota.limit_of(&tenant);
     let active = state.load.active(&tenant);
@@ -161,7 +173,7 @@ async fn enqueue(
         view.remixed_from_video_id = remixed_from;
         view
     });
-    Ok(accepted(view))
+    Ok((StatusCode::ACCEPTED, view))
 }
 
 /// `202 Accepted` with the job and its status URL in `Location`.
@@ -264,7 +276,7 @@ async fn submitted(
 }
 
 /// The job as it is now: its record, else its waiting submission; `None` if neither exists.
-async fn current_view(
+pub(crate) async fn current_view(
     state: &AppState,
     caller: &Principal,
     job_id: JobId,
@@ -652,20 +664,31 @@ pub async fn list(
 ) -> Result<Json<VideoList>, ApiError> {
     caller.require(Action::Read)?;
     let Query(query) = query.map_err(|rejection| query_error(&rejection))?;
-    let page_query = query.page_query()?;
-    let page = state
-        .index
-        .page(&caller.tenant, &page_query)
-        .map_err(|error| {
-            ApiError::field(
-                ErrorCode::InvalidField,
-                format!("{error}: pass the last_id of a page you were given"),
-                "after",
-            )
-        })?;
+    let (data, has_more) = page_views(&state, &caller, &query.page_query()?).await?;
+    Ok(Json(VideoList {
+        object: "list".to_owned(),
+        first_id: data.first().map(|view| view.id),
+        last_id: data.last().map(|view| view.id),
+        has_more,
+        data,
+    }))
+}
+
+/// One page of the caller's tenant's jobs as video objects, and whether more follow.
+pub(crate) async fn page_views(
+    state: &AppState,
+    caller: &Principal,
+    query: &PageQuery,
+) -> Result<(Vec<JobView>, bool), ApiError> {
+    let page = state.index.page(&caller.tenant, query).map_err(|error| {
+        ApiError::field(
+            ErrorCode::InvalidField,
+            format!("{error}: pass the last_id of a page you were given"),
+            "after",
+        )
+    })?;
     let views =
-        futures::future::join_all(page.ids.iter().map(|&id| current_view(&state, &caller, id)))
-            .await;
+        futures::future::join_all(page.ids.iter().map(|&id| current_view(state, caller, id))).await;
     let mut data = Vec::with_capacity(views.len());
     for view in views {
         // A job deleted since the index listed it is left out.
@@ -673,13 +696,7 @@ pub async fn list(
             data.push(view);
         }
     }
-    Ok(Json(VideoList {
-        object: "list".to_owned(),
-        first_id: data.first().map(|view| view.id),
-        last_id: data.last().map(|view| view.id),
-        has_more: page.has_more,
-        data,
-    }))
+    Ok((data, page.has_more))
 }
 
 /// A query string that does not parse: a 422 naming the parameter where serde does.
