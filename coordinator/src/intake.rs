@@ -167,7 +167,8 @@ fn record_for(state: &IntakeState, message: &async_nats::jetstream::Message) -> 
     };
     let (request, unreadable) = match read_request(&message.payload) {
         Ok(request) => (request, None),
-        Err((salvaged, failure)) => {
+        Err(unreadable) => {
+            let (salvaged, failure) = *unreadable;
             // serde's message may quote the payload (the prompt): the record keeps it for
             // its owner; the log says only which tenant and how long.
             tracing::warn!(%tenant, bytes = message.payload.len(), code = %failure.code, "unreadable submission; recorded as failed");
@@ -226,7 +227,7 @@ fn record_for(state: &IntakeState, message: &async_nats::jetstream::Message) -> 
 /// Reads a submission. One that does not read still becomes a job (recorded `failed`, so
 /// that its publisher finds the reason under the id it expects): the error comes with what
 /// could be salvaged for the id (`job_id`, `idempotency_key`) and an empty spec.
-fn read_request(payload: &[u8]) -> Result<SubmitRequest, (SubmitRequest, JobFailure)> {
+fn read_request(payload: &[u8]) -> Result<SubmitRequest, Box<(SubmitRequest, JobFailure)>> {
     let mut deserializer = serde_json::Deserializer::from_slice(payload);
     let error = match serde_path_to_error::deserialize::<_, SubmitRequest>(&mut deserializer)
         .map_err(|error| {
@@ -277,7 +278,7 @@ fn read_request(payload: &[u8]) -> Result<SubmitRequest, (SubmitRequest, JobFail
             retryable: false,
         }
     };
-    Err((salvaged, failure))
+    Err(Box::new((salvaged, failure)))
 }
 
 /// The id of a submission's job. A publisher may not pick an id in the space of ids derived
@@ -356,7 +357,7 @@ mod tests {
     #[test]
     fn unreadable_submissions_fail_under_the_id_they_name() {
         let id = JobId::new();
-        let (salvaged, failure) = read_request(
+        let (salvaged, failure) = *read_request(
             format!(r#"{{"job_id":"{id}","spec":{{"prompt":"x","steps":"many"}}}}"#).as_bytes(),
         )
         .expect_err("steps of the wrong type");
@@ -368,9 +369,9 @@ mod tests {
             failure.message
         );
         let (_, failure) =
-            read_request(br#"{"spec":{"prompt":"x"},"colour":1}"#).expect_err("unknown field");
+            *read_request(br#"{"spec":{"prompt":"x"},"colour":1}"#).expect_err("unknown field");
         assert!(failure.message.contains("colour"), "{}", failure.message);
-        let (salvaged, failure) = read_request(b"not json").expect_err("not json");
+        let (salvaged, failure) = *read_request(b"not json").expect_err("not json");
         assert_eq!(
             (salvaged.job_id, failure.code),
             (None, ErrorCode::MalformedRequest)

@@ -38,7 +38,7 @@ async fn fill(resources: &Resources, tenant: &str, from: usize, count: usize) {
                 JobId::new(),
                 tenant.clone(),
                 spec.clone(),
-                shape.clone(),
+                shape,
                 i as u64,
                 3,
                 1_700_000_000_000 + i as u64,

@@ -10,6 +10,7 @@ use crate::auth::AuthConfig;
 use crate::auth::limits::RateLimitConfig;
 use crate::auth::quota::QuotaConfig;
 use crate::auth::signing::LinkConfig;
+pub use crate::files::RetentionConfig;
 pub use protocol::config::Secret;
 
 use crate::error::{Error, Result};
@@ -40,6 +41,8 @@ pub struct Config {
     pub links: LinkConfig,
     /// Guards against slow and idle clients (`[gateway.connections]`).
     pub connections: ConnectionConfig,
+    /// How long finished jobs keep their files (`[gateway.retention]`).
+    pub retention: RetentionConfig,
 }
 
 /// Limits on client connections.
@@ -78,6 +81,7 @@ impl Default for Config {
             rate_limit: RateLimitConfig::default(),
             quota: QuotaConfig::default(),
             links: LinkConfig::default(),
+            retention: RetentionConfig::default(),
             connections: ConnectionConfig::default(),
         }
     }

@@ -101,6 +101,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::JobTooLarge
         | ErrorCode::Unsupported => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::NotFound | ErrorCode::ModelNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Expired => StatusCode::GONE,
         ErrorCode::NotReady | ErrorCode::Conflict | ErrorCode::JobFailed | ErrorCode::Cancelled => {
             StatusCode::CONFLICT
         }

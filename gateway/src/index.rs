@@ -33,6 +33,8 @@ struct Entry {
     status: VideoStatus,
     /// Accepted here; no record seen yet.
     pending: bool,
+    /// When the job ended, while its files are still stored.
+    ended_ms: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -74,6 +76,10 @@ impl Index {
                     created_ms: record.created_at_ms,
                     status: VideoStatus::of(record.state),
                     pending: false,
+                    ended_ms: record
+                        .finished_at_ms
+                        .filter(|_| record.state.is_terminal())
+                        .filter(|_| record.files_removed_at_ms.is_none()),
                 },
             ),
             None => {
@@ -127,6 +133,16 @@ pub enum PageError {
     UnknownCursor,
 }
 
+/// A [`JobIndex`] that does not keep it alive.
+pub struct WeakIndex(Weak<RwLock<Index>>);
+
+impl WeakIndex {
+    /// The index, while some [`JobIndex`] holds it.
+    pub fn upgrade(&self) -> Option<JobIndex> {
+        self.0.upgrade().map(|index| JobIndex { index })
+    }
+}
+
 /// Every tenant's jobs by creation time, as this replica knows them.
 #[derive(Clone, Default)]
 pub struct JobIndex {
@@ -152,6 +168,7 @@ impl JobIndex {
                 created_ms: at_ms,
                 status: VideoStatus::Queued,
                 pending: true,
+                ended_ms: None,
             },
         );
         index.pending.push_back((at_ms, id));
@@ -163,6 +180,24 @@ impl JobIndex {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+    }
+
+    /// Up to `max` jobs that ended before `ended_before_ms` and still have their files (a
+    /// walk of every job: the retention sweep's, once a minute).
+    pub fn expired(&self, ended_before_ms: u64, max: usize) -> Vec<JobId> {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        index
+            .jobs
+            .iter()
+            .filter(|(_, entry)| entry.ended_ms.is_some_and(|ended| ended < ended_before_ms))
+            .map(|(id, _)| *id)
+            .take(max)
+            .collect()
+    }
+
+    /// A handle that does not keep the index alive (for tasks that should end with it).
+    pub fn downgrade(&self) -> WeakIndex {
+        WeakIndex(Arc::downgrade(&self.index))
     }
 
     /// Jobs of `tenant` in the tenant's index.

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod fleet;
 pub mod index;
 pub mod metrics;

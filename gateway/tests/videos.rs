@@ -25,7 +25,11 @@ struct Client {
 
 impl Client {
     async fn new() -> Self {
-        let gateway = common::start_with_auth(Config::for_test()).await;
+        Self::with(Config::for_test()).await
+    }
+
+    async fn with(config: Config) -> Self {
+        let gateway = common::start_with_auth(config).await;
         let key = common::key(&gateway.state, "acme", Role::Submitter).await;
         Self {
             gateway: std::sync::Arc::new(gateway),
@@ -638,4 +642,54 @@ async fn the_seed_endpoints_answer_as_the_seed_did() {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn files_are_removed_when_the_retention_runs_out() {
+    let mut config = Config::for_test();
+    config.retention.files_s = 1;
+    config.retention.sweep_interval_ms = 100;
+    let client = Client::with(config).await;
+    let resources = &client.gateway.resources;
+    let job = client.assign(&client.stored("acme", now_ms()).await).await;
+    let done = common::succeed(resources, job.id, b"mp4").await;
+    let uri = format!("/v1/videos/{}", job.id);
+    let (_, body) = client.get(&uri).await;
+    let expires_at = view(&body)
+        .expires_at
+        .expect("a finished job says when its files go");
+    assert_eq!(expires_at, done.finished_at_ms.unwrap() / 1000 + 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let marked = loop {
+        let (record, _) = resources.jobs.get(job.id).await.unwrap().unwrap();
+        if record.files_removed_at_ms.is_some() {
+            break record;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sweep never removed the files"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(marked.files_removed_at_ms.unwrap() >= expires_at * 1000);
+    let video = names::video_object(&job.id.to_string(), 1);
+    for name in [
+        names::thumbnail_object(&video),
+        names::spritesheet_object(&video),
+        video,
+    ] {
+        assert!(
+            resources.videos.get(&name).await.is_err(),
+            "{name} still stored"
+        );
+    }
+    let (status, body) = client.get(&format!("{uri}/content")).await;
+    assert_eq!(
+        (status, error(&body).error.code),
+        (StatusCode::GONE, ErrorCode::Expired)
+    );
+    // The record stays, and says so.
+    let (status, body) = client.get(&uri).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(view(&body).files_removed_at_ms.is_some());
 }

@@ -30,8 +30,9 @@ pub struct JobView {
     pub created_at: u64,
     /// When the job ended (any terminal state), seconds since the epoch.
     pub completed_at: Option<u64>,
-    /// When the video and its previews are removed, seconds since the epoch (none
-    /// configured: `null`).
+    /// When the video and its previews are (or were) removed, seconds since the epoch: the
+    /// end of the job plus the configured retention (`null` while running, or when files
+    /// are kept for ever).
     pub expires_at: Option<u64>,
     /// The prompt.
     pub prompt: String,
@@ -71,6 +72,8 @@ pub struct JobView {
     pub updated_at_ms: u64,
     /// When the current attempt started running, ms since the epoch.
     pub started_at_ms: Option<u64>,
+    /// When the retention sweep removed the files, ms since the epoch.
+    pub files_removed_at_ms: Option<u64>,
     /// Where to poll and download.
     pub links: JobLinks,
     /// While queued: the job's position and predicted start, as the scheduler last
@@ -226,6 +229,7 @@ impl JobView {
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
             started_at_ms: None,
+            files_removed_at_ms: None,
             links: JobLinks::for_job(id),
             queue: None,
         }
@@ -276,6 +280,7 @@ impl JobView {
             created_at_ms: record.created_at_ms,
             updated_at_ms: record.updated_at_ms,
             started_at_ms: record.started_at_ms,
+            files_removed_at_ms: record.files_removed_at_ms,
             links: JobLinks::for_job(record.id),
             queue: None,
         }

@@ -44,6 +44,8 @@ pub enum ErrorCode {
     ModelNotFound,
     /// The request asks for something Mochi-1 cannot do (e.g. an input image).
     Unsupported,
+    /// The job's files were removed when its retention ran out.
+    Expired,
 }
 
 impl ErrorCode {
@@ -69,6 +71,7 @@ impl ErrorCode {
             Self::Cancelled => "cancelled",
             Self::ModelNotFound => "model_not_found",
             Self::Unsupported => "unsupported",
+            Self::Expired => "expired",
         }
     }
 
@@ -84,7 +87,8 @@ impl ErrorCode {
             | Self::Conflict
             | Self::JobFailed
             | Self::Cancelled
-            | Self::Unsupported => "invalid_request_error",
+            | Self::Unsupported
+            | Self::Expired => "invalid_request_error",
             Self::NotFound | Self::ModelNotFound => "not_found_error",
             Self::Unauthorized => "authentication_error",
             Self::Forbidden => "permission_error",

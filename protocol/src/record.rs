@@ -367,6 +367,8 @@ pub struct JobRecord {
     /// history erased) that reads as absent and keeps a late redelivery of the submission
     /// from creating the job again.
     pub deleted_at_ms: Option<u64>,
+    /// When the retention sweep removed the job's files (video, previews, latents).
+    pub files_removed_at_ms: Option<u64>,
 }
 
 impl JobRecord {
@@ -404,6 +406,7 @@ impl JobRecord {
             history: Vec::new(),
             remixed_from: None,
             deleted_at_ms: None,
+            files_removed_at_ms: None,
         }
     }
 

@@ -124,6 +124,15 @@ pub async fn content(
     let Some(record) = record else {
         return Err(ApiError::job_not_found(job_id));
     };
+    if let Some(removed_ms) = record.files_removed_at_ms {
+        return Err(ApiError::new(
+            ErrorCode::Expired,
+            format!(
+                "the files of job {job_id} were removed at {} (Unix seconds) when their retention ran out; make it again (POST /v1/videos/{job_id}/remix keeps its seed)",
+                removed_ms / 1000
+            ),
+        ));
+    }
     let result = match (&record.state, &record.result) {
         (JobState::Succeeded, Some(result)) => result.clone(),
         (job_state, _) if job_state.is_terminal() => {

@@ -6,7 +6,6 @@ use std::time::Duration;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::UpdateErrorKind;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::object_store::DeleteErrorKind;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use axum::Json;
 use axum::body::Bytes;
@@ -300,6 +299,7 @@ pub(crate) async fn current_view(
 /// The view of a record, with a signed download link once the video exists.
 fn view_of(state: &AppState, record: &JobRecord) -> JobView {
     let mut view = JobView::from_record(record);
+    view.expires_at = state.config.retention.expires_at_s(record);
     if record.state == protocol::JobState::Succeeded
         && let Some(signer) = state.links.get()
     {
@@ -387,7 +387,7 @@ pub async fn cancel(
 ) -> Result<Json<JobView>, ApiError> {
     caller.require(Action::Cancel)?;
     let cancelled = cancel_job(&state, &caller, job_id).await?;
-    Ok(Json(JobView::from_record(&cancelled)))
+    Ok(Json(view_of(&state, &cancelled)))
 }
 
 /// Cancels the caller's job `job_id` and tells its node; returns the cancelled record.
@@ -486,44 +486,13 @@ pub async fn delete(
         )));
     };
     state.index.forget(job_id);
-    remove_files(&state, &record).await;
+    crate::files::remove(&state.resources, &record, true).await;
     tracing::info!(%job_id, tenant = %caller.tenant, key_id = %caller.id, state = %record.state, "job deleted");
     Ok(Json(VideoDeleted {
         id: job_id,
         object: "video.deleted".to_owned(),
         deleted: true,
     }))
-}
-
-/// Removes what a job left in the object store (every attempt's video, previews and
-/// latents) and its dead letter. Best effort: what cannot be removed now is logged.
-async fn remove_files(state: &AppState, record: &JobRecord) {
-    let id = record.id;
-    let mut objects = Vec::new();
-    let job = id.to_string();
-    for attempt in 1..=record.attempt {
-        let video = names::video_object(&job, attempt);
-        objects.push(names::thumbnail_object(&video));
-        objects.push(names::spritesheet_object(&video));
-        objects.push(video);
-        objects.push(names::latent_object(&job, attempt));
-        objects.push(names::paused_object(&job, attempt));
-    }
-    for name in objects {
-        match state.resources.videos.delete(&name).await {
-            Ok(()) => {}
-            Err(error) if error.kind() == DeleteErrorKind::NotFound => {}
-            Err(error) => {
-                tracing::warn!(job_id = %id, object = %name, %error, "cannot remove a deleted job's file");
-            }
-        }
-    }
-    if record.state == protocol::JobState::Dead {
-        let subject = names::dlq_subject(&id.to_string());
-        if let Err(error) = state.resources.dlq.purge().filter(subject).await {
-            tracing::warn!(job_id = %id, %error, "cannot remove a deleted job's dead letter");
-        }
-    }
 }
 
 /// `POST /v1/videos/{id}/remix`: a new job with the source's parameters and seed and a new
