@@ -8,6 +8,7 @@ pub mod files;
 pub mod fleet;
 pub mod index;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod serve;
 pub mod state;
@@ -21,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use protocol::ErrorCode;
 use protocol::jetstream::Resources;
@@ -42,32 +43,8 @@ pub use state::AppState;
 /// taken for a dead one. Every route counts its requests by route template and status.
 pub fn app(state: AppState) -> Router {
     let config = state.config.clone();
-    let api = Router::new()
-        .route(
-            "/v1/videos",
-            post(routes::videos::submit).get(routes::videos::list),
-        )
-        .route(
-            "/v1/videos/{id}",
-            get(routes::videos::status).delete(routes::videos::delete),
-        )
-        .route("/v1/videos/{id}/cancel", post(routes::videos::cancel))
-        .route("/v1/videos/{id}/remix", post(routes::videos::remix))
-        .route("/v1/videos/{id}/content", get(routes::content::content))
-        .route("/v1/models", get(routes::models::models))
-        // The seed service's endpoints, as aliases.
-        .route("/generate-video", post(routes::seed::generate_video))
-        .route("/jobs", get(routes::seed::jobs))
-        .route("/jobs/{job_id}", get(routes::seed::job))
-        .route("/videos/{job_id}", get(routes::content::content))
-        .route("/v1/admin/dead", get(routes::admin::list))
-        .route("/v1/admin/dead/{id}/redrive", post(routes::admin::redrive))
-        .route(
-            "/v1/admin/keys",
-            get(routes::keys::list).post(routes::keys::create),
-        )
-        .route("/v1/admin/keys/{id}", delete(routes::keys::revoke))
-        .route("/v1/backends", get(routes::backends::backends))
+    let Routers { api, open } = routers();
+    let api = api
         .fallback(|| async {
             ApiError::new(
                 ErrorCode::NotFound,
@@ -90,16 +67,63 @@ pub fn app(state: AppState) -> Router {
         .concurrency_limit(config.max_concurrent_requests)
         .timeout(Duration::from_millis(config.request_timeout_ms))
         .service(api);
-    Router::new()
-        .route("/healthz", get(routes::health::healthz))
-        .route("/readyz", get(routes::health::readyz))
-        .route("/metrics", get(routes::health::metrics))
-        .route("/health", get(routes::seed::health))
-        .method_not_allowed_fallback(method_not_allowed)
+    open.method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(track))
         .with_state(state)
         .fallback_service(guarded)
         .layer(axum::middleware::from_fn(request_id))
+}
+
+/// The routes, before their layers: the authenticated API and the open operations routes.
+struct Routers {
+    api: Router<AppState>,
+    open: Router<AppState>,
+}
+
+/// Builds the routes and the OpenAPI document together (every route is registered with its
+/// description, so neither can lack the other).
+fn build() -> (Routers, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+
+    let (api, mut document) = OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(routes::videos::submit, routes::videos::list))
+        .routes(routes!(routes::videos::status, routes::videos::delete))
+        .routes(routes!(routes::videos::cancel))
+        .routes(routes!(routes::videos::remix))
+        .routes(routes!(routes::content::content))
+        .routes(routes!(routes::models::models))
+        .routes(routes!(routes::backends::backends))
+        .routes(routes!(routes::admin::list))
+        .routes(routes!(routes::admin::redrive))
+        .routes(routes!(routes::keys::list, routes::keys::create))
+        .routes(routes!(routes::keys::revoke))
+        // The seed service's endpoints, as aliases.
+        .routes(routes!(routes::seed::generate_video))
+        .routes(routes!(routes::seed::jobs))
+        .routes(routes!(routes::seed::job))
+        .routes(routes!(routes::seed::video))
+        .split_for_parts();
+    let (open, open_document) = OpenApiRouter::<AppState>::new()
+        .routes(routes!(routes::health::healthz))
+        .routes(routes!(routes::health::readyz))
+        .routes(routes!(routes::health::metrics))
+        .routes(routes!(routes::seed::health))
+        .routes(routes!(openapi::document))
+        .split_for_parts();
+    document.merge(open_document);
+    (Routers { api, open }, document)
+}
+
+fn routers() -> Routers {
+    build().0
+}
+
+/// The OpenAPI 3.1 document of every route (built once).
+pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
+    static DOCUMENT: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| build().1)
 }
 
 /// The header that names a request in both directions.

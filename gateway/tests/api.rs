@@ -175,7 +175,7 @@ async fn bad_fields_get_422_naming_the_field_and_the_allowed_values() {
             "unknown field",
         ),
         (r#"{"prompt":"x","steps":"many"}"#, "steps", "invalid type"),
-        (r#"{"prompt":"   "}"#, "prompt", "must not be empty"),
+        (r#"{"prompt":"   "}"#, "prompt", "must not be blank"),
         (
             r#"{"prompt":"x","num_frames":1000}"#,
             "num_frames",

@@ -14,6 +14,7 @@ const DENOISE_PERCENT: u32 = 95;
 
 /// A job as the API shows it to its owner: OpenAI's video object (`id` to
 /// `remixed_from_video_id`), then this service's own fields.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     /// The job's id.
@@ -83,6 +84,7 @@ pub struct JobView {
 }
 
 /// OpenAI's status of a video job.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VideoStatus {
@@ -133,6 +135,7 @@ impl VideoStatus {
 }
 
 /// A job's failure as clients see it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobError {
     /// Stable code.
@@ -142,6 +145,7 @@ pub struct JobError {
 }
 
 /// URLs of a job's resources, relative to the API root.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobLinks {
     /// The job's status.
@@ -288,6 +292,7 @@ impl JobView {
 }
 
 /// `GET /v1/videos`: one page of the tenant's jobs (OpenAI's cursor page).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VideoList {
     /// Always `list`.
@@ -303,6 +308,7 @@ pub struct VideoList {
 }
 
 /// `DELETE /v1/videos/{id}`: the job and its files are gone.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VideoDeleted {
     /// The deleted job.
@@ -314,6 +320,7 @@ pub struct VideoDeleted {
 }
 
 /// `GET /v1/models`: the models served (OpenAI's list of models).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelList {
     /// Always `list`.
@@ -323,6 +330,7 @@ pub struct ModelList {
 }
 
 /// One served model.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Model {
     /// Its name, as `model` takes it.
@@ -336,6 +344,7 @@ pub struct Model {
 }
 
 /// `GET /v1/backends`: what the live GPU nodes run, from their heartbeats.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendsView {
     /// One entry per backend (and model), most slots first.
@@ -343,6 +352,7 @@ pub struct BackendsView {
 }
 
 /// The live nodes that run one backend.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendView {
     /// `simulated` (a test pattern), or `mochi:<model>` (`mochi:mochi-1-preview` for the

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A stable, machine-readable error code. Clients branch on these; never rename one.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -106,6 +107,7 @@ impl std::fmt::Display for ErrorCode {
 
 /// The JSON body of every error response: `{"error": {"code", "message", "field", "type",
 /// "param"}}` (`type` and `param` are OpenAI's names; `param` repeats `field`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// The error itself.
@@ -113,6 +115,7 @@ pub struct ErrorBody {
 }
 
 /// One error: a stable code, a sentence saying what to change, and the offending field.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// Machine-readable code.

@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 use crate::names::is_valid_token;
 
 /// A job's id: a UUIDv7 (time-ordered), written hyphenated on the wire and in keys.
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(value_type = String, format = Uuid)
+)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct JobId(pub uuid::Uuid);
 

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A queued job's place in the queue.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueInfo {
     /// 1 for the job served next (in the scheduling policy's order).

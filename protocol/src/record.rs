@@ -17,6 +17,7 @@ use crate::spec::JobSpec;
 pub const MAX_HISTORY: usize = 64;
 
 /// Where a job is in its life.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -91,6 +92,7 @@ pub struct Lease {
 }
 
 /// Denoising progress.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     /// Steps finished.
@@ -109,6 +111,7 @@ pub struct ResumePoint {
 }
 
 /// The finished video.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VideoResult {
     /// Object-store name of the MP4 (`<job id>/<attempt>`).

@@ -17,6 +17,7 @@ pub const DEFAULT_NUM_FRAMES: u32 = 31;
 pub const DIMENSION_MULTIPLE: u32 = 16;
 
 /// A resolution preset.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Resolution {
     /// 848×480, Mochi-1's native resolution (the default).
@@ -46,6 +47,7 @@ impl Resolution {
 }
 
 /// Scheduling priority a client may request.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
@@ -61,6 +63,7 @@ pub enum Priority {
 }
 
 /// What a client asks for. JSON at the edge; every field but `prompt` is optional.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {

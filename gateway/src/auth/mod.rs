@@ -32,7 +32,7 @@ use limits::{Decision, RateClass};
 pub const AUDIT: &str = "mochi::audit";
 
 /// What a credential may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Every route: its tenant's jobs, every tenant's admin views, keys, dead letters.

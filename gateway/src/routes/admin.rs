@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{AUDIT, Action, Caller};
 use crate::error::ApiError;
+use crate::openapi::Errors;
 use crate::routes::videos::JobPath;
 use crate::state::AppState;
 
@@ -21,14 +22,15 @@ const MAX_LIST: usize = 1_000;
 const MAX_REDRIVE_TRIES: u32 = 16;
 
 /// `GET /v1/admin/dead` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Newest dead letters to return (default 100, at most 1000).
     pub limit: Option<usize>,
 }
 
 /// One dead letter.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadJob {
     /// The job.
     pub id: JobId,
@@ -47,13 +49,20 @@ pub struct DeadJob {
 }
 
 /// `GET /v1/admin/dead` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadList {
     /// Newest first, one entry per job.
     pub dead: Vec<DeadJob>,
 }
 
 /// `GET /v1/admin/dead`: the newest dead letters, with each job's state now.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/dead",
+    tag = "admin",
+    params(ListQuery),
+    responses((status = 200, body = DeadList, description = "The newest dead letters"), Errors)
+)]
 pub async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -102,6 +111,13 @@ pub async fn list(
 
 /// `POST /v1/admin/dead/{id}/redrive`: queues a dead job again with a fresh retry budget
 /// (409 when the job is not dead).
+#[utoipa::path(
+    post,
+    path = "/v1/admin/dead/{id}/redrive",
+    tag = "admin",
+    params(("id" = String, Path, description = "The dead job's id")),
+    responses((status = 200, body = protocol::api::JobView, description = "The job, queued again"), crate::openapi::Errors)
+)]
 pub async fn redrive(
     State(state): State<AppState>,
     Caller(caller): Caller,

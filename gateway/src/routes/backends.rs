@@ -12,12 +12,19 @@ use protocol::messages::NodeHeartbeat;
 
 use crate::auth::{Action, Caller};
 use crate::error::ApiError;
+use crate::openapi::Errors;
 use crate::state::AppState;
 
 /// Most heartbeats read for one answer.
 const MAX_NODES: usize = 1024;
 
 /// `GET /v1/backends`.
+#[utoipa::path(
+    get,
+    path = "/v1/backends",
+    tag = "fleet",
+    responses((status = 200, body = protocol::api::BackendsView, description = "What the live GPU nodes run"), Errors)
+)]
 pub async fn backends(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::auth::signing::{LinkError, VARIANT_VIDEO};
 use crate::auth::{AUDIT, Action, Caller};
 use crate::error::ApiError;
+use crate::openapi::Errors;
 use crate::routes::videos::{JobPath, any_entry, query_error, tenant_record};
 use crate::state::AppState;
 
@@ -80,7 +81,8 @@ impl Variant {
 }
 
 /// The query of a content request (and of a signed link).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ContentQuery {
     /// Expiry, seconds since the epoch.
@@ -100,6 +102,23 @@ pub struct ContentQuery {
 ///
 /// With `sig` in the query it needs no credentials: the link's signature and expiry decide
 /// (403 with a sentence when expired, altered, or its job is gone).
+#[utoipa::path(
+    get,
+    path = "/v1/videos/{id}/content",
+    tag = "videos",
+    params(("id" = String, Path, description = "The job's id"), ContentQuery),
+    security(("bearer" = []), ("signed_link" = [])),
+    responses(
+        (status = 200, description = "The MP4 (`video/mp4`) or a preview (`image/jpeg`)", content(
+            (Vec<u8> = "video/mp4"),
+            (Vec<u8> = "image/jpeg")
+        )),
+        (status = 206, description = "One byte range"),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
+        (status = 416, description = "The range starts past the end"),
+        Errors
+    )
+)]
 pub async fn content(
     State(state): State<AppState>,
     caller: Option<Caller>,

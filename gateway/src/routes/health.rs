@@ -9,11 +9,28 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// `GET /healthz`: the process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    security(()),
+    responses((status = 200, body = String, content_type = "text/plain", description = "`ok` while the process runs"))
+)]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
 /// `GET /readyz`: the process can serve (NATS is connected).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, body = String, content_type = "text/plain", description = "`ready` while NATS is connected"),
+        (status = 503, body = protocol::ErrorBody, description = "NATS is not connected")
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     match state.client.connection_state() {
         async_nats::connection::State::Connected => (StatusCode::OK, "ready").into_response(),
@@ -22,6 +39,16 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, body = String, content_type = "text/plain", description = "Prometheus text format"),
+        (status = 404, body = protocol::ErrorBody, description = "No metrics recorder in this process")
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> Result<String, ApiError> {
     let handle = state.metrics.ok_or_else(|| {
         ApiError::new(

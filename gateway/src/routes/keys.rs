@@ -17,7 +17,7 @@ use crate::routes::request::json_body;
 use crate::state::AppState;
 
 /// A key as listed: everything but its hash and the key itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyView {
     /// The key's id (`key_…`).
     pub id: String,
@@ -59,14 +59,14 @@ impl From<ApiKeyRecord> for KeyView {
 }
 
 /// `GET /v1/admin/keys` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyList {
     /// Every key, oldest first.
     pub keys: Vec<KeyView>,
 }
 
 /// `POST /v1/admin/keys` body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// The tenant the key acts for.
@@ -82,7 +82,7 @@ pub struct CreateKey {
 }
 
 /// `POST /v1/admin/keys` answer: the key, shown this once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedKey {
     /// The key itself; store it now, it cannot be shown again.
     pub key: String,
@@ -114,6 +114,12 @@ fn store_error(error: KeyError) -> ApiError {
 }
 
 /// `GET /v1/admin/keys`: every key of every tenant (never the keys themselves).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/keys",
+    tag = "admin",
+    responses((status = 200, body = KeyList, description = "Every key, without its secret"), crate::openapi::Errors)
+)]
 pub async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -126,6 +132,13 @@ pub async fn list(
 }
 
 /// `POST /v1/admin/keys`: makes a key; 201 with the key, shown this once.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/keys",
+    tag = "admin",
+    request_body(content = CreateKey, content_type = "application/json"),
+    responses((status = 201, body = CreatedKey, description = "The key, shown this once"), crate::openapi::Errors)
+)]
 pub async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -178,6 +191,13 @@ pub async fn create(
 }
 
 /// `DELETE /v1/admin/keys/{id}`: revokes a key (every replica refuses it within seconds).
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/keys/{id}",
+    tag = "admin",
+    params(("id" = String, Path, description = "The key's id (`key_…`)")),
+    responses((status = 200, body = KeyView, description = "The key, revoked"), crate::openapi::Errors)
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     Caller(caller): Caller,

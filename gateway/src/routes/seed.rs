@@ -31,7 +31,7 @@ const MAX_FPS: u32 = 24;
 const JOBS_SHOWN: usize = 100;
 
 /// The seed's request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateVideo {
     /// What the video should show.
@@ -60,7 +60,7 @@ fn default_resolution() -> String {
 }
 
 /// A job as the seed showed it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SeedJob {
     /// The job's id.
     pub job_id: JobId,
@@ -100,7 +100,7 @@ impl SeedJob {
 }
 
 /// `GET /jobs`: the seed's list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SeedJobs {
     /// The tenant's newest jobs, newest first.
     pub jobs: Vec<SeedJob>,
@@ -175,6 +175,13 @@ impl GenerateVideo {
 }
 
 /// `POST /generate-video`: the seed's create; `202 {job_id, status, …}`.
+#[utoipa::path(
+    post,
+    path = "/generate-video",
+    tag = "seed",
+    request_body(content = GenerateVideo, content_type = "application/json"),
+    responses((status = 202, body = SeedJob, description = "Accepted"), crate::openapi::Errors)
+)]
 pub async fn generate_video(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -190,6 +197,12 @@ pub async fn generate_video(
 }
 
 /// `GET /jobs`: the tenant's newest jobs.
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    tag = "seed",
+    responses((status = 200, body = SeedJobs, description = "The tenant's newest jobs"), crate::openapi::Errors)
+)]
 pub async fn jobs(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -206,6 +219,13 @@ pub async fn jobs(
 }
 
 /// `GET /jobs/{job_id}`: one job.
+#[utoipa::path(
+    get,
+    path = "/jobs/{job_id}",
+    tag = "seed",
+    params(("job_id" = String, Path, description = "The job's id")),
+    responses((status = 200, body = SeedJob, description = "The job"), crate::openapi::Errors)
+)]
 pub async fn job(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -218,7 +238,38 @@ pub async fn job(
     Ok(Json(SeedJob::of(&view)))
 }
 
+/// `GET /videos/{job_id}`: the MP4, as `GET /v1/videos/{id}/content`.
+#[utoipa::path(
+    get,
+    path = "/videos/{job_id}",
+    tag = "seed",
+    params(("job_id" = String, Path, description = "The job's id")),
+    responses((status = 200, description = "The MP4", content_type = "video/mp4"), crate::openapi::Errors)
+)]
+pub async fn video(
+    state: State<AppState>,
+    caller: Option<Caller>,
+    path: JobPath,
+    query: Result<
+        axum::extract::Query<crate::routes::content::ContentQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    Box::pin(crate::routes::content::content(
+        state, caller, path, query, headers,
+    ))
+    .await
+}
+
 /// `GET /health`: the seed's liveness probe (no credential, like `/healthz`).
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "seed",
+    security(()),
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", content_type = "application/json"))
+)]
 pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }

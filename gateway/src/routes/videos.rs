@@ -25,6 +25,7 @@ use crate::auth::{AUDIT, Action, Caller, Principal};
 use crate::error::ApiError;
 use crate::index::PageQuery;
 use crate::metrics;
+use crate::openapi::Errors;
 use crate::routes::content::Variant;
 use crate::routes::create::create_spec;
 use crate::routes::request::{from_fields, idempotency_key, json_body, json_object};
@@ -55,6 +56,17 @@ impl<S: Send + Sync> FromRequestParts<S> for JobPath {
 
 /// `POST /v1/videos`: validates the request (JSON or a form, OpenAI's fields or ours),
 /// stores it durably in `MOCHI_SUBMIT`, answers 202 with the video object.
+#[utoipa::path(
+    post,
+    path = "/v1/videos",
+    tag = "videos",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry the same job: 1 to 255 visible ASCII characters")),
+    request_body(content(
+        (JobSpec = "application/json"),
+        (JobSpec = "multipart/form-data")
+    ), description = "OpenAI's create fields (`prompt`, `model`, `seconds`, `size`) and every `JobSpec` field; `input_reference` is refused"),
+    responses((status = 202, body = JobView, description = "Accepted: stored durably, queued"), Errors)
+)]
 pub async fn submit(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -317,6 +329,13 @@ fn view_of(state: &AppState, record: &JobRecord) -> JobView {
 
 /// `GET /v1/videos/{id}`: the job's status, with its queue position and ETA while queued,
 /// and `openai-poll-after-ms` while it has not ended.
+#[utoipa::path(
+    get,
+    path = "/v1/videos/{id}",
+    tag = "videos",
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, body = JobView, description = "The job; `openai-poll-after-ms` while it runs"), Errors)
+)]
 pub async fn status(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -380,6 +399,13 @@ async fn queue_info(state: &AppState, job_id: JobId) -> Option<protocol::queue::
 /// `POST /v1/videos/{id}/cancel`: cancels the job in any non-terminal state (409 once it
 /// ended). A job on a node also gets a `Cancel` on the node's subject so it stops at its
 /// next step.
+#[utoipa::path(
+    post,
+    path = "/v1/videos/{id}/cancel",
+    tag = "videos",
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, body = JobView, description = "The job, cancelled"), Errors)
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -437,6 +463,13 @@ async fn cancel_job(
 /// first; then its record becomes a tombstone (it reads as absent, and a late redelivery of
 /// the submission cannot bring the job back) and its video, previews, latents and dead
 /// letter are removed.
+#[utoipa::path(
+    delete,
+    path = "/v1/videos/{id}",
+    tag = "videos",
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, body = VideoDeleted, description = "The job and its files are gone"), Errors)
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -497,6 +530,17 @@ pub async fn delete(
 
 /// `POST /v1/videos/{id}/remix`: a new job with the source's parameters and seed and a new
 /// `prompt` (JSON `{"prompt": …}`; `Idempotency-Key` as for a create).
+#[utoipa::path(
+    post,
+    path = "/v1/videos/{id}/remix",
+    tag = "videos",
+    params(
+        ("id" = String, Path, description = "The source job's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "As for a create")
+    ),
+    request_body(content = RemixRequest, content_type = "application/json"),
+    responses((status = 202, body = JobView, description = "The new job"), Errors)
+)]
 pub async fn remix(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -523,11 +567,11 @@ pub async fn remix(
 }
 
 /// The body of a remix.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RemixRequest {
+pub struct RemixRequest {
     /// The new prompt.
-    prompt: String,
+    pub prompt: String,
 }
 
 /// Most jobs a list page holds.
@@ -536,7 +580,8 @@ pub const MAX_PAGE: usize = 100;
 pub const DEFAULT_PAGE: usize = 20;
 
 /// The query of `GET /v1/videos`.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// The previous page's `last_id`.
@@ -626,6 +671,13 @@ impl ListQuery {
 
 /// `GET /v1/videos`: one page of the caller's tenant's jobs, newest first unless
 /// `order=asc`, from the in-memory index (see `crate::index`).
+#[utoipa::path(
+    get,
+    path = "/v1/videos",
+    tag = "videos",
+    params(ListQuery),
+    responses((status = 200, body = VideoList, description = "A page of the tenant's jobs"), Errors)
+)]
 pub async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
