@@ -102,6 +102,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::Unsupported => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::NotFound | ErrorCode::ModelNotFound => StatusCode::NOT_FOUND,
         ErrorCode::Expired => StatusCode::GONE,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::NotReady | ErrorCode::Conflict | ErrorCode::JobFailed | ErrorCode::Cancelled => {
             StatusCode::CONFLICT
         }

@@ -161,7 +161,7 @@ async fn request_id(request: Request, next: Next) -> Response {
 /// A known route with a method it does not have (our error body instead of an empty 405).
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
-        ErrorCode::MalformedRequest,
+        ErrorCode::MethodNotAllowed,
         format!(
             "{method} is not allowed on {}; see the API reference for the methods of each route",
             uri.path()

@@ -549,6 +549,8 @@ async fn previews_and_conditional_downloads() {
 async fn other_methods_on_the_probes_answer_with_our_error_body() {
     let client = Client::new().await;
     for (method, uri) in [
+        ("TRACE", "/v1/videos/x/content"),
+        ("PATCH", "/v1/videos"),
         ("POST", "/healthz"),
         ("DELETE", "/readyz"),
         ("PUT", "/metrics"),
@@ -559,7 +561,7 @@ async fn other_methods_on_the_probes_answer_with_our_error_body() {
         let detail = error(&body).error;
         assert_eq!(
             (status, detail.code),
-            (StatusCode::BAD_REQUEST, ErrorCode::MalformedRequest),
+            (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed),
             "{method} {uri}"
         );
         assert!(detail.message.contains(uri), "{}", detail.message);

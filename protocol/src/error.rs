@@ -47,6 +47,8 @@ pub enum ErrorCode {
     Unsupported,
     /// The job's files were removed when its retention ran out.
     Expired,
+    /// The route exists but not with this method.
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
@@ -73,6 +75,7 @@ impl ErrorCode {
             Self::ModelNotFound => "model_not_found",
             Self::Unsupported => "unsupported",
             Self::Expired => "expired",
+            Self::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -89,7 +92,8 @@ impl ErrorCode {
             | Self::JobFailed
             | Self::Cancelled
             | Self::Unsupported
-            | Self::Expired => "invalid_request_error",
+            | Self::Expired
+            | Self::MethodNotAllowed => "invalid_request_error",
             Self::NotFound | Self::ModelNotFound => "not_found_error",
             Self::Unauthorized => "authentication_error",
             Self::Forbidden => "permission_error",

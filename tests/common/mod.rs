@@ -103,3 +103,87 @@ pub async fn wait_terminal(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `mochi up --backend simulated` on a free loopback port with its own data directory,
+/// stopped with SIGTERM when dropped.
+pub struct MochiUp {
+    child: std::process::Child,
+    /// The API's base URL.
+    pub url: String,
+    /// The admin key `mochi up` wrote on first start.
+    pub key: String,
+    _work: tempfile::TempDir,
+}
+
+impl MochiUp {
+    /// Starts the stack and waits until it serves.
+    pub fn start() -> Self {
+        use std::io::BufRead;
+        let nats_server =
+            testkit::nats_server_binary().expect("nats-server: run scripts/install-deps.sh");
+        let work = tempfile::tempdir().unwrap();
+        let data_dir = work.path().join("data");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mochi"))
+            .args(["up", "--backend", "simulated", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--nats-server")
+            .arg(&nats_server)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut url = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut url)
+            .unwrap();
+        let url = url.trim().to_owned();
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "mochi up printed {url:?}"
+        );
+        let key = std::fs::read_to_string(data_dir.join("api-key"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            url,
+            key,
+            _work: work,
+        }
+    }
+
+    /// Stops the stack with SIGTERM; whether it exited cleanly.
+    pub fn stop(mut self) -> bool {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> bool {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().is_ok_and(|status| status.success())
+    }
+}
+
+impl Drop for MochiUp {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.terminate();
+        }
+    }
+}
+
+/// A program in the repository's `.venv` (installed by `scripts/install-deps.sh`).
+pub fn venv_program(name: &str) -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(".venv/bin")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-deps.sh",
+        path.display()
+    );
+    path
+}

@@ -599,6 +599,19 @@ pub struct ListQuery {
 impl ListQuery {
     /// Checks the query; each bad parameter is a 422 naming it.
     fn page_query(&self) -> Result<PageQuery, ApiError> {
+        // An empty parameter (`?after=&limit=`) is an absent one.
+        let given = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+        let query = Self {
+            after: given(&self.after),
+            limit: given(&self.limit),
+            order: given(&self.order),
+            status: given(&self.status),
+            created_after: given(&self.created_after),
+        };
+        query.checked()
+    }
+
+    fn checked(&self) -> Result<PageQuery, ApiError> {
         let invalid =
             |field: &str, message: String| ApiError::field(ErrorCode::InvalidField, message, field);
         let after = self
