@@ -53,6 +53,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/videos/{id}/cancel", post(routes::videos::cancel))
         .route("/v1/videos/{id}/remix", post(routes::videos::remix))
         .route("/v1/videos/{id}/content", get(routes::content::content))
+        .route("/v1/videos/{id}/events", get(routes::events::events))
         .route("/v1/models", get(routes::models::models))
         .route("/v1/admin/dead", get(routes::admin::list))
         .route("/v1/admin/dead/{id}/redrive", post(routes::admin::redrive))
