@@ -643,10 +643,12 @@ async fn next_event(mut live: Live) -> Option<(Result<Event, Infallible>, Live)>
         if live.tracker.ended {
             return None;
         }
+        // Records first: a node event is only taken against a record at least as new as it.
         let input = tokio::select! {
-            message = live.progress.next() => Input::Progress(message),
+            biased;
             entry = live.records.next() => Input::Record(entry),
             entry = next_queue(&mut live.queue) => Input::Queue(entry),
+            message = live.progress.next() => Input::Progress(message),
         };
         if !live.take(input) {
             return None;
