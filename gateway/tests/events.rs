@@ -14,12 +14,15 @@ use gateway::auth::Role;
 use http_body_util::BodyExt;
 use protocol::api::JobView;
 use protocol::messages::ProgressEvent;
+use protocol::queue::QueueInfo;
 use protocol::record::{JobEvent, Lease, Progress, ResumePoint, VideoResult};
 use protocol::{
     ErrorBody, ErrorCode, JobId, JobRecord, JobSpec, JobState, Limits, NodeId, TenantId, codec,
     names, now_ms,
 };
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 /// Longest wait for one event.
@@ -351,7 +354,8 @@ async fn every_step_arrives_once_in_order_then_the_job_completes() {
     assert_eq!(steps[7].data["percent"], 95);
     assert_eq!(steps[7].data["total_steps"], 8);
     assert_eq!(steps[0].data["step_seconds"], Value::Null, "no step before");
-    for step in &steps[1..] {
+    // Steps 5 to 8 followed a step the stream had timed (its record or its event).
+    for step in &steps[4..] {
         assert!(step.data["step_seconds"].as_f64().is_some(), "{step:?}");
     }
     let completed: JobView = serde_json::from_value(events[10].data.clone()).unwrap();
@@ -528,6 +532,57 @@ async fn a_preempted_job_resumes_in_its_next_attempt() {
 }
 
 #[tokio::test]
+async fn queue_moves_are_sent_while_the_job_waits() {
+    let client = Client::new().await;
+    let record = client.stored(2).await;
+    let mut stream = client.stream(record.id, None).await;
+    assert_eq!(stream.expect().await.id, "0.5.0");
+    let bucket = client
+        .gateway
+        .resources
+        .context
+        .get_key_value(names::BUCKET_QUEUE)
+        .await
+        .unwrap();
+    let put = |position: u32| {
+        let info = QueueInfo {
+            position,
+            queued: 3,
+            lane: "short".to_owned(),
+            eta_start_ms: Some(now_ms() + 10_000),
+            eta_finish_ms: Some(now_ms() + 20_000),
+            updated_at_ms: now_ms(),
+        };
+        let bucket = bucket.clone();
+        let key = record.id.to_string();
+        async move {
+            let value = serde_json::to_vec(&info).unwrap();
+            bucket.put(key, value.into()).await.unwrap()
+        }
+    };
+    for position in [2, 1] {
+        let revision = put(position).await;
+        let queued = stream.expect().await;
+        assert_eq!(queued.event, "queued");
+        assert_eq!(queued.id, format!("0.5.{revision}"));
+        assert_eq!(queued.data["position"], position);
+        assert_eq!(queued.data["queued"], 3);
+        assert_eq!(queued.data["lane"], "short");
+        assert!(queued.data["eta_start_ms"].is_u64());
+    }
+    client.run(record.id).await;
+    client.steps(record.id, 1, 1..=1).await;
+    assert_eq!(
+        labels(&stream.until("progress:1").await),
+        ["started", "progress:1"]
+    );
+    // Running: a stale estimate is not news.
+    put(1).await;
+    client.steps(record.id, 1, 2..=2).await;
+    assert_eq!(labels(&stream.until("progress:2").await), ["progress:2"]);
+}
+
+#[tokio::test]
 async fn a_stream_outlives_the_request_timeout() {
     let mut config = Config::for_test();
     config.request_timeout_ms = 200;
@@ -573,5 +628,77 @@ async fn a_closed_stream_leaves_no_subscription_behind() {
             "the stream's subscription outlived it"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_quiet_stream_is_kept_alive_past_the_idle_timeout_on_a_real_connection() {
+    let gateway = common::start().await;
+    let mut config = Config::for_test();
+    config.request_timeout_ms = 200;
+    config.connections.idle_timeout_ms = 1_200;
+    let server = gateway::Server::bind(
+        config,
+        gateway.resources.clone(),
+        gateway.state.client.clone(),
+        None,
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(server.serve(shutdown.clone()));
+    let mut spec = JobSpec::new("a quiet fox");
+    spec.steps = Some(2);
+    let shape = spec.validate(&Limits::default()).unwrap();
+    let tenant = TenantId::default_tenant();
+    let record = JobRecord::queued(JobId::new(), tenant, spec, shape, 7, 3, now_ms());
+    gateway.resources.jobs.create(&record).await.unwrap();
+
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /v1/videos/{}/events HTTP/1.1\r\nHost: gw\r\nAccept: text/event-stream\r\n\r\n",
+        record.id
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    read_until(&mut tcp, &mut seen, "event: queued").await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    // Quiet for longer than the idle timeout (and the request timeout): the keep-alive
+    // comments (every 600 ms here, half the idle timeout) hold the connection open.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let lease = Lease {
+        node: NodeId::new("n1").unwrap(),
+        slot: 0,
+        deadline_ms: now_ms() + 60_000,
+    };
+    let jobs = &gateway.resources.jobs;
+    jobs.apply(record.id, &JobEvent::Assigned { lease }, now_ms())
+        .await
+        .unwrap();
+    let started = JobEvent::Started {
+        attempt: 1,
+        lease_deadline_ms: now_ms() + 60_000,
+    };
+    jobs.apply(record.id, &started, now_ms()).await.unwrap();
+    read_until(&mut tcp, &mut seen, "event: started").await;
+    assert!(seen.matches(": keep-alive").count() >= 2, "{seen}");
+
+    drop(tcp);
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), serving).await;
+    assert!(stopped.is_ok(), "the server kept a closed client's stream");
+}
+
+/// Reads `tcp` into `seen` until it holds `wanted`; panics on EOF or after 5 s of silence.
+async fn read_until(tcp: &mut tokio::net::TcpStream, seen: &mut String, wanted: &str) {
+    let mut buffer = [0u8; 4096];
+    while !seen.contains(wanted) {
+        let read = tokio::time::timeout(EVENT_TIMEOUT, tcp.read(&mut buffer))
+            .await
+            .expect("nothing for 5 s")
+            .unwrap();
+        assert!(read > 0, "closed before {wanted:?}: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
     }
 }
