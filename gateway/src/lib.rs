@@ -93,6 +93,7 @@ fn build() -> (Routers, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::videos::cancel))
         .routes(routes!(routes::videos::remix))
         .routes(routes!(routes::content::content))
+        .routes(routes!(routes::events::events))
         .routes(routes!(routes::models::models))
         .routes(routes!(routes::backends::backends))
         .routes(routes!(routes::admin::list))

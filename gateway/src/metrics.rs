@@ -28,6 +28,8 @@ pub const QUOTA_EXCEEDED: &str = "mochi_gateway_quota_exceeded_total";
 pub const CONNECTIONS_CLOSED: &str = "mochi_gateway_connections_closed_total";
 /// Open client connections.
 pub const CONNECTIONS_OPEN: &str = "mochi_gateway_connections_open";
+/// Open `GET /v1/videos/{id}/events` streams.
+pub const EVENT_STREAMS_OPEN: &str = "mochi_gateway_event_streams_open";
 
 /// Describes every metric (call once, after the recorder is installed).
 pub fn describe() {
@@ -54,6 +56,10 @@ pub fn describe() {
         "Connections refused at the limit or closed for slowness or idleness"
     );
     metrics::describe_gauge!(CONNECTIONS_OPEN, "Open client connections");
+    metrics::describe_gauge!(
+        EVENT_STREAMS_OPEN,
+        "Open Server-Sent Events streams of job progress"
+    );
     metrics::describe_histogram!(
         SUBMIT_SECONDS,
         metrics::Unit::Seconds,
@@ -102,4 +108,12 @@ pub(crate) fn record_connection_closed(reason: &'static str) {
 
 pub(crate) fn set_connections_open(open: usize) {
     metrics::gauge!(CONNECTIONS_OPEN).set(open as f64);
+}
+
+pub(crate) fn event_stream_opened() {
+    metrics::gauge!(EVENT_STREAMS_OPEN).increment(1.0);
+}
+
+pub(crate) fn event_stream_closed() {
+    metrics::gauge!(EVENT_STREAMS_OPEN).decrement(1.0);
 }

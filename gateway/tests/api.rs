@@ -271,7 +271,7 @@ async fn unknown_and_malformed_ids_are_404() {
     let (status, _, body) = api.send(request).await;
     assert_eq!(
         (status, error(&body).error.code),
-        (StatusCode::BAD_REQUEST, ErrorCode::MalformedRequest)
+        (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed)
     );
 }
 

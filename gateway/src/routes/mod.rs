@@ -4,6 +4,7 @@ pub mod admin;
 pub mod backends;
 pub mod content;
 pub mod create;
+pub mod events;
 pub mod health;
 pub mod keys;
 pub mod models;

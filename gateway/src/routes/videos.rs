@@ -211,7 +211,7 @@ pub(crate) async fn tenant_record(
 }
 
 /// [`tenant_record`] with the record's revision, for a compare-and-set.
-async fn tenant_entry(
+pub(crate) async fn tenant_entry(
     state: &AppState,
     caller: &Principal,
     job_id: JobId,
@@ -257,7 +257,7 @@ pub(crate) async fn any_entry(
 
 /// The submission of `job_id` still waiting in `MOCHI_SUBMIT` (accepted, not yet taken in by
 /// the coordinator's intake), with its time of acceptance in ms.
-async fn submitted(
+pub(crate) async fn submitted(
     state: &AppState,
     caller: &Principal,
     job_id: JobId,
@@ -309,7 +309,7 @@ pub(crate) async fn current_view(
 }
 
 /// The view of a record, with a signed download link once the video exists.
-fn view_of(state: &AppState, record: &JobRecord) -> JobView {
+pub(crate) fn view_of(state: &AppState, record: &JobRecord) -> JobView {
     let mut view = JobView::from_record(record);
     view.expires_at = state.config.retention.expires_at_s(record);
     if record.state == protocol::JobState::Succeeded
