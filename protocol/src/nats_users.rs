@@ -292,9 +292,12 @@ fn gateway(grants: &mut Grants) {
     grants.kv_write(names::BUCKET_JOBS);
     // Tenant quotas count the active jobs from a watch of the records.
     grants.kv_watch(names::BUCKET_JOBS);
-    // The fleet (admission, `/v1/backends`) and queue positions.
+    // The fleet (admission, `/v1/backends`) and queue positions (read, and watched by a
+    // job's event stream).
     grants.kv_watch(names::BUCKET_NODES);
-    grants.kv_read(names::BUCKET_QUEUE);
+    grants.kv_watch(names::BUCKET_QUEUE);
+    // Each denoising step of a job whose event stream is open.
+    grants.subscribe(names::events_subject("*"));
     // Downloads; a deleted job's video, previews and latents.
     grants.object_delete(names::OBJECT_STORE_VIDEOS);
     // A deleted job's dead letter.

@@ -5,7 +5,9 @@ Exits non-zero (with the failed assertion) when any call does not behave as the 
 contract says. Prints one line per check.
 """
 
+import json
 import sys
+import urllib.request
 import warnings
 
 import openai
@@ -92,7 +94,57 @@ def main(base_url, api_key):
         check("a wrong key is refused", False, "list succeeded")
     except openai.AuthenticationError as error:
         check("a wrong key is refused", error.status_code == 401, error)
+    events(client, base_url, api_key)
     print("all checks passed")
+
+
+def open_stream(url, headers):
+    """A text/event-stream response (the standard library's HTTP client: no dependency)."""
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)
+
+
+def read_events(response):
+    """Yields (event, id, data) from a text/event-stream response."""
+    event, ident, data = None, None, []
+    for raw in response:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if line == "":
+            if event is not None:
+                yield event, ident, json.loads("\n".join(data)) if data else None
+            event, ident, data = None, None, []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("id:"):
+            ident = line[3:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+
+
+def events(client, base_url, api_key):
+    """Our extension: live progress over SSE, every step once across a reconnection that
+    resumes by Last-Event-ID."""
+    steps = 12
+    job = client.videos.create(prompt="a heron taking off", seconds="4", extra_body={"steps": steps})
+    url = f"{base_url}/v1/videos/{job.id}/events"
+    headers = {"Authorization": f"Bearer {api_key}"}
+    first, last_id = [], None
+    with open_stream(url, headers) as response:
+        check("events stream opens", response.status == 200, response.status)
+        for event, ident, data in read_events(response):
+            first.append((event, data))
+            last_id = ident
+            if event == "progress" and data["step"] == 4:
+                break  # the client goes away mid-job
+    with open_stream(url, {**headers, "Last-Event-ID": last_id}) as response:
+        second = [(event, data) for event, _, data in read_events(response)]
+    seen = first + second
+    names = [event for event, _ in seen]
+    progress = [data["step"] for event, data in seen if event == "progress"]
+    check("every step arrives once, in order, across the reconnection", progress == list(range(1, steps + 1)), progress)
+    percents = [data["percent"] for event, data in seen if event == "progress"]
+    check("percent rises", percents == sorted(percents) and percents[-1] == 95, percents)
+    check("started, decoding, completed", "started" in names and "decoding" in names and names[-1] == "completed", names)
+    check("the resumed stream ends with the job", second and second[-1][1]["status"] == "completed", second[-1:])
 
 
 if __name__ == "__main__":
