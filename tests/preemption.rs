@@ -49,6 +49,7 @@ async fn submit(resources: &Resources, spec: JobSpec) -> JobId {
         spec,
         idempotency_key: None,
         remixed_from: None,
+        webhook: None,
     };
     let subject = names::submit_job_subject("acme", &job_id.to_string());
     resources

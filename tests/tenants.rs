@@ -87,6 +87,7 @@ async fn a_publisher_cannot_squat_another_tenants_job_and_logs_hold_no_prompt_or
         spec: JobSpec::new("squatter"),
         idempotency_key: None,
         remixed_from: None,
+        webhook: None,
     };
     resources
         .context

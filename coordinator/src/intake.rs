@@ -210,6 +210,7 @@ fn record_for(state: &IntakeState, message: &async_nats::jetstream::Message) -> 
     );
     record.idempotency_key = request.idempotency_key;
     record.remixed_from = request.remixed_from;
+    record.webhook = request.webhook;
     if let Some(failure) = rejection {
         tracing::info!(%job_id, code = %failure.code, "submission refused at intake");
         record = record
@@ -259,6 +260,7 @@ fn read_request(payload: &[u8]) -> Result<SubmitRequest, Box<(SubmitRequest, Job
         spec: protocol::JobSpec::new(String::new()),
         idempotency_key: text("idempotency_key"),
         remixed_from: None,
+        webhook: None,
     };
     let failure = if fields.as_ref().is_some_and(serde_json::Value::is_object) {
         let field = if path == "." {
@@ -329,6 +331,7 @@ mod tests {
             spec: protocol::JobSpec::new("x"),
             idempotency_key: key.map(str::to_owned),
             remixed_from: None,
+            webhook: None,
         }
     }
 

@@ -11,6 +11,7 @@ use crate::auth::limits::RateLimitConfig;
 use crate::auth::quota::QuotaConfig;
 use crate::auth::signing::LinkConfig;
 pub use crate::files::RetentionConfig;
+pub use crate::webhooks::WebhookConfig;
 pub use protocol::config::Secret;
 
 use crate::error::{Error, Result};
@@ -43,6 +44,8 @@ pub struct Config {
     pub connections: ConnectionConfig,
     /// How long finished jobs keep their files (`[gateway.retention]`).
     pub retention: RetentionConfig,
+    /// Webhook deliveries (`[gateway.webhooks]`).
+    pub webhooks: WebhookConfig,
 }
 
 /// Limits on client connections.
@@ -82,6 +85,7 @@ impl Default for Config {
             quota: QuotaConfig::default(),
             links: LinkConfig::default(),
             retention: RetentionConfig::default(),
+            webhooks: WebhookConfig::default(),
             connections: ConnectionConfig::default(),
         }
     }

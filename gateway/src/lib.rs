@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod routes;
 pub mod serve;
 pub mod state;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -95,6 +96,7 @@ fn build() -> (Routers, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::content::content))
         .routes(routes!(routes::events::events))
         .routes(routes!(routes::models::models))
+        .routes(routes!(routes::hooks::secret))
         .routes(routes!(routes::backends::backends))
         .routes(routes!(routes::admin::list))
         .routes(routes!(routes::admin::redrive))

@@ -31,6 +31,22 @@ pub const CONNECTIONS_OPEN: &str = "mochi_gateway_connections_open";
 /// Open `GET /v1/videos/{id}/events` streams.
 pub const EVENT_STREAMS_OPEN: &str = "mochi_gateway_event_streams_open";
 
+/// Webhook deliveries, by outcome (`delivered`, `retried`, `failed` after the last retry,
+/// `refused` for a target that may not be reached).
+pub const WEBHOOK_DELIVERIES: &str = "mochi_gateway_webhook_deliveries_total";
+/// Webhook events queued for delivery, by event (`start`, `progress`, `completed`).
+pub const WEBHOOK_EVENTS: &str = "mochi_gateway_webhook_events_total";
+
+/// Counts a webhook delivery's outcome.
+pub fn record_webhook_delivery(outcome: &'static str) {
+    metrics::counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(1);
+}
+
+/// Counts a webhook event queued.
+pub fn record_webhook_event(event: &'static str) {
+    metrics::counter!(WEBHOOK_EVENTS, "event" => event).increment(1);
+}
+
 /// Describes every metric (call once, after the recorder is installed).
 pub fn describe() {
     metrics::describe_counter!(REQUESTS, "HTTP requests by route, method and status");
@@ -56,6 +72,8 @@ pub fn describe() {
         "Connections refused at the limit or closed for slowness or idleness"
     );
     metrics::describe_gauge!(CONNECTIONS_OPEN, "Open client connections");
+    metrics::describe_counter!(WEBHOOK_DELIVERIES, "Webhook deliveries by outcome");
+    metrics::describe_counter!(WEBHOOK_EVENTS, "Webhook events queued for delivery");
     metrics::describe_gauge!(
         EVENT_STREAMS_OPEN,
         "Open Server-Sent Events streams of job progress"

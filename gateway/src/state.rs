@@ -69,7 +69,7 @@ impl AppState {
     }
 
     /// Loads the API keys and the link-signing key, and starts the watches that keep keys,
-    /// tenant loads, the job index and the fleet current, and the retention sweep for as long as this state lives.
+    /// tenant loads, the job index and the fleet current, the retention sweep and the webhooks for as long as this state lives.
     pub async fn start(&self) -> crate::Result<()> {
         self.auth.start_oidc().map_err(crate::Error::Start)?;
         drop(self.fleet.watch(self.resources.nodes.clone()));
@@ -79,6 +79,7 @@ impl AppState {
             &self.index,
         ));
         drop(crate::files::sweep(self));
+        crate::webhooks::start(self);
         let watch = self
             .auth
             .keys()

@@ -30,6 +30,7 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/v1/videos/{id}"),
     ("get", "/v1/videos/{id}/content"),
     ("get", "/v1/videos/{id}/events"),
+    ("get", "/v1/webhooks/secret"),
     ("get", "/videos/{job_id}"),
     ("post", "/generate-video"),
     ("post", "/v1/admin/dead/{id}/redrive"),

@@ -75,6 +75,8 @@ pub struct JobView {
     pub started_at_ms: Option<u64>,
     /// When the retention sweep removed the files, ms since the epoch.
     pub files_removed_at_ms: Option<u64>,
+    /// Where the job's events are posted.
+    pub webhook: Option<crate::record::Webhook>,
     /// Where to poll and download.
     pub links: JobLinks,
     /// While queued: the job's position and predicted start, as the scheduler last
@@ -234,6 +236,7 @@ impl JobView {
             updated_at_ms: at_ms,
             started_at_ms: None,
             files_removed_at_ms: None,
+            webhook: None,
             links: JobLinks::for_job(id),
             queue: None,
         }
@@ -285,6 +288,7 @@ impl JobView {
             updated_at_ms: record.updated_at_ms,
             started_at_ms: record.started_at_ms,
             files_removed_at_ms: record.files_removed_at_ms,
+            webhook: record.webhook.clone(),
             links: JobLinks::for_job(record.id),
             queue: None,
         }

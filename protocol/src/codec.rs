@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 /// The format version this build writes. Changing any bincode-encoded type (field order, a
 /// new field, a new enum variant) bumps it, and sets that type's [`WireMessage::SINCE`].
 ///
-/// Version 2: `JobRecord.remixed_from`, `deleted_at_ms` and `files_removed_at_ms`.
+/// Version 2: `JobRecord.remixed_from`, `deleted_at_ms`, `files_removed_at_ms` and `webhook`.
 pub const WIRE_VERSION: u16 = 2;
 
 const MAGIC: [u8; 2] = *b"MO";

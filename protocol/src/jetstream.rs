@@ -256,6 +256,26 @@ async fn try_ensure_resources(
         "MOCHI_DLQ",
     )
     .await?;
+    // Opened by the gateways alone (`crate::names::STREAM_WEBHOOKS`).
+    get_or_create_stream(
+        &context,
+        stream::Config {
+            name: names::STREAM_WEBHOOKS.to_owned(),
+            description: Some("mochi-serve webhook deliveries awaiting success".to_owned()),
+            subjects: vec![names::SUBJECT_WEBHOOKS_ALL.to_owned()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            // Retries end after about two hours; a day covers a long outage of every gateway.
+            max_age: Duration::from_secs(24 * 3600),
+            // One event of one job is queued once, whichever gateway saw it first.
+            duplicate_window: Duration::from_secs(3600),
+            max_message_size: 1024 * 1024,
+            ..Default::default()
+        },
+        "MOCHI_WEBHOOKS",
+    )
+    .await?;
     let jobs = get_or_create_kv(
         &context,
         kv::Config {

@@ -26,6 +26,10 @@ pub struct SubmitRequest {
     /// intake checks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remixed_from: Option<JobId>,
+    /// Where the job's events are posted (checked by the gateway; a NATS publisher's is
+    /// checked again, against server-side request forgery, at each delivery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<crate::record::Webhook>,
 }
 
 /// The coordinator places a job on a slot (request/reply on `mochi.node.<node>.assign`).

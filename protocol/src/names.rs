@@ -4,6 +4,22 @@
 pub const STREAM_SUBMIT: &str = "MOCHI_SUBMIT";
 /// Subjects captured by [`STREAM_SUBMIT`]: `mochi.submit.<tenant>`.
 pub const SUBJECT_SUBMIT_ALL: &str = "mochi.submit.>";
+/// Stream of webhook deliveries waiting to be sent (work queue, kept until delivered or
+/// given up).
+pub const STREAM_WEBHOOKS: &str = "MOCHI_WEBHOOKS";
+/// Subjects captured by [`STREAM_WEBHOOKS`]: `mochi.webhooks.<tenant>`.
+pub const SUBJECT_WEBHOOKS_ALL: &str = "mochi.webhooks.>";
+/// Durable pull consumer the gateways send [`STREAM_WEBHOOKS`] with.
+pub const CONSUMER_WEBHOOK_DELIVERY: &str = "mochi-webhook-delivery";
+/// Durable pull consumer on the job records' stream from which the gateways derive webhook
+/// events (each record revision read once, across restarts).
+pub const CONSUMER_WEBHOOK_EVENTS: &str = "mochi-webhook-events";
+
+/// The subject a tenant's webhook deliveries are queued on.
+pub fn webhooks_subject(tenant: &str) -> String {
+    format!("mochi.webhooks.{tenant}")
+}
+
 /// Durable pull consumer the coordinator's intake reads [`STREAM_SUBMIT`] with.
 pub const CONSUMER_INTAKE: &str = "mochi-intake";
 /// Stream of dead-lettered jobs (retries exhausted), kept for inspection and re-drive.

@@ -308,6 +308,28 @@ fn gateway(grants: &mut Grants) {
     grants.kv_write(names::BUCKET_KEYS);
     // Stop a cancelled job on its node.
     grants.publish(names::node_cancel_subject("*"));
+    // Webhooks: events derived from the records by a shared durable consumer, queued on
+    // MOCHI_WEBHOOKS, sent by another shared durable consumer.
+    grants.publish(names::webhooks_subject("*"));
+    grants.open_stream(names::STREAM_WEBHOOKS);
+    for durable in [
+        format!(
+            "{}.{}",
+            names::STREAM_WEBHOOKS,
+            names::CONSUMER_WEBHOOK_DELIVERY
+        ),
+        format!(
+            "{}.{}",
+            names::kv_stream(names::BUCKET_JOBS),
+            names::CONSUMER_WEBHOOK_EVENTS
+        ),
+    ] {
+        grants.publish(format!("$JS.API.CONSUMER.INFO.{durable}"));
+        grants.publish(format!("$JS.API.CONSUMER.CREATE.{durable}"));
+        grants.publish(format!("$JS.API.CONSUMER.CREATE.{durable}.>"));
+        grants.publish(format!("$JS.API.CONSUMER.MSG.NEXT.{durable}"));
+        grants.publish(format!("$JS.ACK.{durable}.>"));
+    }
 }
 
 fn coordinator(grants: &mut Grants) {

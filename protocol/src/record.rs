@@ -372,6 +372,45 @@ pub struct JobRecord {
     pub deleted_at_ms: Option<u64>,
     /// When the retention sweep removed the job's files (video, previews, latents).
     pub files_removed_at_ms: Option<u64>,
+    /// Where the job's events are posted, if anywhere.
+    pub webhook: Option<Webhook>,
+}
+
+/// A job's webhook: where its events are posted, and which.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    /// The receiver: an `http` or `https` URL.
+    pub url: String,
+    /// The events posted (Replicate's names).
+    pub events: Vec<WebhookEvent>,
+}
+
+/// An event a webhook may ask for.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookEvent {
+    /// An attempt started running.
+    Start,
+    /// Denoising progressed (at most two a second).
+    Progress,
+    /// The job ended, whichever way.
+    Completed,
+}
+
+impl WebhookEvent {
+    /// Every event, the default filter.
+    pub const ALL: [Self; 3] = [Self::Start, Self::Progress, Self::Completed];
+
+    /// The snake_case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Progress => "progress",
+            Self::Completed => "completed",
+        }
+    }
 }
 
 impl JobRecord {
@@ -410,6 +449,7 @@ impl JobRecord {
             remixed_from: None,
             deleted_at_ms: None,
             files_removed_at_ms: None,
+            webhook: None,
         }
     }
 

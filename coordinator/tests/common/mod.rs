@@ -105,6 +105,7 @@ pub fn small_job(prompt: &str) -> SubmitRequest {
         spec,
         idempotency_key: None,
         remixed_from: None,
+        webhook: None,
     }
 }
 

@@ -273,7 +273,7 @@ impl JwksEndpoint {
 }
 
 /// rustls with ring and the system's CA certificates (`SSL_CERT_FILE` / `SSL_CERT_DIR` honoured).
-pub(super) fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
+pub(crate) fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     if roots.is_empty() {

@@ -3,7 +3,7 @@
 //! signed download links. Audit lines (keys made and revoked, admin actions, refused
 //! cross-tenant attempts) go to the log target `mochi::audit`.
 
-mod jwks;
+pub(crate) mod jwks;
 pub mod keys;
 pub mod limits;
 pub mod oidc;

@@ -6,23 +6,37 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, header};
 use protocol::api::MODEL_ID;
+use protocol::record::{Webhook, WebhookEvent};
 use protocol::{ErrorCode, JobSpec};
 use serde_json::{Map, Number, Value};
 
 use crate::error::ApiError;
 use crate::routes::request::{from_fields, json_object, read_body};
+use crate::webhooks::target::Target;
 
 /// `JobSpec` fields that take whole numbers (a form sends them as text).
 const INTEGER_FIELDS: [&str; 6] = ["num_frames", "fps", "width", "height", "steps", "seed"];
 /// `JobSpec` fields that take decimal numbers.
 const DECIMAL_FIELDS: [&str; 2] = ["duration_s", "guidance_scale"];
 
-/// Reads the create request in `body` (JSON or a form, by `Content-Type`) as a `JobSpec`.
+/// A create request, read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Created {
+    /// What to make.
+    pub spec: JobSpec,
+    /// Where to post the job's events.
+    pub webhook: Option<Webhook>,
+}
+
+/// Reads the create request in `body` (JSON or a form, by `Content-Type`): its `JobSpec`
+/// and its webhook (a URL whose host is a forbidden IP address is refused now, unless in
+/// `allow_hosts`; names are checked at each delivery).
 pub async fn create_spec(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     max_body_bytes: usize,
-) -> Result<JobSpec, ApiError> {
+    allow_hosts: &[String],
+) -> Result<Created, ApiError> {
     let body = read_body(body, max_body_bytes)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -44,7 +58,81 @@ pub async fn create_spec(
             ));
         }
     };
-    spec_of(fields)
+    let mut fields = fields;
+    let webhook = webhook_of(&mut fields, allow_hosts)?;
+    Ok(Created {
+        spec: spec_of(fields)?,
+        webhook,
+    })
+}
+
+/// Takes `webhook_url` and `webhook_events_filter` (default: every event) out of `fields`.
+pub fn webhook_of(
+    fields: &mut Map<String, Value>,
+    allow_hosts: &[String],
+) -> Result<Option<Webhook>, ApiError> {
+    let url = fields.remove("webhook_url").filter(|v| !v.is_null());
+    let filter = fields
+        .remove("webhook_events_filter")
+        .filter(|v| !v.is_null());
+    let Some(url) = url else {
+        if filter.is_some() {
+            return Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "webhook_events_filter needs a webhook_url",
+                "webhook_events_filter",
+            ));
+        }
+        return Ok(None);
+    };
+    let invalid_url =
+        |message: String| ApiError::field(ErrorCode::InvalidField, message, "webhook_url");
+    let Value::String(url) = url else {
+        return Err(invalid_url("webhook_url must be a string".to_owned()));
+    };
+    let target = Target::parse(&url).map_err(|e| invalid_url(e.to_string()))?;
+    target
+        .check_literal(allow_hosts)
+        .map_err(|e| invalid_url(e.to_string()))?;
+    let names: Vec<Value> = match filter {
+        None => {
+            return Ok(Some(Webhook {
+                url,
+                events: WebhookEvent::ALL.to_vec(),
+            }));
+        }
+        Some(Value::Array(items)) => items,
+        // A form sends a list as text: "start,completed".
+        Some(Value::String(text)) => text
+            .split(',')
+            .map(|name| Value::String(name.trim().to_owned()))
+            .collect(),
+        Some(_) => Vec::new(),
+    };
+    let mut events = Vec::new();
+    for name in &names {
+        let event = WebhookEvent::ALL
+            .into_iter()
+            .find(|event| name.as_str() == Some(event.as_str()))
+            .ok_or_else(|| {
+                ApiError::field(
+                    ErrorCode::InvalidField,
+                    "webhook_events_filter must be a list of start, progress and completed",
+                    "webhook_events_filter",
+                )
+            })?;
+        if !events.contains(&event) {
+            events.push(event);
+        }
+    }
+    if events.is_empty() {
+        return Err(ApiError::field(
+            ErrorCode::InvalidField,
+            "webhook_events_filter must name at least one of start, progress and completed",
+            "webhook_events_filter",
+        ));
+    }
+    Ok(Some(Webhook { url, events }))
 }
 
 /// Turns the request's fields into a `JobSpec`: OpenAI's names are translated, the rest must
@@ -174,6 +262,23 @@ async fn form_fields(content_type: &str, body: Bytes) -> Result<Map<String, Valu
             ));
         }
         let text = field.text().await.map_err(|e| malformed(e.to_string()))?;
+        // A list arrives as repeated `name[]` fields (how OpenAI's SDKs send arrays).
+        if let Some(list) = name.strip_suffix("[]") {
+            let entry = fields
+                .entry(list.to_owned())
+                .or_insert_with(|| Value::Array(Vec::new()));
+            match entry {
+                Value::Array(items) => items.push(Value::String(text)),
+                _ => {
+                    return Err(ApiError::field(
+                        ErrorCode::InvalidField,
+                        format!("field `{list}` given twice; give each field once"),
+                        list,
+                    ));
+                }
+            }
+            continue;
+        }
         if fields.contains_key(&name) {
             return Err(ApiError::field(
                 ErrorCode::InvalidField,
@@ -216,6 +321,55 @@ mod tests {
 
     fn object(json: &str) -> Map<String, Value> {
         json_object(json.as_bytes()).expect("object")
+    }
+
+    #[test]
+    fn webhooks_take_a_public_url_and_known_events() {
+        let mut fields = object(
+            r#"{"prompt":"x","webhook_url":"https://hooks.example.com/in","webhook_events_filter":["completed","start","completed"]}"#,
+        );
+        let hook = webhook_of(&mut fields, &[])
+            .expect("valid")
+            .expect("a webhook");
+        assert_eq!(
+            hook.events,
+            vec![WebhookEvent::Completed, WebhookEvent::Start]
+        );
+        assert!(
+            !fields.contains_key("webhook_url"),
+            "taken out of the spec's fields"
+        );
+        let mut fields = object(r#"{"prompt":"x","webhook_url":"http://example.com/h"}"#);
+        let hook = webhook_of(&mut fields, &[])
+            .expect("valid")
+            .expect("a webhook");
+        assert_eq!(hook.events, WebhookEvent::ALL.to_vec());
+        for (body, field) in [
+            (r#"{"webhook_url":"http://127.0.0.1:9/h"}"#, "webhook_url"),
+            (r#"{"webhook_url":"http://[::1]/h"}"#, "webhook_url"),
+            (r#"{"webhook_url":"ftp://example.com/"}"#, "webhook_url"),
+            (r#"{"webhook_url":7}"#, "webhook_url"),
+            (
+                r#"{"webhook_url":"https://example.com","webhook_events_filter":["output"]}"#,
+                "webhook_events_filter",
+            ),
+            (
+                r#"{"webhook_url":"https://example.com","webhook_events_filter":[]}"#,
+                "webhook_events_filter",
+            ),
+            (
+                r#"{"webhook_events_filter":["start"]}"#,
+                "webhook_events_filter",
+            ),
+        ] {
+            let error = webhook_of(&mut object(body), &[]).expect_err("refused");
+            assert_eq!(error.field.as_deref(), Some(field), "{body}");
+        }
+        let allowed = webhook_of(
+            &mut object(r#"{"webhook_url":"http://127.0.0.1:9/h"}"#),
+            &["127.0.0.1".to_owned()],
+        );
+        assert!(allowed.is_ok_and(|hook| hook.is_some()));
     }
 
     #[test]
@@ -322,9 +476,10 @@ mod tests {
             ],
             None,
         );
-        let spec = create_spec(&headers, Ok(body), 1 << 20)
+        let spec = create_spec(&headers, Ok(body), 1 << 20, &[])
             .await
-            .expect("valid form");
+            .expect("valid form")
+            .spec;
         assert_eq!(
             (
                 spec.prompt.as_str(),
@@ -373,7 +528,7 @@ mod tests {
         ];
         for (parts, file, code, field) in cases {
             let (headers, body) = form(parts, file);
-            let error = create_spec(&headers, Ok(body), 1 << 20)
+            let error = create_spec(&headers, Ok(body), 1 << 20, &[])
                 .await
                 .expect_err("refused");
             assert_eq!((error.code, error.field.as_deref()), (code, Some(field)));
@@ -385,13 +540,15 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         let body = || Ok(Bytes::from_static(b"{}"));
-        let error = create_spec(&headers, body(), 1024).await.expect_err("text");
+        let error = create_spec(&headers, body(), 1024, &[])
+            .await
+            .expect_err("text");
         assert_eq!(error.code, ErrorCode::MalformedRequest);
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("multipart/form-data"),
         );
-        let error = create_spec(&headers, body(), 1024)
+        let error = create_spec(&headers, body(), 1024, &[])
             .await
             .expect_err("no boundary");
         assert_eq!(error.code, ErrorCode::MalformedRequest);
@@ -399,7 +556,7 @@ mod tests {
             header::CONTENT_TYPE,
             HeaderValue::from_static("multipart/form-data; boundary=XyZ"),
         );
-        let error = create_spec(&headers, body(), 1024)
+        let error = create_spec(&headers, body(), 1024, &[])
             .await
             .expect_err("no parts");
         assert_eq!(error.code, ErrorCode::MalformedRequest);

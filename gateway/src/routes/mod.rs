@@ -6,6 +6,7 @@ pub mod content;
 pub mod create;
 pub mod events;
 pub mod health;
+pub mod hooks;
 pub mod keys;
 pub mod models;
 pub mod request;

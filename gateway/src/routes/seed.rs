@@ -192,7 +192,8 @@ pub async fn generate_video(
     let body = json_body(&headers, body, state.config.max_body_bytes)?;
     let request: GenerateVideo = from_fields(json_object(&body)?)?;
     let spec = request.spec(&state.config.limits)?;
-    let (status, view) = videos::enqueue_view(&state, &caller, &headers, spec, None).await?;
+    let (status, view) =
+        videos::enqueue_view(&state, &caller, &headers, spec, videos::Origin::default()).await?;
     Ok((status, Json(SeedJob::of(&view))).into_response())
 }
 

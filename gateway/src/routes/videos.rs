@@ -74,8 +74,27 @@ pub async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(Action::Submit)?;
-    let spec = create_spec(&headers, body, state.config.max_body_bytes).await?;
-    enqueue(&state, &caller, &headers, spec, None).await
+    let created = create_spec(
+        &headers,
+        body,
+        state.config.max_body_bytes,
+        &state.config.webhooks.allow_hosts,
+    )
+    .await?;
+    let origin = Origin {
+        remixed_from: None,
+        webhook: created.webhook,
+    };
+    enqueue(&state, &caller, &headers, created.spec, origin).await
+}
+
+/// Where a job comes from, besides its spec.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Origin {
+    /// The job it remixes.
+    pub remixed_from: Option<JobId>,
+    /// Where its events are posted.
+    pub webhook: Option<protocol::record::Webhook>,
 }
 
 /// Accepts `spec` for the caller's tenant; 202 with the job and its `Location`.
@@ -84,9 +103,9 @@ async fn enqueue(
     caller: &Principal,
     headers: &HeaderMap,
     spec: JobSpec,
-    remixed_from: Option<JobId>,
+    origin: Origin,
 ) -> Result<Response, ApiError> {
-    let (_, view) = enqueue_view(state, caller, headers, spec, remixed_from).await?;
+    let (_, view) = enqueue_view(state, caller, headers, spec, origin).await?;
     Ok(accepted(view))
 }
 
@@ -97,8 +116,12 @@ pub(crate) async fn enqueue_view(
     caller: &Principal,
     headers: &HeaderMap,
     spec: JobSpec,
-    remixed_from: Option<JobId>,
+    origin: Origin,
 ) -> Result<(StatusCode, JobView), ApiError> {
+    let Origin {
+        remixed_from,
+        webhook,
+    } = origin;
     let shape = spec.validate(&state.config.limits)?;
     // No known slot holds it: refused now rather than queued (the coordinator checks again).
     state.fleet.admit(&shape).map_err(|refusal| {
@@ -136,6 +159,7 @@ pub(crate) async fn enqueue_view(
         spec: spec.clone(),
         idempotency_key: idempotency_key.clone(),
         remixed_from,
+        webhook: webhook.clone(),
     };
     let payload =
         codec::to_json(&request).map_err(|e| ApiError::internal("encode submission", &e))?;
@@ -182,6 +206,7 @@ pub(crate) async fn enqueue_view(
     let view = existing.unwrap_or_else(|| {
         let mut view = JobView::pending(job_id, spec, &shape, now_ms());
         view.remixed_from_video_id = remixed_from;
+        view.webhook = webhook;
         view
     });
     Ok((StatusCode::ACCEPTED, view))
@@ -300,6 +325,7 @@ pub(crate) async fn current_view(
     {
         let mut view = JobView::pending(job_id, request.spec, &shape, at_ms);
         view.remixed_from_video_id = request.remixed_from;
+        view.webhook = request.webhook;
         return Ok(Some(view));
     }
     // The intake may have taken it in between the two reads.
@@ -563,7 +589,11 @@ pub async fn remix(
     let mut spec = source.spec.clone();
     spec.prompt = prompt;
     spec.seed = Some(source.seed);
-    enqueue(&state, &caller, &headers, spec, Some(source_id)).await
+    let origin = Origin {
+        remixed_from: Some(source_id),
+        webhook: source.webhook.clone(),
+    };
+    enqueue(&state, &caller, &headers, spec, origin).await
 }
 
 /// The body of a remix.
@@ -823,6 +853,7 @@ async fn create_cancelled_record(
     );
     queued.idempotency_key = request.idempotency_key;
     queued.remixed_from = request.remixed_from;
+    queued.webhook = request.webhook;
     let cancelled = queued
         .apply(&JobEvent::CancelRequested, now_ms())
         .map_err(|e| ApiError::internal("cancel a new record", &e))?;

@@ -422,9 +422,9 @@ fn a_record_stored_by_format_version_1_still_reads() {
     });
     let bytes = crate::codec::encode(&current).expect("encode");
     // Version 1's layout is version 2's without the trailing `remixed_from`,
-    // `deleted_at_ms` and `files_removed_at_ms` (None: one 0 byte each in bincode).
-    assert_eq!(bytes[bytes.len() - 3..], [0, 0, 0]);
-    let mut old = bytes[..bytes.len() - 3].to_vec();
+    // `deleted_at_ms`, `files_removed_at_ms` and `webhook` (None: one 0 byte each).
+    assert_eq!(bytes[bytes.len() - 4..], [0, 0, 0, 0]);
+    let mut old = bytes[..bytes.len() - 4].to_vec();
     old[2..4].copy_from_slice(&1u16.to_le_bytes());
     let read: JobRecord = crate::codec::decode(&old).expect("a version 1 record reads");
     assert_eq!(read, current);

@@ -1,4 +1,4 @@
-//! The job record as format version 1 stored it (before `remixed_from`, `deleted_at_ms` and `files_removed_at_ms`), read once when a
+//! The job record as format version 1 stored it (before `remixed_from`, `deleted_at_ms`, `files_removed_at_ms` and `webhook`), read once when a
 //! record written before an upgrade is loaded. Field order is the layout: never edit it.
 
 use serde::Deserialize;
@@ -62,6 +62,7 @@ impl From<JobRecordV1> for JobRecord {
             remixed_from: None,
             deleted_at_ms: None,
             files_removed_at_ms: None,
+            webhook: None,
         }
     }
 }
