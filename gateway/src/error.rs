@@ -103,6 +103,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::NotFound | ErrorCode::ModelNotFound => StatusCode::NOT_FOUND,
         ErrorCode::Expired => StatusCode::GONE,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
+        ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         ErrorCode::NotReady | ErrorCode::Conflict | ErrorCode::JobFailed | ErrorCode::Cancelled => {
             StatusCode::CONFLICT
         }

@@ -134,9 +134,38 @@ const REQUEST_ID: &str = "x-request-id";
 /// Longest client-chosen request id kept.
 const MAX_REQUEST_ID: usize = 128;
 
+/// Longest request URI read, bytes (414 `uri_too_long` beyond).
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header bytes (names and values) read (431 `headers_too_large` beyond).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Most headers read (431 `headers_too_large` beyond).
+pub const MAX_HEADERS: usize = 128;
+
 /// Gives every response an `x-request-id`: the client's, when it sent a usable one, else a
-/// new one; the request's log lines carry it.
+/// new one; the request's log lines carry it. Refuses, with our error body, a URI or
+/// headers beyond the limits above (the HTTP parser's own, larger limits stay as a
+/// backstop, answered without a body).
 async fn request_id(request: Request, next: Next) -> Response {
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    let refusal = if request.uri().to_string().len() > MAX_URI_BYTES {
+        Some(ApiError::new(
+            ErrorCode::UriTooLong,
+            format!("the URI is longer than {MAX_URI_BYTES} bytes; send less in the query string"),
+        ))
+    } else if header_bytes > MAX_HEADER_BYTES || request.headers().len() > MAX_HEADERS {
+        Some(ApiError::new(
+            ErrorCode::HeadersTooLarge,
+            format!(
+                "the headers are larger than {MAX_HEADER_BYTES} bytes or more than {MAX_HEADERS}; send fewer or smaller headers"
+            ),
+        ))
+    } else {
+        None
+    };
     let given = request
         .headers()
         .get(REQUEST_ID)
@@ -154,7 +183,10 @@ async fn request_id(request: Request, next: Next) -> Response {
             .map_or_else(|_| "req_unknown".to_owned(), |r| format!("req_{r}"))
     });
     let span = tracing::info_span!("request", request_id = %id);
-    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    let mut response = match refusal {
+        Some(refusal) => refusal.into_response(),
+        None => tracing::Instrument::instrument(next.run(request), span).await,
+    };
     if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }

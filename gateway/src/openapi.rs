@@ -72,6 +72,9 @@ pub enum Errors {
     /// No such job (or another tenant's), route or model.
     #[response(status = 404)]
     NotFound(ErrorBody),
+    /// A method the route does not have.
+    #[response(status = 405)]
+    MethodNotAllowed(ErrorBody),
     /// The job's state does not allow this (yet).
     #[response(status = 409)]
     Conflict(ErrorBody),
@@ -81,12 +84,18 @@ pub enum Errors {
     /// The body is too large.
     #[response(status = 413)]
     TooLarge(ErrorBody),
+    /// The URI is too long.
+    #[response(status = 414)]
+    UriTooLong(ErrorBody),
     /// A field or parameter is invalid (named in `param`), or no slot holds the job.
     #[response(status = 422)]
     Invalid(ErrorBody),
     /// A rate limit or quota.
     #[response(status = 429)]
     Limited(ErrorBody),
+    /// The headers are too large, or too many.
+    #[response(status = 431)]
+    HeadersTooLarge(ErrorBody),
     /// An internal error.
     #[response(status = 500)]
     Internal(ErrorBody),

@@ -91,6 +91,9 @@ async fn connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
+        // Above the router's own limits (`MAX_HEADERS`, `MAX_HEADER_BYTES`), so that those
+        // answer with our error body first.
+        .max_headers(2 * crate::MAX_HEADERS)
         .keep_alive(true);
     let conn = builder.serve_connection(io, TowerToHyperService::new(app));
     let mut conn = std::pin::pin!(conn);

@@ -695,3 +695,37 @@ async fn files_are_removed_when_the_retention_runs_out() {
     assert_eq!(status, StatusCode::OK);
     assert!(view(&body).files_removed_at_ms.is_some());
 }
+
+#[tokio::test]
+async fn long_uris_and_large_headers_answer_with_our_error_body() {
+    let client = Client::new().await;
+    let long = format!("/v1/videos?after={}", "a".repeat(gateway::MAX_URI_BYTES));
+    let (status, _, body) = client
+        .send(client.request("GET", &long), Body::empty())
+        .await;
+    assert_eq!(
+        (status, error(&body).error.code),
+        (StatusCode::URI_TOO_LONG, ErrorCode::UriTooLong)
+    );
+    let big = "x".repeat(gateway::MAX_HEADER_BYTES);
+    let (status, headers, body) = client
+        .send(
+            client.request("GET", "/v1/models").header("x-big", big),
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(
+        (status, error(&body).error.code),
+        (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorCode::HeadersTooLarge
+        )
+    );
+    assert!(headers.contains_key("x-request-id"));
+    let mut many = client.request("GET", "/v1/models");
+    for i in 0..=gateway::MAX_HEADERS {
+        many = many.header(format!("x-h{i}"), "1");
+    }
+    let (status, _, _) = client.send(many, Body::empty()).await;
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+}

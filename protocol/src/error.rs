@@ -49,6 +49,10 @@ pub enum ErrorCode {
     Expired,
     /// The route exists but not with this method.
     MethodNotAllowed,
+    /// The request's URI is longer than the server reads.
+    UriTooLong,
+    /// The request's headers are larger (or more) than the server reads.
+    HeadersTooLarge,
 }
 
 impl ErrorCode {
@@ -76,6 +80,8 @@ impl ErrorCode {
             Self::Unsupported => "unsupported",
             Self::Expired => "expired",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::UriTooLong => "uri_too_long",
+            Self::HeadersTooLarge => "headers_too_large",
         }
     }
 
@@ -93,7 +99,9 @@ impl ErrorCode {
             | Self::Cancelled
             | Self::Unsupported
             | Self::Expired
-            | Self::MethodNotAllowed => "invalid_request_error",
+            | Self::MethodNotAllowed
+            | Self::UriTooLong
+            | Self::HeadersTooLarge => "invalid_request_error",
             Self::NotFound | Self::ModelNotFound => "not_found_error",
             Self::Unauthorized => "authentication_error",
             Self::Forbidden => "permission_error",
