@@ -112,6 +112,8 @@ pub struct MochiUp {
     pub url: String,
     /// The admin key `mochi up` wrote on first start.
     pub key: String,
+    /// The directory `data/` (the data directory) is in.
+    pub dir: std::path::PathBuf,
     _work: tempfile::TempDir,
 }
 
@@ -151,6 +153,7 @@ impl MochiUp {
             child,
             url,
             key,
+            dir: work.path().to_owned(),
             _work: work,
         }
     }
