@@ -91,7 +91,7 @@ impl Drop for OpenStream {
         ("Last-Event-ID" = Option<String>, Header, description = "The last event id seen: the stream resumes after it")
     ),
     responses(
-        (status = 200, description = "Server-Sent Events until the job ends", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Server-Sent Events until the job ends; each event's data is one JSON object", content_type = "text/event-stream", body = serde_json::Value),
         (status = 204, description = "The client has already seen the job end"),
         crate::openapi::Errors
     )
