@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use gateway::Config;
-use gateway::auth::Role;
 use http_body_util::BodyExt;
 use protocol::api::JobView;
 use protocol::messages::ProgressEvent;
@@ -28,40 +26,9 @@ use tower::ServiceExt;
 /// Longest wait for one event.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 
-struct Client {
-    gateway: Arc<common::Gateway>,
-    key: String,
-}
+use common::Client;
 
 impl Client {
-    async fn new() -> Self {
-        Self::with(Config::for_test()).await
-    }
-
-    async fn with(config: Config) -> Self {
-        let gateway = common::start_with_auth(config).await;
-        let key = common::key(&gateway.state, "acme", Role::Submitter).await;
-        Self {
-            gateway: Arc::new(gateway),
-            key,
-        }
-    }
-
-    async fn as_tenant(&self, tenant: &str) -> Self {
-        let key = common::key(&self.gateway.state, tenant, Role::Submitter).await;
-        Self {
-            gateway: self.gateway.clone(),
-            key,
-        }
-    }
-
-    fn request(&self, method: &str, uri: &str) -> axum::http::request::Builder {
-        Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.key))
-    }
-
     /// Opens the job's event stream.
     async fn open(&self, id: JobId, last_event_id: Option<&str>) -> axum::response::Response {
         let mut request = self.request("GET", &format!("/v1/videos/{id}/events"));

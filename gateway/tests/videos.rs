@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use gateway::Config;
-use gateway::auth::Role;
 use protocol::api::{JobView, ModelList, VideoDeleted, VideoList, VideoStatus};
 use protocol::record::{JobEvent, Lease};
 use protocol::{
@@ -18,48 +17,9 @@ use protocol::{
     now_ms,
 };
 
-struct Client {
-    gateway: std::sync::Arc<common::Gateway>,
-    key: String,
-}
+use common::Client;
 
 impl Client {
-    async fn new() -> Self {
-        Self::with(Config::for_test()).await
-    }
-
-    async fn with(config: Config) -> Self {
-        let gateway = common::start_with_auth(config).await;
-        let key = common::key(&gateway.state, "acme", Role::Submitter).await;
-        Self {
-            gateway: std::sync::Arc::new(gateway),
-            key,
-        }
-    }
-
-    async fn as_tenant(&self, tenant: &str) -> Self {
-        let key = common::key(&self.gateway.state, tenant, Role::Submitter).await;
-        Self {
-            gateway: self.gateway.clone(),
-            key,
-        }
-    }
-
-    fn request(&self, method: &str, uri: &str) -> axum::http::request::Builder {
-        Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.key))
-    }
-
-    async fn send(
-        &self,
-        request: axum::http::request::Builder,
-        body: Body,
-    ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-        common::send(&self.gateway.state, request.body(body).unwrap()).await
-    }
-
     async fn json(&self, method: &str, uri: &str, body: &str) -> (StatusCode, Vec<u8>) {
         let request = self
             .request(method, uri)

@@ -1,6 +1,6 @@
 //! Shared setup for the gateway tests: the gateway's state over a real nats-server, node
 //! heartbeats as the nodes write them, and `GET` requests answered with JSON.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, clippy::unwrap_used, clippy::large_futures)]
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -200,4 +200,55 @@ pub async fn send(
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, headers, body.to_vec())
+}
+
+/// A client of one tenant's submitter key against a gateway with authentication on.
+pub struct Client {
+    /// The gateway (shared by the clients of several tenants).
+    pub gateway: std::sync::Arc<Gateway>,
+    /// The client's API key.
+    pub key: String,
+}
+
+impl Client {
+    /// A gateway with the test configuration and a submitter of tenant `acme`.
+    pub async fn new() -> Self {
+        Self::with(Config::for_test()).await
+    }
+
+    /// A gateway with `config` (authentication on) and a submitter of tenant `acme`.
+    pub async fn with(config: Config) -> Self {
+        let gateway = start_with_auth(config).await;
+        let key = key(&gateway.state, "acme", gateway::auth::Role::Submitter).await;
+        Self {
+            gateway: std::sync::Arc::new(gateway),
+            key,
+        }
+    }
+
+    /// A submitter of `tenant` on the same gateway.
+    pub async fn as_tenant(&self, tenant: &str) -> Self {
+        let key = key(&self.gateway.state, tenant, gateway::auth::Role::Submitter).await;
+        Self {
+            gateway: self.gateway.clone(),
+            key,
+        }
+    }
+
+    /// A request with the client's key.
+    pub fn request(&self, method: &str, uri: &str) -> axum::http::request::Builder {
+        Request::builder().method(method).uri(uri).header(
+            axum::http::header::AUTHORIZATION,
+            format!("Bearer {}", self.key),
+        )
+    }
+
+    /// Sends `request` with `body`: status, headers, body.
+    pub async fn send(
+        &self,
+        request: axum::http::request::Builder,
+        body: Body,
+    ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        send(&self.gateway.state, request.body(body).unwrap()).await
+    }
 }
