@@ -6,10 +6,9 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv::UpdateErrorKind;
 use async_nats::jetstream::object_store::DeleteErrorKind;
 use protocol::jetstream::Resources;
-use protocol::{JobId, JobRecord, codec, names, now_ms};
+use protocol::{JobId, JobRecord, names, now_ms};
 use serde::{Deserialize, Serialize};
 
 use crate::state::AppState;
@@ -108,39 +107,36 @@ pub fn sweep(state: &AppState) -> Option<tokio::task::JoinHandle<()>> {
 
 /// Removes the files of job `id` if its retention ran out, and marks its record.
 async fn expire(resources: &Resources, config: &RetentionConfig, id: JobId) {
-    let jobs = &resources.jobs;
-    for _ in 0..4 {
-        let (record, revision) = match jobs.get(id).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return,
-            Err(error) => {
-                tracing::warn!(job_id = %id, %error, "retention sweep cannot read a record");
-                return;
-            }
-        };
-        let due = config
-            .expires_at_s(&record)
-            .is_some_and(|at| at * 1000 <= now_ms());
-        if !due || record.files_removed_at_ms.is_some() {
+    let due = |record: &JobRecord| {
+        record.files_removed_at_ms.is_none()
+            && config
+                .expires_at_s(record)
+                .is_some_and(|at| at * 1000 <= now_ms())
+    };
+    let record = match resources.jobs.get(id).await {
+        Ok(Some((record, _))) if due(&record) => record,
+        Ok(_) => return,
+        Err(error) => {
+            tracing::warn!(job_id = %id, %error, "retention sweep cannot read a record");
             return;
         }
-        remove(resources, &record, false).await;
-        let mut marked = record.clone();
-        marked.files_removed_at_ms = Some(now_ms());
-        let Ok(bytes) = codec::encode(&marked) else {
-            return;
-        };
-        match jobs.kv.update(id.to_string(), bytes.into(), revision).await {
-            Ok(_) => {
-                tracing::info!(job_id = %id, tenant = %record.tenant, "retention ran out; files removed");
-                return;
-            }
-            Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => continue,
-            Err(error) => {
-                tracing::warn!(job_id = %id, %error, "retention sweep cannot mark a record");
-                return;
-            }
+    };
+    remove(resources, &record, false).await;
+    let marked = resources
+        .jobs
+        .update(id, |current| {
+            due(current).then(|| JobRecord {
+                files_removed_at_ms: Some(now_ms()),
+                ..current.clone()
+            })
+        })
+        .await;
+    match marked {
+        Ok(Some(_)) => {
+            tracing::info!(job_id = %id, tenant = %record.tenant, "retention ran out; files removed");
         }
+        Ok(None) => {}
+        Err(error) => tracing::warn!(job_id = %id, %error, "retention sweep cannot mark a record"),
     }
 }
 

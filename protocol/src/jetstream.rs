@@ -519,12 +519,39 @@ impl JobStore {
         event: &JobEvent,
         now_ms: u64,
     ) -> Result<JobRecord, StoreError> {
+        let mut refused = None;
+        let changed = self
+            .update(job_id, |record| match record.apply(event, now_ms) {
+                Ok(next) => Some(next),
+                Err(error) => {
+                    refused = Some(error);
+                    None
+                }
+            })
+            .await?;
+        match (changed, refused) {
+            (Some((_, next)), _) => Ok(next),
+            (None, Some(error)) => Err(error.into()),
+            (None, None) => Err(StoreError::Contended(job_id)),
+        }
+    }
+
+    /// Stores `change` of the current record by compare-and-set, re-reading and changing
+    /// again when another writer got there first; returns the record before and after, or
+    /// `None` when `change` declines (returns `None`) for the record as it is now.
+    pub async fn update(
+        &self,
+        job_id: JobId,
+        mut change: impl FnMut(&JobRecord) -> Option<JobRecord>,
+    ) -> Result<Option<(JobRecord, JobRecord)>, StoreError> {
         for _ in 0..MAX_CAS_RETRIES {
             let (record, revision) = self
                 .get(job_id)
                 .await?
                 .ok_or(StoreError::NotFound(job_id))?;
-            let next = record.apply(event, now_ms)?;
+            let Some(next) = change(&record) else {
+                return Ok(None);
+            };
             let bytes =
                 codec::encode(&next).map_err(|source| StoreError::Codec { job_id, source })?;
             match self
@@ -532,7 +559,7 @@ impl JobStore {
                 .update(job_id.to_string(), bytes.into(), revision)
                 .await
             {
-                Ok(_) => return Ok(next),
+                Ok(_) => return Ok(Some((record, next))),
                 Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(error) => {
                     return Err(StoreError::Nats {

@@ -504,7 +504,7 @@ pub async fn delete(
     caller.require(Action::Cancel)?;
     let mut deleted = None;
     for _ in 0..MAX_CANCEL_TRIES {
-        let Some((record, revision)) = tenant_entry(&state, &caller, job_id).await? else {
+        let Some((record, _)) = tenant_entry(&state, &caller, job_id).await? else {
             // Not taken in yet: cancelling writes its record, then the loop deletes it.
             if submitted(&state, &caller, job_id).await?.is_none() {
                 return Err(ApiError::job_not_found(job_id));
@@ -521,21 +521,22 @@ pub async fn delete(
             }
             continue;
         }
-        let tombstone = record.tombstone(now_ms());
-        let bytes =
-            codec::encode(&tombstone).map_err(|e| ApiError::internal("encode record", &e))?;
-        match state
+        // Still ended and still there when written (else look again).
+        let tombstoned = state
             .resources
             .jobs
-            .kv
-            .update(job_id.to_string(), bytes.into(), revision)
-            .await
-        {
-            Ok(_) => {
-                deleted = Some(record);
+            .update(job_id, |current| {
+                (current.state.is_terminal() && current.deleted_at_ms.is_none())
+                    .then(|| current.tombstone(now_ms()))
+            })
+            .await;
+        match tombstoned {
+            Ok(Some((before, _))) => {
+                deleted = Some(before);
                 break;
             }
-            Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => continue,
+            Ok(None) | Err(StoreError::NotFound(_)) => {}
+            Err(StoreError::Contended(_)) => break,
             Err(error) => return Err(ApiError::internal("write job record", &error)),
         }
     }
