@@ -209,9 +209,19 @@ impl JobIndex {
     /// One page of `tenant`'s jobs: a walk of the tenant's ordered set from the cursor,
     /// skipping what the filters exclude.
     pub fn page(&self, tenant: &TenantId, query: &PageQuery) -> Result<Page, PageError> {
-        {
-            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-            index.expire(now_ms());
+        let now = now_ms();
+        let stale = |index: &Index| {
+            index
+                .pending
+                .front()
+                .is_some_and(|&(at, _)| now.saturating_sub(at) >= PENDING_FOR_MS)
+        };
+        // Readers share the lock; only a page that finds stale submissions takes it alone.
+        if stale(&self.index.read().unwrap_or_else(|p| p.into_inner())) {
+            self.index
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .expire(now);
         }
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         let cursor = match query.after {
