@@ -119,13 +119,17 @@ fn build() -> (Routers, utoipa::openapi::OpenApi) {
     (Routers { api, open }, document)
 }
 
+/// The document `build` made alongside the first router (or on its own, when asked for first).
+static DOCUMENT: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+
 fn routers() -> Routers {
-    build().0
+    let (routers, document) = build();
+    DOCUMENT.get_or_init(|| document);
+    routers
 }
 
 /// The OpenAPI 3.1 document of every route (built once).
 pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
-    static DOCUMENT: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
     DOCUMENT.get_or_init(|| build().1)
 }
 
