@@ -161,8 +161,36 @@ async fn every_credential_state_on_every_route() {
         ),
         ("DELETE", "/v1/admin/keys/key_nope".into(), None, "admin"),
         ("DELETE", "/v1/admin/keys/%FF%FE".into(), None, "admin"),
-        ("DELETE", format!("/v1/videos/{job}"), None, "cancel"),
         ("GET", "/v1/no-such-route".into(), None, "read"),
+        ("GET", "/v1/videos".into(), None, "read"),
+        ("GET", "/v1/videos?limit=0".into(), None, "read"),
+        ("GET", format!("/v1/videos/{job}/events"), None, "read"),
+        (
+            "GET",
+            format!("/v1/videos/{job}/content?variant=thumbnail"),
+            None,
+            "read",
+        ),
+        ("GET", "/v1/models".into(), None, "read"),
+        ("POST", format!("/v1/videos/{job}/cancel"), None, "cancel"),
+        (
+            "POST",
+            format!("/v1/videos/{job}/remix"),
+            Some(r#"{"prompt":"a fox at night"}"#),
+            "submit",
+        ),
+        ("GET", "/v1/webhooks/secret".into(), None, "submit"),
+        (
+            "POST",
+            "/generate-video".into(),
+            Some(r#"{"prompt":"a fox"}"#),
+            "submit",
+        ),
+        ("GET", "/jobs".into(), None, "read"),
+        ("GET", format!("/jobs/{job}"), None, "read"),
+        ("GET", format!("/videos/{job}"), None, "read"),
+        // Last: it deletes the job the routes above use.
+        ("DELETE", format!("/v1/videos/{job}"), None, "cancel"),
     ];
     let refused_401: Vec<(String, Option<String>)> = vec![
         ("none".into(), None),
@@ -237,11 +265,22 @@ async fn another_tenants_job_is_404_on_every_route_and_left_alone() {
     for (method, uri) in [
         ("GET", format!("/v1/videos/{}", done.id)),
         ("GET", format!("/v1/videos/{}/content", done.id)),
+        (
+            "GET",
+            format!("/v1/videos/{}/content?variant=spritesheet", done.id),
+        ),
+        ("GET", format!("/v1/videos/{}/events", done.id)),
+        ("POST", format!("/v1/videos/{}/remix", done.id)),
+        ("GET", format!("/jobs/{}", done.id)),
+        ("GET", format!("/videos/{}", done.id)),
+        ("DELETE", format!("/v1/videos/{}", done.id)),
+        ("POST", format!("/v1/videos/{}/cancel", queued.id)),
         ("DELETE", format!("/v1/videos/{}", queued.id)),
         ("GET", format!("/v1/videos/{}", queued.id)),
     ] {
+        let json = (method == "POST").then_some(r#"{"prompt":"x"}"#);
         let (status, _, body) =
-            send(state, request(method, &uri, Some(&bearer(&intruder)), None)).await;
+            send(state, request(method, &uri, Some(&bearer(&intruder)), json)).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {uri}");
         let missing = format!("/v1/videos/{}", JobId::new());
         let (_, _, missing_body) = get(state, &missing, &intruder).await;
@@ -258,6 +297,11 @@ async fn another_tenants_job_is_404_on_every_route_and_left_alone() {
         record.state,
         JobState::Queued,
         "the intruder's cancel changed the job"
+    );
+    let (kept, _) = gateway.resources.jobs.get(done.id).await.unwrap().unwrap();
+    assert!(
+        kept.deleted_at_ms.is_none() && !kept.spec.prompt.is_empty(),
+        "the intruder's delete touched the job"
     );
     // The owner still sees both, and an idempotency key means something per tenant only.
     let (status, _, _) = get(state, &format!("/v1/videos/{}", done.id), &owner).await;
