@@ -16,14 +16,9 @@ use protocol::TenantId;
 use protocol::jetstream::{connect, ensure_resources};
 use tokio_util::sync::CancellationToken;
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+
+use common::arg;
 
 async fn round(
     http: &reqwest::Client,

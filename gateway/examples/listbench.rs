@@ -18,14 +18,9 @@ use protocol::jetstream::{Resources, connect, ensure_resources};
 use protocol::{JobId, JobRecord, JobSpec, JobState, Limits, TenantId};
 use tower::ServiceExt;
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+
+use common::arg;
 
 /// Writes `count` records of `tenant` (every fourth succeeded), created 1 ms apart.
 async fn fill(resources: &Resources, tenant: &str, from: usize, count: usize) {
