@@ -155,7 +155,11 @@ async fn request_id(request: Request, next: Next) -> Response {
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len())
         .sum();
-    let refusal = if request.uri().to_string().len() > MAX_URI_BYTES {
+    let uri_bytes = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    let refusal = if uri_bytes > MAX_URI_BYTES {
         Some(ApiError::new(
             ErrorCode::UriTooLong,
             format!("the URI is longer than {MAX_URI_BYTES} bytes; send less in the query string"),
