@@ -1,10 +1,10 @@
-//! Reading a submission: the body as a `JobSpec` (errors that name the field), the
-//! `Idempotency-Key` header.
+//! Reading a request: a JSON body as one object whose fields are read with errors that name
+//! the field, the `Idempotency-Key` header.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
-use protocol::{ErrorCode, JobSpec};
+use protocol::ErrorCode;
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
@@ -35,6 +35,16 @@ pub fn json_body(
     Ok(body)
 }
 
+/// A JSON body (by `Content-Type`, within the size limit) read as `T`, with the errors of
+/// [`json_object`] and [`from_fields`].
+pub fn json_request<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    max_body_bytes: usize,
+) -> Result<T, ApiError> {
+    from_fields(json_object(&json_body(headers, body, max_body_bytes)?)?)
+}
+
 /// The body, within the size limit (413 `payload_too_large` beyond it).
 pub fn read_body(
     body: Result<Bytes, BytesRejection>,
@@ -53,12 +63,6 @@ pub fn read_body(
             )
         }
     })
-}
-
-/// Parses a `JobSpec`; a value of the wrong type, an unknown, a missing or a repeated field
-/// is a 422 naming the field, anything that is not one JSON object a 400 or a 422.
-pub fn parse_spec(body: &[u8]) -> Result<JobSpec, ApiError> {
-    from_fields(json_object(body)?)
 }
 
 /// The fields of a body that must be one JSON object, refusing a field given twice (JSON
@@ -215,6 +219,12 @@ mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
+    use protocol::JobSpec;
+
+    /// A `JobSpec` read as the create route reads its JSON fields.
+    fn parse_spec(body: &[u8]) -> Result<JobSpec, ApiError> {
+        from_fields(json_object(body)?)
+    }
 
     #[test]
     fn wrong_type_names_the_field_and_the_expected_type() {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{Action, Caller};
 use crate::error::ApiError;
 use crate::index::PageQuery;
-use crate::routes::request::{from_fields, json_body, json_object};
+use crate::routes::request::json_request;
 use crate::routes::videos::{self, JobPath};
 use crate::state::AppState;
 
@@ -189,8 +189,7 @@ pub async fn generate_video(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(Action::Submit)?;
-    let body = json_body(&headers, body, state.config.max_body_bytes)?;
-    let request: GenerateVideo = from_fields(json_object(&body)?)?;
+    let request: GenerateVideo = json_request(&headers, body, state.config.max_body_bytes)?;
     let spec = request.spec(&state.config.limits)?;
     let (status, view) =
         videos::enqueue_view(&state, &caller, &headers, spec, videos::Origin::default()).await?;

@@ -28,7 +28,7 @@ use crate::metrics;
 use crate::openapi::Errors;
 use crate::routes::content::Variant;
 use crate::routes::create::create_spec;
-use crate::routes::request::{from_fields, idempotency_key, json_body, json_object};
+use crate::routes::request::{idempotency_key, json_request};
 use crate::state::AppState;
 
 /// Most compare-and-set rounds a cancellation tries before answering 503.
@@ -576,8 +576,7 @@ pub async fn remix(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(Action::Submit)?;
-    let body = json_body(&headers, body, state.config.max_body_bytes)?;
-    let RemixRequest { prompt } = from_fields(json_object(&body)?)?;
+    let RemixRequest { prompt } = json_request(&headers, body, state.config.max_body_bytes)?;
     let Some(source) = tenant_record(&state, &caller, source_id).await? else {
         if submitted(&state, &caller, source_id).await?.is_some() {
             return Err(ApiError::new(
