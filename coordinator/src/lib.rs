@@ -207,10 +207,17 @@ impl Coordinator {
                 what: "the mochi_jobs watch of the deadline keeper",
                 source: Box::new(e),
             })?;
+        let estimates =
+            scheduler::estimate::subscribe(&client)
+                .await
+                .map_err(|e| Error::JetStream {
+                    what: "the estimate subscription",
+                    source: Box::new(e),
+                })?;
         let scheduler_args = SchedulerArgs {
             config: Arc::clone(&config),
             resources: resources.clone(),
-            client,
+            client: client.clone(),
         };
         let (scheduler, scheduler_handle) = Box::pin(Actor::spawn(None, Scheduler, scheduler_args))
             .await
@@ -224,6 +231,11 @@ impl Coordinator {
         tasks.spawn(tick(
             scheduler.clone(),
             Duration::from_millis(config.tick_ms),
+        ));
+        tasks.spawn(scheduler::estimate::respond(
+            client,
+            estimates,
+            scheduler.clone(),
         ));
         tasks.spawn(leases::enforce_deadlines(
             Arc::clone(&config),

@@ -68,7 +68,8 @@ pub fn app(state: AppState) -> Router {
         .concurrency_limit(config.max_concurrent_requests)
         .timeout(Duration::from_millis(config.request_timeout_ms))
         .service(api);
-    open.method_not_allowed_fallback(method_not_allowed)
+    open.merge(routes::web::router())
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(track))
         .with_state(state)
         .fallback_service(guarded)
@@ -92,6 +93,7 @@ fn build() -> (Routers, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::videos::submit, routes::videos::list))
         .routes(routes!(routes::videos::status, routes::videos::delete))
         .routes(routes!(routes::videos::cancel))
+        .routes(routes!(routes::estimate::estimate))
         .routes(routes!(routes::videos::remix))
         .routes(routes!(routes::content::content))
         .routes(routes!(routes::events::events))
@@ -195,9 +197,15 @@ async fn request_id(request: Request, next: Next) -> Response {
         Some(refusal) => refusal.into_response(),
         None => tracing::Instrument::instrument(next.run(request), span).await,
     };
+    let headers = response.headers_mut();
     if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID, value);
+        headers.insert(REQUEST_ID, value);
     }
+    // No response is ever to be sniffed into another type (a JSON error into HTML, say).
+    headers.insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
     response
 }
 

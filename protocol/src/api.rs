@@ -323,6 +323,51 @@ pub struct VideoDeleted {
     pub deleted: bool,
 }
 
+/// `POST /v1/videos/estimate`: what a job would cost, before it is submitted (our
+/// extension), from the leading coordinator's cost model.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VideoEstimate {
+    /// Always `video.estimate`.
+    pub object: String,
+    /// The model that would run it.
+    pub model: String,
+    /// Length in seconds, as the video object gives it.
+    pub seconds: String,
+    /// `WIDTHxHEIGHT`.
+    pub size: String,
+    /// Frames (rounded up to 6k+1), as the job would have them.
+    pub num_frames: u32,
+    /// Frames per second.
+    pub fps: u32,
+    /// Denoising steps.
+    pub steps: u32,
+    /// Peak device memory on `gpu_class` (an H100 when `null`), bytes.
+    pub peak_memory_bytes: u64,
+    /// The scheduling lane: `short`, `medium` or `long`.
+    pub lane: String,
+    /// Whether a known slot holds the job (true while no slot is known yet: it would wait).
+    pub fits: bool,
+    /// The fastest class of the known slots that holds the job; `null` when none does or
+    /// none is known (the figures below are then an H100's).
+    pub gpu_class: Option<String>,
+    /// Predicted GPU seconds from start to stored video on `gpu_class`.
+    pub gpu_seconds: f64,
+    /// Predicted seconds of one denoising step on `gpu_class`.
+    pub step_seconds: f64,
+    /// Slots known to the coordinator.
+    pub known_slots: u32,
+    /// Those of them that hold the job.
+    pub fitting_slots: u32,
+    /// Jobs waiting for a slot now.
+    pub queued_jobs: u32,
+    /// Per class of the known slots, fastest first.
+    pub classes: Vec<crate::messages::ClassEstimate>,
+    /// Why no slot holds the job, in a sentence that says what would fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
 /// `GET /v1/models`: the models served (OpenAI's list of models).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -124,6 +124,61 @@ impl WireMessage for PreemptReply {
     const NAME: &'static str = "preempt_reply";
 }
 
+/// Asks for a job's predicted cost (request/reply on [`crate::names::SUBJECT_ESTIMATE`],
+/// answered by the leading coordinator from its cost model and the slots it knows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EstimateRequest {
+    /// The validated job's shape.
+    pub shape: JobShape,
+}
+
+impl WireMessage for EstimateRequest {
+    const KIND: u8 = 9;
+    const NAME: &'static str = "estimate_request";
+}
+
+/// The prediction for one GPU class the fleet has.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassEstimate {
+    /// The class (`h100-80gb`, `cpu`, ...).
+    pub gpu_class: String,
+    /// Slots of this class seen since the coordinator started.
+    pub slots: u32,
+    /// Those of them that hold the job.
+    pub fitting_slots: u32,
+    /// Predicted GPU seconds from start to stored video (learned corrections applied).
+    pub gpu_seconds: f64,
+    /// Predicted seconds of one denoising step.
+    pub step_seconds: f64,
+    /// Peak device memory on this class, bytes (the CPU class runs the tiny model).
+    pub peak_memory_bytes: u64,
+}
+
+/// The leading coordinator's prediction for an [`EstimateRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EstimateReply {
+    /// Peak device memory on a GPU running the full model, bytes (weights included).
+    pub peak_memory_bytes: u64,
+    /// The job's lane (`short`, `medium`, `long`), by predicted seconds on an H100.
+    pub lane: String,
+    /// Predicted GPU seconds on the reference class (an H100).
+    pub reference_gpu_seconds: f64,
+    /// Predicted seconds of one denoising step on the reference class.
+    pub reference_step_seconds: f64,
+    /// One entry per class of the known slots, fastest first.
+    pub classes: Vec<ClassEstimate>,
+    /// Why no known slot holds the job (`None` when one does, or none is known yet).
+    pub refusal: Option<String>,
+    /// Jobs waiting for a slot now.
+    pub queued_jobs: u32,
+}
+
+impl WireMessage for EstimateReply {
+    const KIND: u8 = 10;
+    const NAME: &'static str = "estimate_reply";
+}
+
 /// What a job is doing, published on `mochi.events.<job>` (best effort; the record is the truth).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProgressEvent {

@@ -52,6 +52,12 @@ pub const BUCKET_KEYS: &str = "mochi_keys";
 /// Subjects of per-job progress events: `mochi.events.<job>`.
 pub const SUBJECT_EVENTS_ALL: &str = "mochi.events.>";
 
+/// Requests for a job's predicted cost (core NATS request/reply): the gateway asks, the
+/// leading coordinator answers from its cost model ([`crate::messages::EstimateRequest`]).
+pub const SUBJECT_ESTIMATE: &str = "mochi.estimate";
+/// Queue group of the coordinators' [`SUBJECT_ESTIMATE`] subscriptions (one answer each).
+pub const QUEUE_ESTIMATE: &str = "mochi-coordinators";
+
 /// The subject internal services publish a tenant's submissions on.
 pub fn submit_subject(tenant: &str) -> String {
     format!("mochi.submit.{tenant}")

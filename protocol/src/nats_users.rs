@@ -308,6 +308,8 @@ fn gateway(grants: &mut Grants) {
     grants.kv_write(names::BUCKET_KEYS);
     // Stop a cancelled job on its node.
     grants.publish(names::node_cancel_subject("*"));
+    // Ask the leading coordinator for a job's predicted cost.
+    grants.publish(names::SUBJECT_ESTIMATE);
     // Webhooks: events derived from the records by a shared durable consumer, queued on
     // MOCHI_WEBHOOKS, sent by another shared durable consumer.
     grants.publish(names::webhooks_subject("*"));
@@ -359,6 +361,9 @@ fn coordinator(grants: &mut Grants) {
     // Requests to nodes: assignments and pauses.
     grants.publish(names::node_assign_subject("*"));
     grants.publish(names::node_preempt_subject("*"));
+    // Answer the gateways' cost estimates.
+    grants.subscribe(names::SUBJECT_ESTIMATE);
+    grants.permissions.allow_responses = true;
 }
 
 fn gpu_node(grants: &mut Grants) {

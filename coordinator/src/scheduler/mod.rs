@@ -5,6 +5,7 @@
 //! model from finished jobs, and on every tick drops silent nodes and sends due leases to the
 //! keeper.
 
+pub mod estimate;
 mod view;
 
 use std::collections::{HashMap, HashSet};
@@ -97,6 +98,11 @@ pub enum SchedulerMsg {
     Tick,
     /// Counts for tests and `/debug`.
     Status(RpcReplyPort<SchedulerStatus>),
+    /// A job's predicted cost, from the cost model and the slots seen.
+    Estimate(
+        Box<protocol::JobShape>,
+        RpcReplyPort<protocol::messages::EstimateReply>,
+    ),
 }
 
 /// What the scheduler holds.
@@ -263,6 +269,21 @@ impl Actor for Scheduler {
             SchedulerMsg::Status(reply) => {
                 let proxies = &state.proxies;
                 let _ = reply.send(state.view.status(now_ms(), |key| proxies.contains_key(key)));
+                return Ok(());
+            }
+            SchedulerMsg::Estimate(shape, reply) => {
+                let proxies = &state.proxies;
+                let queued = state
+                    .view
+                    .status(now_ms(), |key| proxies.contains_key(key))
+                    .queued;
+                let _ = reply.send(estimate::estimate(
+                    &shape,
+                    &state.cost,
+                    state.fleet.values().copied(),
+                    state.policy.lanes(),
+                    queued,
+                ));
                 return Ok(());
             }
         }
