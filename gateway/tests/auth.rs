@@ -172,6 +172,13 @@ async fn every_credential_state_on_every_route() {
             "read",
         ),
         ("GET", "/v1/models".into(), None, "read"),
+        // A bad field: answered without a coordinator (none runs here).
+        (
+            "POST",
+            "/v1/videos/estimate".into(),
+            Some(r#"{"prompt":"a fox","steps":0}"#),
+            "read",
+        ),
         ("POST", format!("/v1/videos/{job}/cancel"), None, "cancel"),
         (
             "POST",

@@ -36,6 +36,7 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/v1/admin/dead/{id}/redrive"),
     ("post", "/v1/admin/keys"),
     ("post", "/v1/videos"),
+    ("post", "/v1/videos/estimate"),
     ("post", "/v1/videos/{id}/cancel"),
     ("post", "/v1/videos/{id}/remix"),
 ];

@@ -555,6 +555,7 @@ async function remix(event) {
 const history = {
   cursors: [null], // `after` of each page seen; the last is the current page's
   hasMore: false,
+  serial: 0, // of the latest load: an older answer arriving late is dropped
 
   reset(keepPage) {
     if (!keepPage) this.cursors = [null];
@@ -568,10 +569,13 @@ const history = {
     const status = $("history-filter").value;
     if (status) params.set("status", status);
     $("history-error").textContent = "";
+    const serial = ++this.serial;
     let page;
     try {
       page = await api("GET", `/v1/videos?${params}`);
+      if (serial !== this.serial) return;
     } catch (error) {
+      if (serial !== this.serial) return;
       if (error.code === "not_found" && this.cursors.length > 1) {
         // The page's first job was deleted: start over.
         this.cursors = [null];

@@ -118,15 +118,21 @@ pub struct MochiUp {
 }
 
 impl MochiUp {
-    /// Starts the stack and waits until it serves.
+    /// Starts the stack with the simulated backend and waits until it serves.
     pub fn start() -> Self {
+        Self::start_with("simulated")
+    }
+
+    /// Starts the stack with `backend` (`simulated`, or `mochi`: the embedded tiny model)
+    /// and waits until it serves.
+    pub fn start_with(backend: &str) -> Self {
         use std::io::BufRead;
         let nats_server =
             testkit::nats_server_binary().expect("nats-server: run scripts/install-deps.sh");
         let work = tempfile::tempdir().unwrap();
         let data_dir = work.path().join("data");
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mochi"))
-            .args(["up", "--backend", "simulated", "--listen", "127.0.0.1:0"])
+            .args(["up", "--backend", backend, "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--nats-server")

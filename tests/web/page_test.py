@@ -188,7 +188,7 @@ def tiny_walk(browser):
     watch(page)
     sign_in(page, key)
     prompt = "a small red square drifting over a blue field"
-    fill_form(page, prompt, frames=7, size=(64, 64), steps=8)
+    fill_form(page, prompt, frames=25, size=(128, 128), steps=200)
     expect(page.locator("#estimate")).to_contain_text("lane", timeout=10_000)
     record_progress(page)
     page.click("#submit")
@@ -308,10 +308,10 @@ def full_walk(browser):
     shot(page, "08-history")
     page.select_option("#history-filter", "completed")
     expect(items).to_have_count(1)
-    assert items.first.get_attribute("data-id") == first
+    expect(items.first).to_have_attribute("data-id", first)
     page.select_option("#history-filter", "failed")
+    expect(items.first).to_have_attribute("data-id", second["id"])
     expect(items).to_have_count(1)
-    assert items.first.get_attribute("data-id") == second["id"]
     page.select_option("#history-filter", "")
     expect(items).to_have_count(2)
     page.click(f".history-item[data-id='{first}']")
