@@ -2,7 +2,7 @@
 //! (`tests/web/page_test.py`, installed by `scripts/install-deps.sh`) against `mochi up`.
 //! Screenshots of every step land in `target/web-screenshots/`; with
 //! `MOCHI_DOCS_SCREENSHOT=<path>` the walk also writes the README's screenshot there.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::large_futures)]
 
 mod common;
 
