@@ -20,12 +20,19 @@ class ApiError extends Error {
 
 // ---------------------------------------------------------------- API
 
+// False when the server asks for no key (`mochi up --no-auth`): no sign-in then.
+let authRequired = true;
+
 function apiKey() {
   return sessionStorage.getItem(KEY_STORAGE);
 }
 
+function authHeaders() {
+  return authRequired ? { Authorization: `Bearer ${apiKey()}` } : {};
+}
+
 async function api(method, path, body) {
-  const headers = { Authorization: `Bearer ${apiKey()}` };
+  const headers = authHeaders();
   const init = { method, headers };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -79,14 +86,20 @@ function when(unixSeconds) {
 
 // ---------------------------------------------------------------- sign-in
 
+function signedIn() {
+  return !authRequired || Boolean(apiKey());
+}
+
 function showSignedIn() {
-  const key = apiKey();
-  const signedIn = Boolean(key);
-  $("signin").hidden = signedIn;
-  $("workspace").hidden = !signedIn;
-  $("session").hidden = !signedIn;
-  if (signedIn) {
-    $("session-label").textContent = `Signed in with ${key.slice(0, 12)}…`;
+  const inside = signedIn();
+  $("signin").hidden = inside;
+  $("workspace").hidden = !inside;
+  $("session").hidden = !inside;
+  $("sign-out").hidden = !authRequired;
+  if (!authRequired) {
+    $("session-label").textContent = "Authentication is off on this server";
+  } else if (inside) {
+    $("session-label").textContent = `Signed in with ${apiKey().slice(0, 12)}…`;
   }
 }
 
@@ -400,7 +413,7 @@ async function followJob(id) {
   let failures = 0;
   while (!finished && !controller.signal.aborted) {
     try {
-      const headers = { Authorization: `Bearer ${apiKey()}`, Accept: "text/event-stream" };
+      const headers = { ...authHeaders(), Accept: "text/event-stream" };
       if (lastId) headers["Last-Event-ID"] = lastId;
       const response = await fetch(`/v1/videos/${id}/events`, { headers, signal: controller.signal });
       if (response.status === 204) break;
@@ -658,7 +671,17 @@ const history = {
 
 // ---------------------------------------------------------------- wiring
 
-function start() {
+async function loadSettings() {
+  try {
+    const response = await fetch("/ui/config.json");
+    if (response.ok) authRequired = (await response.json()).auth !== false;
+  } catch (_) {
+    authRequired = true;
+  }
+}
+
+async function start() {
+  await loadSettings();
   $("signin-form").addEventListener("submit", signIn);
   $("sign-out").addEventListener("click", () => signOut(""));
   $("create-form").addEventListener("submit", submitJob);
@@ -680,7 +703,7 @@ function start() {
   $("history-newer").addEventListener("click", () => history.newer());
   syncFormVisibility();
   showSignedIn();
-  if (apiKey()) history.reset();
+  if (signedIn()) history.reset();
 }
 
 start();

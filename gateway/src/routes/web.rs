@@ -2,8 +2,9 @@
 //! (no CDN, no build step), served with a strict Content-Security-Policy. The page holds no
 //! data of its own: it calls the API with the key its user signs in with.
 
+use axum::Json;
 use axum::Router;
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -51,7 +52,28 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(page))
+        .route("/ui/config.json", get(settings))
         .route("/ui/{name}", get(asset))
+}
+
+/// What the page needs to know before signing in: whether the API asks for a key at all
+/// (`mochi up --no-auth` on loopback does not). Nothing here is secret: any client learns
+/// it from the API's first answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PageSettings {
+    /// Whether every API request needs a credential.
+    pub auth: bool,
+}
+
+async fn settings(State(state): State<AppState>) -> Response {
+    let mut response = Json(PageSettings {
+        auth: !state.config.auth.disabled,
+    })
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 async fn page(headers: HeaderMap) -> Response {
