@@ -1,6 +1,6 @@
 //! The web page's routes: the page and its assets without a credential, with their security
 //! headers and validators; the page settings; unknown assets answer our error body.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::large_futures)]
 
 mod common;
 
