@@ -409,6 +409,68 @@ async fn full_path_runs_with_one_restricted_user_per_role() {
         });
         ids.push(common::submit(&http, &base, &body, None, None).await.id);
     }
+    // A submission by request/reply, as the `submitter` user: answered with the job, then
+    // run like any other.
+    let (submitter, _) = secured.login(NatsUser::Submitter).await;
+    let tenant = protocol::TenantId::default_tenant();
+    let subject = names::submit_rpc_subject(tenant.as_str());
+    let ask = |payload: Vec<u8>| {
+        let submitter = submitter.clone();
+        let subject = subject.clone();
+        async move {
+            let reply = tokio::time::timeout(
+                Duration::from_secs(15),
+                submitter.request(subject, payload.into()),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            let status = reply
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(coordinator::submit_rpc::STATUS_HEADER))
+                .map(|value| value.as_str().to_owned())
+                .unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+            (status, body)
+        }
+    };
+    let spec = serde_json::json!({
+        "prompt": "by request and reply", "num_frames": 13, "width": 256, "height": 144, "steps": 4,
+    });
+    let (status, job) = ask(serde_json::to_vec(&serde_json::json!({"spec": spec})).unwrap()).await;
+    assert_eq!(status, "202", "{job}");
+    assert_eq!(job["object"], "video");
+    assert_eq!(job["prompt"], "by request and reply");
+    ids.push(job["id"].as_str().unwrap().parse().unwrap());
+    let keyed =
+        serde_json::to_vec(&serde_json::json!({"spec": spec, "idempotency_key": "rpc-1"})).unwrap();
+    let (status, first) = ask(keyed.clone()).await;
+    assert_eq!(status, "202", "{first}");
+    let (status, again) = ask(keyed).await;
+    assert_eq!(status, "200", "a repeated key is the same job: {again}");
+    assert_eq!(first["id"], again["id"]);
+    ids.push(first["id"].as_str().unwrap().parse().unwrap());
+    let (status, refused) = ask(br#"{"spec": {"prompt": "x", "steps": 0}}"#.to_vec()).await;
+    assert_eq!(status, "422", "{refused}");
+    assert_eq!(refused["error"]["code"], "invalid_field");
+    assert_eq!(refused["error"]["field"], "steps");
+    let (status, unreadable) = ask(b"not json".to_vec()).await;
+    assert_eq!(status, "400", "{unreadable}");
+    assert_eq!(unreadable["error"]["code"], "malformed_request");
+
+    // The estimate: the gateway asks the coordinator, each as its own user.
+    let estimate: serde_json::Value = http
+        .post(format!("{base}/v1/videos/estimate"))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(estimate["object"], "video.estimate", "{estimate}");
+
     let backends = http
         .get(format!("{base}/v1/backends"))
         .send()

@@ -228,7 +228,9 @@ fn record_for(state: &IntakeState, message: &async_nats::jetstream::Message) -> 
 /// Reads a submission. One that does not read still becomes a job (recorded `failed`, so
 /// that its publisher finds the reason under the id it expects): the error comes with what
 /// could be salvaged for the id (`job_id`, `idempotency_key`) and an empty spec.
-fn read_request(payload: &[u8]) -> Result<SubmitRequest, Box<(SubmitRequest, JobFailure)>> {
+pub(crate) fn read_request(
+    payload: &[u8],
+) -> Result<SubmitRequest, Box<(SubmitRequest, JobFailure)>> {
     let mut deserializer = serde_json::Deserializer::from_slice(payload);
     let error = match serde_path_to_error::deserialize::<_, SubmitRequest>(&mut deserializer)
         .map_err(|error| {
@@ -288,7 +290,7 @@ fn read_request(payload: &[u8]) -> Result<SubmitRequest, Box<(SubmitRequest, Job
 /// is always derived from the subject's tenant and the key; a given v5 id is moved into the
 /// publisher's own tenant's space; a given random id (v4, v7) is kept, as nobody can guess
 /// another request's; without either, the id derives from the message id or the sequence.
-fn job_id_for(
+pub(crate) fn job_id_for(
     tenant: &TenantId,
     request: &SubmitRequest,
     message_id: Option<&str>,

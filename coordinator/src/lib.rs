@@ -22,6 +22,7 @@ pub mod scheduler;
 pub mod sim;
 pub mod slots;
 pub mod store;
+pub mod submit_rpc;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -214,6 +215,18 @@ impl Coordinator {
                     what: "the estimate subscription",
                     source: Box::new(e),
                 })?;
+        let submissions = submit_rpc::subscribe(&client)
+            .await
+            .map_err(|e| Error::JetStream {
+                what: "the submission request subscription",
+                source: Box::new(e),
+            })?;
+        let responder = submit_rpc::Responder {
+            client: client.clone(),
+            context: resources.context.clone(),
+            jobs: resources.jobs.clone(),
+            limits: config.limits.clone(),
+        };
         let scheduler_args = SchedulerArgs {
             config: Arc::clone(&config),
             resources: resources.clone(),
@@ -232,6 +245,7 @@ impl Coordinator {
             scheduler.clone(),
             Duration::from_millis(config.tick_ms),
         ));
+        tasks.spawn(submit_rpc::respond(responder, submissions));
         tasks.spawn(scheduler::estimate::respond(
             client,
             estimates,

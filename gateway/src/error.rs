@@ -91,29 +91,9 @@ impl ApiError {
     }
 }
 
-/// The HTTP status of each error code: the one place that decides it.
+/// The HTTP status of each error code ([`ErrorCode::http_status`] decides it).
 pub fn status_of(code: ErrorCode) -> StatusCode {
-    match code {
-        ErrorCode::MalformedRequest => StatusCode::BAD_REQUEST,
-        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::InvalidField
-        | ErrorCode::ConflictingFields
-        | ErrorCode::JobTooLarge
-        | ErrorCode::Unsupported => StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorCode::NotFound | ErrorCode::ModelNotFound => StatusCode::NOT_FOUND,
-        ErrorCode::Expired => StatusCode::GONE,
-        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
-        ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        ErrorCode::NotReady | ErrorCode::Conflict | ErrorCode::JobFailed | ErrorCode::Cancelled => {
-            StatusCode::CONFLICT
-        }
-        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-        ErrorCode::RateLimited | ErrorCode::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::UnsupportedVersion | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 impl From<SpecError> for ApiError {

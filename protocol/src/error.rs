@@ -85,6 +85,30 @@ impl ErrorCode {
         }
     }
 
+    /// The HTTP status answered with this code: the one place that decides it (the gateway's
+    /// responses, and the `Mochi-Status` of answers over NATS).
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::MalformedRequest => 400,
+            Self::PayloadTooLarge => 413,
+            Self::InvalidField
+            | Self::ConflictingFields
+            | Self::JobTooLarge
+            | Self::Unsupported => 422,
+            Self::NotFound | Self::ModelNotFound => 404,
+            Self::Expired => 410,
+            Self::MethodNotAllowed => 405,
+            Self::UriTooLong => 414,
+            Self::HeadersTooLarge => 431,
+            Self::NotReady | Self::Conflict | Self::JobFailed | Self::Cancelled => 409,
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::RateLimited | Self::QuotaExceeded => 429,
+            Self::Unavailable => 503,
+            Self::UnsupportedVersion | Self::Internal => 500,
+        }
+    }
+
     /// OpenAI's error `type` for this code, so that OpenAI clients classify it.
     pub fn openai_type(self) -> &'static str {
         match self {

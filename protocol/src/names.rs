@@ -55,8 +55,24 @@ pub const SUBJECT_EVENTS_ALL: &str = "mochi.events.>";
 /// Requests for a job's predicted cost (core NATS request/reply): the gateway asks, the
 /// leading coordinator answers from its cost model ([`crate::messages::EstimateRequest`]).
 pub const SUBJECT_ESTIMATE: &str = "mochi.estimate";
-/// Queue group of the coordinators' [`SUBJECT_ESTIMATE`] subscriptions (one answer each).
-pub const QUEUE_ESTIMATE: &str = "mochi-coordinators";
+/// Queue group of the coordinators' request subscriptions ([`SUBJECT_ESTIMATE`],
+/// [`SUBJECT_SUBMIT_RPC_ALL`]): one answer per request.
+pub const QUEUE_COORDINATORS: &str = "mochi-coordinators";
+/// Submissions by request/reply, `mochi.rpc.submit.<tenant>`: the leading coordinator stores
+/// the job durably (on [`submit_subject`]) and answers with the job or the error. Not
+/// captured by [`STREAM_SUBMIT`], whose acknowledgement would answer first.
+pub const SUBJECT_SUBMIT_RPC_ALL: &str = "mochi.rpc.submit.*";
+
+/// The subject a publisher sends a tenant's submission on to get the job back.
+pub fn submit_rpc_subject(tenant: &str) -> String {
+    format!("mochi.rpc.submit.{tenant}")
+}
+
+/// The tenant of a `mochi.rpc.submit.<tenant>` subject, if valid.
+pub fn tenant_of_submit_rpc_subject(subject: &str) -> Option<&str> {
+    let tenant = subject.strip_prefix("mochi.rpc.submit.")?;
+    is_valid_token(tenant).then_some(tenant)
+}
 
 /// The subject internal services publish a tenant's submissions on.
 pub fn submit_subject(tenant: &str) -> String {
@@ -169,6 +185,12 @@ mod tests {
             Some("acme")
         );
         assert_eq!(tenant_of_submit_subject("mochi.submit."), None);
+        assert_eq!(
+            tenant_of_submit_rpc_subject(&submit_rpc_subject("acme")),
+            Some("acme")
+        );
+        assert_eq!(tenant_of_submit_rpc_subject("mochi.rpc.submit."), None);
+        assert_eq!(tenant_of_submit_rpc_subject("mochi.rpc.submit.a.b"), None);
         assert_eq!(tenant_of_submit_subject("mochi.events.x"), None);
     }
 }

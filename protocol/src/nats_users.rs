@@ -89,6 +89,8 @@ impl NatsUser {
                 // `mochi.submit.<tenant>` only: the two-token form is the gateway's, which
                 // it reads back by subject to show a job before the intake took it in.
                 grants.publish("mochi.submit.*");
+                // Or by request/reply, answered with the job or the error.
+                grants.publish(names::SUBJECT_SUBMIT_RPC_ALL);
             }
         }
         grants.permissions
@@ -361,8 +363,11 @@ fn coordinator(grants: &mut Grants) {
     // Requests to nodes: assignments and pauses.
     grants.publish(names::node_assign_subject("*"));
     grants.publish(names::node_preempt_subject("*"));
-    // Answer the gateways' cost estimates.
+    // Answer the gateways' cost estimates and the submissions sent by request/reply (stored
+    // on the submit subject, then read back from the records).
     grants.subscribe(names::SUBJECT_ESTIMATE);
+    grants.subscribe(names::SUBJECT_SUBMIT_RPC_ALL);
+    grants.publish(names::submit_subject("*"));
     grants.permissions.allow_responses = true;
 }
 

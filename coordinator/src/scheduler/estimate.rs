@@ -112,7 +112,10 @@ pub async fn subscribe(
     client: &async_nats::Client,
 ) -> Result<async_nats::Subscriber, async_nats::SubscribeError> {
     client
-        .queue_subscribe(names::SUBJECT_ESTIMATE, names::QUEUE_ESTIMATE.to_owned())
+        .queue_subscribe(
+            names::SUBJECT_ESTIMATE,
+            names::QUEUE_COORDINATORS.to_owned(),
+        )
         .await
 }
 
