@@ -5,6 +5,7 @@
 #    venv, for the SDK compatibility, OpenAPI conformance and webhook signature tests;
 #  - Playwright for Python and axe-playwright-python (axe-core) into the venv, and Debian's
 #    chromium when apt is usable, for the web page's browser tests;
+#  - Debian's prometheus (with promtool) when apt is usable, for the monitoring tests;
 #  - Debian's nasm when apt is usable (OpenH264 encodes ~3x faster with its assembly).
 # Safe to run again: it skips what is already there.
 set -euo pipefail
@@ -50,6 +51,17 @@ if [ ! -x /usr/bin/chromium ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   else
     echo "install-deps: /usr/bin/chromium missing and apt unusable; the web page tests will fail (install Debian's chromium)" >&2
+  fi
+fi
+
+# Prometheus and promtool, for the alert rules' unit tests and the dashboard's check against
+# a real Prometheus (tests/monitoring.rs).
+if [ ! -x /usr/bin/prometheus ] || [ ! -x /usr/bin/promtool ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "install-deps: installing Debian's prometheus" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  else
+    echo "install-deps: prometheus missing and apt unusable; the monitoring tests will fail (install Debian's prometheus)" >&2
   fi
 fi
 

@@ -26,8 +26,12 @@ pub const DEAD_LETTERS: &str = "mochi_coordinator_dead_letters_total";
 pub const DEADLINES_MISSED: &str = "mochi_coordinator_deadlines_missed_total";
 /// Times this replica became leader.
 pub const LEADER_TERMS: &str = "mochi_coordinator_leader_terms_total";
-/// Time from submission to placement, seconds.
+/// Time from submission to placement, seconds, by `lane`.
 pub const QUEUE_WAIT_SECONDS: &str = "mochi_coordinator_queue_wait_seconds";
+/// Jobs that ended, by `state` (`succeeded`, `failed`, `cancelled`, `aborted`, `dead`).
+pub const JOBS_FINISHED: &str = "mochi_coordinator_jobs_finished_total";
+/// Time from submission to the end of a job, seconds, by `state` (end to end).
+pub const JOB_SECONDS: &str = "mochi_coordinator_job_seconds";
 
 /// Cost model error of finished jobs, `observed / predicted − 1` GPU seconds, by `class`.
 pub const COST_ERROR: &str = "mochi_coordinator_cost_error_ratio";
@@ -41,11 +45,24 @@ pub const PAUSES_REQUESTED: &str = "mochi_coordinator_pauses_requested_total";
 
 /// Describes every metric (call once; the binary installs the recorder).
 pub fn describe() {
+    // The counters the alert rules and the dashboard read exist from the start (at 0).
+    for state in ["succeeded", "failed", "cancelled", "aborted", "dead"] {
+        metrics::counter!(JOBS_FINISHED, "state" => state).increment(0);
+    }
+    metrics::counter!(DEAD_LETTERS).increment(0);
+    metrics::counter!(LEASES_EXPIRED).increment(0);
+    metrics::counter!(PAUSES_REQUESTED).increment(0);
     metrics::describe_counter!(
         PAUSES_REQUESTED,
         "Running jobs asked to pause at their next step boundary for a waiting job"
     );
     metrics::describe_gauge!(QUEUE_DEPTH, "Jobs waiting for a slot");
+    metrics::describe_counter!(JOBS_FINISHED, "Jobs that ended, by state");
+    metrics::describe_histogram!(
+        JOB_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from submission to the end of a job, by state"
+    );
     metrics::describe_gauge!(JOBS_ON_NODES, "Jobs on nodes (assigned, running, encoding)");
     metrics::describe_gauge!(SLOTS, "Slots of live nodes, by state (live, free)");
     metrics::describe_counter!(INTAKE, "Submissions taken in, by outcome");

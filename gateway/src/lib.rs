@@ -321,9 +321,27 @@ pub async fn run(
     Box::pin(server.serve(shutdown)).await
 }
 
-/// Installs the process-wide Prometheus recorder (once per process).
+/// Buckets of every `*_seconds` histogram: 5 ms (a request) to 2 h (a long job), so that
+/// one set serves request, submit, step, queue-wait and job times.
+pub const SECONDS_BUCKETS: [f64; 20] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1200.0, 1800.0, 3600.0, 7200.0,
+];
+/// Buckets of every `*_ratio` histogram (the cost model's `observed / predicted − 1`).
+pub const RATIO_BUCKETS: [f64; 11] = [
+    -0.75, -0.5, -0.25, -0.1, -0.05, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0,
+];
+
+/// Installs the process-wide Prometheus recorder (once per process), histograms with
+/// buckets (not summaries) so that Prometheus can aggregate them across replicas.
 pub fn install_metrics_recorder() -> Result<PrometheusHandle> {
+    use metrics_exporter_prometheus::Matcher;
     PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &SECONDS_BUCKETS)
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(Matcher::Suffix("_ratio".to_owned()), &RATIO_BUCKETS)
+        })
+        .map_err(|e| Error::Metrics(e.to_string()))?
         .install_recorder()
         .map_err(|e| Error::Metrics(e.to_string()))
 }

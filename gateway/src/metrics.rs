@@ -49,6 +49,17 @@ pub fn record_webhook_event(event: &'static str) {
 
 /// Describes every metric (call once, after the recorder is installed).
 pub fn describe() {
+    // The counters the alert rules and the dashboard read exist from the start (at 0), so
+    // that a rate over them is 0 rather than no data.
+    for outcome in ["delivered", "refused", "retried", "failed"] {
+        metrics::counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(0);
+    }
+    for class in ["create", "read"] {
+        metrics::counter!(RATE_LIMITED, "class" => class).increment(0);
+    }
+    metrics::counter!(QUOTA_EXCEEDED).increment(0);
+    metrics::counter!(JOBS_TOO_LARGE).increment(0);
+    metrics::gauge!(EVENT_STREAMS_OPEN).increment(0.0);
     metrics::describe_counter!(REQUESTS, "HTTP requests by route, method and status");
     metrics::describe_histogram!(
         REQUEST_SECONDS,

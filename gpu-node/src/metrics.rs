@@ -12,11 +12,17 @@ pub const STEPS: &str = "mochi_node_steps_total";
 pub const STEP_SECONDS: &str = "mochi_node_step_seconds";
 /// 1 while a slot runs a job.
 pub const SLOT_BUSY: &str = "mochi_node_slot_busy";
+/// Device memory in use on a slot, bytes (as its latest heartbeat reported).
+pub const SLOT_MEMORY_USED: &str = "mochi_node_slot_memory_used_bytes";
+/// Device memory of a slot, bytes.
+pub const SLOT_MEMORY_TOTAL: &str = "mochi_node_slot_memory_total_bytes";
 /// Heartbeats that could not be written.
 pub const HEARTBEAT_FAILURES: &str = "mochi_node_heartbeat_failures_total";
 
 /// Describes every metric (call once, after the recorder is installed).
 pub fn describe() {
+    // Exists from the start (at 0), for the heartbeat alert.
+    metrics::counter!(HEARTBEAT_FAILURES).increment(0);
     metrics::describe_counter!(JOBS_FINISHED, "Jobs a slot finished, by outcome");
     metrics::describe_histogram!(
         JOB_SECONDS,
@@ -31,6 +37,23 @@ pub fn describe() {
     );
     metrics::describe_gauge!(SLOT_BUSY, "1 while a slot runs a job");
     metrics::describe_counter!(HEARTBEAT_FAILURES, "Heartbeats that could not be written");
+    metrics::describe_gauge!(
+        SLOT_MEMORY_USED,
+        metrics::Unit::Bytes,
+        "Device memory in use on a slot"
+    );
+    metrics::describe_gauge!(
+        SLOT_MEMORY_TOTAL,
+        metrics::Unit::Bytes,
+        "Device memory of a slot"
+    );
+}
+
+pub(crate) fn set_slot_memory(slot: u32, total_bytes: u64, free_bytes: u64) {
+    let slot = slot.to_string();
+    metrics::gauge!(SLOT_MEMORY_TOTAL, "slot" => slot.clone()).set(total_bytes as f64);
+    metrics::gauge!(SLOT_MEMORY_USED, "slot" => slot)
+        .set(total_bytes.saturating_sub(free_bytes) as f64);
 }
 
 pub(crate) fn record_step(elapsed: Duration) {

@@ -122,7 +122,11 @@ impl NodeState {
     }
 
     async fn write_heartbeat(&self) {
-        let written = match codec::encode(&self.heartbeat()) {
+        let heartbeat = self.heartbeat();
+        for slot in &heartbeat.slots {
+            metrics::set_slot_memory(slot.slot, slot.memory_total_bytes, slot.memory_free_bytes);
+        }
+        let written = match codec::encode(&heartbeat) {
             Ok(bytes) => self
                 .args
                 .resources

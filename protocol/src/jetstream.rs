@@ -44,6 +44,10 @@ pub enum SetupError {
     },
 }
 
+/// Gauge per NATS client (`client` label: the connection's name): 1 while connected, 0
+/// while the client is reconnecting.
+pub const NATS_CONNECTED: &str = "mochi_nats_connected";
+
 /// Connects to NATS with this role's name and credentials (a `.creds` file, or a user and
 /// password whose inboxes are then [`names::inbox_prefix`]), retrying for up to
 /// `connect_timeout_s` so that a role may start before the server is ready. A refused
@@ -59,9 +63,21 @@ pub async fn connect(
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(config.connect_timeout_s.max(1));
     loop {
+        let name = client_name.to_owned();
         let mut options = async_nats::ConnectOptions::new()
             .name(client_name)
-            .connection_timeout(Duration::from_secs(2));
+            .connection_timeout(Duration::from_secs(2))
+            .event_callback(move |event| {
+                let name = name.clone();
+                async move {
+                    let connected = match event {
+                        async_nats::Event::Connected => 1.0,
+                        async_nats::Event::Disconnected => 0.0,
+                        _ => return,
+                    };
+                    metrics::gauge!(NATS_CONNECTED, "client" => name).set(connected);
+                }
+            });
         if let Some(path) = &config.credentials_file {
             options = options
                 .credentials_file(path)
@@ -78,7 +94,14 @@ pub async fn connect(
                 .custom_inbox_prefix(names::inbox_prefix(user));
         }
         match options.connect(config.url.as_str()).await {
-            Ok(client) => return Ok(client),
+            Ok(client) => {
+                metrics::describe_gauge!(
+                    NATS_CONNECTED,
+                    "1 while the NATS client is connected, 0 while it reconnects"
+                );
+                metrics::gauge!(NATS_CONNECTED, "client" => client_name.to_owned()).set(1.0);
+                return Ok(client);
+            }
             Err(error)
                 if matches!(
                     error.kind(),

@@ -367,6 +367,21 @@ async fn open_cost_model(resources: &Resources) -> (Option<kv::Store>, CostModel
 
 /// Opens (or creates) the `mochi_queue` bucket; entries expire a day after their last
 /// refresh, so a crashed coordinator leaves no stale positions for long.
+/// Records how long `job_id`, placed now, waited, by its lane.
+fn record_wait(state: &SchedulerState, queued: &[policy::Waiting], job_id: JobId, now: u64) {
+    let Some(created_at_ms) = state.view.created_at_ms(job_id) else {
+        return;
+    };
+    let lane = queued
+        .iter()
+        .find(|job| job.job_id == job_id)
+        .map_or(Lane::Long, |job| {
+            state.policy.lanes().lane(job.cost.reference_seconds())
+        });
+    let waited_s = now.saturating_sub(created_at_ms) as f64 / 1_000.0;
+    ::metrics::histogram!(metrics::QUEUE_WAIT_SECONDS, "lane" => lane.as_str()).record(waited_s);
+}
+
 async fn open_queue_bucket(resources: &Resources) -> Option<kv::Store> {
     if let Ok(store) = resources.context.get_key_value(names::BUCKET_QUEUE).await {
         return Some(store);
@@ -516,6 +531,7 @@ fn job_changed(state: &mut SchedulerState, record: &JobRecord, revision: u64) {
         FollowUp::Finished(finished) => {
             state.refusing.remove(&record.id);
             state.admitted.remove(&record.id);
+            record_finished(record, now_ms());
             if let Some(finished) = finished {
                 learn(state, record, finished);
             }
@@ -529,6 +545,21 @@ fn job_changed(state: &mut SchedulerState, record: &JobRecord, revision: u64) {
             let _ = state.keeper.cast(LeaseKeeperMsg::Requeue(record.id));
         }
     }
+}
+
+/// Counts a job that just ended by its state and records its time from submission to end
+/// (a record replayed at start, ended long ago, is not counted again).
+fn record_finished(record: &JobRecord, now: u64) {
+    let Some(ended) = record.finished_at_ms else {
+        return;
+    };
+    if now.saturating_sub(ended) > DEAD_LETTER_WINDOW_MS {
+        return;
+    }
+    let state = record.state.as_str();
+    ::metrics::counter!(metrics::JOBS_FINISHED, "state" => state).increment(1);
+    let seconds = ended.saturating_sub(record.created_at_ms) as f64 / 1_000.0;
+    ::metrics::histogram!(metrics::JOB_SECONDS, "state" => state).record(seconds);
 }
 
 /// Teaches the cost model a succeeded job's run time (start of its attempt to success).
@@ -673,10 +704,7 @@ async fn schedule(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
             continue;
         }
         tracing::info!(%job_id, node = %key.0, slot = key.1, "placed on the slot a pause freed for it");
-        if let Some(created_at_ms) = state.view.created_at_ms(job_id) {
-            let waited_s = now.saturating_sub(created_at_ms) as f64 / 1_000.0;
-            ::metrics::histogram!(metrics::QUEUE_WAIT_SECONDS).record(waited_s);
-        }
+        record_wait(state, &queued, job_id, now);
         state.view.placing_started(job_id, key);
         queued.retain(|job| job.job_id != job_id);
     }
@@ -705,10 +733,7 @@ async fn schedule(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
         if proxy.cast(SlotProxyMsg::Place(placement.job_id)).is_err() {
             continue;
         }
-        if let Some(created_at_ms) = state.view.created_at_ms(placement.job_id) {
-            let waited_s = now.saturating_sub(created_at_ms) as f64 / 1_000.0;
-            ::metrics::histogram!(metrics::QUEUE_WAIT_SECONDS).record(waited_s);
-        }
+        record_wait(state, &queued, placement.job_id, now);
         state.view.placing_started(placement.job_id, key);
     }
     if !decision.preemptions.is_empty() {
