@@ -208,19 +208,8 @@ impl Coordinator {
                 what: "the mochi_jobs watch of the deadline keeper",
                 source: Box::new(e),
             })?;
-        let estimates =
-            scheduler::estimate::subscribe(&client)
-                .await
-                .map_err(|e| Error::JetStream {
-                    what: "the estimate subscription",
-                    source: Box::new(e),
-                })?;
-        let submissions = submit_rpc::subscribe(&client)
-            .await
-            .map_err(|e| Error::JetStream {
-                what: "the submission request subscription",
-                source: Box::new(e),
-            })?;
+        let estimates = answer_requests(&client, protocol::names::SUBJECT_ESTIMATE).await?;
+        let submissions = answer_requests(&client, protocol::names::SUBJECT_SUBMIT_RPC_ALL).await?;
         let responder = submit_rpc::Responder {
             client: client.clone(),
             context: resources.context.clone(),
@@ -328,6 +317,21 @@ impl Coordinator {
         }
         tracing::info!("coordinator stopped");
     }
+}
+
+/// Subscribes to the requests on `subject` in the coordinators' queue group (the leader alone
+/// subscribes, so each request gets one answer).
+async fn answer_requests(
+    client: &async_nats::Client,
+    subject: &'static str,
+) -> Result<async_nats::Subscriber> {
+    client
+        .queue_subscribe(subject, protocol::names::QUEUE_COORDINATORS.to_owned())
+        .await
+        .map_err(|e| Error::JetStream {
+            what: subject,
+            source: Box::new(e),
+        })
 }
 
 async fn tick(scheduler: ActorRef<SchedulerMsg>, period: Duration) -> &'static str {

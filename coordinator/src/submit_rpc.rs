@@ -66,18 +66,6 @@ pub struct Responder {
     pub limits: Limits,
 }
 
-/// Subscribes to [`names::SUBJECT_SUBMIT_RPC_ALL`] in the coordinators' queue group.
-pub async fn subscribe(
-    client: &async_nats::Client,
-) -> Result<async_nats::Subscriber, async_nats::SubscribeError> {
-    client
-        .queue_subscribe(
-            names::SUBJECT_SUBMIT_RPC_ALL,
-            names::QUEUE_COORDINATORS.to_owned(),
-        )
-        .await
-}
-
 /// Answers every request of `subscription`, up to [`IN_FLIGHT`] at once, until it ends.
 pub async fn respond(responder: Responder, subscription: async_nats::Subscriber) -> &'static str {
     subscription

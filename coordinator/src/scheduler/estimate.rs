@@ -9,7 +9,6 @@ use futures::StreamExt;
 use protocol::JobShape;
 use protocol::codec;
 use protocol::messages::{ClassEstimate, EstimateReply, EstimateRequest};
-use protocol::names;
 use ractor::ActorRef;
 
 use super::SchedulerMsg;
@@ -105,18 +104,6 @@ pub async fn respond(
         }
     }
     "the estimate responder"
-}
-
-/// Subscribes to [`names::SUBJECT_ESTIMATE`] in the coordinators' queue group.
-pub async fn subscribe(
-    client: &async_nats::Client,
-) -> Result<async_nats::Subscriber, async_nats::SubscribeError> {
-    client
-        .queue_subscribe(
-            names::SUBJECT_ESTIMATE,
-            names::QUEUE_COORDINATORS.to_owned(),
-        )
-        .await
 }
 
 #[cfg(test)]

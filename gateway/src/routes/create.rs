@@ -66,6 +66,21 @@ pub async fn create_spec(
     })
 }
 
+/// [`create_spec`] with the gateway's body limit and webhook allow-list.
+pub async fn create_request(
+    state: &crate::state::AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Created, ApiError> {
+    create_spec(
+        headers,
+        body,
+        state.config.max_body_bytes,
+        &state.config.webhooks.allow_hosts,
+    )
+    .await
+}
+
 /// Takes `webhook_url` and `webhook_events_filter` (default: every event) out of `fields`.
 pub fn webhook_of(
     fields: &mut Map<String, Value>,

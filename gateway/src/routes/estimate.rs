@@ -17,7 +17,7 @@ use protocol::{JobShape, JobSpec, codec, names};
 use crate::auth::{Action, Caller};
 use crate::error::ApiError;
 use crate::openapi::Errors;
-use crate::routes::create::create_spec;
+use crate::routes::create::create_request;
 use crate::state::AppState;
 
 /// How long the gateway waits for the coordinator's answer.
@@ -42,13 +42,7 @@ pub async fn estimate(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<VideoEstimate>, ApiError> {
     caller.require(Action::Read)?;
-    let created = create_spec(
-        &headers,
-        body,
-        state.config.max_body_bytes,
-        &state.config.webhooks.allow_hosts,
-    )
-    .await?;
+    let created = create_request(&state, &headers, body).await?;
     let shape = created.spec.validate(&state.config.limits)?;
     let reply = ask(&state.client, shape).await?;
     Ok(Json(view(&shape, reply)))

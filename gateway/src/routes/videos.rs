@@ -27,7 +27,7 @@ use crate::index::PageQuery;
 use crate::metrics;
 use crate::openapi::Errors;
 use crate::routes::content::Variant;
-use crate::routes::create::create_spec;
+use crate::routes::create::create_request;
 use crate::routes::request::{idempotency_key, json_request};
 use crate::state::AppState;
 
@@ -74,13 +74,7 @@ pub async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(Action::Submit)?;
-    let created = create_spec(
-        &headers,
-        body,
-        state.config.max_body_bytes,
-        &state.config.webhooks.allow_hosts,
-    )
-    .await?;
+    let created = create_request(&state, &headers, body).await?;
     let origin = Origin {
         remixed_from: None,
         webhook: created.webhook,
