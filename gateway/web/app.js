@@ -36,7 +36,7 @@ async function api(method, path, body) {
   const init = { method, headers };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+    init.body = toJson(body);
   }
   let response;
   try {
@@ -47,7 +47,7 @@ async function api(method, path, body) {
   const text = await response.text();
   let json = null;
   try {
-    json = text ? JSON.parse(text) : null;
+    json = text ? parseJson(text) : null;
   } catch (_) {
     json = null;
   }
@@ -56,6 +56,31 @@ async function api(method, path, body) {
     throw new ApiError(response.status, json);
   }
   return json;
+}
+
+/** A seed is a 64-bit integer, beyond what a JavaScript number holds exactly: the form
+ *  keeps it as the digits typed and they go into the JSON as they are. */
+class Digits {
+  constructor(text) {
+    this.text = text;
+  }
+}
+
+function toJson(body) {
+  const digits = [];
+  const text = JSON.stringify(body, (_, value) => {
+    if (value instanceof Digits) {
+      digits.push(value.text);
+      return `\u0000mochi-digits-${digits.length - 1}\u0000`;
+    }
+    return value;
+  });
+  return text.replace(/"\\u0000mochi-digits-(\d+)\\u0000"/g, (_, index) => digits[Number(index)]);
+}
+
+/** JSON.parse, with every seed kept as its exact digits (a string). */
+function parseJson(text) {
+  return JSON.parse(text.replace(/"seed":\s*(\d{16,})/g, '"seed":"$1"'));
 }
 
 // ---------------------------------------------------------------- formatting
@@ -202,8 +227,8 @@ function formBody() {
   }
   body.steps = number("steps");
   body.guidance_scale = number("guidance_scale");
-  const seed = number("seed");
-  if (seed !== undefined) body.seed = seed;
+  const seed = $("seed").value.trim();
+  if (seed !== "") body.seed = /^\d+$/.test(seed) ? new Digits(seed) : seed;
   body.priority = $("priority").value;
   for (const [name, value] of Object.entries(body)) {
     if (value === undefined) delete body[name];

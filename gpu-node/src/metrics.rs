@@ -12,6 +12,9 @@ pub const STEPS: &str = "mochi_node_steps_total";
 pub const STEP_SECONDS: &str = "mochi_node_step_seconds";
 /// 1 while a slot runs a job.
 pub const SLOT_BUSY: &str = "mochi_node_slot_busy";
+/// Time of one phase of a job that ran through, seconds, by `phase` (`denoise` with the
+/// text encoding, `decode`, `encode` with the previews, `upload`).
+pub const PHASE_SECONDS: &str = "mochi_node_phase_seconds";
 /// Device memory in use on a slot, bytes (as its latest heartbeat reported).
 pub const SLOT_MEMORY_USED: &str = "mochi_node_slot_memory_used_bytes";
 /// Device memory of a slot, bytes.
@@ -37,6 +40,11 @@ pub fn describe() {
     );
     metrics::describe_gauge!(SLOT_BUSY, "1 while a slot runs a job");
     metrics::describe_counter!(HEARTBEAT_FAILURES, "Heartbeats that could not be written");
+    metrics::describe_histogram!(
+        PHASE_SECONDS,
+        metrics::Unit::Seconds,
+        "Time of one phase of a job (denoise, decode, encode, upload)"
+    );
     metrics::describe_gauge!(
         SLOT_MEMORY_USED,
         metrics::Unit::Bytes,
@@ -56,9 +64,20 @@ pub(crate) fn set_slot_memory(slot: u32, total_bytes: u64, free_bytes: u64) {
         .set(total_bytes.saturating_sub(free_bytes) as f64);
 }
 
-pub(crate) fn record_step(elapsed: Duration) {
+/// One denoising step of a job of `shape`, labelled by its shape bucket: `tokens`, the
+/// half-octave of its visual tokens (`t15` holds 2^7.5 to 2^8 tokens), and `cfg`.
+pub(crate) fn record_step(elapsed: Duration, shape: &protocol::JobShape) {
     metrics::counter!(STEPS).increment(1);
-    metrics::histogram!(STEP_SECONDS).record(elapsed.as_secs_f64());
+    metrics::histogram!(
+        STEP_SECONDS,
+        "tokens" => format!("t{}", shape.token_bucket()),
+        "cfg" => if shape.cfg { "true" } else { "false" }
+    )
+    .record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn record_phase(phase: &'static str, elapsed: Duration) {
+    metrics::histogram!(PHASE_SECONDS, "phase" => phase).record(elapsed.as_secs_f64());
 }
 
 pub(crate) fn record_job(outcome: &'static str, elapsed: Duration) {

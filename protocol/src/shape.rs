@@ -35,6 +35,12 @@ pub struct JobShape {
 }
 
 impl JobShape {
+    /// The half-octave of its visual tokens, `floor(2 · log2 N)`: the shape bucket the cost
+    /// model learns per and the node's step-time metric is labelled by.
+    pub fn token_bucket(&self) -> u32 {
+        ((self.num_tokens.max(1) as f64).log2() * 2.0).floor() as u32
+    }
+
     /// Computes the shape; `num_frames` must already be `6k+1` and the dimensions multiples of 16.
     pub fn new(num_frames: u32, fps: u32, width: u32, height: u32, steps: u32, cfg: bool) -> Self {
         let latent_frames = (num_frames.saturating_sub(1)) / TEMPORAL_COMPRESSION + 1;

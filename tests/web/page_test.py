@@ -287,13 +287,16 @@ def full_walk(browser):
     page.fill("#prompt", second_prompt)
     page.fill("#duration_s", "6")
     page.fill("#steps", "200")
+    page.fill("#seed", "18446744073709551615")  # beyond a JavaScript number's exact range
     page.click("#submit")
     expect(page.locator("#job-prompt")).to_have_text(second_prompt)
+    expect(page.locator("#job-meta")).to_contain_text("seed 18446744073709551615")
     expect(page.locator("#cancel")).to_be_visible()
     page.click("#cancel")
     expect(page.locator("#job-state")).to_have_text("Cancelled", timeout=20_000)
     second = latest_job(alice, second_prompt)
     assert second["state"] == "cancelled", second["state"]
+    assert second["seed"] == 18446744073709551615, second["seed"]
     shot(page, "07-cancelled")
 
     # History: both jobs, with a thumbnail for the finished one; the filter; opening one.

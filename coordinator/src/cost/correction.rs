@@ -33,9 +33,8 @@ pub struct Corrections {
 
 /// The bucket key of a shape on a class.
 pub fn bucket_key(class: GpuClass, shape: &JobShape) -> String {
-    let half_octave = ((shape.num_tokens.max(1) as f64).log2() * 2.0).floor() as i64;
     let cfg = if shape.cfg { "cfg" } else { "nocfg" };
-    format!("{}/t{half_octave}/{cfg}", class.name())
+    format!("{}/t{}/{cfg}", class.name(), shape.token_bucket())
 }
 
 impl Corrections {

@@ -481,7 +481,7 @@ async fn step_completed(job_id: JobId, attempt: u32, progress: Progress, state: 
     else {
         return;
     };
-    metrics::record_step(running.last_step.elapsed());
+    metrics::record_step(running.last_step.elapsed(), &running.shape);
     running.last_step = Instant::now();
     running.steps_done = progress.step;
     let event = JobEvent::Progressed {

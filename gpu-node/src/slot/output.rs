@@ -73,6 +73,7 @@ pub(super) async fn store_video(
         ("spritesheet", result.spritesheet_object(), spritesheet),
     ];
     let stored: Vec<String> = objects.iter().map(|(_, name, _)| name.clone()).collect();
+    let upload = std::time::Instant::now();
     for (what, name, bytes) in objects {
         if let Err(error) = put_object(state, &name, bytes).await {
             tracing::warn!(%job_id, attempt, object = %name, %error, "cannot store the {what}");
@@ -81,6 +82,7 @@ pub(super) async fn store_video(
             return "failed";
         }
     }
+    crate::metrics::record_phase("upload", upload.elapsed());
     if write(state, job_id, &JobEvent::Succeeded { attempt, result }).await {
         "succeeded"
     } else {

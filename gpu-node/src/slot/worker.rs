@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Instant;
 
 use protocol::JobId;
 use protocol::record::Progress;
@@ -11,6 +12,7 @@ use ractor::ActorRef;
 use super::{GpuSlotMsg, STOP_NONE, STOP_PAUSE};
 use crate::backend::{Backend, BackendError, BackendJob, Control, LatentCheckpoint, StepObserver};
 use crate::config::VideoConfig;
+use crate::metrics;
 
 /// How long decoding waits for the denoised latent to be stored.
 const LATENT_SAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -41,15 +43,24 @@ pub(super) fn worker(
 ) {
     while let Ok(WorkItem { job, stop, slot }) = queue.recv() {
         let (job_id, attempt) = (job.job_id, job.attempt);
+        let started = Instant::now();
         let mut observer = Observer {
             job_id,
             attempt,
             stop: &stop,
             slot: &slot,
+            denoised_at: None,
         };
+        let mut encoding_at = None;
         let outcome = run_job(backend, &job, &mut observer, video, || {
+            encoding_at = Some(Instant::now());
             let _ = slot.cast(GpuSlotMsg::EncodingStarted { job_id, attempt });
         });
+        if outcome.is_ok()
+            && let Some(encoding_at) = encoding_at
+        {
+            record_phases(started, observer.denoised_at, encoding_at);
+        }
         // Measured once the job's memory (MP4 included) is released.
         let memory_used_bytes = backend.memory_in_use_bytes();
         let _ = slot.cast(GpuSlotMsg::JobFinished {
@@ -93,6 +104,20 @@ fn run_job(
     })
 }
 
+/// The phases of a job that ran through: denoising (the text encoding included) until the
+/// latent was ready, decoding until encoding began, then encoding and previews. A backend
+/// that reports no denoised latent (the simulated one) counts all of its run as denoising.
+fn record_phases(started: Instant, denoised_at: Option<Instant>, encoding_at: Instant) {
+    match denoised_at {
+        Some(denoised_at) => {
+            metrics::record_phase("denoise", denoised_at.saturating_duration_since(started));
+            metrics::record_phase("decode", encoding_at.saturating_duration_since(denoised_at));
+        }
+        None => metrics::record_phase("denoise", encoding_at.saturating_duration_since(started)),
+    }
+    metrics::record_phase("encode", encoding_at.elapsed());
+}
+
 /// `error` followed by its causes, `: `-separated.
 fn with_causes(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
@@ -110,6 +135,8 @@ struct Observer<'a> {
     attempt: u32,
     stop: &'a AtomicU8,
     slot: &'a ActorRef<GpuSlotMsg>,
+    /// When the denoised latent was handed over (decoding starts).
+    denoised_at: Option<Instant>,
 }
 
 impl StepObserver for Observer<'_> {
@@ -124,6 +151,7 @@ impl StepObserver for Observer<'_> {
     }
 
     fn on_denoised(&mut self, latent: &LatentCheckpoint) -> Control {
+        self.denoised_at = Some(Instant::now());
         let (saved, stored) = std::sync::mpsc::channel();
         let _ = self.slot.cast(GpuSlotMsg::LatentDenoised {
             job_id: self.job_id,

