@@ -143,41 +143,21 @@ async fn the_image_runs_mochi_up_makes_a_video_and_stops_on_sigterm() {
         .unwrap()
         .trim()
         .to_owned();
-    let bearer = format!("Bearer {key}");
 
     // A small video through the published port, from the embedded tiny model.
-    let job: Value = http
-        .post(format!("{url}/v1/videos"))
-        .header("Authorization", &bearer)
-        .json(&serde_json::json!({"prompt": "a fox in a container", "num_frames": 13, "width": 128, "height": 128, "steps": 8}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let job_id = job["id"].as_str().unwrap().to_owned();
-    loop {
-        let view: Value = http
-            .get(format!("{url}/v1/videos/{job_id}"))
-            .header("Authorization", &bearer)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        match view["status"].as_str() {
-            Some("completed") => break,
-            Some("failed") => panic!("the job failed: {view}"),
-            _ => {}
-        }
-        assert!(Instant::now() < deadline, "the job did not finish: {view}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let body = serde_json::json!({"prompt": "a fox in a container", "num_frames": 13, "width": 128, "height": 128, "steps": 8});
+    let job = common::submit(&http, &url, &body, Some(&key), None).await;
+    let done = common::wait_terminal(&http, &url, job.id, Some(&key), deadline).await;
+    assert_eq!(
+        done.state,
+        protocol::JobState::Succeeded,
+        "{:?}",
+        done.error
+    );
+    let job_id = job.id;
     let video = http
         .get(format!("{url}/v1/videos/{job_id}/content"))
-        .header("Authorization", &bearer)
+        .bearer_auth(&key)
         .send()
         .await
         .unwrap()

@@ -194,51 +194,34 @@ async fn a_real_prometheus_finds_every_series_and_panel_while_jobs_run() {
     let target = up.url.trim_start_matches("http://").to_owned();
     let prometheus = Prometheus::start(&target);
     let http = reqwest::Client::new();
-    let bearer = format!("Bearer {}", up.key);
 
-    // Jobs to completion, a refused one, a bad key.
+    // Jobs to completion, and a refused one.
     let mut ids = Vec::new();
     for n in 0..3 {
-        let response = http
-            .post(format!("{}/v1/videos", up.url))
-            .header("Authorization", &bearer)
-            .json(&serde_json::json!({"prompt": format!("monitored {n}"), "num_frames": 13, "width": 256, "height": 144, "steps": 8}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-        let job: Value = response.json().await.unwrap();
-        ids.push(job["id"].as_str().unwrap().to_owned());
+        let body = serde_json::json!({"prompt": format!("monitored {n}"), "num_frames": 13, "width": 256, "height": 144, "steps": 8});
+        ids.push(
+            common::submit(&http, &up.url, &body, Some(&up.key), None)
+                .await
+                .id,
+        );
     }
     let refused = http
         .post(format!("{}/v1/videos", up.url))
-        .header("Authorization", &bearer)
+        .bearer_auth(&up.key)
         .json(&serde_json::json!({"prompt": "x", "steps": 0}))
         .send()
         .await
         .unwrap();
     assert_eq!(refused.status(), 422);
     let deadline = Instant::now() + Duration::from_secs(60);
-    for id in &ids {
-        loop {
-            let job: Value = http
-                .get(format!("{}/v1/videos/{id}", up.url))
-                .header("Authorization", &bearer)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if job["status"] == "completed" {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "job {id} did not complete: {job}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    for id in ids {
+        let done = common::wait_terminal(&http, &up.url, id, Some(&up.key), deadline).await;
+        assert_eq!(
+            done.state,
+            protocol::JobState::Succeeded,
+            "{:?}",
+            done.error
+        );
     }
 
     // Every series the rules and the dashboard read, with its labels.
