@@ -35,6 +35,9 @@ pub struct Config {
     pub intake_max_deliver: i64,
     /// Submissions fetched at once.
     pub intake_batch: usize,
+    /// Submissions of a batch whose records are written at the same time (each is still
+    /// acknowledged only after its own record is stored).
+    pub intake_concurrency: usize,
     /// This replica's name in the leader lease; default: host name and process id.
     pub instance_id: Option<String>,
     /// How long the leader lease holds without renewal, ms: a standby takes over this long
@@ -67,7 +70,8 @@ impl Default for Config {
             backoff_max_ms: 60_000,
             intake_ack_wait_s: 30,
             intake_max_deliver: 10,
-            intake_batch: 64,
+            intake_batch: 256,
+            intake_concurrency: 64,
             instance_id: None,
             leader_lease_ms: 10_000,
             start_timeout_ms: 24 * 3600 * 1000,
@@ -134,6 +138,10 @@ impl Config {
             (
                 self.intake_max_deliver >= 1 && self.intake_batch >= 1,
                 "intake_max_deliver and intake_batch must be positive",
+            ),
+            (
+                self.intake_concurrency >= 1,
+                "intake_concurrency must be at least 1",
             ),
             (
                 self.leader_lease_ms >= 300,

@@ -1,6 +1,7 @@
-//! The intake actor: takes submissions from `MOCHI_SUBMIT`, checks them again (internal
-//! publishers bypass the gateway), writes each job's record as `queued` (create-only, so
-//! a redelivery is harmless) and only then acknowledges the message.
+//! The intake actor: takes submissions from `MOCHI_SUBMIT` in batches, checks them again
+//! (internal publishers bypass the gateway), writes each job's record as `queued`
+//! (create-only, so a redelivery is harmless; the writes of a batch overlap) and only then
+//! acknowledges that message.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,13 +103,18 @@ impl Actor for Intake {
             .messages()
             .await
         {
-            Ok(mut batch) => {
-                while let Some(next) = batch.next().await {
-                    match next {
-                        Ok(message) => take_in(state, message).await,
-                        Err(error) => tracing::warn!(%error, "intake fetch interrupted"),
-                    }
-                }
+            Ok(batch) => {
+                // The record writes of a batch overlap (each is a round trip to a stored
+                // JetStream write); each message is still acknowledged after its own record.
+                let state = &*state;
+                batch
+                    .for_each_concurrent(state.config.intake_concurrency, |next| async move {
+                        match next {
+                            Ok(message) => take_in(state, message).await,
+                            Err(error) => tracing::warn!(%error, "intake fetch interrupted"),
+                        }
+                    })
+                    .await;
             }
             Err(error) => {
                 tracing::warn!(%error, "intake cannot fetch; retrying");
