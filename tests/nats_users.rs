@@ -450,6 +450,23 @@ async fn full_path_runs_with_one_restricted_user_per_role() {
     let (status, again) = ask(keyed).await;
     assert_eq!(status, "200", "a repeated key is the same job: {again}");
     assert_eq!(first["id"], again["id"]);
+    // A deleted job's key cannot make it again: a clear refusal.
+    let other =
+        serde_json::to_vec(&serde_json::json!({"spec": spec, "idempotency_key": "rpc-2"})).unwrap();
+    let (status, doomed) = ask(other.clone()).await;
+    assert_eq!(status, "202", "{doomed}");
+    let deleted = http
+        .delete(format!(
+            "{base}/v1/videos/{}",
+            doomed["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let (status, refused) = ask(other).await;
+    assert_eq!(status, "409", "{refused}");
+    assert_eq!(refused["error"]["code"], "conflict");
     ids.push(first["id"].as_str().unwrap().parse().unwrap());
     let (status, refused) = ask(br#"{"spec": {"prompt": "x", "steps": 0}}"#.to_vec()).await;
     assert_eq!(status, "422", "{refused}");

@@ -123,6 +123,15 @@ impl Responder {
         };
         let job_id = job_id_for(&tenant, &request, Some(&message_id), 0);
         let repeated = match self.jobs.get(job_id).await {
+            Ok(Some((record, _))) if record.deleted_at_ms.is_some() => {
+                return Answer::error(
+                    ErrorCode::Conflict,
+                    format!(
+                        "the job this request names ({job_id}) was deleted; send it with a new idempotency_key or job_id"
+                    ),
+                    None,
+                );
+            }
             Ok(found) => found.is_some(),
             Err(error) => {
                 tracing::warn!(%job_id, %error, "cannot read the record before submitting");

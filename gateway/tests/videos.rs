@@ -689,3 +689,59 @@ async fn long_uris_and_large_headers_answer_with_our_error_body() {
     let (status, _, _) = client.send(many, Body::empty()).await;
     assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
 }
+
+#[tokio::test]
+async fn a_key_whose_job_was_deleted_gets_409_not_a_job_that_never_appears() {
+    let client = Client::new().await;
+    let post = || {
+        client
+            .request("POST", "/v1/videos")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", "order-1")
+    };
+    let (status, _, body) = client
+        .send(post(), Body::from(r#"{"prompt":"a fox"}"#))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let created: JobView = serde_json::from_slice(&body).unwrap();
+    let uri = format!("/v1/videos/{}", created.id);
+    let (status, _, _) = client
+        .send(client.request("DELETE", &uri), Body::empty())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // The same key again: a clear refusal, not a 202 for a job that stays 404.
+    let (status, _, body) = client
+        .send(post(), Body::from(r#"{"prompt":"a fox"}"#))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["code"], "conflict");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("new Idempotency-Key")
+    );
+    assert_eq!(client.get(&uri).await.0, StatusCode::NOT_FOUND);
+    // A new key makes a new job.
+    let (status, _, _) = client
+        .send(
+            client
+                .request("POST", "/v1/videos")
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("Idempotency-Key", "order-2"),
+            Body::from(r#"{"prompt":"a fox"}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+}

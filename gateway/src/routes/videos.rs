@@ -128,6 +128,16 @@ pub(crate) async fn enqueue_view(
         Some(key) => JobId::derived(tenant.as_str(), key),
         None => JobId::new(),
     };
+    // A key whose job was deleted cannot make it again (its id is taken by the tombstone
+    // that keeps a redelivered submission from bringing the job back).
+    if idempotency_key.is_some() && deleted(state, caller, job_id).await? {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "the job this Idempotency-Key made ({job_id}) was deleted; send the request with a new Idempotency-Key"
+            ),
+        ));
+    }
     // A repeated key is the same job: it never counts against the quota twice.
     let repeated = match &idempotency_key {
         Some(_) => current_view(state, caller, job_id).await?,
@@ -245,6 +255,21 @@ pub(crate) async fn tenant_entry(
     }
 }
 
+/// Whether `job_id` is a deleted job of the caller's tenant.
+async fn deleted(state: &AppState, caller: &Principal, job_id: JobId) -> Result<bool, ApiError> {
+    match state.resources.jobs.get(job_id).await {
+        Ok(found) => Ok(found.is_some_and(|(record, _)| {
+            record.deleted_at_ms.is_some() && record.tenant == caller.tenant
+        })),
+        Err(error) => {
+            tracing::warn!(%job_id, %error, "job store unreachable");
+            Err(ApiError::unavailable(
+                "the job store is unreachable; retry shortly",
+            ))
+        }
+    }
+}
+
 /// Reads the record of `id` and its revision, whoever owns it (a deleted job's tombstone
 /// reads as absent). A record this build cannot read is an error for this job alone, logged
 /// with its key.
@@ -275,12 +300,16 @@ pub(crate) async fn any_entry(
 }
 
 /// The submission of `job_id` still waiting in `MOCHI_SUBMIT` (accepted, not yet taken in by
-/// the coordinator's intake), with its time of acceptance in ms.
+/// the coordinator's intake), with its time of acceptance in ms. A job deleted before the
+/// intake took it in has none: its submission may still wait, the job is gone.
 pub(crate) async fn submitted(
     state: &AppState,
     caller: &Principal,
     job_id: JobId,
 ) -> Result<Option<(SubmitRequest, u64)>, ApiError> {
+    if deleted(state, caller, job_id).await? {
+        return Ok(None);
+    }
     let subject = names::submit_job_subject(caller.tenant.as_str(), &job_id.to_string());
     let message = match state
         .resources
