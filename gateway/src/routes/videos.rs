@@ -128,19 +128,22 @@ pub(crate) async fn enqueue_view(
         Some(key) => JobId::derived(tenant.as_str(), key),
         None => JobId::new(),
     };
-    // A key whose job was deleted cannot make it again (its id is taken by the tombstone
-    // that keeps a redelivered submission from bringing the job back).
-    if idempotency_key.is_some() && deleted(state, caller, job_id).await? {
-        return Err(ApiError::new(
-            ErrorCode::Conflict,
-            format!(
-                "the job this Idempotency-Key made ({job_id}) was deleted; send the request with a new Idempotency-Key"
-            ),
-        ));
-    }
-    // A repeated key is the same job: it never counts against the quota twice.
+    // A repeated key is the same job: it never counts against the quota twice. A key whose
+    // job was deleted cannot make it again (its id is taken by the tombstone that keeps a
+    // redelivered submission from bringing the job back).
     let repeated = match &idempotency_key {
-        Some(_) => current_view(state, caller, job_id).await?,
+        Some(_) => match current(state, caller, job_id).await? {
+            Current::Live(view) => Some(*view),
+            Current::Deleted => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "the job this Idempotency-Key made ({job_id}) was deleted; send the request with a new Idempotency-Key"
+                    ),
+                ));
+            }
+            Current::Absent => None,
+        },
         None => None,
     };
     if let Some(view) = repeated {
@@ -257,17 +260,11 @@ pub(crate) async fn tenant_entry(
 
 /// Whether `job_id` is a deleted job of the caller's tenant.
 async fn deleted(state: &AppState, caller: &Principal, job_id: JobId) -> Result<bool, ApiError> {
-    match state.resources.jobs.get(job_id).await {
-        Ok(found) => Ok(found.is_some_and(|(record, _)| {
+    Ok(stored_entry(state, job_id)
+        .await?
+        .is_some_and(|(record, _)| {
             record.deleted_at_ms.is_some() && record.tenant == caller.tenant
-        })),
-        Err(error) => {
-            tracing::warn!(%job_id, %error, "job store unreachable");
-            Err(ApiError::unavailable(
-                "the job store is unreachable; retry shortly",
-            ))
-        }
-    }
+        }))
 }
 
 /// Reads the record of `id` and its revision, whoever owns it (a deleted job's tombstone
@@ -277,8 +274,17 @@ pub(crate) async fn any_entry(
     state: &AppState,
     job_id: JobId,
 ) -> Result<Option<(JobRecord, u64)>, ApiError> {
+    Ok(stored_entry(state, job_id)
+        .await?
+        .filter(|(record, _)| record.deleted_at_ms.is_none()))
+}
+
+/// The stored record of `id` and its revision, tombstones included.
+async fn stored_entry(
+    state: &AppState,
+    job_id: JobId,
+) -> Result<Option<(JobRecord, u64)>, ApiError> {
     match state.resources.jobs.get(job_id).await {
-        Ok(Some((record, _))) if record.deleted_at_ms.is_some() => Ok(None),
         Ok(found) => Ok(found),
         Err(error @ StoreError::Nats { .. }) => {
             tracing::warn!(%job_id, %error, "job store unreachable");
@@ -310,6 +316,15 @@ pub(crate) async fn submitted(
     if deleted(state, caller, job_id).await? {
         return Ok(None);
     }
+    waiting(state, caller, job_id).await
+}
+
+/// The submission of `job_id` in `MOCHI_SUBMIT`, whether or not the job was deleted since.
+async fn waiting(
+    state: &AppState,
+    caller: &Principal,
+    job_id: JobId,
+) -> Result<Option<(SubmitRequest, u64)>, ApiError> {
     let subject = names::submit_job_subject(caller.tenant.as_str(), &job_id.to_string());
     let message = match state
         .resources
@@ -334,27 +349,61 @@ pub(crate) async fn submitted(
     Ok(Some((request, at_ms)))
 }
 
-/// The job as it is now: its record, else its waiting submission; `None` if neither exists.
-pub(crate) async fn current_view(
+/// What a job id names for its caller now.
+pub(crate) enum Current {
+    /// The job: its record, or its submission still waiting for the intake.
+    Live(Box<JobView>),
+    /// Deleted: only its tombstone remains.
+    Deleted,
+    /// Nothing (or another tenant's job).
+    Absent,
+}
+
+/// The job as it is now: its record, else its waiting submission.
+pub(crate) async fn current(
     state: &AppState,
     caller: &Principal,
     job_id: JobId,
-) -> Result<Option<JobView>, ApiError> {
-    if let Some(record) = tenant_record(state, caller, job_id).await? {
-        return Ok(Some(view_of(state, &record)));
+) -> Result<Current, ApiError> {
+    match stored_entry(state, job_id).await? {
+        Some((record, _)) if record.tenant == caller.tenant => {
+            return Ok(if record.deleted_at_ms.is_some() {
+                Current::Deleted
+            } else {
+                Current::Live(Box::new(view_of(state, &record)))
+            });
+        }
+        Some((record, _)) if record.deleted_at_ms.is_none() => {
+            tracing::warn!(target: AUDIT, event = "cross_tenant_refused", %job_id, tenant = %caller.tenant, key_id = %caller.id, owner = %record.tenant, "another tenant's job asked for; answered 404");
+            return Ok(Current::Absent);
+        }
+        _ => {}
     }
-    if let Some((request, at_ms)) = submitted(state, caller, job_id).await?
+    if let Some((request, at_ms)) = waiting(state, caller, job_id).await?
         && let Ok(shape) = request.spec.validate(&state.config.limits)
     {
         let mut view = JobView::pending(job_id, request.spec, &shape, at_ms);
         view.remixed_from_video_id = request.remixed_from;
         view.webhook = request.webhook;
-        return Ok(Some(view));
+        return Ok(Current::Live(Box::new(view)));
     }
     // The intake may have taken it in between the two reads.
-    Ok(tenant_record(state, caller, job_id)
-        .await?
-        .map(|record| view_of(state, &record)))
+    Ok(match tenant_record(state, caller, job_id).await? {
+        Some(record) => Current::Live(Box::new(view_of(state, &record))),
+        None => Current::Absent,
+    })
+}
+
+/// [`current`], a deleted job read as absent.
+pub(crate) async fn current_view(
+    state: &AppState,
+    caller: &Principal,
+    job_id: JobId,
+) -> Result<Option<JobView>, ApiError> {
+    Ok(match current(state, caller, job_id).await? {
+        Current::Live(view) => Some(*view),
+        Current::Deleted | Current::Absent => None,
+    })
 }
 
 /// The view of a record, with a signed download link once the video exists.

@@ -76,13 +76,17 @@ async fn settings(State(state): State<AppState>) -> Response {
     response
 }
 
+/// The validators of [`ASSETS`], in the same order: hashed once, not per request.
+static ETAGS: std::sync::LazyLock<Vec<String>> =
+    std::sync::LazyLock::new(|| ASSETS.iter().map(|asset| etag(asset.body)).collect());
+
 async fn page(headers: HeaderMap) -> Response {
-    serve(&ASSETS[0], &headers)
+    serve(0, &headers)
 }
 
 async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
-    match ASSETS.iter().find(|asset| asset.name == name) {
-        Some(asset) => serve(asset, &headers),
+    match ASSETS.iter().position(|asset| asset.name == name) {
+        Some(index) => serve(index, &headers),
         None => ApiError::new(
             ErrorCode::NotFound,
             "no such file of the web page; open / instead",
@@ -100,8 +104,12 @@ fn etag(body: &[u8]) -> String {
     format!("\"{hash:016x}\"")
 }
 
-fn serve(asset: &Asset, request: &HeaderMap) -> Response {
-    let tag = etag(asset.body);
+fn serve(index: usize, request: &HeaderMap) -> Response {
+    let asset = &ASSETS[index];
+    let tag = ETAGS
+        .get(index)
+        .cloned()
+        .unwrap_or_else(|| etag(asset.body));
     let unchanged = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
