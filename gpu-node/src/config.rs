@@ -132,8 +132,11 @@ pub struct Config {
     pub video: VideoConfig,
     /// Heartbeat period, ms (keep well under `nats.jetstream.node_ttl_s`).
     pub heartbeat_interval_ms: u64,
-    /// How long shutdown waits for running jobs, ms; after it they are failed as retryable.
+    /// How long shutdown waits for running jobs to finish, ms; after it they are handed back.
     pub drain_timeout_ms: u64,
+    /// How long shutdown then waits for a handed-back job to reach its next step boundary
+    /// and save its latent, ms (at least one denoising step of the largest job).
+    pub handback_timeout_ms: u64,
     /// Object-store chunk size for uploaded videos, bytes (must stay under the NATS
     /// server's `max_payload`, 1 MiB by default; larger chunks upload faster).
     pub object_chunk_bytes: u32,
@@ -155,6 +158,7 @@ impl Default for Config {
             video: VideoConfig::default(),
             heartbeat_interval_ms: 2_000,
             drain_timeout_ms: 20_000,
+            handback_timeout_ms: 60_000,
             object_chunk_bytes: 512 * 1024,
             memory_growth_limit_bytes: 512 << 20,
         }

@@ -41,12 +41,11 @@ use crate::node::{Node, NodeArgs, NodeMsg};
 
 /// How often shutdown looks at the slots while it waits for them.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
-/// How long shutdown waits for aborted jobs to be handed back.
-const HANDBACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs a GPU node until `shutdown` is cancelled: takes assignments, runs them, heartbeats.
 /// On shutdown it stops taking work, lets the running jobs finish for up to
-/// `drain_timeout_ms`, hands back what is still running, and removes its heartbeat.
+/// `drain_timeout_ms`, hands back what is still running (paused at its next step boundary
+/// with its latent saved, so another node resumes it there), and removes its heartbeat.
 pub async fn run(
     config: Config,
     resources: Resources,
@@ -123,7 +122,8 @@ pub async fn run(
     if !wait_until_idle(&node, drain_timeout).await {
         tracing::warn!(node = %node_id, "drain deadline passed; handing running jobs back");
         let _ = node.cast(NodeMsg::Abort);
-        if !wait_until_idle(&node, HANDBACK_TIMEOUT).await {
+        let handback_timeout = Duration::from_millis(config.handback_timeout_ms);
+        if !wait_until_idle(&node, handback_timeout).await {
             tracing::warn!(node = %node_id, "jobs still running at exit; their leases will expire");
         }
     }

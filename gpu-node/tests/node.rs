@@ -282,22 +282,29 @@ async fn a_stale_attempt_is_fenced_out_and_never_publishes_a_result() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_hands_a_running_job_back_and_removes_the_heartbeat() {
+async fn shutdown_hands_a_running_job_back_at_a_step_boundary_and_removes_the_heartbeat() {
     // Several seconds of work and a short drain deadline: the job cannot finish in time.
     let harness = start_with(5.0, 100).await;
     let (id, reply) = harness.place(100).await;
     assert_eq!(reply, AssignReply::Accepted);
-    harness
-        .wait_for_state(id, |r| r.progress.is_some_and(|p| p.step >= 1))
+    let before = harness
+        .wait_for_state(id, |r| r.progress.is_some_and(|p| p.step >= 2))
         .await;
+    let steps_before = before.progress.map_or(0, |p| p.step);
     let mut harness = harness;
     harness.shutdown.cancel();
     (&mut harness.node).await.unwrap().unwrap();
     assert!(harness.resources.nodes.get("n1").await.unwrap().is_none());
     let (record, _) = harness.resources.jobs.get(id).await.unwrap().unwrap();
-    assert_eq!(record.state, JobState::Queued, "{record:?}");
-    let error = record.error.unwrap();
-    assert!(error.retryable, "{error:?}");
-    assert_eq!(error.code, protocol::ErrorCode::Unavailable);
+    // Paused, not failed: the work done so far is kept and no attempt is spent.
+    assert_eq!(record.state, JobState::Preempted, "{record:?}");
+    assert!(record.error.is_none(), "{record:?}");
+    assert_eq!(record.failed_attempts, 0, "{record:?}");
     assert!(record.result.is_none());
+    let resume = record.resume.expect("a resume point");
+    assert!(
+        resume.step >= steps_before && resume.step < 100,
+        "resumes at step {} after {steps_before} were reported",
+        resume.step
+    );
 }

@@ -2,7 +2,6 @@
 //! backend, the MP4 encoder and the JPEG previews, and does every write about its job
 //! (record transitions fenced by the attempt, progress events, the object-store uploads).
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -19,23 +18,16 @@ use crate::device::{DeviceMemory, MemoryWatch};
 use crate::metrics;
 
 mod output;
+mod stop;
 mod worker;
 
 use output::{
     latent_object, load_latent, paused_object, publish_progress, read_latent, save_latent,
     store_video,
 };
+use stop::{StopFlag, StopReason};
 pub use worker::Encoded;
 use worker::{WorkItem, worker};
-
-/// Why a running job is being stopped (0 = it is not).
-const STOP_NONE: u8 = 0;
-/// Cancelled by the client or fenced out by a newer attempt: write nothing more.
-const STOP_ABANDON: u8 = 1;
-/// The node is shutting down: hand the job back as a retryable failure.
-const STOP_SHUTDOWN: u8 = 2;
-/// Preempted: pause at the next step boundary, save the state, write `preempted`.
-const STOP_PAUSE: u8 = 3;
 
 /// Delay before a job failed on this node may be retried, ms.
 const RETRY_DELAY_MS: u64 = 2_000;
@@ -148,7 +140,7 @@ struct Running {
     attempt: u32,
     lease_ms: u64,
     shape: JobShape,
-    stop: Arc<AtomicU8>,
+    stop: Arc<StopFlag>,
     started: Instant,
     last_step: Instant,
     /// Denoising steps done (as last reported by the worker).
@@ -174,7 +166,7 @@ impl Drop for GpuSlotState {
     /// the coordinator retries the job).
     fn drop(&mut self) {
         if let Some(running) = &self.running {
-            running.stop.store(STOP_ABANDON, Ordering::SeqCst);
+            running.stop.set(StopReason::Abandon);
         }
     }
 }
@@ -223,7 +215,7 @@ impl Actor for GpuSlot {
                     .filter(|r| r.job_id == job_id && r.attempt == attempt)
                 {
                     tracing::info!(%job_id, attempt, "cancelling at the next step boundary");
-                    running.stop.store(STOP_ABANDON, Ordering::SeqCst);
+                    running.stop.set(StopReason::Abandon);
                 }
             }
             GpuSlotMsg::Pause {
@@ -236,7 +228,7 @@ impl Actor for GpuSlot {
             GpuSlotMsg::Drain => state.draining = true,
             GpuSlotMsg::Abort => {
                 if let Some(running) = &state.running {
-                    running.stop.store(STOP_SHUTDOWN, Ordering::SeqCst);
+                    hand_back(running);
                 }
             }
             GpuSlotMsg::StepCompleted {
@@ -318,15 +310,32 @@ fn pause(state: &GpuSlotState, job_id: JobId, attempt: u32) -> PreemptReply {
     if running.steps_done >= running.shape.steps {
         return refused("denoising is done; the job is decoding");
     }
-    match running
-        .stop
-        .compare_exchange(STOP_NONE, STOP_PAUSE, Ordering::SeqCst, Ordering::SeqCst)
-    {
-        Ok(_) | Err(STOP_PAUSE) => {
+    match running.stop.request(StopReason::Pause) {
+        Ok(()) | Err(StopReason::Pause) => {
             tracing::info!(%job_id, attempt, steps_done = running.steps_done, "pausing at the next step boundary");
             PreemptReply::Pausing
         }
         Err(_) => refused("the job is being stopped"),
+    }
+}
+
+/// Shutdown with a job still running: a job that still denoises pauses at its next step
+/// boundary with its latent saved (another node resumes it from there); one that decodes
+/// stops and is failed as retryable (its denoised latent is saved: the retry only decodes).
+/// A job already being stopped for another reason keeps that reason.
+fn hand_back(running: &Running) {
+    let reason = if running.steps_done < running.shape.steps {
+        StopReason::HandBack
+    } else {
+        StopReason::Shutdown
+    };
+    match running.stop.request(reason) {
+        Ok(()) => {
+            tracing::info!(job_id = %running.job_id, attempt = running.attempt, steps_done = running.steps_done, ?reason, "shutting down: handing the job back");
+        }
+        Err(already) => {
+            tracing::info!(job_id = %running.job_id, attempt = running.attempt, ?already, "shutting down: the job is already being stopped");
+        }
     }
 }
 
@@ -407,7 +416,7 @@ async fn start(
         tracing::warn!(%job_id, attempt, %error, "not starting: the record refused the start");
         return;
     }
-    let stop = Arc::new(AtomicU8::new(STOP_NONE));
+    let stop = Arc::new(StopFlag::new());
     let now = Instant::now();
     state.running = Some(Running {
         job_id,
@@ -510,7 +519,7 @@ async fn write(state: &GpuSlotState, job_id: JobId, event: &JobEvent) -> bool {
             };
             tracing::info!(%job_id, event = event.name(), reason, "stopping job");
             if let Some(running) = &state.running {
-                running.stop.store(STOP_ABANDON, Ordering::SeqCst);
+                running.stop.set(StopReason::Abandon);
             }
             false
         }
@@ -530,16 +539,21 @@ async fn finish(
     let stop_reason = state
         .running
         .as_ref()
-        .map_or(STOP_NONE, |r| r.stop.load(Ordering::SeqCst));
+        .map_or(StopReason::None, |r| r.stop.get());
     let elapsed = state.running.as_ref().map(|r| r.started.elapsed());
     let label = match (outcome, stop_reason) {
         (Ok(encoded), _) => store_video(job_id, attempt, encoded, state).await,
-        (Err(BackendError::Stopped), STOP_ABANDON) => "abandoned",
-        (Err(BackendError::Paused(paused)), STOP_PAUSE) => {
-            paused_job(state, job_id, attempt, *paused).await
+        (Err(BackendError::Stopped), StopReason::Abandon) => "abandoned",
+        (Err(BackendError::Paused(paused)), reason) if reason.pauses() => {
+            let label = paused_job(state, job_id, attempt, *paused).await;
+            if reason == StopReason::HandBack && label == "preempted" {
+                "handed_back"
+            } else {
+                label
+            }
         }
         (Err(error), reason) => {
-            let (failure, label) = if reason == STOP_SHUTDOWN {
+            let (failure, label) = if matches!(reason, StopReason::Shutdown | StopReason::HandBack) {
                 let message =
                     "the GPU node shut down during the job; it will be retried".to_owned();
                 (

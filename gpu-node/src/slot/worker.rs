@@ -2,14 +2,14 @@
 //! job at a time and reports back to the slot actor with messages.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Instant;
 
 use protocol::JobId;
 use protocol::record::Progress;
 use ractor::ActorRef;
 
-use super::{GpuSlotMsg, STOP_NONE, STOP_PAUSE};
+use super::GpuSlotMsg;
+use super::stop::{StopFlag, StopReason};
 use crate::backend::{Backend, BackendError, BackendJob, Control, LatentCheckpoint, StepObserver};
 use crate::config::VideoConfig;
 use crate::metrics;
@@ -31,7 +31,7 @@ pub struct Encoded {
 /// One job handed to the thread.
 pub(super) struct WorkItem {
     pub(super) job: BackendJob,
-    pub(super) stop: Arc<AtomicU8>,
+    pub(super) stop: Arc<StopFlag>,
     pub(super) slot: ActorRef<GpuSlotMsg>,
 }
 
@@ -133,7 +133,7 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 struct Observer<'a> {
     job_id: JobId,
     attempt: u32,
-    stop: &'a AtomicU8,
+    stop: &'a StopFlag,
     slot: &'a ActorRef<GpuSlotMsg>,
     /// When the denoised latent was handed over (decoding starts).
     denoised_at: Option<Instant>,
@@ -177,9 +177,13 @@ impl StepObserver for Observer<'_> {
 
 impl Observer<'_> {
     fn control(&self) -> Control {
-        match self.stop.load(Ordering::SeqCst) {
-            STOP_NONE => Control::Continue,
-            STOP_PAUSE => Control::Pause,
+        match self.stop.get() {
+            StopReason::None => Control::Continue,
+            // Decoding cannot pause: a hand-back that came after the last step stops
+            // (the denoised latent is saved; the retry only decodes). A preemption's pause
+            // is refused by then, so `Pause` here only lets the decode finish.
+            StopReason::HandBack if self.denoised_at.is_some() => Control::Stop,
+            reason if reason.pauses() => Control::Pause,
             _ => Control::Stop,
         }
     }
