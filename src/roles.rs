@@ -195,7 +195,8 @@ pub async fn gpu_node(args: GpuNodeArgs, file: Option<&Path>) -> Result<()> {
     .await
 }
 
-/// A role without an HTTP API of its own: NATS, a `/metrics` endpoint, then `run` until a signal.
+/// A role without an HTTP API of its own: NATS, `/metrics`, `/healthz` and `/readyz`, then
+/// `run` until a signal.
 async fn background_role(
     role: &str,
     args: RoleArgs,
@@ -212,6 +213,7 @@ async fn background_role(
     let metrics_server = tokio::spawn(gateway::serve_metrics(
         args.metrics_addr,
         metrics,
+        client.clone(),
         shutdown.clone(),
     ));
     let outcome = run(resources, client.clone(), shutdown.clone()).await;

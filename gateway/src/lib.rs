@@ -346,22 +346,41 @@ pub fn install_metrics_recorder() -> Result<PrometheusHandle> {
         .map_err(|e| Error::Metrics(e.to_string()))
 }
 
-/// Serves only `/metrics` on `addr` (for the coordinator and gpu-node roles).
+/// Serves the operations routes of a role without an API (coordinator, gpu-node) on
+/// `addr`: `/metrics`, `/healthz` (the process is up) and `/readyz` (NATS is connected);
+/// anything else is a JSON 404.
 pub async fn serve_metrics(
     addr: SocketAddr,
     handle: PrometheusHandle,
+    client: async_nats::Client,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let router = Router::new().route(
-        "/metrics",
-        get(move || {
-            let handle = handle.clone();
-            async move {
-                handle.run_upkeep();
-                handle.render().into_response()
-            }
-        }),
-    );
+    let router = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move {
+                    handle.run_upkeep();
+                    handle.render().into_response()
+                }
+            }),
+        )
+        .route("/healthz", get(routes::health::healthz))
+        .route(
+            "/readyz",
+            get(move || {
+                let client = client.clone();
+                async move { routes::health::nats_ready(&client) }
+            }),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                ErrorCode::NotFound,
+                "no such route; this port serves /metrics, /healthz and /readyz",
+            )
+        })
+        .method_not_allowed_fallback(method_not_allowed);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind {

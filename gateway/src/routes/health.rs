@@ -32,7 +32,12 @@ pub async fn healthz() -> &'static str {
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    match state.client.connection_state() {
+    nats_ready(&state.client)
+}
+
+/// `ready` while `client` is connected to NATS, else 503 `unavailable` saying its state.
+pub fn nats_ready(client: &async_nats::Client) -> Response {
+    match client.connection_state() {
         async_nats::connection::State::Connected => (StatusCode::OK, "ready").into_response(),
         other => ApiError::unavailable(format!("NATS connection is {other}")).into_response(),
     }

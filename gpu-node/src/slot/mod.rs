@@ -553,7 +553,8 @@ async fn finish(
             }
         }
         (Err(error), reason) => {
-            let (failure, label) = if matches!(reason, StopReason::Shutdown | StopReason::HandBack) {
+            let (failure, label) = if matches!(reason, StopReason::Shutdown | StopReason::HandBack)
+            {
                 let message =
                     "the GPU node shut down during the job; it will be retried".to_owned();
                 (
