@@ -3,7 +3,8 @@
 #   scripts/image.sh [--binary PATH] [--tag TAG]
 # Without --binary it builds the release binary first. The image holds the binary (debug
 # information stripped), the shared libraries ldd names for it, nats-server from .venv (or
-# MOCHI_NATS_SERVER), /tmp, /data and an /etc/passwd naming the non-root user 65532.
+# MOCHI_NATS_SERVER), the CA certificates, /tmp, /data and an /etc/passwd naming the
+# non-root user 65532.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +43,12 @@ cp "$nats_server" "$stage/rootfs/usr/local/bin/nats-server"
 for lib in $(ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
   cp -L --parents "$lib" "$stage/rootfs"
 done
+# The CA certificates of this machine, for the gateway's HTTPS fetches (the OIDC JWKS):
+# rustls-native-certs reads /etc/ssl/certs/ca-certificates.crt.
+if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+  mkdir -p "$stage/rootfs/etc/ssl/certs"
+  cp -L /etc/ssl/certs/ca-certificates.crt "$stage/rootfs/etc/ssl/certs/"
+fi
 printf 'root:x:0:0::/:/nonexistent\nmochi:x:65532:65532::/data:/nonexistent\n' > "$stage/rootfs/etc/passwd"
 printf 'root:x:0:\nmochi:x:65532:\n' > "$stage/rootfs/etc/group"
 

