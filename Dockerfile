@@ -1,9 +1,16 @@
-# The one `mochi` image, for every role (`mochi up`, `gateway`, `coordinator`, `gpu-node`).
-# Built by scripts/image.sh from a root file system it stages under target/image: the
-# binary, the C and C++ runtime libraries it links (found by ldd on this machine), and
-# nats-server for the all-in-one mode. FROM scratch: nothing in the image that the binary
-# does not load, no shell, no package manager; nothing is pulled from a registry.
-FROM scratch
+# The one `mochi` image, for every role (`mochi up`, `gateway`, `coordinator`, `gpu-node`),
+# and its CUDA variant for the GPU nodes. Built by scripts/image.sh from a root file system
+# it stages under target/image: the binary, the C and C++ runtime libraries it links (found
+# by ldd on this machine), the CA certificates and nats-server for the all-in-one mode.
+# FROM scratch: nothing in the image that the binary does not load, no shell, no package
+# manager; nothing is pulled from a registry.
+#
+#   default target (`cpu`): the binary built without CUDA;
+#   `--target cuda` (scripts/image.sh --cuda): the binary built with `--features cuda`
+#   (tools/build_cuda.sh) and the CUDA 13.0 runtime libraries from PyPI's wheels under
+#   /usr/local/cuda/lib64. The driver's libcuda.so.1 comes from the host at run time (the
+#   NVIDIA container toolkit mounts it); kernels are sm_90: H100/H200, driver 580 or later.
+FROM scratch AS base
 
 ARG VERSION=unknown
 ARG COMMIT=unknown
@@ -27,3 +34,12 @@ EXPOSE 8080
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/mochi"]
 CMD ["up", "--listen", "0.0.0.0:8080", "--data-dir", "/data"]
+
+FROM base AS cuda
+LABEL org.opencontainers.image.description="Text-to-video with Genmo Mochi-1, CUDA 13.0 build (sm_90: H100/H200; NVIDIA driver 580 or later on the host)"
+COPY cuda/ /usr/local/cuda/lib64/
+ENV LD_LIBRARY_PATH=/usr/local/cuda/lib64 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+FROM base AS cpu

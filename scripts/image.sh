@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Builds the `mochi` container image (see Dockerfile) and prints its tag as the last line.
-#   scripts/image.sh [--binary PATH] [--tag TAG]
-# Without --binary it builds the release binary first. The image holds the binary (debug
+#   scripts/image.sh [--cuda] [--binary PATH] [--tag TAG]
+# Without --binary it builds the release binary first. --cuda builds the Dockerfile's `cuda`
+# target instead: the binary with `--features cuda` (tools/build_cuda.sh, from PyPI's CUDA
+# 13.0 wheels; ~1 GB of wheels and a long build on 2 cores), and the CUDA runtime libraries
+# it links (libcudart, libcublas, libcublasLt, libcurand) from those wheels; the driver's
+# libcuda.so.1 is left to the host. The image holds the binary (debug
 # information stripped), the shared libraries ldd names for it, nats-server from .venv (or
 # MOCHI_NATS_SERVER), the CA certificates, /tmp, /data and an /etc/passwd naming the
 # non-root user 65532.
@@ -10,17 +14,25 @@ cd "$(dirname "$0")/.."
 
 binary=""
 tag=""
+target=cpu
 while [ $# -gt 0 ]; do
   case "$1" in
     --binary) binary="$2"; shift 2 ;;
     --tag) tag="$2"; shift 2 ;;
-    *) echo "image.sh: unknown argument $1 (use --binary PATH, --tag TAG)" >&2; exit 2 ;;
+    --cuda) target=cuda; shift ;;
+    *) echo "image.sh: unknown argument $1 (use --cuda, --binary PATH, --tag TAG)" >&2; exit 2 ;;
   esac
 done
 
+cuda_toolkit="${CUDA_TOOLKIT:-target/cuda-toolkit}"
 if [ -z "$binary" ]; then
-  cargo build --release --bin mochi >&2
-  binary=target/release/mochi
+  if [ "$target" = cuda ]; then
+    tools/build_cuda.sh --release --bin mochi --features cuda >&2
+    binary="${CUDA_TARGET_DIR:-target/cuda}/release/mochi"
+  else
+    cargo build --release --bin mochi >&2
+    binary=target/release/mochi
+  fi
 fi
 nats_server="${MOCHI_NATS_SERVER:-.venv/bin/nats-server}"
 [ -x "$nats_server" ] || { echo "image.sh: $nats_server missing: run scripts/install-deps.sh" >&2; exit 1; }
@@ -30,19 +42,38 @@ command -v docker >/dev/null || { echo "image.sh: docker is not installed" >&2; 
 version_line=$("$binary" --version)
 version=$(echo "$version_line" | awk '{print $2}')
 commit=$(echo "$version_line" | sed -n 's/.*(commit \(.*\))$/\1/p')
-tag="${tag:-mochi:${version}}"
+if [ "$target" = cuda ]; then
+  tag="${tag:-mochi:${version}-cuda}"
+else
+  tag="${tag:-mochi:${version}}"
+fi
 
 stage=target/image
 rm -rf "$stage"
-mkdir -p "$stage/rootfs/usr/local/bin" "$stage/rootfs/etc" "$stage/rootfs/tmp" "$stage/data"
+mkdir -p "$stage/rootfs/usr/local/bin" "$stage/rootfs/etc" "$stage/rootfs/tmp" "$stage/data" "$stage/cuda"
 chmod 1777 "$stage/rootfs/tmp"
 cp "$binary" "$stage/rootfs/usr/local/bin/mochi"
 strip --strip-debug "$stage/rootfs/usr/local/bin/mochi"
 cp "$nats_server" "$stage/rootfs/usr/local/bin/nats-server"
-# The dynamic loader and every library the binary links, at the paths the loader expects.
-for lib in $(ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
-  cp -L --parents "$lib" "$stage/rootfs"
-done
+# The dynamic loader and every library the binary links, at the paths the loader expects;
+# for the CUDA build, the CUDA runtime libraries (resolved in the toolkit build_cuda.sh
+# assembled) go to cuda/ (/usr/local/cuda/lib64 in the image), and libcuda.so.1 (the
+# driver's) is not copied.
+libs=$(LD_LIBRARY_PATH="$cuda_toolkit/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ldd "$binary" \
+  | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3} $1 ~ /^\// {print $1, $1}')
+while read -r name path; do
+  case "$name" in
+    libcuda.so*) ;;
+    libcudart.so*|libcublas.so*|libcublasLt.so*|libcurand.so*|libnvrtc*|libnvJitLink*)
+      [ "$target" = cuda ] || { echo "image.sh: $binary links $name: build the cuda target (--cuda)" >&2; exit 1; }
+      cp -L "$path" "$stage/cuda/$name" ;;
+    *) cp -L --parents "$path" "$stage/rootfs" ;;
+  esac
+done <<< "$libs"
+if [ "$target" = cuda ] && [ -z "$(ls "$stage/cuda")" ]; then
+  echo "image.sh: $binary links no CUDA library: was it built with --features cuda?" >&2
+  exit 1
+fi
 # The CA certificates of this machine, for the gateway's HTTPS fetches (the OIDC JWKS):
 # rustls-native-certs reads /etc/ssl/certs/ca-certificates.crt.
 if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
@@ -52,7 +83,7 @@ fi
 printf 'root:x:0:0::/:/nonexistent\nmochi:x:65532:65532::/data:/nonexistent\n' > "$stage/rootfs/etc/passwd"
 printf 'root:x:0:\nmochi:x:65532:\n' > "$stage/rootfs/etc/group"
 
-docker build --quiet -f Dockerfile \
+docker build --quiet -f Dockerfile --target "$target" \
   --build-arg "VERSION=${version}" --build-arg "COMMIT=${commit}" \
   -t "$tag" "$stage" >&2
 echo "$tag"

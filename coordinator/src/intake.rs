@@ -191,7 +191,6 @@ fn record_for(state: &IntakeState, message: &async_nats::jetstream::Message) -> 
         .map(|info| info.stream_sequence)
         .unwrap_or_default();
     let job_id = job_id_for(&tenant, &request, message_id.as_deref(), sequence);
-    let seed = request.spec.seed.unwrap_or_else(|| seed_from(job_id));
     let now = now_ms();
     let (shape, rejection) = match request.spec.validate(&state.config.limits) {
         _ if unreadable.is_some() => (JobShape::new(1, 1, 16, 16, 1, false), unreadable),
@@ -205,18 +204,14 @@ fn record_for(state: &IntakeState, message: &async_nats::jetstream::Message) -> 
             (JobShape::new(1, 1, 16, 16, 1, false), Some(failure))
         }
     };
-    let mut record = JobRecord::queued(
+    let mut record = JobRecord::from_submission(
         job_id,
         tenant,
-        request.spec,
+        request,
         shape,
-        seed,
         state.config.max_attempts,
         now,
     );
-    record.idempotency_key = request.idempotency_key;
-    record.remixed_from = request.remixed_from;
-    record.webhook = request.webhook;
     if let Some(failure) = rejection {
         tracing::info!(%job_id, code = %failure.code, "submission refused at intake");
         record = record
@@ -323,12 +318,6 @@ pub(crate) fn job_id_for(
     }
 }
 
-/// A seed derived from the job id, so that a redelivered submission gets the same one.
-fn seed_from(job_id: JobId) -> u64 {
-    let bits = job_id.0.as_u128();
-    (bits as u64) ^ ((bits >> 64) as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,7 +382,7 @@ mod tests {
     #[test]
     fn seed_is_stable_per_job() {
         let id = JobId::new();
-        assert_eq!(seed_from(id), seed_from(id));
-        assert_ne!(seed_from(id), seed_from(JobId::new()));
+        assert_eq!(JobRecord::seed_for(id), JobRecord::seed_for(id));
+        assert_ne!(JobRecord::seed_for(id), JobRecord::seed_for(JobId::new()));
     }
 }

@@ -542,37 +542,50 @@ impl JobStore {
         event: &JobEvent,
         now_ms: u64,
     ) -> Result<JobRecord, StoreError> {
-        let mut refused = None;
-        let changed = self
-            .update(job_id, |record| match record.apply(event, now_ms) {
-                Ok(next) => Some(next),
-                Err(error) => {
-                    refused = Some(error);
-                    None
-                }
-            })
-            .await?;
-        match (changed, refused) {
-            (Some((_, next)), _) => Ok(next),
-            (None, Some(error)) => Err(error.into()),
-            (None, None) => Err(StoreError::Contended(job_id)),
+        match self
+            .try_update(job_id, |record| record.apply(event, now_ms).map(Some))
+            .await
+        {
+            Ok(Some(updated)) => Ok(updated.after),
+            Ok(None) => Err(StoreError::Contended(job_id)),
+            Err(CasError::Store(error)) => Err(error),
+            Err(CasError::Refused(error)) => Err(error.into()),
         }
     }
 
     /// Stores `change` of the current record by compare-and-set, re-reading and changing
-    /// again when another writer got there first; returns the record before and after, or
-    /// `None` when `change` declines (returns `None`) for the record as it is now.
+    /// again when another writer got there first; `None` when `change` declines (returns
+    /// `None`) for the record as it is now.
     pub async fn update(
         &self,
         job_id: JobId,
         mut change: impl FnMut(&JobRecord) -> Option<JobRecord>,
-    ) -> Result<Option<(JobRecord, JobRecord)>, StoreError> {
+    ) -> Result<Option<Updated>, StoreError> {
+        self.try_update(job_id, |record| {
+            Ok::<_, std::convert::Infallible>(change(record))
+        })
+        .await
+        .map_err(|error| match error {
+            CasError::Store(error) => error,
+            CasError::Refused(never) => match never {},
+        })
+    }
+
+    /// The one compare-and-set loop on job records: reads the record, asks `change` for its
+    /// successor (`Ok(None)`: leave it, `Err`: give up with that refusal), and writes it only
+    /// if nobody wrote since the read; else reads and asks again, at most
+    /// `MAX_CAS_RETRIES` times (then [`StoreError::Contended`]).
+    pub async fn try_update<E>(
+        &self,
+        job_id: JobId,
+        mut change: impl FnMut(&JobRecord) -> Result<Option<JobRecord>, E>,
+    ) -> Result<Option<Updated>, CasError<E>> {
         for _ in 0..MAX_CAS_RETRIES {
             let (record, revision) = self
                 .get(job_id)
                 .await?
                 .ok_or(StoreError::NotFound(job_id))?;
-            let Some(next) = change(&record) else {
+            let Some(next) = change(&record).map_err(CasError::Refused)? else {
                 return Ok(None);
             };
             let bytes =
@@ -582,16 +595,45 @@ impl JobStore {
                 .update(job_id.to_string(), bytes.into(), revision)
                 .await
             {
-                Ok(_) => return Ok(Some((record, next))),
+                Ok(revision) => {
+                    return Ok(Some(Updated {
+                        before: record,
+                        after: next,
+                        revision,
+                    }));
+                }
                 Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(error) => {
                     return Err(StoreError::Nats {
                         job_id,
                         source: Box::new(error),
-                    });
+                    }
+                    .into());
                 }
             }
         }
-        Err(StoreError::Contended(job_id))
+        Err(StoreError::Contended(job_id).into())
     }
+}
+
+/// A job record changed by compare-and-set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Updated {
+    /// The record the change was made to.
+    pub before: JobRecord,
+    /// The record as written.
+    pub after: JobRecord,
+    /// The KV revision the write created (a watch has caught up with it once it saw it).
+    pub revision: u64,
+}
+
+/// Why [`JobStore::try_update`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum CasError<E> {
+    /// Reading or writing the record failed (absent, unreadable, contended, NATS).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The change refused the record as it is now.
+    #[error("the change was refused")]
+    Refused(E),
 }

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::WireMessage;
-use crate::ids::{JobId, NodeId};
-use crate::record::{JobState, ResumePoint};
+use crate::ids::{JobId, NodeId, TenantId};
+use crate::record::{JobRecord, JobState, ResumePoint};
 use crate::shape::JobShape;
 use crate::spec::JobSpec;
 
@@ -30,6 +30,35 @@ pub struct SubmitRequest {
     /// checked again, against server-side request forgery, at each delivery).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<crate::record::Webhook>,
+}
+
+impl JobRecord {
+    /// The `queued` record of a submission taken in as job `id` of `tenant`: its spec,
+    /// idempotency key, remix source and webhook, and the seed it asked for or else
+    /// [`JobRecord::seed_for`] its id (so that a redelivered submission gets the same one).
+    /// Every writer that creates a record from a submission (the intake, the gateway's
+    /// cancel of a job not taken in yet) builds it here.
+    pub fn from_submission(
+        id: JobId,
+        tenant: TenantId,
+        request: SubmitRequest,
+        shape: JobShape,
+        max_attempts: u32,
+        now_ms: u64,
+    ) -> Self {
+        let seed = request.spec.seed.unwrap_or_else(|| Self::seed_for(id));
+        let mut record = Self::queued(id, tenant, request.spec, shape, seed, max_attempts, now_ms);
+        record.idempotency_key = request.idempotency_key;
+        record.remixed_from = request.remixed_from;
+        record.webhook = request.webhook;
+        record
+    }
+
+    /// The seed of job `id` when its submission names none: derived from the id.
+    pub fn seed_for(id: JobId) -> u64 {
+        let bits = id.0.as_u128();
+        (bits as u64) ^ ((bits >> 64) as u64)
+    }
 }
 
 /// The coordinator places a job on a slot (request/reply on `mochi.node.<node>.assign`).

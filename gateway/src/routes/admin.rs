@@ -1,11 +1,11 @@
 //! `/v1/admin/dead`: dead letters (jobs whose retries ran out, copied to `MOCHI_DLQ` with
 //! their history) and their re-drive, across tenants; admin credentials only.
 
-use async_nats::jetstream::kv::UpdateErrorKind;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use protocol::api::{JobError, JobView};
+use protocol::jetstream::{CasError, StoreError};
 use protocol::record::TransitionError;
 use protocol::{ErrorCode, JobEvent, JobId, JobRecord, JobState, codec, now_ms};
 use serde::{Deserialize, Serialize};
@@ -13,13 +13,11 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{AUDIT, Action, Caller};
 use crate::error::ApiError;
 use crate::openapi::Errors;
-use crate::routes::videos::JobPath;
+use crate::routes::videos::{JobPath, store_error};
 use crate::state::AppState;
 
 /// Dead letters listed at most per request.
 const MAX_LIST: usize = 1_000;
-/// Most compare-and-set rounds a re-drive tries before answering 503.
-const MAX_REDRIVE_TRIES: u32 = 16;
 
 /// `GET /v1/admin/dead` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -124,38 +122,36 @@ pub async fn redrive(
     JobPath(job_id): JobPath,
 ) -> Result<Json<JobView>, ApiError> {
     caller.require(Action::Admin)?;
-    let jobs = &state.resources.jobs;
-    for _ in 0..MAX_REDRIVE_TRIES {
-        let (record, revision) = match jobs.get(job_id).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return Err(ApiError::job_not_found(job_id)),
-            Err(error) => return Err(ApiError::internal("read job record", &error)),
-        };
-        let next = match record.apply(&JobEvent::Redriven, now_ms()) {
-            Ok(next) => next,
-            Err(TransitionError::Illegal { state, .. }) => {
-                return Err(ApiError::new(
+    let redriven = state
+        .resources
+        .jobs
+        .try_update(job_id, |record| {
+            if record.deleted_at_ms.is_some() {
+                return Err(ApiError::job_not_found(job_id));
+            }
+            match record.apply(&JobEvent::Redriven, now_ms()) {
+                Ok(next) => Ok(Some(next)),
+                Err(TransitionError::Illegal { state, .. }) => Err(ApiError::new(
                     ErrorCode::Conflict,
                     format!("job {job_id} is {state}, not dead; only dead jobs are re-driven"),
-                ));
+                )),
+                Err(error) => Err(ApiError::internal("re-drive job", &error)),
             }
-            Err(error) => return Err(ApiError::internal("re-drive job", &error)),
-        };
-        let bytes = codec::encode(&next).map_err(|e| ApiError::internal("encode record", &e))?;
-        match jobs
-            .kv
-            .update(job_id.to_string(), bytes.into(), revision)
-            .await
-        {
-            Ok(_) => {
-                tracing::warn!(target: AUDIT, event = "job_redriven", %job_id, tenant = %next.tenant, key_id = %caller.id, "dead job re-driven by an admin");
-                return Ok(Json(JobView::from_record(&next)));
-            }
-            Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => continue,
-            Err(error) => return Err(ApiError::internal("write job record", &error)),
+        })
+        .await;
+    let next = match redriven {
+        Ok(Some(updated)) => updated.after,
+        Ok(None) | Err(CasError::Store(StoreError::NotFound(_))) => {
+            return Err(ApiError::job_not_found(job_id));
         }
-    }
-    Err(ApiError::unavailable(format!(
-        "job {job_id} is changing too fast to re-drive; retry"
-    )))
+        Err(CasError::Refused(error)) => return Err(error),
+        Err(CasError::Store(StoreError::Contended(_))) => {
+            return Err(ApiError::unavailable(format!(
+                "job {job_id} is changing too fast to re-drive; retry"
+            )));
+        }
+        Err(CasError::Store(error)) => return Err(store_error(job_id, error)),
+    };
+    tracing::warn!(target: AUDIT, event = "job_redriven", %job_id, tenant = %next.tenant, key_id = %caller.id, "dead job re-driven by an admin");
+    Ok(Json(JobView::from_record(&next)))
 }

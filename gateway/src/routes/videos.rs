@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::kv::UpdateErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use axum::Json;
@@ -16,10 +15,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use protocol::api::{JobView, VideoDeleted, VideoList, VideoStatus};
-use protocol::jetstream::StoreError;
+use protocol::jetstream::{CasError, StoreError, Updated};
 use protocol::messages::{Cancel, SubmitRequest};
 use protocol::record::TransitionError;
-use protocol::{ErrorCode, JobEvent, JobId, JobRecord, JobSpec, codec, names, now_ms};
+use protocol::{ErrorCode, JobEvent, JobId, JobRecord, JobSpec, TenantId, codec, names, now_ms};
 
 use crate::auth::{AUDIT, Action, Caller, Principal};
 use crate::error::ApiError;
@@ -284,24 +283,32 @@ async fn stored_entry(
     state: &AppState,
     job_id: JobId,
 ) -> Result<Option<(JobRecord, u64)>, ApiError> {
-    match state.resources.jobs.get(job_id).await {
-        Ok(found) => Ok(found),
-        Err(error @ StoreError::Nats { .. }) => {
+    state
+        .resources
+        .jobs
+        .get(job_id)
+        .await
+        .map_err(|error| store_error(job_id, error))
+}
+
+/// The answer to a failed read or write of job `job_id`'s record: 503 while NATS is
+/// unreachable, 500 naming an unreadable record (logged with its key).
+pub(crate) fn store_error(job_id: JobId, error: StoreError) -> ApiError {
+    match error {
+        error @ StoreError::Nats { .. } => {
             tracing::warn!(%job_id, %error, "job store unreachable");
-            Err(ApiError::unavailable(
-                "the job store is unreachable; retry shortly",
-            ))
+            ApiError::unavailable("the job store is unreachable; retry shortly")
         }
-        Err(error @ StoreError::Codec { .. }) => {
+        error @ StoreError::Codec { .. } => {
             tracing::error!(%job_id, key = %job_id, %error, "unreadable job record");
-            Err(ApiError::new(
+            ApiError::new(
                 ErrorCode::Internal,
                 format!(
                     "the stored record of job {job_id} cannot be read (damaged, or written by another version); the operators have it in the logs"
                 ),
-            ))
+            )
         }
-        Err(error) => Err(ApiError::internal("read job record", &error)),
+        error => ApiError::internal("write job record", &error),
     }
 }
 
@@ -603,8 +610,8 @@ pub async fn delete(
             })
             .await;
         match tombstoned {
-            Ok(Some((before, _))) => {
-                deleted = Some(before);
+            Ok(Some(updated)) => {
+                deleted = Some(updated.before);
                 break;
             }
             Ok(None) | Err(StoreError::NotFound(_)) => {}
@@ -864,35 +871,78 @@ async fn cancel_record(
     caller: &Principal,
     job_id: JobId,
 ) -> Result<Option<(JobRecord, JobRecord)>, ApiError> {
-    let jobs = &state.resources.jobs;
-    for _ in 0..MAX_CANCEL_TRIES {
-        let Some((before, revision)) = tenant_entry(state, caller, job_id).await? else {
-            return Ok(None);
-        };
-        let after = match before.apply(&JobEvent::CancelRequested, now_ms()) {
-            Ok(after) => after,
-            Err(TransitionError::Illegal { state, .. }) => {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    format!("job {job_id} already ended {state}; there is nothing to cancel"),
-                ));
-            }
-            Err(error) => return Err(ApiError::internal("cancel job", &error)),
-        };
-        let bytes = codec::encode(&after).map_err(|e| ApiError::internal("encode record", &e))?;
-        match jobs
-            .kv
-            .update(job_id.to_string(), bytes.into(), revision)
-            .await
-        {
-            Ok(_) => return Ok(Some((before, after))),
-            Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => continue,
-            Err(error) => return Err(ApiError::internal("write job record", &error)),
-        }
+    let cancelled = state
+        .resources
+        .jobs
+        .try_update(job_id, |record| {
+            tenant_change(record, caller, |record| {
+                match record.apply(&JobEvent::CancelRequested, now_ms()) {
+                    Ok(after) => Ok(after),
+                    Err(TransitionError::Illegal { state, .. }) => Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("job {job_id} already ended {state}; there is nothing to cancel"),
+                    )),
+                    Err(error) => Err(ApiError::internal("cancel job", &error)),
+                }
+            })
+        })
+        .await;
+    match tenant_update(caller, job_id, cancelled, "cancel")? {
+        Some(updated) => Ok(Some((updated.before, updated.after))),
+        None => Ok(None),
     }
-    Err(ApiError::unavailable(format!(
-        "job {job_id} is changing too fast to cancel; retry"
-    )))
+}
+
+/// Why a change of a job record on behalf of a tenant did not happen.
+pub(crate) enum TenantRefusal {
+    /// The job is deleted: it reads as absent.
+    Deleted,
+    /// The job is another tenant's (named): it reads as absent, and the attempt is audited.
+    OtherTenant(TenantId),
+    /// The change itself refused the record, with the answer to give.
+    Refused(ApiError),
+}
+
+/// `change` of `record` when it is a live job of the caller's tenant, for
+/// [`protocol::jetstream::JobStore::try_update`].
+pub(crate) fn tenant_change(
+    record: &JobRecord,
+    caller: &Principal,
+    change: impl FnOnce(&JobRecord) -> Result<JobRecord, ApiError>,
+) -> Result<Option<JobRecord>, TenantRefusal> {
+    if record.deleted_at_ms.is_some() {
+        return Err(TenantRefusal::Deleted);
+    }
+    if record.tenant != caller.tenant {
+        return Err(TenantRefusal::OtherTenant(record.tenant.clone()));
+    }
+    change(record).map(Some).map_err(TenantRefusal::Refused)
+}
+
+/// The answer to a compare-and-set made with [`tenant_change`]: the change, `None` for a job
+/// the caller cannot see (absent, deleted, another tenant's), or the error to answer with
+/// (`doing` names the operation in a contended job's 503).
+pub(crate) fn tenant_update(
+    caller: &Principal,
+    job_id: JobId,
+    outcome: Result<Option<Updated>, CasError<TenantRefusal>>,
+    doing: &str,
+) -> Result<Option<Updated>, ApiError> {
+    match outcome {
+        Ok(updated) => Ok(updated),
+        Err(
+            CasError::Refused(TenantRefusal::Deleted) | CasError::Store(StoreError::NotFound(_)),
+        ) => Ok(None),
+        Err(CasError::Refused(TenantRefusal::OtherTenant(owner))) => {
+            tracing::warn!(target: AUDIT, event = "cross_tenant_refused", %job_id, tenant = %caller.tenant, key_id = %caller.id, %owner, "another tenant's job asked for; answered 404");
+            Ok(None)
+        }
+        Err(CasError::Refused(TenantRefusal::Refused(error))) => Err(error),
+        Err(CasError::Store(StoreError::Contended(_))) => Err(ApiError::unavailable(format!(
+            "job {job_id} is changing too fast to {doing}; retry"
+        ))),
+        Err(CasError::Store(error)) => Err(store_error(job_id, error)),
+    }
 }
 
 /// Writes the record of a submission the intake has not taken in yet, already cancelled
@@ -908,24 +958,8 @@ async fn create_cancelled_record(
         // The intake will record it as rejected; until then there is no job to show.
         return Err(ApiError::job_not_found(job_id));
     };
-    // The seed the intake would pick; it never matters for a job cancelled before it ran.
-    let bits = job_id.0.as_u128();
-    let seed = request
-        .spec
-        .seed
-        .unwrap_or((bits as u64) ^ ((bits >> 64) as u64));
-    let mut queued = JobRecord::queued(
-        job_id,
-        caller.tenant.clone(),
-        request.spec,
-        shape,
-        seed,
-        1,
-        at_ms,
-    );
-    queued.idempotency_key = request.idempotency_key;
-    queued.remixed_from = request.remixed_from;
-    queued.webhook = request.webhook;
+    let queued =
+        JobRecord::from_submission(job_id, caller.tenant.clone(), request, shape, 1, at_ms);
     let cancelled = queued
         .apply(&JobEvent::CancelRequested, now_ms())
         .map_err(|e| ApiError::internal("cancel a new record", &e))?;
