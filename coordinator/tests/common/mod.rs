@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use futures::StreamExt;
-use protocol::config::NatsConfig;
-use protocol::jetstream::{Resources, ensure_resources};
+use protocol::jetstream::Resources;
 use protocol::messages::{Assign, AssignReply, NodeHeartbeat, SlotJob, SlotReport, SubmitRequest};
 use protocol::record::{Progress, VideoResult};
 use protocol::{JobEvent, JobId, JobRecord, NodeId, codec, names, now_ms};
@@ -25,17 +24,7 @@ pub struct Nats {
 }
 
 pub async fn nats() -> Nats {
-    let server = testkit::NatsServer::start();
-    let config = NatsConfig {
-        url: server.url().to_owned(),
-        ..Default::default()
-    };
-    let client = protocol::jetstream::connect(&config, "coordinator-test")
-        .await
-        .unwrap();
-    let resources = ensure_resources(client.clone(), &config.jetstream)
-        .await
-        .unwrap();
+    let (server, client, resources) = testkit::jetstream("coordinator-test").await;
     Nats {
         server,
         client,

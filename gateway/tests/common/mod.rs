@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use gateway::{AppState, Config};
 use http_body_util::BodyExt;
-use protocol::jetstream::{Resources, connect, ensure_resources};
+use protocol::jetstream::Resources;
 use protocol::messages::{NodeHeartbeat, SlotReport};
 use protocol::{NodeId, codec};
 use serde::de::DeserializeOwned;
@@ -22,16 +22,7 @@ pub struct Gateway {
 /// Starts a nats-server (killed when the returned server drops), connects to it and
 /// creates the JetStream resources.
 pub async fn nats() -> (testkit::NatsServer, async_nats::Client, Resources) {
-    let server = testkit::NatsServer::start();
-    let nats = protocol::config::NatsConfig {
-        url: server.url().to_owned(),
-        ..Default::default()
-    };
-    let client = connect(&nats, "test").await.unwrap();
-    let resources = Box::pin(ensure_resources(client.clone(), &nats.jetstream))
-        .await
-        .unwrap();
-    (server, client, resources)
+    testkit::jetstream("test").await
 }
 
 /// Starts a nats-server, creates the JetStream resources and the gateway's state on them

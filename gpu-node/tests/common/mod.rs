@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use gpu_node::Config;
 use gpu_node::config::BackendKind;
-use protocol::jetstream::{Resources, connect, ensure_resources};
+use protocol::jetstream::Resources;
 use protocol::messages::{Assign, AssignReply};
 use protocol::record::{JobEvent, Lease};
 use protocol::{
@@ -26,15 +26,7 @@ pub struct Nats {
 
 /// Starts a nats-server and creates the JetStream resources on it.
 pub async fn nats() -> Nats {
-    let server = testkit::NatsServer::start();
-    let config = protocol::config::NatsConfig {
-        url: server.url().to_owned(),
-        ..Default::default()
-    };
-    let client = connect(&config, "test").await.unwrap();
-    let resources = ensure_resources(client.clone(), &config.jetstream)
-        .await
-        .unwrap();
+    let (server, client, resources) = testkit::jetstream("test").await;
     Nats {
         server,
         client,

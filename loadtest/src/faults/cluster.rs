@@ -223,7 +223,7 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err_log));
-        die_with_parent(&mut command);
+        nats_process::die_with_parent(&mut command);
         let child = command.spawn().map_err(|error| {
             FaultError::Startup(format!("cannot start {}: {error}", which.name()))
         })?;
@@ -295,19 +295,3 @@ impl Drop for Cluster {
         self.shutdown();
     }
 }
-
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn die_with_parent(command: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
-    // which is async-signal-safe; it allocates nothing and takes no locks.
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_parent(_command: &mut Command) {}

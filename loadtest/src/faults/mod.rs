@@ -13,7 +13,7 @@ pub mod check;
 pub mod cluster;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -715,14 +715,5 @@ async fn watch_slots(resources: Resources, freed: Freed) {
 
 /// Finds `nats-server`: `MOCHI_NATS_SERVER`, then `.venv/bin/nats-server`, then `PATH`.
 pub fn find_nats_server() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("MOCHI_NATS_SERVER") {
-        return Some(PathBuf::from(path));
-    }
-    let venv = PathBuf::from(".venv/bin/nats-server");
-    if venv.is_file() {
-        return Some(venv);
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join("nats-server"))
-        .find(|candidate| candidate.is_file())
+    nats_process::find_binary(None, &[Path::new(".")])
 }
