@@ -210,7 +210,7 @@ async fn a_short_job_takes_the_only_slot_at_a_step_boundary_and_the_long_job_res
         checkpoint: None,
         resume_latent: None,
     };
-    let reference = backend.run(&whole, &mut Continue).unwrap();
+    let reference = backend.run(&whole, &mut Continue).unwrap().video().unwrap();
     assert_eq!(
         stored,
         gpu_node::mp4::encode(&reference, &video_config).unwrap()

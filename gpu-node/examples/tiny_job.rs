@@ -57,7 +57,11 @@ fn run(name: &str, backend: &dyn Backend, job: &BackendJob) {
         steps: Vec::new(),
         decoded: Vec::new(),
     };
-    let video = backend.run(job, &mut times).expect("run");
+    let video = backend
+        .run(job, &mut times)
+        .expect("run")
+        .video()
+        .expect("a video: nothing asked it to pause");
     let generated = started.elapsed();
     if let (Ok(path), Some(first)) = (std::env::var("TINY_JOB_PPM"), video.frames.first()) {
         // The first frame as a binary PPM, to look at.

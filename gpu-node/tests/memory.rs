@@ -49,7 +49,7 @@ fn fifty_consecutive_jobs_leave_memory_at_its_baseline() {
             checkpoint: None,
             resume_latent: None,
         };
-        let video = backend.run(&job, &mut Continue).unwrap();
+        let video = backend.run(&job, &mut Continue).unwrap().video().unwrap();
         let mp4 = gpu_node::mp4::encode(&video, &VideoConfig::default()).unwrap();
         assert!(!mp4.is_empty());
         drop((video, mp4));

@@ -78,7 +78,11 @@ impl StepObserver for Recorder {
 }
 
 fn mp4(backend: &MochiBackend, job: &BackendJob) -> Vec<u8> {
-    let video = backend.run(job, &mut Recorder::default()).unwrap();
+    let video = backend
+        .run(job, &mut Recorder::default())
+        .unwrap()
+        .video()
+        .unwrap();
     gpu_node::mp4::encode(&video, &VideoConfig::default()).unwrap()
 }
 
@@ -107,7 +111,11 @@ fn same_seed_gives_the_same_mp4_and_another_seed_differs() {
 fn progress_comes_after_every_step_and_every_decoded_chunk() {
     let (_dir, backend) = backend(MochiOptions::default());
     let mut recorder = Recorder::default();
-    let video = backend.run(&job(1, 3, 4.5), &mut recorder).unwrap();
+    let video = backend
+        .run(&job(1, 3, 4.5), &mut recorder)
+        .unwrap()
+        .video()
+        .unwrap();
     assert_eq!(recorder.steps, vec![(1, 3), (2, 3), (3, 3)]);
     // 7 frames = 2 latent frames, decoded one at a time.
     assert_eq!(recorder.decoded, vec![(1, 2), (2, 2)]);

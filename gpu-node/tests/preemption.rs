@@ -11,9 +11,7 @@ use candle_core::Device;
 use futures::StreamExt;
 use gpu_node::backend::mochi::{MochiBackend, MochiOptions};
 use gpu_node::backend::simulated::SimulatedBackend;
-use gpu_node::backend::{
-    Backend, BackendError, BackendJob, Control, LatentCheckpoint, StepObserver,
-};
+use gpu_node::backend::{Backend, BackendJob, Control, LatentCheckpoint, StepObserver};
 use gpu_node::config::VideoConfig;
 use gpu_node::model_dir::tiny;
 use protocol::jetstream::Resources;
@@ -182,7 +180,7 @@ async fn a_job_paused_on_the_node_resumes_from_its_step_with_the_same_mp4_bytes(
         time_scale: 0.0,
         ..Default::default()
     });
-    let reference = backend.run(&whole, &mut Continue).unwrap();
+    let reference = backend.run(&whole, &mut Continue).unwrap().video().unwrap();
     let reference = gpu_node::mp4::encode(&reference, &video_config).unwrap();
     assert_eq!(stored, reference);
 
@@ -241,7 +239,7 @@ fn the_tiny_mochi_paused_after_step_k_and_resumed_from_its_saved_latent_makes_th
         resume_latent: None,
     };
     let video = VideoConfig::default();
-    let uninterrupted = backend.run(&job, &mut Continue).unwrap();
+    let uninterrupted = backend.run(&job, &mut Continue).unwrap().video().unwrap();
     let uninterrupted_mp4 = gpu_node::mp4::encode(&uninterrupted, &video).unwrap();
 
     for k in [1, 3] {
@@ -249,7 +247,7 @@ fn the_tiny_mochi_paused_after_step_k_and_resumed_from_its_saved_latent_makes_th
             at: k,
             steps: Vec::new(),
         };
-        let Err(BackendError::Paused(paused)) = backend.run(&job, &mut observer) else {
+        let Some(paused) = backend.run(&job, &mut observer).unwrap().paused() else {
             panic!("the run should pause after step {k}");
         };
         assert_eq!(observer.steps, (1..=k).collect::<Vec<_>>());
@@ -268,7 +266,11 @@ fn the_tiny_mochi_paused_after_step_k_and_resumed_from_its_saved_latent_makes_th
             at: u32::MAX,
             steps: Vec::new(),
         };
-        let frames = backend.run(&resumed, &mut observer).unwrap();
+        let frames = backend
+            .run(&resumed, &mut observer)
+            .unwrap()
+            .video()
+            .unwrap();
         assert_eq!(observer.steps, (k + 1..=5).collect::<Vec<_>>());
         assert_eq!(frames, uninterrupted, "paused after step {k}");
         assert_eq!(
@@ -282,5 +284,8 @@ fn the_tiny_mochi_paused_after_step_k_and_resumed_from_its_saved_latent_makes_th
         at: 5,
         steps: Vec::new(),
     };
-    assert_eq!(backend.run(&job, &mut late).unwrap(), uninterrupted);
+    assert_eq!(
+        backend.run(&job, &mut late).unwrap().video().unwrap(),
+        uninterrupted
+    );
 }

@@ -16,7 +16,8 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 
 use super::{
-    Backend, BackendError, BackendJob, Control, LatentCheckpoint, PausedState, StepObserver, Video,
+    Backend, BackendError, BackendJob, Control, LatentCheckpoint, Outcome, PausedState,
+    StepObserver, Video,
 };
 use crate::model::AsymmDiT;
 use crate::model::vae::VaeDecoder;
@@ -211,7 +212,7 @@ impl MochiBackend {
         job: &BackendJob,
         observer: &mut dyn StepObserver,
         resume: Option<(Tensor, usize)>,
-    ) -> Result<Tensor, BackendError> {
+    ) -> Result<Denoised, BackendError> {
         let shape = &job.shape;
         let (cond, uncond) = self
             .encode_text(&job.spec.prompt, &job.spec.negative_prompt, shape.cfg)
@@ -281,12 +282,12 @@ impl MochiBackend {
                     .map_err(from_candle)?,
             };
             tracing::info!(job_id = %job.job_id, attempt = job.attempt, steps_done, "paused at a step boundary");
-            return Err(BackendError::Paused(Box::new(PausedState {
+            return Ok(Denoised::Paused(PausedState {
                 steps_done,
                 latent: Some(latent),
-            })));
+            }));
         }
-        Ok(latents)
+        Ok(Denoised::Latents(latents))
     }
 
     /// The denoised latents: from an earlier attempt's checkpoint when it has the job's
@@ -296,7 +297,7 @@ impl MochiBackend {
         &self,
         job: &BackendJob,
         observer: &mut dyn StepObserver,
-    ) -> Result<Tensor, BackendError> {
+    ) -> Result<Denoised, BackendError> {
         let shape = &job.shape;
         let dims = vec![
             1,
@@ -311,6 +312,7 @@ impl MochiBackend {
                 return Err(BackendError::Stopped);
             }
             return Tensor::from_vec(checkpoint.values.clone(), dims, &self.device)
+                .map(Denoised::Latents)
                 .map_err(from_candle);
         }
         if let Some(checkpoint) = &job.checkpoint {
@@ -331,7 +333,10 @@ impl MochiBackend {
             }
             (None, _) => None,
         };
-        let latents = self.denoise(job, observer, resume)?;
+        let latents = match self.denoise(job, observer, resume)? {
+            Denoised::Latents(latents) => latents,
+            paused @ Denoised::Paused(_) => return Ok(paused),
+        };
         let values = latents
             .flatten_all()
             .and_then(|flat| flat.to_vec1::<f32>())
@@ -339,7 +344,7 @@ impl MochiBackend {
         if observer.on_denoised(&LatentCheckpoint { dims, values }) == Control::Stop {
             return Err(BackendError::Stopped);
         }
-        Ok(latents)
+        Ok(Denoised::Latents(latents))
     }
 
     /// Streams the latents through the VAE decoder `decode_chunk_frames` latent frames at
@@ -377,10 +382,13 @@ impl MochiBackend {
         &self,
         job: &BackendJob,
         observer: &mut dyn StepObserver,
-    ) -> Result<Video, BackendError> {
+    ) -> Result<Outcome, BackendError> {
         self.check_job(job)?;
         let started = Instant::now();
-        let latents = self.latents(job, observer)?;
+        let latents = match self.latents(job, observer)? {
+            Denoised::Latents(latents) => latents,
+            Denoised::Paused(state) => return Ok(Outcome::Paused(state)),
+        };
         let denoised = started.elapsed();
         let frames = self.decode(&latents, observer)?;
         drop(latents);
@@ -401,13 +409,19 @@ impl MochiBackend {
             decode_ms = (started.elapsed() - denoised).as_millis() as u64,
             "mochi job generated"
         );
-        Ok(Video {
+        Ok(Outcome::Finished(Video {
             width: shape.width,
             height: shape.height,
             fps: shape.fps,
             frames,
-        })
+        }))
     }
+}
+
+/// Where denoising ended: the denoised latents, or paused at a step boundary.
+enum Denoised {
+    Latents(Tensor),
+    Paused(PausedState),
 }
 
 impl Backend for MochiBackend {
@@ -442,7 +456,7 @@ impl Backend for MochiBackend {
         &self,
         job: &BackendJob,
         observer: &mut dyn StepObserver,
-    ) -> Result<Video, BackendError> {
+    ) -> Result<Outcome, BackendError> {
         let outcome = self.generate(job, observer);
         // Every tensor of the job was created in `generate` and is dropped by now; wait for
         // the device so the next job (and the memory report) starts from a quiet device.

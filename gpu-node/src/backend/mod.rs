@@ -91,8 +91,9 @@ pub enum Control {
     Continue,
     /// Stop at this step boundary (cancelled, fenced out, shutting down).
     Stop,
-    /// Pause at this step boundary (preempted for another job): stop and hand back the
-    /// job's state ([`BackendError::Paused`]) so that it can resume from here. Only honoured
+    /// Pause at this step boundary (preempted for another job, or the node shutting down):
+    /// stop and hand back the job's state ([`Outcome::Paused`]) so that it can resume from
+    /// here. Only honoured
     /// while denoising; once denoising is done the run goes on as with `Continue`.
     Pause,
 }
@@ -137,15 +138,39 @@ pub struct Video {
     pub frames: Vec<Vec<u8>>,
 }
 
-/// Why a backend run ended without a video.
+/// How a backend run that did not fail ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The video.
+    Finished(Video),
+    /// The observer asked to pause: the run stopped at a step boundary with this state.
+    Paused(PausedState),
+}
+
+impl Outcome {
+    /// The video of a finished run (`None`: it paused).
+    pub fn video(self) -> Option<Video> {
+        match self {
+            Self::Finished(video) => Some(video),
+            Self::Paused(_) => None,
+        }
+    }
+
+    /// The state of a paused run (`None`: it finished).
+    pub fn paused(self) -> Option<PausedState> {
+        match self {
+            Self::Finished(_) => None,
+            Self::Paused(state) => Some(state),
+        }
+    }
+}
+
+/// Why a backend run ended without a video or a paused state.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// The observer asked to stop.
     #[error("stopped at a step boundary")]
     Stopped,
-    /// The observer asked to pause: the run stopped at a step boundary with this state.
-    #[error("paused after step {}", .0.steps_done)]
-    Paused(Box<PausedState>),
     /// The device ran out of memory; another attempt (or another slot) may succeed.
     #[error("out of device memory: {0}")]
     OutOfMemory(String),
@@ -167,9 +192,7 @@ impl BackendError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::InvalidJob(_) => ErrorCode::InvalidField,
-            Self::Stopped | Self::Paused(_) | Self::OutOfMemory(_) | Self::Internal(_) => {
-                ErrorCode::JobFailed
-            }
+            Self::Stopped | Self::OutOfMemory(_) | Self::Internal(_) => ErrorCode::JobFailed,
         }
     }
 }
@@ -203,6 +226,9 @@ pub trait Backend: Send + Sync {
     }
 
     /// Runs one job, calling `observer` after every denoising step.
-    fn run(&self, job: &BackendJob, observer: &mut dyn StepObserver)
-    -> Result<Video, BackendError>;
+    fn run(
+        &self,
+        job: &BackendJob,
+        observer: &mut dyn StepObserver,
+    ) -> Result<Outcome, BackendError>;
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{
-    Backend, BackendError, BackendJob, Control, PausedState, StepObserver, Video, pattern,
+    Backend, BackendError, BackendJob, Control, Outcome, PausedState, StepObserver, pattern,
 };
 use crate::config::SimulatedConfig;
 
@@ -43,7 +43,7 @@ impl Backend for SimulatedBackend {
         &self,
         job: &BackendJob,
         observer: &mut dyn StepObserver,
-    ) -> Result<Video, BackendError> {
+    ) -> Result<Outcome, BackendError> {
         let total = job.shape.steps;
         let first = job
             .resume
@@ -57,21 +57,21 @@ impl Backend for SimulatedBackend {
                 Control::Stop => return Err(BackendError::Stopped),
                 // The pattern depends only on the job: the step index is all there is to save.
                 Control::Pause if step + 1 < total => {
-                    return Err(BackendError::Paused(Box::new(PausedState {
+                    return Ok(Outcome::Paused(PausedState {
                         steps_done: step + 1,
                         latent: None,
-                    })));
+                    }));
                 }
                 Control::Pause => {}
             }
         }
-        Ok(pattern::render(
+        Ok(Outcome::Finished(pattern::render(
             &job.job_id.to_string(),
             job.shape.width,
             job.shape.height,
             job.shape.num_frames,
             job.shape.fps,
-        ))
+        )))
     }
 }
 
@@ -122,7 +122,11 @@ mod tests {
             ..SimulatedConfig::default()
         });
         let mut observer = StopAfter(u32::MAX, Vec::new());
-        let video = backend.run(&job(5), &mut observer).expect("video");
+        let video = backend
+            .run(&job(5), &mut observer)
+            .expect("runs")
+            .video()
+            .expect("a video");
         assert_eq!(observer.1, vec![1, 2, 3, 4, 5]);
         assert_eq!(video.frames.len(), 7);
         assert_eq!(video.frames[0].len(), 64 * 64 * 3);
@@ -163,8 +167,8 @@ mod tests {
         let whole = job(5);
         let uninterrupted = backend
             .run(&whole, &mut StopAfter(u32::MAX, Vec::new()))
-            .expect("video");
-        let Err(BackendError::Paused(paused)) = backend.run(&whole, &mut PauseAt(2)) else {
+            .expect("runs");
+        let Some(paused) = backend.run(&whole, &mut PauseAt(2)).expect("runs").paused() else {
             panic!("the run should pause after step 2");
         };
         assert_eq!(paused.steps_done, 2);

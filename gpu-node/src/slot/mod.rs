@@ -26,7 +26,7 @@ use output::{
     store_video,
 };
 use stop::{StopFlag, StopReason};
-pub use worker::Encoded;
+pub use worker::{Encoded, Ran};
 use worker::{WorkItem, worker};
 
 /// Delay before a job failed on this node may be retried, ms.
@@ -102,7 +102,7 @@ pub enum GpuSlotMsg {
         /// The attempt.
         attempt: u32,
         /// The MP4 and its previews, or the failure.
-        outcome: Result<Encoded, BackendError>,
+        outcome: Result<Ran, BackendError>,
         /// Memory the device had in use after the job, when the backend measures it.
         memory_used_bytes: Option<u64>,
     },
@@ -533,7 +533,7 @@ async fn write(state: &GpuSlotState, job_id: JobId, event: &JobEvent) -> bool {
 async fn finish(
     job_id: JobId,
     attempt: u32,
-    outcome: Result<Encoded, BackendError>,
+    outcome: Result<Ran, BackendError>,
     state: &mut GpuSlotState,
 ) {
     let stop_reason = state
@@ -542,10 +542,10 @@ async fn finish(
         .map_or(StopReason::None, |r| r.stop.get());
     let elapsed = state.running.as_ref().map(|r| r.started.elapsed());
     let label = match (outcome, stop_reason) {
-        (Ok(encoded), _) => store_video(job_id, attempt, encoded, state).await,
+        (Ok(Ran::Encoded(encoded)), _) => store_video(job_id, attempt, encoded, state).await,
         (Err(BackendError::Stopped), StopReason::Abandon) => "abandoned",
-        (Err(BackendError::Paused(paused)), reason) if reason.pauses() => {
-            let label = paused_job(state, job_id, attempt, *paused).await;
+        (Ok(Ran::Paused(paused)), reason) => {
+            let label = paused_job(state, job_id, attempt, paused).await;
             if reason == StopReason::HandBack && label == "preempted" {
                 "handed_back"
             } else {

@@ -10,7 +10,10 @@ use ractor::ActorRef;
 
 use super::GpuSlotMsg;
 use super::stop::{StopFlag, StopReason};
-use crate::backend::{Backend, BackendError, BackendJob, Control, LatentCheckpoint, StepObserver};
+use crate::backend::{
+    Backend, BackendError, BackendJob, Control, LatentCheckpoint, Outcome, PausedState,
+    StepObserver,
+};
 use crate::config::VideoConfig;
 use crate::metrics;
 
@@ -26,6 +29,15 @@ pub struct Encoded {
     pub thumbnail: Vec<u8>,
     /// Evenly spaced frames in a grid, JPEG ([`crate::preview::spritesheet`]).
     pub spritesheet: Vec<u8>,
+}
+
+/// How a job that did not fail ended on the thread.
+#[derive(Debug)]
+pub enum Ran {
+    /// Generated and encoded, ready for upload.
+    Encoded(Encoded),
+    /// Paused at a step boundary with this state (preempted, or the node shutting down).
+    Paused(PausedState),
 }
 
 /// One job handed to the thread.
@@ -56,7 +68,7 @@ pub(super) fn worker(
             encoding_at = Some(Instant::now());
             let _ = slot.cast(GpuSlotMsg::EncodingStarted { job_id, attempt });
         });
-        if outcome.is_ok()
+        if matches!(outcome, Ok(Ran::Encoded(_)))
             && let Some(encoding_at) = encoding_at
         {
             record_phases(started, observer.denoised_at, encoding_at);
@@ -80,18 +92,21 @@ fn run_job(
     observer: &mut dyn StepObserver,
     video: &VideoConfig,
     encoding_started: impl FnOnce(),
-) -> Result<Encoded, BackendError> {
+) -> Result<Ran, BackendError> {
     let run = std::panic::AssertUnwindSafe(|| {
-        let frames = backend.run(job, observer)?;
+        let frames = match backend.run(job, observer)? {
+            Outcome::Finished(frames) => frames,
+            Outcome::Paused(state) => return Ok(Ran::Paused(state)),
+        };
         encoding_started();
         let internal = |error: &dyn std::error::Error| BackendError::Internal(with_causes(error));
         let mp4 = crate::mp4::encode(&frames, video).map_err(|e| internal(&e))?;
         let previews = crate::preview::render(&frames).map_err(|e| internal(&e))?;
-        Ok(Encoded {
+        Ok(Ran::Encoded(Encoded {
             mp4,
             thumbnail: previews.thumbnail,
             spritesheet: previews.spritesheet,
-        })
+        }))
     });
     std::panic::catch_unwind(run).unwrap_or_else(|panic| {
         let what = panic
@@ -194,7 +209,6 @@ mod tests {
     use protocol::{JobSpec, Limits};
 
     use super::*;
-    use crate::backend::Video;
     use crate::backend::simulated::SimulatedBackend;
     use crate::config::SimulatedConfig;
 
@@ -209,7 +223,7 @@ mod tests {
             &self,
             _job: &BackendJob,
             _observer: &mut dyn StepObserver,
-        ) -> Result<Video, BackendError> {
+        ) -> Result<Outcome, BackendError> {
             panic!("index out of bounds in a kernel")
         }
     }
@@ -278,6 +292,9 @@ mod tests {
             },
         )
         .expect("encoded");
+        let Ran::Encoded(encoded) = encoded else {
+            panic!("the run paused");
+        };
         let info = crate::mp4::probe(&encoded.mp4).expect("probe");
         assert_eq!((info.decoded_frames, info.width, info.height), (7, 96, 64));
         let size = |jpeg: &[u8]| {
