@@ -1,5 +1,5 @@
 //! The latent checkpoint through a real node (tiny Mochi model, real nats-server): an
-//! attempt saves its denoised latent under `<job>/latent/<attempt>` before decoding, and a
+//! attempt saves its denoised latent under `<job>/latent/<attempt>` (while decoding), and a
 //! retried attempt decodes from an earlier attempt's latent without denoising.
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 

@@ -292,7 +292,7 @@ impl MochiBackend {
 
     /// The denoised latents: from an earlier attempt's checkpoint when it has the job's
     /// shape (denoising skipped), else denoised now and handed to the observer to be saved
-    /// before decoding.
+    /// while it decodes.
     fn latents(
         &self,
         job: &BackendJob,

@@ -29,7 +29,7 @@ pub struct BackendJob {
     pub resume_latent: Option<LatentCheckpoint>,
 }
 
-/// A denoised latent (DiT space, f32), saved before decoding so that an attempt whose
+/// A denoised latent (DiT space, f32), saved while decoding so that an attempt whose
 /// decode failed is retried from it without denoising again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatentCheckpoint {
@@ -113,7 +113,7 @@ pub trait StepObserver {
     /// Step `step` of `total_steps` is done.
     fn on_step(&mut self, step: u32, total_steps: u32) -> Control;
 
-    /// Denoising is done; `latent` is what decoding starts from. Saved before decoding so a
+    /// Denoising is done; `latent` is what decoding starts from. Saved while decoding so a
     /// retry can skip denoising.
     fn on_denoised(&mut self, _latent: &LatentCheckpoint) -> Control {
         Control::Continue

@@ -76,8 +76,9 @@ pub enum GpuSlotMsg {
         /// The attempt.
         attempt: u32,
     },
-    /// The worker denoised the job: save the latent, then answer on `saved` (the worker
-    /// waits for it before decoding).
+    /// The worker denoised the job and decodes on: save the latent meanwhile, so that a
+    /// retry skips denoising (the mailbox is in order: it is saved before the job's end is
+    /// handled).
     LatentDenoised {
         /// The job.
         job_id: JobId,
@@ -85,8 +86,6 @@ pub enum GpuSlotMsg {
         attempt: u32,
         /// The serialised latent.
         bytes: Vec<u8>,
-        /// Told whether the latent was stored.
-        saved: std::sync::mpsc::Sender<bool>,
     },
     /// The worker finished denoising and decoding and is encoding the MP4.
     EncodingStarted {
@@ -240,11 +239,11 @@ impl Actor for GpuSlot {
                 job_id,
                 attempt,
                 bytes,
-                saved,
             } => {
-                let stored = current(state, job_id, attempt).is_some()
-                    && save_latent(state, &latent_object(job_id, attempt), bytes).await;
-                let _ = saved.send(stored);
+                if current(state, job_id, attempt).is_some() {
+                    // A failure is logged there; the job goes on without a checkpoint.
+                    save_latent(state, &latent_object(job_id, attempt), bytes).await;
+                }
             }
             GpuSlotMsg::DecodeProgressed { job_id, attempt } => {
                 if let Some(running) = current(state, job_id, attempt) {

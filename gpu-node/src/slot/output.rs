@@ -116,7 +116,7 @@ async fn put_object(
         .map(drop)
 }
 
-/// Object name of the latent an attempt saved before decoding.
+/// Object name of the latent an attempt saved while decoding.
 pub(super) fn latent_object(job_id: JobId, attempt: u32) -> String {
     names::latent_object(&job_id.to_string(), attempt)
 }

@@ -17,9 +17,6 @@ use crate::backend::{
 use crate::config::VideoConfig;
 use crate::metrics;
 
-/// How long decoding waits for the denoised latent to be stored.
-const LATENT_SAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// What a finished job hands to the slot actor for upload.
 #[derive(Debug)]
 pub struct Encoded {
@@ -167,17 +164,12 @@ impl StepObserver for Observer<'_> {
 
     fn on_denoised(&mut self, latent: &LatentCheckpoint) -> Control {
         self.denoised_at = Some(Instant::now());
-        let (saved, stored) = std::sync::mpsc::channel();
+        // The slot actor stores it while this thread decodes: no wait on its own actor.
         let _ = self.slot.cast(GpuSlotMsg::LatentDenoised {
             job_id: self.job_id,
             attempt: self.attempt,
             bytes: latent.to_bytes(),
-            saved,
         });
-        // Decoding starts once the latent is stored (or after the wait, without it).
-        if !matches!(stored.recv_timeout(LATENT_SAVE_TIMEOUT), Ok(true)) {
-            tracing::warn!(job_id = %self.job_id, attempt = self.attempt, "the denoised latent was not saved; decoding anyway");
-        }
         self.control()
     }
 
