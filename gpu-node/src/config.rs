@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::backend::simulated::SimulatedConfig;
 use crate::error::{Error, Result};
+pub use crate::mp4::VideoConfig;
 
 /// Which backend the slots run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,51 +63,6 @@ impl Default for MochiConfig {
             device: DeviceKind::Auto,
             decode_chunk_frames: 1,
             max_tokens: 0,
-        }
-    }
-}
-
-/// Settings of the simulated backend's cost formula: seconds per step =
-/// `time_scale · (linear_s_per_token · N + quadratic_s_per_token2 · N²)`, doubled with CFG.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SimulatedConfig {
-    /// Scales the formula down (or up); 1.0 models an H100 at ~50% of its bf16 peak.
-    pub time_scale: f64,
-    /// Seconds per visual token per forward (linear layers: ≈ 2·10e9 FLOP per token at ~400 TFLOP/s).
-    pub linear_s_per_token: f64,
-    /// Seconds per token² per forward (joint attention: ≈ 4·3072·48 FLOP at ~400 TFLOP/s).
-    pub quadratic_s_per_token2: f64,
-}
-
-impl Default for SimulatedConfig {
-    fn default() -> Self {
-        Self {
-            time_scale: 0.025,
-            linear_s_per_token: 5.0e-5,
-            quadratic_s_per_token2: 1.47e-9,
-        }
-    }
-}
-
-/// H.264 settings of the produced MP4 files.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VideoConfig {
-    /// Target bits per pixel per frame; the bitrate is `bits_per_pixel · width · height · fps`.
-    pub bits_per_pixel: f32,
-    /// Lowest bitrate, bits per second.
-    pub min_bitrate_bps: u32,
-    /// Seconds between key frames (seeking granularity).
-    pub keyframe_interval_s: u32,
-}
-
-impl Default for VideoConfig {
-    fn default() -> Self {
-        Self {
-            bits_per_pixel: 0.15,
-            min_bitrate_bps: 500_000,
-            keyframe_interval_s: 2,
         }
     }
 }

@@ -11,9 +11,31 @@ use openh264::encoder::{
     BitRate, Encoder, EncoderConfig, FrameRate, FrameType, RateControlMode, UsageType,
 };
 use openh264::formats::{RgbSliceU8, YUVBuffer};
+use serde::{Deserialize, Serialize};
 
 use crate::backend::Video;
-use crate::config::VideoConfig;
+
+/// H.264 settings of the produced MP4 files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VideoConfig {
+    /// Target bits per pixel per frame; the bitrate is `bits_per_pixel · width · height · fps`.
+    pub bits_per_pixel: f32,
+    /// Lowest bitrate, bits per second.
+    pub min_bitrate_bps: u32,
+    /// Seconds between key frames (seeking granularity).
+    pub keyframe_interval_s: u32,
+}
+
+impl Default for VideoConfig {
+    fn default() -> Self {
+        Self {
+            bits_per_pixel: 0.15,
+            min_bitrate_bps: 500_000,
+            keyframe_interval_s: 2,
+        }
+    }
+}
 
 /// Why a video could not be encoded or read back.
 #[derive(Debug, thiserror::Error)]

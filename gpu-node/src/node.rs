@@ -16,9 +16,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::backend::Backend;
-use crate::config::VideoConfig;
 use crate::device::DeviceMemory;
 use crate::metrics;
+use crate::mp4::VideoConfig;
 use crate::slot::{GpuSlot, GpuSlotArgs, GpuSlotMsg};
 
 /// How long an assignment waits for its slot's answer, ms.

@@ -3,10 +3,34 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use super::{
     Backend, BackendError, BackendJob, Control, Outcome, PausedState, StepObserver, pattern,
 };
-use crate::config::SimulatedConfig;
+
+/// Settings of the simulated backend's cost formula: seconds per step =
+/// `time_scale · (linear_s_per_token · N + quadratic_s_per_token2 · N²)`, doubled with CFG.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulatedConfig {
+    /// Scales the formula down (or up); 1.0 models an H100 at ~50% of its bf16 peak.
+    pub time_scale: f64,
+    /// Seconds per visual token per forward (linear layers: ≈ 2·10e9 FLOP per token at ~400 TFLOP/s).
+    pub linear_s_per_token: f64,
+    /// Seconds per token² per forward (joint attention: ≈ 4·3072·48 FLOP at ~400 TFLOP/s).
+    pub quadratic_s_per_token2: f64,
+}
+
+impl Default for SimulatedConfig {
+    fn default() -> Self {
+        Self {
+            time_scale: 0.025,
+            linear_s_per_token: 5.0e-5,
+            quadratic_s_per_token2: 1.47e-9,
+        }
+    }
+}
 
 /// Sleeps per step as the cost formula says, then renders a test pattern.
 #[derive(Debug, Clone)]

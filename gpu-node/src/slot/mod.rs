@@ -13,9 +13,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::Notify;
 
 use crate::backend::{Backend, BackendError, BackendJob};
-use crate::config::VideoConfig;
 use crate::device::{DeviceMemory, MemoryWatch};
 use crate::metrics;
+use crate::mp4::VideoConfig;
 
 mod output;
 mod stop;

@@ -14,8 +14,8 @@ use crate::backend::{
     Backend, BackendError, BackendJob, Control, LatentCheckpoint, Outcome, PausedState,
     StepObserver,
 };
-use crate::config::VideoConfig;
 use crate::metrics;
+use crate::mp4::VideoConfig;
 
 /// What a finished job hands to the slot actor for upload.
 #[derive(Debug)]
@@ -202,7 +202,7 @@ mod tests {
 
     use super::*;
     use crate::backend::simulated::SimulatedBackend;
-    use crate::config::SimulatedConfig;
+    use crate::backend::simulated::SimulatedConfig;
 
     struct Panicking;
 
