@@ -5,9 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use protocol::jetstream::{Resources, StoreError};
+use protocol::jetstream::Resources;
 use protocol::messages::{Assign, AssignReply, PreemptReply, SlotJob, SlotReport};
-use protocol::record::{JobEvent, JobFailure, Progress, ResumePoint, TransitionError};
+use protocol::record::{JobEvent, JobFailure, Progress, ResumePoint};
 use protocol::{ErrorCode, JobId, JobShape, JobState, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::Notify;
@@ -22,15 +22,12 @@ mod stop;
 mod worker;
 
 use output::{
-    latent_object, load_latent, paused_object, publish_progress, read_latent, save_latent,
-    store_video,
+    RETRY_DELAY_MS, SlotIo, latent_object, load_latent, paused_object, publish_progress,
+    read_latent, save_latent, store_video, write,
 };
 use stop::{StopFlag, StopReason};
 pub use worker::{Encoded, Ran};
 use worker::{WorkItem, worker};
-
-/// Delay before a job failed on this node may be retried, ms.
-const RETRY_DELAY_MS: u64 = 2_000;
 
 /// The slot actor.
 pub struct GpuSlot;
@@ -170,6 +167,18 @@ impl Drop for GpuSlotState {
     }
 }
 
+impl GpuSlotState {
+    /// What [`output`]'s writes go through, for the job running now.
+    fn io(&self) -> SlotIo<'_> {
+        SlotIo {
+            resources: &self.args.resources,
+            client: &self.args.client,
+            chunk_bytes: self.args.object_chunk_bytes,
+            stop: self.running.as_ref().map(|running| &*running.stop),
+        }
+    }
+}
+
 impl Actor for GpuSlot {
     type Msg = GpuSlotMsg;
     type State = GpuSlotState;
@@ -242,7 +251,7 @@ impl Actor for GpuSlot {
             } => {
                 if current(state, job_id, attempt).is_some() {
                     // A failure is logged there; the job goes on without a checkpoint.
-                    save_latent(state, &latent_object(job_id, attempt), bytes).await;
+                    save_latent(&state.io(), &latent_object(job_id, attempt), bytes).await;
                 }
             }
             GpuSlotMsg::DecodeProgressed { job_id, attempt } => {
@@ -258,7 +267,7 @@ impl Actor for GpuSlot {
                         },
                         lease_deadline_ms: now_ms() + running.lease_ms,
                     };
-                    write(state, job_id, &event).await;
+                    write(&state.io(), job_id, &event).await;
                 }
             }
             GpuSlotMsg::EncodingStarted { job_id, attempt } => {
@@ -267,8 +276,8 @@ impl Actor for GpuSlot {
                         attempt,
                         lease_deadline_ms: now_ms() + running.lease_ms,
                     };
-                    write(state, job_id, &event).await;
-                    publish_progress(state, job_id, attempt, JobState::Encoding, None).await;
+                    write(&state.io(), job_id, &event).await;
+                    publish_progress(&state.io(), job_id, attempt, JobState::Encoding, None).await;
                 }
             }
             GpuSlotMsg::JobFinished {
@@ -430,12 +439,12 @@ async fn start(
     report_changed(state);
     tracing::info!(%job_id, attempt, slot = state.args.slot, frames = assign.shape.num_frames, "job started");
     let checkpoint = if attempt > 1 {
-        load_latent(state, job_id, attempt).await
+        load_latent(&state.io(), job_id, attempt).await
     } else {
         None
     };
     let resume_latent = match &assign.resume {
-        Some(point) => read_latent(state, &point.latent_object).await,
+        Some(point) => read_latent(&state.io(), &point.latent_object).await,
         None => None,
     };
     let job = BackendJob {
@@ -497,38 +506,18 @@ async fn step_completed(job_id: JobId, attempt: u32, progress: Progress, state: 
         progress,
         lease_deadline_ms: now_ms() + running.lease_ms,
     };
-    write(state, job_id, &event).await;
-    publish_progress(state, job_id, attempt, JobState::Running, Some(progress)).await;
+    write(&state.io(), job_id, &event).await;
+    publish_progress(
+        &state.io(),
+        job_id,
+        attempt,
+        JobState::Running,
+        Some(progress),
+    )
+    .await;
 }
 
 /// Applies `event`; a refusal (cancelled, fenced out) stops the job without further writes.
-async fn write(state: &GpuSlotState, job_id: JobId, event: &JobEvent) -> bool {
-    match state
-        .args
-        .resources
-        .jobs
-        .apply(job_id, event, now_ms())
-        .await
-    {
-        Ok(_) => true,
-        Err(StoreError::Transition(refusal)) => {
-            let reason = match refusal {
-                TransitionError::StaleAttempt { .. } => "a newer attempt owns the job",
-                TransitionError::Illegal { .. } => "the job was cancelled or ended elsewhere",
-            };
-            tracing::info!(%job_id, event = event.name(), reason, "stopping job");
-            if let Some(running) = &state.running {
-                running.stop.set(StopReason::Abandon);
-            }
-            false
-        }
-        Err(error) => {
-            tracing::warn!(%job_id, event = event.name(), %error, "cannot write job record");
-            false
-        }
-    }
-}
-
 async fn finish(
     job_id: JobId,
     attempt: u32,
@@ -541,7 +530,7 @@ async fn finish(
         .map_or(StopReason::None, |r| r.stop.get());
     let elapsed = state.running.as_ref().map(|r| r.started.elapsed());
     let label = match (outcome, stop_reason) {
-        (Ok(Ran::Encoded(encoded)), _) => store_video(job_id, attempt, encoded, state).await,
+        (Ok(Ran::Encoded(encoded)), _) => store_video(job_id, attempt, encoded, &state.io()).await,
         (Err(BackendError::Stopped), StopReason::Abandon) => "abandoned",
         (Ok(Ran::Paused(paused)), reason) => {
             let label = paused_job(state, job_id, attempt, paused).await;
@@ -576,7 +565,7 @@ async fn finish(
                 )
             };
             write(
-                state,
+                &state.io(),
                 job_id,
                 &JobEvent::Failed {
                     attempt,
@@ -606,7 +595,7 @@ async fn paused_job(
 ) -> &'static str {
     let object = paused_object(job_id, attempt);
     let saved = match paused.latent {
-        Some(latent) => save_latent(state, &object, latent.to_bytes()).await,
+        Some(latent) => save_latent(&state.io(), &object, latent.to_bytes()).await,
         None => true,
     };
     let resume = ResumePoint {
@@ -614,7 +603,13 @@ async fn paused_job(
         latent_object: object,
     };
     tracing::info!(%job_id, attempt, step = resume.step, "job paused; slot free");
-    if write(state, job_id, &JobEvent::Preempted { attempt, resume }).await {
+    if write(
+        &state.io(),
+        job_id,
+        &JobEvent::Preempted { attempt, resume },
+    )
+    .await
+    {
         "preempted"
     } else {
         "abandoned"

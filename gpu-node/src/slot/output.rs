@@ -1,6 +1,8 @@
-//! What a slot writes outside its job record: progress events and the finished video
-//! (probed, hashed, uploaded to the object store with its thumbnail and spritesheet, then
-//! recorded as the attempt's result).
+//! What a slot writes: its job's record transitions (fenced by the attempt), progress
+//! events, latents, and the finished video (probed, hashed, uploaded to the object store
+//! with its thumbnail and spritesheet, then recorded as the attempt's result). Everything
+//! goes through a [`SlotIo`], which the slot actor lends; nothing here reaches back into
+//! the actor's state.
 
 use async_nats::jetstream::object_store::ObjectMetadata;
 use protocol::messages::ProgressEvent;
@@ -8,11 +10,54 @@ use protocol::record::{JobEvent, JobFailure, Progress, VideoResult};
 use protocol::{ErrorCode, JobId, JobState, codec, names, now_ms};
 use sha2::{Digest, Sha256};
 
-use super::{Encoded, GpuSlotState, RETRY_DELAY_MS, write};
+use protocol::jetstream::{Resources, StoreError};
+use protocol::record::TransitionError;
+
+use super::stop::{StopFlag, StopReason};
+use super::worker::Encoded;
 use crate::backend::LatentCheckpoint;
 
+/// Delay before a job failed on this node may be retried, ms.
+pub(super) const RETRY_DELAY_MS: u64 = 2_000;
+
+/// What a slot's writes go through.
+pub(super) struct SlotIo<'a> {
+    /// The job records, the object store.
+    pub(super) resources: &'a Resources,
+    /// For progress events.
+    pub(super) client: &'a async_nats::Client,
+    /// Object-store chunk size of uploads, bytes.
+    pub(super) chunk_bytes: usize,
+    /// The running job's stop flag: a transition its record refuses abandons the job.
+    pub(super) stop: Option<&'a StopFlag>,
+}
+
+/// Applies `event` to the job's record by compare-and-set; true once written. A refusal
+/// (a newer attempt owns the job, or it was cancelled or ended elsewhere) abandons the
+/// running job at its next step boundary.
+pub(super) async fn write(io: &SlotIo<'_>, job_id: JobId, event: &JobEvent) -> bool {
+    match io.resources.jobs.apply(job_id, event, now_ms()).await {
+        Ok(_) => true,
+        Err(StoreError::Transition(refusal)) => {
+            let reason = match refusal {
+                TransitionError::StaleAttempt { .. } => "a newer attempt owns the job",
+                TransitionError::Illegal { .. } => "the job was cancelled or ended elsewhere",
+            };
+            tracing::info!(%job_id, event = event.name(), reason, "stopping job");
+            if let Some(stop) = io.stop {
+                stop.set(StopReason::Abandon);
+            }
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%job_id, event = event.name(), %error, "cannot write job record");
+            false
+        }
+    }
+}
+
 pub(super) async fn publish_progress(
-    state: &GpuSlotState,
+    io: &SlotIo<'_>,
     job_id: JobId,
     attempt: u32,
     job_state: JobState,
@@ -27,8 +72,7 @@ pub(super) async fn publish_progress(
         at_ms: now_ms(),
     };
     if let Ok(bytes) = codec::encode(&event) {
-        let _ = state
-            .args
+        let _ = io
             .client
             .publish(names::events_subject(&job_id.to_string()), bytes.into())
             .await;
@@ -42,7 +86,7 @@ pub(super) async fn store_video(
     job_id: JobId,
     attempt: u32,
     encoded: Encoded,
-    state: &GpuSlotState,
+    io: &SlotIo<'_>,
 ) -> &'static str {
     let Encoded {
         mp4,
@@ -53,7 +97,7 @@ pub(super) async fn store_video(
         Ok(info) => info,
         Err(error) => {
             let message = format!("encoded video is unreadable: {error}");
-            fail_retryable(state, job_id, attempt, ErrorCode::JobFailed, message).await;
+            fail_retryable(io, job_id, attempt, ErrorCode::JobFailed, message).await;
             return "failed";
         }
     };
@@ -75,20 +119,20 @@ pub(super) async fn store_video(
     let stored: Vec<String> = objects.iter().map(|(_, name, _)| name.clone()).collect();
     let upload = std::time::Instant::now();
     for (what, name, bytes) in objects {
-        if let Err(error) = put_object(state, &name, bytes).await {
+        if let Err(error) = put_object(io, &name, bytes).await {
             tracing::warn!(%job_id, attempt, object = %name, %error, "cannot store the {what}");
             let message = format!("the {what} could not be stored");
-            fail_retryable(state, job_id, attempt, ErrorCode::Unavailable, message).await;
+            fail_retryable(io, job_id, attempt, ErrorCode::Unavailable, message).await;
             return "failed";
         }
     }
     crate::metrics::record_phase("upload", upload.elapsed());
-    if write(state, job_id, &JobEvent::Succeeded { attempt, result }).await {
+    if write(io, job_id, &JobEvent::Succeeded { attempt, result }).await {
         "succeeded"
     } else {
         // Cancelled, deleted or superseded meanwhile: nothing will ever point at these files.
         for name in stored {
-            if let Err(error) = state.args.resources.videos.delete(&name).await {
+            if let Err(error) = io.resources.videos.delete(&name).await {
                 tracing::warn!(%job_id, attempt, object = %name, %error, "cannot remove an abandoned attempt's file");
             }
         }
@@ -98,18 +142,16 @@ pub(super) async fn store_video(
 
 /// Uploads `bytes` to the object store under `name`, in chunks of `object_chunk_bytes`.
 async fn put_object(
-    state: &GpuSlotState,
+    io: &SlotIo<'_>,
     name: &str,
     bytes: Vec<u8>,
 ) -> Result<(), async_nats::jetstream::object_store::PutError> {
     let metadata = ObjectMetadata {
         name: name.to_owned(),
-        chunk_size: Some(state.args.object_chunk_bytes),
+        chunk_size: Some(io.chunk_bytes),
         ..Default::default()
     };
-    state
-        .args
-        .resources
+    io.resources
         .videos
         .put(metadata, &mut std::io::Cursor::new(bytes))
         .await
@@ -129,8 +171,8 @@ pub(super) fn paused_object(job_id: JobId, attempt: u32) -> String {
 /// Saves a latent ([`LatentCheckpoint::to_bytes`]) under `name`: an attempt's denoised
 /// latent ([`latent_object`]) or a paused attempt's state ([`paused_object`]); true once
 /// stored.
-pub(super) async fn save_latent(state: &GpuSlotState, name: &str, bytes: Vec<u8>) -> bool {
-    match put_object(state, name, bytes).await {
+pub(super) async fn save_latent(io: &SlotIo<'_>, name: &str, bytes: Vec<u8>) -> bool {
+    match put_object(io, name, bytes).await {
         Ok(_) => true,
         Err(error) => {
             tracing::warn!(object = name, %error, "cannot save the latent; a retry or resume will denoise again");
@@ -141,12 +183,12 @@ pub(super) async fn save_latent(state: &GpuSlotState, name: &str, bytes: Vec<u8>
 
 /// The newest latent an earlier attempt of the job saved, if any.
 pub(super) async fn load_latent(
-    state: &GpuSlotState,
+    io: &SlotIo<'_>,
     job_id: JobId,
     attempt: u32,
 ) -> Option<LatentCheckpoint> {
     for earlier in (1..attempt).rev() {
-        if let Some(checkpoint) = read_latent(state, &latent_object(job_id, earlier)).await {
+        if let Some(checkpoint) = read_latent(io, &latent_object(job_id, earlier)).await {
             tracing::info!(%job_id, attempt, from_attempt = earlier, "resuming from a saved latent");
             return Some(checkpoint);
         }
@@ -155,9 +197,9 @@ pub(super) async fn load_latent(
 }
 
 /// A latent stored under `name` ([`LatentCheckpoint::to_bytes`]), if present and readable.
-pub(super) async fn read_latent(state: &GpuSlotState, name: &str) -> Option<LatentCheckpoint> {
+pub(super) async fn read_latent(io: &SlotIo<'_>, name: &str) -> Option<LatentCheckpoint> {
     use tokio::io::AsyncReadExt;
-    let mut object = state.args.resources.videos.get(name).await.ok()?;
+    let mut object = io.resources.videos.get(name).await.ok()?;
     let mut bytes = Vec::new();
     object.read_to_end(&mut bytes).await.ok()?;
     let checkpoint = LatentCheckpoint::from_bytes(&bytes);
@@ -169,7 +211,7 @@ pub(super) async fn read_latent(state: &GpuSlotState, name: &str) -> Option<Late
 
 /// Fails the attempt with a retryable error (another attempt, maybe elsewhere, may succeed).
 pub(super) async fn fail_retryable(
-    state: &GpuSlotState,
+    io: &SlotIo<'_>,
     job_id: JobId,
     attempt: u32,
     code: ErrorCode,
@@ -182,7 +224,7 @@ pub(super) async fn fail_retryable(
     };
     let retry_at_ms = now_ms() + RETRY_DELAY_MS;
     write(
-        state,
+        io,
         job_id,
         &JobEvent::Failed {
             attempt,
