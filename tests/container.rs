@@ -185,3 +185,76 @@ async fn the_image_runs_mochi_up_makes_a_video_and_stops_on_sigterm() {
         video.len()
     );
 }
+
+/// The CUDA variant, `scripts/image.sh --cuda` (the Dockerfile's `cuda` target): PyPI's CUDA
+/// 13.0 wheels and a `--features cuda` build, too long for CI on 2 cores; run it with
+/// `cargo test --release --test container -- --ignored`. The image carries the CUDA runtime
+/// libraries under /usr/local/cuda/lib64 and not the driver's libcuda.so.1; with the link
+/// stub of the toolkit mounted in the driver's place, `mochi --version` starts in it, so
+/// every other library the binary loads resolves inside the image.
+#[test]
+#[ignore = "builds the CUDA variant: ~1 GB of wheels and a long build"]
+fn the_cuda_image_carries_the_cuda_runtime_and_starts_beside_a_driver_library() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tag = format!("mochi-cuda-test:{}", std::process::id());
+    let built = Command::new(repo.join("scripts/image.sh"))
+        .args(["--cuda", "--tag", &tag])
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "scripts/image.sh --cuda failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let mut cleanup = Cleanup {
+        container: None,
+        image: Some(docker(&["image", "inspect", "-f", "{{.Id}}", &tag])),
+    };
+    let labels: Value = serde_json::from_str(&docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .Config.Labels}}",
+        &tag,
+    ]))
+    .unwrap();
+    assert!(
+        labels["org.opencontainers.image.description"]
+            .as_str()
+            .unwrap()
+            .contains("CUDA"),
+        "{labels}"
+    );
+
+    // The files: the runtime libraries, not the driver's.
+    let id = docker(&["create", &tag]);
+    cleanup.container = Some(id.clone());
+    let export = Command::new("sh")
+        .arg("-c")
+        .arg(format!("docker export {id} | tar -t"))
+        .output()
+        .unwrap();
+    let files = String::from_utf8_lossy(&export.stdout);
+    for lib in [
+        "libcudart.so.13",
+        "libcublas.so.13",
+        "libcublasLt.so.13",
+        "libcurand.so.10",
+    ] {
+        assert!(
+            files.contains(&format!("usr/local/cuda/lib64/{lib}")),
+            "{lib} missing from the image"
+        );
+    }
+    assert!(
+        !files.contains("libcuda.so.1"),
+        "the driver's library is the host's"
+    );
+
+    // It starts with a driver library in place (the toolkit's link stub stands in).
+    let stub = repo.join("target/cuda-toolkit/lib64/stubs/libcuda.so");
+    let mount = format!("{}:/usr/local/cuda/lib64/libcuda.so.1:ro", stub.display());
+    let version = docker(&["run", "--rm", "-v", &mount, &tag, "--version"]);
+    assert!(version.starts_with("mochi "), "{version}");
+    drop(cleanup);
+}
