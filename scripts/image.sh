@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-cuda_toolkit="${CUDA_TOOLKIT:-target/cuda-toolkit}"
+cuda_toolkit=$(realpath -m "${CUDA_TOOLKIT:-target/cuda-toolkit}")
 if [ -z "$binary" ]; then
   if [ "$target" = cuda ]; then
     tools/build_cuda.sh --release --bin mochi --features cuda >&2
@@ -38,8 +38,16 @@ nats_server="${MOCHI_NATS_SERVER:-.venv/bin/nats-server}"
 [ -x "$nats_server" ] || { echo "image.sh: $nats_server missing: run scripts/install-deps.sh" >&2; exit 1; }
 command -v docker >/dev/null || { echo "image.sh: docker is not installed" >&2; exit 1; }
 
-# `mochi 0.1.0 (commit 0123abcd4567)`
-version_line=$("$binary" --version)
+# `mochi 0.1.0 (commit 0123abcd4567)`. A CUDA build needs a libcuda.so.1 to start at all:
+# the toolkit's link stub stands in for the driver's here (--version touches no device).
+if [ "$target" = cuda ]; then
+  driver_stub=$(mktemp -d)
+  trap 'rm -rf "$driver_stub"' EXIT
+  ln -s "$(realpath "$cuda_toolkit/lib64/stubs/libcuda.so")" "$driver_stub/libcuda.so.1"
+  version_line=$(LD_LIBRARY_PATH="$driver_stub:$cuda_toolkit/lib64" "$binary" --version)
+else
+  version_line=$("$binary" --version)
+fi
 version=$(echo "$version_line" | awk '{print $2}')
 commit=$(echo "$version_line" | sed -n 's/.*(commit \(.*\))$/\1/p')
 if [ "$target" = cuda ]; then

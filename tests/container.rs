@@ -188,7 +188,7 @@ async fn the_image_runs_mochi_up_makes_a_video_and_stops_on_sigterm() {
 
 /// The CUDA variant, `scripts/image.sh --cuda` (the Dockerfile's `cuda` target): PyPI's CUDA
 /// 13.0 wheels and a `--features cuda` build, too long for CI on 2 cores; run it with
-/// `cargo test --release --test container -- --ignored`. The image carries the CUDA runtime
+/// `cargo test --test container -- --ignored`. The image carries the CUDA runtime
 /// libraries under /usr/local/cuda/lib64 and not the driver's libcuda.so.1; with the link
 /// stub of the toolkit mounted in the driver's place, `mochi --version` starts in it, so
 /// every other library the binary loads resolves inside the image.
