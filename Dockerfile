@@ -5,7 +5,7 @@
 # FROM scratch: nothing in the image that the binary does not load, no shell, no package
 # manager; nothing is pulled from a registry.
 #
-#   default target (`cpu`): the binary built without CUDA;
+#   `--target cpu`: the binary built without CUDA;
 #   `--target cuda` (scripts/image.sh --cuda): the binary built with `--features cuda`
 #   (tools/build_cuda.sh) and the CUDA 13.0 runtime libraries from PyPI's wheels under
 #   /usr/local/cuda/lib64. The driver's libcuda.so.1 comes from the host at run time (the
@@ -35,11 +35,13 @@ STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/mochi"]
 CMD ["up", "--listen", "0.0.0.0:8080", "--data-dir", "/data"]
 
+# The stages after the target are not built (the legacy builder builds every stage up to
+# it): `cpu` first, so that building it leaves no `cuda` layers on the base.
+FROM base AS cpu
+
 FROM base AS cuda
 LABEL org.opencontainers.image.description="Text-to-video with Genmo Mochi-1, CUDA 13.0 build (sm_90: H100/H200; NVIDIA driver 580 or later on the host)"
 COPY cuda/ /usr/local/cuda/lib64/
 ENV LD_LIBRARY_PATH=/usr/local/cuda/lib64 \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
-
-FROM base AS cpu

@@ -184,6 +184,15 @@ async fn the_image_runs_mochi_up_makes_a_video_and_stops_on_sigterm() {
         "image {tag}: video of {} bytes; stopped in {stopped_in:?}",
         video.len()
     );
+
+    // Nothing of the test is left on the engine (no stage of the image hangs on).
+    let image = cleanup.image.clone().unwrap();
+    drop(cleanup);
+    let left = Command::new("docker")
+        .args(["image", "inspect", &image])
+        .output()
+        .unwrap();
+    assert!(!left.status.success(), "image {image} is still there");
 }
 
 /// The CUDA variant, `scripts/image.sh --cuda` (the Dockerfile's `cuda` target): PyPI's CUDA
