@@ -42,6 +42,36 @@ impl Drop for Cleanup {
     }
 }
 
+/// Builds the image with `scripts/image.sh ARGS --tag TAG`; the returned guard removes it.
+fn build_image(args: &[&str], tag: &str) -> Cleanup {
+    let built = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/image.sh"))
+        .args(args)
+        .args(["--tag", tag])
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "scripts/image.sh {args:?} failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    Cleanup {
+        container: None,
+        image: Some(docker(&["image", "inspect", "-f", "{{.Id}}", tag])),
+    }
+}
+
+/// The image's labels.
+fn labels(tag: &str) -> Value {
+    serde_json::from_str(&docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .Config.Labels}}",
+        tag,
+    ]))
+    .unwrap()
+}
+
 #[test]
 fn hadolint_accepts_the_dockerfile() {
     let hadolint = common::venv_program("hadolint");
@@ -61,19 +91,7 @@ fn hadolint_accepts_the_dockerfile() {
 async fn the_image_runs_mochi_up_makes_a_video_and_stops_on_sigterm() {
     let binary = env!("CARGO_BIN_EXE_mochi");
     let tag = format!("mochi-test:{}", std::process::id());
-    let built = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/image.sh"))
-        .args(["--binary", binary, "--tag", &tag])
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "scripts/image.sh failed: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let mut cleanup = Cleanup {
-        container: None,
-        image: Some(docker(&["image", "inspect", "-f", "{{.Id}}", &tag])),
-    };
+    let mut cleanup = build_image(&["--binary", binary], &tag);
 
     // Labels and user.
     let version_line = String::from_utf8(
@@ -84,14 +102,7 @@ async fn the_image_runs_mochi_up_makes_a_video_and_stops_on_sigterm() {
             .stdout,
     )
     .unwrap();
-    let labels: Value = serde_json::from_str(&docker(&[
-        "image",
-        "inspect",
-        "-f",
-        "{{json .Config.Labels}}",
-        &tag,
-    ]))
-    .unwrap();
+    let labels = labels(&tag);
     let revision = labels["org.opencontainers.image.revision"]
         .as_str()
         .unwrap();
@@ -206,27 +217,8 @@ async fn the_image_runs_mochi_up_makes_a_video_and_stops_on_sigterm() {
 fn the_cuda_image_carries_the_cuda_runtime_and_starts_beside_a_driver_library() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tag = format!("mochi-cuda-test:{}", std::process::id());
-    let built = Command::new(repo.join("scripts/image.sh"))
-        .args(["--cuda", "--tag", &tag])
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "scripts/image.sh --cuda failed: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let mut cleanup = Cleanup {
-        container: None,
-        image: Some(docker(&["image", "inspect", "-f", "{{.Id}}", &tag])),
-    };
-    let labels: Value = serde_json::from_str(&docker(&[
-        "image",
-        "inspect",
-        "-f",
-        "{{json .Config.Labels}}",
-        &tag,
-    ]))
-    .unwrap();
+    let mut cleanup = build_image(&["--cuda"], &tag);
+    let labels = labels(&tag);
     assert!(
         labels["org.opencontainers.image.description"]
             .as_str()

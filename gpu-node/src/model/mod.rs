@@ -3,7 +3,7 @@
 //! Mirrors diffusers' `MochiTransformer3DModel` (huggingface/diffusers@58eb52c0,
 //! `src/diffusers/models/transformers/transformer_mochi.py`) and genmo's
 //! `AsymmDiTJoint` (genmoai/mochi@0c86aebf); see `docs/model.md` and
-//! `mochi-model-spec.md` §2. All norm, modulation, gating and RoPE math runs in f32;
+//! `docs/mochi-model-spec.md` §2. All norm, modulation, gating and RoPE math runs in f32;
 //! matmul weights may be stored in bf16.
 
 pub mod attention;

@@ -5,7 +5,7 @@
 //! and genmo's original `dit.safetensors` (optionally prefixed `model.diffusion_model.`).
 //! Tensors are always requested by their diffusers name; the genmo scheme is mapped
 //! on the fly (q/k/v row split, SwiGLU half swap, final modulation half swap, see
-//! `mochi-model-spec.md` §2.6).
+//! `docs/mochi-model-spec.md` §2.6).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

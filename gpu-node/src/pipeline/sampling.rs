@@ -1,5 +1,5 @@
 //! Euler flow-matching sampler with classifier-free guidance, and the latent
-//! normalisation between DiT space and VAE space (`mochi-model-spec.md` §1.3, §1.5).
+//! normalisation between DiT space and VAE space (`docs/mochi-model-spec.md` §1.3, §1.5).
 
 use std::ops::ControlFlow;
 

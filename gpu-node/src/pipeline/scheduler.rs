@@ -1,4 +1,4 @@
-//! Mochi's linear-quadratic sigma schedule (`mochi-model-spec.md` §1.4), as genmo's
+//! Mochi's linear-quadratic sigma schedule (`docs/mochi-model-spec.md` §1.4), as genmo's
 //! `linear_quadratic_schedule` (genmoai/mochi@0c86aebf `pipelines.py`) computes it in f64.
 
 /// Default `threshold_noise` (τ).

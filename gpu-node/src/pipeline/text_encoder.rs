@@ -1,5 +1,5 @@
 //! The text path: T5 v1.1 tokenisation to 256 tokens with a mask, and the T5 encoder
-//! (candle-transformers' `T5EncoderModel`) run in f32 (`mochi-model-spec.md` §1.2).
+//! (candle-transformers' `T5EncoderModel`) run in f32 (`docs/mochi-model-spec.md` §1.2).
 //!
 //! The release ships `tokenizer/spiece.model`; it is read directly by the pure-Rust
 //! SentencePiece reader in [`super::spiece`] (a `tokenizer.json` is used only when no

@@ -1,4 +1,4 @@
-//! Decode and postprocess (`mochi-model-spec.md` §1.6): DiT latents → VAE scale →
+//! Decode and postprocess (`docs/mochi-model-spec.md` §1.6): DiT latents → VAE scale →
 //! [`VaeDecoder`] → RGB u8 frames. The decoder itself lives in `model::vae`.
 
 use candle_core::{DType, Result, Tensor};

@@ -2,7 +2,7 @@
 //!
 //! Time is padded causally (two frames in front: copies of frame 0, or the two frames
 //! cached from the previous chunk), H and W are replicate-padded by one, then a valid
-//! 3×3×3 convolution runs (`mochi-model-spec.md` §3.2). Two strategies compute it:
+//! 3×3×3 convolution runs (`docs/mochi-model-spec.md` §3.2). Two strategies compute it:
 //! a sum of three per-temporal-tap `conv2d`s, or im2col + one matmul.
 
 use candle_core::{DType, Result, Tensor};

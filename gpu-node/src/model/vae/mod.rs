@@ -3,7 +3,7 @@
 //! Mirrors diffusers' `MochiDecoder3D` (huggingface/diffusers v0.42.1,
 //! `src/diffusers/models/autoencoders/autoencoder_kl_mochi.py`) and genmo's `Decoder`
 //! (genmoai/mochi `src/genmo/mochi_preview/vae/models.py`); see `docs/model.md` and
-//! `mochi-model-spec.md` §3. Internally every sample is frame-major `(T, C, H, W)`, so
+//! `docs/mochi-model-spec.md` §3. Internally every sample is frame-major `(T, C, H, W)`, so
 //! per-frame GroupNorm is a plain GroupNorm and the causal convs slice frames cheaply.
 //! Norms and activations run in f32; conv / projection weights may be stored in bf16.
 //!
@@ -492,7 +492,7 @@ impl VaeDecoder {
 
 /// Streaming decode over latent frames: each causal conv keeps its last two input frames
 /// between chunks, and frames are dropped only in the first chunk, so the concatenated
-/// chunks equal the whole decode (`mochi-model-spec.md` §3.6 item 4).
+/// chunks equal the whole decode (`docs/mochi-model-spec.md` §3.6 item 4).
 #[derive(Debug)]
 pub struct DecodeStream<'a> {
     decoder: &'a VaeDecoder,

@@ -1,5 +1,5 @@
 //! Loading VAE decoder weights, memory-mapped, from diffusers' `vae/` folder (keys
-//! prefixed `decoder.`) or genmo's `decoder.safetensors` (`mochi-model-spec.md` §3.5).
+//! prefixed `decoder.`) or genmo's `decoder.safetensors` (`docs/mochi-model-spec.md` §3.5).
 //!
 //! Tensors are requested by their diffusers name without the `decoder.` prefix
 //! (`conv_in.weight`, `up_blocks.0.resnets.1.conv1.conv.weight`, ...); genmo names are
