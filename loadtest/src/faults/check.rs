@@ -1,21 +1,96 @@
-//! The end-of-run checks on each accepted job, and a structural MP4 check.
+//! The end-of-run checks on each accepted job (its record, its cancellation, its video),
+//! as pure functions of what the harness read; and a structural MP4 check.
 
 use protocol::{JobRecord, JobState};
 use sha2::{Digest, Sha256};
 
-/// What is wrong with a finished job's record, if anything: `(terminal entries, runs)`.
-pub fn terminal_entries_and_runs(record: &JobRecord) -> (usize, usize) {
-    let terminal = record
-        .history
-        .iter()
-        .filter(|entry| entry.to.is_terminal())
-        .count();
-    let runs = record
-        .history
-        .iter()
-        .filter(|entry| entry.to == JobState::Running)
-        .count();
-    (terminal, runs)
+/// What one accepted job's record shows at the end of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordVerdict {
+    /// Its state.
+    pub state: JobState,
+    /// History entries that end the job (a finished job has exactly one).
+    pub terminal_entries: usize,
+    /// History entries into `succeeded` (at most one).
+    pub successes: usize,
+    /// Times it started running.
+    pub runs: usize,
+    /// When an attempt failed or its lease expired (what a rerun follows), ms.
+    pub retried_at_ms: Vec<u64>,
+}
+
+/// An invariant a finished run's record breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    /// The job is not in a terminal state (it is lost).
+    NeverFinished(JobState),
+    /// Its history ends it this many times (not once).
+    EndedTimes(usize),
+    /// Its history holds this many successes (more than one).
+    SucceededTimes(usize),
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NeverFinished(state) => write!(f, "never finished: {state}"),
+            Self::EndedTimes(n) => write!(f, "has {n} terminal entries"),
+            Self::SucceededTimes(n) => write!(f, "succeeded {n} times"),
+        }
+    }
+}
+
+impl RecordVerdict {
+    /// Every invariant this record breaks (an unfinished job: only that one).
+    pub fn violations(&self) -> Vec<Violation> {
+        if !self.state.is_terminal() {
+            return vec![Violation::NeverFinished(self.state)];
+        }
+        let mut found = Vec::new();
+        if self.terminal_entries != 1 {
+            found.push(Violation::EndedTimes(self.terminal_entries));
+        }
+        if self.successes > 1 {
+            found.push(Violation::SucceededTimes(self.successes));
+        }
+        found
+    }
+}
+
+/// The verdict on `record`.
+pub fn record_verdict(record: &JobRecord) -> RecordVerdict {
+    let count = |wanted: fn(JobState) -> bool| {
+        record
+            .history
+            .iter()
+            .filter(|entry| wanted(entry.to))
+            .count()
+    };
+    RecordVerdict {
+        state: record.state,
+        terminal_entries: count(JobState::is_terminal),
+        successes: count(|state| state == JobState::Succeeded),
+        runs: count(|state| state == JobState::Running),
+        retried_at_ms: record
+            .history
+            .iter()
+            .filter(|entry| entry.event == "lease_expired" || entry.event == "failed")
+            .map(|entry| entry.at_ms)
+            .collect(),
+    }
+}
+
+/// A job cancelled with a 200: `Ok(true)` if it was running (or encoding) when the cancel
+/// landed, `Ok(false)` if it was waiting; `Err` with the violation if it did not end
+/// `cancelled`.
+pub fn cancel_verdict(record: &JobRecord) -> Result<bool, String> {
+    if record.state != JobState::Cancelled {
+        return Err(format!("was cancelled (200) but ended {}", record.state));
+    }
+    Ok(record.history.iter().any(|entry| {
+        entry.event == "cancel_requested"
+            && matches!(entry.from, JobState::Running | JobState::Encoding)
+    }))
 }
 
 /// Why a downloaded video does not match its record, if it does not.
@@ -94,6 +169,68 @@ mod tests {
         out.extend_from_slice(kind);
         out.extend_from_slice(body);
         out
+    }
+
+    fn record(history: &[(JobState, &'static str)]) -> JobRecord {
+        let spec = protocol::JobSpec::new("x");
+        let shape = spec.validate(&protocol::Limits::default()).expect("valid");
+        let mut record = JobRecord::queued(
+            protocol::JobId::new(),
+            protocol::TenantId::default_tenant(),
+            spec,
+            shape,
+            1,
+            3,
+            0,
+        );
+        for (at_ms, (to, event)) in (1..).zip(history) {
+            record.history.push(protocol::record::HistoryEntry {
+                at_ms,
+                from: record.state,
+                to: *to,
+                event: (*event).to_owned(),
+                attempt: 1,
+            });
+            record.state = *to;
+        }
+        record
+    }
+
+    #[test]
+    fn a_record_breaks_each_invariant_it_breaks() {
+        use JobState::{Queued, Running, Succeeded};
+        let clean = record(&[(Running, "started"), (Succeeded, "succeeded")]);
+        let verdict = record_verdict(&clean);
+        assert_eq!((verdict.runs, verdict.violations()), (1, vec![]));
+        let lost = record(&[(Running, "started")]);
+        assert_eq!(
+            record_verdict(&lost).violations(),
+            vec![Violation::NeverFinished(Running)]
+        );
+        let twice = record(&[
+            (Running, "started"),
+            (Succeeded, "succeeded"),
+            (Queued, "lease_expired"),
+            (Running, "started"),
+            (Succeeded, "succeeded"),
+        ]);
+        let verdict = record_verdict(&twice);
+        assert_eq!(
+            verdict.violations(),
+            vec![Violation::EndedTimes(2), Violation::SucceededTimes(2)]
+        );
+        assert_eq!((verdict.runs, verdict.retried_at_ms), (2, vec![3]));
+    }
+
+    #[test]
+    fn a_cancel_is_honoured_only_by_a_cancelled_end() {
+        use JobState::{Cancelled, Running, Succeeded};
+        let waiting = record(&[(Cancelled, "cancel_requested")]);
+        assert_eq!(cancel_verdict(&waiting), Ok(false));
+        let running = record(&[(Running, "started"), (Cancelled, "cancel_requested")]);
+        assert_eq!(cancel_verdict(&running), Ok(true));
+        let ignored = record(&[(Running, "started"), (Succeeded, "succeeded")]);
+        assert!(cancel_verdict(&ignored).is_err());
     }
 
     #[test]

@@ -554,6 +554,8 @@ impl Harness {
         }
     }
 
+    /// Checks every accepted job's record and video and every honoured cancel
+    /// ([`check`]), counting into the report.
     async fn check(&mut self, freed: &Freed) {
         let accepted = self.accepted.clone();
         for job_id in &accepted {
@@ -562,47 +564,25 @@ impl Harness {
                 self.violation(format!("job {job_id} accepted but has no record"));
                 continue;
             };
+            let verdict = check::record_verdict(&record);
             *self
                 .report
                 .final_states
-                .entry(record.state.to_string())
+                .entry(verdict.state.to_string())
                 .or_default() += 1;
-            if !record.state.is_terminal() {
-                self.report.lost += 1;
-                self.violation(format!("job {job_id} never finished: {}", record.state));
+            for violation in verdict.violations() {
+                match violation {
+                    check::Violation::NeverFinished(_) => self.report.lost += 1,
+                    check::Violation::EndedTimes(_) => self.report.multiple_terminal += 1,
+                    check::Violation::SucceededTimes(_) => self.report.duplicated_results += 1,
+                }
+                self.violation(format!("job {job_id} {violation}"));
+            }
+            if !verdict.state.is_terminal() {
                 continue;
             }
-            let (terminal, runs) = check::terminal_entries_and_runs(&record);
-            if terminal != 1 {
-                self.report.multiple_terminal += 1;
-                self.violation(format!("job {job_id} has {terminal} terminal entries"));
-            }
-            let successes = record
-                .history
-                .iter()
-                .filter(|h| h.to == JobState::Succeeded)
-                .count();
-            if successes > 1 {
-                self.report.duplicated_results += 1;
-                self.violation(format!("job {job_id} succeeded {successes} times"));
-            }
-            if runs > 1 {
-                self.report.ran_twice += 1;
-                let worker = |fault| matches!(fault, Fault::KillNode | Fault::StopNode);
-                let slack = self.config.lease_ms + 3_000;
-                let explained = record
-                    .history
-                    .iter()
-                    .filter(|h| h.event == "lease_expired" || h.event == "failed")
-                    .any(|h| self.fault_during(h.at_ms, h.at_ms, slack, worker));
-                if explained {
-                    self.report.ran_twice_after_worker_fault += 1;
-                } else {
-                    self.report.ran_twice_unexplained += 1;
-                    self.report.notes.push(format!(
-                        "job {job_id} ran {runs} times with no worker fault to explain it"
-                    ));
-                }
+            if verdict.runs > 1 {
+                self.count_rerun(*job_id, &verdict);
             }
             if record.state == JobState::Succeeded {
                 let problem = match self.download(*job_id).await {
@@ -615,24 +595,51 @@ impl Harness {
                 }
             }
         }
+        self.check_cancels(freed).await;
+        if self.report.accepted > 0 {
+            self.report.ran_twice_pct =
+                f64::from(self.report.ran_twice) * 100.0 / f64::from(self.report.accepted);
+        }
+    }
+
+    /// A job that ran more than once: explained by a worker fault around one of its
+    /// failures or lease expiries, or not.
+    fn count_rerun(&mut self, job_id: JobId, verdict: &check::RecordVerdict) {
+        self.report.ran_twice += 1;
+        let worker = |fault| matches!(fault, Fault::KillNode | Fault::StopNode);
+        let slack = self.config.lease_ms + 3_000;
+        let explained = verdict
+            .retried_at_ms
+            .iter()
+            .any(|&at| self.fault_during(at, at, slack, worker));
+        if explained {
+            self.report.ran_twice_after_worker_fault += 1;
+        } else {
+            self.report.ran_twice_unexplained += 1;
+            self.report.notes.push(format!(
+                "job {job_id} ran {} times with no worker fault to explain it",
+                verdict.runs
+            ));
+        }
+    }
+
+    /// Every cancel answered 200 ended its job `cancelled`; for running jobs, the time until
+    /// the slot was seen free (overall, and with no fault in between).
+    async fn check_cancels(&mut self, freed: &Freed) {
         let cancels = std::mem::take(&mut self.cancels);
         let (mut to_free, mut undisturbed) = (Vec::new(), Vec::new());
         for cancel in &cancels {
             let Some(record) = self.record(cancel.job_id).await else {
                 continue;
             };
-            if record.state != JobState::Cancelled {
-                self.report.cancels_not_honoured += 1;
-                self.violation(format!(
-                    "job {} was cancelled (200) but ended {}",
-                    cancel.job_id, record.state
-                ));
-                continue;
-            }
-            let was_running = record.history.iter().any(|h| {
-                h.event == "cancel_requested"
-                    && matches!(h.from, JobState::Running | JobState::Encoding)
-            });
+            let was_running = match check::cancel_verdict(&record) {
+                Ok(was_running) => was_running,
+                Err(problem) => {
+                    self.report.cancels_not_honoured += 1;
+                    self.violation(format!("job {} {problem}", cancel.job_id));
+                    continue;
+                }
+            };
             let freed_at = freed
                 .lock()
                 .ok()
@@ -656,10 +663,6 @@ impl Harness {
         self.report.cancel_to_free_samples = u32::try_from(to_free.len()).unwrap_or(u32::MAX);
         self.report.cancel_to_free_ms = Percentiles::of(to_free);
         self.report.cancel_to_free_undisturbed_ms = Percentiles::of(undisturbed);
-        if self.report.accepted > 0 {
-            self.report.ran_twice_pct =
-                f64::from(self.report.ran_twice) * 100.0 / f64::from(self.report.accepted);
-        }
     }
 
     async fn download(&self, job_id: JobId) -> Result<Vec<u8>, String> {
