@@ -250,11 +250,16 @@ pub(crate) async fn tenant_entry(
     match any_entry(state, job_id).await? {
         Some((record, revision)) if record.tenant == caller.tenant => Ok(Some((record, revision))),
         Some((record, _)) => {
-            tracing::warn!(target: AUDIT, event = "cross_tenant_refused", %job_id, tenant = %caller.tenant, key_id = %caller.id, owner = %record.tenant, "another tenant's job asked for; answered 404");
+            audit_cross_tenant(caller, job_id, &record.tenant);
             Ok(None)
         }
         None => Ok(None),
     }
+}
+
+/// The audit line of a request for another tenant's job (answered 404 as if absent).
+fn audit_cross_tenant(caller: &Principal, job_id: JobId, owner: &TenantId) {
+    tracing::warn!(target: AUDIT, event = "cross_tenant_refused", %job_id, tenant = %caller.tenant, key_id = %caller.id, %owner, "another tenant's job asked for; answered 404");
 }
 
 /// Whether `job_id` is a deleted job of the caller's tenant.
@@ -308,7 +313,7 @@ pub(crate) fn store_error(job_id: JobId, error: StoreError) -> ApiError {
                 ),
             )
         }
-        error => ApiError::internal("write job record", &error),
+        error => ApiError::internal("job record", &error),
     }
 }
 
@@ -381,7 +386,7 @@ pub(crate) async fn current(
             });
         }
         Some((record, _)) if record.deleted_at_ms.is_none() => {
-            tracing::warn!(target: AUDIT, event = "cross_tenant_refused", %job_id, tenant = %caller.tenant, key_id = %caller.id, owner = %record.tenant, "another tenant's job asked for; answered 404");
+            audit_cross_tenant(caller, job_id, &record.tenant);
             return Ok(Current::Absent);
         }
         _ => {}
@@ -894,7 +899,7 @@ async fn cancel_record(
 }
 
 /// Why a change of a job record on behalf of a tenant did not happen.
-pub(crate) enum TenantRefusal {
+enum TenantRefusal {
     /// The job is deleted: it reads as absent.
     Deleted,
     /// The job is another tenant's (named): it reads as absent, and the attempt is audited.
@@ -905,7 +910,7 @@ pub(crate) enum TenantRefusal {
 
 /// `change` of `record` when it is a live job of the caller's tenant, for
 /// [`protocol::jetstream::JobStore::try_update`].
-pub(crate) fn tenant_change(
+fn tenant_change(
     record: &JobRecord,
     caller: &Principal,
     change: impl FnOnce(&JobRecord) -> Result<JobRecord, ApiError>,
@@ -922,7 +927,7 @@ pub(crate) fn tenant_change(
 /// The answer to a compare-and-set made with [`tenant_change`]: the change, `None` for a job
 /// the caller cannot see (absent, deleted, another tenant's), or the error to answer with
 /// (`doing` names the operation in a contended job's 503).
-pub(crate) fn tenant_update(
+fn tenant_update(
     caller: &Principal,
     job_id: JobId,
     outcome: Result<Option<Updated>, CasError<TenantRefusal>>,
@@ -934,7 +939,7 @@ pub(crate) fn tenant_update(
             CasError::Refused(TenantRefusal::Deleted) | CasError::Store(StoreError::NotFound(_)),
         ) => Ok(None),
         Err(CasError::Refused(TenantRefusal::OtherTenant(owner))) => {
-            tracing::warn!(target: AUDIT, event = "cross_tenant_refused", %job_id, tenant = %caller.tenant, key_id = %caller.id, %owner, "another tenant's job asked for; answered 404");
+            audit_cross_tenant(caller, job_id, &owner);
             Ok(None)
         }
         Err(CasError::Refused(TenantRefusal::Refused(error))) => Err(error),

@@ -533,12 +533,12 @@ async fn finish(
         (Ok(Ran::Encoded(encoded)), _) => store_video(job_id, attempt, encoded, &state.io()).await,
         (Err(BackendError::Stopped), StopReason::Abandon) => "abandoned",
         (Ok(Ran::Paused(paused)), reason) => {
-            let label = paused_job(state, job_id, attempt, paused).await;
-            if reason == StopReason::HandBack && label == "preempted" {
+            let paused_as = if reason == StopReason::HandBack {
                 "handed_back"
             } else {
-                label
-            }
+                "preempted"
+            };
+            paused_job(state, job_id, attempt, paused, paused_as).await
         }
         (Err(error), reason) => {
             let (failure, label) = if matches!(reason, StopReason::Shutdown | StopReason::HandBack)
@@ -586,12 +586,14 @@ async fn finish(
 /// Saves a paused job's state under `<job>/paused/<attempt>` (the latent checkpoint's format
 /// and store, under its own name so that a retry never mistakes a half-denoised latent for
 /// a denoised one) and writes `preempted` with where to resume (fenced by the attempt). A
-/// state that cannot be saved resumes from step 0: the same video, later.
+/// state that cannot be saved resumes from step 0: the same video, later. Returns
+/// `paused_as` (the outcome label) once written, `abandoned` if the record refused it.
 async fn paused_job(
     state: &GpuSlotState,
     job_id: JobId,
     attempt: u32,
     paused: crate::backend::PausedState,
+    paused_as: &'static str,
 ) -> &'static str {
     let object = paused_object(job_id, attempt);
     let saved = match paused.latent {
@@ -610,7 +612,7 @@ async fn paused_job(
     )
     .await
     {
-        "preempted"
+        paused_as
     } else {
         "abandoned"
     }
