@@ -2,8 +2,9 @@
 //! queue and the live slots rebuilt from the `mochi_jobs` and `mochi_nodes` watches (so a
 //! restarted coordinator loses nothing), places jobs on free slots with the configured
 //! policy (`length-aware` by default: [`policy`], [`cost`], [`scheduler`]) through one proxy
-//! actor per remote slot ([`slots`]), and sends jobs whose node went quiet back to the queue
-//! with a backoff ([`leases`]).
+//! actor per remote slot ([`slots`]), and has its keeper ([`keeper`]) send jobs whose node
+//! went quiet back to the queue with a backoff, end jobs that missed a deadline, requeue
+//! paused jobs and copy dead ones to the dead-letter stream.
 //!
 //! Durability lives in JetStream: every decision is a compare-and-set on the job's record,
 //! so two coordinators (or a restarted one) never both win. Several replicas may run: one
@@ -14,8 +15,8 @@ pub mod config;
 pub mod cost;
 pub mod error;
 pub mod intake;
+pub mod keeper;
 pub mod leader;
-pub mod leases;
 pub mod metrics;
 pub mod policy;
 pub mod scheduler;
@@ -199,15 +200,6 @@ impl Coordinator {
                     what: "the mochi_nodes watch",
                     source: Box::new(e),
                 })?;
-        let deadline_watch = resources
-            .jobs
-            .kv
-            .watch_with_history(">")
-            .await
-            .map_err(|e| Error::JetStream {
-                what: "the mochi_jobs watch of the deadline keeper",
-                source: Box::new(e),
-            })?;
         let estimates = answer_requests(&client, protocol::names::SUBJECT_ESTIMATE).await?;
         let submissions = answer_requests(&client, protocol::names::SUBJECT_SUBMIT_RPC_ALL).await?;
         let responder = submit_rpc::Responder {
@@ -239,11 +231,6 @@ impl Coordinator {
             client,
             estimates,
             scheduler.clone(),
-        ));
-        tasks.spawn(leases::enforce_deadlines(
-            Arc::clone(&config),
-            resources.clone(),
-            deadline_watch,
         ));
         let intake_args = IntakeArgs {
             config: Arc::clone(&config),

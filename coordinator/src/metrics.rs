@@ -1,6 +1,8 @@
 //! Metric names of the coordinator and their descriptions (the binary installs the recorder).
 
-use crate::scheduler::SchedulerStatus;
+use protocol::JobRecord;
+
+use crate::scheduler::messages::SchedulerStatus;
 
 /// Jobs waiting for a slot.
 pub const QUEUE_DEPTH: &str = "mochi_coordinator_queue_depth";
@@ -94,6 +96,32 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Time from submission to placement"
     );
+}
+
+/// A job that ended longer ago than this when first seen (a coordinator's replay of the
+/// watch at start) was counted when it ended.
+const REPLAY_WINDOW_MS: u64 = 60_000;
+
+/// Counts a job that just ended by its state and records its time from submission to end
+/// (a record replayed at start, ended long ago, is not counted again).
+pub(crate) fn job_finished(record: &JobRecord, now: u64) {
+    let Some(ended) = record.finished_at_ms else {
+        return;
+    };
+    if now.saturating_sub(ended) > REPLAY_WINDOW_MS {
+        return;
+    }
+    let state = record.state.as_str();
+    metrics::counter!(JOBS_FINISHED, "state" => state).increment(1);
+    let seconds = ended.saturating_sub(record.created_at_ms) as f64 / 1_000.0;
+    metrics::histogram!(JOB_SECONDS, "state" => state).record(seconds);
+}
+
+/// Sets the queue depth of each lane, given as `(lane, jobs)`.
+pub(crate) fn lane_depths(depths: impl IntoIterator<Item = (&'static str, u32)>) {
+    for (lane, count) in depths {
+        metrics::gauge!(QUEUE_DEPTH_LANE, "lane" => lane).set(f64::from(count));
+    }
 }
 
 /// Sets the gauges from the scheduler's counts.

@@ -1,20 +1,25 @@
-//! One proxy actor per remote slot. It places one job at a time on its slot: first the
-//! record moves `queued → assigned` with a lease (compare-and-set), then the `Assign`
-//! request goes to the node; a refused or unanswered placement is handed back to the queue
-//! (`AssignmentRejected`). Either way it tells the scheduler how it ended.
+//! One proxy actor per remote slot: everything the scheduler asks of a node about the slot
+//! goes through it, one request at a time.
+//!
+//! - A placement: first the record moves `queued → assigned` with a lease
+//!   (compare-and-set), then the `Assign` request goes to the node; a refused or unanswered
+//!   placement is handed back to the queue (`AssignmentRejected`). Either way the proxy
+//!   tells the scheduler how it ended.
+//! - A pause: the `Preempt` request goes to the node, and its answer (or its silence) goes
+//!   back to the scheduler.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::jetstream::Resources;
-use protocol::messages::{Assign, AssignReply};
+use protocol::messages::{Assign, AssignReply, Preempt, PreemptReply};
 use protocol::record::Lease;
 use protocol::{JobEvent, JobId, JobState, NodeId, codec, names, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::config::Config;
 use crate::metrics;
-use crate::scheduler::{PlacementOutcome, SchedulerMsg};
+use crate::scheduler::messages::{PauseAnswer, PlacementOutcome, SchedulerMsg};
 use crate::store::{self, Written};
 
 /// The proxy actor of one remote slot.
@@ -24,6 +29,14 @@ pub struct SlotProxy;
 pub enum SlotProxyMsg {
     /// Place this queued job on the slot.
     Place(JobId),
+    /// Ask the node to pause this attempt of the job running on the slot at its next step
+    /// boundary.
+    Pause {
+        /// The running job.
+        job_id: JobId,
+        /// Its attempt (a node running another attempt refuses).
+        attempt: u32,
+    },
 }
 
 /// What a proxy needs.
@@ -61,19 +74,27 @@ impl Actor for SlotProxy {
         message: SlotProxyMsg,
         state: &mut SlotProxyArgs,
     ) -> Result<(), ActorProcessingErr> {
-        let SlotProxyMsg::Place(job_id) = message;
-        let (outcome, revision) = place(state, job_id).await;
-        let label = match outcome {
-            PlacementOutcome::Accepted => "accepted",
-            PlacementOutcome::Refused => "refused",
-            PlacementOutcome::Lost => "lost",
+        let answer = match message {
+            SlotProxyMsg::Place(job_id) => {
+                let (outcome, revision) = place(state, job_id).await;
+                ::metrics::counter!(metrics::PLACEMENTS, "outcome" => outcome.as_str())
+                    .increment(1);
+                SchedulerMsg::PlacementDone {
+                    job_id,
+                    outcome,
+                    revision,
+                }
+            }
+            SlotProxyMsg::Pause { job_id, attempt } => {
+                let timeout = Duration::from_millis(state.config.assign_timeout_ms);
+                SchedulerMsg::PauseAnswered {
+                    job_id,
+                    node: state.node.clone(),
+                    answer: ask(&state.client, &state.node, job_id, attempt, timeout).await,
+                }
+            }
         };
-        ::metrics::counter!(metrics::PLACEMENTS, "outcome" => label).increment(1);
-        let _ = state.scheduler.cast(SchedulerMsg::PlacementDone {
-            job_id,
-            outcome,
-            revision,
-        });
+        let _ = state.scheduler.cast(answer);
         Ok(())
     }
 }
@@ -192,5 +213,87 @@ async fn hand_back(state: &SlotProxyArgs, assigned: &Written) -> u64 {
             tracing::warn!(%job_id, %error, "cannot hand the refused placement back; its lease will");
             assigned.revision
         }
+    }
+}
+
+/// Sends a `Preempt` request; silence on the subject means the node cannot pause.
+async fn ask(
+    client: &async_nats::Client,
+    node: &NodeId,
+    job_id: JobId,
+    attempt: u32,
+    timeout: Duration,
+) -> PauseAnswer {
+    let bytes = match codec::encode(&Preempt { job_id, attempt }) {
+        Ok(bytes) => bytes,
+        Err(error) => return PauseAnswer::Refused(format!("cannot encode: {error}")),
+    };
+    let subject = names::node_preempt_subject(node.as_str());
+    match tokio::time::timeout(timeout, client.request(subject, bytes.into())).await {
+        Ok(Ok(reply)) => match codec::decode::<PreemptReply>(&reply.payload) {
+            Ok(PreemptReply::Pausing) => PauseAnswer::Pausing,
+            Ok(PreemptReply::Refused { reason }) => PauseAnswer::Refused(reason),
+            Err(error) => PauseAnswer::Unsupported(format!("unreadable reply: {error}")),
+        },
+        Ok(Err(error)) if error.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+            PauseAnswer::Unsupported("no responder on the preempt subject".to_owned())
+        }
+        Ok(Err(error)) => PauseAnswer::Refused(format!("request failed: {error}")),
+        Err(_) => PauseAnswer::Refused("no answer in time".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use futures::StreamExt;
+
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Answers every pause request on `n1`'s subject with `reply`.
+    async fn responder(client: &async_nats::Client, reply: PreemptReply) {
+        let mut requests = client
+            .subscribe(names::node_preempt_subject("n1"))
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let client = client.clone();
+        tokio::spawn(async move {
+            while let Some(message) = requests.next().await {
+                let request: Preempt = codec::decode(&message.payload).unwrap();
+                assert_eq!(request.attempt, 3);
+                if let Some(to) = message.reply {
+                    let bytes = codec::encode(&reply).unwrap();
+                    client.publish(to, bytes.into()).await.unwrap();
+                }
+            }
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_is_asked_and_its_silence_means_it_cannot_pause() {
+        // Bounded as a whole: a lost message fails the test instead of hanging CI.
+        tokio::time::timeout(Duration::from_secs(30), ask_a_node())
+            .await
+            .unwrap();
+    }
+
+    async fn ask_a_node() {
+        let server = testkit::NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let node = NodeId::new("n1").unwrap();
+        let job = JobId::new();
+        assert!(matches!(
+            ask(&client, &node, job, 3, TIMEOUT).await,
+            PauseAnswer::Unsupported(_)
+        ));
+        responder(&client, PreemptReply::Pausing).await;
+        assert_eq!(
+            ask(&client, &node, job, 3, TIMEOUT).await,
+            PauseAnswer::Pausing
+        );
     }
 }

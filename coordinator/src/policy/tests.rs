@@ -1,8 +1,9 @@
 use proptest::prelude::*;
-use protocol::JobShape;
+use protocol::spec::Priority;
+use protocol::{JobId, JobShape};
 
 use super::*;
-use crate::cost::CostModel;
+use crate::cost::{CostModel, GpuClass};
 
 const SHAPES: [(u32, u32, u32, u32); 8] = [
     (31, 848, 480, 64),

@@ -11,7 +11,7 @@ use protocol::codec;
 use protocol::messages::{ClassEstimate, EstimateReply, EstimateRequest};
 use ractor::ActorRef;
 
-use super::SchedulerMsg;
+use super::messages::SchedulerMsg;
 use crate::cost::{self, CostModel, GpuClass};
 use crate::policy::LaneBounds;
 
