@@ -2,8 +2,8 @@
 
 use candle_core::{D, Result, Tensor};
 
-use super::Config;
 use super::attention::{Qkv, apply_rope, joint_attention};
+use super::config::Config;
 use super::embeddings::load_linear;
 use super::ops::{Linear, layer_norm, rms_norm, rms_norm_weighted, scale_tokens};
 use super::weights::Weights;

@@ -3,7 +3,7 @@
 
 use candle_core::{D, DType, Device, Result, Tensor};
 
-use super::Config;
+use super::config::Config;
 use super::ops::Linear;
 use super::weights::Weights;
 

@@ -17,94 +17,21 @@ use crate::device::{DeviceMemory, MemoryWatch};
 use crate::metrics;
 use crate::mp4::VideoConfig;
 
+mod messages;
 mod output;
 mod stop;
 mod worker;
 
+pub use messages::{Encoded, GpuSlotMsg, Ran};
 use output::{
     RETRY_DELAY_MS, SlotIo, latent_object, load_latent, paused_object, publish_progress,
     read_latent, save_latent, store_video, write,
 };
 use stop::{StopFlag, StopReason};
-pub use worker::{Encoded, Ran};
 use worker::{WorkItem, worker};
 
 /// The slot actor.
 pub struct GpuSlot;
-
-/// Messages of the slot actor.
-pub enum GpuSlotMsg {
-    /// Take a job, replying whether the slot accepts it.
-    Start(Box<Assign>, RpcReplyPort<AssignReply>),
-    /// Stop a job at its next step boundary.
-    Cancel {
-        /// The job.
-        job_id: JobId,
-        /// The attempt.
-        attempt: u32,
-    },
-    /// Pause a job at its next denoising-step boundary (preempted for another job),
-    /// replying whether the slot will.
-    Pause {
-        /// The job.
-        job_id: JobId,
-        /// The attempt.
-        attempt: u32,
-        /// Told whether the slot pauses it.
-        reply: RpcReplyPort<PreemptReply>,
-    },
-    /// Refuse new work from now on (shutdown).
-    Drain,
-    /// Stop the running job and hand it back (shutdown deadline passed).
-    Abort,
-    /// The worker finished a denoising step.
-    StepCompleted {
-        /// The job.
-        job_id: JobId,
-        /// The attempt.
-        attempt: u32,
-        /// Steps done and in all.
-        progress: Progress,
-    },
-    /// The worker decoded another chunk of latent frames (renews the lease while decoding).
-    DecodeProgressed {
-        /// The job.
-        job_id: JobId,
-        /// The attempt.
-        attempt: u32,
-    },
-    /// The worker denoised the job and decodes on: save the latent meanwhile, so that a
-    /// retry skips denoising (the mailbox is in order: it is saved before the job's end is
-    /// handled).
-    LatentDenoised {
-        /// The job.
-        job_id: JobId,
-        /// The attempt.
-        attempt: u32,
-        /// The serialised latent.
-        bytes: Vec<u8>,
-    },
-    /// The worker finished denoising and decoding and is encoding the MP4.
-    EncodingStarted {
-        /// The job.
-        job_id: JobId,
-        /// The attempt.
-        attempt: u32,
-    },
-    /// The worker finished the job: the MP4 and its previews, or why not.
-    JobFinished {
-        /// The job.
-        job_id: JobId,
-        /// The attempt.
-        attempt: u32,
-        /// The MP4 and its previews, or the failure.
-        outcome: Result<Ran, BackendError>,
-        /// Memory the device had in use after the job, when the backend measures it.
-        memory_used_bytes: Option<u64>,
-    },
-    /// The slot's report, for heartbeats and tests.
-    Status(RpcReplyPort<SlotReport>),
-}
 
 /// What a slot needs to start.
 pub struct GpuSlotArgs {

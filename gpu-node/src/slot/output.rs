@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use protocol::jetstream::{Resources, StoreError};
 use protocol::record::TransitionError;
 
+use super::messages::Encoded;
 use super::stop::{StopFlag, StopReason};
-use super::worker::Encoded;
 use crate::backend::LatentCheckpoint;
 
 /// Delay before a job failed on this node may be retried, ms.

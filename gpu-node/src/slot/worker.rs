@@ -8,34 +8,13 @@ use protocol::JobId;
 use protocol::record::Progress;
 use ractor::ActorRef;
 
-use super::GpuSlotMsg;
+use super::messages::{Encoded, GpuSlotMsg, Ran};
 use super::stop::{StopFlag, StopReason};
 use crate::backend::{
-    Backend, BackendError, BackendJob, Control, LatentCheckpoint, Outcome, PausedState,
-    StepObserver,
+    Backend, BackendError, BackendJob, Control, LatentCheckpoint, Outcome, StepObserver,
 };
 use crate::metrics;
 use crate::mp4::VideoConfig;
-
-/// What a finished job hands to the slot actor for upload.
-#[derive(Debug)]
-pub struct Encoded {
-    /// The H.264 MP4.
-    pub mp4: Vec<u8>,
-    /// The middle frame, JPEG ([`crate::preview::thumbnail`]).
-    pub thumbnail: Vec<u8>,
-    /// Evenly spaced frames in a grid, JPEG ([`crate::preview::spritesheet`]).
-    pub spritesheet: Vec<u8>,
-}
-
-/// How a job that did not fail ended on the thread.
-#[derive(Debug)]
-pub enum Ran {
-    /// Generated and encoded, ready for upload.
-    Encoded(Encoded),
-    /// Paused at a step boundary with this state (preempted, or the node shutting down).
-    Paused(PausedState),
-}
 
 /// One job handed to the thread.
 pub(super) struct WorkItem {

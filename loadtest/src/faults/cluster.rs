@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::FaultError;
+use super::error::FaultError;
 
 /// Coordinator replicas.
 pub const COORDINATORS: usize = 2;
