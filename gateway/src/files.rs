@@ -9,9 +9,9 @@ use std::time::Duration;
 use async_nats::jetstream::object_store::DeleteErrorKind;
 use protocol::jetstream::Resources;
 use protocol::{JobId, JobRecord, names, now_ms};
-use serde::{Deserialize, Serialize};
 
-use crate::state::AppState;
+use crate::index::JobIndex;
+use serde::{Deserialize, Serialize};
 
 /// Retention settings (`[gateway.retention]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,16 +78,19 @@ pub async fn remove(resources: &Resources, record: &JobRecord, dead_letter: bool
     }
 }
 
-/// Sweeps every `sweep_interval_ms` for as long as `state`'s job index lives: the files of
-/// jobs whose retention ran out are removed and their records marked
-/// (`files_removed_at_ms`).
-pub fn sweep(state: &AppState) -> Option<tokio::task::JoinHandle<()>> {
-    let config = state.config.retention.clone();
+/// Sweeps every `sweep_interval_ms` for as long as `index` lives: the files of jobs whose
+/// retention ran out are removed and their records marked (`files_removed_at_ms`).
+pub fn sweep(
+    index: &JobIndex,
+    resources: &Resources,
+    config: &RetentionConfig,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let config = config.clone();
     if config.files_s == 0 {
         return None;
     }
-    let index = state.index.downgrade();
-    let resources = state.resources.clone();
+    let index = index.downgrade();
+    let resources = resources.clone();
     Some(tokio::spawn(async move {
         let interval = Duration::from_millis(config.sweep_interval_ms.max(1));
         let mut tick = tokio::time::interval(interval);

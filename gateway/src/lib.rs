@@ -15,6 +15,7 @@ pub mod state;
 pub mod webhooks;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -29,6 +30,8 @@ use protocol::ErrorCode;
 use protocol::jetstream::Resources;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
+
+pub use serve::{MAX_HEADER_BYTES, MAX_HEADERS, MAX_URI_BYTES};
 
 pub use config::Config;
 pub use error::{ApiError, Error, Result};
@@ -54,7 +57,10 @@ pub fn app(state: AppState) -> Router {
         })
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            auth::Gate {
+                auth: state.auth.clone(),
+                limiter: Arc::clone(&state.limiter),
+            },
             auth::middleware,
         ))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
@@ -115,7 +121,7 @@ fn build() -> (Routers, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::health::readyz))
         .routes(routes!(routes::health::metrics))
         .routes(routes!(routes::seed::health))
-        .routes(routes!(openapi::document))
+        .routes(routes!(openapi_json))
         .split_for_parts();
     document.merge(open_document);
     (Routers { api, open }, document)
@@ -135,17 +141,23 @@ pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
     DOCUMENT.get_or_init(|| build().1)
 }
 
+/// `GET /openapi.json`: this document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "document",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json"))
+)]
+async fn openapi_json() -> axum::Json<&'static utoipa::openapi::OpenApi> {
+    axum::Json(openapi_document())
+}
+
 /// The header that names a request in both directions.
 const REQUEST_ID: &str = "x-request-id";
 /// Longest client-chosen request id kept.
 const MAX_REQUEST_ID: usize = 128;
-
-/// Longest request URI read, bytes (414 `uri_too_long` beyond).
-pub const MAX_URI_BYTES: usize = 8 * 1024;
-/// Most header bytes (names and values) read (431 `headers_too_large` beyond).
-pub const MAX_HEADER_BYTES: usize = 32 * 1024;
-/// Most headers read (431 `headers_too_large` beyond).
-pub const MAX_HEADERS: usize = 128;
 
 /// Gives every response an `x-request-id`: the client's, when it sent a usable one, else a
 /// new one; the request's log lines carry it. Refuses, with our error body, a URI or

@@ -2,7 +2,6 @@
 //! (utoipa): the router and the document are built together (`utoipa_axum`), so a route
 //! cannot exist without its description or the other way round. Served at `/openapi.json`.
 
-use axum::Json;
 use protocol::ErrorBody;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -102,16 +101,4 @@ pub enum Errors {
     /// Overloaded, or a dependency is down: retry.
     #[response(status = 503)]
     Unavailable(ErrorBody),
-}
-
-/// `GET /openapi.json`: this document.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    tag = "operations",
-    security(()),
-    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json"))
-)]
-pub async fn document() -> Json<&'static utoipa::openapi::OpenApi> {
-    Json(crate::openapi_document())
 }

@@ -24,6 +24,13 @@ use tokio_util::task::TaskTracker;
 use crate::config::ConnectionConfig;
 use crate::metrics;
 
+/// Longest request URI read, bytes (414 `uri_too_long` beyond).
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header bytes (names and values) read (431 `headers_too_large` beyond).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Most headers read (431 `headers_too_large` beyond).
+pub const MAX_HEADERS: usize = 128;
+
 /// How long connections get to finish their requests after the stop signal.
 const DRAIN: Duration = Duration::from_secs(30);
 
@@ -93,7 +100,7 @@ async fn connection(
         .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
         // Above the router's own limits (`MAX_HEADERS`, `MAX_HEADER_BYTES`), so that those
         // answer with our error body first.
-        .max_headers(2 * crate::MAX_HEADERS)
+        .max_headers(2 * MAX_HEADERS)
         .keep_alive(true);
     let conn = builder.serve_connection(io, TowerToHyperService::new(app));
     let mut conn = std::pin::pin!(conn);

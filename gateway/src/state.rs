@@ -78,8 +78,18 @@ impl AppState {
             &self.load,
             &self.index,
         ));
-        drop(crate::files::sweep(self));
-        crate::webhooks::start(self);
+        let (index, resources) = (&self.index, &self.resources);
+        drop(crate::files::sweep(
+            index,
+            resources,
+            &self.config.retention,
+        ));
+        crate::webhooks::start(
+            index,
+            resources,
+            &self.config.webhooks,
+            &self.config.retention,
+        );
         let watch = self
             .auth
             .keys()

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use protocol::{TenantId, now_ms};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Role;
+use super::role::Role;
 
 /// The prefix of every key this service issues (recognisable in a leak scan).
 pub const KEY_PREFIX: &str = "mk_live_";

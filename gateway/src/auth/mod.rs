@@ -8,9 +8,9 @@ pub mod keys;
 pub mod limits;
 pub mod oidc;
 pub mod quota;
+mod role;
 pub mod signing;
 
-use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -24,93 +24,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::metrics;
-use crate::state::AppState;
 use keys::KeyCache;
 use limits::{Decision, RateClass};
+pub use role::{Action, Role};
 
 /// Log target of audit events.
 pub const AUDIT: &str = "mochi::audit";
-
-/// What a credential may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Every route: its tenant's jobs, every tenant's admin views, keys, dead letters.
-    Admin,
-    /// Create, read, cancel and download its own tenant's jobs.
-    Submitter,
-    /// Read and download its own tenant's jobs.
-    Viewer,
-}
-
-impl Role {
-    /// The role's name on the wire and in the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::Submitter => "submitter",
-            Self::Viewer => "viewer",
-        }
-    }
-
-    /// Whether the role may do `action`.
-    pub fn allows(self, action: Action) -> bool {
-        matches!(
-            (self, action),
-            (Self::Admin, _)
-                | (
-                    Self::Submitter,
-                    Action::Read | Action::Submit | Action::Cancel
-                )
-                | (Self::Viewer, Action::Read)
-        )
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "admin" => Ok(Self::Admin),
-            "submitter" => Ok(Self::Submitter),
-            "viewer" => Ok(Self::Viewer),
-            other => Err(format!(
-                "unknown role {other:?}: use admin, submitter or viewer"
-            )),
-        }
-    }
-}
-
-/// What a route does, for the role check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Read a job, its video or the fleet.
-    Read,
-    /// Create a job.
-    Submit,
-    /// Cancel a job.
-    Cancel,
-    /// Admin views: keys, dead letters.
-    Admin,
-}
-
-impl Action {
-    fn describe(self) -> &'static str {
-        match self {
-            Self::Read => "read jobs",
-            Self::Submit => "create jobs",
-            Self::Cancel => "cancel jobs",
-            Self::Admin => "use the admin API",
-        }
-    }
-}
 
 /// How a caller proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,16 +255,21 @@ fn missing_credentials() -> ApiError {
     unauthorized("send an API key as `Authorization: Bearer <key>`; `mochi keys create` makes one")
 }
 
+/// What the middleware checks callers with: the authenticator and the rate limiter.
+#[derive(Clone)]
+pub struct Gate {
+    /// Checks credentials.
+    pub auth: Authenticator,
+    /// Per-key request rates.
+    pub limiter: Arc<limits::RateLimiter>,
+}
+
 /// The route of a download by signed link, which needs no credentials.
 const CONTENT_ROUTE: &str = "/v1/videos/{id}/content";
 
 /// Middleware of the API: authenticates the caller (401), applies its rate limit (429 with
 /// `Retry-After`), hands the [`Principal`] to the handler and adds the `RateLimit-*` headers.
-pub async fn middleware(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub async fn middleware(State(state): State<Gate>, mut request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()

@@ -8,7 +8,7 @@ use protocol::JobId;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
+use protocol::config::Secret;
 
 /// Entry of `mochi_keys` holding the generated signing key when none is configured.
 const AUTO_KEY_ENTRY: &str = "signing.auto";

@@ -7,78 +7,19 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use protocol::record::VideoResult;
 use protocol::{ErrorCode, JobState};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
 use serde::Deserialize;
 
-use crate::auth::signing::{LinkError, VARIANT_VIDEO};
+use crate::auth::signing::LinkError;
 use crate::auth::{AUDIT, Action, Caller};
 use crate::error::ApiError;
 use crate::openapi::Errors;
+use crate::routes::variant::Variant;
 use crate::routes::videos::{JobPath, any_entry, query_error, tenant_record};
 use crate::state::AppState;
-
-/// What a content request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Variant {
-    /// The MP4.
-    Video,
-    /// The middle frame, JPEG.
-    Thumbnail,
-    /// Evenly spaced frames in a grid, JPEG.
-    Spritesheet,
-}
-
-impl Variant {
-    /// The name in `?variant=` (and in a signed link's signature).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Video => VARIANT_VIDEO,
-            Self::Thumbnail => "thumbnail",
-            Self::Spritesheet => "spritesheet",
-        }
-    }
-
-    fn parse(name: Option<&str>) -> Result<Self, ApiError> {
-        match name {
-            None | Some(VARIANT_VIDEO) => Ok(Self::Video),
-            Some("thumbnail") => Ok(Self::Thumbnail),
-            Some("spritesheet") => Ok(Self::Spritesheet),
-            Some(_) => Err(ApiError::field(
-                ErrorCode::InvalidField,
-                "variant must be video, thumbnail or spritesheet",
-                "variant",
-            )),
-        }
-    }
-
-    fn content_type(self) -> &'static str {
-        match self {
-            Self::Video => "video/mp4",
-            Self::Thumbnail | Self::Spritesheet => "image/jpeg",
-        }
-    }
-
-    /// The object holding this variant of `result`.
-    fn object(self, result: &VideoResult) -> String {
-        match self {
-            Self::Video => result.object_name.clone(),
-            Self::Thumbnail => result.thumbnail_object(),
-            Self::Spritesheet => result.spritesheet_object(),
-        }
-    }
-
-    fn file_name(self, job_id: protocol::JobId) -> String {
-        match self {
-            Self::Video => format!("{job_id}.mp4"),
-            Self::Thumbnail => format!("{job_id}-thumbnail.jpg"),
-            Self::Spritesheet => format!("{job_id}-spritesheet.jpg"),
-        }
-    }
-}
 
 /// The query of a content request (and of a signed link).
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -358,6 +299,8 @@ async fn signed_record(
 
 #[cfg(test)]
 mod tests {
+    use protocol::record::VideoResult;
+
     use super::*;
 
     #[test]

@@ -12,5 +12,6 @@ pub mod keys;
 pub mod models;
 pub mod request;
 pub mod seed;
+pub mod variant;
 pub mod videos;
 pub mod web;

@@ -25,9 +25,9 @@ use crate::error::ApiError;
 use crate::index::PageQuery;
 use crate::metrics;
 use crate::openapi::Errors;
-use crate::routes::content::Variant;
 use crate::routes::create::create_request;
 use crate::routes::request::{idempotency_key, json_request};
+use crate::routes::variant::Variant;
 use crate::state::AppState;
 
 /// Most compare-and-set rounds a cancellation tries before answering 503.

@@ -15,63 +15,21 @@ pub mod send;
 pub mod sign;
 pub mod source;
 pub mod target;
+mod types;
 
-use protocol::{JobId, TenantId};
-use serde::{Deserialize, Serialize};
+use protocol::jetstream::Resources;
 
-use crate::state::AppState;
+use crate::files::RetentionConfig;
+use crate::index::JobIndex;
+pub use types::{Delivery, WebhookConfig};
 
-/// Webhook settings (`[gateway.webhooks]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WebhookConfig {
-    /// Hosts (names or IP addresses, as written in the URL) exempt from the address check:
-    /// receivers on the operator's own network.
-    pub allow_hosts: Vec<String>,
-    /// The longest a delivery may take (connect, send, answer), ms.
-    pub timeout_ms: u64,
-    /// Deliveries in flight per gateway.
-    pub max_in_flight: usize,
-    /// Deliveries in flight per gateway for one tenant (one slow receiver never takes every
-    /// slot).
-    pub max_in_flight_per_tenant: usize,
-    /// Least time between two `progress` events of a job, ms.
-    pub progress_interval_ms: u64,
-    /// Wait before each retry, seconds (its length is the number of retries).
-    pub retry_delays_s: Vec<u64>,
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        Self {
-            allow_hosts: Vec::new(),
-            timeout_ms: 10_000,
-            max_in_flight: 64,
-            max_in_flight_per_tenant: 8,
-            progress_interval_ms: 500,
-            // Ten retries over about two hours.
-            retry_delays_s: vec![5, 15, 30, 60, 300, 600, 900, 1200, 1800, 2400],
-        }
-    }
-}
-
-/// A delivery queued on `MOCHI_WEBHOOKS` (JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delivery {
-    /// `webhook-id`: stable across retries (`msg_<job>_<event>[_<attempt>[_<step>]]`).
-    pub id: String,
-    /// The job's tenant (whose secret signs).
-    pub tenant: TenantId,
-    /// The job.
-    pub job_id: JobId,
-    /// The receiver.
-    pub url: String,
-    /// The body, exactly as signed and sent.
-    pub body: String,
-}
-
-/// Starts the event source and the sender for as long as `state` lives.
-pub fn start(state: &AppState) {
-    drop(source::start(state));
-    drop(send::start(state));
+/// Starts the event source and the sender for as long as `index` lives.
+pub fn start(
+    index: &JobIndex,
+    resources: &Resources,
+    config: &WebhookConfig,
+    retention: &RetentionConfig,
+) {
+    drop(source::start(index, resources, config, retention));
+    drop(send::start(index, resources, config));
 }

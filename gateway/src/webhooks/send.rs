@@ -13,30 +13,34 @@ use async_nats::jetstream::consumer::{AckPolicy, pull};
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use hyper_util::rt::TokioIo;
+use protocol::jetstream::Resources;
 use protocol::{TenantId, names, now_ms};
 use tokio::sync::Semaphore;
 
 use super::sign::{Secret, secret_of};
 use super::target::{Target, TargetError};
-use super::{Delivery, WebhookConfig};
-use crate::index::WeakIndex;
+use super::types::{Delivery, WebhookConfig};
+use crate::index::{JobIndex, WeakIndex};
 use crate::metrics;
-use crate::state::AppState;
 
 /// Wait before starting over after the consumer failed.
 const RETRY: Duration = Duration::from_secs(1);
 /// How often a delivery waiting for its tenant's turn tells JetStream it is still held.
 const HOLD_NOTICE: Duration = Duration::from_secs(20);
 
-/// Sends deliveries for as long as `state`'s index lives.
-pub fn start(state: &AppState) -> Option<tokio::task::JoinHandle<()>> {
-    let Some(keys) = state.resources.keys.clone() else {
+/// Sends deliveries for as long as `index` lives.
+pub fn start(
+    index: &JobIndex,
+    resources: &Resources,
+    config: &WebhookConfig,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let Some(keys) = resources.keys.clone() else {
         tracing::warn!("webhooks are not sent: the mochi_keys bucket (their secrets) is not open");
         return None;
     };
-    let index = state.index.downgrade();
-    let context = state.resources.context.clone();
-    let config = Arc::new(state.config.webhooks.clone());
+    let index = index.downgrade();
+    let context = resources.context.clone();
+    let config = Arc::new(config.clone());
     Some(tokio::spawn(async move {
         let sender = Sender::new(keys, config);
         loop {

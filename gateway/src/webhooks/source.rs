@@ -9,24 +9,29 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::message::PublishMessage;
 use futures::StreamExt;
 use protocol::api::JobView;
+use protocol::jetstream::Resources;
 use protocol::record::WebhookEvent;
 use protocol::{JobId, JobRecord, JobState, codec, names, now_ms};
 
-use super::{Delivery, WebhookConfig};
+use super::types::{Delivery, WebhookConfig};
 use crate::files::RetentionConfig;
-use crate::index::WeakIndex;
+use crate::index::{JobIndex, WeakIndex};
 use crate::metrics;
-use crate::state::AppState;
 
 /// Wait before starting over after the consumer failed.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Reads record revisions into deliveries for as long as `state`'s index lives.
-pub fn start(state: &AppState) -> tokio::task::JoinHandle<()> {
-    let index = state.index.downgrade();
-    let context = state.resources.context.clone();
-    let config = state.config.webhooks.clone();
-    let retention = state.config.retention.clone();
+/// Reads record revisions into deliveries for as long as `index` lives.
+pub fn start(
+    index: &JobIndex,
+    resources: &Resources,
+    config: &WebhookConfig,
+    retention: &RetentionConfig,
+) -> tokio::task::JoinHandle<()> {
+    let index = index.downgrade();
+    let context = resources.context.clone();
+    let config = config.clone();
+    let retention = retention.clone();
     tokio::spawn(async move {
         let mut seen = Seen::default();
         loop {
