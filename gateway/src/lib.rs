@@ -96,9 +96,9 @@ fn build() -> (Routers, utoipa::openapi::OpenApi) {
     use utoipa_axum::routes;
 
     let (api, mut document) = OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
-        .routes(routes!(routes::videos::submit, routes::videos::list))
+        .routes(routes!(routes::videos::submit, routes::list::list))
         .routes(routes!(routes::videos::status, routes::videos::delete))
-        .routes(routes!(routes::videos::cancel))
+        .routes(routes!(routes::cancel::cancel))
         .routes(routes!(routes::estimate::estimate))
         .routes(routes!(routes::videos::remix))
         .routes(routes!(routes::content::content))

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{AUDIT, Action, Caller};
 use crate::error::ApiError;
 use crate::openapi::Errors;
-use crate::routes::videos::{JobPath, store_error};
+use crate::routes::lookup::{JobPath, store_error};
 use crate::state::AppState;
 
 /// Dead letters listed at most per request.

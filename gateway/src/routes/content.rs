@@ -17,8 +17,9 @@ use crate::auth::signing::LinkError;
 use crate::auth::{AUDIT, Action, Caller};
 use crate::error::ApiError;
 use crate::openapi::Errors;
+use crate::routes::list::query_error;
+use crate::routes::lookup::{JobPath, any_entry, tenant_record};
 use crate::routes::variant::Variant;
-use crate::routes::videos::{JobPath, any_entry, query_error, tenant_record};
 use crate::state::AppState;
 
 /// The query of a content request (and of a signed link).

@@ -28,7 +28,7 @@ use protocol::{JobId, JobRecord, TenantId, codec, names};
 use crate::auth::{Action, Caller};
 use crate::error::ApiError;
 use crate::metrics;
-use crate::routes::videos::{JobPath, submitted, tenant_entry, view_of};
+use crate::routes::lookup::{JobPath, submitted, tenant_entry, view_of};
 use crate::state::AppState;
 use tracker::{Emitted, Tracker};
 pub use tracker::{EventId, NotAnEventId, Phase};

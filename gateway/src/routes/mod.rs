@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod backends;
+pub mod cancel;
 pub mod content;
 pub mod create;
 pub mod estimate;
@@ -9,6 +10,8 @@ pub mod events;
 pub mod health;
 pub mod hooks;
 pub mod keys;
+pub mod list;
+pub mod lookup;
 pub mod models;
 pub mod request;
 pub mod seed;

@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{Action, Caller};
 use crate::error::ApiError;
 use crate::index::PageQuery;
+use crate::routes::lookup::{JobPath, current_view};
 use crate::routes::request::json_request;
-use crate::routes::videos::{self, JobPath};
+use crate::routes::{list, videos};
 use crate::state::AppState;
 
 /// Longest video the seed accepted, seconds.
@@ -212,7 +213,7 @@ pub async fn jobs(
         limit: JOBS_SHOWN,
         ..PageQuery::default()
     };
-    let views = videos::page_views(&state, &caller, &query).await?;
+    let views = list::page_views(&state, &caller, &query).await?;
     Ok(Json(SeedJobs {
         jobs: views.0.iter().map(SeedJob::of).collect(),
     }))
@@ -232,7 +233,7 @@ pub async fn job(
     JobPath(job_id): JobPath,
 ) -> Result<Json<SeedJob>, ApiError> {
     caller.require(Action::Read)?;
-    let view = videos::current_view(&state, &caller, job_id)
+    let view = current_view(&state, &caller, job_id)
         .await?
         .ok_or_else(|| ApiError::job_not_found(job_id))?;
     Ok(Json(SeedJob::of(&view)))
