@@ -6,6 +6,7 @@ pub mod backend;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod heartbeat;
 pub mod metrics;
 /// The Mochi-1 AsymmDiT transformer in candle.
 pub mod model;

@@ -1,5 +1,6 @@
 //! The node actor: owns the slots, takes assignments and cancellations from its NATS
-//! subjects and routes them to the slots, writes heartbeats into `mochi_nodes`, and
+//! subjects and routes them to the slots, hands its heartbeats to the writer of
+//! `mochi_nodes` ([`crate::heartbeat`]), and
 //! restarts a slot whose actor fails.
 
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::backend::Backend;
 use crate::device::DeviceMemory;
+use crate::heartbeat::{self, HeartbeatWriter};
 use crate::metrics;
 use crate::mp4::VideoConfig;
 use crate::slot::{GpuSlot, GpuSlotArgs, GpuSlotMsg};
@@ -81,6 +83,8 @@ pub struct NodeState {
     started_at_ms: u64,
     /// Subscription and heartbeat tasks; aborted in `post_stop`.
     tasks: Vec<JoinHandle<()>>,
+    /// Writes the heartbeats (the handler never waits for NATS).
+    writer: Option<HeartbeatWriter>,
 }
 
 impl NodeState {
@@ -121,25 +125,14 @@ impl NodeState {
         }
     }
 
-    async fn write_heartbeat(&self) {
+    /// Builds the heartbeat of now and hands it to the writer.
+    fn send_heartbeat(&self) {
         let heartbeat = self.heartbeat();
         for slot in &heartbeat.slots {
             metrics::set_slot_memory(slot.slot, slot.memory_total_bytes, slot.memory_free_bytes);
         }
-        let written = match codec::encode(&heartbeat) {
-            Ok(bytes) => self
-                .args
-                .resources
-                .nodes
-                .put(self.args.node_id.as_str(), bytes.into())
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(error) => Err(error.to_string()),
-        };
-        if let Err(error) = written {
-            ::metrics::counter!(metrics::HEARTBEAT_FAILURES).increment(1);
-            tracing::warn!(%error, "heartbeat not written");
+        if let Some(writer) = &self.writer {
+            writer.send(heartbeat);
         }
     }
 }
@@ -177,6 +170,7 @@ impl Actor for Node {
             draining: false,
             started_at_ms: now_ms(),
             tasks: Vec::new(),
+            writer: None,
         };
         for index in 0..slots {
             let (slot, _) = Box::pin(Actor::spawn_linked(
@@ -200,7 +194,9 @@ impl Actor for Node {
             )),
         ];
         // Subscribed first: once the heartbeat is visible, assignments find a listener.
-        state.write_heartbeat().await;
+        let nodes = state.args.resources.nodes.clone();
+        heartbeat::write(&nodes, &state.heartbeat()).await;
+        state.writer = Some(HeartbeatWriter::start(nodes));
         Ok(state)
     }
 
@@ -211,6 +207,10 @@ impl Actor for Node {
     ) -> Result<(), ActorProcessingErr> {
         for task in &state.tasks {
             task.abort();
+        }
+        // The last heartbeat handed over is written before the key is removed, not after.
+        if let Some(writer) = state.writer.take() {
+            writer.stop().await;
         }
         if let Err(error) = state
             .args
@@ -284,13 +284,13 @@ impl Actor for Node {
                     }
                 }
             }
-            NodeMsg::Heartbeat => state.write_heartbeat().await,
+            NodeMsg::Heartbeat => state.send_heartbeat(),
             NodeMsg::Drain => {
                 state.draining = true;
                 for slot in &state.slots {
                     let _ = slot.cast(GpuSlotMsg::Drain);
                 }
-                state.write_heartbeat().await;
+                state.send_heartbeat();
             }
             NodeMsg::Abort => {
                 for slot in &state.slots {

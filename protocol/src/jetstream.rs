@@ -1,5 +1,9 @@
 //! Connecting to NATS, creating the JetStream resources idempotently, and the job-record
 //! store whose every write is a compare-and-set (feature `jetstream`).
+//!
+//! One file, past 500 lines: every stream and bucket is declared next to the one
+//! compare-and-set loop that writes records, so their settings and the store that relies on
+//! them are read together.
 
 use std::time::Duration;
 

@@ -6,6 +6,9 @@
 //! cannot hold it fails with out-of-memory where [`cost::failure_seconds`] says and is
 //! retried once (`max_attempts`). A paused job stops at its next step boundary, saves its
 //! state (`pause_save_s`), and resumes later from that step, paying `resume_s`.
+//!
+//! One file, past 500 lines: the event loop and its event handlers share the simulation's
+//! state and read as one loop; traces, reports and the generator are apart.
 
 pub mod report;
 pub mod rng;

@@ -1,28 +1,26 @@
-//! A small seeded generator (SplitMix64) so that traces and runs are reproducible
-//! everywhere without a dependency.
+//! The simulator's draws (exponential gaps, log-normal errors, weighted choices) from the
+//! shared seeded generator, so that traces and runs are reproducible everywhere.
 
-/// SplitMix64.
+use protocol::random::SplitMix64;
+
+/// Seeded draws for traces and runs.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     /// A generator from `seed`.
     pub fn new(seed: u64) -> Self {
-        Self(seed)
+        Self(SplitMix64::new(seed))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [0, 1).
     pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.uniform()
     }
 
     /// Exponential with `rate`.

@@ -7,6 +7,10 @@
 //! tiny model of [`crate::model_dir::tiny`]) and keeps it across jobs. Every tensor of a
 //! job lives inside [`MochiBackend::run`] and is dropped before it returns; the device is
 //! then synchronised.
+//!
+//! One file, past 500 lines: it is the pipeline in the order it runs, one job's tensors
+//! from tokens to frames, and reads best top to bottom; the model blocks it calls live in
+//! `model/` and `pipeline/`.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};

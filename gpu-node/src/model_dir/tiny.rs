@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use protocol::random::SplitMix64;
+
 use crate::model::Config as DitConfig;
 use crate::model::vae::VaeConfig;
 
@@ -59,21 +61,13 @@ pub fn vae_config() -> VaeConfig {
     }
 }
 
-/// SplitMix64 stream.
-struct Rng(u64);
+/// Uniform draws in [−1, 1) from the shared seeded generator.
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
     /// Uniform in [−1, 1).
     fn symmetric(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        ((self.0.next_u64() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
     }
 }
 
@@ -121,7 +115,7 @@ fn init_for(name: &str, shape: &[usize]) -> Init {
 /// Little-endian f32 bytes of a tensor's deterministic values.
 fn tensor_bytes(name: &str, shape: &[usize]) -> Vec<u8> {
     let count: usize = shape.iter().product();
-    let mut rng = Rng(name_seed(name));
+    let mut rng = Rng(SplitMix64::new(name_seed(name)));
     let sqrt3 = 3f32.sqrt();
     let init = init_for(name, shape);
     let mut bytes = Vec::with_capacity(count * 4);

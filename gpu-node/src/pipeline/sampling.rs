@@ -80,16 +80,9 @@ pub fn initial_latents(
         latent_width,
     );
     let count = LATENT_CHANNELS * latent_frames * latent_height * latent_width;
-    let mut state = seed;
-    let mut uniform = move || {
-        // SplitMix64, top 53 bits → (0, 1].
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64
-    };
+    let mut rng = protocol::random::SplitMix64::new(seed);
+    // Top 53 bits → (0, 1] (never 0: its logarithm follows).
+    let mut uniform = move || ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
     let mut values = Vec::with_capacity(count + 1);
     while values.len() < count {
         let radius = (-2.0 * uniform().ln()).sqrt();

@@ -1,6 +1,10 @@
 //! The `GpuSlot` actor: one per device. It owns a long-lived OS thread that runs the
 //! backend, the MP4 encoder and the JPEG previews, and does every write about its job
 //! (record transitions fenced by the attempt, progress events, the object-store uploads).
+//!
+//! One file, past 500 lines: the actor's handlers are one state machine over the running
+//! job (start, step, pause, hand-back, finish); its messages, worker thread, uploads and
+//! stop flag are apart (`messages.rs`, `worker.rs`, `output.rs`, `stop.rs`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;

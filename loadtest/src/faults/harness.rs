@@ -1,6 +1,9 @@
 //! The fault run itself: brings the cluster up, submits jobs round by round while injecting
 //! one fault per round and cancelling at random moments, then waits for every accepted job
 //! and judges each ([`super::check`]).
+//!
+//! One file, past 500 lines: one run's rounds, faults and end checks in the order they
+//! happen; the cluster, the judgements, the settings and the report are apart.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +16,7 @@ use protocol::api::JobView;
 use protocol::config::NatsConfig;
 use protocol::jetstream::Resources;
 use protocol::messages::NodeHeartbeat;
+use protocol::random::SplitMix64;
 use protocol::spec::JobSpec;
 use protocol::{JobId, JobRecord, JobState, codec, names};
 
@@ -51,20 +55,12 @@ impl Fault {
     }
 }
 
-/// SplitMix64: enough randomness for choosing victims and moments, reproducible by seed.
-struct Rng(u64);
+/// Choosing victims and moments, reproducible by seed.
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
     fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
+        if n == 0 { 0 } else { self.0.next_u64() % n }
     }
 
     fn millis(&mut self, low: u64, high: u64) -> Duration {
@@ -146,7 +142,7 @@ pub async fn run(config: &FaultConfig) -> Result<FaultReport, FaultError> {
         cluster,
         http,
         resources,
-        rng: Rng(config.seed),
+        rng: Rng(SplitMix64::new(config.seed)),
         accepted: Vec::new(),
         cancels: Vec::new(),
         injected: Vec::new(),

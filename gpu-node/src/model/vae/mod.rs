@@ -16,6 +16,10 @@
 //! frames (exactly equal to the whole decode); [`VaeDecoder::decode_tiled`]
 //! (`tiling.rs`) splits the frame into overlapping, blended spatial tiles (diffusers'
 //! rule, approximate), optionally streaming inside each tile.
+//!
+//! One file, past 500 lines: the decoder's block families (`ResBlock`, `CausalUpsample`,
+//! the up blocks and the head) are read against one upstream file side by side, in its
+//! order; tiling is apart (`tiling.rs`).
 
 pub mod conv3d;
 pub mod tiling;
