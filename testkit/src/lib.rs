@@ -137,12 +137,9 @@ pub async fn jetstream(
     let client = protocol::jetstream::connect(&config, name)
         .await
         .unwrap_or_else(|error| panic!("cannot connect to the test nats-server: {error}"));
-    let resources = Box::pin(protocol::jetstream::ensure_resources(
-        client.clone(),
-        &config.jetstream,
-    ))
-    .await
-    .unwrap_or_else(|error| panic!("cannot create the JetStream resources: {error}"));
+    let resources = protocol::jetstream::ensure_resources(client.clone(), &config.jetstream)
+        .await
+        .unwrap_or_else(|error| panic!("cannot create the JetStream resources: {error}"));
     (server, client, resources)
 }
 

@@ -124,12 +124,9 @@ pub async fn run(config: &FaultConfig) -> Result<FaultReport, FaultError> {
     let client = protocol::jetstream::connect(&nats, "mochi-faults")
         .await
         .map_err(|e| FaultError::Nats(e.to_string()))?;
-    let resources = Box::pin(protocol::jetstream::ensure_resources(
-        client,
-        &nats.jetstream,
-    ))
-    .await
-    .map_err(|e| FaultError::Nats(e.to_string()))?;
+    let resources = protocol::jetstream::ensure_resources(client, &nats.jetstream)
+        .await
+        .map_err(|e| FaultError::Nats(e.to_string()))?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
