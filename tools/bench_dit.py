@@ -2,7 +2,7 @@
 """CPU benchmark of one AsymmDiT forward (CFG batch of two) in PyTorch/diffusers.
 
 Writes the random-weight model it times to OUT/transformer so that the candle side
-(`cargo run -p gpu-node --example dit_bench -- OUT ...`) times the same weights:
+(`cargo run -p mochi-model --example dit_bench -- OUT ...`) times the same weights:
     .venv-ref/bin/python tools/bench_dit.py OUT --layers 4 --heads 12 --text-dim 768 \
         --frames 1 --height 16 --width 32 --text-tokens 32 --threads 2
 """

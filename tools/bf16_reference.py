@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """How far PyTorch's own bf16 runs of the tiny DiT fixture land from its f32 output, to
-set the Rust bf16 error (`cargo test -p gpu-node --test model_dit bf16 -- --nocapture`)
+set the Rust bf16 error (`cargo test -p mochi-model --test model_dit bf16 -- --nocapture`)
 in context. Two reference modes: genmo-style autocast (f32 weights, bf16 matmuls) and
 diffusers with the whole model cast to bf16.
 
@@ -12,7 +12,7 @@ import torch
 from diffusers import MochiTransformer3DModel
 from safetensors.torch import load_file
 
-FIXTURES = Path(__file__).resolve().parent.parent / "gpu-node" / "tests" / "fixtures" / "dit"
+FIXTURES = Path(__file__).resolve().parent.parent / "mochi-model" / "tests" / "fixtures" / "dit"
 
 
 def main():

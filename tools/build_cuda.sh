@@ -4,7 +4,7 @@
 # "Building the CUDA variant without a GPU".
 #
 #   tools/build_cuda.sh [cargo build args...]
-#   (default: --release -p gpu-node --example dit_bench --features cuda)
+#   (default: --release -p mochi-model --example dit_bench --features cuda)
 #
 # Environment (all optional):
 #   CUDA_VENV       venv holding the CUDA wheels        (default <repo>/.venv-cuda)
@@ -58,7 +58,7 @@ export LIBRARY_PATH="$CUDA_TOOLKIT/lib64:$CUDA_TOOLKIT/lib64/stubs${LIBRARY_PATH
 export CUDAFORGE_THREADS=${CUDAFORGE_THREADS:-$(nproc)}
 export CARGO_TARGET_DIR="$CUDA_TARGET_DIR"
 if [ "$#" -eq 0 ]; then
-    set -- --release -p gpu-node --example dit_bench --features cuda
+    set -- --release -p mochi-model --example dit_bench --features cuda
 fi
 cd "$REPO"
 cargo build "$@"

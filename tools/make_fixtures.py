@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the AsymmDiT golden fixtures under gpu-node/tests/fixtures/ (spec §6.1, §6.3).
+"""Writes the AsymmDiT golden fixtures under mochi-model/tests/fixtures/ (spec §6.1, §6.3).
 
 Regenerate the DiT, sampler and text-path fixtures with one command (from anywhere):
     .venv-ref/bin/python tools/make_fixtures.py            # dit/ and t5/
@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "gpu-node" / "tests" / "fixtures" / "dit"
+OUT = ROOT / "mochi-model" / "tests" / "fixtures" / "dit"
 
 TINY = dict(
     patch_size=2,

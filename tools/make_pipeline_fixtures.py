@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Writes the full tiny pipeline golden, gpu-node/tests/fixtures/pipeline/run.safetensors
+"""Writes the full tiny pipeline golden, mochi-model/tests/fixtures/pipeline/run.safetensors
 (spec §6.3: two steps, CFG, decode).
 
 Regenerate with (from the repository root, after make_fixtures.py and make_vae_fixtures.py):
     .venv-ref/bin/python tools/make_pipeline_fixtures.py
 
 Runs diffusers' own `MochiPipeline.__call__` on the tiny transformer of
-`gpu-node/tests/fixtures/dit/model` and the tiny VAE of `gpu-node/tests/fixtures/vae/model`
+`mochi-model/tests/fixtures/dit/model` and the tiny VAE of `mochi-model/tests/fixtures/vae/model`
 (weights read from those fixtures, not duplicated), with fixed initial latents and fixed
 text embeddings instead of T5 (no tokenizer or text encoder is loaded): 2 steps of the
 linear-quadratic schedule through the released scheduler config
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_vae_fixtures import genmo_decode  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "gpu-node" / "tests" / "fixtures"
+FIXTURES = ROOT / "mochi-model" / "tests" / "fixtures"
 OUT = FIXTURES / "pipeline"
 
 STEPS = 2

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the text-path golden fixtures under gpu-node/tests/fixtures/t5/ (spec §6.3).
+"""Writes the text-path golden fixtures under mochi-model/tests/fixtures/t5/ (spec §6.3).
 
 Regenerate with (from the repository root):
     .venv-ref/bin/python tools/make_t5_fixtures.py
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from convert_tokenizer import convert  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "gpu-node" / "tests" / "fixtures" / "t5"
+OUT = ROOT / "mochi-model" / "tests" / "fixtures" / "t5"
 PROMPTS = [
     "A red fox runs through fresh snow at dawn.",
     "  Two   cats, one dog; 42 birds!  ",

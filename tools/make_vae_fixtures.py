@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the VAE decoder golden fixtures under gpu-node/tests/fixtures/vae/ (spec §6.2).
+"""Writes the VAE decoder golden fixtures under mochi-model/tests/fixtures/vae/ (spec §6.2).
 
 Regenerate with (from the repository root):
     .venv-ref/bin/python tools/make_vae_fixtures.py
@@ -28,7 +28,7 @@ from diffusers import AutoencoderKLMochi
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "gpu-node" / "tests" / "fixtures" / "vae"
+OUT = ROOT / "mochi-model" / "tests" / "fixtures" / "vae"
 
 TINY = dict(
     in_channels=15,

@@ -1,6 +1,8 @@
 //! The GPU node of mochi-serve: the node actor (assignments, cancellations, heartbeats),
 //! one `GpuSlot` actor per device running jobs on its own OS thread through a `Backend`,
-//! the simulated backend, MP4 encoding and the JPEG previews stored beside each MP4.
+//! the simulated backend, MP4 encoding and the JPEG previews stored beside each MP4. The
+//! model itself is the `mochi-model` crate, re-exported here as [`model`], [`pipeline`] and
+//! [`model_dir`].
 
 pub mod backend;
 pub mod config;
@@ -8,15 +10,12 @@ pub mod device;
 pub mod error;
 pub mod heartbeat;
 pub mod metrics;
-/// The Mochi-1 AsymmDiT transformer in candle.
-pub mod model;
-pub mod model_dir;
 pub mod mp4;
 pub mod node;
-/// Mochi-1 sampling: sigma schedule, Euler/CFG sampler, text encoder.
-pub mod pipeline;
 pub mod preview;
 pub mod slot;
+
+pub use mochi_model::{model, model_dir, pipeline};
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -37,8 +36,8 @@ use crate::backend::mochi::{MochiBackend, MochiOptions};
 use crate::backend::simulated::SimulatedBackend;
 use crate::config::{BackendKind, DeviceKind, MochiConfig};
 use crate::device::DeviceMemory;
-use crate::model_dir::tiny;
 use crate::node::{Node, NodeArgs, NodeMsg};
+use mochi_model::model_dir::tiny;
 
 /// How often shutdown looks at the slots while it waits for them.
 const DRAIN_POLL: Duration = Duration::from_millis(100);

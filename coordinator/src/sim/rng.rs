@@ -1,7 +1,7 @@
 //! The simulator's draws (exponential gaps, log-normal errors, weighted choices) from the
 //! shared seeded generator, so that traces and runs are reproducible everywhere.
 
-use protocol::random::SplitMix64;
+use mochi_rng::SplitMix64;
 
 /// Seeded draws for traces and runs.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 //! streaming VAE decode (bounded memory; the observer after every chunk) → RGB frames.
 //!
 //! One `MochiBackend` per slot loads a model directory once (the release, or the embedded
-//! tiny model of [`crate::model_dir::tiny`]) and keeps it across jobs. Every tensor of a
+//! tiny model of [`mochi_model::model_dir::tiny`]) and keeps it across jobs. Every tensor of a
 //! job lives inside [`MochiBackend::run`] and is dropped before it returns; the device is
 //! then synchronised.
 //!
@@ -23,13 +23,13 @@ use super::{
     Backend, BackendError, BackendJob, Control, LatentCheckpoint, Outcome, PausedState,
     StepObserver, Video,
 };
-use crate::model::AsymmDiT;
-use crate::model::vae::VaeDecoder;
-use crate::model_dir::{safetensors_header, tiny};
-use crate::pipeline::sampling::{self, StepInfo, TextConditioning};
-use crate::pipeline::scheduler;
-use crate::pipeline::text_encoder::TextEncoder;
-use crate::pipeline::vae::to_rgb_frames;
+use mochi_model::model::AsymmDiT;
+use mochi_model::model::vae::VaeDecoder;
+use mochi_model::model_dir::{safetensors_header, tiny};
+use mochi_model::pipeline::sampling::{self, StepInfo, TextConditioning};
+use mochi_model::pipeline::scheduler;
+use mochi_model::pipeline::text_encoder::TextEncoder;
+use mochi_model::pipeline::vae::to_rgb_frames;
 
 /// How the backend runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,7 +121,7 @@ impl MochiBackend {
         let marker = tiny::marker_name(dir);
         let output_is_noise = marker.as_deref() == Some(tiny::TINY_MODEL_NAME);
         let model_name = marker.unwrap_or_else(|| {
-            if *config == crate::model::Config::mochi_1_preview() {
+            if *config == mochi_model::model::Config::mochi_1_preview() {
                 "mochi-1-preview".to_owned()
             } else {
                 dir.file_name()
@@ -512,17 +512,18 @@ fn resident_bytes(dir: &Path, dit_dtype: DType) -> u64 {
             .sum()
     };
     let dit_files =
-        crate::model::weights::find_weight_files_preferring(dir, dit_dtype == DType::BF16)
+        mochi_model::model::weights::find_weight_files_preferring(dir, dit_dtype == DType::BF16)
             .unwrap_or_default();
     let text_dir = dir.join("text_encoder");
-    let text_files =
-        crate::model::weights::shards_from_index(&text_dir.join("model.safetensors.index.json"))
-            .unwrap_or_else(|_| vec![text_dir.join("model.safetensors")]);
-    let vae_files = crate::model::vae::weights::find_vae_files(dir).unwrap_or_default();
+    let text_files = mochi_model::model::weights::shards_from_index(
+        &text_dir.join("model.safetensors.index.json"),
+    )
+    .unwrap_or_else(|_| vec![text_dir.join("model.safetensors")]);
+    let vae_files = mochi_model::model::vae::weights::find_vae_files(dir).unwrap_or_default();
     let vae_prefix = if vae_files.iter().any(|f| f.ends_with("decoder.safetensors")) {
         ""
     } else {
-        crate::model_dir::VAE_DECODER_PREFIX
+        mochi_model::model_dir::VAE_DECODER_PREFIX
     };
     sum(&dit_files, dit_dtype.size_in_bytes() as u64, "")
         + sum(&text_files, 4, "")

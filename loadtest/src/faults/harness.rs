@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use mochi_rng::SplitMix64;
 use nix::sys::signal::Signal;
 use protocol::api::JobView;
 use protocol::config::NatsConfig;
 use protocol::jetstream::Resources;
 use protocol::messages::NodeHeartbeat;
-use protocol::random::SplitMix64;
 use protocol::spec::JobSpec;
 use protocol::{JobId, JobRecord, JobState, codec, names};
 

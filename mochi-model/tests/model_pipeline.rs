@@ -13,12 +13,12 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use gpu_node::model::AsymmDiT;
-use gpu_node::model::vae::tiling::TileConfig;
-use gpu_node::model::vae::{FrameDrop, VaeDecoder};
-use gpu_node::pipeline::sampling::{TextConditioning, denoise, dit_to_vae};
-use gpu_node::pipeline::scheduler::{DEFAULT_THRESHOLD_NOISE, linear_quadratic};
-use gpu_node::pipeline::vae::{decode_latents, decode_latents_tiled, to_rgb_frames};
+use mochi_model::model::AsymmDiT;
+use mochi_model::model::vae::tiling::TileConfig;
+use mochi_model::model::vae::{FrameDrop, VaeDecoder};
+use mochi_model::pipeline::sampling::{TextConditioning, denoise, dit_to_vae};
+use mochi_model::pipeline::scheduler::{DEFAULT_THRESHOLD_NOISE, linear_quadratic};
+use mochi_model::pipeline::vae::{decode_latents, decode_latents_tiled, to_rgb_frames};
 
 const TOLERANCE: f32 = 1e-4;
 

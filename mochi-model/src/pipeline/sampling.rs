@@ -80,7 +80,7 @@ pub fn initial_latents(
         latent_width,
     );
     let count = LATENT_CHANNELS * latent_frames * latent_height * latent_width;
-    let mut rng = protocol::random::SplitMix64::new(seed);
+    let mut rng = mochi_rng::SplitMix64::new(seed);
     // Top 53 bits → (0, 1] (never 0: its logarithm follows).
     let mut uniform = move || ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
     let mut values = Vec::with_capacity(count + 1);

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp};
-use gpu_node::pipeline::text_encoder::{MAX_TEXT_TOKENS, PromptTokenizer, TextEncoder};
+use mochi_model::pipeline::text_encoder::{MAX_TEXT_TOKENS, PromptTokenizer, TextEncoder};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t5")

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use protocol::random::SplitMix64;
+use mochi_rng::SplitMix64;
 
 use crate::model::Config as DitConfig;
 use crate::model::vae::VaeConfig;

@@ -2,7 +2,7 @@
 //! all text tokens valid), i.e. one denoising step, on weights written by
 //! `tools/bench_dit.py` or on a random checkpoint built on the device.
 //!
-//! `RAYON_NUM_THREADS=2 cargo run -p gpu-node --example dit_bench -- MODEL FRAMES HEIGHT WIDTH TEXT_TOKENS [REPS] [bf16] [cuda]`
+//! `RAYON_NUM_THREADS=2 cargo run -p mochi-model --example dit_bench -- MODEL FRAMES HEIGHT WIDTH TEXT_TOKENS [REPS] [bf16] [cuda]`
 //!
 //! MODEL is a model directory, or `random:LAYERS` for the released width (3072/1536,
 //! 24 heads) with LAYERS blocks and random weights (`random:48` = the 10B model).
@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use gpu_node::model::random::random_checkpoint;
-use gpu_node::model::weights::Weights;
-use gpu_node::model::{AsymmDiT, Config};
+use mochi_model::model::random::random_checkpoint;
+use mochi_model::model::weights::Weights;
+use mochi_model::model::{AsymmDiT, Config};
 
 fn main() -> candle_core::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

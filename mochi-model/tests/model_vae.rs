@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use gpu_node::model::vae::conv3d::{CausalConv3d, Conv3dStrategy};
-use gpu_node::model::vae::tiling::TileConfig;
-use gpu_node::model::vae::weights::{VaeScheme, VaeWeights};
-use gpu_node::model::vae::{FrameDrop, VaeConfig, VaeDecoder};
-use gpu_node::pipeline::sampling::vae_to_dit;
-use gpu_node::pipeline::vae::{decode_latents, to_rgb_frames};
+use mochi_model::model::vae::conv3d::{CausalConv3d, Conv3dStrategy};
+use mochi_model::model::vae::tiling::TileConfig;
+use mochi_model::model::vae::weights::{VaeScheme, VaeWeights};
+use mochi_model::model::vae::{FrameDrop, VaeConfig, VaeDecoder};
+use mochi_model::pipeline::sampling::vae_to_dit;
+use mochi_model::pipeline::vae::{decode_latents, to_rgb_frames};
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -379,7 +379,7 @@ fn dit_latents_decode_to_rgb_frames() {
 }
 
 /// Conv3d strategy timings on realistic channel counts (no assertions on time).
-/// `cargo test -p gpu-node --test model_vae conv3d_strategy_bench -- --ignored --nocapture`
+/// `cargo test -p mochi-model --test model_vae conv3d_strategy_bench -- --ignored --nocapture`
 #[test]
 #[ignore = "benchmark; run explicitly"]
 fn conv3d_strategy_bench() {
@@ -417,7 +417,7 @@ fn conv3d_strategy_bench() {
 }
 
 /// Tiny-decoder timings, whole vs streaming, for `docs/benchmarks.md`.
-/// `cargo test -p gpu-node --test model_vae tiny_decode_bench -- --ignored --nocapture`
+/// `cargo test -p mochi-model --test model_vae tiny_decode_bench -- --ignored --nocapture`
 #[test]
 #[ignore = "benchmark; run explicitly"]
 fn tiny_decode_bench() {

@@ -1,7 +1,7 @@
 //! VAE decode time and peak memory vs frame count, in three modes: whole, streaming
 //! (one latent frame per chunk, causal-conv caches) and streaming + spatial tiling.
 //!
-//! `RAYON_NUM_THREADS=2 cargo run -p gpu-node --example vae_bench -- [OPTIONS]`
+//! `RAYON_NUM_THREADS=2 cargo run -p mochi-model --example vae_bench -- [OPTIONS]`
 //!
 //! Options (defaults in brackets):
 //! `--channels 32,64,128,192` decoder widths, high resolution first [a quarter of the
@@ -25,9 +25,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor};
-use gpu_node::model::vae::tiling::TileConfig;
-use gpu_node::model::vae::weights::VaeWeights;
-use gpu_node::model::vae::{VaeConfig, VaeDecoder};
+use mochi_model::model::vae::tiling::TileConfig;
+use mochi_model::model::vae::weights::VaeWeights;
+use mochi_model::model::vae::{VaeConfig, VaeDecoder};
 
 #[derive(Debug, Clone)]
 struct Options {

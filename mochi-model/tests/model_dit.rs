@@ -8,10 +8,10 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use gpu_node::model::weights::{Scheme, Weights};
-use gpu_node::model::{AsymmDiT, Config};
-use gpu_node::pipeline::sampling::{TextConditioning, denoise, dit_to_vae};
-use gpu_node::pipeline::scheduler::{linear_quadratic, timestep_from_sigma};
+use mochi_model::model::weights::{Scheme, Weights};
+use mochi_model::model::{AsymmDiT, Config};
+use mochi_model::pipeline::sampling::{TextConditioning, denoise, dit_to_vae};
+use mochi_model::pipeline::scheduler::{linear_quadratic, timestep_from_sigma};
 
 const TOLERANCE: f32 = 1e-4;
 
