@@ -276,6 +276,45 @@ fn missing_shard_error_names_the_file() {
 }
 
 #[test]
+fn a_config_the_weights_contradict_is_refused_naming_the_field_and_both_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let transformer = dir.path().join("transformer");
+    copy_dir(&fixtures().join("model/transformer"), &transformer);
+    let path = transformer.join("config.json");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let mut config: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(config["num_layers"], 2, "the fixture");
+    for (field, value, expected) in [
+        (
+            "num_layers",
+            3,
+            "num_layers is 3 in the config, the weights have 2",
+        ),
+        (
+            "attention_head_dim",
+            4,
+            "attention_head_dim is 4 in the config, the weights have 8",
+        ),
+    ] {
+        let mut wrong = config.clone();
+        wrong[field] = value.into();
+        std::fs::write(&path, wrong.to_string()).expect("write");
+        let err = AsymmDiT::from_model_dir(dir.path(), DType::F32, &Device::Cpu)
+            .expect_err("contradicted");
+        let message = err.to_string();
+        assert!(
+            message.contains(expected) && message.contains("contradicts the weights"),
+            "{message}"
+        );
+    }
+    config["max_sequence_length"] = 77.into();
+    std::fs::write(&path, config.to_string()).expect("write");
+    let model = AsymmDiT::from_model_dir(dir.path(), DType::F32, &Device::Cpu)
+        .expect("a field the shapes do not fix is the config's to say");
+    assert_eq!(model.config().max_sequence_length, 77);
+}
+
+#[test]
 fn mis_shaped_and_missing_tensors_are_named_with_shapes() {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let transformer = fixtures().join("model/transformer");

@@ -445,3 +445,96 @@ fn tiny_decode_bench() {
         println!("{row}");
     }
 }
+
+/// Writes the `vae/` files of a decoder of `config` under a new directory; without
+/// `with_config`, the weights alone (as genmo ships them, with no `config.json`).
+fn checkpoint(config: &VaeConfig, with_config: bool) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (path, bytes) in mochi_model::model_dir::tiny::vae_files(config).expect("files") {
+        if path.ends_with("config.json") && !with_config {
+            continue;
+        }
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        std::fs::write(path, bytes).expect("write");
+    }
+    dir
+}
+
+/// Temporal 4 × spatial 1 in the middle up block: its projection has the rows of temporal 1
+/// × spatial 2, so the shapes alone cannot tell them apart.
+fn ambiguous() -> VaeConfig {
+    VaeConfig {
+        temporal_expansions: vec![1, 4, 3],
+        spatial_expansions: vec![2, 1, 2],
+        ..VaeConfig::tiny()
+    }
+}
+
+#[test]
+fn the_structure_comes_from_vae_config_json_where_the_shapes_are_ambiguous() {
+    let config = ambiguous();
+    let dir = checkpoint(&config, true);
+    let decoder = VaeDecoder::from_model_dir(dir.path(), DType::F32, &Device::Cpu)
+        .expect("a checkpoint and its config load");
+    assert_eq!(decoder.config(), &config);
+    let latents = Tensor::zeros((1, 12, 2, 3, 4), DType::F32, &Device::Cpu).expect("latents");
+    let frames = decoder.decode(&latents).expect("decode");
+    // 2 latent frames × (1·4·3) − 11, and 3 × 4 latent pixels × (2·1·2).
+    assert_eq!(frames.dims(), &[1, 3, 13, 12, 16]);
+
+    // The same weights without their config: the shapes read as temporal 1, spatial 2.
+    let bare = checkpoint(&config, false);
+    let guessed = VaeDecoder::from_model_dir(bare.path(), DType::F32, &Device::Cpu)
+        .expect("the weights alone load");
+    assert_eq!(guessed.config().temporal_expansions, vec![1, 1, 3]);
+    assert_eq!(guessed.config().spatial_expansions, vec![2, 2, 2]);
+    let frames = guessed.decode(&latents).expect("decode");
+    assert_eq!(
+        frames.dims(),
+        &[1, 3, 4, 24, 32],
+        "a different video: hence the config"
+    );
+}
+
+#[test]
+fn a_config_the_weights_contradict_is_refused_naming_the_field_and_both_values() {
+    let dir = checkpoint(&VaeConfig::tiny(), true);
+    let config = dir.path().join("vae/config.json");
+    let cases = [
+        (
+            VaeConfig {
+                layers_per_block: vec![1, 1, 2, 1, 1],
+                ..VaeConfig::tiny()
+            },
+            "layers_per_block is [1, 1, 2, 1, 1] in the config, the weights have [1, 1, 1, 1, 1]",
+        ),
+        (
+            ambiguous(),
+            "temporal_expansions[1] × spatial_expansions[1]² is 4 × 1² = 4 in the config, the weights' up block expands by 8",
+        ),
+        (
+            VaeConfig {
+                block_out_channels: vec![32, 32, 32, 64],
+                ..VaeConfig::tiny()
+            },
+            "decoder_block_out_channels is [32, 32, 32, 64] in the config, the weights have [32, 32, 32, 32]",
+        ),
+    ];
+    for (wrong, expected) in cases {
+        let (_, text) = mochi_model::model_dir::tiny::vae_files(&wrong)
+            .expect("files")
+            .into_iter()
+            .find(|(path, _)| path.ends_with("config.json"))
+            .expect("config");
+        std::fs::write(&config, text).expect("write");
+        let error = VaeDecoder::from_model_dir(dir.path(), DType::F32, &Device::Cpu)
+            .expect_err("contradicted")
+            .to_string();
+        assert!(error.contains(expected), "{error}");
+        assert!(
+            error.contains("vae/config.json contradicts the weights"),
+            "{error}"
+        );
+    }
+}

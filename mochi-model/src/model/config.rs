@@ -173,6 +173,40 @@ impl Config {
         })
     }
 
+    /// Checks a configuration read from `config.json` against the weights' shapes: the
+    /// error names the first field (as `config.json` spells it) they contradict, with the
+    /// configured value and the weights'.
+    pub fn check_against(&self, weights: &Weights) -> std::result::Result<(), String> {
+        // Shapes that cannot be read are the loader's to name (the tensor, its key, its file).
+        let Ok(found) = Self::from_weights(weights) else {
+            return Ok(());
+        };
+        let fields = [
+            ("patch_size", self.patch_size, found.patch_size),
+            ("in_channels", self.in_channels, found.in_channels),
+            ("out_channels", self.out_channels, found.out_channels),
+            ("num_attention_heads", self.num_heads, found.num_heads),
+            ("attention_head_dim", self.head_dim, found.head_dim),
+            ("num_layers", self.num_layers, found.num_layers),
+            (
+                "pooled_projection_dim",
+                self.hidden_size_y,
+                found.hidden_size_y,
+            ),
+            ("text_embed_dim", self.text_embed_dim, found.text_embed_dim),
+            ("time_embed_dim", self.time_embed_dim, found.time_embed_dim),
+        ];
+        match fields
+            .iter()
+            .find(|(_, configured, weights)| configured != weights)
+        {
+            Some((field, configured, weights)) => Err(format!(
+                "{field} is {configured} in the config, the weights have {weights}"
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Visual stream width (`heads × head_dim`).
     pub fn hidden_size_x(&self) -> usize {
         self.num_heads * self.head_dim

@@ -76,11 +76,20 @@ impl AsymmDiT {
     }
 
     /// Loads config and weights from a model directory (diffusers or genmo layout); the
-    /// config comes from `config.json`, else from the tensor shapes.
+    /// config comes from `config.json` (checked against the tensor shapes: a field they
+    /// contradict is an error naming it and both values), else from the shapes.
     pub fn from_model_dir(model_dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let weights = Weights::from_model_dir(model_dir, dtype, device)?;
         let config = match Config::from_model_dir(model_dir)? {
-            Some(config) => config,
+            Some(config) => {
+                config.check_against(&weights).map_err(|e| {
+                    candle_core::Error::Msg(format!(
+                        "the transformer's config.json in {} contradicts the weights: {e}",
+                        model_dir.display()
+                    ))
+                })?;
+                config
+            }
             None => Config::from_weights(&weights)?,
         };
         Self::load(&weights, &config)

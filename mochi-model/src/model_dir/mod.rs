@@ -12,7 +12,6 @@ pub mod safetensors_header;
 pub mod tiny;
 
 use candle_transformers::models::t5;
-use serde::Deserialize;
 
 use crate::model::Config as DitConfig;
 use crate::model::vae::VaeConfig;
@@ -125,61 +124,10 @@ pub fn t5_encoder_tensors(config: &t5::Config) -> Vec<ExpectedTensor> {
     out
 }
 
-/// The decoder fields of diffusers' `vae/config.json` (`AutoencoderKLMochi`); absent
-/// fields take the release's values.
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-struct DiffusersVaeConfig {
-    latent_channels: usize,
-    out_channels: usize,
-    decoder_block_out_channels: Vec<usize>,
-    layers_per_block: Vec<usize>,
-    temporal_expansions: Vec<usize>,
-    spatial_expansions: Vec<usize>,
-}
-
-impl Default for DiffusersVaeConfig {
-    fn default() -> Self {
-        let c = VaeConfig::mochi_1_preview();
-        Self {
-            latent_channels: c.latent_channels,
-            out_channels: c.out_channels,
-            decoder_block_out_channels: c.block_out_channels,
-            layers_per_block: c.layers_per_block,
-            temporal_expansions: c.temporal_expansions,
-            spatial_expansions: c.spatial_expansions,
-        }
-    }
-}
-
-/// Parses the decoder structure from a diffusers `vae/config.json` text.
+/// Parses the decoder structure from a diffusers `vae/config.json` text (see
+/// [`VaeConfig::from_diffusers_json`]).
 pub fn vae_config_from_json(text: &str) -> Result<VaeConfig, String> {
-    let raw: DiffusersVaeConfig =
-        serde_json::from_str(text).map_err(|e| format!("invalid VAE config: {e}"))?;
-    let n_up = raw.decoder_block_out_channels.len().saturating_sub(1);
-    if n_up == 0
-        || raw.layers_per_block.len() != n_up + 2
-        || raw.temporal_expansions.len() != n_up
-        || raw.spatial_expansions.len() != n_up
-    {
-        return Err(format!(
-            "inconsistent VAE config: {} decoder stages need {} layers_per_block and {} temporal/spatial expansions, found {}, {} and {}",
-            raw.decoder_block_out_channels.len(),
-            n_up + 2,
-            n_up,
-            raw.layers_per_block.len(),
-            raw.temporal_expansions.len(),
-            raw.spatial_expansions.len()
-        ));
-    }
-    Ok(VaeConfig {
-        latent_channels: raw.latent_channels,
-        out_channels: raw.out_channels,
-        block_out_channels: raw.decoder_block_out_channels,
-        layers_per_block: raw.layers_per_block,
-        temporal_expansions: raw.temporal_expansions,
-        spatial_expansions: raw.spatial_expansions,
-    })
+    VaeConfig::from_diffusers_json(text)
 }
 
 /// Parses a transformers T5 `config.json` text.

@@ -295,12 +295,20 @@ pub fn files() -> Result<Vec<(String, Vec<u8>)>, String> {
     ));
 
     // vae/: decoder only (the service never encodes).
-    out.push(("vae/config.json".to_owned(), json(&vae_config_json(&vae))));
-    out.push((
-        "vae/diffusion_pytorch_model.safetensors".to_owned(),
-        safetensors_file(&super::vae_decoder_tensors(&vae))?,
-    ));
+    out.extend(vae_files(&vae)?);
     Ok(out)
+}
+
+/// The `vae/` files of a decoder of any structure (diffusers layout: `config.json` and the
+/// weights, deterministic), e.g. to check loading on structures the release does not have.
+pub fn vae_files(config: &VaeConfig) -> Result<Vec<(String, Vec<u8>)>, String> {
+    Ok(vec![
+        ("vae/config.json".to_owned(), json(&vae_config_json(config))),
+        (
+            "vae/diffusion_pytorch_model.safetensors".to_owned(),
+            safetensors_file(&super::vae_decoder_tensors(config))?,
+        ),
+    ])
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename (never a half file).

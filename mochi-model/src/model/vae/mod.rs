@@ -21,6 +21,7 @@
 //! the up blocks and the head) are read against one upstream file side by side, in its
 //! order; tiling is apart (`tiling.rs`).
 
+mod config;
 pub mod conv3d;
 pub mod tiling;
 pub mod weights;
@@ -29,6 +30,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 
+pub use config::VaeConfig;
 use conv3d::{CausalConv3d, Conv3dStrategy};
 use weights::VaeWeights;
 
@@ -36,103 +38,6 @@ use weights::VaeWeights;
 pub const GROUPS: usize = 32;
 /// GroupNorm epsilon (PyTorch default).
 pub const GN_EPS: f64 = 1e-5;
-
-/// Decoder hyperparameters (diffusers `AutoencoderKLMochi` names).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VaeConfig {
-    /// Latent channels in (`latent_channels`).
-    pub latent_channels: usize,
-    /// RGB channels out (`out_channels`).
-    pub out_channels: usize,
-    /// Channels per stage, high resolution first (`decoder_block_out_channels`).
-    pub block_out_channels: Vec<usize>,
-    /// Res blocks per stage, high resolution first, plus the latent-resolution stage last.
-    pub layers_per_block: Vec<usize>,
-    /// Temporal expansion per up block, listed high resolution first.
-    pub temporal_expansions: Vec<usize>,
-    /// Spatial expansion per up block, listed high resolution first.
-    pub spatial_expansions: Vec<usize>,
-}
-
-impl VaeConfig {
-    /// The released Mochi-1 preview decoder (§3.1).
-    pub fn mochi_1_preview() -> Self {
-        Self {
-            latent_channels: 12,
-            out_channels: 3,
-            block_out_channels: vec![128, 256, 512, 768],
-            layers_per_block: vec![3, 3, 4, 6, 3],
-            temporal_expansions: vec![1, 2, 3],
-            spatial_expansions: vec![2, 2, 2],
-        }
-    }
-
-    /// The tiny golden-fixture decoder (§6.2: channels 32 × 4, one res block per stage).
-    pub fn tiny() -> Self {
-        Self {
-            latent_channels: 12,
-            out_channels: 3,
-            block_out_channels: vec![32, 32, 32, 32],
-            layers_per_block: vec![1, 1, 1, 1, 1],
-            temporal_expansions: vec![1, 2, 3],
-            spatial_expansions: vec![2, 2, 2],
-        }
-    }
-
-    /// Reads the structure from tensor shapes (spatial expansion assumed 2, as in Mochi).
-    pub fn from_weights(w: &VaeWeights) -> Result<Self> {
-        let n_up = w.count_up_blocks();
-        let conv_in = w.shape("conv_in.weight")?;
-        let proj_out = w.shape("proj_out.weight")?;
-        if conv_in.len() != 5 || proj_out.len() != 2 {
-            candle_core::bail!(
-                "conv_in.weight {conv_in:?} / proj_out.weight {proj_out:?} have unexpected ranks"
-            );
-        }
-        // Stages low resolution first: channels in of up block i, then block_out.
-        let mut channels = vec![conv_in[0]];
-        let mut temporal = Vec::with_capacity(n_up);
-        for i in 0..n_up {
-            let proj = w.shape(&format!("up_blocks.{i}.proj.weight"))?;
-            let out_ch = if i + 1 < n_up {
-                w.shape(&format!("up_blocks.{}.proj.weight", i + 1))?[1]
-            } else {
-                proj_out[1]
-            };
-            let per = out_ch * 4;
-            if proj.len() != 2 || proj[0] % per != 0 {
-                candle_core::bail!(
-                    "tensor `up_blocks.{i}.proj.weight` has shape {proj:?}, rows not a multiple of {per}"
-                );
-            }
-            temporal.push(proj[0] / per);
-            channels.push(out_ch);
-        }
-        let mut layers = vec![w.count_resnets("block_in")];
-        for i in 0..n_up {
-            layers.push(w.count_resnets(&format!("up_blocks.{i}")));
-        }
-        layers.push(w.count_resnets("block_out"));
-        channels.reverse();
-        layers.reverse();
-        temporal.reverse();
-        // `channels` now has n_up + 1 entries: block_out first, conv_in last.
-        Ok(Self {
-            latent_channels: conv_in[1],
-            out_channels: proj_out[0],
-            block_out_channels: channels,
-            layers_per_block: layers,
-            temporal_expansions: temporal,
-            spatial_expansions: vec![2; n_up],
-        })
-    }
-
-    /// Output frames for `t` latent frames (`6T − 5` for Mochi).
-    pub fn output_frames(&self, t: usize) -> usize {
-        let total: usize = self.temporal_expansions.iter().product();
-        (t * total + 1).saturating_sub(total)
-    }
-}
 
 /// Where leading frames are dropped (§3.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -303,7 +208,7 @@ impl VaeDecoder {
     /// `decoder.safetensors`), reading the structure from the weights.
     pub fn from_model_dir(model_dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let w = VaeWeights::from_model_dir(model_dir, dtype, device)?;
-        let config = VaeConfig::from_weights(&w)?;
+        let config = VaeConfig::from_model_dir(model_dir, &w)?;
         Self::load(&w, &config)
     }
 
