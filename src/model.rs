@@ -1,10 +1,14 @@
-//! `mochi model check DIR` (verify a model directory and say exactly what is wrong) and
-//! `mochi model create-tiny DIR` (write the embedded tiny model, as `mochi up` does).
+//! `mochi model check DIR` (verify a model directory and say exactly what is wrong),
+//! `mochi model create-tiny DIR` (write the embedded tiny model, as `mochi up` does) and
+//! `mochi model run` (one component on tensors named as the reference names them, to check
+//! a checkpoint or a build against the Python reference).
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
-use gpu_node::model_dir::{check, tiny};
+use anyhow::{Context, Result, bail};
+use mochi_model::model::vae::FrameDrop;
+use mochi_model::model_dir::{check, tiny};
+use mochi_model::run::{Component, RunOptions};
 
 /// `mochi model ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -21,6 +25,62 @@ pub enum ModelCommand {
         /// Where to write it.
         dir: PathBuf,
     },
+    /// Run one component on the tensors of a safetensors file, named as the reference's
+    /// forward names them, and write its outputs: `transformer` takes `hidden_states`,
+    /// `encoder_hidden_states`, `timestep`, `encoder_attention_mask` and gives `sample`;
+    /// `vae` takes `z` and gives `sample`; `text` takes `input_ids` (and `attention_mask`)
+    /// and gives `last_hidden_state`.
+    Run {
+        /// The model directory (diffusers layout, or genmo's for the transformer and VAE).
+        #[arg(long)]
+        model_dir: PathBuf,
+        /// `transformer`, `vae` or `text`.
+        #[arg(long, value_parser = parse_component)]
+        component: Component,
+        /// The input tensors (safetensors).
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Where to write the outputs (safetensors, f32).
+        #[arg(long)]
+        out: PathBuf,
+        /// Storage dtype of the weights: `f32` or `bf16`.
+        #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+        dtype: candle_core::DType,
+        /// `cpu`, or `cuda` (device 0; needs a build with `--features cuda`).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// The VAE's frame dropping: `diffusers` (as `AutoencoderKLMochi.decode`) or `genmo`.
+        #[arg(long, default_value = "diffusers", value_parser = parse_frame_drop)]
+        frame_drop: FrameDrop,
+    },
+}
+
+fn parse_component(name: &str) -> Result<Component, String> {
+    Component::parse(name).ok_or_else(|| {
+        let names: Vec<&str> = Component::ALL.iter().map(|c| c.name()).collect();
+        format!(
+            "unknown component `{name}`; use one of {}",
+            names.join(", ")
+        )
+    })
+}
+
+fn parse_dtype(name: &str) -> Result<candle_core::DType, String> {
+    match name {
+        "f32" => Ok(candle_core::DType::F32),
+        "bf16" => Ok(candle_core::DType::BF16),
+        _ => Err(format!("unknown dtype `{name}`; use f32 or bf16")),
+    }
+}
+
+fn parse_frame_drop(name: &str) -> Result<FrameDrop, String> {
+    match name {
+        "diffusers" => Ok(FrameDrop::Diffusers),
+        "genmo" => Ok(FrameDrop::Genmo),
+        _ => Err(format!(
+            "unknown frame drop `{name}`; use diffusers or genmo"
+        )),
+    }
 }
 
 /// Runs a `mochi model` command.
@@ -36,6 +96,42 @@ pub fn run(command: ModelCommand) -> Result<()> {
                     report.problems.len()
                 );
             }
+            Ok(())
+        }
+        ModelCommand::Run {
+            model_dir,
+            component,
+            inputs,
+            out,
+            dtype,
+            device,
+            frame_drop,
+        } => {
+            let device = match device.as_str() {
+                "cpu" => candle_core::Device::Cpu,
+                "cuda" => candle_core::Device::new_cuda(0)
+                    .context("cannot open CUDA device 0 (a build with --features cuda on a GPU)")?,
+                other => bail!("unknown device `{other}`; use cpu or cuda"),
+            };
+            let tensors = candle_core::safetensors::load(&inputs, &candle_core::Device::Cpu)
+                .with_context(|| format!("cannot read the inputs {}", inputs.display()))?;
+            let options = RunOptions {
+                dtype,
+                device,
+                frame_drop,
+            };
+            let outputs = mochi_model::run::run(&model_dir, component, &tensors, &options)
+                .with_context(|| format!("the {} did not run", component.name()))?;
+            let outputs: std::collections::HashMap<String, candle_core::Tensor> = outputs
+                .into_iter()
+                .map(|(name, tensor)| Ok((name, tensor.to_device(&candle_core::Device::Cpu)?)))
+                .collect::<candle_core::Result<_>>()?;
+            for (name, tensor) in &outputs {
+                eprintln!("{name}: {:?} f32", tensor.dims());
+            }
+            candle_core::safetensors::save(&outputs, &out)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("{}", out.display());
             Ok(())
         }
         ModelCommand::CreateTiny { dir } => {

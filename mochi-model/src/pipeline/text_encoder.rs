@@ -190,6 +190,11 @@ impl TextEncoder {
         &self.tokenizer
     }
 
+    /// The width `D` of its features.
+    pub fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
     /// T5 `last_hidden_state` `(1, len, D)` of unpadded ids, f32.
     pub fn encode_ids(&mut self, ids: &[u32]) -> Result<Tensor> {
         let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
