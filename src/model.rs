@@ -6,9 +6,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use mochi_model::model::vae::FrameDrop;
 use mochi_model::model_dir::{check, tiny};
-use mochi_model::run::{Component, RunOptions};
+use mochi_model::run::{Component, Reference, RunOptions};
 
 /// `mochi model ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -49,9 +48,11 @@ pub enum ModelCommand {
         /// `cpu`, or `cuda` (device 0; needs a build with `--features cuda`).
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// The VAE's frame dropping: `diffusers` (as `AutoencoderKLMochi.decode`) or `genmo`.
-        #[arg(long, default_value = "diffusers", value_parser = parse_frame_drop)]
-        frame_drop: FrameDrop,
+        /// Which implementation to follow where they differ (the VAE's frame dropping, the
+        /// transformer's text stream under a mask that is not a prefix): `diffusers` or
+        /// `genmo`.
+        #[arg(long, default_value = "diffusers", value_parser = parse_reference)]
+        reference: Reference,
     },
 }
 
@@ -73,12 +74,12 @@ fn parse_dtype(name: &str) -> Result<candle_core::DType, String> {
     }
 }
 
-fn parse_frame_drop(name: &str) -> Result<FrameDrop, String> {
+fn parse_reference(name: &str) -> Result<Reference, String> {
     match name {
-        "diffusers" => Ok(FrameDrop::Diffusers),
-        "genmo" => Ok(FrameDrop::Genmo),
+        "diffusers" => Ok(Reference::Diffusers),
+        "genmo" => Ok(Reference::Genmo),
         _ => Err(format!(
-            "unknown frame drop `{name}`; use diffusers or genmo"
+            "unknown reference `{name}`; use diffusers or genmo"
         )),
     }
 }
@@ -105,7 +106,7 @@ pub fn run(command: ModelCommand) -> Result<()> {
             out,
             dtype,
             device,
-            frame_drop,
+            reference,
         } => {
             let device = match device.as_str() {
                 "cpu" => candle_core::Device::Cpu,
@@ -118,7 +119,7 @@ pub fn run(command: ModelCommand) -> Result<()> {
             let options = RunOptions {
                 dtype,
                 device,
-                frame_drop,
+                reference,
             };
             let outputs = mochi_model::run::run(&model_dir, component, &tensors, &options)
                 .with_context(|| format!("the {} did not run", component.name()))?;

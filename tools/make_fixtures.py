@@ -2,8 +2,10 @@
 """Writes the AsymmDiT golden fixtures under mochi-model/tests/fixtures/ (spec §6.1, §6.3).
 
 Regenerate the DiT, sampler and text-path fixtures with one command (from anywhere):
-    .venv-ref/bin/python tools/make_fixtures.py            # dit/ and t5/
-    .venv-ref/bin/python tools/make_fixtures.py --dit-only # dit/ only
+    .venv-ref/bin/python tools/make_fixtures.py               # dit/ and t5/
+    .venv-ref/bin/python tools/make_fixtures.py --dit-only    # dit/ only
+    .venv-ref/bin/python tools/make_fixtures.py --mask-cases  # only the text-mask cases,
+                                                              # on the committed weights
 (the T5 part is tools/make_t5_fixtures.py; the VAE has its own make_vae_fixtures.py).
 
 Builds the tiny diffusers `MochiTransformer3DModel` with fixed seeds, saves its weights
@@ -191,6 +193,45 @@ def make_cases(model):
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(OUT / f"case_{name}.safetensors"))
 
 
+def load_committed_model():
+    """The tiny model with the weights already in the fixtures (not rebuilt), so new cases
+    are computed on exactly the weights every other golden uses."""
+    from safetensors.torch import load_file
+    model = MochiTransformer3DModel(**TINY).eval()
+    tdir = OUT / "model" / "transformer"
+    state = {}
+    for shard in sorted(tdir.glob("diffusion_pytorch_model-*.safetensors")):
+        state.update(load_file(str(shard)))
+    model.load_state_dict(state)
+    return model
+
+
+def make_mask_cases(model):
+    """Text masks other than a prefix (spec §2.6): every valid, a single valid token, and
+    valid tokens with gaps (0, 2, 3, 7). diffusers packs the valid text tokens' attention
+    outputs to the front and pads after them; these goldens hold what it computes."""
+    g = torch.Generator().manual_seed(2)
+    text_len = TINY["max_sequence_length"]
+    gapped = torch.zeros(1, text_len, dtype=torch.long)
+    gapped[0, [0, 2, 3, 7]] = 1
+    single = torch.zeros(1, text_len, dtype=torch.long)
+    single[0, 5] = 1
+    cases = {
+        "allvalid": torch.ones(1, text_len, dtype=torch.long),
+        "single": single,
+        "gapped": gapped,
+    }
+    for name, mask in cases.items():
+        latents = torch.randn(1, 12, 3, 8, 8, generator=g)
+        text = torch.randn(1, text_len, 32, generator=g)
+        timestep = torch.tensor([612.5])
+        taps = forward_with_taps(model, latents, timestep, text, mask)
+        tensors = {"in_latents": latents, "in_timestep": timestep.float(), "in_text": text,
+                   "in_mask": mask.float()}
+        tensors.update({f"tap_{k}": v.float() for k, v in taps.items()})
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(OUT / f"case_{name}.safetensors"))
+
+
 def sigma_lists():
     def genmo(n, tau, m=None):
         return [float(s) for s in linear_quadratic_schedule(n, tau, m)] + [0.0]
@@ -243,9 +284,14 @@ def sampling_run(model, sigmas):
 def main():
     torch.use_deterministic_algorithms(True)
     OUT.mkdir(parents=True, exist_ok=True)
+    if "--mask-cases" in sys.argv:
+        make_mask_cases(load_committed_model())
+        print(f"wrote the text-mask cases under {OUT}")
+        return
     model = build_model()
     save_weights(model)
     make_cases(model)
+    make_mask_cases(model)
     lists = sigma_lists()
     sampling_run(model, lists["n2_t0.025"])
     total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())

@@ -18,8 +18,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Error, IndexOp, Result, Tensor};
 
-use crate::model::AsymmDiT;
 use crate::model::vae::{FrameDrop, VaeDecoder};
+use crate::model::{AsymmDiT, TextLayout};
 use crate::pipeline::text_encoder::TextEncoder;
 
 /// A component of a model directory.
@@ -73,8 +73,38 @@ pub struct RunOptions {
     pub dtype: DType,
     /// Where to run.
     pub device: Device,
-    /// The VAE's frame dropping: diffusers' `decode` (`Diffusers`) or genmo's (`Genmo`).
-    pub frame_drop: FrameDrop,
+    /// Which implementation to follow where genmo's and diffusers' differ.
+    pub reference: Reference,
+}
+
+/// The reference implementation to follow where the two differ: the VAE's frame dropping
+/// (genmo drops `st − 1` frames in every up block, diffusers `Π st − 1` once at the end) and
+/// the DiT's text stream under a mask that is not a prefix (genmo in place, diffusers
+/// packed to the front).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reference {
+    /// diffusers' `MochiTransformer3DModel` and `AutoencoderKLMochi.decode`.
+    Diffusers,
+    /// genmo's `AsymmDiTJoint` and decoder.
+    Genmo,
+}
+
+impl Reference {
+    /// The VAE frame dropping it follows.
+    pub fn frame_drop(self) -> FrameDrop {
+        match self {
+            Self::Diffusers => FrameDrop::Diffusers,
+            Self::Genmo => FrameDrop::Genmo,
+        }
+    }
+
+    /// The DiT text layout it follows.
+    pub fn text_layout(self) -> TextLayout {
+        match self {
+            Self::Diffusers => TextLayout::Packed,
+            Self::Genmo => TextLayout::InPlace,
+        }
+    }
 }
 
 /// Runs `component` of `model_dir` on `inputs`; returns its outputs by name.
@@ -106,7 +136,8 @@ pub fn run(
     };
     let output = match component {
         Component::Transformer => {
-            let model = AsymmDiT::from_model_dir(model_dir, options.dtype, device)?;
+            let model = AsymmDiT::from_model_dir(model_dir, options.dtype, device)?
+                .with_text_layout(options.reference.text_layout());
             let sample = model.forward(
                 &input("hidden_states")?.to_dtype(DType::F32)?,
                 &input("timestep")?.to_dtype(DType::F32)?,
@@ -117,7 +148,7 @@ pub fn run(
         }
         Component::Vae => {
             let decoder = VaeDecoder::from_model_dir(model_dir, options.dtype, device)?
-                .with_frame_drop(options.frame_drop);
+                .with_frame_drop(options.reference.frame_drop());
             (
                 "sample",
                 decoder.decode(&input("z")?.to_dtype(DType::F32)?)?,

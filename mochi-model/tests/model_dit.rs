@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use mochi_model::model::weights::{Scheme, Weights};
-use mochi_model::model::{AsymmDiT, Config};
+use mochi_model::model::{AsymmDiT, Config, TextLayout};
 use mochi_model::pipeline::sampling::{TextConditioning, denoise, dit_to_vae};
 use mochi_model::pipeline::scheduler::{linear_quadratic, timestep_from_sigma};
 
@@ -71,7 +71,11 @@ fn run_case(
 }
 
 fn check_all_taps(case: &str) {
-    let model = tiny_model(DType::F32);
+    check_all_taps_with(case, TextLayout::default());
+}
+
+fn check_all_taps_with(case: &str, layout: TextLayout) {
+    let model = tiny_model(DType::F32).with_text_layout(layout);
     assert_eq!(model.config(), &Config::tiny());
     let (data, _, taps) = run_case(&model, case);
     let ours: HashMap<_, _> = taps.into_iter().collect();
@@ -108,6 +112,53 @@ fn non_square_latent_matches_reference_taps() {
 #[test]
 fn batch_of_two_with_different_masks_matches_reference_taps() {
     check_all_taps("batch2");
+}
+
+#[test]
+fn masks_other_than_a_prefix_match_diffusers_with_its_packed_layout() {
+    for case in ["allvalid", "single", "gapped"] {
+        check_all_taps_with(case, TextLayout::Packed);
+    }
+}
+
+#[test]
+fn genmo_s_in_place_layout_is_the_default_and_reads_a_gapped_mask_as_its_valid_tokens() {
+    // Every token valid: the layouts agree, and agree with diffusers.
+    check_all_taps_with("allvalid", TextLayout::InPlace);
+    let model = tiny_model(DType::F32);
+    assert_eq!(model.text_layout(), TextLayout::InPlace);
+    let data = load("case_gapped.safetensors");
+    let forward = |text: &Tensor, mask: &Tensor| {
+        model
+            .forward(&data["in_latents"], &data["in_timestep"], text, mask)
+            .expect("forward")
+    };
+    let in_place = forward(&data["in_text"], &data["in_mask"]);
+    // diffusers moves the valid tokens' attention outputs to the front of the text stream,
+    // where other tokens' residuals are: from the second block on the two differ.
+    let (abs, _) = errors(&in_place, &data["tap_output"]);
+    println!("gapped: in place vs diffusers' packed output max|Δ| {abs:.3e}");
+    assert!(abs > 1e-3, "the layouts should differ on a gapped mask");
+    // Text tokens carry no position: the valid tokens moved to the front (a prefix mask,
+    // where every implementation agrees) give the same prediction.
+    let mask: Vec<f32> = data["in_mask"]
+        .flatten_all()
+        .and_then(|m| m.to_vec1())
+        .expect("mask");
+    let (valid, masked): (Vec<u32>, Vec<u32>) =
+        (0..mask.len() as u32).partition(|i| mask[*i as usize] > 0.5);
+    let order: Vec<u32> = valid.iter().chain(&masked).copied().collect();
+    let order = Tensor::new(order.as_slice(), &Device::Cpu).expect("order");
+    let text = data["in_text"].index_select(&order, 1).expect("permute");
+    let prefix: Vec<f32> = (0..mask.len())
+        .map(|i| if i < valid.len() { 1.0 } else { 0.0 })
+        .collect();
+    let prefix = Tensor::from_vec(prefix, (1, mask.len()), &Device::Cpu).expect("mask");
+    check(
+        "gapped/in place = as a prefix",
+        &in_place,
+        &forward(&text, &prefix),
+    );
 }
 
 #[test]

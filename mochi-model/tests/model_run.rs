@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use mochi_model::model::vae::FrameDrop;
-use mochi_model::run::{Component, RunOptions, run};
+use mochi_model::run::{Component, Reference, RunOptions, run};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -25,11 +24,11 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .expect("diff")
 }
 
-fn options(frame_drop: FrameDrop) -> RunOptions {
+fn options(reference: Reference) -> RunOptions {
     RunOptions {
         dtype: DType::F32,
         device: Device::Cpu,
-        frame_drop,
+        reference,
     }
 }
 
@@ -42,7 +41,7 @@ fn renamed(data: &HashMap<String, Tensor>, names: &[(&str, &str)]) -> HashMap<St
 
 #[test]
 fn the_transformer_gives_the_reference_sample() {
-    for case in ["prefix", "batch2", "empty"] {
+    for case in ["prefix", "batch2", "empty", "gapped", "single"] {
         let data = load(&format!("dit/case_{case}.safetensors"));
         let inputs = renamed(
             &data,
@@ -57,7 +56,7 @@ fn the_transformer_gives_the_reference_sample() {
             &fixtures().join("dit/model"),
             Component::Transformer,
             &inputs,
-            &options(FrameDrop::Genmo),
+            &options(Reference::Diffusers),
         )
         .expect("run");
         let diff = max_diff(&out["sample"], &data["tap_output"]);
@@ -69,15 +68,15 @@ fn the_transformer_gives_the_reference_sample() {
 fn the_vae_gives_diffusers_decode_or_genmo_s() {
     let data = load("vae/case_t2.safetensors");
     let inputs = renamed(&data, &[("in_latents", "z")]);
-    for (drop, want) in [
-        (FrameDrop::Diffusers, "out_diffusers"),
-        (FrameDrop::Genmo, "out_genmo"),
+    for (reference, want) in [
+        (Reference::Diffusers, "out_diffusers"),
+        (Reference::Genmo, "out_genmo"),
     ] {
         let out = run(
             &fixtures().join("vae/model"),
             Component::Vae,
             &inputs,
-            &options(drop),
+            &options(reference),
         )
         .expect("run");
         let diff = max_diff(&out["sample"], &data[want]);
@@ -99,7 +98,7 @@ fn the_text_encoder_gives_the_reference_on_valid_positions_and_zeros_after() {
         &fixtures().join("t5"),
         Component::Text,
         &inputs,
-        &options(FrameDrop::Genmo),
+        &options(Reference::Genmo),
     )
     .expect("run");
     let hidden = &out["last_hidden_state"];
@@ -129,7 +128,7 @@ fn a_missing_input_or_a_gapped_text_mask_is_named() {
         &fixtures().join("dit/model"),
         Component::Transformer,
         &HashMap::new(),
-        &options(FrameDrop::Genmo),
+        &options(Reference::Genmo),
     )
     .expect_err("no inputs")
     .to_string();
@@ -149,7 +148,7 @@ fn a_missing_input_or_a_gapped_text_mask_is_named() {
         &fixtures().join("t5"),
         Component::Text,
         &inputs,
-        &options(FrameDrop::Genmo),
+        &options(Reference::Genmo),
     )
     .expect_err("gapped")
     .to_string();

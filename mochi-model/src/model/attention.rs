@@ -75,13 +75,28 @@ pub struct Qkv {
     pub v: Tensor,
 }
 
+/// Where the attention outputs of the valid text tokens go when the mask is not a prefix.
+/// With a prefix mask (what a tokenizer padding on the right makes, and all serving builds)
+/// both are the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TextLayout {
+    /// Back to each token's own position, zeros at masked ones: genmo's `AsymmDiTJoint`
+    /// (`pad_and_split_xy`), the code the released weights were trained with.
+    #[default]
+    InPlace,
+    /// Packed to the front in order, zeros after: diffusers' `MochiAttnProcessor2_0`.
+    Packed,
+}
+
 /// Joint attention of the visual stream `x` and text stream `y` with text `mask (B, L)`
-/// (nonzero = valid). Returns `(B, N, H·hd)` and `(B, L, H·hd)` in f32.
+/// (nonzero = valid); the valid text tokens' outputs are placed by `layout`. Returns
+/// `(B, N, H·hd)` and `(B, L, H·hd)` in f32.
 pub fn joint_attention(
     x: &Qkv,
     y: &Qkv,
     mask: &Tensor,
     compute_dtype: DType,
+    layout: TextLayout,
 ) -> Result<(Tensor, Tensor)> {
     let (batch, visual, heads, head_dim) = x.q.dims4()?;
     let text = y.q.dim(1)?;
@@ -116,10 +131,14 @@ pub fn joint_attention(
             .reshape(((), width))?;
         out_x.push(out.narrow(0, 0, visual)?);
         let zeros = Tensor::zeros((text, width), DType::F32, device)?;
-        let text_out = if valid.is_empty() {
-            zeros
-        } else {
-            zeros.index_add(&index, &out.narrow(0, visual, valid.len())?, 0)?
+        let valid_out = out.narrow(0, visual, valid.len())?;
+        let text_out = match layout {
+            _ if valid.is_empty() => zeros,
+            TextLayout::InPlace => zeros.index_add(&index, &valid_out, 0)?,
+            TextLayout::Packed => Tensor::cat(
+                &[valid_out, zeros.narrow(0, valid.len(), text - valid.len())?],
+                0,
+            )?,
         };
         out_y.push(text_out);
     }

@@ -2,7 +2,7 @@
 
 use candle_core::{D, Result, Tensor};
 
-use super::attention::{Qkv, apply_rope, joint_attention};
+use super::attention::{Qkv, TextLayout, apply_rope, joint_attention};
 use super::config::Config;
 use super::embeddings::load_linear;
 use super::ops::{Linear, layer_norm, rms_norm, rms_norm_weighted, scale_tokens};
@@ -166,7 +166,8 @@ impl JointBlock {
         })
     }
 
-    /// Runs the block on `x (B, N, Dx)`, `y (B, L, Dy)` with conditioning `c (B, Dx)`.
+    /// Runs the block on `x (B, N, Dx)`, `y (B, L, Dy)` with conditioning `c (B, Dx)`; the
+    /// text tokens' attention outputs are placed by `layout`.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -174,6 +175,7 @@ impl JointBlock {
         c: &Tensor,
         rope: &(Tensor, Tensor),
         mask: &Tensor,
+        layout: TextLayout,
     ) -> Result<(Tensor, Tensor)> {
         let activated = c.silu()?;
         let mx = self.mod_x.forward(&activated)?.chunk(4, 1)?;
@@ -186,7 +188,8 @@ impl JointBlock {
         qkv_x.q = apply_rope(&qkv_x.q, &rope.0, &rope.1)?;
         qkv_x.k = apply_rope(&qkv_x.k, &rope.0, &rope.1)?;
         let qkv_y = self.qkv(&self.qkv_y, &self.norm_y, &yn)?;
-        let (attn_x, attn_y) = joint_attention(&qkv_x, &qkv_y, mask, self.qkv_x.weight().dtype())?;
+        let (attn_x, attn_y) =
+            joint_attention(&qkv_x, &qkv_y, mask, self.qkv_x.weight().dtype(), layout)?;
 
         let x = gated_residual(x, &self.proj_x.forward(&attn_x)?, &mx[1])?;
         let xn2 = scale_tokens(&rms_norm(&x, MOD_NORM_EPS)?, &(&mx[2] + 1.0)?)?;

@@ -19,6 +19,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor};
 
+pub use attention::TextLayout;
 use blocks::{FinalLayer, JointBlock};
 pub use config::Config;
 use embeddings::{AttentionPool, PatchEmbed, TimestepEmbedder, mixed_rope};
@@ -39,6 +40,7 @@ pub struct AsymmDiT {
     pos_frequencies: Tensor,
     blocks: Vec<JointBlock>,
     final_layer: FinalLayer,
+    text_layout: TextLayout,
 }
 
 impl AsymmDiT {
@@ -72,6 +74,7 @@ impl AsymmDiT {
             )?,
             blocks,
             final_layer: FinalLayer::load(weights, config)?,
+            text_layout: TextLayout::default(),
         })
     }
 
@@ -93,6 +96,18 @@ impl AsymmDiT {
             None => Config::from_weights(&weights)?,
         };
         Self::load(&weights, &config)
+    }
+
+    /// The model with `layout` for the text tokens' attention outputs under a mask that is
+    /// not a prefix (default: genmo's, in place; `Packed` follows diffusers).
+    pub fn with_text_layout(mut self, layout: TextLayout) -> Self {
+        self.text_layout = layout;
+        self
+    }
+
+    /// How the text tokens' attention outputs are placed.
+    pub fn text_layout(&self) -> TextLayout {
+        self.text_layout
     }
 
     /// The configuration this model was built with.
@@ -158,7 +173,7 @@ impl AsymmDiT {
         tap("rope_cos", &rope.0);
         tap("rope_sin", &rope.1);
         for (i, block) in self.blocks.iter().enumerate() {
-            let (next_x, next_y) = block.forward(&x, &y, &c, &rope, mask)?;
+            let (next_x, next_y) = block.forward(&x, &y, &c, &rope, mask, self.text_layout)?;
             x = next_x;
             y = next_y;
             tap(&format!("block{i}_x"), &x);
