@@ -72,7 +72,13 @@ pub async fn run(
     );
     let memory: Vec<DeviceMemory> = backends
         .iter()
-        .map(|backend| DeviceMemory::new(config.memory_bytes_per_slot, backend.resident_bytes()))
+        .map(|backend| {
+            DeviceMemory::new(
+                config.memory_bytes_per_slot,
+                backend.resident_bytes(),
+                protocol::memory::Model::of_class(&config.gpu_class),
+            )
+        })
         .collect();
     let reports: Vec<Arc<Mutex<SlotReport>>> = memory
         .iter()

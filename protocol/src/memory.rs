@@ -1,9 +1,10 @@
 //! Peak device memory of a job, and admission: whether any known slot can hold it, and if
 //! not, one sentence saying what it needs, what the largest slot has and what would fit.
 //!
-//! This is the memory part of the coordinator's cost model (the coordinator's `cost` module
-//! adds GPU seconds per class and uses this for memory); it lives here so that the gateway
-//! can refuse an over-sized job at submit with the same figures the coordinator uses.
+//! This is the one memory model of mochi-serve: the gateway refuses an over-sized job at
+//! submit with it, the coordinator's admission and cost model use it (adding GPU seconds per
+//! class), and each GPU node reports its free memory with it ([`working_bytes`] of the job
+//! running, beyond the weights its backend keeps resident).
 //!
 //! * Resident weights: DiT 20 GB + T5-XXL 9.5 GB + VAE decoder 0.7 GB in bf16.
 //! * DiT phase: activations per visual token and CFG branch, one f32 attention score block
@@ -44,8 +45,7 @@ mod full {
     pub const TEXT_TOKENS: f64 = 256.0;
     /// Resident bf16 weights: DiT 20 GB + T5-XXL 9.5 GB + VAE decoder 0.7 GB.
     pub const RESIDENT_BYTES: f64 = 30.2e9;
-    /// Activation bytes per visual token per CFG branch (bf16, ~8 live width-3072 tensors;
-    /// the same figure gpu-node's memory accounting uses).
+    /// Activation bytes per visual token per CFG branch (bf16, ~8 live width-3072 tensors).
     pub const ACTIVATION_BYTES_PER_TOKEN: f64 = 3072.0 * 2.0 * 8.0;
     /// Attention is computed in query blocks of this many tokens, one head at a time, with
     /// an f32 score block (`QUERY_BLOCK · S · 4` bytes).
@@ -83,6 +83,27 @@ fn full_phase_bytes(shape: &JobShape) -> (f64, f64) {
     (dit, vae)
 }
 
+/// Working memory of `shape` on a slot running `model`, beyond the resident weights, bytes:
+/// the larger of the denoising and the decoding phase. The GPU node reports its free memory
+/// with it; admission and the cost model add the weights ([`peak_bytes`]).
+pub fn working_bytes(shape: &JobShape, model: Model) -> u64 {
+    match model {
+        Model::Full => {
+            let (dit, vae) = full_phase_bytes(shape);
+            dit.max(vae) as u64
+        }
+        Model::Tiny => tiny_working_bytes(shape) as u64,
+    }
+}
+
+fn tiny_working_bytes(shape: &JobShape) -> f64 {
+    let branches = if shape.cfg { 2.0 } else { 1.0 };
+    let pixel_frames =
+        f64::from(shape.num_frames) * f64::from(shape.width) * f64::from(shape.height);
+    shape.num_tokens as f64 * tiny::BYTES_PER_TOKEN * branches
+        + pixel_frames * tiny::BYTES_PER_PIXEL
+}
+
 /// Peak device memory of `shape` on a slot running `model`, bytes (weights included).
 pub fn peak_bytes(shape: &JobShape, model: Model) -> u64 {
     match model {
@@ -90,14 +111,7 @@ pub fn peak_bytes(shape: &JobShape, model: Model) -> u64 {
             let (dit, vae) = full_phase_bytes(shape);
             (full::RESIDENT_BYTES + dit.max(vae)) as u64
         }
-        Model::Tiny => {
-            let branches = if shape.cfg { 2.0 } else { 1.0 };
-            let pixel_frames =
-                f64::from(shape.num_frames) * f64::from(shape.width) * f64::from(shape.height);
-            (tiny::RESIDENT_BYTES
-                + shape.num_tokens as f64 * tiny::BYTES_PER_TOKEN * branches
-                + pixel_frames * tiny::BYTES_PER_PIXEL) as u64
-        }
+        Model::Tiny => (tiny::RESIDENT_BYTES + tiny_working_bytes(shape)) as u64,
     }
 }
 
