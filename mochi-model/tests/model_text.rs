@@ -215,3 +215,36 @@ fn prompt_text_path_matches_transformers_on_valid_positions() {
     );
     assert!(diff <= 1e-4, "max |Δ| {diff}");
 }
+
+#[test]
+fn a_t5_config_the_weights_contradict_is_refused_naming_the_field_and_both_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for sub in ["tokenizer", "text_encoder"] {
+        let from = fixtures().join(sub);
+        let to = dir.path().join(sub);
+        std::fs::create_dir_all(&to).expect("mkdir");
+        for entry in std::fs::read_dir(&from).expect("read_dir") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+        }
+    }
+    let path = dir.path().join("text_encoder/config.json");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");
+    TextEncoder::from_model_dir(dir.path(), &Device::Cpu).expect("the fixture loads");
+    let layers = config["num_layers"].as_u64().expect("num_layers");
+    let mut wrong = config.clone();
+    wrong["num_layers"] = (layers + 1).into();
+    std::fs::write(&path, wrong.to_string()).expect("write");
+    let error = TextEncoder::from_model_dir(dir.path(), &Device::Cpu)
+        .expect_err("contradicted")
+        .to_string();
+    let expected = format!(
+        "num_layers is {} in the config, the weights have {layers}",
+        layers + 1
+    );
+    assert!(
+        error.contains(&expected) && error.contains("contradicts the weights"),
+        "{error}"
+    );
+}

@@ -162,6 +162,67 @@ fn encoder_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Err(Error::Msg(format!("no T5 weights in {}", dir.display())))
 }
 
+/// Checks a T5 encoder configuration against the weights' shapes: the error names the first
+/// field (as `config.json` spells it) they contradict, with both values. Tensors that are
+/// absent are the loader's to name.
+fn check_against(
+    config: &t5::Config,
+    tensors: &candle_core::safetensors::MmapedSafetensors,
+) -> std::result::Result<(), String> {
+    let shape = |name: &str| tensors.get(name).ok().map(|view| view.shape().to_vec());
+    let differs = |field: &str, configured: usize, found: usize| {
+        Err(format!(
+            "{field} is {configured} in the config, the weights have {found}"
+        ))
+    };
+    let embedding = shape("shared.weight").or_else(|| shape("encoder.embed_tokens.weight"));
+    if let Some(&[vocab, width]) = embedding.as_deref() {
+        if width != config.d_model {
+            return differs("d_model", config.d_model, width);
+        }
+        if vocab != config.vocab_size {
+            return differs("vocab_size", config.vocab_size, vocab);
+        }
+    }
+    let blocks = (0..)
+        .take_while(|i| {
+            shape(&format!("encoder.block.{i}.layer.0.SelfAttention.q.weight")).is_some()
+        })
+        .count();
+    if blocks > 0 && blocks != config.num_layers {
+        return differs("num_layers", config.num_layers, blocks);
+    }
+    let attention = "encoder.block.0.layer.0.SelfAttention";
+    if let Some(&[buckets, heads]) =
+        shape(&format!("{attention}.relative_attention_bias.weight")).as_deref()
+    {
+        if heads != config.num_heads {
+            return differs("num_heads", config.num_heads, heads);
+        }
+        if buckets != config.relative_attention_num_buckets {
+            return differs(
+                "relative_attention_num_buckets",
+                config.relative_attention_num_buckets,
+                buckets,
+            );
+        }
+    }
+    if let Some(&[inner, _]) = shape(&format!("{attention}.q.weight")).as_deref()
+        && inner != config.num_heads * config.d_kv
+    {
+        return differs("d_kv", config.d_kv, inner / config.num_heads.max(1));
+    }
+    let feed_forward = "encoder.block.0.layer.1.DenseReluDense";
+    let wi = shape(&format!("{feed_forward}.wi_0.weight"))
+        .or_else(|| shape(&format!("{feed_forward}.wi.weight")));
+    if let Some(&[hidden, _]) = wi.as_deref()
+        && hidden != config.d_ff
+    {
+        return differs("d_ff", config.d_ff, hidden);
+    }
+    Ok(())
+}
+
 impl TextEncoder {
     /// Loads `tokenizer/` and `text_encoder/` (config.json + safetensors) under `model_dir`, in f32.
     pub fn from_model_dir(model_dir: &Path, device: &Device) -> Result<Self> {
@@ -174,6 +235,15 @@ impl TextEncoder {
             .map_err(|e| Error::Msg(format!("invalid {}: {e}", config_path.display())))?;
         let files = encoder_files(&dir)?;
         // SAFETY: the weight files are mapped read-only and never modified while mapped.
+        #[allow(unsafe_code)]
+        let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files)? };
+        check_against(&config, &tensors).map_err(|e| {
+            Error::Msg(format!(
+                "{} contradicts the weights: {e}",
+                config_path.display()
+            ))
+        })?;
+        // SAFETY: as above.
         #[allow(unsafe_code)]
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
         let model = t5::T5EncoderModel::load(vb, &config)?;
