@@ -98,19 +98,11 @@ pub fn describe() {
     );
 }
 
-/// A job that ended longer ago than this when first seen (a coordinator's replay of the
-/// watch at start) was counted when it ended.
-const REPLAY_WINDOW_MS: u64 = 60_000;
-
-/// Counts a job that just ended by its state and records its time from submission to end
-/// (a record replayed at start, ended long ago, is not counted again).
-pub(crate) fn job_finished(record: &JobRecord, now: u64) {
+/// Counts a job that just ended by its state and records its time from submission to end.
+pub(crate) fn job_finished(record: &JobRecord) {
     let Some(ended) = record.finished_at_ms else {
         return;
     };
-    if now.saturating_sub(ended) > REPLAY_WINDOW_MS {
-        return;
-    }
     let state = record.state.as_str();
     metrics::counter!(JOBS_FINISHED, "state" => state).increment(1);
     let seconds = ended.saturating_sub(record.created_at_ms) as f64 / 1_000.0;

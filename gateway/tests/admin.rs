@@ -39,7 +39,7 @@ fn request(method: &str, uri: &str, token: Option<&str>) -> Request<Body> {
 }
 
 /// A job that died after three lost leases, copied to the dead-letter stream as the
-/// coordinator's lease keeper does.
+/// coordinator's keeper does.
 async fn dead_job(resources: &Resources) -> JobRecord {
     let spec = JobSpec::new("x");
     let shape = spec.validate(&Limits::default()).unwrap();

@@ -1,23 +1,12 @@
 //! Dead letters: a job that ran out of attempts is copied to the `MOCHI_DLQ` stream, once per
-//! attempt (JetStream deduplicates by message id), for an operator to inspect or replay.
+//! attempt (JetStream deduplicates by message id), for an operator to inspect or replay. The
+//! scheduler asks for the copy when the watch shows a job that just died.
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::Context;
-use protocol::{JobRecord, JobState, codec, names};
+use protocol::{JobRecord, codec, names};
 
 use crate::metrics;
-
-/// Dead jobs that ended within this window are copied when seen; older ones (a coordinator's
-/// replay of the watch at start) were copied when they died.
-pub const WINDOW_MS: u64 = 60_000;
-
-/// Whether a record just became dead (so that a restart does not copy old dead jobs again).
-pub fn freshly_dead(record: &JobRecord, now_ms: u64) -> bool {
-    record.state == JobState::Dead
-        && record
-            .finished_at_ms
-            .is_some_and(|at| at.saturating_add(WINDOW_MS) >= now_ms)
-}
 
 /// Publishes the dead job's record to `MOCHI_DLQ`.
 pub(super) async fn copy(context: &Context, record: &JobRecord) {
@@ -49,30 +38,5 @@ pub(super) async fn copy(context: &Context, record: &JobRecord) {
         Err(error) => {
             tracing::error!(%job_id, %error, "cannot copy the dead job to the dead-letter stream")
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use protocol::{JobId, JobShape, JobSpec, TenantId};
-
-    use super::*;
-
-    #[test]
-    fn only_a_job_dead_within_the_window_is_fresh() {
-        let mut record = JobRecord::queued(
-            JobId::new(),
-            TenantId::default_tenant(),
-            JobSpec::new("x"),
-            JobShape::new(7, 30, 64, 64, 3, true),
-            1,
-            3,
-            1_000,
-        );
-        assert!(!freshly_dead(&record, 1_000), "queued");
-        record.state = JobState::Dead;
-        record.finished_at_ms = Some(1_000);
-        assert!(freshly_dead(&record, 1_000 + WINDOW_MS));
-        assert!(!freshly_dead(&record, 1_001 + WINDOW_MS));
     }
 }

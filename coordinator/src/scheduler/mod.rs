@@ -39,7 +39,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::{JobId, JobRecord, now_ms};
+use protocol::{JobId, JobRecord, JobState, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::keeper::{self, Keeper, KeeperArgs, KeeperMsg};
@@ -51,6 +51,10 @@ pub use messages::{SchedulerArgs, SchedulerMsg, SchedulerStatus, SlotKey};
 use proxies::Proxies;
 use queue_info::QueuePublisher;
 use view::{FollowUp, View};
+
+/// A job that ended longer ago than this when the watch shows it is history (a replay at
+/// start), not news: it is neither counted nor copied to the dead letters again.
+const REPLAY_WINDOW_MS: u64 = 60_000;
 
 /// How long stopping waits for the keeper.
 const KEEPER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -247,22 +251,32 @@ fn job_changed(state: &mut SchedulerState, record: &JobRecord, revision: u64) {
     {
         FollowUp::None => {}
         FollowUp::Finished(finished) => {
-            let now = now_ms();
             state.admission.forget(record.id);
-            metrics::job_finished(record, now);
             if let Some(finished) = finished {
                 state.learning.learn(record, finished);
             }
-            if keeper::dead_letters::freshly_dead(record, now) {
-                let _ = state
-                    .keeper
-                    .cast(KeeperMsg::DeadLetter(Box::new(record.clone())));
+            // A record replayed at start that ended long ago was counted and copied then.
+            if ended_lately(record, now_ms()) {
+                metrics::job_finished(record);
+                if record.state == JobState::Dead {
+                    let _ = state
+                        .keeper
+                        .cast(KeeperMsg::DeadLetter(Box::new(record.clone())));
+                }
             }
         }
         FollowUp::Preempted => {
             let _ = state.keeper.cast(KeeperMsg::Requeue(record.id));
         }
     }
+}
+
+/// Whether a terminal record ended within [`REPLAY_WINDOW_MS`] of `now`: news, not a replay
+/// of the watch's history at start (which was counted and copied when it happened).
+fn ended_lately(record: &JobRecord, now: u64) -> bool {
+    record
+        .finished_at_ms
+        .is_some_and(|at| at.saturating_add(REPLAY_WINDOW_MS) >= now)
 }
 
 /// Refuses what no slot seen holds (the keeper writes it), then places what can be placed.
@@ -297,8 +311,8 @@ fn schedule(state: &mut SchedulerState) {
 fn tick(state: &mut SchedulerState) {
     let now = now_ms();
     state.learning.save();
-    let queued = state.admission.waiting(&state.view);
     if state.queue_info.due(now, state.args.config.eta_refresh_ms) {
+        let queued = state.admission.waiting(&state.view);
         let proxies = &state.proxies;
         let slots: Vec<policy::Slot> = state
             .view
@@ -339,13 +353,18 @@ fn hand_to_keeper(state: &mut SchedulerState, now: u64) {
         .filter(|job| !in_hand.contains(&job.job_id))
         .collect();
     let config = &state.args.config;
-    let overdue: Vec<_> = state
-        .view
-        .timed_jobs()
-        .into_iter()
-        .filter(|job| !in_hand.contains(&job.job_id))
-        .filter_map(|job| Some((job, keeper::deadlines::overdue(&job, config, now)?)))
-        .collect();
+    let deadlines = config.start_timeout_ms > 0 || config.max_run_ms > 0;
+    let overdue: Vec<_> = if deadlines {
+        state
+            .view
+            .timed_jobs()
+            .into_iter()
+            .filter(|job| !in_hand.contains(&job.job_id))
+            .filter_map(|job| Some((job, keeper::deadlines::overdue(&job, config, now)?)))
+            .collect()
+    } else {
+        Vec::new()
+    };
     if !expiring.is_empty() {
         let ids: Vec<JobId> = expiring.iter().map(|job| job.job_id).collect();
         if state.keeper.cast(KeeperMsg::Expire(expiring)).is_ok() {
@@ -357,5 +376,30 @@ fn hand_to_keeper(state: &mut SchedulerState, now: u64) {
         if state.keeper.cast(KeeperMsg::EndOverdue(overdue)).is_ok() {
             state.in_hand.extend(ids);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::{JobShape, JobSpec, TenantId};
+
+    use super::*;
+
+    #[test]
+    fn only_a_job_ended_within_the_window_is_news() {
+        let mut record = JobRecord::queued(
+            JobId::new(),
+            TenantId::default_tenant(),
+            JobSpec::new("x"),
+            JobShape::new(7, 30, 64, 64, 3, true),
+            1,
+            3,
+            1_000,
+        );
+        assert!(!ended_lately(&record, 1_000), "not ended");
+        record.state = JobState::Dead;
+        record.finished_at_ms = Some(1_000);
+        assert!(ended_lately(&record, 1_000 + REPLAY_WINDOW_MS));
+        assert!(!ended_lately(&record, 1_001 + REPLAY_WINDOW_MS));
     }
 }

@@ -8,6 +8,16 @@ use serde::Deserialize;
 
 use super::weights::Weights;
 
+/// How every component says that its `config.json` and its weights disagree: the field as
+/// `config.json` spells it, the configured value, the value the weights' shapes give.
+pub fn contradiction(
+    field: &str,
+    configured: &dyn std::fmt::Debug,
+    found: &dyn std::fmt::Debug,
+) -> String {
+    format!("{field} is {configured:?} in the config, the weights have {found:?}")
+}
+
 /// AsymmDiT hyperparameters (diffusers `config.json` names in comments).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -200,9 +210,7 @@ impl Config {
             .iter()
             .find(|(_, configured, weights)| configured != weights)
         {
-            Some((field, configured, weights)) => Err(format!(
-                "{field} is {configured} in the config, the weights have {weights}"
-            )),
+            Some((field, configured, weights)) => Err(contradiction(field, configured, weights)),
             None => Ok(()),
         }
     }

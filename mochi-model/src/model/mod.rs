@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Result, Tensor};
 
 pub use attention::TextLayout;
 use blocks::{FinalLayer, JointBlock};
-pub use config::Config;
+pub use config::{Config, contradiction};
 use embeddings::{AttentionPool, PatchEmbed, TimestepEmbedder, mixed_rope};
 use ops::Linear;
 use weights::Weights;

@@ -14,6 +14,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::t5;
 
 use super::sampling::TextConditioning;
+use crate::model::contradiction;
 use crate::model::weights::shards_from_index;
 
 /// Text tokens per prompt, padding included.
@@ -171,9 +172,7 @@ fn check_against(
 ) -> std::result::Result<(), String> {
     let shape = |name: &str| tensors.get(name).ok().map(|view| view.shape().to_vec());
     let differs = |field: &str, configured: usize, found: usize| {
-        Err(format!(
-            "{field} is {configured} in the config, the weights have {found}"
-        ))
+        Err(contradiction(field, &configured, &found))
     };
     let embedding = shape("shared.weight").or_else(|| shape("encoder.embed_tokens.weight"));
     if let Some(&[vocab, width]) = embedding.as_deref() {
@@ -243,9 +242,8 @@ impl TextEncoder {
                 config_path.display()
             ))
         })?;
-        // SAFETY: as above.
-        #[allow(unsafe_code)]
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
+        // The same mapping serves the check and the model.
+        let vb = VarBuilder::from_backend(Box::new(tensors), DType::F32, device.clone());
         let model = t5::T5EncoderModel::load(vb, &config)?;
         Ok(Self {
             tokenizer,

@@ -15,6 +15,7 @@ use candle_core::{Error, Result};
 use serde::Deserialize;
 
 use super::weights::VaeWeights;
+use crate::model::contradiction;
 
 /// Decoder hyperparameters (diffusers `AutoencoderKLMochi` names).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,9 +141,7 @@ impl VaeConfig {
     pub fn check_against(&self, w: &VaeWeights) -> std::result::Result<(), String> {
         let shape = Shapes::read(w).map_err(|e| e.to_string())?;
         let differs = |field: &str, config: &dyn std::fmt::Debug, weights: &dyn std::fmt::Debug| {
-            Err(format!(
-                "{field} is {config:?} in the config, the weights have {weights:?}"
-            ))
+            Err(contradiction(field, config, weights))
         };
         if self.latent_channels != shape.latent_channels {
             return differs(
