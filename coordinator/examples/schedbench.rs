@@ -54,22 +54,6 @@ fn args() -> Args {
     args
 }
 
-/// Mean predicted GPU seconds on an H100 of the jobs an 80 GB slot holds.
-fn mean_service_s(mix: Mix) -> f64 {
-    let model = CostModel::default();
-    let mut rng = Rng::new(99);
-    let (mut sum, mut count) = (0.0, 0.0);
-    for _ in 0..50_000 {
-        let (shape, _, _) = mix.sample(&mut rng);
-        let cost = model.cost(&shape);
-        if cost.fits(GpuClass::H100, GpuClass::H100.spec().memory_bytes) {
-            sum += cost.reference_seconds();
-            count += 1.0;
-        }
-    }
-    sum / count
-}
-
 fn policies() -> Vec<(String, Box<dyn Policy>)> {
     let mut all: Vec<(String, Box<dyn Policy>)> = PolicyKind::ALL
         .iter()
@@ -130,7 +114,7 @@ fn main() {
     let args = args();
     cost_table();
     let mix = Mix::standard();
-    let mean_s = mean_service_s(mix);
+    let mean_s = trace::mean_service_s(mix);
     let h100 = vec![GpuClass::H100; 8];
     let mut mixed = vec![GpuClass::H100; 4];
     mixed.extend([GpuClass::L40; 4]);

@@ -55,6 +55,14 @@ pub struct Config {
     pub length_aware: LengthAwareConfig,
     /// Period of the queue positions and ETAs published in `mochi_queue`, ms (0: never).
     pub eta_refresh_ms: u64,
+    /// Whether finished jobs' run times correct the cost model. Off only for time-scaled
+    /// load tests, whose simulated nodes run `time_scale` times faster than the model says
+    /// and would teach it so.
+    pub learn_costs: bool,
+    /// Wall seconds per model second of the policy's clock: 1 in production. A time-scaled
+    /// load test sets the same scale as its simulated nodes' `simulated.time_scale`, so the
+    /// policy sees waits and step times in model time, as on real GPUs.
+    pub time_scale: f64,
 }
 
 impl Default for Config {
@@ -86,6 +94,8 @@ impl Default for Config {
                 ..LengthAwareConfig::default()
             },
             eta_refresh_ms: 2_000,
+            learn_costs: true,
+            time_scale: 1.0,
         }
     }
 }
@@ -142,6 +152,10 @@ impl Config {
             (
                 self.intake_concurrency >= 1,
                 "intake_concurrency must be at least 1",
+            ),
+            (
+                self.time_scale.is_finite() && self.time_scale > 0.0 && self.time_scale <= 1.0,
+                "time_scale must be in (0, 1]: 1 in production, below 1 only for time-scaled load tests",
             ),
             (
                 self.leader_lease_ms >= 300,

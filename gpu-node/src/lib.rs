@@ -145,7 +145,9 @@ pub fn build_backends(config: &Config) -> Result<Vec<Arc<dyn Backend>>> {
     match config.backend {
         BackendKind::Simulated => Ok((0..config.slots)
             .map(|_| -> Arc<dyn Backend> {
-                Arc::new(SimulatedBackend::new(config.simulated.clone()))
+                Arc::new(SimulatedBackend::new(config.simulated.clone()).on_class(
+                    protocol::cost::GpuClass::parse_or_default(&config.gpu_class),
+                ))
             })
             .collect()),
         BackendKind::Mochi => {

@@ -1,50 +1,164 @@
-//! `loadtest`: submits jobs at a fixed rate to a mochi-serve gateway and prints a JSON report;
-//! `loadtest faults` runs the stack as separate processes, injects faults and checks every job.
+//! `loadtest run` submits a trace open-loop to a gateway and writes a JSON result and an HTML
+//! report; `loadtest trace` prints a trace; `loadtest report` is the documented run on stacks
+//! of processes; `loadtest faults` injects faults and checks every job.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use protocol::spec::JobSpec;
+use coordinator::sim::trace::{self, Arrivals, Mix, TraceJob};
+use loadtest::open_loop::OpenLoopConfig;
+use loadtest::report::LoadResult;
+use loadtest::scenario::ScenarioConfig;
 
-/// Open-loop load against the mochi-serve HTTP API (loopback targets only by default).
+/// Load tests of mochi-serve (loopback targets only unless `--allow-remote`).
 #[derive(Debug, Parser)]
-#[command(args_conflicts_with_subcommands = true)]
 struct Args {
     #[command(subcommand)]
-    command: Option<Command>,
-    /// Gateway URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// Jobs per second.
-    #[arg(long, default_value_t = 2.0)]
-    rate: f64,
-    /// Jobs in all.
-    #[arg(long, default_value_t = 20)]
-    jobs: u32,
-    /// Frames per job.
-    #[arg(long, default_value_t = 31)]
-    frames: u32,
-    /// Denoising steps per job.
-    #[arg(long, default_value_t = 8)]
-    steps: u32,
-    /// Stop after this many seconds.
-    #[arg(long, default_value_t = 300)]
-    max_duration_s: u64,
-    /// Allow a target that is not a loopback address.
-    #[arg(long)]
-    allow_remote: bool,
-    /// API key to send (e.g. `$(cat data/api-key)` for `mochi up`).
-    #[arg(long, env = "MOCHI_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    command: Command,
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
+    /// Submit a trace's requests at their arrival times (open loop) to a gateway, follow
+    /// every job, and write `<out>/<name>.json` and `<out>/<name>.html`.
+    Run(RunArgs),
+    /// Print a trace (CSV) of the standard mix at an offered load.
+    Trace(TraceArgs),
+    /// The documented run: each load on a fresh stack of processes with simulated H100
+    /// slots, against the simulator on the same trace; writes `<out>/report.{json,html}`.
+    Report(ReportArgs),
     /// Start nats-server, two coordinators, three simulated GPU nodes and a gateway as
     /// processes on loopback, inject faults while jobs run, and check every accepted job.
     Faults(FaultArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MixArgs {
+    /// Offered load: GPU time arriving per second over the slots' capacity.
+    #[arg(long, default_value_t = 0.85)]
+    load: f64,
+    /// Requests in the trace.
+    #[arg(long, default_value_t = 100)]
+    jobs: usize,
+    /// H100 slots the load is computed for.
+    #[arg(long, default_value_t = 8)]
+    slots: usize,
+    /// `poisson`, or `bursty` (twice the mean rate for a third of each 4-hour period).
+    #[arg(long, default_value = "poisson")]
+    arrivals: String,
+    /// Seed of the trace.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl MixArgs {
+    fn trace(&self) -> Result<Vec<TraceJob>, String> {
+        let arrivals = parse_arrivals(&self.arrivals)?;
+        let rate = self.load * self.slots as f64 / trace::mean_service_s(Mix::standard());
+        Ok(trace::generate(
+            Mix::standard(),
+            arrivals,
+            rate,
+            self.jobs,
+            self.seed,
+        ))
+    }
+}
+
+fn parse_arrivals(name: &str) -> Result<Arrivals, String> {
+    match name {
+        "poisson" => Ok(Arrivals::Poisson),
+        "bursty" => Ok(Arrivals::Bursty {
+            period_s: 4.0 * 3600.0,
+        }),
+        other => Err(format!("--arrivals {other}: use poisson or bursty")),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct TraceArgs {
+    #[command(flatten)]
+    mix: MixArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Gateway URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// A trace (CSV, as `loadtest trace` writes); without it one is generated from the mix.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    #[command(flatten)]
+    mix: MixArgs,
+    /// Wall seconds per trace second (0.02: an hour of trace in 72 s).
+    #[arg(long, default_value_t = 0.02)]
+    time_scale: f64,
+    /// API key; repeat it to spread the trace's tenants over several keys.
+    #[arg(
+        long = "api-key",
+        env = "MOCHI_API_KEY",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    api_keys: Vec<String>,
+    /// Slots serving the target (for utilisation; 0: unknown).
+    #[arg(long, default_value_t = 8)]
+    target_slots: u32,
+    /// Stop after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    max_duration_s: u64,
+    /// Allow a target that is not a loopback address.
+    #[arg(long)]
+    allow_remote: bool,
+    /// Skip downloading and checking each succeeded job's MP4.
+    #[arg(long)]
+    no_artifact_check: bool,
+    /// Where the JSON and HTML go.
+    #[arg(long, default_value = "loadtest-out")]
+    out: PathBuf,
+    /// The run's name (file names and the report's title).
+    #[arg(long, default_value = "run")]
+    name: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReportArgs {
+    /// The `mochi` binary (build the release: `cargo build --release --bin mochi`).
+    #[arg(long, default_value = "target/release/mochi")]
+    mochi: PathBuf,
+    /// The `nats-server` binary (default: MOCHI_NATS_SERVER, .venv/bin, PATH).
+    #[arg(long)]
+    nats_server: Option<PathBuf>,
+    /// Offered loads, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.85,1.1")]
+    loads: Vec<f64>,
+    /// Requests per load.
+    #[arg(long, default_value_t = 150)]
+    jobs: usize,
+    /// Wall seconds per trace second.
+    #[arg(long, default_value_t = 0.02)]
+    time_scale: f64,
+    /// GPU node processes, four slots each.
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    /// `poisson` or `bursty`.
+    #[arg(long, default_value = "poisson")]
+    arrivals: String,
+    /// Queued + running jobs per tenant (four tenants) before `429 quota_exceeded`.
+    #[arg(long, default_value_t = 12)]
+    quota: u32,
+    /// Seed of the traces.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Wall seconds allowed after the last arrival for the last jobs to end.
+    #[arg(long, default_value_t = 120)]
+    drain_s: u64,
+    /// Where `report.json` and `report.html` go.
+    #[arg(long, default_value = "loadtest-out")]
+    out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,7 +188,7 @@ struct FaultArgs {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // One thread: the fault harness binds its children to the thread that starts them.
+    // One thread: the harnesses bind their children to the thread that starts them.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -86,8 +200,19 @@ fn main() -> ExitCode {
         }
     };
     match args.command {
-        Some(Command::Faults(faults)) => runtime.block_on(run_faults(faults)),
-        None => runtime.block_on(run_load(args)),
+        Command::Faults(faults) => runtime.block_on(run_faults(faults)),
+        Command::Run(run) => runtime.block_on(run_load(run)),
+        Command::Report(report) => runtime.block_on(run_report(report)),
+        Command::Trace(trace) => match trace.mix.trace() {
+            Ok(jobs) => {
+                print!("{}", trace::to_csv(&jobs));
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -121,29 +246,127 @@ async fn run_faults(args: FaultArgs) -> ExitCode {
     }
 }
 
-async fn run_load(args: Args) -> ExitCode {
-    let mut spec = JobSpec::new("loadtest");
-    spec.num_frames = Some(args.frames);
-    spec.steps = Some(args.steps);
-    let config = loadtest::LoadConfig {
-        base_url: args.url,
-        rate_per_s: args.rate,
-        jobs: args.jobs,
-        spec,
+async fn run_load(args: RunArgs) -> ExitCode {
+    let trace = match &args.trace {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|error| format!("{}: {error}", path.display()))
+            .and_then(|text| trace::from_csv(&text).map_err(|error| error.to_string())),
+        None => args.mix.trace(),
+    };
+    let trace = match trace {
+        Ok(trace) => trace,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = OpenLoopConfig {
+        base_url: args.url.clone(),
+        api_keys: args.api_keys,
+        time_scale: args.time_scale,
         max_duration: Duration::from_secs(args.max_duration_s),
         allow_remote: args.allow_remote,
-        api_key: args.api_key,
+        poll_interval: Duration::from_millis(250),
+        check_artifacts: !args.no_artifact_check,
+        progress: true,
     };
-    match loadtest::run(&config).await {
-        Ok(report) => {
-            print_json(&report);
-            ExitCode::SUCCESS
+    let started = std::time::Instant::now();
+    let jobs = match loadtest::open_loop::run(&config, &trace).await {
+        Ok(jobs) => jobs,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
         }
+    };
+    let result = LoadResult {
+        name: args.name.clone(),
+        target: args.url,
+        time_scale: args.time_scale,
+        slots: args.target_slots,
+        offered_load: args.trace.is_none().then_some(args.mix.load),
+        wall_s: started.elapsed().as_secs_f64(),
+        jobs,
+        simulated_start_s: Vec::new(),
+    };
+    write_outputs(
+        &args.out,
+        &args.name,
+        &format!("mochi-serve load test: {}", args.name),
+        &[result],
+    )
+}
+
+async fn run_report(args: ReportArgs) -> ExitCode {
+    let Some(nats_server) = args.nats_server.or_else(loadtest::faults::find_nats_server) else {
+        eprintln!(
+            "error: nats-server not found: pass --nats-server or run scripts/install-deps.sh"
+        );
+        return ExitCode::FAILURE;
+    };
+    let arrivals = match parse_arrivals(&args.arrivals) {
+        Ok(arrivals) => arrivals,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = ScenarioConfig {
+        mochi: args.mochi,
+        nats_server,
+        loads: args.loads,
+        jobs: args.jobs,
+        time_scale: args.time_scale,
+        nodes: args.nodes,
+        slots_per_node: 4,
+        arrivals,
+        tenants: 4,
+        quota: args.quota,
+        seed: args.seed,
+        drain: Duration::from_secs(args.drain_s),
+        progress: true,
+    };
+    match Box::pin(loadtest::scenario::run(&config)).await {
+        Ok(results) => write_outputs(
+            &args.out,
+            "report",
+            "mochi-serve load-test report",
+            &results,
+        ),
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `<name>.json` (every run's timelines) and `<name>.html`, and prints each run's
+/// summary as JSON.
+fn write_outputs(out: &Path, name: &str, title: &str, results: &[LoadResult]) -> ExitCode {
+    let written = std::fs::create_dir_all(out)
+        .and_then(|()| {
+            let json = serde_json::to_string(results).map_err(std::io::Error::other)?;
+            std::fs::write(out.join(format!("{name}.json")), json)
+        })
+        .and_then(|()| {
+            std::fs::write(
+                out.join(format!("{name}.html")),
+                loadtest::report::html(title, results),
+            )
+        });
+    if let Err(error) = written {
+        eprintln!("error: cannot write to {}: {error}", out.display());
+        return ExitCode::FAILURE;
+    }
+    for result in results {
+        let summary = result.summary();
+        print_json(&serde_json::json!({ "name": result.name, "summary": summary }));
+    }
+    eprintln!(
+        "wrote {} and {}",
+        out.join(format!("{name}.json")).display(),
+        out.join(format!("{name}.html")).display()
+    );
+    ExitCode::SUCCESS
 }
 
 fn print_json(report: &impl serde::Serialize) {

@@ -63,6 +63,9 @@ pub struct JobView {
     pub seed: Option<u64>,
     /// Current attempt (0 before the first placement).
     pub attempt: u32,
+    /// Attempts that ended in a retryable failure (and were retried, or made the job dead).
+    #[serde(default)]
+    pub failed_attempts: u32,
     /// Denoising steps done in the current attempt.
     pub denoising: Option<Progress>,
     /// The video, once succeeded.
@@ -230,6 +233,7 @@ impl JobView {
             height: shape.height,
             steps: shape.steps,
             attempt: 0,
+            failed_attempts: 0,
             denoising: None,
             result: None,
             created_at_ms: at_ms,
@@ -282,6 +286,7 @@ impl JobView {
             steps: record.shape.steps,
             seed: Some(record.seed),
             attempt: record.attempt,
+            failed_attempts: record.failed_attempts,
             denoising: record.progress,
             result: record.result.clone(),
             created_at_ms: record.created_at_ms,

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod codec;
 pub mod config;
+pub mod cost;
 pub mod error;
 pub mod ids;
 #[cfg(feature = "jetstream")]

@@ -9,6 +9,7 @@ use protocol::jetstream::Resources;
 use protocol::{JobRecord, JobState};
 use tokio::task::JoinHandle;
 
+use super::clock::ModelClock;
 use super::view::Finished;
 use crate::cost::{self, CostModel};
 use crate::metrics;
@@ -58,14 +59,14 @@ impl Learning {
 
     /// Teaches the model a succeeded job's run time (start of its attempt to success), when
     /// it ran in one piece.
-    pub(super) fn learn(&mut self, record: &JobRecord, finished: Finished) {
+    pub(super) fn learn(&mut self, record: &JobRecord, finished: Finished, clock: &ModelClock) {
         let (Some(started), Some(ended)) = (record.started_at_ms, record.finished_at_ms) else {
             return;
         };
         if record.state != JobState::Succeeded || !finished.whole || ended <= started {
             return;
         }
-        let observed_s = (ended - started) as f64 / 1_000.0;
+        let observed_s = clock.seconds((ended - started) as f64 / 1_000.0);
         let error = self
             .model
             .observe(&finished.shape, finished.class, observed_s);

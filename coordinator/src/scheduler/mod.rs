@@ -26,6 +26,7 @@
 //! bucket writes to background tasks.
 
 pub mod admission;
+mod clock;
 pub mod estimate;
 pub mod learning;
 pub mod messages;
@@ -46,6 +47,7 @@ use crate::keeper::{self, Keeper, KeeperArgs, KeeperMsg};
 use crate::metrics;
 use crate::policy::{self, Lane, Policy};
 use admission::Admission;
+use clock::ModelClock;
 use learning::Learning;
 pub use messages::{SchedulerArgs, SchedulerMsg, SchedulerStatus, SlotKey};
 use proxies::Proxies;
@@ -75,6 +77,8 @@ pub struct SchedulerState {
     admission: Admission,
     learning: Learning,
     queue_info: QueuePublisher,
+    /// The policy's clock (the wall clock, or model time in a time-scaled load test).
+    clock: ModelClock,
 }
 
 impl Actor for Scheduler {
@@ -90,14 +94,15 @@ impl Actor for Scheduler {
         let keeper = Box::pin(spawn_keeper(&myself, &args)).await?;
         let policy = args.config.policy.build(args.config.length_aware);
         let learning = Box::pin(Learning::open(&args.resources)).await;
-        let queue_info = Box::pin(QueuePublisher::open(&args.resources, now_ms())).await;
+        let clock = ModelClock::new(args.config.time_scale, now_ms());
+        let queue_info = Box::pin(QueuePublisher::open(&args.resources, clock)).await;
         tracing::info!(
             policy = policy.name(),
             corrections = learning.model.corrections.buckets.len(),
             "scheduler starting"
         );
         Ok(SchedulerState {
-            view: View::new(args.config.node_ttl_s),
+            view: View::new(args.config.node_ttl_s, clock.scale()),
             args,
             policy,
             keeper,
@@ -106,6 +111,7 @@ impl Actor for Scheduler {
             admission: Admission::default(),
             learning,
             queue_info,
+            clock,
         })
     }
 
@@ -242,9 +248,12 @@ fn status(state: &SchedulerState) -> SchedulerStatus {
 /// Takes in a record from the watch and does what its change asks: count an arrival, learn
 /// from a finished job, copy a dead one, requeue a paused one.
 fn job_changed(state: &mut SchedulerState, record: &JobRecord, revision: u64) {
-    state
-        .queue_info
-        .observe(record, &state.learning.model, state.policy.lanes());
+    state.queue_info.observe(
+        record,
+        &state.learning.model,
+        state.policy.lanes(),
+        &state.clock,
+    );
     match state
         .view
         .job_changed(record, revision, &state.learning.model)
@@ -252,8 +261,10 @@ fn job_changed(state: &mut SchedulerState, record: &JobRecord, revision: u64) {
         FollowUp::None => {}
         FollowUp::Finished(finished) => {
             state.admission.forget(record.id);
-            if let Some(finished) = finished {
-                state.learning.learn(record, finished);
+            if let Some(finished) = finished
+                && state.args.config.learn_costs
+            {
+                state.learning.learn(record, finished, &state.clock);
             }
             // A record replayed at start that ended long ago was counted and copied then.
             if ended_lately(record, now_ms()) {
@@ -303,6 +314,7 @@ fn schedule(state: &mut SchedulerState) {
         queued,
         state.args.config.length_aware.preemption,
         now_ms(),
+        &state.clock,
     );
 }
 
@@ -322,7 +334,7 @@ fn tick(state: &mut SchedulerState) {
             .collect();
         state
             .queue_info
-            .publish(now, state.policy.as_ref(), &queued, &slots);
+            .publish(now, state.policy.as_ref(), &queued, &slots, &state.clock);
     }
     let lanes = state.policy.lanes();
     let mut depth = [0u32; 3];

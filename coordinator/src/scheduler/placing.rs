@@ -4,6 +4,7 @@
 
 use protocol::JobId;
 
+use super::clock::ModelClock;
 use super::messages::SlotKey;
 use super::pause;
 use super::proxies::Proxies;
@@ -13,15 +14,18 @@ use crate::policy::{self, Lane, Policy, Waiting};
 use crate::slots::SlotProxyMsg;
 
 /// Places what can be placed at `now` from `queued` (admitted, not being placed); with
-/// `preemption`, the policy may also pause running jobs for waiting ones.
+/// `preemption`, the policy may also pause running jobs for waiting ones. The policy reads
+/// its times from `clock`.
 pub(super) fn place(
     view: &mut View,
     proxies: &Proxies,
     policy: &dyn Policy,
-    mut queued: Vec<Waiting>,
+    queued: Vec<Waiting>,
     preemption: bool,
     now: u64,
+    clock: &ModelClock,
 ) {
+    let mut queued = clock.waiting(queued);
     // A slot a pause freed goes to the job it was freed for first.
     for (key, job_id) in view.freed_slot_placements(now, |key| proxies.has(key)) {
         if !proxies.send(&key, SlotProxyMsg::Place(job_id)) {
@@ -41,7 +45,7 @@ pub(super) fn place(
     let (keys, slots): (Vec<SlotKey>, Vec<policy::Slot>) = slots.into_iter().unzip();
     let decision = policy.decide(
         &policy::View {
-            now_ms: now,
+            now_ms: clock.model_ms(now),
             slots: &slots,
         },
         &queued,

@@ -10,9 +10,10 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use protocol::jetstream::Resources;
 use protocol::queue::QueueInfo;
-use protocol::{JobId, JobRecord, JobState, names};
+use protocol::{JobId, JobRecord, JobState, names, now_ms};
 use tokio::task::JoinHandle;
 
+use super::clock::ModelClock;
 use crate::cost::{CostModel, GpuClass};
 use crate::policy::eta::{ARRIVAL_WINDOW_MS, Arrivals, QueueEstimate};
 use crate::policy::{self, Lane, LaneBounds, Policy, Slot, Waiting};
@@ -35,7 +36,7 @@ pub(super) struct QueuePublisher {
 impl QueuePublisher {
     /// Opens (or creates) the `mochi_queue` bucket; entries expire a day after their last
     /// refresh, so a crashed coordinator leaves no stale positions for long.
-    pub(super) async fn open(resources: &Resources, now: u64) -> Self {
+    pub(super) async fn open(resources: &Resources, clock: ModelClock) -> Self {
         let store = match resources.context.get_key_value(names::BUCKET_QUEUE).await {
             Ok(store) => Some(store),
             Err(_) => {
@@ -63,19 +64,29 @@ impl QueuePublisher {
             published: HashMap::new(),
             publishing: None,
             estimated_at_ms: 0,
-            arrivals: Arrivals::new(ARRIVAL_WINDOW_MS, now),
+            arrivals: Arrivals::new(ARRIVAL_WINDOW_MS, clock.model_ms(now_ms())),
         }
     }
 
     /// Counts a newly queued job (first attempt) as an arrival in its lane.
-    pub(super) fn observe(&mut self, record: &JobRecord, model: &CostModel, lanes: LaneBounds) {
+    pub(super) fn observe(
+        &mut self,
+        record: &JobRecord,
+        model: &CostModel,
+        lanes: LaneBounds,
+        clock: &ModelClock,
+    ) {
         if record.state != JobState::Queued || record.attempt > 1 {
             return;
         }
         let reference_s = model.estimate(&record.shape, GpuClass::H100).gpu_seconds;
         let lane = lanes.lane(reference_s);
-        self.arrivals
-            .observe(record.id, record.created_at_ms, lane, reference_s);
+        self.arrivals.observe(
+            record.id,
+            clock.model_ms(record.created_at_ms),
+            lane,
+            reference_s,
+        );
     }
 
     /// Whether the estimates are due at `now` (every `period_ms`, none while a write is
@@ -98,19 +109,29 @@ impl QueuePublisher {
         policy: &dyn Policy,
         queued: &[Waiting],
         slots: &[Slot],
+        clock: &ModelClock,
     ) {
         let Some(store) = self.store.clone() else {
             return;
         };
         self.estimated_at_ms = now;
         let lanes = policy.lanes();
-        let view = policy::View { now_ms: now, slots };
+        let model_now = clock.model_ms(now);
+        let view = policy::View {
+            now_ms: model_now,
+            slots,
+        };
+        let queued = clock.waiting(queued.to_vec());
         let capacity = slots
             .iter()
             .map(|slot| slot.class.spec().relative_speed)
             .sum();
-        let overtaking = self.arrivals.overtaking(now, capacity);
-        let estimates = policy::eta::estimate_with(policy, &view, queued, overtaking);
+        let overtaking = self.arrivals.overtaking(model_now, capacity);
+        let mut estimates = policy::eta::estimate_with(policy, &view, &queued, overtaking);
+        for estimate in &mut estimates {
+            estimate.eta_start_ms = estimate.eta_start_ms.map(|ms| clock.wall_ms(ms));
+            estimate.eta_finish_ms = estimate.eta_finish_ms.map(|ms| clock.wall_ms(ms));
+        }
         let lane_of: HashMap<JobId, Lane> = queued
             .iter()
             .map(|job| (job.job_id, lanes.lane(job.cost.reference_seconds())))

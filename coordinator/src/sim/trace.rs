@@ -13,6 +13,7 @@ use protocol::JobShape;
 use protocol::spec::{Priority, round_up_to_6k_plus_1};
 
 use super::rng::Rng;
+use crate::cost::{CostModel, GpuClass};
 
 /// One request of a trace.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -91,6 +92,23 @@ impl Mix {
             priority,
         )
     }
+}
+
+/// Mean predicted GPU seconds on an H100 of the requests of `mix` that an 80 GB slot holds:
+/// with `n` H100 slots, a load `ρ` is `ρ · n / mean_service_s` requests per second.
+pub fn mean_service_s(mix: Mix) -> f64 {
+    let model = CostModel::default();
+    let mut rng = Rng::new(99);
+    let (mut sum, mut count) = (0.0, 0.0);
+    for _ in 0..50_000 {
+        let (shape, _, _) = mix.sample(&mut rng);
+        let cost = model.cost(&shape);
+        if cost.fits(GpuClass::H100, GpuClass::H100.spec().memory_bytes) {
+            sum += cost.reference_seconds();
+            count += 1.0;
+        }
+    }
+    sum / count
 }
 
 /// `count` requests at `rate_per_s` on average.

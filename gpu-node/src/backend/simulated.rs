@@ -3,54 +3,118 @@
 
 use std::time::Duration;
 
+use protocol::cost::{self, GpuClass};
 use serde::{Deserialize, Serialize};
 
 use super::{
     Backend, BackendError, BackendJob, Control, Outcome, PausedState, StepObserver, pattern,
 };
 
-/// Settings of the simulated backend's cost formula: seconds per step =
-/// `time_scale · (linear_s_per_token · N + quadratic_s_per_token2 · N²)`, doubled with CFG.
+/// Where the simulated backend's times come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Timing {
+    /// `linear_s_per_token · N + quadratic_s_per_token2 · N²` per forward, nothing after
+    /// the last step (fast, predictable jobs for tests and demos).
+    #[default]
+    Formula,
+    /// The scheduler's own prior ([`protocol::cost::prior`]) for the node's GPU class: its
+    /// step time per step, then the rest of its GPU seconds (VAE decode, encode, store)
+    /// after the last step. A load test's slots then take what the scheduler predicts.
+    CostModel,
+}
+
+/// Settings of the simulated backend's cost: seconds per step =
+/// `time_scale · (linear_s_per_token · N + quadratic_s_per_token2 · N²)`, doubled with CFG,
+/// or `time_scale` times the cost model's figures (`timing = "cost-model"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimulatedConfig {
-    /// Scales the formula down (or up); 1.0 models an H100 at ~50% of its bf16 peak.
+    /// Scales the times down (or up); 1.0 models an H100 at ~50% of its bf16 peak.
     pub time_scale: f64,
+    /// Where the times come from: `formula` (default) or `cost-model`.
+    pub timing: Timing,
     /// Seconds per visual token per forward (linear layers: ≈ 2·10e9 FLOP per token at ~400 TFLOP/s).
     pub linear_s_per_token: f64,
     /// Seconds per token² per forward (joint attention: ≈ 4·3072·48 FLOP at ~400 TFLOP/s).
     pub quadratic_s_per_token2: f64,
+    /// Renders the pattern with its longer side at most this many pixels (0: the job's own
+    /// size). Load tests set it so that encoding test patterns does not take the CPU the
+    /// service under test needs; the job's record keeps the size asked for.
+    pub max_render_side: u32,
 }
 
 impl Default for SimulatedConfig {
     fn default() -> Self {
         Self {
             time_scale: 0.025,
+            timing: Timing::Formula,
             linear_s_per_token: 5.0e-5,
             quadratic_s_per_token2: 1.47e-9,
+            max_render_side: 0,
         }
     }
 }
 
-/// Sleeps per step as the cost formula says, then renders a test pattern.
+/// Sleeps per step as the cost settings say, then renders a test pattern.
 #[derive(Debug, Clone)]
 pub struct SimulatedBackend {
     config: SimulatedConfig,
+    class: GpuClass,
 }
 
 impl SimulatedBackend {
-    /// A backend with these cost settings.
+    /// A backend with these cost settings, timed as an H100 with `timing = "cost-model"`.
     pub fn new(config: SimulatedConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            class: GpuClass::H100,
+        }
+    }
+
+    /// The same backend timed as `class` with `timing = "cost-model"` (the node's class).
+    pub fn on_class(mut self, class: GpuClass) -> Self {
+        self.class = class;
+        self
     }
 
     /// Simulated seconds of one denoising step (both CFG branches) for `job`.
     pub fn step_seconds(&self, job: &BackendJob) -> f64 {
-        let tokens = job.shape.num_tokens as f64;
-        let forward = self.config.linear_s_per_token * tokens
-            + self.config.quadratic_s_per_token2 * tokens * tokens;
-        let branches = if job.shape.cfg { 2.0 } else { 1.0 };
-        self.config.time_scale * forward * branches
+        let forward_s = match self.config.timing {
+            Timing::Formula => {
+                let tokens = job.shape.num_tokens as f64;
+                let forward = self.config.linear_s_per_token * tokens
+                    + self.config.quadratic_s_per_token2 * tokens * tokens;
+                let branches = if job.shape.cfg { 2.0 } else { 1.0 };
+                forward * branches
+            }
+            Timing::CostModel => cost::prior(&job.shape, self.class).step_seconds,
+        };
+        self.config.time_scale * forward_s
+    }
+
+    /// Simulated seconds after the last step (decode, encode, store): none with the formula.
+    pub fn finish_seconds(&self, job: &BackendJob) -> f64 {
+        match self.config.timing {
+            Timing::Formula => 0.0,
+            Timing::CostModel => {
+                let estimate = cost::prior(&job.shape, self.class);
+                self.config.time_scale * (estimate.gpu_seconds - estimate.denoise_seconds).max(0.0)
+            }
+        }
+    }
+
+    /// The size the pattern is rendered at: the job's, or scaled down to `max_render_side`
+    /// (even sides, at least 2 pixels).
+    fn render_size(&self, job: &BackendJob) -> (u32, u32) {
+        let (width, height) = (job.shape.width, job.shape.height);
+        let limit = self.config.max_render_side;
+        if limit == 0 || width.max(height) <= limit {
+            return (width, height);
+        }
+        let scale = f64::from(limit) / f64::from(width.max(height));
+        let side = |value: u32| ((f64::from(value) * scale / 2.0).round() as u32 * 2).max(2);
+        (side(width), side(height))
     }
 }
 
@@ -89,10 +153,14 @@ impl Backend for SimulatedBackend {
                 Control::Pause => {}
             }
         }
+        std::thread::sleep(Duration::from_secs_f64(
+            self.finish_seconds(job).min(3600.0),
+        ));
+        let (width, height) = self.render_size(job);
         Ok(Outcome::Finished(pattern::render(
             &job.job_id.to_string(),
-            job.shape.width,
-            job.shape.height,
+            width,
+            height,
             job.shape.num_frames,
             job.shape.fps,
         )))
@@ -234,5 +302,60 @@ mod tests {
         small.shape.num_tokens = 10_000;
         large.shape.num_tokens = 40_000;
         assert!(backend.step_seconds(&large) > 4.0 * backend.step_seconds(&small));
+    }
+
+    #[test]
+    fn cost_model_timing_takes_the_schedulers_prior_for_the_class() {
+        let spec = JobSpec::new("x");
+        let mut reference = job(64);
+        reference.shape = spec.validate(&Limits::default()).expect("valid");
+        let config = SimulatedConfig {
+            time_scale: 0.5,
+            timing: Timing::CostModel,
+            ..SimulatedConfig::default()
+        };
+        for class in [GpuClass::H100, GpuClass::L40] {
+            let backend = SimulatedBackend::new(config.clone()).on_class(class);
+            let prior = cost::prior(&reference.shape, class);
+            let total = backend.step_seconds(&reference) * f64::from(reference.shape.steps)
+                + backend.finish_seconds(&reference);
+            assert!(
+                (total / (0.5 * prior.gpu_seconds) - 1.0).abs() < 1e-9,
+                "{class}: {total} s against the prior's {} s",
+                prior.gpu_seconds
+            );
+            assert!(backend.finish_seconds(&reference) > 0.0);
+        }
+        // The formula has nothing after the last step.
+        assert_eq!(
+            SimulatedBackend::new(SimulatedConfig::default()).finish_seconds(&reference),
+            0.0
+        );
+    }
+
+    #[test]
+    fn max_render_side_shrinks_the_pattern_but_keeps_every_frame() {
+        let backend = SimulatedBackend::new(SimulatedConfig {
+            time_scale: 0.0,
+            max_render_side: 32,
+            ..SimulatedConfig::default()
+        });
+        let mut wide = job(1);
+        wide.shape.width = 848;
+        wide.shape.height = 480;
+        let video = backend
+            .run(&wide, &mut StopAfter(u32::MAX, Vec::new()))
+            .expect("runs")
+            .video()
+            .expect("a video");
+        assert_eq!((video.width, video.height), (32, 18));
+        assert_eq!(video.frames.len(), 7);
+        // A job smaller than the limit renders at its own size.
+        assert_eq!(backend.render_size(&job(1)), (32, 32));
+        let small = SimulatedBackend::new(SimulatedConfig {
+            max_render_side: 100,
+            ..SimulatedConfig::default()
+        });
+        assert_eq!(small.render_size(&job(1)), (64, 64));
     }
 }

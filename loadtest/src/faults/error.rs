@@ -12,6 +12,9 @@ pub enum FaultError {
     /// The harness's own NATS connection failed.
     #[error("NATS: {0}")]
     Nats(String),
+    /// The stack could not be started.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The HTTP client failed to build.
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),

@@ -20,13 +20,13 @@ use protocol::messages::NodeHeartbeat;
 use protocol::spec::JobSpec;
 use protocol::{JobId, JobRecord, JobState, codec, names};
 
-use crate::Percentiles;
+use crate::report::Quantiles;
 
 use super::check;
-use super::cluster::{COORDINATORS, Cluster, ClusterSettings, NODES, Proc};
 use super::config::FaultConfig;
 use super::error::FaultError;
 use super::report::FaultReport;
+use crate::cluster::{Cluster, ClusterSettings, Proc};
 
 /// The kinds of fault, injected in turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,13 +108,14 @@ pub async fn run(config: &FaultConfig) -> Result<FaultReport, FaultError> {
         .tempdir()
         .map_err(FaultError::Io)?;
     let cluster = Cluster::start(ClusterSettings {
-        mochi: config.mochi.clone(),
-        nats_server: config.nats_server.clone(),
-        dir: dir.path().to_owned(),
         lease_ms: config.lease_ms,
         leader_lease_ms: config.leader_lease_ms,
         time_scale: config.time_scale,
-        slots_per_node: 2,
+        ..ClusterSettings::new(
+            config.mochi.clone(),
+            config.nats_server.clone(),
+            dir.path().to_owned(),
+        )
     })?;
     let nats = NatsConfig {
         url: cluster.nats_url(),
@@ -178,12 +179,13 @@ impl Harness {
                 .is_ok_and(|r| r.status().is_success());
             let leader = self.leader().await.is_some();
             let mut nodes = 0;
-            for i in 0..NODES {
+            let expected = self.cluster.settings().nodes;
+            for i in 0..expected {
                 if let Ok(Some(_)) = self.resources.nodes.entry(Proc::Node(i).name()).await {
                     nodes += 1;
                 }
             }
-            if gateway && leader && nodes == NODES {
+            if gateway && leader && nodes == expected {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -206,7 +208,7 @@ impl Harness {
             .ok()??;
         let value: serde_json::Value = serde_json::from_slice(&entry.value).ok()?;
         let holder = value.get("holder")?.as_str()?;
-        (0..COORDINATORS)
+        (0..self.cluster.settings().coordinators)
             .map(Proc::Coordinator)
             .find(|proc| proc.name() == holder)
     }
@@ -290,7 +292,8 @@ impl Harness {
     async fn inject_fault(&mut self, fault: Fault) -> Result<(), FaultError> {
         match fault {
             Fault::KillNode => {
-                let victim = Proc::Node(self.rng.below(NODES as u64) as usize);
+                let victim =
+                    Proc::Node(self.rng.below(self.cluster.settings().nodes as u64) as usize);
                 self.cluster.kill9(victim);
                 tokio::time::sleep(self.rng.millis(500, 1_500)).await;
                 self.cluster.spawn(victim)?;
@@ -308,7 +311,8 @@ impl Harness {
                 self.cluster.wait_for_nats(Duration::from_secs(20))?;
             }
             Fault::StopNode => {
-                let victim = Proc::Node(self.rng.below(NODES as u64) as usize);
+                let victim =
+                    Proc::Node(self.rng.below(self.cluster.settings().nodes as u64) as usize);
                 self.cluster.signal(victim, Signal::SIGSTOP);
                 let past_lease = Duration::from_millis(self.config.lease_ms + 1_000);
                 tokio::time::sleep(past_lease + self.rng.millis(0, 1_000)).await;
@@ -515,8 +519,8 @@ impl Harness {
             }
         }
         self.report.cancel_to_free_samples = u32::try_from(to_free.len()).unwrap_or(u32::MAX);
-        self.report.cancel_to_free_ms = Percentiles::of(to_free);
-        self.report.cancel_to_free_undisturbed_ms = Percentiles::of(undisturbed);
+        self.report.cancel_to_free_ms = Quantiles::of(&to_free);
+        self.report.cancel_to_free_undisturbed_ms = Quantiles::of(&undisturbed);
     }
 
     async fn download(&self, job_id: JobId) -> Result<Vec<u8>, String> {

@@ -1,5 +1,5 @@
 //! Fault injection with real processes: the stack runs as separate OS processes on loopback
-//! ([`cluster`]); a stream of jobs is submitted through the gateway while the harness kills
+//! ([`crate::cluster`]); a stream of jobs is submitted through the gateway while the harness kills
 //! (`kill -9`) a GPU node mid-job, the leading coordinator and the nats-server (restarted on
 //! the same store), stops a node (SIGSTOP) for longer than its lease, repeats submissions
 //! with the same idempotency key and cancels jobs at random moments. At the end every
@@ -10,7 +10,6 @@
 //! (`PR_SET_PDEATHSIG`), which must outlive them.
 
 pub mod check;
-pub mod cluster;
 mod config;
 mod error;
 mod harness;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::Percentiles;
+use crate::report::Quantiles;
 
 /// What a run found.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -49,9 +49,9 @@ pub struct FaultReport {
     /// Cancels of running jobs whose slot was seen free again.
     pub cancel_to_free_samples: u32,
     /// Time from sending the cancel of a running job to its slot's heartbeat showing it free, ms.
-    pub cancel_to_free_ms: Percentiles,
+    pub cancel_to_free_ms: Quantiles,
     /// The same for cancels during which no fault was being injected, ms.
-    pub cancel_to_free_undisturbed_ms: Percentiles,
+    pub cancel_to_free_undisturbed_ms: Quantiles,
     /// Wall time, s.
     pub wall_s: f64,
     /// The first problems found, one line each.

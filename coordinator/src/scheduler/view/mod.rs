@@ -55,16 +55,20 @@ pub(crate) struct View {
     nodes: Nodes,
     placements: Placements,
     pauses: Pauses,
+    /// Wall seconds per model second (the policy's clock; 1 but in time-scaled load tests).
+    time_scale: f64,
 }
 
 impl View {
-    /// An empty view; a node is live while its last heartbeat is within `node_ttl_s`.
-    pub(crate) fn new(node_ttl_s: u64) -> Self {
+    /// An empty view; a node is live while its last heartbeat is within `node_ttl_s`; the
+    /// policy's clock runs at `time_scale` wall seconds per model second.
+    pub(crate) fn new(node_ttl_s: u64, time_scale: f64) -> Self {
         Self {
             jobs: HashMap::new(),
             nodes: Nodes::new(node_ttl_s.saturating_mul(1_000)),
             placements: Placements::default(),
             pauses: Pauses::default(),
+            time_scale,
         }
     }
 
@@ -348,7 +352,7 @@ impl View {
             .map_or(0.0, |p| f64::from(p.step) / f64::from(p.total_steps.max(1)));
         let next_boundary_s = job.map_or(f64::INFINITY, |job| {
             let step_s = job.cost.step_seconds[class.index()];
-            let since_s = now.saturating_sub(job.progress_at_ms) as f64 / 1_000.0;
+            let since_s = now.saturating_sub(job.progress_at_ms) as f64 / 1_000.0 / self.time_scale;
             (step_s - since_s).max(0.0)
         });
         let denoising = job.is_some_and(|job| {

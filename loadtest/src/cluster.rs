@@ -1,7 +1,8 @@
 //! The stack as separate OS processes on loopback: one nats-server (its store in the run's
-//! directory, every write synced), two coordinators, three simulated GPU nodes and one
-//! gateway. Only processes started here are ever signalled; each child is told to die with
-//! the harness (`PR_SET_PDEATHSIG`) and is killed when the cluster is dropped.
+//! directory, every write synced), coordinators, simulated GPU nodes and one gateway, as
+//! many as the settings say. The fault harness and the load report both run on it. Only
+//! processes started here are ever signalled; each child is told to die with the harness
+//! (`PR_SET_PDEATHSIG`) and is killed when the cluster is dropped.
 
 use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -12,12 +13,16 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::error::FaultError;
-
-/// Coordinator replicas.
-pub const COORDINATORS: usize = 2;
-/// GPU node processes.
-pub const NODES: usize = 3;
+/// Why the stack could not be started or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A file or process operation failed.
+    #[error("i/o error")]
+    Io(#[source] std::io::Error),
+    /// The stack did not come up.
+    #[error("start-up failed: {0}")]
+    Startup(String),
+}
 
 /// One process of the stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,6 +66,42 @@ pub struct ClusterSettings {
     pub time_scale: f64,
     /// Slots per node.
     pub slots_per_node: u32,
+    /// Coordinator replicas.
+    pub coordinators: usize,
+    /// GPU node processes.
+    pub nodes: usize,
+    /// The GPU class the nodes report (`cpu`, `h100-80gb`, ...).
+    pub gpu_class: String,
+    /// Extra environment of every GPU node (e.g. the simulated backend's timing).
+    pub node_env: Vec<(String, String)>,
+    /// Extra environment of every coordinator.
+    pub coordinator_env: Vec<(String, String)>,
+    /// Extra environment of the gateway (e.g. quotas).
+    pub gateway_env: Vec<(String, String)>,
+    /// Whether the gateway checks API keys (off: open on loopback, one tenant).
+    pub auth: bool,
+}
+
+impl ClusterSettings {
+    /// The fault harness's stack: two coordinators, three `cpu` nodes, auth off.
+    pub fn new(mochi: PathBuf, nats_server: PathBuf, dir: PathBuf) -> Self {
+        Self {
+            mochi,
+            nats_server,
+            dir,
+            lease_ms: 3_000,
+            leader_lease_ms: 1_500,
+            time_scale: 60.0,
+            slots_per_node: 2,
+            coordinators: 2,
+            nodes: 3,
+            gpu_class: "cpu".to_owned(),
+            node_env: Vec::new(),
+            coordinator_env: Vec::new(),
+            gateway_env: Vec::new(),
+            auth: false,
+        }
+    }
 }
 
 /// The running stack.
@@ -71,20 +112,20 @@ pub struct Cluster {
     children: Vec<(Proc, Child)>,
 }
 
-fn free_port() -> Result<u16, FaultError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(FaultError::Io)?;
-    Ok(listener.local_addr().map_err(FaultError::Io)?.port())
+fn free_port() -> Result<u16, ClusterError> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(ClusterError::Io)?;
+    Ok(listener.local_addr().map_err(ClusterError::Io)?.port())
 }
 
 impl Cluster {
     /// Starts every process and waits until the gateway answers and NATS accepts connections.
-    pub fn start(mut settings: ClusterSettings) -> Result<Self, FaultError> {
+    pub fn start(mut settings: ClusterSettings) -> Result<Self, ClusterError> {
         // The children run in the run's directory: make the binaries' paths absolute.
         for binary in [&mut settings.mochi, &mut settings.nats_server] {
             *binary = std::fs::canonicalize(&*binary)
-                .map_err(|error| FaultError::Startup(format!("{}: {error}", binary.display())))?;
+                .map_err(|error| ClusterError::Startup(format!("{}: {error}", binary.display())))?;
         }
-        std::fs::create_dir_all(settings.dir.join("logs")).map_err(FaultError::Io)?;
+        std::fs::create_dir_all(settings.dir.join("logs")).map_err(ClusterError::Io)?;
         let mut cluster = Self {
             nats_port: free_port()?,
             gateway_port: free_port()?,
@@ -95,10 +136,10 @@ impl Cluster {
         cluster.spawn(Proc::Nats)?;
         cluster.wait_for_nats(Duration::from_secs(20))?;
         cluster.spawn(Proc::Gateway)?;
-        for i in 0..COORDINATORS {
+        for i in 0..cluster.settings.coordinators {
             cluster.spawn(Proc::Coordinator(i))?;
         }
-        for i in 0..NODES {
+        for i in 0..cluster.settings.nodes {
             cluster.spawn(Proc::Node(i))?;
         }
         Ok(cluster)
@@ -114,7 +155,7 @@ impl Cluster {
         format!("http://127.0.0.1:{}", self.gateway_port)
     }
 
-    fn write_nats_config(&self) -> Result<(), FaultError> {
+    fn write_nats_config(&self) -> Result<(), ClusterError> {
         let store = self.settings.dir.join("jetstream");
         let config = format!(
             "listen: \"127.0.0.1:{port}\"\nserver_name: mochi-faults\n\
@@ -122,16 +163,16 @@ impl Cluster {
             port = self.nats_port,
             store = store.display().to_string(),
         );
-        std::fs::write(self.settings.dir.join("nats.conf"), config).map_err(FaultError::Io)
+        std::fs::write(self.settings.dir.join("nats.conf"), config).map_err(ClusterError::Io)
     }
 
     /// Waits until the nats-server accepts TCP connections.
-    pub fn wait_for_nats(&self, timeout: Duration) -> Result<(), FaultError> {
+    pub fn wait_for_nats(&self, timeout: Duration) -> Result<(), ClusterError> {
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.nats_port));
         let deadline = Instant::now() + timeout;
         while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
             if Instant::now() > deadline {
-                return Err(FaultError::Startup(
+                return Err(ClusterError::Startup(
                     "nats-server did not come up".to_owned(),
                 ));
             }
@@ -165,9 +206,10 @@ impl Cluster {
                         format!("127.0.0.1:{}", self.gateway_port),
                     )
                     .env("MOCHI_GATEWAY__PUBLISH_TIMEOUT_MS", "2000")
-                    // The harness tests faults, not credentials: its loopback gateway runs
-                    // open (allowed on loopback only), as one tenant.
-                    .env("MOCHI_GATEWAY__AUTH__DISABLED", "true");
+                    // Without auth the loopback gateway runs open (allowed on loopback
+                    // only), as one tenant.
+                    .env("MOCHI_GATEWAY__AUTH__DISABLED", (!s.auth).to_string())
+                    .envs(s.gateway_env.iter().map(|(k, v)| (k, v)));
             }
             Proc::Coordinator(i) => {
                 command
@@ -183,7 +225,8 @@ impl Cluster {
                     .env("MOCHI_COORDINATOR__ASSIGN_TIMEOUT_MS", "2000")
                     .env("MOCHI_COORDINATOR__BACKOFF_BASE_MS", "200")
                     .env("MOCHI_COORDINATOR__BACKOFF_MAX_MS", "1000")
-                    .env("MOCHI_COORDINATOR__MAX_ATTEMPTS", "10");
+                    .env("MOCHI_COORDINATOR__MAX_ATTEMPTS", "10")
+                    .envs(s.coordinator_env.iter().map(|(k, v)| (k, v)));
                 let _ = i;
             }
             Proc::Node(i) => {
@@ -195,17 +238,19 @@ impl Cluster {
                     .env("MOCHI_GPU_NODE__SLOTS", s.slots_per_node.to_string())
                     .env("MOCHI_GPU_NODE__HEARTBEAT_INTERVAL_MS", "500")
                     .env("MOCHI_GPU_NODE__DRAIN_TIMEOUT_MS", "2000")
+                    .env("MOCHI_GPU_NODE__GPU_CLASS", &s.gpu_class)
                     .env(
                         "MOCHI_GPU_NODE__SIMULATED__TIME_SCALE",
                         s.time_scale.to_string(),
-                    );
+                    )
+                    .envs(s.node_env.iter().map(|(k, v)| (k, v)));
             }
         }
         command
     }
 
     /// Starts (or restarts) one process, its output appended to `logs/<name>.log`.
-    pub fn spawn(&mut self, which: Proc) -> Result<(), FaultError> {
+    pub fn spawn(&mut self, which: Proc) -> Result<(), ClusterError> {
         let log_path = self
             .settings
             .dir
@@ -215,8 +260,8 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(&log_path)
-            .map_err(FaultError::Io)?;
-        let err_log = log.try_clone().map_err(FaultError::Io)?;
+            .map_err(ClusterError::Io)?;
+        let err_log = log.try_clone().map_err(ClusterError::Io)?;
         let mut command = self.command(which);
         command
             .current_dir(&self.settings.dir)
@@ -225,7 +270,7 @@ impl Cluster {
             .stderr(Stdio::from(err_log));
         nats_process::die_with_parent(&mut command);
         let child = command.spawn().map_err(|error| {
-            FaultError::Startup(format!("cannot start {}: {error}", which.name()))
+            ClusterError::Startup(format!("cannot start {}: {error}", which.name()))
         })?;
         self.children.retain(|(proc, _)| *proc != which);
         self.children.push((which, child));
@@ -258,7 +303,7 @@ impl Cluster {
     }
 
     /// Processes that exited without being killed here; each is restarted.
-    pub fn restart_exited(&mut self) -> Result<Vec<Proc>, FaultError> {
+    pub fn restart_exited(&mut self) -> Result<Vec<Proc>, ClusterError> {
         let mut exited = Vec::new();
         for (proc, child) in &mut self.children {
             if let Ok(Some(status)) = child.try_wait() {
@@ -287,6 +332,31 @@ impl Cluster {
     /// The run's directory.
     pub fn dir(&self) -> &Path {
         &self.settings.dir
+    }
+
+    /// What the stack was started with.
+    pub fn settings(&self) -> &ClusterSettings {
+        &self.settings
+    }
+
+    /// Runs `mochi <args>` against the stack's NATS (e.g. `keys create`) and returns its
+    /// standard output.
+    pub fn mochi(&self, args: &[&str]) -> Result<String, ClusterError> {
+        let output = Command::new(&self.settings.mochi)
+            .args(args)
+            .current_dir(&self.settings.dir)
+            .env("MOCHI_NATS__URL", self.nats_url())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(ClusterError::Io)?;
+        if !output.status.success() {
+            return Err(ClusterError::Startup(format!(
+                "mochi {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 }
 
