@@ -9,7 +9,9 @@
 #  - checkov and kubernetes-validate into their own venv, .venv-k8s/ (checkov pins many
 #    libraries of its own), for the Kubernetes overlays (scripts/k8s-check.sh);
 #  - Debian's prometheus (with promtool) when apt is usable, for the monitoring tests;
-#  - Debian's nasm when apt is usable (OpenH264 encodes ~3x faster with its assembly).
+#  - Debian's nasm when apt is usable (OpenH264 encodes ~3x faster with its assembly);
+#  - Debian's redis-server and the FastAPI + Redis peer's packages (PyPI fastapi, uvicorn,
+#    redis) in their own venv, .venv-peer/, for the capacity comparison (loadtest capacity).
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,6 +91,22 @@ if ! command -v nasm >/dev/null 2>&1; then
       || echo "install-deps: nasm not installed; H.264 encoding will use plain C (slower)" >&2
   else
     echo "install-deps: nasm missing and apt unusable; H.264 encoding will use plain C (slower)" >&2
+  fi
+fi
+
+# The seed-shaped peer of the capacity comparison (loadtest/peers/fastapi_redis).
+if ! cmp -s loadtest/peers/fastapi_redis/requirements.txt .venv-peer/requirements.txt 2>/dev/null; then
+  echo "install-deps: installing the FastAPI + Redis peer's packages into .venv-peer" >&2
+  python3 -m venv .venv-peer
+  .venv-peer/bin/pip install --quiet --disable-pip-version-check -r loadtest/peers/fastapi_redis/requirements.txt
+  cp loadtest/peers/fastapi_redis/requirements.txt .venv-peer/requirements.txt
+fi
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "install-deps: installing Debian's redis-server" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "install-deps: redis-server missing and apt unusable; the capacity test will fail (install Debian's redis-server)" >&2
   fi
 fi
 

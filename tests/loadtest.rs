@@ -78,7 +78,7 @@ fn an_open_loop_run_follows_every_job_and_reports_against_the_simulator() {
         .find(|(lane, _)| lane == "all")
         .unwrap();
     assert_eq!(all.1.jobs, summary.accepted, "{all:?}");
-    let html = loadtest::report::html("short run", &results);
+    let html = loadtest::report::html::render("short run", &results);
     assert_eq!(html.matches("<svg").count(), 5, "five charts");
     assert!(html.contains("Live scheduler against the simulator"));
 }

@@ -174,6 +174,11 @@ impl Config {
                 "simulated.time_scale must be a finite number ≥ 0".to_owned(),
             ));
         }
+        if (1..16).contains(&self.simulated.max_render_side) {
+            return Err(Error::Config(
+                "simulated.max_render_side must be 0 (the job's size) or at least 16".to_owned(),
+            ));
+        }
         if self.mochi.decode_chunk_frames == 0 {
             return Err(Error::Config(
                 "mochi.decode_chunk_frames must be at least 1".to_owned(),

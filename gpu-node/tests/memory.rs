@@ -71,17 +71,26 @@ fn fifty_consecutive_jobs_leave_memory_at_its_baseline() {
         range(&heap),
         range(&readings)
     );
-    // What a leaked tensor would hold: the allocator's bytes in use, within 1% of the level
-    // after the first job, after every job.
+    // What a leaked tensor would hold: the allocator's bytes in use after each job. glibc's
+    // main arena settles over the first jobs (here it grew ~50 KiB over 50 jobs, ever more
+    // slowly: 4251 KiB → 4303 KiB, the last ten jobs adding 3 KiB), so the test asks for
+    // what a leak breaks: every job within 2% of the level after the first, and no growth
+    // left over the last ten jobs (0.25% of the level; the smallest leak worth finding, a
+    // tensor of the tiny model's latent or one decoded frame, is several KiB per job).
     let heap_baseline = heap[0];
     for (job, used) in heap.iter().enumerate() {
         let difference = used.abs_diff(heap_baseline) as f64 / heap_baseline as f64;
         assert!(
-            difference <= 0.01,
+            difference <= 0.02,
             "after job {job}: {used} bytes allocated, {:.2}% from the {heap_baseline}-byte baseline",
             100.0 * difference
         );
     }
+    let tail_growth = heap[JOBS as usize - 1].saturating_sub(heap[JOBS as usize - 11]);
+    assert!(
+        tail_growth as f64 <= 0.0025 * heap_baseline as f64,
+        "the last ten jobs still added {tail_growth} bytes: {heap:?}"
+    );
     // Resident memory: within 1% or 2 MiB of the baseline. This test process is ~16 MiB,
     // and thread stacks and the matmul kernels' per-thread scratch page in and out by ~1 MiB
     // between jobs, more than 1% of it (a serving process is dominated by its weights).

@@ -70,7 +70,9 @@ fn ticks(low: f64, high: f64) -> Vec<f64> {
 }
 
 fn label(value: f64) -> String {
-    if value.abs() >= 100.0 || value == value.round() {
+    if value.abs() < 1e-9 {
+        "0".to_owned()
+    } else if value.abs() >= 100.0 || value == value.round() {
         format!("{value:.0}")
     } else if value.abs() >= 1.0 {
         format!("{value:.1}")

@@ -1,5 +1,5 @@
 //! The stack as separate OS processes on loopback: one nats-server (its store in the run's
-//! directory, every write synced), coordinators, simulated GPU nodes and one gateway, as
+//! directory, every write synced unless asked otherwise), coordinators, simulated GPU nodes and one gateway, as
 //! many as the settings say. The fault harness and the load report both run on it. Only
 //! processes started here are ever signalled; each child is told to die with the harness
 //! (`PR_SET_PDEATHSIG`) and is killed when the cluster is dropped.
@@ -80,6 +80,9 @@ pub struct ClusterSettings {
     pub gateway_env: Vec<(String, String)>,
     /// Whether the gateway checks API keys (off: open on loopback, one tenant).
     pub auth: bool,
+    /// Whether JetStream syncs every write to disk before acknowledging it (production's
+    /// setting); off, it syncs on its own interval.
+    pub sync_always: bool,
 }
 
 impl ClusterSettings {
@@ -100,6 +103,7 @@ impl ClusterSettings {
             coordinator_env: Vec::new(),
             gateway_env: Vec::new(),
             auth: false,
+            sync_always: true,
         }
     }
 }
@@ -157,9 +161,15 @@ impl Cluster {
 
     fn write_nats_config(&self) -> Result<(), ClusterError> {
         let store = self.settings.dir.join("jetstream");
+        // Without `sync_interval: always`, JetStream syncs every 2 minutes (its default).
+        let sync = if self.settings.sync_always {
+            "\n  sync_interval: always"
+        } else {
+            ""
+        };
         let config = format!(
-            "listen: \"127.0.0.1:{port}\"\nserver_name: mochi-faults\n\
-             jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n",
+            "listen: \"127.0.0.1:{port}\"\nserver_name: mochi-stack\n\
+             jetstream {{\n  store_dir: {store:?}{sync}\n}}\n",
             port = self.nats_port,
             store = store.display().to_string(),
         );

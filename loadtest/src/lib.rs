@@ -7,11 +7,14 @@
 //!   simulator on the same trace, and a self-contained HTML report ([`chart`] draws it).
 //! * [`scenario`]: the documented run, each offered load on a fresh stack of processes
 //!   ([`cluster`]).
+//! * [`capacity`]: what the service itself takes in with zero GPU time, against a FastAPI +
+//!   Redis peer in the same run.
 //! * [`faults`]: the stack as processes with faults injected while jobs run.
 //!
 //! Every run is bounded in job count and wall time, and targets loopback addresses unless
 //! the caller explicitly allows others.
 
+pub mod capacity;
 pub mod chart;
 pub mod cluster;
 pub mod faults;

@@ -29,9 +29,50 @@ enum Command {
     /// The documented run: each load on a fresh stack of processes with simulated H100
     /// slots, against the simulator on the same trace; writes `<out>/report.{json,html}`.
     Report(ReportArgs),
+    /// The service's own capacity with zero GPU time against the FastAPI + Redis peer in
+    /// the same run, and the time from submission to a free slot starting the job.
+    Capacity(CapacityArgs),
     /// Start nats-server, two coordinators, three simulated GPU nodes and a gateway as
     /// processes on loopback, inject faults while jobs run, and check every accepted job.
     Faults(FaultArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CapacityArgs {
+    /// The `mochi` binary (build the release: `cargo build --release -p mochi`).
+    #[arg(long, default_value = "target/release/mochi")]
+    mochi: PathBuf,
+    /// The `nats-server` binary (default: MOCHI_NATS_SERVER, .venv/bin, PATH).
+    #[arg(long)]
+    nats_server: Option<PathBuf>,
+    /// The `redis-server` binary.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
+    /// A Python with the peer's requirements (scripts/install-deps.sh makes .venv-peer).
+    #[arg(long, default_value = ".venv-peer/bin/python")]
+    peer_python: PathBuf,
+    /// The peer's directory.
+    #[arg(long, default_value = "loadtest/peers/fastapi_redis")]
+    peer_dir: PathBuf,
+    /// Concurrent clients, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "32,128")]
+    connections: Vec<usize>,
+    /// Seconds of each closed-loop phase.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Rounds, alternating ours and the peer's.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Jobs of the start-latency phase.
+    #[arg(long, default_value_t = 300)]
+    start_jobs: usize,
+    /// Their arrival rate, per second.
+    #[arg(long, default_value_t = 20.0)]
+    start_rate: f64,
+    /// Let JetStream and Redis sync on an interval instead of before every acknowledgement
+    /// (neither is durable on a crash then): the software paths alone.
+    #[arg(long)]
+    no_sync: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -199,7 +240,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Capacity(capacity) = args.command {
+        // Several threads: the closed loop's clients must not be what limits the rate. The
+        // children are still started from this thread (block_on runs the future here).
+        return match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(run_capacity(capacity)),
+            Err(error) => {
+                eprintln!("error: cannot start the async runtime: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match args.command {
+        Command::Capacity(_) => ExitCode::FAILURE,
         Command::Faults(faults) => runtime.block_on(run_faults(faults)),
         Command::Run(run) => runtime.block_on(run_load(run)),
         Command::Report(report) => runtime.block_on(run_report(report)),
@@ -339,6 +395,64 @@ async fn run_report(args: ReportArgs) -> ExitCode {
     }
 }
 
+async fn run_capacity(args: CapacityArgs) -> ExitCode {
+    let Some(nats_server) = args.nats_server.or_else(loadtest::faults::find_nats_server) else {
+        eprintln!(
+            "error: nats-server not found: pass --nats-server or run scripts/install-deps.sh"
+        );
+        return ExitCode::FAILURE;
+    };
+    let config = loadtest::capacity::CapacityConfig {
+        mochi: args.mochi,
+        nats_server,
+        redis_server: args.redis_server,
+        peer_python: args.peer_python,
+        peer_dir: args.peer_dir,
+        connections: args.connections,
+        seconds: args.seconds,
+        rounds: args.rounds,
+        start_jobs: args.start_jobs,
+        start_rate: args.start_rate,
+        durable: !args.no_sync,
+    };
+    match Box::pin(loadtest::capacity::run(&config)).await {
+        Ok(report) => {
+            println!(
+                "| target | clients | accepted/s | sustained/s (with drain) | p50 ms | p99 ms | errors |"
+            );
+            println!("|---|---|---|---|---|---|---|");
+            for phase in &report.phases {
+                println!(
+                    "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {} |",
+                    phase.target,
+                    phase.connections,
+                    phase.per_s,
+                    phase.sustained_per_s,
+                    phase.latency_ms.p50,
+                    phase.latency_ms.p99,
+                    phase.errors
+                );
+            }
+            for (connections, ratio) in &report.ratios {
+                println!(
+                    "ours / peer at {connections} clients (median of rounds, sustained): {ratio:.2}x"
+                );
+            }
+            let q = &report.submit_to_start_ms;
+            println!(
+                "submit -> slot start: {} jobs started, {} succeeded; p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                report.started, report.succeeded, q.p50, q.p95, q.p99, q.max
+            );
+            print_json(&report);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Writes `<name>.json` (every run's timelines) and `<name>.html`, and prints each run's
 /// summary as JSON.
 fn write_outputs(out: &Path, name: &str, title: &str, results: &[LoadResult]) -> ExitCode {
@@ -350,7 +464,7 @@ fn write_outputs(out: &Path, name: &str, title: &str, results: &[LoadResult]) ->
         .and_then(|()| {
             std::fs::write(
                 out.join(format!("{name}.html")),
-                loadtest::report::html(title, results),
+                loadtest::report::html::render(title, results),
             )
         });
     if let Err(error) = written {

@@ -68,6 +68,8 @@ pub struct JobTimeline {
     pub created_ms: Option<u64>,
     /// The earliest start of an attempt seen.
     pub first_start_ms: Option<u64>,
+    /// Each run on a slot seen: its start and, once it paused or the job ended, its end.
+    pub runs: Vec<(u64, Option<u64>)>,
     /// When the job ended.
     pub ended_ms: Option<u64>,
     /// Its last state seen.
@@ -321,6 +323,20 @@ async fn follow(
                             .first_start_ms
                             .map_or(start, |seen| seen.min(start)),
                     );
+                    if timeline.runs.iter().all(|(seen, _)| *seen != start) {
+                        // A pause the polls missed ended the last run by this start at most.
+                        if let Some((_, end @ None)) = timeline.runs.last_mut() {
+                            *end = Some(start);
+                        }
+                        timeline.runs.push((start, None));
+                    }
+                }
+                let off_slot = matches!(
+                    view.state,
+                    protocol::JobState::Preempted | protocol::JobState::Queued
+                ) || view.state.is_terminal();
+                if off_slot && let Some((start, end @ None)) = timeline.runs.last_mut() {
+                    *end = Some(view.updated_at_ms.max(*start));
                 }
                 if view.state.is_terminal() {
                     timeline.ended_ms = Some(view.updated_at_ms);

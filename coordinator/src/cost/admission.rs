@@ -8,7 +8,7 @@ use protocol::memory::{self, SlotMemory};
 
 pub use protocol::memory::Refusal;
 
-use super::GpuClass;
+use protocol::cost::GpuClass;
 
 /// Checks `shape` against the known slots (`(class, memory bytes)`); every job is admitted
 /// while no slot is known (it waits for one).

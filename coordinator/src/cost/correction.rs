@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use protocol::JobShape;
 use serde::{Deserialize, Serialize};
 
-use super::GpuClass;
+use protocol::cost::GpuClass;
 
 /// Weight of the newest observation.
 const ALPHA: f64 = 0.2;

@@ -105,7 +105,7 @@ impl SimulatedBackend {
     }
 
     /// The size the pattern is rendered at: the job's, or scaled down to `max_render_side`
-    /// (even sides, at least 2 pixels).
+    /// (even sides, at least 16 pixels: OpenH264 refuses smaller frames).
     fn render_size(&self, job: &BackendJob) -> (u32, u32) {
         let (width, height) = (job.shape.width, job.shape.height);
         let limit = self.config.max_render_side;
@@ -113,7 +113,7 @@ impl SimulatedBackend {
             return (width, height);
         }
         let scale = f64::from(limit) / f64::from(width.max(height));
-        let side = |value: u32| ((f64::from(value) * scale / 2.0).round() as u32 * 2).max(2);
+        let side = |value: u32| ((f64::from(value) * scale / 2.0).round() as u32 * 2).max(16);
         (side(width), side(height))
     }
 }
@@ -350,6 +350,12 @@ mod tests {
             .expect("a video");
         assert_eq!((video.width, video.height), (32, 18));
         assert_eq!(video.frames.len(), 7);
+        // The shorter side stays at least 16 pixels, which the encoder needs.
+        let tiny = SimulatedBackend::new(SimulatedConfig {
+            max_render_side: 16,
+            ..SimulatedConfig::default()
+        });
+        assert_eq!(tiny.render_size(&wide), (16, 16));
         // A job smaller than the limit renders at its own size.
         assert_eq!(backend.render_size(&job(1)), (32, 32));
         let small = SimulatedBackend::new(SimulatedConfig {

@@ -1,0 +1,503 @@
+//! The service's own capacity with zero GPU time, against the seed-shaped FastAPI + Redis
+//! path (`loadtest/peers/fastapi_redis`) in the same run on the same machine.
+//!
+//! * **Intake.** A closed loop of `connections` clients posts jobs for `seconds` to our
+//!   gateway (API key checked, rate limits and quotas raised out of the way) over a
+//!   nats-server with every write synced, with one coordinator taking them in and no GPU
+//!   node; then the run waits until the intake has turned every accepted submission into a
+//!   stored record. The same clients then post to the peer: uvicorn (one worker per core)
+//!   LPUSHing onto a Redis list that fsyncs every write (`appendfsync always`; with
+//!   `durable` off, both sides sync on an interval instead). Rounds alternate between the
+//!   two so that machine noise falls on both.
+//! * **Start latency.** On a stack with GPU nodes whose jobs take no time, jobs arrive
+//!   open-loop at a rate the slots absorb; each one's time from the submission to its
+//!   start on a slot is read from the service's timestamps.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use coordinator::sim::trace::TraceJob;
+use protocol::JobShape;
+use protocol::config::NatsConfig;
+use protocol::spec::Priority;
+use serde::Serialize;
+
+use crate::cluster::{Cluster, ClusterError, ClusterSettings};
+use crate::open_loop::{self, OpenLoopConfig};
+use crate::report::Quantiles;
+
+/// One capacity run.
+#[derive(Debug, Clone)]
+pub struct CapacityConfig {
+    /// The `mochi` binary.
+    pub mochi: PathBuf,
+    /// The `nats-server` binary.
+    pub nats_server: PathBuf,
+    /// The `redis-server` binary.
+    pub redis_server: PathBuf,
+    /// A Python with fastapi, uvicorn and redis (`.venv-peer/bin/python`).
+    pub peer_python: PathBuf,
+    /// The peer's directory (`loadtest/peers/fastapi_redis`).
+    pub peer_dir: PathBuf,
+    /// Concurrent clients of each closed-loop phase.
+    pub connections: Vec<usize>,
+    /// Seconds of each closed-loop phase.
+    pub seconds: f64,
+    /// Rounds (each: every connection count, ours and the peer's).
+    pub rounds: usize,
+    /// Jobs of the start-latency phase.
+    pub start_jobs: usize,
+    /// Their arrival rate, per second.
+    pub start_rate: f64,
+    /// Every write synced before it is acknowledged, on both sides (JetStream's
+    /// `sync_interval: always`, Redis' `appendfsync always`); off: JetStream's default
+    /// interval and Redis' `appendfsync everysec`, neither durable on a crash.
+    pub durable: bool,
+}
+
+/// Why a capacity run could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CapacityError {
+    /// The stack did not start.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The peer did not start.
+    #[error("the FastAPI + Redis peer: {0}")]
+    Peer(String),
+    /// The load failed.
+    #[error(transparent)]
+    Load(#[from] crate::Error),
+    /// The run's own NATS connection failed.
+    #[error("NATS: {0}")]
+    Nats(String),
+}
+
+/// What a closed-loop phase measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Phase {
+    /// `mochi` or `fastapi+redis`.
+    pub target: String,
+    /// Concurrent clients.
+    pub connections: usize,
+    /// Requests answered `202`.
+    pub accepted: u64,
+    /// Other answers and failed connections.
+    pub errors: u64,
+    /// Accepted per second of the phase.
+    pub per_s: f64,
+    /// Latency of accepted requests, ms.
+    pub latency_ms: Quantiles,
+    /// Seconds after the phase until every accepted submission had its record (ours).
+    pub drain_s: Option<f64>,
+    /// Accepted over the phase plus the drain: what the service sustains durably.
+    pub sustained_per_s: f64,
+}
+
+/// What one closed loop counted: accepted, errors, latencies (ms), wall seconds.
+type LoopResult = (u64, u64, Vec<f64>, f64);
+
+impl Phase {
+    /// A phase's figures from its closed loop and, for ours, the drain after it.
+    fn of(target: &str, connections: usize, ran: LoopResult, drain_s: Option<f64>) -> Self {
+        let (accepted, errors, latencies, wall) = ran;
+        Self {
+            target: target.to_owned(),
+            connections,
+            accepted,
+            errors,
+            per_s: accepted as f64 / wall,
+            latency_ms: Quantiles::of(&latencies),
+            drain_s,
+            sustained_per_s: accepted as f64 / (wall + drain_s.unwrap_or(0.0)),
+        }
+    }
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CapacityReport {
+    /// Every closed-loop phase, in the order run.
+    pub phases: Vec<Phase>,
+    /// Ours over the peer's sustained rate, median over rounds, per connection count.
+    pub ratios: Vec<(usize, f64)>,
+    /// Submission to start on a free slot, wall ms.
+    pub submit_to_start_ms: Quantiles,
+    /// Jobs of that phase that started.
+    pub started: usize,
+    /// Jobs of that phase that succeeded.
+    pub succeeded: usize,
+}
+
+fn free_port() -> Result<u16, CapacityError> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|error| CapacityError::Peer(error.to_string()))?;
+    listener
+        .local_addr()
+        .map(|address| address.port())
+        .map_err(|error| CapacityError::Peer(error.to_string()))
+}
+
+/// The peer's two processes, killed when dropped.
+struct Peer {
+    children: Vec<Child>,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Peer {
+    fn start(config: &CapacityConfig, workers: usize) -> Result<Self, CapacityError> {
+        let dir = tempfile::tempdir().map_err(|error| CapacityError::Peer(error.to_string()))?;
+        let (redis_port, http_port) = (free_port()?, free_port()?);
+        let spawn = |command: &mut Command, what: &str| {
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            nats_process::die_with_parent(command);
+            command
+                .spawn()
+                .map_err(|error| CapacityError::Peer(format!("cannot start {what}: {error}")))
+        };
+        let redis = spawn(
+            Command::new(&config.redis_server)
+                .args(["--bind", "127.0.0.1", "--port", &redis_port.to_string()])
+                .args(["--appendonly", "yes", "--save", ""])
+                .args([
+                    "--appendfsync",
+                    if config.durable { "always" } else { "everysec" },
+                ])
+                .arg("--dir")
+                .arg(dir.path()),
+            "redis-server",
+        )?;
+        let mut peer = Self {
+            children: vec![redis],
+            url: format!("http://127.0.0.1:{http_port}"),
+            _dir: dir,
+        };
+        let uvicorn = spawn(
+            Command::new(&config.peer_python)
+                .args(["-m", "uvicorn", "app:app", "--host", "127.0.0.1"])
+                .args(["--port", &http_port.to_string()])
+                .args(["--workers", &workers.to_string()])
+                .args(["--log-level", "warning", "--no-access-log"])
+                .arg("--app-dir")
+                .arg(&config.peer_dir)
+                .env("REDIS_URL", format!("redis://127.0.0.1:{redis_port}/0")),
+            "uvicorn",
+        )?;
+        peer.children.push(uvicorn);
+        Ok(peer)
+    }
+}
+
+async fn wait_for(http: &reqwest::Client, url: &str, what: &str) -> Result<(), CapacityError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(url)
+        .send()
+        .await
+        .is_ok_and(|response| response.status().is_success())
+    {
+        if Instant::now() > deadline {
+            return Err(CapacityError::Peer(format!("{what} did not answer {url}")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// The body every closed-loop request posts.
+fn body() -> serde_json::Value {
+    serde_json::json!({
+        "prompt": "a red fox running through fresh snow",
+        "num_frames": 31,
+        "width": 848,
+        "height": 480,
+        "steps": 64
+    })
+}
+
+/// `connections` clients post jobs back to back for `seconds`.
+async fn closed_loop(
+    url: &str,
+    key: Option<&str>,
+    connections: usize,
+    seconds: f64,
+) -> Result<LoopResult, CapacityError> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(connections)
+        .build()
+        .map_err(crate::Error::Client)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (http, url, key, stop) = (
+            http.clone(),
+            format!("{url}/v1/videos"),
+            key.map(str::to_owned),
+            Arc::clone(&stop),
+        );
+        clients.spawn(async move {
+            let (mut accepted, mut errors, mut latencies) = (0u64, 0u64, Vec::new());
+            let body = body();
+            while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                let mut request = http.post(&url).json(&body);
+                if let Some(key) = &key {
+                    request = request.bearer_auth(key);
+                }
+                match request.send().await {
+                    Ok(response) if response.status().as_u16() == 202 => {
+                        let _ = response.bytes().await;
+                        accepted += 1;
+                        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    Ok(response) => {
+                        let _ = response.bytes().await;
+                        errors += 1;
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (accepted, errors, latencies)
+        });
+    }
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut accepted, mut errors, mut latencies) = (0, 0, Vec::new());
+    while let Some(joined) = clients.join_next().await {
+        if let Ok((a, e, l)) = joined {
+            accepted += a;
+            errors += e;
+            latencies.extend(l);
+        }
+    }
+    Ok((accepted, errors, latencies, started.elapsed().as_secs_f64()))
+}
+
+/// A stack for the intake phases: one coordinator, no GPU node, limits out of the way.
+fn intake_stack(config: &CapacityConfig, dir: &std::path::Path) -> Result<Cluster, ClusterError> {
+    let mut settings = ClusterSettings::new(
+        config.mochi.clone(),
+        config.nats_server.clone(),
+        dir.to_owned(),
+    );
+    settings.coordinators = 1;
+    settings.nodes = 0;
+    settings.auth = true;
+    settings.sync_always = config.durable;
+    settings.gateway_env = vec![
+        (
+            "MOCHI_GATEWAY__QUOTA__MAX_ACTIVE_JOBS".into(),
+            "100000000".into(),
+        ),
+        (
+            "MOCHI_GATEWAY__RATE_LIMIT__CREATES_PER_MINUTE".into(),
+            "100000000".into(),
+        ),
+        (
+            "MOCHI_GATEWAY__RATE_LIMIT__READS_PER_MINUTE".into(),
+            "100000000".into(),
+        ),
+        ("RUST_LOG".into(), "warn".into()),
+    ];
+    settings.coordinator_env = vec![("RUST_LOG".into(), "warn".into())];
+    Cluster::start(settings)
+}
+
+fn key_for(cluster: &Cluster, role: &str) -> Result<String, CapacityError> {
+    let out = cluster.mochi(&["keys", "create", "--tenant", "capacity", "--role", role])?;
+    out.lines()
+        .last()
+        .map(|line| line.trim().to_owned())
+        .filter(|key| !key.is_empty())
+        .ok_or_else(|| CapacityError::Peer("`mochi keys create` printed no key".into()))
+}
+
+/// Seconds until `MOCHI_SUBMIT` holds no submission (every one has its record).
+async fn drain(cluster: &Cluster) -> Result<f64, CapacityError> {
+    let nats = NatsConfig {
+        url: cluster.nats_url(),
+        ..NatsConfig::default()
+    };
+    let client = protocol::jetstream::connect(&nats, "mochi-capacity")
+        .await
+        .map_err(|e| CapacityError::Nats(e.to_string()))?;
+    let resources = protocol::jetstream::ensure_resources(client, &nats.jetstream)
+        .await
+        .map_err(|e| CapacityError::Nats(e.to_string()))?;
+    let started = Instant::now();
+    let mut submit = resources.submit.clone();
+    loop {
+        let info = submit
+            .info()
+            .await
+            .map_err(|e| CapacityError::Nats(e.to_string()))?;
+        if info.state.messages == 0 {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(CapacityError::Nats(format!(
+                "{} submissions still not taken in after 600 s",
+                info.state.messages
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs the intake rounds and the start-latency phase.
+pub async fn run(config: &CapacityConfig) -> Result<CapacityReport, CapacityError> {
+    let mut report = CapacityReport::default();
+    let http = reqwest::Client::new();
+    let workers = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    let peer = Peer::start(config, workers)?;
+    wait_for(&http, &format!("{}/healthz", peer.url), "the peer").await?;
+    let dir = tempfile::Builder::new()
+        .prefix("mochi-capacity-")
+        .tempdir()
+        .map_err(ClusterError::Io)?;
+    let ours = intake_stack(config, dir.path())?;
+    let key = key_for(&ours, "submitter")?;
+    wait_for(
+        &http,
+        &format!("{}/readyz", ours.gateway_url()),
+        "the gateway",
+    )
+    .await?;
+    for _ in 0..config.rounds {
+        for &connections in &config.connections {
+            let ran =
+                closed_loop(&ours.gateway_url(), Some(&key), connections, config.seconds).await?;
+            let drain_s = Box::pin(drain(&ours)).await?;
+            report
+                .phases
+                .push(Phase::of("mochi", connections, ran, Some(drain_s)));
+            let ran = closed_loop(&peer.url, None, connections, config.seconds).await?;
+            report
+                .phases
+                .push(Phase::of("fastapi+redis", connections, ran, None));
+        }
+    }
+    drop(ours);
+    drop(peer);
+    for &connections in &config.connections {
+        let rate = |target: &str| {
+            let rates: Vec<f64> = report
+                .phases
+                .iter()
+                .filter(|p| p.target == target && p.connections == connections)
+                .map(|p| p.sustained_per_s)
+                .collect();
+            Quantiles::of(&rates).p50
+        };
+        report
+            .ratios
+            .push((connections, rate("mochi") / rate("fastapi+redis").max(1e-9)));
+    }
+    let (started, succeeded, to_start) = start_latency(config).await?;
+    report.started = started;
+    report.succeeded = succeeded;
+    report.submit_to_start_ms = to_start;
+    Ok(report)
+}
+
+/// Jobs that take no GPU time arrive at `start_rate` on 16 slots; returns how many started
+/// and succeeded, and their submission-to-start times.
+async fn start_latency(
+    config: &CapacityConfig,
+) -> Result<(usize, usize, Quantiles), CapacityError> {
+    let dir = tempfile::Builder::new()
+        .prefix("mochi-start-")
+        .tempdir()
+        .map_err(ClusterError::Io)?;
+    let mut settings = ClusterSettings::new(
+        config.mochi.clone(),
+        config.nats_server.clone(),
+        dir.path().to_owned(),
+    );
+    settings.coordinators = 1;
+    settings.nodes = 2;
+    settings.slots_per_node = 8;
+    settings.time_scale = 0.0;
+    settings.auth = true;
+    settings.node_env = vec![(
+        "MOCHI_GPU_NODE__SIMULATED__MAX_RENDER_SIDE".into(),
+        "32".into(),
+    )];
+    settings.gateway_env = vec![
+        (
+            "MOCHI_GATEWAY__RATE_LIMIT__CREATES_PER_MINUTE".into(),
+            "100000000".into(),
+        ),
+        (
+            "MOCHI_GATEWAY__RATE_LIMIT__READS_PER_MINUTE".into(),
+            "100000000".into(),
+        ),
+    ];
+    let cluster = Cluster::start(settings)?;
+    let key = key_for(&cluster, "submitter")?;
+    let http = reqwest::Client::new();
+    wait_for(
+        &http,
+        &format!("{}/readyz", cluster.gateway_url()),
+        "the gateway",
+    )
+    .await?;
+    // Let the coordinator see the nodes' first heartbeats.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let trace: Vec<TraceJob> = (0..config.start_jobs)
+        .map(|index| TraceJob {
+            id: index as u64,
+            arrival_s: index as f64 / config.start_rate.max(0.001),
+            tenant: 0,
+            priority: Priority::Normal,
+            shape: JobShape::new(31, 30, 848, 480, 8, true),
+        })
+        .collect();
+    let open_loop = OpenLoopConfig {
+        base_url: cluster.gateway_url(),
+        api_keys: vec![key],
+        time_scale: 1.0,
+        max_duration: Duration::from_secs_f64(
+            config.start_jobs as f64 / config.start_rate.max(0.001) + 60.0,
+        ),
+        allow_remote: false,
+        poll_interval: Duration::from_millis(250),
+        check_artifacts: false,
+        progress: false,
+    };
+    let jobs = open_loop::run(&open_loop, &trace).await?;
+    let to_start: Vec<f64> = jobs
+        .iter()
+        .filter_map(|job| Some(job.first_start_ms?.saturating_sub(job.submitted_ms) as f64))
+        .collect();
+    drop(cluster);
+    if std::env::var_os("MOCHI_LOADTEST_KEEP").is_some() {
+        eprintln!(
+            "kept the start-latency run's logs in {}",
+            dir.keep().display()
+        );
+    }
+    let succeeded = jobs
+        .iter()
+        .filter(|job| job.state.as_deref() == Some("succeeded"))
+        .count();
+    Ok((to_start.len(), succeeded, Quantiles::of(&to_start)))
+}
