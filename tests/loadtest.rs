@@ -80,5 +80,12 @@ fn an_open_loop_run_follows_every_job_and_reports_against_the_simulator() {
     assert_eq!(all.1.jobs, summary.accepted, "{all:?}");
     let html = loadtest::report::html::render("short run", &results);
     assert_eq!(html.matches("<svg").count(), 5, "five charts");
+    let files = loadtest::report::html::chart_files(result);
+    assert_eq!(files.len(), 5);
+    assert!(
+        files
+            .iter()
+            .all(|(_, svg)| svg.starts_with("<svg") && svg.contains("fill=\"white\""))
+    );
     assert!(html.contains("Live scheduler against the simulator"));
 }

@@ -466,6 +466,26 @@ fn write_outputs(out: &Path, name: &str, title: &str, results: &[LoadResult]) ->
                 out.join(format!("{name}.html")),
                 loadtest::report::html::render(title, results),
             )
+        })
+        .and_then(|()| {
+            // Each chart on its own too (docs/loadtest/ holds the documented run's).
+            for result in results {
+                let run: String = result
+                    .name
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '.' {
+                            c
+                        } else {
+                            '-'
+                        }
+                    })
+                    .collect();
+                for (chart, svg) in loadtest::report::html::chart_files(result) {
+                    std::fs::write(out.join(format!("{name}-{run}-{chart}.svg")), svg)?;
+                }
+            }
+            Ok(())
         });
     if let Err(error) = written {
         eprintln!("error: cannot write to {}: {error}", out.display());

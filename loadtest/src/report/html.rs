@@ -11,6 +11,26 @@ use coordinator::cost::CostModel;
 use super::{LoadResult, Quantiles, Summary, escape, lane_index, lane_of, lanes, runs_of};
 use crate::chart::{self, Kind, Labels, PALETTE, Series};
 
+/// The names of a run's charts, in the order [`charts`] draws them.
+pub const CHART_NAMES: [&str; 5] = ["latency", "waits", "throughput", "utilisation", "errors"];
+
+/// A run's charts as standalone SVG files (white background): `(name, svg)` with the names
+/// of [`CHART_NAMES`].
+pub fn chart_files(result: &LoadResult) -> Vec<(&'static str, String)> {
+    CHART_NAMES
+        .into_iter()
+        .zip(charts(result))
+        .map(|(name, svg)| {
+            let standalone = svg.replacen(
+                "font-size=\"11\">",
+                "font-size=\"11\"><rect width=\"100%\" height=\"100%\" fill=\"white\"/>",
+                1,
+            );
+            (name, standalone)
+        })
+        .collect()
+}
+
 /// The charts of one run.
 fn charts(result: &LoadResult) -> Vec<String> {
     let scale = result.time_scale.max(1e-12);
