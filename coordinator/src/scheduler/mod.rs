@@ -334,7 +334,7 @@ fn tick(state: &mut SchedulerState) {
             .collect();
         state
             .queue_info
-            .publish(now, state.policy.as_ref(), &queued, &slots, &state.clock);
+            .publish(now, state.policy.as_ref(), queued, &slots, &state.clock);
     }
     let lanes = state.policy.lanes();
     let mut depth = [0u32; 3];

@@ -107,7 +107,7 @@ impl QueuePublisher {
         &mut self,
         now: u64,
         policy: &dyn Policy,
-        queued: &[Waiting],
+        queued: Vec<Waiting>,
         slots: &[Slot],
         clock: &ModelClock,
     ) {
@@ -121,7 +121,7 @@ impl QueuePublisher {
             now_ms: model_now,
             slots,
         };
-        let queued = clock.waiting(queued.to_vec());
+        let queued = clock.waiting(queued);
         let capacity = slots
             .iter()
             .map(|slot| slot.class.spec().relative_speed)
