@@ -1,19 +1,23 @@
 //! `mochi model check DIR` (verify a model directory and say exactly what is wrong),
-//! `mochi model create-tiny DIR` (write the embedded tiny model, as `mochi up` does) and
+//! `mochi model create-tiny DIR` (write the embedded tiny model, as `mochi up` does),
+//! `mochi model create-reduced DIR` (the release's key names and structure at a reduced
+//! width, in either layout) and
 //! `mochi model run` (one component on tensors named as the reference names them, to check
 //! a checkpoint or a build against the Python reference).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use mochi_model::model_dir::{check, tiny};
+use mochi_model::model_dir::reduced::Layout;
+use mochi_model::model_dir::{check, reduced, tiny};
 use mochi_model::run::{Component, Reference, RunOptions};
 
 /// `mochi model ...`.
 #[derive(Debug, clap::Subcommand)]
 pub enum ModelCommand {
-    /// Verify a model directory in the diffusers layout: files present and complete, every
-    /// tensor the configs imply with the right shape and dtype. Exits non-zero on problems.
+    /// Verify a model directory (diffusers' layout, genmo's, or both): files present and
+    /// complete, every tensor the configs (or, for genmo's files, the shapes) imply with the
+    /// right shape and dtype. Exits non-zero on problems.
     Check {
         /// The model directory (e.g. a download of `genmo/mochi-1-preview`).
         dir: PathBuf,
@@ -24,13 +28,25 @@ pub enum ModelCommand {
         /// Where to write it.
         dir: PathBuf,
     },
+    /// Write the release's structure (all 48 transformer blocks, the T5 encoder's 24
+    /// layers, the decoder's stages) at a reduced width with random weights in DIR, in
+    /// diffusers' layout (sharded, with the bf16 variant) or genmo's (`dit.safetensors`,
+    /// `decoder.safetensors`, the T5 folder): to try loaders and checks on the release's
+    /// names without its weights.
+    CreateReduced {
+        /// Where to write it.
+        dir: PathBuf,
+        /// `diffusers` or `genmo`.
+        #[arg(long, default_value = "diffusers", value_parser = parse_layout)]
+        layout: Layout,
+    },
     /// Run one component on the tensors of a safetensors file, named as the reference's
     /// forward names them, and write its outputs: `transformer` takes `hidden_states`,
     /// `encoder_hidden_states`, `timestep`, `encoder_attention_mask` and gives `sample`;
     /// `vae` takes `z` and gives `sample`; `text` takes `input_ids` (and `attention_mask`)
     /// and gives `last_hidden_state`.
     Run {
-        /// The model directory (diffusers layout, or genmo's for the transformer and VAE).
+        /// The model directory (diffusers' layout or genmo's).
         #[arg(long)]
         model_dir: PathBuf,
         /// `transformer`, `vae` or `text`.
@@ -64,6 +80,10 @@ fn parse_component(name: &str) -> Result<Component, String> {
             names.join(", ")
         )
     })
+}
+
+fn parse_layout(name: &str) -> Result<Layout, String> {
+    Layout::parse(name).ok_or_else(|| format!("unknown layout `{name}`; use diffusers or genmo"))
 }
 
 fn parse_dtype(name: &str) -> Result<candle_core::DType, String> {
@@ -145,6 +165,14 @@ pub fn run(command: ModelCommand) -> Result<()> {
             eprintln!(
                 "{}: {what}; random weights, its videos are noise",
                 tiny::TINY_MODEL_NAME
+            );
+            println!("{}", dir.display());
+            Ok(())
+        }
+        ModelCommand::CreateReduced { dir, layout } => {
+            reduced::write(&dir, layout).map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "the release's structure at a reduced width ({layout:?} layout); random weights"
             );
             println!("{}", dir.display());
             Ok(())

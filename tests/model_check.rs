@@ -49,6 +49,30 @@ fn check_passes_a_complete_directory_and_names_each_problem_of_a_broken_one() {
 }
 
 #[test]
+fn check_passes_the_release_structure_in_both_layouts() {
+    let work = tempfile::tempdir().unwrap();
+    for layout in ["diffusers", "genmo"] {
+        let dir = work.path().join(layout);
+        let dir_arg = dir.to_str().unwrap();
+        let created = mochi(&["model", "create-reduced", dir_arg, "--layout", layout]);
+        assert!(created.status.success(), "{created:?}");
+        let checked = mochi(&["model", "check", dir_arg]);
+        let stdout = String::from_utf8_lossy(&checked.stdout);
+        assert!(checked.status.success(), "{layout}: {stdout}");
+        assert!(stdout.contains("model directory is complete"), "{stdout}");
+    }
+    let genmo = work.path().join("genmo");
+    std::fs::remove_file(genmo.join("decoder.safetensors")).unwrap();
+    let broken = mochi(&["model", "check", genmo.to_str().unwrap()]);
+    assert!(!broken.status.success());
+    let stdout = String::from_utf8_lossy(&broken.stdout);
+    assert!(stdout.contains("problem: no VAE decoder: expected vae/ (config.json and weights, diffusers' layout) or decoder.safetensors (genmo's)"), "{stdout}");
+    let unknown = mochi(&["model", "create-reduced", "x", "--layout", "onnx"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("use diffusers or genmo"));
+}
+
+#[test]
 fn run_gives_the_reference_output_of_a_component_from_named_tensors() {
     use candle_core::{Device, Tensor};
 

@@ -248,3 +248,51 @@ fn a_t5_config_the_weights_contradict_is_refused_naming_the_field_and_both_value
         "{error}"
     );
 }
+
+#[test]
+fn prompts_are_padded_and_truncated_to_the_transformers_max_sequence_length() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for sub in ["tokenizer", "text_encoder"] {
+        let from = fixtures().join(sub);
+        let to = dir.path().join(sub);
+        std::fs::create_dir_all(&to).expect("mkdir");
+        for entry in std::fs::read_dir(&from).expect("read_dir") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+        }
+    }
+    let prompt = "A red fox runs through fresh snow at dawn, looking for a warm place to rest.";
+    let mut full = TextEncoder::from_model_dir(dir.path(), &Device::Cpu).expect("encoder");
+    assert_eq!(full.tokenizer().max_tokens(), MAX_TEXT_TOKENS);
+    let whole = full.tokenizer().encode(prompt).expect("tokens");
+    assert!(whole.valid > 6, "the prompt must be longer than the limit");
+
+    std::fs::create_dir_all(dir.path().join("transformer")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("transformer/config.json"),
+        r#"{"max_sequence_length": 6}"#,
+    )
+    .expect("write");
+    let mut short = TextEncoder::from_model_dir(dir.path(), &Device::Cpu).expect("encoder");
+    let tokens = short.tokenizer().encode(prompt).expect("tokens");
+    assert_eq!(tokens.ids.len(), 6);
+    assert_eq!(tokens.valid, 6);
+    assert_eq!(&tokens.ids[..5], &whole.ids[..5]);
+    assert_eq!(tokens.ids[5], 1, "</s> stays last");
+    let encoded = short.encode(prompt).expect("encode");
+    assert_eq!(encoded.features.dims(), &[1, 6, 32]);
+    assert_eq!(encoded.mask.dims(), &[1, 6]);
+    let empty = short.encode("").expect("empty");
+    assert_eq!(empty.features.dims(), &[1, 6, 32]);
+    drop(full.encode("x").expect("the default still works"));
+
+    std::fs::write(
+        dir.path().join("transformer/config.json"),
+        r#"{"max_sequence_length": 0}"#,
+    )
+    .expect("write");
+    let error = TextEncoder::from_model_dir(dir.path(), &Device::Cpu)
+        .expect_err("zero tokens")
+        .to_string();
+    assert!(error.contains("max_sequence_length is 0"), "{error}");
+}

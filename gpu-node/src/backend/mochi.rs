@@ -28,7 +28,7 @@ use mochi_model::model::vae::VaeDecoder;
 use mochi_model::model_dir::{safetensors_header, tiny};
 use mochi_model::pipeline::sampling::{self, StepInfo, TextConditioning};
 use mochi_model::pipeline::scheduler;
-use mochi_model::pipeline::text_encoder::TextEncoder;
+use mochi_model::pipeline::text_encoder::{self, TextEncoder};
 use mochi_model::pipeline::vae::to_rgb_frames;
 
 /// How the backend runs.
@@ -514,11 +514,9 @@ fn resident_bytes(dir: &Path, dit_dtype: DType) -> u64 {
     let dit_files =
         mochi_model::model::weights::find_weight_files_preferring(dir, dit_dtype == DType::BF16)
             .unwrap_or_default();
-    let text_dir = dir.join("text_encoder");
-    let text_files = mochi_model::model::weights::shards_from_index(
-        &text_dir.join("model.safetensors.index.json"),
-    )
-    .unwrap_or_else(|_| vec![text_dir.join("model.safetensors")]);
+    // genmo's T5 folder may hold the whole T5 (decoder too); the encoder is what loads.
+    let text_files =
+        text_encoder::encoder_files(&text_encoder::TextDirs::find(dir).encoder).unwrap_or_default();
     let vae_files = mochi_model::model::vae::weights::find_vae_files(dir).unwrap_or_default();
     let vae_prefix = if vae_files.iter().any(|f| f.ends_with("decoder.safetensors")) {
         ""
@@ -526,7 +524,8 @@ fn resident_bytes(dir: &Path, dit_dtype: DType) -> u64 {
         mochi_model::model_dir::VAE_DECODER_PREFIX
     };
     sum(&dit_files, dit_dtype.size_in_bytes() as u64, "")
-        + sum(&text_files, 4, "")
+        + sum(&text_files, 4, "shared.")
+        + sum(&text_files, 4, "encoder.")
         + sum(&vae_files, 4, vae_prefix)
 }
 

@@ -460,3 +460,38 @@ fn genmo_source(name: &str) -> Option<GenmoSource> {
         SwapHalves(key) => SwapHalves(format!("{block}{key}")),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::{GenmoSource, genmo_source};
+    use crate::model::Config;
+    use crate::model_dir::{dit_tensors, genmo_dit_tensors};
+
+    /// The loader's genmo mapping and genmo's module tree, written apart, agree on the
+    /// release: every diffusers tensor comes from a genmo tensor of the right shape, and
+    /// every genmo tensor is read.
+    #[test]
+    fn the_genmo_mapping_covers_genmo_s_tree_exactly() {
+        let config = Config::mochi_1_preview();
+        let genmo: BTreeMap<String, Vec<usize>> = genmo_dit_tensors(&config).into_iter().collect();
+        let mut read = BTreeSet::new();
+        for (name, shape) in dit_tensors(&config) {
+            let (key, parts) = match genmo_source(&name) {
+                Some(GenmoSource::Direct(key) | GenmoSource::SwapHalves(key)) => (key, 1),
+                Some(GenmoSource::Rows(key, _, parts)) => (key, parts),
+                None => panic!("`{name}` has no genmo source"),
+            };
+            let source = genmo
+                .get(&key)
+                .unwrap_or_else(|| panic!("`{name}` maps to `{key}`, not in genmo's tree"));
+            let mut expected = shape.clone();
+            expected[0] *= parts;
+            assert_eq!(source, &expected, "`{name}` from `{key}`");
+            read.insert(key);
+        }
+        let unread: Vec<&String> = genmo.keys().filter(|k| !read.contains(*k)).collect();
+        assert!(unread.is_empty(), "genmo tensors never read: {unread:?}");
+    }
+}

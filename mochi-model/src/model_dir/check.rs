@@ -1,13 +1,31 @@
-//! `mochi model check DIR`: verifies a model directory in the diffusers layout without
-//! loading it — every file present and as long as its header says, every tensor the
-//! configs imply present with the right shape and a float dtype the loader reads, and the
-//! components consistent with each other — and says exactly what is wrong.
+//! `mochi model check DIR`: verifies a model directory without loading it — every file
+//! present and as long as its header says, every tensor the configs imply present with the
+//! right shape and a float dtype the loader reads, and the components consistent with each
+//! other — and says exactly what is wrong.
+//!
+//! Both layouts of the release are understood: diffusers' folders (`transformer/`, `vae/`,
+//! `text_encoder/`, `tokenizer/`, each with its `config.json`) and genmo's files
+//! (`dit.safetensors` and `decoder.safetensors` without a config, whose structure is read
+//! from their shapes the way the loaders read it, and the T5 folder
+//! [`crate::pipeline::text_encoder::GENMO_T5_DIR`]). When both are present, both are checked.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use candle_core::{DType, Device};
+
 use super::ExpectedTensor;
 use super::safetensors_header::{self, TensorInfo};
+use crate::model::Config as DitConfig;
+use crate::model::vae::VaeConfig;
+use crate::pipeline::text_encoder::TextDirs;
+
+/// genmo's transformer checkpoint, at the root of a model directory.
+pub const GENMO_DIT_FILE: &str = "dit.safetensors";
+/// genmo's VAE decoder checkpoint, at the root of a model directory.
+pub const GENMO_DECODER_FILE: &str = "decoder.safetensors";
+/// The key prefix ComfyUI's repacks put in front of genmo's transformer keys.
+const GENMO_DIT_PREFIX: &str = "model.diffusion_model.";
 
 /// Dtypes the loaders convert from.
 const FLOAT_DTYPES: [&str; 3] = ["F32", "BF16", "F16"];
@@ -54,6 +72,9 @@ struct WeightSet<'a> {
     /// The single file, if not.
     single: Option<PathBuf>,
     expected: Vec<ExpectedTensor>,
+    /// Whether a tensor outside `expected` is a problem (genmo's files, whose structure is
+    /// read from the shapes: a stray block means one before it is missing).
+    exhaustive: bool,
 }
 
 struct Checker<'a> {
@@ -206,6 +227,19 @@ impl Checker<'_> {
                 "{component}: {unlisted} more tensor problems not listed"
             ));
         }
+        if set.exhaustive {
+            let expected: BTreeSet<&str> = set.expected.iter().map(|(n, _)| n.as_str()).collect();
+            let stray: Vec<&String> = found
+                .keys()
+                .filter(|name| !expected.contains(name.as_str()))
+                .collect();
+            if let Some(first) = stray.first() {
+                self.problem(format!(
+                    "{component}: {} tensor(s) the structure read from the shapes does not account for, e.g. `{first}` (a block missing before them, or another model's file)",
+                    stray.len()
+                ));
+            }
+        }
         if self.report.problems.len() == before {
             let files = listed.len();
             let dtypes: Vec<String> = dtypes.into_iter().collect();
@@ -216,6 +250,135 @@ impl Checker<'_> {
                 dtypes.join("+")
             ));
         }
+    }
+}
+
+impl Checker<'_> {
+    /// The header of a single-file checkpoint, or a problem (missing, unreadable, truncated).
+    fn single_header(&mut self, file: &Path) -> Option<safetensors_header::Header> {
+        match safetensors_header::read(file) {
+            Ok(header) if header.file_bytes == header.expected_file_bytes => Some(header),
+            Ok(header) => {
+                self.problem(format!(
+                    "{} has {} bytes but its header describes {} (truncated or damaged download)",
+                    self.rel(file),
+                    header.file_bytes,
+                    header.expected_file_bytes
+                ));
+                None
+            }
+            Err(e) => {
+                let text = e.replace(&format!("{}/", self.root.display()), "");
+                self.problem(text);
+                None
+            }
+        }
+    }
+
+    /// genmo's `dit.safetensors`: the structure read from the shapes (as the loader reads
+    /// it), then every tensor of genmo's module tree for it, and nothing else.
+    fn genmo_dit(&mut self, file: &Path) -> Option<DitConfig> {
+        let header = self.single_header(file)?;
+        let prefix = if header
+            .tensors
+            .contains_key(&format!("{GENMO_DIT_PREFIX}blocks.0.attn.qkv_x.weight"))
+        {
+            GENMO_DIT_PREFIX
+        } else {
+            ""
+        };
+        let derived = crate::model::weights::Weights::from_files(
+            &[file.to_path_buf()],
+            DType::F32,
+            &Device::Cpu,
+        )
+        .and_then(|weights| DitConfig::from_weights(&weights));
+        let config = match derived {
+            Ok(config) => config,
+            Err(e) => {
+                self.problem(format!(
+                    "{}: cannot read the transformer's structure from its shapes: {e}",
+                    self.rel(file)
+                ));
+                return None;
+            }
+        };
+        let block_prefix = format!("{prefix}blocks.");
+        let highest = header
+            .tensors
+            .keys()
+            .filter_map(|name| name.strip_prefix(&block_prefix)?.split_once('.'))
+            .filter_map(|(index, _)| index.parse::<usize>().ok())
+            .max();
+        if let Some(highest) = highest
+            && highest >= config.num_layers
+        {
+            self.problem(format!(
+                "{} has no block {} (`{block_prefix}{}.mod_x.weight`) but holds blocks up to {highest}: a block is missing",
+                self.rel(file),
+                config.num_layers,
+                config.num_layers
+            ));
+            return None;
+        }
+        let expected = super::genmo_dit_tensors(&config)
+            .into_iter()
+            .map(|(name, shape)| (format!("{prefix}{name}"), shape))
+            .collect();
+        self.weights(&WeightSet {
+            component: "transformer (genmo dit.safetensors)",
+            index: None,
+            single: Some(file.to_path_buf()),
+            expected,
+            exhaustive: true,
+        });
+        Some(config)
+    }
+
+    /// genmo's `decoder.safetensors`, the same way.
+    fn genmo_decoder(&mut self, file: &Path) -> Option<VaeConfig> {
+        self.single_header(file)?;
+        let derived = crate::model::vae::weights::VaeWeights::from_files(
+            &[file.to_path_buf()],
+            DType::F32,
+            &Device::Cpu,
+        )
+        .and_then(|weights| {
+            let config = VaeConfig::from_weights(&weights)?;
+            Ok((weights, config))
+        });
+        let (weights, config) = match derived {
+            Ok(found) => found,
+            Err(e) => {
+                self.problem(format!(
+                    "{}: cannot read the decoder's structure from its shapes: {e}",
+                    self.rel(file)
+                ));
+                return None;
+            }
+        };
+        let prefix = match weights.scheme() {
+            crate::model::vae::weights::VaeScheme::Genmo { prefix } => prefix.clone(),
+            crate::model::vae::weights::VaeScheme::Diffusers { .. } => {
+                self.problem(format!(
+                    "{} holds diffusers' decoder names; genmo's file holds `blocks.0.0.weight` and the like",
+                    self.rel(file)
+                ));
+                return None;
+            }
+        };
+        let expected = super::genmo_vae_decoder_tensors(&config)
+            .into_iter()
+            .map(|(name, shape)| (format!("{prefix}{name}"), shape))
+            .collect();
+        self.weights(&WeightSet {
+            component: "vae decoder (genmo decoder.safetensors)",
+            index: None,
+            single: Some(file.to_path_buf()),
+            expected,
+            exhaustive: true,
+        });
+        Some(config)
     }
 }
 
@@ -262,16 +425,23 @@ pub fn check(root: &Path) -> Report {
         return c.report;
     }
 
-    // transformer/: the f32 files and/or diffusers' bf16 variant.
-    let dit = c.read_config("transformer/config.json").and_then(|text| {
-        match crate::model::Config::from_diffusers_json(&text) {
-            Ok(config) => Some(config),
-            Err(e) => {
-                c.problem(format!("transformer/config.json: {e}"));
-                None
+    // transformer/: the f32 files and/or diffusers' bf16 variant; genmo's dit.safetensors.
+    let genmo_dit = root.join(GENMO_DIT_FILE);
+    let has_genmo_dit = genmo_dit.is_file();
+    let mut dit = None;
+    if !has_genmo_dit && !root.join("transformer").is_dir() {
+        c.problem(format!("no transformer: expected transformer/ (config.json and weights, diffusers' layout) or {GENMO_DIT_FILE} (genmo's)"));
+    } else if root.join("transformer").is_dir() {
+        dit = c.read_config("transformer/config.json").and_then(|text| {
+            match crate::model::Config::from_diffusers_json(&text) {
+                Ok(config) => Some(config),
+                Err(e) => {
+                    c.problem(format!("transformer/config.json: {e}"));
+                    None
+                }
             }
-        }
-    });
+        });
+    }
     if let Some(config) = &dit {
         let dir = root.join("transformer");
         let variants = [
@@ -295,27 +465,33 @@ pub fn check(root: &Path) -> Report {
                     index,
                     single,
                     expected: super::dit_tensors(config),
+                    exhaustive: false,
                 });
             }
         }
         if !any {
-            c.problem("no transformer weights: expected transformer/diffusion_pytorch_model.safetensors.index.json with its shards, or transformer/diffusion_pytorch_model.safetensors (or their bf16 variants)".to_owned());
+            c.problem(format!("no transformer weights: expected transformer/diffusion_pytorch_model.safetensors.index.json with its shards, or transformer/diffusion_pytorch_model.safetensors (or their bf16 variants), or genmo's {GENMO_DIT_FILE}"));
         }
     }
+    if has_genmo_dit {
+        let genmo = c.genmo_dit(&genmo_dit);
+        dit = dit.or(genmo);
+    }
 
-    // text_encoder/ + tokenizer/.
-    let t5 =
-        c.read_config("text_encoder/config.json").and_then(
-            |text| match super::t5_config_from_json(&text) {
-                Ok(config) => Some(config),
-                Err(e) => {
-                    c.problem(format!("text_encoder/config.json: {e}"));
-                    None
-                }
-            },
-        );
+    // The text path: diffusers' text_encoder/ + tokenizer/, or genmo's T5 folder.
+    let text = TextDirs::find(root);
+    let encoder_dir = c.rel(&text.encoder);
+    let t5 = c
+        .read_config(&format!("{encoder_dir}/config.json"))
+        .and_then(|json| match super::t5_config_from_json(&json) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                c.problem(format!("{encoder_dir}/config.json: {e}"));
+                None
+            }
+        });
     if let Some(config) = &t5 {
-        match weight_files(&root.join("text_encoder"), "model.safetensors.index.json", "model.safetensors") {
+        match weight_files(&text.encoder, "model.safetensors.index.json", "model.safetensors") {
             Some((index, single)) => {
                 let mut expected = super::t5_encoder_tensors(config);
                 // The token embedding may be stored under the encoder's own name.
@@ -330,9 +506,10 @@ pub fn check(root: &Path) -> Report {
                     index,
                     single,
                     expected,
+                    exhaustive: false,
                 });
             }
-            None => c.problem("no T5 weights: expected text_encoder/model.safetensors.index.json with its shards, or text_encoder/model.safetensors".to_owned()),
+            None => c.problem(format!("no T5 weights: expected {encoder_dir}/model.safetensors.index.json with its shards, or {encoder_dir}/model.safetensors")),
         }
     }
     match crate::pipeline::text_encoder::PromptTokenizer::from_model_dir(root) {
@@ -340,16 +517,23 @@ pub fn check(root: &Path) -> Report {
         Err(e) => c.problem(format!("tokenizer: {e}")),
     }
 
-    // vae/: the decoder.
-    let vae = c.read_config("vae/config.json").and_then(|text| {
-        match super::vae_config_from_json(&text) {
-            Ok(config) => Some(config),
-            Err(e) => {
-                c.problem(format!("vae/config.json: {e}"));
-                None
+    // vae/: the decoder; genmo's decoder.safetensors.
+    let genmo_decoder = root.join(GENMO_DECODER_FILE);
+    let has_genmo_decoder = genmo_decoder.is_file();
+    let mut vae = None;
+    if !has_genmo_decoder && !root.join("vae").is_dir() {
+        c.problem(format!("no VAE decoder: expected vae/ (config.json and weights, diffusers' layout) or {GENMO_DECODER_FILE} (genmo's)"));
+    } else if root.join("vae").is_dir() {
+        vae = c.read_config("vae/config.json").and_then(|text| {
+            match super::vae_config_from_json(&text) {
+                Ok(config) => Some(config),
+                Err(e) => {
+                    c.problem(format!("vae/config.json: {e}"));
+                    None
+                }
             }
-        }
-    });
+        });
+    }
     if let Some(config) = &vae {
         match weight_files(&root.join("vae"), "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors") {
             Some((index, single)) => c.weights(&WeightSet {
@@ -357,9 +541,14 @@ pub fn check(root: &Path) -> Report {
                 index,
                 single,
                 expected: super::vae_decoder_tensors(config),
+                exhaustive: false,
             }),
-            None => c.problem("no VAE weights: expected vae/diffusion_pytorch_model.safetensors (or an index with shards)".to_owned()),
+            None => c.problem(format!("no VAE weights: expected vae/diffusion_pytorch_model.safetensors (or an index with shards), or genmo's {GENMO_DECODER_FILE}")),
         }
+    }
+    if has_genmo_decoder {
+        let genmo = c.genmo_decoder(&genmo_decoder);
+        vae = vae.or(genmo);
     }
 
     // The components must fit together.
@@ -395,7 +584,7 @@ fn holds(index: Option<&Path>, single: Option<&Path>, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model_dir::tiny;
+    use crate::model_dir::{reduced, tiny};
 
     fn tiny_dir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tmp");
@@ -469,5 +658,90 @@ mod tests {
         assert!(text.contains("tokenizer: no tokenizer"), "{text}");
         assert!(text.contains("missing file vae/config.json"), "{text}");
         assert_eq!(report.problems.len(), 3, "{text}");
+    }
+
+    fn reduced_dir(layout: reduced::Layout) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tmp");
+        reduced::write(dir.path(), layout).expect("reduced release");
+        dir
+    }
+
+    #[test]
+    fn the_reduced_release_passes_in_both_layouts() {
+        let diffusers = check(reduced_dir(reduced::Layout::Diffusers).path());
+        assert!(diffusers.is_ok(), "{diffusers}");
+        let text = diffusers.to_string();
+        // 48 blocks: 22 tensors each, 18 for the last (no text update), 19 outside them.
+        let tensors = 47 * 22 + 18 + 19;
+        assert!(
+            text.contains(&format!("ok: transformer: {tensors} tensors in 5 file(s)")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "ok: transformer (bf16 variant): {tensors} tensors in 3 file(s)"
+            )) && text.contains("BF16"),
+            "{text}"
+        );
+        assert!(text.contains("ok: text_encoder: "), "{text}");
+
+        let genmo = check(reduced_dir(reduced::Layout::Genmo).path());
+        assert!(genmo.is_ok(), "{genmo}");
+        let text = genmo.to_string();
+        // genmo's fused q/k/v: 18 per block, 14 for the last, 19 outside.
+        let genmo_tensors = 47 * 18 + 14 + 19;
+        assert!(
+            text.contains(&format!(
+                "ok: transformer (genmo dit.safetensors): {genmo_tensors} tensors in 1 file(s)"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("ok: vae decoder (genmo decoder.safetensors)"),
+            "{text}"
+        );
+        assert!(text.contains("ok: text_encoder: ") && text.contains("ok: tokenizer: loads"));
+    }
+
+    #[test]
+    fn a_genmo_checkpoint_missing_a_block_is_refused() {
+        let dir = reduced_dir(reduced::Layout::Genmo);
+        let path = dir.path().join(GENMO_DIT_FILE);
+        let mut tensors =
+            candle_core::safetensors::load(&path, &candle_core::Device::Cpu).expect("load");
+        tensors.retain(|name, _| !name.starts_with("blocks.20."));
+        candle_core::safetensors::save(&tensors, &path).expect("save");
+        let report = check(dir.path());
+        assert_eq!(
+            report.problems,
+            vec![
+                "dit.safetensors has no block 20 (`blocks.20.mod_x.weight`) but holds blocks up to 47: a block is missing"
+                    .to_owned()
+            ]
+        );
+        // A tensor of another model is named.
+        let dir = reduced_dir(reduced::Layout::Genmo);
+        let path = dir.path().join(GENMO_DIT_FILE);
+        let mut tensors =
+            candle_core::safetensors::load(&path, &candle_core::Device::Cpu).expect("load");
+        let extra =
+            candle_core::Tensor::zeros(4, candle_core::DType::F32, &candle_core::Device::Cpu)
+                .expect("zeros");
+        tensors.insert("lora.alpha".to_owned(), extra);
+        candle_core::safetensors::save(&tensors, &path).expect("save");
+        let text = check(dir.path()).to_string();
+        assert!(
+            text.contains("1 tensor(s) the structure read from the shapes does not account for, e.g. `lora.alpha`"),
+            "{text}"
+        );
+
+        // A missing T5 folder is named by its genmo name.
+        let dir = reduced_dir(reduced::Layout::Genmo);
+        std::fs::remove_file(dir.path().join("t5-v1_1-xxl/model.safetensors")).expect("rm");
+        let text = check(dir.path()).to_string();
+        assert!(
+            text.contains("no T5 weights: expected t5-v1_1-xxl/model.safetensors.index.json"),
+            "{text}"
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! are prefixed `decoder.`), `scheduler/`, `model_index.json`.
 
 pub mod check;
+pub mod reduced;
 pub mod safetensors_header;
 pub mod tiny;
 
@@ -22,6 +23,74 @@ pub type ExpectedTensor = (String, Vec<usize>);
 /// The transformer's tensors (diffusers names, no prefix).
 pub fn dit_tensors(config: &DitConfig) -> Vec<ExpectedTensor> {
     crate::model::random::checkpoint_shapes(config)
+}
+
+/// genmo's SwiGLU hidden width for a stream of width `dim`: `FeedForward` in
+/// `asymm_models_joint.py` takes `int(2 · 4·dim / 3)` rounded up to a multiple of 256
+/// (8192 and 4096 for the release, as diffusers' rule gives; at reduced widths they differ).
+pub fn genmo_ffn_hidden(dim: usize) -> usize {
+    const MULTIPLE_OF: usize = 256;
+    (2 * 4 * dim / 3).div_ceil(MULTIPLE_OF) * MULTIPLE_OF
+}
+
+/// The transformer's tensors in genmo's `dit.safetensors` (`AsymmDiTJoint` names, no
+/// prefix), written from genmo's module tree (`docs/mochi-model-spec.md` §2.6) rather than
+/// derived from the loader's mapping, so that the two can be checked against each other.
+pub fn genmo_dit_tensors(config: &DitConfig) -> Vec<ExpectedTensor> {
+    let dx = config.hidden_size_x();
+    let dy = config.hidden_size_y;
+    let dt = config.text_embed_dim;
+    let p = config.patch_size;
+    let (fx, fy) = (genmo_ffn_hidden(dx), genmo_ffn_hidden(dy));
+    let mut out: Vec<ExpectedTensor> = Vec::new();
+    let mut push = |name: String, shape: Vec<usize>| out.push((name, shape));
+    push(
+        "x_embedder.proj.weight".into(),
+        vec![dx, config.in_channels, p, p],
+    );
+    push("x_embedder.proj.bias".into(), vec![dx]);
+    for (name, rows, cols) in [
+        ("t_embedder.mlp.0", dx, config.time_embed_dim),
+        ("t_embedder.mlp.2", dx, dx),
+        ("t5_y_embedder.to_kv", 2 * dt, dt),
+        ("t5_y_embedder.to_q", dt, dt),
+        ("t5_y_embedder.to_out", dx, dt),
+        ("t5_yproj", dy, dt),
+        ("final_layer.mod", 2 * dx, dx),
+        ("final_layer.linear", p * p * config.out_channels, dx),
+    ] {
+        push(format!("{name}.weight"), vec![rows, cols]);
+        push(format!("{name}.bias"), vec![rows]);
+    }
+    push(
+        "pos_frequencies".into(),
+        vec![3, config.num_heads, config.head_dim / 2],
+    );
+    for i in 0..config.num_layers {
+        let b = format!("blocks.{i}");
+        let last = i + 1 == config.num_layers;
+        push(format!("{b}.mod_x.weight"), vec![4 * dx, dx]);
+        push(format!("{b}.mod_x.bias"), vec![4 * dx]);
+        let mod_y = if last { dy } else { 4 * dy };
+        push(format!("{b}.mod_y.weight"), vec![mod_y, dx]);
+        push(format!("{b}.mod_y.bias"), vec![mod_y]);
+        push(format!("{b}.attn.qkv_x.weight"), vec![3 * dx, dx]);
+        push(format!("{b}.attn.qkv_y.weight"), vec![3 * dx, dy]);
+        for norm in ["q_norm_x", "k_norm_x", "q_norm_y", "k_norm_y"] {
+            push(format!("{b}.attn.{norm}.weight"), vec![config.head_dim]);
+        }
+        push(format!("{b}.attn.proj_x.weight"), vec![dx, dx]);
+        push(format!("{b}.attn.proj_x.bias"), vec![dx]);
+        push(format!("{b}.mlp_x.w1.weight"), vec![2 * fx, dx]);
+        push(format!("{b}.mlp_x.w2.weight"), vec![dx, fx]);
+        if !last {
+            push(format!("{b}.attn.proj_y.weight"), vec![dy, dx]);
+            push(format!("{b}.attn.proj_y.bias"), vec![dy]);
+            push(format!("{b}.mlp_y.w1.weight"), vec![2 * fy, dy]);
+            push(format!("{b}.mlp_y.w2.weight"), vec![dy, fy]);
+        }
+    }
+    out
 }
 
 /// Key prefix of the decoder in diffusers' `vae/` files.
@@ -80,6 +149,20 @@ pub fn vae_decoder_tensors(config: &VaeConfig) -> Vec<ExpectedTensor> {
     push("proj_out.weight".into(), vec![config.out_channels, ch[0]]);
     push("proj_out.bias".into(), vec![config.out_channels]);
     out
+}
+
+/// The VAE decoder's tensors in genmo's `decoder.safetensors` (no prefix): the names of
+/// [`vae_decoder_tensors`] renamed as `docs/mochi-model-spec.md` §3.5 tabulates (genmo's
+/// `Decoder` numbers its stages `blocks.0 ..= blocks.{n_up + 1}`), same shapes.
+pub fn genmo_vae_decoder_tensors(config: &VaeConfig) -> Vec<ExpectedTensor> {
+    let n_up = config.block_out_channels.len().saturating_sub(1);
+    vae_decoder_tensors(config)
+        .into_iter()
+        .filter_map(|(name, shape)| {
+            let bare = name.strip_prefix(VAE_DECODER_PREFIX)?;
+            crate::model::vae::weights::genmo_key(bare, n_up).map(|key| (key, shape))
+        })
+        .collect()
 }
 
 /// The T5 encoder's tensors (transformers names) for `config`; the token embedding is

@@ -24,7 +24,8 @@ const SEED: u64 = 0x6d6f_6368_692d_7469; // "mochi-ti"
 
 /// The tokenizer: the 80-piece SentencePiece model of the text fixtures
 /// (`tools/make_t5_fixtures.py`), so every id fits the tiny T5 vocabulary.
-const SPIECE_MODEL: &[u8] = include_bytes!("../../tests/fixtures/t5/tokenizer/spiece.model");
+pub(super) const SPIECE_MODEL: &[u8] =
+    include_bytes!("../../tests/fixtures/t5/tokenizer/spiece.model");
 /// Vocabulary of the tiny T5 (the SentencePiece model's pieces, no `<extra_id_N>`).
 const T5_VOCAB: usize = 80;
 /// Transformer shards, as the release splits its checkpoint.
@@ -112,6 +113,22 @@ fn init_for(name: &str, shape: &[usize]) -> Init {
     Init::Uniform(1.0 / (fan_in.max(1) as f32).sqrt())
 }
 
+/// How [`safetensors_file_as`] stores values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Storage {
+    /// Little-endian f32.
+    F32,
+    /// bfloat16, rounded to nearest even from the f32 values.
+    Bf16,
+}
+
+/// The bfloat16 bits nearest to a finite `value` (ties to even).
+fn bf16_bits(value: f32) -> u16 {
+    let bits = value.to_bits();
+    let rounded = bits + 0x7fff + ((bits >> 16) & 1);
+    (rounded >> 16) as u16
+}
+
 /// Little-endian f32 bytes of a tensor's deterministic values.
 fn tensor_bytes(name: &str, shape: &[usize]) -> Vec<u8> {
     let count: usize = shape.iter().product();
@@ -132,14 +149,39 @@ fn tensor_bytes(name: &str, shape: &[usize]) -> Vec<u8> {
 
 /// A safetensors file of `tensors` (f32), with diffusers' `{"format": "pt"}` metadata.
 fn safetensors_file(tensors: &[(String, Vec<usize>)]) -> Result<Vec<u8>, String> {
+    safetensors_file_as(tensors, Storage::F32)
+}
+
+/// A safetensors file of `tensors`' deterministic values (each from its name) stored as
+/// `storage`, with diffusers' `{"format": "pt"}` metadata.
+pub(super) fn safetensors_file_as(
+    tensors: &[(String, Vec<usize>)],
+    storage: Storage,
+) -> Result<Vec<u8>, String> {
     let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(name, shape)| (name.clone(), shape.clone(), tensor_bytes(name, shape)))
+        .map(|(name, shape)| {
+            let f32_bytes = tensor_bytes(name, shape);
+            let bytes = match storage {
+                Storage::F32 => f32_bytes,
+                Storage::Bf16 => f32_bytes
+                    .chunks_exact(4)
+                    .flat_map(|b| {
+                        bf16_bits(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes()
+                    })
+                    .collect(),
+            };
+            (name.clone(), shape.clone(), bytes)
+        })
         .collect();
+    let dtype = match storage {
+        Storage::F32 => safetensors::Dtype::F32,
+        Storage::Bf16 => safetensors::Dtype::BF16,
+    };
     let views = data
         .iter()
         .map(|(name, shape, bytes)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+            safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes)
                 .map(|view| (name.clone(), view))
         })
         .collect::<Result<Vec<_>, _>>()
@@ -149,13 +191,13 @@ fn safetensors_file(tensors: &[(String, Vec<usize>)]) -> Result<Vec<u8>, String>
         .map_err(|e| format!("cannot serialise tensors: {e}"))
 }
 
-fn json(value: &serde_json::Value) -> Vec<u8> {
+pub(super) fn json(value: &serde_json::Value) -> Vec<u8> {
     let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
     text.push('\n');
     text.into_bytes()
 }
 
-fn dit_config_json(c: &DitConfig) -> serde_json::Value {
+pub(super) fn dit_config_json(c: &DitConfig) -> serde_json::Value {
     serde_json::json!({
         "_class_name": "MochiTransformer3DModel",
         "activation_fn": "swiglu",
@@ -173,7 +215,7 @@ fn dit_config_json(c: &DitConfig) -> serde_json::Value {
     })
 }
 
-fn vae_config_json(c: &VaeConfig) -> serde_json::Value {
+pub(super) fn vae_config_json(c: &VaeConfig) -> serde_json::Value {
     serde_json::json!({
         "_class_name": "AutoencoderKLMochi",
         "act_fn": "silu",
@@ -253,29 +295,14 @@ pub fn files() -> Result<Vec<(String, Vec<u8>)>, String> {
         "transformer/config.json".to_owned(),
         json(&dit_config_json(&dit)),
     ));
-    let mut tensors = super::dit_tensors(&dit);
-    tensors.sort();
-    let per_shard = tensors.len().div_ceil(DIT_SHARDS);
-    let mut weight_map = BTreeMap::new();
-    let mut total_size = 0usize;
-    for (index, chunk) in tensors.chunks(per_shard).enumerate() {
-        let name = format!(
-            "diffusion_pytorch_model-{:05}-of-{DIT_SHARDS:05}.safetensors",
-            index + 1
-        );
-        for (tensor, shape) in chunk {
-            weight_map.insert(tensor.clone(), name.clone());
-            total_size += 4 * shape.iter().product::<usize>();
-        }
-        out.push((format!("transformer/{name}"), safetensors_file(chunk)?));
-    }
-    out.push((
-        "transformer/diffusion_pytorch_model.safetensors.index.json".to_owned(),
-        json(&serde_json::json!({
-            "metadata": {"total_size": total_size},
-            "weight_map": weight_map,
-        })),
-    ));
+    out.extend(sharded(
+        "transformer",
+        "diffusion_pytorch_model",
+        "",
+        super::dit_tensors(&dit),
+        DIT_SHARDS,
+        Storage::F32,
+    )?);
 
     // text_encoder/ and tokenizer/.
     out.push(("text_encoder/config.json".to_owned(), json(&t5_json)));
@@ -299,6 +326,50 @@ pub fn files() -> Result<Vec<(String, Vec<u8>)>, String> {
     Ok(out)
 }
 
+/// A component's tensors split into `shards` files named as transformers and diffusers
+/// name them (`{stem}{variant}-0000k-of-0000n.safetensors`, e.g. `.bf16` as `variant`) in
+/// `folder`, with their index (`{stem}.safetensors.index{variant}.json`).
+pub(super) fn sharded(
+    folder: &str,
+    stem: &str,
+    variant: &str,
+    mut tensors: Vec<(String, Vec<usize>)>,
+    shards: usize,
+    storage: Storage,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
+    tensors.sort();
+    let per_shard = tensors.len().div_ceil(shards.max(1)).max(1);
+    let bytes_per_value = match storage {
+        Storage::F32 => 4,
+        Storage::Bf16 => 2,
+    };
+    let mut out = Vec::new();
+    let mut weight_map = BTreeMap::new();
+    let mut total_size = 0usize;
+    for (index, chunk) in tensors.chunks(per_shard).enumerate() {
+        let name = format!(
+            "{stem}{variant}-{:05}-of-{shards:05}.safetensors",
+            index + 1
+        );
+        for (tensor, shape) in chunk {
+            weight_map.insert(tensor.clone(), name.clone());
+            total_size += bytes_per_value * shape.iter().product::<usize>();
+        }
+        out.push((
+            format!("{folder}/{name}"),
+            safetensors_file_as(chunk, storage)?,
+        ));
+    }
+    out.push((
+        format!("{folder}/{stem}.safetensors.index{variant}.json"),
+        json(&serde_json::json!({
+            "metadata": {"total_size": total_size},
+            "weight_map": weight_map,
+        })),
+    ));
+    Ok(out)
+}
+
 /// The `vae/` files of a decoder of any structure (diffusers layout: `config.json` and the
 /// weights, deterministic), e.g. to check loading on structures the release does not have.
 pub fn vae_files(config: &VaeConfig) -> Result<Vec<(String, Vec<u8>)>, String> {
@@ -312,7 +383,7 @@ pub fn vae_files(config: &VaeConfig) -> Result<Vec<(String, Vec<u8>)>, String> {
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename (never a half file).
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -1,5 +1,6 @@
-//! The text path: T5 v1.1 tokenisation to 256 tokens with a mask, and the T5 encoder
-//! (candle-transformers' `T5EncoderModel`) run in f32 (`docs/mochi-model-spec.md` §1.2).
+//! The text path: T5 v1.1 tokenisation to the transformer's `max_sequence_length` tokens
+//! (256 in the release) with a mask, and the T5 encoder (candle-transformers'
+//! `T5EncoderModel`) run in f32 (`docs/mochi-model-spec.md` §1.2).
 //!
 //! The release ships `tokenizer/spiece.model`; it is read directly by the pure-Rust
 //! SentencePiece reader in [`super::spiece`] (a `tokenizer.json` is used only when no
@@ -17,7 +18,8 @@ use super::sampling::TextConditioning;
 use crate::model::contradiction;
 use crate::model::weights::shards_from_index;
 
-/// Text tokens per prompt, padding included.
+/// Text tokens per prompt, padding included, when the model directory does not say
+/// (the release's `max_sequence_length`).
 pub const MAX_TEXT_TOKENS: usize = 256;
 /// T5's end-of-sequence id.
 pub const EOS_ID: u32 = 1;
@@ -77,11 +79,11 @@ impl PromptTokenizer {
         })
     }
 
-    /// Loads the tokenizer of a model directory: `tokenizer/spiece.model` (what the release
-    /// ships; `extra_ids` from `tokenizer_config.json`, default 100), else
-    /// `tokenizer/tokenizer.json`.
+    /// Loads the tokenizer of a model directory (its folder as [`TextDirs::find`] says):
+    /// `spiece.model` (what the release ships; `extra_ids` from `tokenizer_config.json`,
+    /// default 100), else `tokenizer.json`.
     pub fn from_model_dir(model_dir: &Path) -> Result<Self> {
-        let dir = model_dir.join("tokenizer");
+        let dir = TextDirs::find(model_dir).tokenizer;
         let spiece = dir.join("spiece.model");
         if spiece.is_file() {
             return Self::from_spiece(&spiece, extra_ids(&dir)?);
@@ -96,7 +98,25 @@ impl PromptTokenizer {
         )))
     }
 
-    /// Tokenises a prompt: pieces + `</s>`, truncated to 256 (keeping `</s>` last), padded with 0.
+    /// The same tokenizer producing `max_tokens` ids per prompt (truncating and padding to
+    /// it); at least 1, so that `</s>` always fits.
+    pub fn with_max_tokens(mut self, max_tokens: usize) -> Result<Self> {
+        if max_tokens == 0 {
+            return Err(Error::Msg(
+                "max_sequence_length is 0; a prompt needs at least one token (</s>)".into(),
+            ));
+        }
+        self.max_tokens = max_tokens;
+        Ok(self)
+    }
+
+    /// Ids per prompt, padding included.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Tokenises a prompt: pieces + `</s>`, truncated to [`Self::max_tokens`] (keeping `</s>`
+    /// last), padded with 0.
     pub fn encode(&self, prompt: &str) -> Result<Tokens> {
         let encoding = self
             .inner
@@ -149,9 +169,41 @@ impl std::fmt::Debug for TextEncoder {
     }
 }
 
-/// Weight files of `text_encoder/`: the shards of `model.safetensors.index.json`, or
+/// Folder of genmo's layout holding the T5 encoder and its tokenizer together: the
+/// `google/t5-v1_1-xxl` repository that genmo's code loads beside `dit.safetensors`.
+pub const GENMO_T5_DIR: &str = "t5-v1_1-xxl";
+
+/// Where a model directory keeps the text path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextDirs {
+    /// The T5 `config.json` and weights.
+    pub encoder: PathBuf,
+    /// `spiece.model` (or `tokenizer.json`) and `tokenizer_config.json`.
+    pub tokenizer: PathBuf,
+}
+
+impl TextDirs {
+    /// diffusers' `text_encoder/` and `tokenizer/`; when there is no
+    /// `text_encoder/config.json` but a [`GENMO_T5_DIR`] with one, that folder for both.
+    pub fn find(model_dir: &Path) -> Self {
+        let genmo = model_dir.join(GENMO_T5_DIR);
+        let diffusers = model_dir.join("text_encoder");
+        if !diffusers.join("config.json").is_file() && genmo.join("config.json").is_file() {
+            return Self {
+                encoder: genmo.clone(),
+                tokenizer: genmo,
+            };
+        }
+        Self {
+            encoder: diffusers,
+            tokenizer: model_dir.join("tokenizer"),
+        }
+    }
+}
+
+/// Weight files of a T5 folder: the shards of `model.safetensors.index.json`, or
 /// `model.safetensors`.
-fn encoder_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn encoder_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         return shards_from_index(&index);
@@ -223,10 +275,17 @@ fn check_against(
 }
 
 impl TextEncoder {
-    /// Loads `tokenizer/` and `text_encoder/` (config.json + safetensors) under `model_dir`, in f32.
+    /// Loads the tokenizer and the T5 encoder (config.json + safetensors) of `model_dir`
+    /// (diffusers' `tokenizer/` and `text_encoder/`, or genmo's [`GENMO_T5_DIR`]), in
+    /// f32. Prompts are padded to the transformer's `max_sequence_length` when
+    /// `transformer/config.json` is there, else to [`MAX_TEXT_TOKENS`].
     pub fn from_model_dir(model_dir: &Path, device: &Device) -> Result<Self> {
-        let tokenizer = PromptTokenizer::from_model_dir(model_dir)?;
-        let dir = model_dir.join("text_encoder");
+        let max_tokens = match crate::model::Config::from_model_dir(model_dir)? {
+            Some(config) => config.max_sequence_length,
+            None => MAX_TEXT_TOKENS,
+        };
+        let tokenizer = PromptTokenizer::from_model_dir(model_dir)?.with_max_tokens(max_tokens)?;
+        let dir = TextDirs::find(model_dir).encoder;
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path)
             .map_err(|e| Error::Msg(format!("cannot read {}: {e}", config_path.display())))?;
@@ -269,7 +328,8 @@ impl TextEncoder {
         self.model.forward_dt(&input, Some(DType::F32))
     }
 
-    /// Encodes a prompt to `(1, 256, D)` features and a `(1, 256)` mask (f32). The empty
+    /// Encodes a prompt to `(1, L, D)` features and a `(1, L)` mask (f32), `L` the
+    /// tokenizer's [`PromptTokenizer::max_tokens`]. The empty
     /// prompt follows genmo: no valid token at all (zero mask, zero features), so the
     /// unconditional branch sees no text.
     pub fn encode(&mut self, prompt: &str) -> Result<TextConditioning> {

@@ -80,10 +80,23 @@ impl CausalConv3d {
     }
 
     fn taps(&self, padded: &Tensor, t: usize) -> Result<Tensor> {
+        // candle's CPU conv2d has no bf16 kernel. There each tap runs in f32 on the bf16
+        // values (exact products, f32 sums: what a GPU's bf16 convolution accumulates in)
+        // and is rounded back to bf16, so a CPU run shows the error a GPU run has.
+        let dtype = padded.dtype();
+        let widen = padded.device().is_cpu() && dtype == DType::BF16;
         let mut acc: Option<Tensor> = None;
         for k in 0..KERNEL_T {
             let kernel = self.weight.narrow(2, k, 1)?.squeeze(2)?.contiguous()?;
-            let y = padded.narrow(0, k, t)?.conv2d(&kernel, 0, 1, 1, 1)?;
+            let frames = padded.narrow(0, k, t)?;
+            let y = if widen {
+                frames
+                    .to_dtype(DType::F32)?
+                    .conv2d(&kernel.to_dtype(DType::F32)?, 0, 1, 1, 1)?
+                    .to_dtype(dtype)?
+            } else {
+                frames.conv2d(&kernel, 0, 1, 1, 1)?
+            };
             acc = Some(match acc {
                 None => y,
                 Some(a) => (a + y)?,

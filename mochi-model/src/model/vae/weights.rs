@@ -246,7 +246,7 @@ fn detect_scheme(tensors: &MmapedSafetensors) -> Option<VaeScheme> {
 
 /// Maps a diffusers decoder name (no `decoder.` prefix) to genmo's, given the number of
 /// up blocks (genmo's last stage is `blocks.{n_up + 1}`).
-fn genmo_key(name: &str, n_up: usize) -> Option<String> {
+pub fn genmo_key(name: &str, n_up: usize) -> Option<String> {
     let res_part = |rest: &str| -> Option<String> {
         let (index, inner) = rest.split_once('.')?;
         let (layer, param) = inner.rsplit_once('.')?;
