@@ -5,6 +5,7 @@ use candle_core::{D, Result, Tensor};
 use super::attention::{Qkv, TextLayout, apply_rope, joint_attention};
 use super::config::Config;
 use super::embeddings::load_linear;
+use super::keys::{Key, block, top};
 use super::ops::{Linear, layer_norm, rms_norm, rms_norm_weighted, scale_tokens};
 use super::weights::Weights;
 
@@ -16,15 +17,18 @@ pub const QK_NORM_EPS: f64 = 1e-5;
 /// SwiGLU feed-forward with diffusers' half order: `W2(h_a ⊙ SiLU(h_b))`.
 #[derive(Debug, Clone)]
 pub struct FeedForward {
+    /// [`block::MLP_X_W1`] / [`block::MLP_Y_W1`].
     w1: Linear,
+    /// [`block::MLP_X_W2`] / [`block::MLP_Y_W2`].
     w2: Linear,
     hidden: usize,
 }
 
 impl FeedForward {
-    /// Loads `{prefix}.net.0.proj` / `{prefix}.net.2`; the hidden width comes from the weights.
-    pub fn load(weights: &Weights, prefix: &str, dim: usize) -> Result<Self> {
-        let w1_name = format!("{prefix}.net.0.proj.weight");
+    /// Loads the pair `(w1, w2)` of block `index`; the hidden width comes from the weights.
+    pub fn load(weights: &Weights, (w1, w2): (Key, Key), index: usize, dim: usize) -> Result<Self> {
+        let w1_name = w1.in_block(index, "weight");
+        let w2_name = w2.in_block(index, "weight");
         let w1 = weights.get(&w1_name, &[0, dim])?;
         let rows = w1.dim(0)?;
         if rows % 2 != 0 {
@@ -34,7 +38,7 @@ impl FeedForward {
             );
         }
         let hidden = rows / 2;
-        let w2 = weights.get(&format!("{prefix}.net.2.weight"), &[dim, hidden])?;
+        let w2 = weights.get(&w2_name, &[dim, hidden])?;
         Ok(Self {
             w1: Linear::new(w1, None)?,
             w2: Linear::new(w2, None)?,
@@ -54,7 +58,9 @@ impl FeedForward {
 /// Per-head learned RMS norm weights of q and k for one stream.
 #[derive(Debug, Clone)]
 struct QkNorm {
+    /// [`block::NORM_Q`] / [`block::NORM_ADDED_Q`] (genmo `q_norm_x` / `q_norm_y`).
     q: Tensor,
+    /// [`block::NORM_K`] / [`block::NORM_ADDED_K`] (genmo `k_norm_x` / `k_norm_y`).
     k: Tensor,
 }
 
@@ -64,84 +70,87 @@ pub struct JointBlock {
     num_heads: usize,
     head_dim: usize,
     last: bool,
+    /// [`block::MOD_X`].
     mod_x: Linear,
+    /// [`block::MOD_Y`], or [`block::MOD_Y_LAST`] in the last block.
     mod_y: Linear,
+    /// [`block::TO_Q`], [`block::TO_K`], [`block::TO_V`] fused as genmo's `attn.qkv_x`.
     qkv_x: Linear,
+    /// [`block::ADD_Q_PROJ`], [`block::ADD_K_PROJ`], [`block::ADD_V_PROJ`] fused as
+    /// genmo's `attn.qkv_y`.
     qkv_y: Linear,
+    /// The visual stream's q/k norms.
     norm_x: QkNorm,
+    /// The text stream's q/k norms.
     norm_y: QkNorm,
+    /// [`block::PROJ_X`].
     proj_x: Linear,
+    /// [`block::PROJ_Y`] (none in the last block).
     proj_y: Option<Linear>,
-    ff_x: FeedForward,
-    ff_y: Option<FeedForward>,
+    /// [`block::MLP_X_W1`] and [`block::MLP_X_W2`].
+    mlp_x: FeedForward,
+    /// [`block::MLP_Y_W1`] and [`block::MLP_Y_W2`] (none in the last block).
+    mlp_y: Option<FeedForward>,
 }
 
 impl JointBlock {
-    /// Loads `transformer_blocks.{index}.*`.
+    /// Loads block `index` (`transformer_blocks.{index}.*`, the [`block`] keys).
     pub fn load(weights: &Weights, config: &Config, index: usize) -> Result<Self> {
-        let p = format!("transformer_blocks.{index}");
         let dx = config.hidden_size_x();
         let dy = config.hidden_size_y;
         let hd = config.head_dim;
         let last = index + 1 == config.num_layers;
-        let mod_y = if last {
-            load_linear(
-                weights,
-                &format!("{p}.norm1_context.linear_1"),
-                dy,
-                dx,
-                true,
-            )?
-        } else {
-            load_linear(
-                weights,
-                &format!("{p}.norm1_context.linear"),
-                4 * dy,
-                dx,
-                true,
-            )?
+        let linear = |key: Key, out: usize, input: usize| -> Result<Linear> {
+            load_linear(weights, &key.at(index), out, input, true)
         };
-        let fused = |names: [&str; 3], in_dim: usize| -> Result<Linear> {
-            let parts = names
+        let mod_y = if last {
+            linear(block::MOD_Y_LAST, dy, dx)?
+        } else {
+            linear(block::MOD_Y, 4 * dy, dx)?
+        };
+        let fused = |keys: [Key; 3], in_dim: usize| -> Result<Linear> {
+            let parts = keys
                 .iter()
-                .map(|n| weights.get(&format!("{p}.attn1.{n}.weight"), &[dx, in_dim]))
+                .map(|key| weights.get(&key.in_block(index, "weight"), &[dx, in_dim]))
                 .collect::<Result<Vec<_>>>()?;
             Linear::new(Tensor::cat(&parts, 0)?, None)
         };
-        let norm = |name: &str| weights.get_f32(&format!("{p}.attn1.{name}.weight"), &[hd]);
+        let norm = |key: Key| weights.get_f32(&key.in_block(index, "weight"), &[hd]);
         Ok(Self {
             num_heads: config.num_heads,
             head_dim: hd,
             last,
-            mod_x: load_linear(weights, &format!("{p}.norm1.linear"), 4 * dx, dx, true)?,
+            mod_x: linear(block::MOD_X, 4 * dx, dx)?,
             mod_y,
-            qkv_x: fused(["to_q", "to_k", "to_v"], dx)?,
-            qkv_y: fused(["add_q_proj", "add_k_proj", "add_v_proj"], dy)?,
+            qkv_x: fused([block::TO_Q, block::TO_K, block::TO_V], dx)?,
+            qkv_y: fused(
+                [block::ADD_Q_PROJ, block::ADD_K_PROJ, block::ADD_V_PROJ],
+                dy,
+            )?,
             norm_x: QkNorm {
-                q: norm("norm_q")?,
-                k: norm("norm_k")?,
+                q: norm(block::NORM_Q)?,
+                k: norm(block::NORM_K)?,
             },
             norm_y: QkNorm {
-                q: norm("norm_added_q")?,
-                k: norm("norm_added_k")?,
+                q: norm(block::NORM_ADDED_Q)?,
+                k: norm(block::NORM_ADDED_K)?,
             },
-            proj_x: load_linear(weights, &format!("{p}.attn1.to_out.0"), dx, dx, true)?,
+            proj_x: linear(block::PROJ_X, dx, dx)?,
             proj_y: if last {
                 None
             } else {
-                Some(load_linear(
-                    weights,
-                    &format!("{p}.attn1.to_add_out"),
-                    dy,
-                    dx,
-                    true,
-                )?)
+                Some(linear(block::PROJ_Y, dy, dx)?)
             },
-            ff_x: FeedForward::load(weights, &format!("{p}.ff"), dx)?,
-            ff_y: if last {
+            mlp_x: FeedForward::load(weights, (block::MLP_X_W1, block::MLP_X_W2), index, dx)?,
+            mlp_y: if last {
                 None
             } else {
-                Some(FeedForward::load(weights, &format!("{p}.ff_context"), dy)?)
+                Some(FeedForward::load(
+                    weights,
+                    (block::MLP_Y_W1, block::MLP_Y_W2),
+                    index,
+                    dy,
+                )?)
             },
         })
     }
@@ -193,13 +202,13 @@ impl JointBlock {
 
         let x = gated_residual(x, &self.proj_x.forward(&attn_x)?, &mx[1])?;
         let xn2 = scale_tokens(&rms_norm(&x, MOD_NORM_EPS)?, &(&mx[2] + 1.0)?)?;
-        let x = gated_residual(&x, &self.ff_x.forward(&xn2)?, &mx[3])?;
+        let x = gated_residual(&x, &self.mlp_x.forward(&xn2)?, &mx[3])?;
 
-        let y = match (&self.proj_y, &self.ff_y) {
-            (Some(proj_y), Some(ff_y)) => {
+        let y = match (&self.proj_y, &self.mlp_y) {
+            (Some(proj_y), Some(mlp_y)) => {
                 let y = gated_residual(y, &proj_y.forward(&attn_y)?, &my[1])?;
                 let yn2 = scale_tokens(&rms_norm(&y, MOD_NORM_EPS)?, &(&my[2] + 1.0)?)?;
-                gated_residual(&y, &ff_y.forward(&yn2)?, &my[3])?
+                gated_residual(&y, &mlp_y.forward(&yn2)?, &my[3])?
             }
             _ => y.clone(),
         };
@@ -215,18 +224,20 @@ fn gated_residual(x: &Tensor, branch: &Tensor, gate: &Tensor) -> Result<Tensor> 
 /// Final adaptive LayerNorm and projection to patch pixels.
 #[derive(Debug, Clone)]
 pub struct FinalLayer {
+    /// [`top::NORM_OUT`] (genmo `final_layer.mod`).
     modulation: Linear,
-    proj: Linear,
+    /// [`top::PROJ_OUT`] (genmo `final_layer.linear`).
+    linear: Linear,
 }
 
 impl FinalLayer {
-    /// Loads `norm_out.linear` (diffusers order `[scale; shift]`) and `proj_out`.
+    /// Loads [`top::NORM_OUT`] (diffusers order `[scale; shift]`) and [`top::PROJ_OUT`].
     pub fn load(weights: &Weights, config: &Config) -> Result<Self> {
         let dx = config.hidden_size_x();
         let out = config.patch_size * config.patch_size * config.out_channels;
         Ok(Self {
-            modulation: load_linear(weights, "norm_out.linear", 2 * dx, dx, true)?,
-            proj: load_linear(weights, "proj_out", out, dx, true)?,
+            modulation: load_linear(weights, top::NORM_OUT.diffusers, 2 * dx, dx, true)?,
+            linear: load_linear(weights, top::PROJ_OUT.diffusers, out, dx, true)?,
         })
     }
 
@@ -239,6 +250,6 @@ impl FinalLayer {
 
     /// Projects normalized tokens to `(B, N, p·p·C)`.
     pub fn project(&self, normed: &Tensor) -> Result<Tensor> {
-        self.proj.forward(normed)
+        self.linear.forward(normed)
     }
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use candle_core::Result;
 use serde::Deserialize;
 
+use super::keys;
 use super::weights::Weights;
 
 /// How every component says that its `config.json` and its weights disagree: the field as
@@ -79,7 +80,11 @@ impl Default for DiffusersConfig {
 }
 
 impl Config {
-    /// The released 10B model (`genmo/mochi-1-preview`).
+    /// The released 10B model (`genmo/mochi-1-preview`): genmo's `DitModelFactory`
+    /// (<https://github.com/genmoai/mochi/blob/0c86aebf/src/genmo/mochi_preview/pipelines.py>:
+    /// depth 48, 24 heads, widths 3072 / 1536, T5 4096, 256 tokens), which are also the
+    /// defaults of diffusers' `MochiTransformer3DModel.__init__`
+    /// (<https://github.com/huggingface/diffusers/blob/58eb52c0/src/diffusers/models/transformers/transformer_mochi.py>).
     pub fn mochi_1_preview() -> Self {
         Self {
             patch_size: 2,
@@ -152,11 +157,11 @@ impl Config {
     /// Derives the configuration from the tensor shapes of a checkpoint (for checkpoints
     /// without a `config.json`); the caption pool keeps upstream's 8 heads and 256 tokens.
     pub fn from_weights(weights: &Weights) -> Result<Self> {
-        let pos = weights.shape("pos_frequencies")?;
-        let patch = weights.shape("patch_embed.proj.weight")?;
-        let caption = weights.shape("time_embed.caption_proj.weight")?;
-        let time = weights.shape("time_embed.timestep_embedder.linear_1.weight")?;
-        let proj_out = weights.shape("proj_out.weight")?;
+        let pos = weights.shape(keys::POS_FREQUENCIES)?;
+        let patch = weights.shape(&keys::top::PATCH_EMBED.tensor("weight"))?;
+        let caption = weights.shape(&keys::top::CAPTION_PROJ.tensor("weight"))?;
+        let time = weights.shape(&keys::top::TIME_LINEAR_1.tensor("weight"))?;
+        let proj_out = weights.shape(&keys::top::PROJ_OUT.tensor("weight"))?;
         let (&[3, heads, half], &[_, in_channels, patch_size, _], &[dy, dt], &[_, dtime]) = (
             pos.as_slice(),
             patch.as_slice(),

@@ -4,6 +4,7 @@
 use candle_core::{D, DType, Device, Result, Tensor};
 
 use super::config::Config;
+use super::keys::top;
 use super::ops::Linear;
 use super::weights::Weights;
 
@@ -27,20 +28,21 @@ pub fn timestep_sinusoid(timesteps: &Tensor, dim: usize) -> Result<Tensor> {
 #[derive(Debug, Clone)]
 pub struct TimestepEmbedder {
     sinusoid_dim: usize,
+    /// [`top::TIME_LINEAR_1`] (genmo `t_embedder.mlp.0`).
     linear_1: Linear,
+    /// [`top::TIME_LINEAR_2`] (genmo `t_embedder.mlp.2`).
     linear_2: Linear,
 }
 
 impl TimestepEmbedder {
-    /// Loads `time_embed.timestep_embedder.*`.
+    /// Loads [`top::TIME_LINEAR_1`] and [`top::TIME_LINEAR_2`].
     pub fn load(weights: &Weights, config: &Config) -> Result<Self> {
         let hidden = config.hidden_size_x();
         let time = config.time_embed_dim;
-        let prefix = "time_embed.timestep_embedder";
         Ok(Self {
             sinusoid_dim: time,
-            linear_1: load_linear(weights, &format!("{prefix}.linear_1"), hidden, time, true)?,
-            linear_2: load_linear(weights, &format!("{prefix}.linear_2"), hidden, hidden, true)?,
+            linear_1: load_linear(weights, top::TIME_LINEAR_1.diffusers, hidden, time, true)?,
+            linear_2: load_linear(weights, top::TIME_LINEAR_2.diffusers, hidden, hidden, true)?,
         })
     }
 
@@ -56,22 +58,24 @@ impl TimestepEmbedder {
 #[derive(Debug, Clone)]
 pub struct AttentionPool {
     num_heads: usize,
+    /// [`top::POOL_TO_KV`].
     to_kv: Linear,
+    /// [`top::POOL_TO_Q`].
     to_q: Linear,
+    /// [`top::POOL_TO_OUT`].
     to_out: Linear,
 }
 
 impl AttentionPool {
-    /// Loads `time_embed.pooler.*`.
+    /// Loads [`top::POOL_TO_KV`], [`top::POOL_TO_Q`] and [`top::POOL_TO_OUT`].
     pub fn load(weights: &Weights, config: &Config) -> Result<Self> {
         let text = config.text_embed_dim;
         let hidden = config.hidden_size_x();
-        let prefix = "time_embed.pooler";
         Ok(Self {
             num_heads: config.pool_heads,
-            to_kv: load_linear(weights, &format!("{prefix}.to_kv"), 2 * text, text, true)?,
-            to_q: load_linear(weights, &format!("{prefix}.to_q"), text, text, true)?,
-            to_out: load_linear(weights, &format!("{prefix}.to_out"), hidden, text, true)?,
+            to_kv: load_linear(weights, top::POOL_TO_KV.diffusers, 2 * text, text, true)?,
+            to_q: load_linear(weights, top::POOL_TO_Q.diffusers, text, text, true)?,
+            to_out: load_linear(weights, top::POOL_TO_OUT.diffusers, hidden, text, true)?,
         })
     }
 
@@ -126,13 +130,16 @@ pub struct PatchEmbed {
 }
 
 impl PatchEmbed {
-    /// Loads `patch_embed.proj.*` (conv weight `[D, C, p, p]`).
+    /// Loads [`top::PATCH_EMBED`] (conv weight `[D, C, p, p]`).
     pub fn load(weights: &Weights, config: &Config) -> Result<Self> {
         let p = config.patch_size;
         let hidden = config.hidden_size_x();
         let channels = config.in_channels;
-        let weight = weights.get("patch_embed.proj.weight", &[hidden, channels, p, p])?;
-        let bias = weights.get_f32("patch_embed.proj.bias", &[hidden])?;
+        let weight = weights.get(
+            &top::PATCH_EMBED.tensor("weight"),
+            &[hidden, channels, p, p],
+        )?;
+        let bias = weights.get_f32(&top::PATCH_EMBED.tensor("bias"), &[hidden])?;
         Ok(Self {
             patch_size: p,
             proj: Linear::new(weight.reshape((hidden, channels * p * p))?, Some(bias))?,

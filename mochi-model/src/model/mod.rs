@@ -4,12 +4,15 @@
 //! `src/diffusers/models/transformers/transformer_mochi.py`) and genmo's
 //! `AsymmDiTJoint` (genmoai/mochi@0c86aebf); see `docs/model.md` and
 //! `docs/mochi-model-spec.md` §2. All norm, modulation, gating and RoPE math runs in f32;
-//! matmul weights may be stored in bf16.
+//! matmul weights may be stored in bf16. One file per upstream block family (`embeddings`,
+//! `attention`, `blocks`); every checkpoint key is a constant in [`keys`], with both
+//! schemes' names and links to the upstream files.
 
 pub mod attention;
 pub mod blocks;
 mod config;
 pub mod embeddings;
+pub mod keys;
 pub mod ops;
 pub mod random;
 pub mod vae;
@@ -62,14 +65,14 @@ impl AsymmDiT {
             pooler: AttentionPool::load(weights, config)?,
             caption_proj: embeddings::load_linear(
                 weights,
-                "time_embed.caption_proj",
+                keys::top::CAPTION_PROJ.diffusers,
                 config.hidden_size_y,
                 config.text_embed_dim,
                 true,
             )?,
             patch_embed: PatchEmbed::load(weights, config)?,
             pos_frequencies: weights.get_f32(
-                "pos_frequencies",
+                keys::POS_FREQUENCIES,
                 &[3, config.num_heads, config.head_dim / 2],
             )?,
             blocks,

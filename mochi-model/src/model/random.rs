@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::Config;
+use super::{Config, keys};
 
 /// SwiGLU hidden width for a stream of width `dim` (diffusers' `(4·dim·2)/3`; equals
 /// genmo's rounded width for the released model: 8192 and 4096).
@@ -15,8 +15,9 @@ pub fn ffn_hidden(dim: usize) -> usize {
     4 * dim * 2 / 3
 }
 
-/// Every tensor name and shape of a diffusers checkpoint for `config`.
+/// Every tensor name and shape of a diffusers checkpoint for `config` (the [`keys`]).
 pub fn checkpoint_shapes(config: &Config) -> Vec<(String, Vec<usize>)> {
+    use keys::{block, top};
     let dx = config.hidden_size_x();
     let dy = config.hidden_size_y;
     let dt = config.text_embed_dim;
@@ -24,62 +25,70 @@ pub fn checkpoint_shapes(config: &Config) -> Vec<(String, Vec<usize>)> {
     let p = config.patch_size;
     let (fx, fy) = (ffn_hidden(dx), ffn_hidden(dy));
     let mut shapes: Vec<(String, Vec<usize>)> = Vec::new();
-    // `input == 0`: a per-feature weight vector (the q/k norms).
-    let mut linear = |name: &str, out: usize, input: usize, bias: bool| {
+    // A linear layer at `path`: `[out, in]` weight (`[out]` for `input == 0`: the q/k
+    // norms' per-feature weights), optionally an `[out]` bias.
+    let mut linear = |path: String, out: usize, input: usize, bias: bool| {
         let weight = if input == 0 {
             vec![out]
         } else {
             vec![out, input]
         };
-        shapes.push((format!("{name}.weight"), weight));
+        shapes.push((format!("{path}.weight"), weight));
         if bias {
-            shapes.push((format!("{name}.bias"), vec![out]));
+            shapes.push((format!("{path}.bias"), vec![out]));
         }
     };
-    linear(
-        "time_embed.timestep_embedder.linear_1",
-        dx,
-        config.time_embed_dim,
-        true,
-    );
-    linear("time_embed.timestep_embedder.linear_2", dx, dx, true);
-    linear("time_embed.pooler.to_kv", 2 * dt, dt, true);
-    linear("time_embed.pooler.to_q", dt, dt, true);
-    linear("time_embed.pooler.to_out", dx, dt, true);
-    linear("time_embed.caption_proj", dy, dt, true);
-    linear("norm_out.linear", 2 * dx, dx, true);
-    linear("proj_out", p * p * config.out_channels, dx, true);
+    let top_level = [
+        (top::TIME_LINEAR_1, dx, config.time_embed_dim),
+        (top::TIME_LINEAR_2, dx, dx),
+        (top::POOL_TO_KV, 2 * dt, dt),
+        (top::POOL_TO_Q, dt, dt),
+        (top::POOL_TO_OUT, dx, dt),
+        (top::CAPTION_PROJ, dy, dt),
+        (top::NORM_OUT, 2 * dx, dx),
+        (top::PROJ_OUT, p * p * config.out_channels, dx),
+    ];
+    for (key, out, input) in top_level {
+        linear(key.diffusers.to_owned(), out, input, true);
+    }
     for i in 0..config.num_layers {
-        let b = format!("transformer_blocks.{i}");
         let last = i + 1 == config.num_layers;
-        linear(&format!("{b}.norm1.linear"), 4 * dx, dx, true);
+        linear(block::MOD_X.at(i), 4 * dx, dx, true);
         if last {
-            linear(&format!("{b}.norm1_context.linear_1"), dy, dx, true);
+            linear(block::MOD_Y_LAST.at(i), dy, dx, true);
         } else {
-            linear(&format!("{b}.norm1_context.linear"), 4 * dy, dx, true);
-            linear(&format!("{b}.attn1.to_add_out"), dy, dx, true);
-            linear(&format!("{b}.ff_context.net.0.proj"), 2 * fy, dy, false);
-            linear(&format!("{b}.ff_context.net.2"), dy, fy, false);
+            linear(block::MOD_Y.at(i), 4 * dy, dx, true);
+            linear(block::PROJ_Y.at(i), dy, dx, true);
+            linear(block::MLP_Y_W1.at(i), 2 * fy, dy, false);
+            linear(block::MLP_Y_W2.at(i), dy, fy, false);
         }
-        for n in ["to_q", "to_k", "to_v"] {
-            linear(&format!("{b}.attn1.{n}"), dx, dx, false);
+        for key in [block::TO_Q, block::TO_K, block::TO_V] {
+            linear(key.at(i), dx, dx, false);
         }
-        for n in ["add_q_proj", "add_k_proj", "add_v_proj"] {
-            linear(&format!("{b}.attn1.{n}"), dx, dy, false);
+        for key in [block::ADD_Q_PROJ, block::ADD_K_PROJ, block::ADD_V_PROJ] {
+            linear(key.at(i), dx, dy, false);
         }
-        linear(&format!("{b}.attn1.to_out.0"), dx, dx, true);
-        linear(&format!("{b}.ff.net.0.proj"), 2 * fx, dx, false);
-        linear(&format!("{b}.ff.net.2"), dx, fx, false);
-        for n in ["norm_q", "norm_k", "norm_added_q", "norm_added_k"] {
-            linear(&format!("{b}.attn1.{n}"), hd, 0, false);
+        linear(block::PROJ_X.at(i), dx, dx, true);
+        linear(block::MLP_X_W1.at(i), 2 * fx, dx, false);
+        linear(block::MLP_X_W2.at(i), dx, fx, false);
+        for key in [
+            block::NORM_Q,
+            block::NORM_K,
+            block::NORM_ADDED_Q,
+            block::NORM_ADDED_K,
+        ] {
+            linear(key.at(i), hd, 0, false);
         }
     }
     shapes.push((
-        "patch_embed.proj.weight".into(),
+        top::PATCH_EMBED.tensor("weight"),
         vec![dx, config.in_channels, p, p],
     ));
-    shapes.push(("patch_embed.proj.bias".into(), vec![dx]));
-    shapes.push(("pos_frequencies".into(), vec![3, config.num_heads, hd / 2]));
+    shapes.push((top::PATCH_EMBED.tensor("bias"), vec![dx]));
+    shapes.push((
+        keys::POS_FREQUENCIES.to_owned(),
+        vec![3, config.num_heads, hd / 2],
+    ));
     shapes
 }
 

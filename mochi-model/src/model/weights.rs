@@ -4,14 +4,16 @@
 //! safetensors with `diffusion_pytorch_model.safetensors.index.json`, or a single file)
 //! and genmo's original `dit.safetensors` (optionally prefixed `model.diffusion_model.`).
 //! Tensors are always requested by their diffusers name; the genmo scheme is mapped
-//! on the fly (q/k/v row split, SwiGLU half swap, final modulation half swap, see
-//! `docs/mochi-model-spec.md` §2.6).
+//! on the fly through the key table of [`super::keys`] (q/k/v row split, SwiGLU half swap,
+//! final modulation half swap, see `docs/mochi-model-spec.md` §2.6).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Error, Result, Tensor};
+
+use super::keys::{self, FromGenmo, genmo_source};
 
 /// Which key scheme a checkpoint uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,15 +69,6 @@ impl std::fmt::Debug for Weights {
             .field("dtype", &self.dtype)
             .finish()
     }
-}
-
-/// Where a diffusers-named tensor lives in a genmo checkpoint.
-enum GenmoSource {
-    Direct(String),
-    /// Part `index` of `parts` equal row blocks of the tensor.
-    Rows(String, usize, usize),
-    /// The tensor with its two row halves swapped.
-    SwapHalves(String),
 }
 
 const INDEX_FILE: &str = "diffusion_pytorch_model.safetensors.index.json";
@@ -232,9 +225,7 @@ impl Weights {
             Scheme::Diffusers => name.to_string(),
             Scheme::Genmo { prefix } => match genmo_source(name) {
                 None => return false,
-                Some(GenmoSource::Direct(key))
-                | Some(GenmoSource::Rows(key, _, _))
-                | Some(GenmoSource::SwapHalves(key)) => format!("{prefix}{key}"),
+                Some((key, _)) => format!("{prefix}{key}"),
             },
         };
         self.tensors.contains(&key)
@@ -250,10 +241,8 @@ impl Weights {
                         "tensor `{name}` has no genmo equivalent"
                     )));
                 }
-                Some(GenmoSource::Direct(key)) | Some(GenmoSource::SwapHalves(key)) => {
-                    (format!("{prefix}{key}"), 1)
-                }
-                Some(GenmoSource::Rows(key, _, parts)) => (format!("{prefix}{key}"), parts),
+                Some((key, FromGenmo::Rows { parts, .. })) => (format!("{prefix}{key}"), parts),
+                Some((key, _)) => (format!("{prefix}{key}"), 1),
             },
         };
         let mut shape = self.tensors.shape(&key).ok_or_else(|| {
@@ -271,7 +260,7 @@ impl Weights {
     /// Number of transformer blocks present in the checkpoint.
     pub fn count_blocks(&self) -> usize {
         let mut count = 0;
-        while self.contains(&format!("transformer_blocks.{count}.norm1.linear.weight")) {
+        while self.contains(&keys::block::MOD_X.in_block(count, "weight")) {
             count += 1;
         }
         count
@@ -313,8 +302,8 @@ impl Weights {
                 None => Err(Error::Msg(format!(
                     "tensor `{name}` has no genmo equivalent"
                 ))),
-                Some(GenmoSource::Direct(key)) => self.load_key(&format!("{prefix}{key}"), name),
-                Some(GenmoSource::Rows(key, index, parts)) => {
+                Some((key, FromGenmo::Same)) => self.load_key(&format!("{prefix}{key}"), name),
+                Some((key, FromGenmo::Rows { index, parts })) => {
                     let full = self.load_key(&format!("{prefix}{key}"), name)?;
                     let rows = full.dim(0)?;
                     if rows % parts != 0 {
@@ -325,7 +314,7 @@ impl Weights {
                     }
                     full.narrow(0, index * rows / parts, rows / parts)
                 }
-                Some(GenmoSource::SwapHalves(key)) => {
+                Some((key, FromGenmo::SwapHalves)) => {
                     let full = self.load_key(&format!("{prefix}{key}"), name)?;
                     swap_halves(&full)
                 }
@@ -389,7 +378,11 @@ fn swap_halves(t: &Tensor) -> Result<Tensor> {
 
 fn detect_scheme(tensors: &Source) -> Scheme {
     for prefix in ["", "model.diffusion_model."] {
-        if tensors.contains(&format!("{prefix}blocks.0.attn.qkv_x.weight")) {
+        if tensors.contains(&format!(
+            "{prefix}{}.0.{}.weight",
+            keys::BLOCKS.genmo,
+            keys::block::TO_Q.genmo
+        )) {
             return Scheme::Genmo {
                 prefix: prefix.to_string(),
             };
@@ -398,75 +391,12 @@ fn detect_scheme(tensors: &Source) -> Scheme {
     Scheme::Diffusers
 }
 
-/// Maps a diffusers tensor name to its genmo source.
-fn genmo_source(name: &str) -> Option<GenmoSource> {
-    use GenmoSource::{Direct, Rows, SwapHalves};
-    let direct = |s: &str| Some(Direct(s.to_string()));
-    let fixed = match name {
-        "patch_embed.proj.weight" => direct("x_embedder.proj.weight"),
-        "patch_embed.proj.bias" => direct("x_embedder.proj.bias"),
-        "time_embed.timestep_embedder.linear_1.weight" => direct("t_embedder.mlp.0.weight"),
-        "time_embed.timestep_embedder.linear_1.bias" => direct("t_embedder.mlp.0.bias"),
-        "time_embed.timestep_embedder.linear_2.weight" => direct("t_embedder.mlp.2.weight"),
-        "time_embed.timestep_embedder.linear_2.bias" => direct("t_embedder.mlp.2.bias"),
-        "time_embed.caption_proj.weight" => direct("t5_yproj.weight"),
-        "time_embed.caption_proj.bias" => direct("t5_yproj.bias"),
-        "pos_frequencies" => direct("pos_frequencies"),
-        "norm_out.linear.weight" => Some(SwapHalves("final_layer.mod.weight".into())),
-        "norm_out.linear.bias" => Some(SwapHalves("final_layer.mod.bias".into())),
-        "proj_out.weight" => direct("final_layer.linear.weight"),
-        "proj_out.bias" => direct("final_layer.linear.bias"),
-        _ => None,
-    };
-    if fixed.is_some() {
-        return fixed;
-    }
-    if let Some(rest) = name.strip_prefix("time_embed.pooler.") {
-        return direct(&format!("t5_y_embedder.{rest}"));
-    }
-    let rest = name.strip_prefix("transformer_blocks.")?;
-    let (index, inner) = rest.split_once('.')?;
-    let block = format!("blocks.{index}.");
-    let source = match inner {
-        "norm1.linear.weight" => Direct("mod_x.weight".into()),
-        "norm1.linear.bias" => Direct("mod_x.bias".into()),
-        "norm1_context.linear.weight" | "norm1_context.linear_1.weight" => {
-            Direct("mod_y.weight".into())
-        }
-        "norm1_context.linear.bias" | "norm1_context.linear_1.bias" => Direct("mod_y.bias".into()),
-        "attn1.to_q.weight" => Rows("attn.qkv_x.weight".into(), 0, 3),
-        "attn1.to_k.weight" => Rows("attn.qkv_x.weight".into(), 1, 3),
-        "attn1.to_v.weight" => Rows("attn.qkv_x.weight".into(), 2, 3),
-        "attn1.add_q_proj.weight" => Rows("attn.qkv_y.weight".into(), 0, 3),
-        "attn1.add_k_proj.weight" => Rows("attn.qkv_y.weight".into(), 1, 3),
-        "attn1.add_v_proj.weight" => Rows("attn.qkv_y.weight".into(), 2, 3),
-        "attn1.norm_q.weight" => Direct("attn.q_norm_x.weight".into()),
-        "attn1.norm_k.weight" => Direct("attn.k_norm_x.weight".into()),
-        "attn1.norm_added_q.weight" => Direct("attn.q_norm_y.weight".into()),
-        "attn1.norm_added_k.weight" => Direct("attn.k_norm_y.weight".into()),
-        "attn1.to_out.0.weight" => Direct("attn.proj_x.weight".into()),
-        "attn1.to_out.0.bias" => Direct("attn.proj_x.bias".into()),
-        "attn1.to_add_out.weight" => Direct("attn.proj_y.weight".into()),
-        "attn1.to_add_out.bias" => Direct("attn.proj_y.bias".into()),
-        "ff.net.0.proj.weight" => SwapHalves("mlp_x.w1.weight".into()),
-        "ff.net.2.weight" => Direct("mlp_x.w2.weight".into()),
-        "ff_context.net.0.proj.weight" => SwapHalves("mlp_y.w1.weight".into()),
-        "ff_context.net.2.weight" => Direct("mlp_y.w2.weight".into()),
-        _ => return None,
-    };
-    Some(match source {
-        Direct(key) => Direct(format!("{block}{key}")),
-        Rows(key, i, n) => Rows(format!("{block}{key}"), i, n),
-        SwapHalves(key) => SwapHalves(format!("{block}{key}")),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use super::{GenmoSource, genmo_source};
     use crate::model::Config;
+    use crate::model::keys::{FromGenmo, genmo_source};
     use crate::model_dir::{dit_tensors, genmo_dit_tensors};
 
     /// The loader's genmo mapping and genmo's module tree, written apart, agree on the
@@ -479,8 +409,8 @@ mod tests {
         let mut read = BTreeSet::new();
         for (name, shape) in dit_tensors(&config) {
             let (key, parts) = match genmo_source(&name) {
-                Some(GenmoSource::Direct(key) | GenmoSource::SwapHalves(key)) => (key, 1),
-                Some(GenmoSource::Rows(key, _, parts)) => (key, parts),
+                Some((key, FromGenmo::Rows { parts, .. })) => (key, parts),
+                Some((key, _)) => (key, 1),
                 None => panic!("`{name}` has no genmo source"),
             };
             let source = genmo

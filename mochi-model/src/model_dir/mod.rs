@@ -15,7 +15,7 @@ pub mod tiny;
 use candle_transformers::models::t5;
 
 use crate::model::Config as DitConfig;
-use crate::model::vae::VaeConfig;
+use crate::model::vae::{VaeConfig, keys};
 
 /// A tensor a component must hold: its key in the files and its shape.
 pub type ExpectedTensor = (String, Vec<usize>);
@@ -110,24 +110,27 @@ pub fn vae_decoder_tensors(config: &VaeConfig) -> Vec<ExpectedTensor> {
     };
     let resnets = |push: &mut dyn FnMut(String, Vec<usize>), stage: &str, n: usize, c: usize| {
         for i in 0..n {
-            let p = format!("{stage}.resnets.{i}");
-            for norm in ["norm1", "norm2"] {
-                push(format!("{p}.{norm}.norm_layer.weight"), vec![c]);
-                push(format!("{p}.{norm}.norm_layer.bias"), vec![c]);
+            let p = keys::resnet(stage, i);
+            for norm in [keys::NORM1, keys::NORM2] {
+                push(format!("{p}.{}.weight", norm.diffusers), vec![c]);
+                push(format!("{p}.{}.bias", norm.diffusers), vec![c]);
             }
-            for conv in ["conv1", "conv2"] {
-                push(format!("{p}.{conv}.conv.weight"), vec![c, c, 3, 3, 3]);
-                push(format!("{p}.{conv}.conv.bias"), vec![c]);
+            for conv in [keys::CONV1, keys::CONV2] {
+                push(
+                    format!("{p}.{}.weight", conv.diffusers),
+                    vec![c, c, 3, 3, 3],
+                );
+                push(format!("{p}.{}.bias", conv.diffusers), vec![c]);
             }
         }
     };
     let layers = |i: usize| config.layers_per_block.get(i).copied().unwrap_or(0);
     push(
-        "conv_in.weight".into(),
+        format!("{}.weight", keys::CONV_IN),
         vec![top, config.latent_channels, 1, 1, 1],
     );
-    push("conv_in.bias".into(), vec![top]);
-    resnets(&mut push, "block_in", layers(n_up + 1), top);
+    push(format!("{}.bias", keys::CONV_IN), vec![top]);
+    resnets(&mut push, keys::BLOCK_IN, layers(n_up + 1), top);
     for i in 0..n_up {
         let (c_in, c_out) = (ch[n_up - i], ch[n_up - i - 1]);
         let st = config
@@ -140,14 +143,21 @@ pub fn vae_decoder_tensors(config: &VaeConfig) -> Vec<ExpectedTensor> {
             .get(n_up - i - 1)
             .copied()
             .unwrap_or(1);
-        resnets(&mut push, &format!("up_blocks.{i}"), layers(n_up - i), c_in);
+        let up = keys::up_block(i);
+        resnets(&mut push, &up, layers(n_up - i), c_in);
         let rows = c_out * st * ss * ss;
-        push(format!("up_blocks.{i}.proj.weight"), vec![rows, c_in]);
-        push(format!("up_blocks.{i}.proj.bias"), vec![rows]);
+        push(format!("{up}.{}.weight", keys::PROJ), vec![rows, c_in]);
+        push(format!("{up}.{}.bias", keys::PROJ), vec![rows]);
     }
-    resnets(&mut push, "block_out", layers(0), ch[0]);
-    push("proj_out.weight".into(), vec![config.out_channels, ch[0]]);
-    push("proj_out.bias".into(), vec![config.out_channels]);
+    resnets(&mut push, keys::BLOCK_OUT, layers(0), ch[0]);
+    push(
+        format!("{}.weight", keys::PROJ_OUT),
+        vec![config.out_channels, ch[0]],
+    );
+    push(
+        format!("{}.bias", keys::PROJ_OUT),
+        vec![config.out_channels],
+    );
     out
 }
 
@@ -160,7 +170,7 @@ pub fn genmo_vae_decoder_tensors(config: &VaeConfig) -> Vec<ExpectedTensor> {
         .into_iter()
         .filter_map(|(name, shape)| {
             let bare = name.strip_prefix(VAE_DECODER_PREFIX)?;
-            crate::model::vae::weights::genmo_key(bare, n_up).map(|key| (key, shape))
+            crate::model::vae::keys::genmo_key(bare, n_up).map(|key| (key, shape))
         })
         .collect()
 }

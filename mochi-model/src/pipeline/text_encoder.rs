@@ -18,8 +18,9 @@ use super::sampling::TextConditioning;
 use crate::model::contradiction;
 use crate::model::weights::shards_from_index;
 
-/// Text tokens per prompt, padding included, when the model directory does not say
-/// (the release's `max_sequence_length`).
+/// Text tokens per prompt, padding included, when the model directory does not say: the
+/// release's `max_sequence_length`, genmo's `MAX_T5_TOKEN_LENGTH`
+/// (<https://github.com/genmoai/mochi/blob/0c86aebf/src/genmo/mochi_preview/pipelines.py>).
 pub const MAX_TEXT_TOKENS: usize = 256;
 /// T5's end-of-sequence id.
 pub const EOS_ID: u32 = 1;

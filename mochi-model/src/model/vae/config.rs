@@ -14,6 +14,7 @@ use std::path::Path;
 use candle_core::{Error, Result};
 use serde::Deserialize;
 
+use super::keys;
 use super::weights::VaeWeights;
 use crate::model::contradiction;
 
@@ -35,7 +36,12 @@ pub struct VaeConfig {
 }
 
 impl VaeConfig {
-    /// The released Mochi-1 preview decoder (§3.1).
+    /// The released Mochi-1 preview decoder (§3.1): genmo's `DecoderModelFactory`
+    /// (<https://github.com/genmoai/mochi/blob/0c86aebf/src/genmo/mochi_preview/pipelines.py>:
+    /// base 128 × `[1, 2, 4, 6]`, res blocks `[3, 3, 4, 6, 3]`, temporal `[1, 2, 3]`, spatial
+    /// `[2, 2, 2]`, 12 latent channels), equal to the defaults of diffusers'
+    /// `AutoencoderKLMochi`
+    /// (<https://github.com/huggingface/diffusers/blob/58eb52c0/src/diffusers/models/autoencoders/autoencoder_kl_mochi.py>).
     pub fn mochi_1_preview() -> Self {
         Self {
             latent_channels: 12,
@@ -213,8 +219,8 @@ struct Shapes {
 impl Shapes {
     fn read(w: &VaeWeights) -> Result<Self> {
         let n_up = w.count_up_blocks();
-        let conv_in = w.shape("conv_in.weight")?;
-        let proj_out = w.shape("proj_out.weight")?;
+        let conv_in = w.shape(&format!("{}.weight", keys::CONV_IN))?;
+        let proj_out = w.shape(&format!("{}.weight", keys::PROJ_OUT))?;
         if conv_in.len() != 5 || proj_out.len() != 2 {
             candle_core::bail!(
                 "conv_in.weight {conv_in:?} / proj_out.weight {proj_out:?} have unexpected ranks"
@@ -224,27 +230,29 @@ impl Shapes {
         let mut channels = vec![conv_in[0]];
         let mut expansion = Vec::with_capacity(n_up);
         let mut proj_rows = Vec::with_capacity(n_up);
+        let proj_name = |i: usize| format!("{}.{}.weight", keys::up_block(i), keys::PROJ);
         for i in 0..n_up {
-            let proj = w.shape(&format!("up_blocks.{i}.proj.weight"))?;
+            let proj = w.shape(&proj_name(i))?;
             let out_ch = if i + 1 < n_up {
-                w.shape(&format!("up_blocks.{}.proj.weight", i + 1))?[1]
+                w.shape(&proj_name(i + 1))?[1]
             } else {
                 proj_out[1]
             };
             if proj.len() != 2 || out_ch == 0 || proj[0] % out_ch != 0 {
                 candle_core::bail!(
-                    "tensor `up_blocks.{i}.proj.weight` has shape {proj:?}, rows not a multiple of the {out_ch} channels that follow"
+                    "tensor `{}` has shape {proj:?}, rows not a multiple of the {out_ch} channels that follow",
+                    proj_name(i)
                 );
             }
             expansion.push(proj[0] / out_ch);
             proj_rows.push(proj[0]);
             channels.push(out_ch);
         }
-        let mut layers = vec![w.count_resnets("block_in")];
+        let mut layers = vec![w.count_resnets(keys::BLOCK_IN)];
         for i in 0..n_up {
-            layers.push(w.count_resnets(&format!("up_blocks.{i}")));
+            layers.push(w.count_resnets(&keys::up_block(i)));
         }
-        layers.push(w.count_resnets("block_out"));
+        layers.push(w.count_resnets(keys::BLOCK_OUT));
         channels.reverse();
         layers.reverse();
         expansion.reverse();

@@ -1,9 +1,10 @@
 //! The Mochi-1 VAE decoder ("AsymmVAE") in candle.
 //!
-//! Mirrors diffusers' `MochiDecoder3D` (huggingface/diffusers v0.42.1,
-//! `src/diffusers/models/autoencoders/autoencoder_kl_mochi.py`) and genmo's `Decoder`
-//! (genmoai/mochi `src/genmo/mochi_preview/vae/models.py`); see `docs/model.md` and
-//! `docs/mochi-model-spec.md` §3. Internally every sample is frame-major `(T, C, H, W)`, so
+//! Mirrors diffusers' `MochiDecoder3D` (huggingface/diffusers@58eb52c0,
+//! `src/diffusers/models/autoencoders/autoencoder_kl_mochi.py`; goldens from v0.42.1) and
+//! genmo's `Decoder` (genmoai/mochi@0c86aebf `src/genmo/mochi_preview/vae/models.py`); see
+//! `docs/model.md` and `docs/mochi-model-spec.md` §3. The checkpoint keys of both schemes
+//! are the constants of [`keys`]. Internally every sample is frame-major `(T, C, H, W)`, so
 //! per-frame GroupNorm is a plain GroupNorm and the causal convs slice frames cheaply.
 //! Norms and activations run in f32; conv / projection weights may be stored in bf16.
 //!
@@ -23,6 +24,7 @@
 
 mod config;
 pub mod conv3d;
+pub mod keys;
 pub mod tiling;
 pub mod weights;
 
@@ -111,9 +113,13 @@ impl Pass<'_> {
 
 #[derive(Debug, Clone)]
 struct ResBlock {
+    /// [`keys::NORM1`].
     norm1: candle_nn::GroupNorm,
+    /// [`keys::CONV1`].
     conv1: CausalConv3d,
+    /// [`keys::NORM2`].
     norm2: candle_nn::GroupNorm,
+    /// [`keys::CONV2`].
     conv2: CausalConv3d,
     /// Index of `conv1` in the stream's context slots (`conv2` is the next one).
     slot: usize,
@@ -121,21 +127,23 @@ struct ResBlock {
 
 impl ResBlock {
     fn load(w: &VaeWeights, prefix: &str, ch: usize, slot: usize) -> Result<Self> {
-        let norm = |n: &str| -> Result<candle_nn::GroupNorm> {
-            let weight = w.get_f32(&format!("{prefix}.{n}.norm_layer.weight"), &[ch])?;
-            let bias = w.get_f32(&format!("{prefix}.{n}.norm_layer.bias"), &[ch])?;
+        let norm = |part: keys::ResPart| -> Result<candle_nn::GroupNorm> {
+            let path = format!("{prefix}.{}", part.diffusers);
+            let weight = w.get_f32(&format!("{path}.weight"), &[ch])?;
+            let bias = w.get_f32(&format!("{path}.bias"), &[ch])?;
             candle_nn::GroupNorm::new(weight, bias, ch, GROUPS, GN_EPS)
         };
-        let conv = |n: &str| -> Result<CausalConv3d> {
-            let weight = w.get(&format!("{prefix}.{n}.conv.weight"), &[ch, ch, 3, 3, 3])?;
-            let bias = w.get_f32(&format!("{prefix}.{n}.conv.bias"), &[ch])?;
+        let conv = |part: keys::ResPart| -> Result<CausalConv3d> {
+            let path = format!("{prefix}.{}", part.diffusers);
+            let weight = w.get(&format!("{path}.weight"), &[ch, ch, 3, 3, 3])?;
+            let bias = w.get_f32(&format!("{path}.bias"), &[ch])?;
             CausalConv3d::new(weight, bias)
         };
         Ok(Self {
-            norm1: norm("norm1")?,
-            conv1: conv("conv1")?,
-            norm2: norm("norm2")?,
-            conv2: conv("conv2")?,
+            norm1: norm(keys::NORM1)?,
+            conv1: conv(keys::CONV1)?,
+            norm2: norm(keys::NORM2)?,
+            conv2: conv(keys::CONV2)?,
             slot,
         })
     }
@@ -228,27 +236,23 @@ impl VaeDecoder {
         let mut stage = |prefix: &str, n: usize, c: usize| -> Result<Vec<ResBlock>> {
             (0..n)
                 .map(|i| {
-                    let res = ResBlock::load(w, &format!("{prefix}.resnets.{i}"), c, slot)?;
+                    let res = ResBlock::load(w, &keys::resnet(prefix, i), c, slot)?;
                     slot += 2;
                     Ok(res)
                 })
                 .collect()
         };
-        let conv_in = Pointwise::load(w, "conv_in", top, config.latent_channels, true)?;
-        let block_in = stage("block_in", config.layers_per_block[n_up + 1], top)?;
+        let conv_in = Pointwise::load(w, keys::CONV_IN, top, config.latent_channels, true)?;
+        let block_in = stage(keys::BLOCK_IN, config.layers_per_block[n_up + 1], top)?;
         let mut up_blocks = Vec::with_capacity(n_up);
         for i in 0..n_up {
             let (c_in, c_out) = (ch[n_up - i], ch[n_up - i - 1]);
             let st = config.temporal_expansions[n_up - i - 1];
             let ss = config.spatial_expansions[n_up - i - 1];
-            let resnets = stage(
-                &format!("up_blocks.{i}"),
-                config.layers_per_block[n_up - i],
-                c_in,
-            )?;
+            let resnets = stage(&keys::up_block(i), config.layers_per_block[n_up - i], c_in)?;
             let proj = Pointwise::load(
                 w,
-                &format!("up_blocks.{i}.proj"),
+                &format!("{}.{}", keys::up_block(i), keys::PROJ),
                 c_out * st * ss * ss,
                 c_in,
                 false,
@@ -261,8 +265,8 @@ impl VaeDecoder {
                 spatial: ss,
             });
         }
-        let block_out = stage("block_out", config.layers_per_block[0], ch[0])?;
-        let proj_out = Pointwise::load(w, "proj_out", config.out_channels, ch[0], false)?;
+        let block_out = stage(keys::BLOCK_OUT, config.layers_per_block[0], ch[0])?;
+        let proj_out = Pointwise::load(w, keys::PROJ_OUT, config.out_channels, ch[0], false)?;
         Ok(Self {
             config: config.clone(),
             conv_in,

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Error, Result, Tensor};
 
+use super::keys::{self, genmo_key};
 use crate::model::weights::{check_shape, shards_from_index};
 
 /// Which key scheme a VAE checkpoint uses.
@@ -126,7 +127,7 @@ impl VaeWeights {
     /// Number of up blocks in the checkpoint.
     pub fn count_up_blocks(&self) -> usize {
         let mut n = 0;
-        while self.contains(&format!("up_blocks.{n}.proj.weight")) {
+        while self.contains(&format!("{}.{}.weight", keys::up_block(n), keys::PROJ)) {
             n += 1;
         }
         n
@@ -135,7 +136,11 @@ impl VaeWeights {
     /// Number of res blocks of a stage (`block_in`, `up_blocks.N`, `block_out`).
     pub fn count_resnets(&self, stage: &str) -> usize {
         let mut n = 0;
-        while self.contains(&format!("{stage}.resnets.{n}.conv1.conv.weight")) {
+        while self.contains(&format!(
+            "{}.{}.weight",
+            keys::resnet(stage, n),
+            keys::CONV1.diffusers
+        )) {
             n += 1;
         }
         n
@@ -179,7 +184,7 @@ impl VaeWeights {
         let mut n = 0;
         while self
             .tensors
-            .get(&format!("{prefix}blocks.{}.proj.weight", n + 1))
+            .get(&format!("{prefix}blocks.{}.{}.weight", n + 1, keys::PROJ))
             .is_ok()
         {
             n += 1;
@@ -228,92 +233,24 @@ fn list(files: &[PathBuf]) -> String {
 
 fn detect_scheme(tensors: &MmapedSafetensors) -> Option<VaeScheme> {
     for prefix in ["decoder.", ""] {
-        if tensors.get(&format!("{prefix}conv_in.weight")).is_ok() {
+        if tensors
+            .get(&format!("{prefix}{}.weight", keys::CONV_IN))
+            .is_ok()
+        {
             return Some(VaeScheme::Diffusers {
                 prefix: prefix.to_string(),
             });
         }
     }
     for prefix in ["", "decoder."] {
-        if tensors.get(&format!("{prefix}blocks.0.0.weight")).is_ok() {
+        if tensors
+            .get(&format!("{prefix}{}.weight", keys::GENMO_CONV_IN))
+            .is_ok()
+        {
             return Some(VaeScheme::Genmo {
                 prefix: prefix.to_string(),
             });
         }
     }
     None
-}
-
-/// Maps a diffusers decoder name (no `decoder.` prefix) to genmo's, given the number of
-/// up blocks (genmo's last stage is `blocks.{n_up + 1}`).
-pub fn genmo_key(name: &str, n_up: usize) -> Option<String> {
-    let res_part = |rest: &str| -> Option<String> {
-        let (index, inner) = rest.split_once('.')?;
-        let (layer, param) = inner.rsplit_once('.')?;
-        let stack = match layer {
-            "norm1.norm_layer" => 0,
-            "conv1.conv" => 2,
-            "norm2.norm_layer" => 3,
-            "conv2.conv" => 5,
-            _ => return None,
-        };
-        Some(format!("{index}.stack.{stack}.{param}"))
-    };
-    if let Some(param) = name.strip_prefix("conv_in.") {
-        return Some(format!("blocks.0.0.{param}"));
-    }
-    if let Some(param) = name.strip_prefix("proj_out.") {
-        return Some(format!("output_proj.{param}"));
-    }
-    if let Some(rest) = name.strip_prefix("block_in.resnets.") {
-        let mapped = res_part(rest)?;
-        let (index, tail) = mapped.split_once('.')?;
-        let index: usize = index.parse().ok()?;
-        return Some(format!("blocks.0.{}.{tail}", index + 1));
-    }
-    if let Some(rest) = name.strip_prefix("block_out.resnets.") {
-        return Some(format!("blocks.{}.{}", n_up + 1, res_part(rest)?));
-    }
-    let rest = name.strip_prefix("up_blocks.")?;
-    let (block, inner) = rest.split_once('.')?;
-    let block: usize = block.parse().ok()?;
-    if let Some(param) = inner.strip_prefix("proj.") {
-        return Some(format!("blocks.{}.proj.{param}", block + 1));
-    }
-    let rest = inner.strip_prefix("resnets.")?;
-    Some(format!("blocks.{}.blocks.{}", block + 1, res_part(rest)?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::genmo_key;
-
-    #[test]
-    fn genmo_names_follow_spec_table() {
-        let cases = [
-            ("conv_in.weight", "blocks.0.0.weight"),
-            (
-                "block_in.resnets.2.conv2.conv.bias",
-                "blocks.0.3.stack.5.bias",
-            ),
-            (
-                "up_blocks.0.resnets.5.norm1.norm_layer.weight",
-                "blocks.1.blocks.5.stack.0.weight",
-            ),
-            ("up_blocks.2.proj.weight", "blocks.3.proj.weight"),
-            (
-                "block_out.resnets.1.norm2.norm_layer.bias",
-                "blocks.4.1.stack.3.bias",
-            ),
-            ("proj_out.weight", "output_proj.weight"),
-        ];
-        for (diffusers, genmo) in cases {
-            assert_eq!(
-                genmo_key(diffusers, 3).as_deref(),
-                Some(genmo),
-                "{diffusers}"
-            );
-        }
-        assert_eq!(genmo_key("block_in.resnets.0.conv3.conv.weight", 3), None);
-    }
 }
