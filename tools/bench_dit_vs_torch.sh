@@ -4,8 +4,11 @@
 # candle) so that a noisy machine shifts both; prints each median and the ratio.
 #
 #   tools/bench_dit_vs_torch.sh [ROUNDS]        # needs .venv-ref (tools/README.md)
+#   CANDLE_BASELINE=/path/to/old/dit_bench tools/bench_dit_vs_torch.sh [ROUNDS]
 #
-# candle is the release build (the build that ships): it is built first if needed.
+# candle is the release build (the build that ships): it is built first if needed. With
+# CANDLE_BASELINE (a dit_bench built from another commit), that binary runs in every round
+# too, so a change is measured against its baseline in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-2}"
@@ -30,14 +33,24 @@ for config in "${configs[@]}"; do
   "$py" tools/bench_dit.py "$work/$name" --threads 2 $torch_args >/dev/null 2>&1
   torch_runs=()
   candle_runs=()
+  baseline_runs=()
   for _ in $(seq "$rounds"); do
     # shellcheck disable=SC2086
     torch_runs+=("$("$py" tools/bench_dit.py "$work/$name" --threads 2 $torch_args 2>/dev/null | median_ms)")
     # shellcheck disable=SC2086
     candle_runs+=("$(RAYON_NUM_THREADS=2 "$bench" "$work/$name" $candle_args 2>&1 | median_ms)")
+    if [ -n "${CANDLE_BASELINE:-}" ]; then
+      # shellcheck disable=SC2086
+      baseline_runs+=("$(RAYON_NUM_THREADS=2 "$CANDLE_BASELINE" "$work/$name" $candle_args 2>&1 | median_ms)")
+    fi
   done
-  torch_ms=$(printf '%s\n' "${torch_runs[@]}" | sort -g | sed -n "$(( (rounds + 1) / 2 ))p")
-  candle_ms=$(printf '%s\n' "${candle_runs[@]}" | sort -g | sed -n "$(( (rounds + 1) / 2 ))p")
+  middle() { printf '%s\n' "$@" | sort -g | sed -n "$(( (rounds + 1) / 2 ))p"; }
+  torch_ms=$(middle "${torch_runs[@]}")
+  candle_ms=$(middle "${candle_runs[@]}")
   ratio=$(awk -v c="$candle_ms" -v t="$torch_ms" 'BEGIN { printf "%.2f", c / t }')
   echo "$name: pytorch ${torch_runs[*]} ms, candle (release, f32) ${candle_runs[*]} ms; medians ${torch_ms} / ${candle_ms} ms; candle/pytorch ${ratio}x"
+  if [ -n "${CANDLE_BASELINE:-}" ]; then
+    baseline_ms=$(middle "${baseline_runs[@]}")
+    echo "$name: baseline ${baseline_runs[*]} ms; median ${baseline_ms} ms; baseline/pytorch $(awk -v c="$baseline_ms" -v t="$torch_ms" 'BEGIN { printf "%.2f", c / t }')x; candle/baseline $(awk -v c="$candle_ms" -v b="$baseline_ms" 'BEGIN { printf "%.2f", c / b }')x"
+  fi
 done

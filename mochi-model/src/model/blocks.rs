@@ -197,8 +197,7 @@ impl JointBlock {
         qkv_x.q = apply_rope(&qkv_x.q, &rope.0, &rope.1)?;
         qkv_x.k = apply_rope(&qkv_x.k, &rope.0, &rope.1)?;
         let qkv_y = self.qkv(&self.qkv_y, &self.norm_y, &yn)?;
-        let (attn_x, attn_y) =
-            joint_attention(&qkv_x, &qkv_y, mask, self.qkv_x.weight().dtype(), layout)?;
+        let (attn_x, attn_y) = joint_attention(&qkv_x, &qkv_y, mask, self.qkv_x.dtype(), layout)?;
 
         let x = gated_residual(x, &self.proj_x.forward(&attn_x)?, &mx[1])?;
         let xn2 = scale_tokens(&rms_norm(&x, MOD_NORM_EPS)?, &(&mx[2] + 1.0)?)?;
