@@ -1,7 +1,8 @@
 """Checks a rendered overlay (`kubectl kustomize k8s/overlays/<name>`) for what the schemas
 and checkov cannot see: that the pieces fit each other and the design.
 
-    python k8s/check.py RENDERED.yaml --overlay dev|prod --nats-auth AUTH.conf [--nats-server BIN]
+    python k8s/check.py RENDERED.yaml --overlay dev|prod --nats-auth AUTH.conf \
+        [--nats-cluster CLUSTER.conf] [--nats-server BIN]
 
 AUTH.conf is the output of `mochi nats config`; with BIN, the rendered NATS configuration is
 also parsed by that nats-server (`-t`), with the passwords' variables set. Prints one line per problem and exits 1 if
@@ -11,6 +12,7 @@ there is any; prints a summary and exits 0 otherwise.
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,6 +55,7 @@ def main():
     parser.add_argument("--overlay", required=True, choices=sorted(REPLICAS))
     parser.add_argument("--nats-auth", required=True)
     parser.add_argument("--nats-server")
+    parser.add_argument("--nats-cluster", help="a `mochi nats cluster` block, standing in for the mochi-nats-cluster secret")
     parser.add_argument("--podmonitor", help="monitoring/podmonitor.yaml: must scrape every role")
     args = parser.parse_args()
     with open(args.rendered) as f:
@@ -137,11 +140,18 @@ def main():
         bad("nats.conf sets no_auth_user")
     if not re.search(r"sync_interval:\s*always", nats_conf):
         bad("nats.conf: JetStream must sync every write (sync_interval: always)")
+    cluster_include = re.search(r"^\s*include\s+\"?\.\./nats-cluster/cluster\.conf\"?\s*;?\s*$", nats_conf, re.MULTILINE)
     if args.nats_server and nats_cm is not None:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as root:
+            # /etc/nats (the config map) and /etc/nats-cluster (the secret) side by side.
+            tmp = os.path.join(root, "nats")
+            os.makedirs(tmp)
+            if cluster_include and args.nats_cluster:
+                os.makedirs(os.path.join(root, "nats-cluster"))
+                shutil.copy(args.nats_cluster, os.path.join(root, "nats-cluster", "cluster.conf"))
             for name, text in nats_cm["data"].items():
                 with open(os.path.join(tmp, name), "w") as f:
-                    f.write(text.replace("/data/jetstream", os.path.join(tmp, "jetstream")))
+                    f.write(text.replace("/data/jetstream", os.path.join(root, "jetstream")))
             env = dict(os.environ, POD_NAME="nats-0")
             for key in re.findall(r"\$(MOCHI_NATS_PASSWORD_[A-Z_]+)", nats_auth):
                 env[key] = "Checkpassword0123456789"
@@ -158,10 +168,21 @@ def main():
             if ref != {"name": "mochi-nats", "key": key}:
                 bad(f"nats: the server needs {key} from the mochi-nats secret, got {ref}")
         replicas = w["spec"].get("replicas", 1)
-        routes = sorted(set(re.findall(r"nats://(nats-\d+)\.nats:6222", nats_conf)))
+        # The routes are in the secret; nats.conf documents the command that writes them.
+        routes = sorted(set(re.findall(r"(nats-\d+)\.nats:6222", nats_conf)))
         expected = [f"nats-{i}" for i in range(replicas)] if replicas > 1 else []
         if routes != expected:
             bad(f"nats.conf: cluster routes {routes} do not match {replicas} replicas")
+        if replicas > 1:
+            if not cluster_include:
+                bad("nats.conf: the cluster's routes are not authenticated: include ../nats-cluster/cluster.conf (`mochi nats cluster`)")
+            mounts = {m.get("mountPath"): m.get("name") for m in spec["containers"][0].get("volumeMounts", [])}
+            volumes = {v.get("name"): v for v in spec.get("volumes", [])}
+            secret = volumes.get(mounts.get("/etc/nats-cluster"), {}).get("secret", {})
+            if secret.get("secretName") != "mochi-nats-cluster":
+                bad("nats: the mochi-nats-cluster secret (the route password) must be mounted at /etc/nats-cluster")
+        if re.search(r"^\s*cluster\s*\{", nats_conf, re.MULTILINE):
+            bad("nats.conf: a cluster block in the config map carries no route authentication; it belongs in the mochi-nats-cluster secret")
         if mochi_cm is not None:
             toml = tomllib.loads(mochi_cm["data"]["mochi.toml"])
             stored = toml.get("nats", {}).get("jetstream", {}).get("replicas", 1)

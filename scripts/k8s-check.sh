@@ -37,6 +37,9 @@ nats_server="${MOCHI_NATS_SERVER:-.venv/bin/nats-server}"
 [ -x "$nats_server" ] || { echo "k8s-check.sh: $nats_server missing: run scripts/install-deps.sh" >&2; exit 1; }
 mkdir -p "$out"
 "$mochi" nats config > "$out/nats-auth.conf"
+# Stands in for the mochi-nats-cluster secret (a fixed password: it never leaves this check).
+MOCHI_NATS_ROUTE_PASSWORD=Checkroutepassword0123456789 "$mochi" nats cluster \
+  --route nats-0.nats:6222 --route nats-1.nats:6222 --route nats-2.nats:6222 > "$out/nats-cluster.conf"
 
 check() { # FILE OVERLAY
   local file="$1" name="$2" status=0
@@ -44,7 +47,7 @@ check() { # FILE OVERLAY
   "$venv/checkov" --quiet --compact --framework kubernetes -f "$file" > "$out/$name.checkov.txt" 2>&1 \
     || { cat "$out/$name.checkov.txt"; status=1; }
   "$venv/python" k8s/check.py "$file" --overlay "$name" --nats-auth "$out/nats-auth.conf" \
-    --nats-server "$nats_server" --podmonitor monitoring/podmonitor.yaml || status=1
+    --nats-cluster "$out/nats-cluster.conf" --nats-server "$nats_server" --podmonitor monitoring/podmonitor.yaml || status=1
   return $status
 }
 

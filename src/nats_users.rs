@@ -30,7 +30,24 @@ pub enum NatsCommand {
     /// Create every stream, bucket and object store that is missing (run once as `admin`:
     /// `MOCHI_NATS__USER=admin MOCHI_NATS__PASSWORD=…`), then exit.
     Setup,
+    /// Print the nats-server `cluster` block for a cluster whose routes authenticate
+    /// (user `route`; the password from `MOCHI_NATS_ROUTE_PASSWORD`, else a fresh one). It
+    /// holds the password: store it as a secret and include it from the server's config.
+    Cluster {
+        /// `host:port` of every server's cluster port (repeat).
+        #[arg(long = "route", required = true)]
+        routes: Vec<String>,
+        /// The cluster's name.
+        #[arg(long, default_value = "mochi")]
+        name: String,
+        /// The port this server listens on for routes.
+        #[arg(long, default_value_t = 6222)]
+        port: u16,
+    },
 }
+
+/// The environment variable `mochi nats cluster` reads the route password from.
+pub const ROUTE_PASSWORD_ENV: &str = "MOCHI_NATS_ROUTE_PASSWORD";
 
 /// Runs a `mochi nats` subcommand.
 pub async fn run(command: NatsCommand, file: Option<&Path>) -> Result<()> {
@@ -44,6 +61,17 @@ pub async fn run(command: NatsCommand, file: Option<&Path>) -> Result<()> {
                     generate_password()?.expose()
                 );
             }
+        }
+        NatsCommand::Cluster { routes, name, port } => {
+            let password = match std::env::var(ROUTE_PASSWORD_ENV) {
+                Ok(password) => Secret::new(password),
+                Err(_) => generate_password()?,
+            };
+            let block = nats_users::cluster_block(&name, port, &routes, password.expose())
+                .with_context(|| {
+                    format!("cannot write the cluster block ({ROUTE_PASSWORD_ENV} or the flags)")
+                })?;
+            print!("{block}");
         }
         NatsCommand::Setup => {
             let env = roles::env_map();

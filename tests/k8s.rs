@@ -52,7 +52,7 @@ fn every_overlay_renders_validates_and_passes_checkov_and_the_design_checks_and_
     assert!(prod.contains("sync_interval: always"));
 
     // Each breakage, and the words of the check that must name it.
-    let breakages: [(&str, &str, &str, &[&str]); 5] = [
+    let breakages: [(&str, &str, &str, &[&str]); 6] = [
         (
             "a NATS configuration the server cannot parse",
             "sync_interval: always",
@@ -76,6 +76,12 @@ fn every_overlay_renders_validates_and_passes_checkov_and_the_design_checks_and_
             "terminationGracePeriodSeconds: 150",
             "terminationGracePeriodSeconds: 30",
             &["shorter than drain + hand-back"],
+        ),
+        (
+            "NATS routes without the route password",
+            "include ../nats-cluster/cluster.conf",
+            "# include ../nats-cluster/cluster.conf",
+            &["the cluster's routes are not authenticated"],
         ),
         (
             "a field of the wrong type",
