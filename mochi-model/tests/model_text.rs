@@ -13,6 +13,21 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t5")
 }
 
+/// A writable copy of the fixture's `tokenizer/` and `text_encoder/`.
+fn fixture_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for sub in ["tokenizer", "text_encoder"] {
+        let from = fixtures().join(sub);
+        let to = dir.path().join(sub);
+        std::fs::create_dir_all(&to).expect("mkdir");
+        for entry in std::fs::read_dir(&from).expect("read_dir") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+        }
+    }
+    dir
+}
+
 #[derive(serde::Deserialize)]
 struct Expected {
     prompt: String,
@@ -218,16 +233,7 @@ fn prompt_text_path_matches_transformers_on_valid_positions() {
 
 #[test]
 fn a_t5_config_the_weights_contradict_is_refused_naming_the_field_and_both_values() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    for sub in ["tokenizer", "text_encoder"] {
-        let from = fixtures().join(sub);
-        let to = dir.path().join(sub);
-        std::fs::create_dir_all(&to).expect("mkdir");
-        for entry in std::fs::read_dir(&from).expect("read_dir") {
-            let entry = entry.expect("entry");
-            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
-        }
-    }
+    let dir = fixture_copy();
     let path = dir.path().join("text_encoder/config.json");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");
@@ -251,16 +257,7 @@ fn a_t5_config_the_weights_contradict_is_refused_naming_the_field_and_both_value
 
 #[test]
 fn prompts_are_padded_and_truncated_to_the_transformers_max_sequence_length() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    for sub in ["tokenizer", "text_encoder"] {
-        let from = fixtures().join(sub);
-        let to = dir.path().join(sub);
-        std::fs::create_dir_all(&to).expect("mkdir");
-        for entry in std::fs::read_dir(&from).expect("read_dir") {
-            let entry = entry.expect("entry");
-            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
-        }
-    }
+    let dir = fixture_copy();
     let prompt = "A red fox runs through fresh snow at dawn, looking for a warm place to rest.";
     let mut full = TextEncoder::from_model_dir(dir.path(), &Device::Cpu).expect("encoder");
     assert_eq!(full.tokenizer().max_tokens(), MAX_TEXT_TOKENS);

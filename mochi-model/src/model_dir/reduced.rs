@@ -105,17 +105,7 @@ pub fn files(layout: Layout) -> Result<Vec<(String, Vec<u8>)>, String> {
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
     match layout {
         Layout::Diffusers => {
-            out.push((
-                "model_index.json".to_owned(),
-                tiny::json(&serde_json::json!({
-                    "_class_name": "MochiPipeline",
-                    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-                    "text_encoder": ["transformers", "T5EncoderModel"],
-                    "tokenizer": ["transformers", "T5Tokenizer"],
-                    "transformer": ["diffusers", "MochiTransformer3DModel"],
-                    "vae": ["diffusers", "AutoencoderKLMochi"],
-                })),
-            ));
+            out.extend(tiny::pipeline_files());
             out.push((
                 "transformer/config.json".to_owned(),
                 tiny::json(&tiny::dit_config_json(&dit)),

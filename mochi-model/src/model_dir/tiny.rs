@@ -253,6 +253,33 @@ fn t5_config_json(d_model: usize) -> serde_json::Value {
     })
 }
 
+/// diffusers' pipeline files of a model directory: `model_index.json` and the scheduler's
+/// configuration (the release's values).
+pub(super) fn pipeline_files() -> [(String, Vec<u8>); 2] {
+    [
+        (
+            "model_index.json".to_owned(),
+            json(&serde_json::json!({
+                "_class_name": "MochiPipeline",
+                "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+                "text_encoder": ["transformers", "T5EncoderModel"],
+                "tokenizer": ["transformers", "T5Tokenizer"],
+                "transformer": ["diffusers", "MochiTransformer3DModel"],
+                "vae": ["diffusers", "AutoencoderKLMochi"],
+            })),
+        ),
+        (
+            "scheduler/scheduler_config.json".to_owned(),
+            json(&serde_json::json!({
+                "_class_name": "FlowMatchEulerDiscreteScheduler",
+                "invert_sigmas": true,
+                "num_train_timesteps": 1000,
+                "shift": 1.0,
+            })),
+        ),
+    ]
+}
+
 /// Every file of the tiny model directory (relative path, bytes), deterministic.
 pub fn files() -> Result<Vec<(String, Vec<u8>)>, String> {
     let dit = dit_config();
@@ -269,26 +296,7 @@ pub fn files() -> Result<Vec<(String, Vec<u8>)>, String> {
             "note": "tiny Mochi configuration with deterministic random weights, created by mochi-serve; its videos are noise. Run the official release with --model-dir.",
         })),
     ));
-    out.push((
-        "model_index.json".to_owned(),
-        json(&serde_json::json!({
-            "_class_name": "MochiPipeline",
-            "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-            "text_encoder": ["transformers", "T5EncoderModel"],
-            "tokenizer": ["transformers", "T5Tokenizer"],
-            "transformer": ["diffusers", "MochiTransformer3DModel"],
-            "vae": ["diffusers", "AutoencoderKLMochi"],
-        })),
-    ));
-    out.push((
-        "scheduler/scheduler_config.json".to_owned(),
-        json(&serde_json::json!({
-            "_class_name": "FlowMatchEulerDiscreteScheduler",
-            "invert_sigmas": true,
-            "num_train_timesteps": 1000,
-            "shift": 1.0,
-        })),
-    ));
+    out.extend(pipeline_files());
 
     // transformer/: config, shards and their index.
     out.push((
