@@ -8,19 +8,10 @@ use candle_core::{D, DType, Result, Tensor};
 /// Upper bound on one chunk's f32 score matrix, in bytes.
 pub const SCORE_CHUNK_BYTES: usize = 256 << 20;
 
-/// Applies the interleaved-pair rotation to `x (B, N, H, hd)` with `cos`/`sin` `(N, H, hd/2)`.
+/// Applies the interleaved-pair rotation to `x (B, N, H, hd)` with `cos`/`sin` `(N, H, hd/2)`
+/// (one fused pass on the CPU, [`super::fused::rope_interleaved`]); f32 out.
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let (batch, tokens, heads, head_dim) = x.dims4()?;
-    let pairs = x
-        .to_dtype(DType::F32)?
-        .reshape((batch, tokens, heads, head_dim / 2, 2))?;
-    let even = pairs.narrow(4, 0, 1)?;
-    let odd = pairs.narrow(4, 1, 1)?;
-    let cos = cos.unsqueeze(0)?.unsqueeze(4)?;
-    let sin = sin.unsqueeze(0)?.unsqueeze(4)?;
-    let rotated_even = (even.broadcast_mul(&cos)? - odd.broadcast_mul(&sin)?)?;
-    let rotated_odd = (even.broadcast_mul(&sin)? + odd.broadcast_mul(&cos)?)?;
-    Tensor::cat(&[rotated_even, rotated_odd], 4)?.reshape((batch, tokens, heads, head_dim))
+    super::fused::rope_interleaved(&x.to_dtype(DType::F32)?, cos, sin)
 }
 
 /// Softmax attention `softmax(q·kᵀ·scale)·v` for `(H, S, hd)` inputs, processed in query

@@ -1,12 +1,13 @@
 //! The modulated joint (visual + text) transformer block and the final layer.
 
-use candle_core::{D, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 use super::attention::{Qkv, TextLayout, apply_rope, joint_attention};
 use super::config::Config;
 use super::embeddings::load_linear;
+use super::fused::{gated_rms_residual, modulated_rms_norm, swiglu_packed};
 use super::keys::{Key, block, top};
-use super::ops::{Linear, layer_norm, rms_norm, rms_norm_weighted, scale_tokens};
+use super::ops::{Linear, layer_norm, rms_norm_weighted, scale_tokens};
 use super::weights::Weights;
 
 /// Epsilon of the weightless modulation / residual RMS norms.
@@ -14,14 +15,14 @@ pub const MOD_NORM_EPS: f64 = 1e-6;
 /// Epsilon of the learned q/k RMS norms.
 pub const QK_NORM_EPS: f64 = 1e-5;
 
-/// SwiGLU feed-forward with diffusers' half order: `W2(h_a ⊙ SiLU(h_b))`.
+/// SwiGLU feed-forward with diffusers' half order: `W2(h_a ⊙ SiLU(h_b))` (the product in
+/// one pass on the CPU, [`swiglu_packed`]).
 #[derive(Debug, Clone)]
 pub struct FeedForward {
     /// [`block::MLP_X_W1`] / [`block::MLP_Y_W1`].
     w1: Linear,
     /// [`block::MLP_X_W2`] / [`block::MLP_Y_W2`].
     w2: Linear,
-    hidden: usize,
 }
 
 impl FeedForward {
@@ -42,16 +43,13 @@ impl FeedForward {
         Ok(Self {
             w1: Linear::new(w1, None)?,
             w2: Linear::new(w2, None)?,
-            hidden,
         })
     }
 
     /// `(.., dim)` → `(.., dim)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.w1.forward(x)?;
-        let value = h.narrow(D::Minus1, 0, self.hidden)?;
-        let gate = h.narrow(D::Minus1, self.hidden, self.hidden)?;
-        self.w2.forward(&(value * gate.silu()?)?)
+        self.w2.forward(&swiglu_packed(&h)?)
     }
 }
 
@@ -191,8 +189,8 @@ impl JointBlock {
         let my = self.mod_y.forward(&activated)?;
         let my = if self.last { vec![my] } else { my.chunk(4, 1)? };
 
-        let xn = scale_tokens(&rms_norm(x, MOD_NORM_EPS)?, &(&mx[0] + 1.0)?)?;
-        let yn = scale_tokens(&rms_norm(y, MOD_NORM_EPS)?, &(&my[0] + 1.0)?)?;
+        let xn = modulated_rms_norm(x, &mx[0], MOD_NORM_EPS)?;
+        let yn = modulated_rms_norm(y, &my[0], MOD_NORM_EPS)?;
         let mut qkv_x = self.qkv(&self.qkv_x, &self.norm_x, &xn)?;
         qkv_x.q = apply_rope(&qkv_x.q, &rope.0, &rope.1)?;
         qkv_x.k = apply_rope(&qkv_x.k, &rope.0, &rope.1)?;
@@ -200,13 +198,13 @@ impl JointBlock {
         let (attn_x, attn_y) = joint_attention(&qkv_x, &qkv_y, mask, self.qkv_x.dtype(), layout)?;
 
         let x = gated_residual(x, &self.proj_x.forward(&attn_x)?, &mx[1])?;
-        let xn2 = scale_tokens(&rms_norm(&x, MOD_NORM_EPS)?, &(&mx[2] + 1.0)?)?;
+        let xn2 = modulated_rms_norm(&x, &mx[2], MOD_NORM_EPS)?;
         let x = gated_residual(&x, &self.mlp_x.forward(&xn2)?, &mx[3])?;
 
         let y = match (&self.proj_y, &self.mlp_y) {
             (Some(proj_y), Some(mlp_y)) => {
                 let y = gated_residual(y, &proj_y.forward(&attn_y)?, &my[1])?;
-                let yn2 = scale_tokens(&rms_norm(&y, MOD_NORM_EPS)?, &(&my[2] + 1.0)?)?;
+                let yn2 = modulated_rms_norm(&y, &my[2], MOD_NORM_EPS)?;
                 gated_residual(&y, &mlp_y.forward(&yn2)?, &my[3])?
             }
             _ => y.clone(),
@@ -217,7 +215,7 @@ impl JointBlock {
 
 /// `x + tanh(gate)·rms(branch)`.
 fn gated_residual(x: &Tensor, branch: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    x + scale_tokens(&rms_norm(branch, MOD_NORM_EPS)?, &gate.tanh()?)?
+    gated_rms_residual(x, branch, gate, MOD_NORM_EPS)
 }
 
 /// Final adaptive LayerNorm and projection to patch pixels.

@@ -12,6 +12,7 @@ pub mod attention;
 pub mod blocks;
 mod config;
 pub mod embeddings;
+pub mod fused;
 pub mod keys;
 pub mod ops;
 pub mod random;
