@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use coordinator::sim::trace::TraceJob;
 use protocol::JobShape;
-use protocol::config::NatsConfig;
 use protocol::spec::Priority;
 use serde::Serialize;
 
@@ -332,16 +331,10 @@ fn key_for(cluster: &Cluster, role: &str) -> Result<String, CapacityError> {
 
 /// Seconds until `MOCHI_SUBMIT` holds no submission (every one has its record).
 async fn drain(cluster: &Cluster) -> Result<f64, CapacityError> {
-    let nats = NatsConfig {
-        url: cluster.nats_url(),
-        ..NatsConfig::default()
-    };
-    let client = protocol::jetstream::connect(&nats, "mochi-capacity")
+    let resources = cluster
+        .jetstream("mochi-capacity")
         .await
-        .map_err(|e| CapacityError::Nats(e.to_string()))?;
-    let resources = protocol::jetstream::ensure_resources(client, &nats.jetstream)
-        .await
-        .map_err(|e| CapacityError::Nats(e.to_string()))?;
+        .map_err(CapacityError::Nats)?;
     let started = Instant::now();
     let mut submit = resources.submit.clone();
     loop {

@@ -154,6 +154,22 @@ impl Cluster {
         format!("nats://127.0.0.1:{}", self.nats_port)
     }
 
+    /// The stack's JetStream resources, through a client named `name` (created where
+    /// missing); the error in words.
+    pub async fn jetstream(&self, name: &str) -> Result<protocol::jetstream::Resources, String> {
+        let nats = protocol::config::NatsConfig {
+            url: self.nats_url(),
+            connect_timeout_s: 30,
+            ..protocol::config::NatsConfig::default()
+        };
+        let client = protocol::jetstream::connect(&nats, name)
+            .await
+            .map_err(|e| e.to_string())?;
+        protocol::jetstream::ensure_resources(client, &nats.jetstream)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// The gateway's base URL.
     pub fn gateway_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.gateway_port)

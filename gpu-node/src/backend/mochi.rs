@@ -500,12 +500,12 @@ pub fn from_candle(error: candle_core::Error) -> BackendError {
 /// Bytes the loaded weights take: every tensor of the files the loaders read, in the dtype
 /// they are kept in (DiT in `dit_dtype`, T5 and VAE in f32).
 fn resident_bytes(dir: &Path, dit_dtype: DType) -> u64 {
-    let sum = |files: &[PathBuf], bytes_per_element: u64, prefix: &str| -> u64 {
+    let sum = |files: &[PathBuf], bytes_per_element: u64, keep: &dyn Fn(&str) -> bool| -> u64 {
         files
             .iter()
             .filter_map(|file| safetensors_header::read(file).ok())
             .flat_map(|header| header.tensors.into_iter())
-            .filter(|(name, _)| name.starts_with(prefix))
+            .filter(|(name, _)| keep(name))
             .map(|(_, info)| {
                 info.shape.iter().map(|d| *d as u64).product::<u64>() * bytes_per_element
             })
@@ -523,10 +523,11 @@ fn resident_bytes(dir: &Path, dit_dtype: DType) -> u64 {
     } else {
         mochi_model::model_dir::VAE_DECODER_PREFIX
     };
-    sum(&dit_files, dit_dtype.size_in_bytes() as u64, "")
-        + sum(&text_files, 4, "shared.")
-        + sum(&text_files, 4, "encoder.")
-        + sum(&vae_files, 4, vae_prefix)
+    sum(&dit_files, dit_dtype.size_in_bytes() as u64, &|_| true)
+        + sum(&text_files, 4, &|name| {
+            name.starts_with("shared.") || name.starts_with("encoder.")
+        })
+        + sum(&vae_files, 4, &|name| name.starts_with(vae_prefix))
 }
 
 #[cfg(test)]

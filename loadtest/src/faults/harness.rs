@@ -14,7 +14,6 @@ use futures::StreamExt;
 use mochi_rng::SplitMix64;
 use nix::sys::signal::Signal;
 use protocol::api::JobView;
-use protocol::config::NatsConfig;
 use protocol::jetstream::Resources;
 use protocol::messages::NodeHeartbeat;
 use protocol::spec::JobSpec;
@@ -117,17 +116,10 @@ pub async fn run(config: &FaultConfig) -> Result<FaultReport, FaultError> {
             dir.path().to_owned(),
         )
     })?;
-    let nats = NatsConfig {
-        url: cluster.nats_url(),
-        connect_timeout_s: 30,
-        ..NatsConfig::default()
-    };
-    let client = protocol::jetstream::connect(&nats, "mochi-faults")
+    let resources = cluster
+        .jetstream("mochi-faults")
         .await
-        .map_err(|e| FaultError::Nats(e.to_string()))?;
-    let resources = protocol::jetstream::ensure_resources(client, &nats.jetstream)
-        .await
-        .map_err(|e| FaultError::Nats(e.to_string()))?;
+        .map_err(FaultError::Nats)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

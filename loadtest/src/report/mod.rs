@@ -59,22 +59,17 @@ pub struct Quantiles {
 }
 
 impl Quantiles {
-    /// Nearest-rank quantiles of `samples`.
+    /// Nearest-rank quantiles of `samples` (the simulator's rule,
+    /// [`coordinator::sim::report::percentiles`], so live and simulated figures compare).
     pub fn of(samples: &[f64]) -> Self {
         let mut sorted = samples.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let at = |q: f64| {
-            if sorted.is_empty() {
-                return 0.0;
-            }
-            sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
-        };
+        let p = coordinator::sim::report::percentiles(&mut sorted);
         Self {
-            p50: at(0.5),
-            p95: at(0.95),
-            p99: at(0.99),
+            p50: p.p50,
+            p95: p.p95,
+            p99: p.p99,
             max: sorted.last().copied().unwrap_or(0.0),
-            count: sorted.len(),
+            count: p.count,
         }
     }
 }

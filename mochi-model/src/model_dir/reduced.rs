@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use super::tiny::{self, Storage};
+use super::tiny::{self, Storage, T5Dims};
 use crate::model::Config as DitConfig;
 use crate::model::vae::VaeConfig;
 use crate::pipeline::text_encoder::GENMO_T5_DIR;
@@ -62,28 +62,15 @@ pub fn vae_config() -> VaeConfig {
 
 /// `google/t5-v1_1-xxl`'s encoder (24 layers, 64 heads, 32 128 ids, gated GELU) at
 /// `d_model` 16, `d_kv` 2, `d_ff` 32.
-fn t5_config_json(d_model: usize) -> serde_json::Value {
-    serde_json::json!({
-        "architectures": ["T5EncoderModel"],
-        "d_ff": 32,
-        "d_kv": 2,
-        "d_model": d_model,
-        "dense_act_fn": "gelu_new",
-        "dropout_rate": 0.0,
-        "eos_token_id": 1,
-        "feed_forward_proj": "gated-gelu",
-        "initializer_factor": 1.0,
-        "is_encoder_decoder": false,
-        "layer_norm_epsilon": 1e-6,
-        "model_type": "t5",
-        "num_heads": 64,
-        "num_layers": 24,
-        "pad_token_id": 0,
-        "relative_attention_max_distance": 128,
-        "relative_attention_num_buckets": 32,
-        "tie_word_embeddings": false,
-        "vocab_size": 32128,
-    })
+fn t5_dims(d_model: usize) -> T5Dims {
+    T5Dims {
+        d_model,
+        d_ff: 32,
+        d_kv: 2,
+        num_heads: 64,
+        num_layers: 24,
+        vocab_size: 32128,
+    }
 }
 
 fn tokenizer_config_json() -> serde_json::Value {
@@ -99,7 +86,7 @@ fn tokenizer_config_json() -> serde_json::Value {
 pub fn files(layout: Layout) -> Result<Vec<(String, Vec<u8>)>, String> {
     let dit = dit_config();
     let vae = vae_config();
-    let t5_json = t5_config_json(dit.text_embed_dim);
+    let t5_json = tiny::t5_config_json(&t5_dims(dit.text_embed_dim));
     let t5 = super::t5_config_from_json(&t5_json.to_string())?;
     let t5_tensors = super::t5_encoder_tensors(&t5);
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();

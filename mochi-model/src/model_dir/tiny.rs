@@ -229,12 +229,29 @@ pub(super) fn vae_config_json(c: &VaeConfig) -> serde_json::Value {
     })
 }
 
-fn t5_config_json(d_model: usize) -> serde_json::Value {
+/// The widths and counts of a T5 v1.1 encoder (gated GELU, 32 relative buckets).
+pub(super) struct T5Dims {
+    /// `d_model`.
+    pub d_model: usize,
+    /// `d_ff`.
+    pub d_ff: usize,
+    /// `d_kv`.
+    pub d_kv: usize,
+    /// `num_heads`.
+    pub num_heads: usize,
+    /// `num_layers`.
+    pub num_layers: usize,
+    /// `vocab_size`.
+    pub vocab_size: usize,
+}
+
+/// A transformers `config.json` of a T5 v1.1 encoder of `d`.
+pub(super) fn t5_config_json(d: &T5Dims) -> serde_json::Value {
     serde_json::json!({
         "architectures": ["T5EncoderModel"],
-        "d_ff": 48,
-        "d_kv": 8,
-        "d_model": d_model,
+        "d_ff": d.d_ff,
+        "d_kv": d.d_kv,
+        "d_model": d.d_model,
         "dense_act_fn": "gelu_new",
         "dropout_rate": 0.0,
         "eos_token_id": 1,
@@ -243,13 +260,13 @@ fn t5_config_json(d_model: usize) -> serde_json::Value {
         "is_encoder_decoder": false,
         "layer_norm_epsilon": 1e-6,
         "model_type": "t5",
-        "num_heads": 4,
-        "num_layers": 2,
+        "num_heads": d.num_heads,
+        "num_layers": d.num_layers,
         "pad_token_id": 0,
         "relative_attention_max_distance": 128,
         "relative_attention_num_buckets": 32,
         "tie_word_embeddings": false,
-        "vocab_size": T5_VOCAB,
+        "vocab_size": d.vocab_size,
     })
 }
 
@@ -284,7 +301,14 @@ pub(super) fn pipeline_files() -> [(String, Vec<u8>); 2] {
 pub fn files() -> Result<Vec<(String, Vec<u8>)>, String> {
     let dit = dit_config();
     let vae = vae_config();
-    let t5_json = t5_config_json(dit.text_embed_dim);
+    let t5_json = t5_config_json(&T5Dims {
+        d_model: dit.text_embed_dim,
+        d_ff: 48,
+        d_kv: 8,
+        num_heads: 4,
+        num_layers: 2,
+        vocab_size: T5_VOCAB,
+    });
     let t5 = super::t5_config_from_json(&t5_json.to_string())?;
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
 
