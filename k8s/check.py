@@ -1,12 +1,13 @@
 """Checks a rendered overlay (`kubectl kustomize k8s/overlays/<name>`) for what the schemas
 and checkov cannot see: that the pieces fit each other and the design.
 
-    python k8s/check.py RENDERED.yaml --overlay dev|prod --nats-auth AUTH.conf \
+    python k8s/check.py RENDERED.yaml --overlay dev|prod --mochi MOCHI \
         [--nats-cluster CLUSTER.conf] [--nats-server BIN]
 
-AUTH.conf is the output of `mochi nats config`; with BIN, the rendered NATS configuration is
-also parsed by that nats-server (`-t`), with the passwords' variables set. Prints one line per problem and exits 1 if
-there is any; prints a summary and exits 0 otherwise.
+MOCHI is the binary whose `mochi nats config --gpu-node …` (for the GPU nodes the rendering
+holds) the NATS users must equal; with BIN, the rendered NATS configuration is also parsed
+by that nats-server (`-t`), with the passwords' variables set. Prints one line per problem
+and exits 1 if there is any; prints a summary and exits 0 otherwise.
 """
 
 import argparse
@@ -21,10 +22,9 @@ import tomllib
 import yaml
 
 WORKLOADS = {"Deployment", "StatefulSet", "Job"}
-# The NATS user of each role's pods.
-NATS_USERS = {"gateway": "gateway", "coordinator": "coordinator", "gpu-node": "gpu-node",
-              "nats-setup": "admin"}
-# Expected replicas per overlay.
+# The NATS user of each role's pods (a GPU node's is `node-<its id>`).
+NATS_USERS = {"gateway": "gateway", "coordinator": "coordinator", "nats-setup": "admin"}
+# Expected replicas per overlay (for gpu-node: Deployments of one replica each).
 REPLICAS = {
     "dev": {"nats": 1, "gateway": 1, "coordinator": 1, "gpu-node": 1},
     "prod": {"nats": 3, "gateway": 3, "coordinator": 2, "gpu-node": 8},
@@ -53,15 +53,13 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("rendered")
     parser.add_argument("--overlay", required=True, choices=sorted(REPLICAS))
-    parser.add_argument("--nats-auth", required=True)
+    parser.add_argument("--mochi", required=True, help="the mochi binary (`mochi nats config`)")
     parser.add_argument("--nats-server")
     parser.add_argument("--nats-cluster", help="a `mochi nats cluster` block, standing in for the mochi-nats-cluster secret")
     parser.add_argument("--podmonitor", help="monitoring/podmonitor.yaml: must scrape every role")
     args = parser.parse_args()
     with open(args.rendered) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
-    with open(args.nats_auth) as f:
-        nats_auth = f.read()
     problems = []
 
     def bad(message):
@@ -74,7 +72,9 @@ def main():
             bad(f"{d['kind']}/{d['metadata']['name']}: not in namespace mochi")
     config_maps = by_kind.get("ConfigMap", {})
     workloads = [d for k in WORKLOADS for d in by_kind.get(k, {}).values()]
-    pods = {}  # component -> (workload, pod spec, pod labels)
+    pods = {}  # component -> (workload, pod spec, pod labels), the first of each
+    every = []  # (component, workload, pod spec, pod labels) of every workload
+    node_ids = []  # the GPU nodes' ids, in the order of their Deployments
 
     for w in workloads:
         name = f"{w['kind']}/{w['metadata']['name']}"
@@ -85,7 +85,8 @@ def main():
         if comp is None:
             bad(f"{name}: pods without an app.kubernetes.io/component label")
             continue
-        pods[comp] = (w, spec, labels)
+        pods.setdefault(comp, (w, spec, labels))
+        every.append((comp, w, spec, labels))
         if w["kind"] != "Job" and not selects(w["spec"]["selector"], labels):
             bad(f"{name}: its selector does not select its own pods")
         psc = spec.get("securityContext", {})
@@ -119,6 +120,17 @@ def main():
                     bad(f"{cname}: liveness must be /healthz and readiness /readyz (got {live}, {ready})")
             env = env_map(c)
             user = NATS_USERS.get(comp)
+            if comp == "gpu-node" and c["name"] == "gpu-node":
+                node = env.get("MOCHI_GPU_NODE__NODE_ID", {}).get("value")
+                if not node or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", node):
+                    bad(f"{cname}: MOCHI_GPU_NODE__NODE_ID must be a fixed id (it names the node's NATS user)")
+                    continue
+                if node in node_ids:
+                    bad(f"{cname}: node id {node} is taken by another Deployment; two processes would share it")
+                node_ids.append(node)
+                user = f"node-{node}"
+                if w["spec"].get("replicas", 1) != 1:
+                    bad(f"{cname}: a GPU node Deployment runs one pod, its id's only process")
             if user is not None:
                 if env.get("MOCHI_NATS__USER", {}).get("value") != user:
                     bad(f"{cname}: must log in to NATS as {user}")
@@ -128,12 +140,18 @@ def main():
                 if ref.get("optional"):
                     bad(f"{cname}: the NATS password must not be optional")
 
-    # NATS: the users' block, the passwords, replicas, routes, durability.
+    # NATS: the users' block (every role and every GPU node found above), the passwords,
+    # replicas, routes, durability.
+    node_args = [a for node in node_ids for a in ("--gpu-node", node)] or ["--gpu-nodes", "0"]
+    generated = subprocess.run([args.mochi, "nats", "config", *node_args], capture_output=True, text=True)
+    if generated.returncode != 0:
+        bad(f"`mochi nats config` refuses the GPU nodes {node_ids}: {generated.stderr.strip()}")
+    nats_auth = generated.stdout
     nats_cm = next((cm for n, cm in config_maps.items() if n.startswith("nats-config")), None)
     mochi_cm = next((cm for n, cm in config_maps.items() if n.startswith("mochi-config")), None)
     nats_conf = (nats_cm or {}).get("data", {}).get("nats.conf", "")
     if nats_cm is None or nats_cm["data"].get("nats-auth.conf") != nats_auth:
-        bad("nats-config/nats-auth.conf differs from `mochi nats config`: regenerate k8s/base/nats-auth.conf")
+        bad(f"nats-config/nats-auth.conf differs from `mochi nats config` for GPU nodes {node_ids}: regenerate the overlay's nats-auth.conf")
     if not re.search(r"^\s*include\s+\"?(\./)?nats-auth\.conf\"?\s*;?\s*$", nats_conf, re.MULTILINE):
         bad("nats.conf does not include nats-auth.conf: NATS would run without authorization")
     if re.search(r"^\s*no_auth_user", nats_conf, re.MULTILINE):
@@ -153,13 +171,13 @@ def main():
                 with open(os.path.join(tmp, name), "w") as f:
                     f.write(text.replace("/data/jetstream", os.path.join(root, "jetstream")))
             env = dict(os.environ, POD_NAME="nats-0")
-            for key in re.findall(r"\$(MOCHI_NATS_PASSWORD_[A-Z_]+)", nats_auth):
+            for key in re.findall(r"\$(MOCHI_NATS_PASSWORD_[A-Z0-9_]+)", nats_auth):
                 env[key] = "Checkpassword0123456789"
             run = subprocess.run([os.path.abspath(args.nats_server), "-c", "nats.conf", "-t"], cwd=tmp, env=env,
                                  capture_output=True, text=True)
             if run.returncode != 0:
                 bad(f"nats-server refuses the rendered nats.conf: {(run.stderr + run.stdout).strip()}")
-    users = re.findall(r"\$(MOCHI_NATS_PASSWORD_[A-Z_]+)", nats_auth)
+    users = re.findall(r"\$(MOCHI_NATS_PASSWORD_[A-Z0-9_]+)", nats_auth)
     if "nats" in pods:
         w, spec, _ = pods["nats"]
         env = env_map(spec["containers"][0])
@@ -192,12 +210,16 @@ def main():
         bad("no NATS StatefulSet")
 
     for comp, count in REPLICAS[args.overlay].items():
-        if comp in pods and pods[comp][0]["spec"].get("replicas", 1) != count:
+        if comp == "gpu-node":
+            if len(node_ids) != count:
+                bad(f"gpu-node: {len(node_ids)} GPU node Deployments, {args.overlay} wants {count}")
+        elif comp in pods and pods[comp][0]["spec"].get("replicas", 1) != count:
             bad(f"{comp}: {pods[comp][0]['spec'].get('replicas', 1)} replicas, {args.overlay} wants {count}")
 
     # GPU nodes: one GPU each, and time to hand a job back.
-    if "gpu-node" in pods:
-        _, spec, _ = pods["gpu-node"]
+    for comp, _, spec, _ in every:
+        if comp != "gpu-node":
+            continue
         c = spec["containers"][0]
         res = c["resources"]
         if res.get("requests", {}).get("nvidia.com/gpu") != 1 or res.get("limits", {}).get("nvidia.com/gpu") != 1:
@@ -219,7 +241,7 @@ def main():
     for svc in by_kind.get("Service", {}).values():
         if not any(selects({"matchLabels": svc["spec"]["selector"]}, labels) for _, _, labels in pods.values()):
             bad(f"Service/{svc['metadata']['name']}: selects no pods")
-    for comp, (w, _, labels) in pods.items():
+    for comp, w, _, labels in every:
         if w["kind"] != "Job" and not any(selects(p["spec"]["selector"], labels)
                                          for p in by_kind.get("PodDisruptionBudget", {}).values()):
             bad(f"{comp}: no PodDisruptionBudget")
@@ -230,7 +252,7 @@ def main():
     if not deny or deny["spec"].get("podSelector") != {} or sorted(deny["spec"].get("policyTypes", [])) != ["Egress", "Ingress"] \
             or deny["spec"].get("ingress") or deny["spec"].get("egress"):
         bad("NetworkPolicy/default-deny must select every pod and allow nothing")
-    for comp, (_, _, labels) in pods.items():
+    for comp, _, _, labels in every:
         own = [p for n, p in policies.items() if n not in ("default-deny", "dns")
                and selects(p["spec"]["podSelector"], labels)]
         if not own:
@@ -258,10 +280,9 @@ def main():
             bad("podmonitor: not in namespace mochi")
         expressions = monitor["spec"]["selector"].get("matchExpressions", [])
         ports = {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
-        for comp in ("gateway", "coordinator", "gpu-node"):
-            if comp not in pods:
+        for comp, _, spec, labels in every:
+            if comp not in ("gateway", "coordinator", "gpu-node"):
                 continue
-            _, spec, labels = pods[comp]
             if not all(labels.get(e["key"]) in e["values"] for e in expressions if e["operator"] == "In"):
                 bad(f"podmonitor: does not select the {comp} pods")
             named = {p.get("name") for c in spec["containers"] for p in c.get("ports", [])}
@@ -284,7 +305,7 @@ def main():
         print(f"check.py ({args.overlay}): {p}")
     if problems:
         return 1
-    print(f"check.py ({args.overlay}): {len(docs)} objects, {len(pods)} workloads, {len(policies)} network policies: ok")
+    print(f"check.py ({args.overlay}): {len(docs)} objects, {len(every)} workloads ({len(node_ids)} GPU nodes), {len(policies)} network policies: ok")
     return 0
 
 

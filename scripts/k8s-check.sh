@@ -7,7 +7,8 @@
 #   scripts/k8s-check.sh [--mochi PATH] [--out DIR]                 every overlay
 #   scripts/k8s-check.sh [--mochi PATH] --rendered FILE --overlay N  one rendered file
 # Needs kubectl and .venv-k8s (scripts/install-deps.sh). --mochi is the binary whose
-# `mochi nats config` the NATS users must equal (default: target/debug/mochi, built if missing).
+# `mochi nats config --gpu-node …` (for the overlay's GPU nodes) the NATS users must equal
+# (default: target/debug/mochi, built if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +37,6 @@ fi
 nats_server="${MOCHI_NATS_SERVER:-.venv/bin/nats-server}"
 [ -x "$nats_server" ] || { echo "k8s-check.sh: $nats_server missing: run scripts/install-deps.sh" >&2; exit 1; }
 mkdir -p "$out"
-"$mochi" nats config > "$out/nats-auth.conf"
 # Stands in for the mochi-nats-cluster secret (a fixed password: it never leaves this check).
 MOCHI_NATS_ROUTE_PASSWORD=Checkroutepassword0123456789 "$mochi" nats cluster \
   --route nats-0.nats:6222 --route nats-1.nats:6222 --route nats-2.nats:6222 > "$out/nats-cluster.conf"
@@ -46,7 +46,7 @@ check() { # FILE OVERLAY
   "$venv/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$file" || status=1
   "$venv/checkov" --quiet --compact --framework kubernetes -f "$file" > "$out/$name.checkov.txt" 2>&1 \
     || { cat "$out/$name.checkov.txt"; status=1; }
-  "$venv/python" k8s/check.py "$file" --overlay "$name" --nats-auth "$out/nats-auth.conf" \
+  "$venv/python" k8s/check.py "$file" --overlay "$name" --mochi "$mochi" \
     --nats-cluster "$out/nats-cluster.conf" --nats-server "$nats_server" --podmonitor monitoring/podmonitor.yaml || status=1
   return $status
 }

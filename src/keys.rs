@@ -149,8 +149,8 @@ fn nats_config(common: &CommonArgs, file: Option<&Path>) -> Result<NatsConfig> {
         // The embedded server takes the admin user, whose password `mochi up` keeps here.
         let run_dir = common.data_dir.join("nats");
         if crate::nats_users::passwords_path(&run_dir).exists() {
-            let passwords = crate::nats_users::Passwords::load_or_create(&run_dir)?;
-            config = passwords.login(&config, protocol::nats_users::NatsUser::Admin)?;
+            let passwords = crate::nats_users::Passwords::read(&run_dir)?;
+            config = passwords.login(&config, &protocol::nats_users::NatsUser::Admin)?;
         }
     }
     config.connect_timeout_s = config.connect_timeout_s.min(10);

@@ -21,12 +21,20 @@ const PASSWORDS_FILE: &str = "users.json";
 /// `mochi nats …`: the production NATS authorization.
 #[derive(Debug, clap::Subcommand)]
 pub enum NatsCommand {
-    /// Print the nats-server `authorization` block (one user per role; passwords read from
-    /// the server's environment, `MOCHI_NATS_PASSWORD_<USER>`).
-    Config,
+    /// Print the nats-server `authorization` block (one user per role and one per GPU
+    /// node; passwords read from the server's environment, `MOCHI_NATS_PASSWORD_<USER>`).
+    Config {
+        /// The GPU nodes.
+        #[command(flatten)]
+        nodes: NodeList,
+    },
     /// Print fresh random passwords for every user as `MOCHI_NATS_PASSWORD_<USER>=…` lines
     /// (an env file for the server's and the roles' secrets).
-    Passwords,
+    Passwords {
+        /// The GPU nodes.
+        #[command(flatten)]
+        nodes: NodeList,
+    },
     /// Create every stream, bucket and object store that is missing (run once as `admin`:
     /// `MOCHI_NATS__USER=admin MOCHI_NATS__PASSWORD=…`), then exit.
     Setup,
@@ -46,15 +54,48 @@ pub enum NatsCommand {
     },
 }
 
+/// The GPU nodes of a deployment, each with a NATS user of its own (`node-<id>`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeList {
+    /// A GPU node's id, its `MOCHI_GPU_NODE__NODE_ID` (repeat).
+    #[arg(long = "gpu-node", value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Also `gpu-node-0` … `gpu-node-<N-1>` (the ids of `k8s/`'s GPU node Deployments).
+    #[arg(long = "gpu-nodes", value_name = "N")]
+    pub count: Option<u32>,
+}
+
+impl NodeList {
+    /// Every node id listed, the numbered ones first; at least one.
+    pub fn ids(&self) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = (0..self.count.unwrap_or(0))
+            .map(|index| format!("{K8S_NODE_PREFIX}{index}"))
+            .collect();
+        ids.extend(self.ids.iter().cloned());
+        if ids.is_empty() {
+            bail!(
+                "list the GPU nodes, each gets a NATS user of its own: --gpu-node ID (repeat) or --gpu-nodes N"
+            );
+        }
+        NatsUser::all(&ids)?;
+        Ok(ids)
+    }
+}
+
+/// The id prefix of [`NodeList::count`]'s nodes.
+const K8S_NODE_PREFIX: &str = "gpu-node-";
+
 /// The environment variable `mochi nats cluster` reads the route password from.
 pub const ROUTE_PASSWORD_ENV: &str = "MOCHI_NATS_ROUTE_PASSWORD";
 
 /// Runs a `mochi nats` subcommand.
 pub async fn run(command: NatsCommand, file: Option<&Path>) -> Result<()> {
     match command {
-        NatsCommand::Config => print!("{}", nats_users::authorization_block()),
-        NatsCommand::Passwords => {
-            for user in NatsUser::ALL {
+        NatsCommand::Config { nodes } => {
+            print!("{}", nats_users::authorization_block(&nodes.ids()?)?);
+        }
+        NatsCommand::Passwords { nodes } => {
+            for user in NatsUser::all(&nodes.ids()?)? {
                 println!(
                     "{}={}",
                     user.password_env_var(),
@@ -103,6 +144,7 @@ pub fn generate_password() -> Result<Secret> {
 /// (mode 0600) so that a restart reuses them.
 #[derive(Clone)]
 pub struct Passwords {
+    users: Vec<NatsUser>,
     by_user: BTreeMap<String, Secret>,
 }
 
@@ -115,31 +157,46 @@ impl std::fmt::Debug for Passwords {
 }
 
 impl Passwords {
-    /// Reads the file under `run_dir`, generating it (or any user it lacks) first.
-    pub fn load_or_create(run_dir: &Path) -> Result<Self> {
+    /// Reads the file under `run_dir` as it is, changing nothing (`mochi keys` beside a
+    /// running `mochi up`).
+    pub fn read(run_dir: &Path) -> Result<Self> {
+        let path = passwords_path(run_dir);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Self {
+            users: Vec::new(),
+            by_user: parse(&path, &text)?,
+        })
+    }
+
+    /// Reads the file under `run_dir`, generating it (or any of `users` it lacks) first. A
+    /// node user not in `users` (a node of an earlier run) is dropped.
+    pub fn load_or_create(run_dir: &Path, users: &[NatsUser]) -> Result<Self> {
         let path = passwords_path(run_dir);
         let mut by_user: BTreeMap<String, Secret> = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str::<BTreeMap<String, String>>(&text)
-                .with_context(|| format!("{} is not a JSON map of passwords", path.display()))?
-                .into_iter()
-                .map(|(user, password)| (user, Secret::new(password)))
-                .collect(),
+            Ok(text) => parse(&path, &text)?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(error) => {
                 return Err(error).with_context(|| format!("cannot read {}", path.display()));
             }
         };
-        let mut changed = false;
-        for user in NatsUser::ALL {
+        let names: Vec<String> = users.iter().map(NatsUser::name).collect();
+        let before = by_user.len();
+        by_user.retain(|name, _| names.contains(name));
+        let mut changed = by_user.len() != before;
+        for name in names {
             let valid = by_user
-                .get(user.name())
+                .get(&name)
                 .is_some_and(|password| nats_users::is_valid_password(password.expose()));
             if !valid {
-                by_user.insert(user.name().to_owned(), generate_password()?);
+                by_user.insert(name, generate_password()?);
                 changed = true;
             }
         }
-        let passwords = Self { by_user };
+        let passwords = Self {
+            users: users.to_vec(),
+            by_user,
+        };
         if changed {
             passwords.write(&path)?;
             tracing::info!(path = %path.display(), "generated NATS passwords");
@@ -150,24 +207,24 @@ impl Passwords {
     }
 
     /// The password of `user`.
-    pub fn get(&self, user: NatsUser) -> Result<&Secret> {
+    pub fn get(&self, user: &NatsUser) -> Result<&Secret> {
         self.by_user
-            .get(user.name())
+            .get(&user.name())
             .with_context(|| format!("no password for NATS user {}", user.name()))
     }
 
     /// The server's environment: `MOCHI_NATS_PASSWORD_<USER>` for every user.
     pub fn server_env(&self) -> Result<Vec<(String, String)>> {
-        NatsUser::ALL
-            .into_iter()
+        self.users
+            .iter()
             .map(|user| Ok((user.password_env_var(), self.get(user)?.expose().to_owned())))
             .collect()
     }
 
     /// `base` logged in as `user`.
-    pub fn login(&self, base: &NatsConfig, user: NatsUser) -> Result<NatsConfig> {
+    pub fn login(&self, base: &NatsConfig, user: &NatsUser) -> Result<NatsConfig> {
         Ok(NatsConfig {
-            user: Some(user.name().to_owned()),
+            user: Some(user.name()),
             password: Some(self.get(user)?.clone()),
             credentials_file: None,
             ..base.clone()
@@ -202,6 +259,15 @@ pub fn write_private(path: &Path, text: &str) -> Result<()> {
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", temporary.display()))?;
     std::fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The passwords of a `users.json` read from `path`.
+fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, Secret>> {
+    Ok(serde_json::from_str::<BTreeMap<String, String>>(text)
+        .with_context(|| format!("{} is not a JSON map of passwords", path.display()))?
+        .into_iter()
+        .map(|(user, password)| (user, Secret::new(password)))
+        .collect())
 }
 
 /// Where the embedded server's passwords live.
@@ -240,32 +306,45 @@ mod tests {
     #[test]
     fn passwords_are_created_once_with_mode_0600_and_reused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let created = Passwords::load_or_create(dir.path()).expect("create");
+        let users = NatsUser::all(&["n1".to_owned()]).expect("users");
+        let created = Passwords::load_or_create(dir.path(), &users).expect("create");
         let path = passwords_path(dir.path());
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let reused = Passwords::load_or_create(dir.path()).expect("reuse");
-        for user in NatsUser::ALL {
+        let reused = Passwords::load_or_create(dir.path(), &users).expect("reuse");
+        for user in &users {
             assert_eq!(
                 created.get(user).expect("created"),
                 reused.get(user).expect("reused")
             );
         }
+        let node = NatsUser::GpuNode("n1".to_owned());
         assert_ne!(
-            created.get(NatsUser::Admin).expect("admin"),
-            created.get(NatsUser::GpuNode).expect("gpu-node")
+            created.get(&NatsUser::Admin).expect("admin"),
+            created.get(&node).expect("node")
         );
         let logged = format!("{created:?}");
-        assert!(!logged.contains(created.get(NatsUser::Admin).expect("admin").expose()));
+        assert!(!logged.contains(created.get(&NatsUser::Admin).expect("admin").expose()));
+        // The next run's node gets a user; the last run's node loses its own.
+        let next = NatsUser::all(&["n2".to_owned()]).expect("users");
+        let moved = Passwords::load_or_create(dir.path(), &next).expect("reuse");
+        assert!(moved.get(&node).is_err());
+        assert!(moved.get(&NatsUser::GpuNode("n2".to_owned())).is_ok());
+        assert_eq!(
+            created.get(&NatsUser::Admin).expect("admin"),
+            moved.get(&NatsUser::Admin).expect("admin")
+        );
+        assert_eq!(moved.server_env().expect("env").len(), next.len());
     }
 
     #[test]
     fn a_loose_mode_is_tightened() {
         let dir = tempfile::tempdir().expect("tempdir");
-        Passwords::load_or_create(dir.path()).expect("create");
+        let users = NatsUser::ROLES.to_vec();
+        Passwords::load_or_create(dir.path(), &users).expect("create");
         let path = passwords_path(dir.path());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        Passwords::load_or_create(dir.path()).expect("reuse");
+        Passwords::load_or_create(dir.path(), &users).expect("reuse");
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }

@@ -53,12 +53,18 @@ pub struct UpArgs {
 pub async fn run(args: UpArgs, file: Option<&Path>) -> Result<()> {
     let binary = nats_server::find_binary(args.nats_server.as_deref())?;
     let (shutdown, _signals) = telemetry::shutdown_on_signal();
-    let passwords = Passwords::load_or_create(&nats_server::run_dir(&args.data_dir)?)?;
+    // The embedded node's id, fixed now: its NATS user is named after it.
+    let node_id = gpu_node::Config::load(file, &roles::env_map())?.resolved_node_id();
+    let nodes = [node_id.to_string()];
+    let passwords = Passwords::load_or_create(
+        &nats_server::run_dir(&args.data_dir)?,
+        &NatsUser::all(&nodes)?,
+    )?;
     let nats = EmbeddedNats::start(
         &binary,
         &args.data_dir,
         args.nats_port,
-        &protocol::nats_users::authorization_block(),
+        &protocol::nats_users::authorization_block(&nodes)?,
         &passwords.server_env()?,
     )
     .await?;
@@ -72,6 +78,7 @@ pub async fn run(args: UpArgs, file: Option<&Path>) -> Result<()> {
         file,
         nats.url(),
         &passwords,
+        &node_id,
         shutdown.clone(),
     ))
     .await;
@@ -88,6 +95,7 @@ async fn run_roles(
     file: Option<&Path>,
     nats_url: &str,
     passwords: &Passwords,
+    node_id: &protocol::NodeId,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<()> {
     let env = roles::env_map();
@@ -101,6 +109,7 @@ async fn run_roles(
     }
     let coordinator_config = coordinator::Config::load(file, &env)?;
     let mut node_config = gpu_node::Config::load(file, &env)?;
+    node_config.node_id = Some(node_id.to_string());
     if let Some(slots) = args.slots {
         node_config.slots = slots;
     }
@@ -108,20 +117,20 @@ async fn run_roles(
     let node_config_summary = node_config.clone();
     let metrics = gateway::install_metrics_recorder()?;
     // The admin creates what is missing; each role then opens it with its own user.
-    let admin = passwords.login(&nats_config, NatsUser::Admin)?;
+    let admin = passwords.login(&nats_config, &NatsUser::Admin)?;
     let (admin_client, admin_resources) = roles::connect(&admin, "up-admin").await?;
     if !gateway_config.auth.disabled {
         ensure_api_key(&args.data_dir, &admin_resources).await?;
     }
     admin_client.flush().await.ok();
     drop(admin_client);
-    let login = |user| passwords.login(&nats_config, user);
+    let login = |user: NatsUser| passwords.login(&nats_config, &user);
     let (gateway_client, gateway_resources) =
         roles::connect(&login(NatsUser::Gateway)?, "gateway").await?;
     let (coordinator_client, coordinator_resources) =
         roles::connect(&login(NatsUser::Coordinator)?, "coordinator").await?;
     let (node_client, node_resources) =
-        roles::connect(&login(NatsUser::GpuNode)?, "gpu-node").await?;
+        roles::connect(&login(NatsUser::GpuNode(node_id.to_string()))?, "gpu-node").await?;
     let server = Box::pin(gateway::Server::bind(
         gateway_config,
         gateway_resources,
@@ -131,12 +140,15 @@ async fn run_roles(
     .await?;
     let url = format!("http://{}", server.local_addr());
 
+    // The coordinator stops after the node: the node's last record writes (a job finished
+    // or handed back while draining) go through it.
+    let coordinator_stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn({
         let (resources, client, shutdown) = (
             coordinator_resources,
             coordinator_client.clone(),
-            shutdown.clone(),
+            coordinator_stop.clone(),
         );
         async move {
             Box::pin(coordinator::run(
@@ -151,7 +163,10 @@ async fn run_roles(
     });
     tasks.spawn({
         let (resources, client, shutdown) = (node_resources, node_client.clone(), shutdown.clone());
+        // Cancelled when the node ends, however it ends.
+        let coordinator_stop = coordinator_stop.clone().drop_guard();
         async move {
+            let _coordinator_stop = coordinator_stop;
             Box::pin(gpu_node::run(node_config, resources, client, shutdown))
                 .await
                 .context("gpu-node")

@@ -52,7 +52,7 @@ fn every_overlay_renders_validates_and_passes_checkov_and_the_design_checks_and_
     assert!(prod.contains("sync_interval: always"));
 
     // Each breakage, and the words of the check that must name it.
-    let breakages: [(&str, &str, &str, &[&str]); 6] = [
+    let breakages: [(&str, &str, &str, &[&str]); 8] = [
         (
             "a NATS configuration the server cannot parse",
             "sync_interval: always",
@@ -82,6 +82,18 @@ fn every_overlay_renders_validates_and_passes_checkov_and_the_design_checks_and_
             "include ../nats-cluster/cluster.conf",
             "# include ../nats-cluster/cluster.conf",
             &["the cluster's routes are not authenticated"],
+        ),
+        (
+            "a GPU node logged in as another node",
+            "value: node-gpu-node-1\n",
+            "value: node-gpu-node-0\n",
+            &["must log in to NATS as node-gpu-node-1"],
+        ),
+        (
+            "two GPU node Deployments with one node id",
+            "value: gpu-node-2\n",
+            "value: gpu-node-1\n",
+            &["node id gpu-node-1 is taken by another Deployment"],
         ),
         (
             "a field of the wrong type",

@@ -32,7 +32,14 @@ struct Secured {
     _dir: tempfile::TempDir,
 }
 
-fn password(user: NatsUser) -> String {
+/// The GPU nodes the server has users for.
+const NODES: [&str; 2] = ["node-a", "node-b"];
+
+fn node_user(id: &str) -> NatsUser {
+    NatsUser::GpuNode(id.to_owned())
+}
+
+fn password(user: &NatsUser) -> String {
     format!("testPassword{}", user.name().replace('-', ""))
 }
 
@@ -40,13 +47,15 @@ impl Secured {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("nats-server.log");
+        let nodes: Vec<String> = NODES.iter().map(|id| (*id).to_owned()).collect();
         let config = format!(
             "log_file: {:?}\n{}",
             log.display().to_string(),
-            authorization_block()
+            authorization_block(&nodes).unwrap()
         );
-        let env: Vec<(String, String)> = NatsUser::ALL
-            .into_iter()
+        let env: Vec<(String, String)> = NatsUser::all(&nodes)
+            .unwrap()
+            .iter()
             .map(|user| (user.password_env_var(), password(user)))
             .collect();
         let server = testkit::NatsServer::start_with_config_and_env(&config, &env);
@@ -57,10 +66,10 @@ impl Secured {
         }
     }
 
-    fn config(&self, user: NatsUser) -> NatsConfig {
+    fn config(&self, user: &NatsUser) -> NatsConfig {
         NatsConfig {
             url: self.server.url().to_owned(),
-            user: Some(user.name().to_owned()),
+            user: Some(user.name()),
             password: Some(Secret::new(password(user))),
             connect_timeout_s: 5,
             ..Default::default()
@@ -69,7 +78,7 @@ impl Secured {
 
     /// The resources, created by the admin.
     async fn resources_by_admin(&self) -> (Client, protocol::jetstream::Resources) {
-        let config = self.config(NatsUser::Admin);
+        let config = self.config(&NatsUser::Admin);
         let client = connect(&config, "test-admin").await.unwrap();
         let resources = ensure_resources(client.clone(), &config.jetstream)
             .await
@@ -78,10 +87,10 @@ impl Secured {
     }
 
     /// A raw client of `user` that reports the server's errors (permission violations).
-    async fn login(&self, user: NatsUser) -> (Client, mpsc::UnboundedReceiver<String>) {
+    async fn login(&self, user: &NatsUser) -> (Client, mpsc::UnboundedReceiver<String>) {
         let (errors_tx, errors) = mpsc::unbounded_channel();
-        let client = ConnectOptions::with_user_and_password(user.name().to_owned(), password(user))
-            .custom_inbox_prefix(names::inbox_prefix(user.name()))
+        let client = ConnectOptions::with_user_and_password(user.name(), password(user))
+            .custom_inbox_prefix(names::inbox_prefix(&user.name()))
             .request_timeout(Some(DENIED_REQUEST_TIMEOUT))
             .event_callback(move |event| {
                 let errors_tx = errors_tx.clone();
@@ -128,14 +137,14 @@ async fn anonymous_and_wrong_password_connections_are_refused() {
         ..Default::default()
     };
     assert!(connect(&anonymous, "anonymous").await.is_err());
-    let mut wrong = secured.config(NatsUser::Gateway);
+    let mut wrong = secured.config(&NatsUser::Gateway);
     wrong.password = Some(Secret::new("wrongPassword12345"));
     assert!(connect(&wrong, "wrong").await.is_err());
-    let mut missing = secured.config(NatsUser::Gateway);
+    let mut missing = secured.config(&NatsUser::Gateway);
     missing.password = None;
     assert!(connect(&missing, "missing").await.is_err());
     // The right password works.
-    connect(&secured.config(NatsUser::Gateway), "gateway")
+    connect(&secured.config(&NatsUser::Gateway), "gateway")
         .await
         .unwrap();
 }
@@ -149,12 +158,12 @@ async fn gpu_node_cannot_submit_read_api_keys_or_create_streams() {
     keys.put("key-1", "secret record".into()).await.unwrap();
 
     // It opens what a role opens.
-    let node = connect(&secured.config(NatsUser::GpuNode), "node")
+    let node = connect(&secured.config(&node_user("node-a")), "node")
         .await
         .unwrap();
     open_resources(node).await.unwrap();
 
-    let (node, mut errors) = secured.login(NatsUser::GpuNode).await;
+    let (node, mut errors) = secured.login(&node_user("node-a")).await;
     let js = jetstream::new(node.clone());
 
     // No submissions.
@@ -181,6 +190,34 @@ async fn gpu_node_cannot_submit_read_api_keys_or_create_streams() {
     // Nor other users' replies.
     node.subscribe("_INBOX_gateway.>").await.unwrap();
     expect_violation(&mut errors, "_INBOX_gateway.>").await;
+
+    // No job records: not read, not written (its writes go through the coordinator).
+    assert!(js.get_key_value(names::BUCKET_JOBS).await.is_ok());
+    let record = "$JS.API.DIRECT.GET.KV_mochi_jobs.$KV.mochi_jobs.job-1";
+    assert!(node.request(record, "".into()).await.is_err());
+    expect_violation(&mut errors, record).await;
+    node.publish("$KV.mochi_jobs.job-1", "forged".into())
+        .await
+        .unwrap();
+    node.flush().await.unwrap();
+    expect_violation(&mut errors, "$KV.mochi_jobs.job-1").await;
+    // Nothing under another node's id: its record writes, its heartbeat, its requests,
+    // its progress events.
+    for subject in [
+        "mochi.node.node-b.record",
+        "$KV.mochi_nodes.node-b",
+        "mochi.events.job-1.node-b",
+    ] {
+        node.publish(subject, "forged".into()).await.unwrap();
+        node.flush().await.unwrap();
+        expect_violation(&mut errors, subject).await;
+    }
+    node.subscribe("mochi.node.node-b.assign").await.unwrap();
+    expect_violation(&mut errors, "mochi.node.node-b.assign").await;
+    let jobs_stream = admin_resources.jobs.kv.status().await.unwrap();
+    assert_eq!(jobs_stream.values(), 0, "a denied record write was stored");
+    let nodes = admin_js.get_key_value(names::BUCKET_NODES).await.unwrap();
+    assert!(nodes.get("node-b").await.unwrap().is_none());
 
     // No new streams or buckets, no deleting ours.
     let created = js
@@ -212,11 +249,129 @@ async fn gpu_node_cannot_submit_read_api_keys_or_create_streams() {
     );
 }
 
+/// A node writes the records of the jobs it holds through the coordinator, and nothing of
+/// another node's jobs: not through its own subject (the lease says otherwise), not through
+/// the other node's (NATS refuses it).
+#[tokio::test]
+async fn a_node_writes_only_the_records_of_the_jobs_it_holds() {
+    use protocol::messages::{RecordWrite, RecordWriteReply};
+    use protocol::record::{JobEvent, Lease};
+
+    let secured = Secured::start();
+    let (_admin, admin_resources) = secured.resources_by_admin().await;
+    // The coordinator's responder, as the coordinator user.
+    let coordinator = connect(&secured.config(&NatsUser::Coordinator), "coordinator")
+        .await
+        .unwrap();
+    let coordinator_resources = open_resources(coordinator.clone()).await.unwrap();
+    let writes = coordinator
+        .queue_subscribe(
+            names::SUBJECT_NODE_RECORD_ALL,
+            names::QUEUE_COORDINATORS.to_owned(),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(protocol::record_writes::serve(
+        coordinator.clone(),
+        coordinator_resources.jobs.clone(),
+        writes,
+        |_| {},
+    ));
+    coordinator.flush().await.unwrap();
+
+    // A job placed on node-b.
+    let spec = protocol::JobSpec::new("a red fox");
+    let shape = spec.validate(&protocol::Limits::default()).unwrap();
+    let id = protocol::JobId::new();
+    let record = protocol::JobRecord::queued(
+        id,
+        protocol::TenantId::default_tenant(),
+        spec,
+        shape,
+        1,
+        3,
+        protocol::now_ms(),
+    );
+    admin_resources.jobs.create(&record).await.unwrap();
+    let lease = Lease {
+        node: protocol::NodeId::new("node-b").unwrap(),
+        slot: 0,
+        deadline_ms: protocol::now_ms() + 60_000,
+    };
+    admin_resources
+        .jobs
+        .apply(id, &JobEvent::Assigned { lease }, protocol::now_ms())
+        .await
+        .unwrap();
+    let started = protocol::codec::encode(&RecordWrite {
+        job_id: id,
+        event: JobEvent::Started {
+            attempt: 1,
+            lease_deadline_ms: protocol::now_ms() + 60_000,
+        },
+    })
+    .unwrap();
+    let ask = |client: Client, subject: String, payload: Vec<u8>| async move {
+        let reply = client.request(subject, payload.into()).await.unwrap();
+        protocol::codec::decode::<RecordWriteReply>(&reply.payload).unwrap()
+    };
+
+    // node-a, through its own subject: refused by the lease.
+    let (node_a, mut errors) = secured.login(&node_user("node-a")).await;
+    let reply = ask(
+        node_a.clone(),
+        names::node_record_subject("node-a"),
+        started.clone(),
+    )
+    .await;
+    assert!(
+        matches!(&reply, RecordWriteReply::Refused { reason } if reason.contains("node-b")),
+        "{reply:?}"
+    );
+    // node-a, through node-b's subject: refused by NATS.
+    assert!(
+        node_a
+            .request(names::node_record_subject("node-b"), started.clone().into())
+            .await
+            .is_err()
+    );
+    expect_violation(&mut errors, "mochi.node.node-b.record").await;
+    let (unchanged, _) = admin_resources.jobs.get(id).await.unwrap().unwrap();
+    assert_eq!(unchanged.state, protocol::JobState::Assigned);
+
+    // node-b, the holder: applied, and a retry of the same write is answered the same.
+    let (node_b, _) = secured.login(&node_user("node-b")).await;
+    for _ in 0..2 {
+        let reply = ask(
+            node_b.clone(),
+            names::node_record_subject("node-b"),
+            started.clone(),
+        )
+        .await;
+        assert_eq!(reply, RecordWriteReply::Applied);
+    }
+    let (running, _) = admin_resources.jobs.get(id).await.unwrap().unwrap();
+    assert_eq!(running.state, protocol::JobState::Running);
+    // A cancellation is not a node's to write, even the holder's.
+    let cancel = protocol::codec::encode(&RecordWrite {
+        job_id: id,
+        event: JobEvent::CancelRequested,
+    })
+    .unwrap();
+    let reply = ask(node_b, names::node_record_subject("node-b"), cancel).await;
+    assert!(
+        matches!(reply, RecordWriteReply::Refused { .. }),
+        "{reply:?}"
+    );
+    let (still, _) = admin_resources.jobs.get(id).await.unwrap().unwrap();
+    assert_eq!(still.state, protocol::JobState::Running);
+}
+
 #[tokio::test]
 async fn submitter_publishes_submissions_but_cannot_read_jobs_or_prompts() {
     let secured = Secured::start();
     let (_admin, admin_resources) = secured.resources_by_admin().await;
-    let (submitter, mut errors) = secured.login(NatsUser::Submitter).await;
+    let (submitter, mut errors) = secured.login(&NatsUser::Submitter).await;
     let js = jetstream::new(submitter.clone());
 
     let ack = js
@@ -275,7 +430,7 @@ async fn gateway_reads_and_writes_what_it_serves_and_nothing_of_the_scheduler() 
         .unwrap();
     admin.flush().await.unwrap();
 
-    let config = secured.config(NatsUser::Gateway);
+    let config = secured.config(&NatsUser::Gateway);
     let client = connect(&config, "gateway").await.unwrap();
     let resources = open_resources(client.clone()).await.unwrap();
     let js = resources.context.clone();
@@ -338,7 +493,7 @@ async fn gateway_reads_and_writes_what_it_serves_and_nothing_of_the_scheduler() 
     assert_eq!(secured.violations(), Vec::<String>::new());
 
     // Not the scheduler's: assignments, the leader lease, the intake's consumer.
-    let (gateway, mut errors) = secured.login(NatsUser::Gateway).await;
+    let (gateway, mut errors) = secured.login(&NatsUser::Gateway).await;
     gateway
         .publish(names::node_assign_subject("n1"), "".into())
         .await
@@ -369,9 +524,9 @@ async fn full_path_runs_with_one_restricted_user_per_role() {
     drop(admin);
     let shutdown = CancellationToken::new();
     let role = |user: NatsUser| {
-        let config = secured.config(user);
+        let config = secured.config(&user);
         async move {
-            let client = connect(&config, user.name()).await.unwrap();
+            let client = connect(&config, &user.name()).await.unwrap();
             let resources = open_resources(client.clone()).await.unwrap();
             (client, resources)
         }
@@ -386,7 +541,7 @@ async fn full_path_runs_with_one_restricted_user_per_role() {
         client,
         &shutdown,
     );
-    let (client, resources) = role(NatsUser::GpuNode).await;
+    let (client, resources) = role(node_user("node-a")).await;
     common::spawn_node(&mut roles, "node-a", resources, client, &shutdown);
     let (client, resources) = role(NatsUser::Gateway).await;
     let mut gateway_config = gateway::Config::for_test();
@@ -411,7 +566,7 @@ async fn full_path_runs_with_one_restricted_user_per_role() {
     }
     // A submission by request/reply, as the `submitter` user: answered with the job, then
     // run like any other.
-    let (submitter, _) = secured.login(NatsUser::Submitter).await;
+    let (submitter, _) = secured.login(&NatsUser::Submitter).await;
     let tenant = protocol::TenantId::default_tenant();
     let subject = names::submit_rpc_subject(tenant.as_str());
     let ask = |payload: Vec<u8>| {

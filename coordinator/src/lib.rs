@@ -202,6 +202,8 @@ impl Coordinator {
                 })?;
         let estimates = answer_requests(&client, protocol::names::SUBJECT_ESTIMATE).await?;
         let submissions = answer_requests(&client, protocol::names::SUBJECT_SUBMIT_RPC_ALL).await?;
+        let record_writes =
+            answer_requests(&client, protocol::names::SUBJECT_NODE_RECORD_ALL).await?;
         let responder = submit_rpc::Responder {
             client: client.clone(),
             context: resources.context.clone(),
@@ -227,6 +229,12 @@ impl Coordinator {
             Duration::from_millis(config.tick_ms),
         ));
         tasks.spawn(submit_rpc::respond(responder, submissions));
+        tasks.spawn(protocol::record_writes::serve(
+            client.clone(),
+            resources.jobs.clone(),
+            record_writes,
+            metrics::record_write,
+        ));
         tasks.spawn(scheduler::estimate::respond(
             client,
             estimates,

@@ -45,6 +45,15 @@ pub const QUEUE_DEPTH_LANE: &str = "mochi_coordinator_queue_depth_lane";
 /// Running jobs asked to pause at their next step boundary for a waiting job.
 pub const PAUSES_REQUESTED: &str = "mochi_coordinator_pauses_requested_total";
 
+/// Nodes' writes to their jobs' records, by `outcome` (`applied`, `refused`: the record or
+/// the lease refused it, `failed`: the store failed and the node will try again).
+pub const RECORD_WRITES: &str = "mochi_coordinator_record_writes_total";
+
+/// Counts one node record write by its outcome.
+pub(crate) fn record_write(outcome: &'static str) {
+    metrics::counter!(RECORD_WRITES, "outcome" => outcome).increment(1);
+}
+
 /// Describes every metric (call once; the binary installs the recorder).
 pub fn describe() {
     // The counters the alert rules and the dashboard read exist from the start (at 0).
@@ -54,6 +63,10 @@ pub fn describe() {
     metrics::counter!(DEAD_LETTERS).increment(0);
     metrics::counter!(LEASES_EXPIRED).increment(0);
     metrics::counter!(PAUSES_REQUESTED).increment(0);
+    metrics::describe_counter!(
+        RECORD_WRITES,
+        "Nodes' writes to their jobs' records, by outcome (applied, refused, failed)"
+    );
     metrics::describe_counter!(
         PAUSES_REQUESTED,
         "Running jobs asked to pause at their next step boundary for a waiting job"

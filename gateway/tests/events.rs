@@ -123,7 +123,7 @@ impl Client {
     }
 
     async fn publish(&self, event: &ProgressEvent) {
-        let subject = names::events_subject(&event.job_id.to_string());
+        let subject = names::events_subject(&event.job_id.to_string(), "n1");
         let client = &self.gateway.state.client;
         client
             .publish(subject, codec::encode(event).unwrap().into())
@@ -571,7 +571,7 @@ async fn a_stream_outlives_the_request_timeout() {
 async fn a_closed_stream_leaves_no_subscription_behind() {
     let client = Client::new().await;
     let record = client.stored(4).await;
-    let subject = names::events_subject(&record.id.to_string());
+    let subject = names::events_subject(&record.id.to_string(), "n1");
     let nats = client.gateway.state.client.clone();
     // A request on the events subject: it times out while someone listens, and is refused
     // at once (no responders) when nobody does.

@@ -503,6 +503,23 @@ async fn previews_and_conditional_downloads() {
             assert_eq!(body, video);
         }
     }
+
+    // A video replaced in the object store (any node may write objects) is not served: its
+    // digest is not the hash the record keeps.
+    let object = format!("{}/1", job.id);
+    client
+        .gateway
+        .resources
+        .videos
+        .put(
+            object.as_str(),
+            &mut std::io::Cursor::new(b"forged".to_vec()),
+        )
+        .await
+        .unwrap();
+    let (status, body) = client.get(&content).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(error(&body).error.code, protocol::ErrorCode::Internal);
 }
 
 #[tokio::test]

@@ -94,6 +94,11 @@ pub struct Config {
     /// How long shutdown then waits for a handed-back job to reach its next step boundary
     /// and save its latent, ms (at least one denoising step of the largest job).
     pub handback_timeout_ms: u64,
+    /// How long a record write that ends an attempt (succeeded, failed, paused) is sent
+    /// again while no coordinator answers it, ms (a restart or a failover of the leader);
+    /// other writes (started, progress) try for at most 3 s of it. After that the job's
+    /// lease expires and it runs again.
+    pub record_write_retry_ms: u64,
     /// Object-store chunk size for uploaded videos, bytes (must stay under the NATS
     /// server's `max_payload`, 1 MiB by default; larger chunks upload faster).
     pub object_chunk_bytes: u32,
@@ -116,6 +121,7 @@ impl Default for Config {
             heartbeat_interval_ms: 2_000,
             drain_timeout_ms: 20_000,
             handback_timeout_ms: 60_000,
+            record_write_retry_ms: 30_000,
             object_chunk_bytes: 512 * 1024,
             memory_growth_limit_bytes: 512 << 20,
         }
@@ -162,6 +168,11 @@ impl Config {
         if !(4096..=1024 * 1024 - 4096).contains(&self.object_chunk_bytes) {
             return Err(Error::Config(
                 "object_chunk_bytes must be between 4096 and 1 MiB minus 4 KiB".to_owned(),
+            ));
+        }
+        if self.record_write_retry_ms == 0 {
+            return Err(Error::Config(
+                "record_write_retry_ms must be positive".to_owned(),
             ));
         }
         if self.heartbeat_interval_ms == 0 {

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod mp4;
 pub mod node;
 pub mod preview;
+pub mod records;
 pub mod slot;
 
 pub use mochi_model::{model, model_dir, pipeline};
@@ -38,6 +39,10 @@ use crate::config::{BackendKind, DeviceKind, MochiConfig};
 use crate::device::DeviceMemory;
 use crate::node::{Node, NodeArgs, NodeMsg};
 use mochi_model::model_dir::tiny;
+
+/// The longest a start or progress write is sent again while no coordinator answers, ms:
+/// a lost one costs at most a lease renewal.
+const PROGRESS_WRITE_RETRY_MS: u64 = 3_000;
 
 /// How often shutdown looks at the slots while it waits for them.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
@@ -101,6 +106,12 @@ pub async fn run(
         heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
         backends,
         resources,
+        records: records::RecordWriter::new(
+            client.clone(),
+            &node_id,
+            Duration::from_millis(config.record_write_retry_ms),
+            Duration::from_millis(config.record_write_retry_ms.min(PROGRESS_WRITE_RETRY_MS)),
+        ),
         client,
         video: config.video.clone(),
         object_chunk_bytes: config.object_chunk_bytes as usize,

@@ -61,6 +61,8 @@ pub struct NodeArgs {
     pub resources: Resources,
     /// NATS client.
     pub client: async_nats::Client,
+    /// Where the slots write their jobs' records (through the coordinator).
+    pub records: crate::records::RecordWriter,
     /// MP4 settings.
     pub video: VideoConfig,
     /// Object-store chunk size, bytes.
@@ -94,6 +96,7 @@ impl NodeState {
             backend: Arc::clone(&self.args.backends[index]),
             resources: self.args.resources.clone(),
             client: self.args.client.clone(),
+            records: self.args.records.clone(),
             video: self.args.video.clone(),
             object_chunk_bytes: self.args.object_chunk_bytes,
             report: Arc::clone(&self.args.reports[index]),

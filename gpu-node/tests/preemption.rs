@@ -101,7 +101,7 @@ async fn a_job_paused_on_the_node_resumes_from_its_step_with_the_same_mp4_bytes(
 
     let (id, shape) = common::create_job(&resources, spec(), 5, 3).await;
     let mut events = client
-        .subscribe(names::events_subject(&id.to_string()))
+        .subscribe(names::job_events_subject(&id.to_string()))
         .await
         .unwrap();
     place(&client, &resources, id).await;

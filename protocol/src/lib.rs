@@ -21,6 +21,8 @@ pub mod nats_users;
 pub mod queue;
 pub mod random;
 pub mod record;
+#[cfg(feature = "jetstream")]
+pub mod record_writes;
 pub mod shape;
 pub mod spec;
 

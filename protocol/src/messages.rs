@@ -153,6 +153,48 @@ impl WireMessage for PreemptReply {
     const NAME: &'static str = "preempt_reply";
 }
 
+/// A node's change to the record of a job it runs (request/reply on
+/// [`crate::names::node_record_subject`], answered by the leading coordinator with a
+/// [`RecordWriteReply`]). Nodes have no write access to `mochi_jobs`: the coordinator
+/// applies the event only if the node named by the subject (which its NATS user alone may
+/// publish on) holds the job's lease ([`crate::record::JobRecord::apply_from_node`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordWrite {
+    /// The job.
+    pub job_id: JobId,
+    /// What happened to it (a node event: started, progressed, encoding, succeeded, failed,
+    /// preempted), fenced by its attempt.
+    pub event: crate::record::JobEvent,
+}
+
+impl WireMessage for RecordWrite {
+    const KIND: u8 = 11;
+    const NAME: &'static str = "record_write";
+}
+
+/// The coordinator's answer to a [`RecordWrite`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordWriteReply {
+    /// The record holds the event (written now, or by an earlier try of the same write).
+    Applied,
+    /// The record refuses it: the job was cancelled, ended, or belongs to another attempt
+    /// or node. The node stops the job.
+    Refused {
+        /// Why, for logs.
+        reason: String,
+    },
+    /// The record could not be read or written; the node may try again.
+    Failed {
+        /// Why, for logs.
+        reason: String,
+    },
+}
+
+impl WireMessage for RecordWriteReply {
+    const KIND: u8 = 12;
+    const NAME: &'static str = "record_write_reply";
+}
+
 /// Asks for a job's predicted cost (request/reply on [`crate::names::SUBJECT_ESTIMATE`],
 /// answered by the leading coordinator from its cost model and the slots it knows).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

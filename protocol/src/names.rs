@@ -139,9 +139,41 @@ pub fn node_preempt_subject(node_id: &str) -> String {
     format!("mochi.node.{node_id}.preempt")
 }
 
-/// The subject a job's progress events are published on.
-pub fn events_subject(job_id: &str) -> String {
-    format!("mochi.events.{job_id}")
+/// The request/reply subject a node writes the records of its jobs through
+/// ([`crate::messages::RecordWrite`]): nodes may not write `mochi_jobs` themselves, and
+/// each node's NATS user may publish only on its own.
+pub fn node_record_subject(node_id: &str) -> String {
+    format!("mochi.node.{node_id}.record")
+}
+
+/// Every node's record-write subject, which the leading coordinator answers.
+pub const SUBJECT_NODE_RECORD_ALL: &str = "mochi.node.*.record";
+
+/// The node of a [`node_record_subject`] (`mochi.node.<node>.record`).
+pub fn node_of_record_subject(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix("mochi.node.")?
+        .strip_suffix(".record")
+        .filter(|node| is_valid_token(node))
+}
+
+/// The subject node `node_id` publishes job `job_id`'s progress events on
+/// (`mochi.events.<job>.<node>`): each node's user may publish only under its own id, and
+/// the gateway passes on only the events of the node holding the job's lease.
+pub fn events_subject(job_id: &str, node_id: &str) -> String {
+    format!("mochi.events.{job_id}.{node_id}")
+}
+
+/// Every node's progress events of job `job_id` (what a job's event stream subscribes to).
+pub fn job_events_subject(job_id: &str) -> String {
+    events_subject(job_id, "*")
+}
+
+/// The node of an [`events_subject`].
+pub fn node_of_events_subject(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix("mochi.events.")?;
+    let (_, node) = rest.split_once('.')?;
+    Some(node).filter(|node| is_valid_token(node))
 }
 
 /// The JetStream stream behind KV bucket `bucket` (`KV_<bucket>`).

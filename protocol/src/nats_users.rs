@@ -1,7 +1,9 @@
 //! The NATS users of mochi-serve, what each may publish and subscribe to, and the
 //! `nats-server` `authorization` block that grants exactly that.
 //!
-//! One user per role. Each list below is what the role's code does (subjects from
+//! One user per role, and one per GPU node (`node-<node id>`): a node's user may take
+//! requests, publish heartbeats and write job records only under its own id, so one
+//! node's credential cannot touch another node's jobs. Each list below is what the role's code does (subjects from
 //! [`crate::names`], JetStream API subjects of the client library), nothing more; the
 //! full table with the reasons is in `docs/operations.md` ("NATS users") and what each
 //! credential can and cannot do in `docs/security.md`. `mochi up` writes this block for its
@@ -16,8 +18,9 @@ use std::fmt::Write as _;
 
 use crate::names;
 
-/// A NATS user of mochi-serve: one per role, plus the operators' `admin`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A NATS user of mochi-serve: one per role and one per GPU node, plus the operators'
+/// `admin`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum NatsUser {
     /// Creates the streams, buckets and object store; operator tools (`mochi keys`).
     Admin,
@@ -25,8 +28,8 @@ pub enum NatsUser {
     Gateway,
     /// Intake, scheduling, leases.
     Coordinator,
-    /// A GPU node (all nodes share this user).
-    GpuNode,
+    /// The GPU node with this id (`MOCHI_GPU_NODE__NODE_ID`): one user per node.
+    GpuNode(String),
     /// An internal service that publishes jobs on `mochi.submit.<tenant>`.
     Submitter,
 }
@@ -42,35 +45,68 @@ pub struct Permissions {
     pub allow_responses: bool,
 }
 
+/// A GPU node id that cannot have a NATS user of its own.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeUserError {
+    /// Not 1 to 64 letters, digits, `-` or `_`.
+    #[error("GPU node id `{0}` must be 1 to 64 letters, digits, `-` or `_`")]
+    Invalid(String),
+    /// Two ids map to one password variable (they differ only in case or `-` against `_`),
+    /// or one is listed twice.
+    #[error(
+        "GPU node ids `{0}` and `{1}` would share the password variable {2}: rename one of them"
+    )]
+    Clash(String, String, String),
+}
+
 impl NatsUser {
-    /// Every user, in the order of the generated block.
-    pub const ALL: [Self; 5] = [
+    /// The users of the roles, in the order of the generated block (the nodes' follow).
+    pub const ROLES: [Self; 4] = [
         Self::Admin,
         Self::Gateway,
         Self::Coordinator,
-        Self::GpuNode,
         Self::Submitter,
     ];
 
-    /// The user name (`MOCHI_NATS__USER`).
-    pub fn name(self) -> &'static str {
+    /// Every user of a deployment whose GPU nodes are `nodes`: the roles', then one per
+    /// node. Refuses an id that is not a subject token, or two ids whose password variables
+    /// would be the same.
+    pub fn all(nodes: &[String]) -> Result<Vec<Self>, NodeUserError> {
+        let mut users = Self::ROLES.to_vec();
+        let mut seen: Vec<(String, &String)> = Vec::new();
+        for node in nodes {
+            if !names::is_valid_token(node) {
+                return Err(NodeUserError::Invalid(node.clone()));
+            }
+            let user = Self::GpuNode(node.clone());
+            let variable = user.password_env_var();
+            if let Some((_, earlier)) = seen.iter().find(|(other, _)| *other == variable) {
+                return Err(NodeUserError::Clash(
+                    (*earlier).clone(),
+                    node.clone(),
+                    variable,
+                ));
+            }
+            seen.push((variable, node));
+            users.push(user);
+        }
+        Ok(users)
+    }
+
+    /// The user name (`MOCHI_NATS__USER`): the role, or `node-<node id>`.
+    pub fn name(&self) -> String {
         match self {
-            Self::Admin => "admin",
-            Self::Gateway => "gateway",
-            Self::Coordinator => "coordinator",
-            Self::GpuNode => "gpu-node",
-            Self::Submitter => "submitter",
+            Self::Admin => "admin".to_owned(),
+            Self::Gateway => "gateway".to_owned(),
+            Self::Coordinator => "coordinator".to_owned(),
+            Self::GpuNode(node) => format!("node-{node}"),
+            Self::Submitter => "submitter".to_owned(),
         }
     }
 
-    /// The user of a name, if it is one of ours.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|user| user.name() == name)
-    }
-
     /// The environment variable the generated block reads this user's password from
-    /// (`MOCHI_NATS_PASSWORD_GPU_NODE`).
-    pub fn password_env_var(self) -> String {
+    /// (`MOCHI_NATS_PASSWORD_GATEWAY`, `MOCHI_NATS_PASSWORD_NODE_GPU_NODE_0`).
+    pub fn password_env_var(&self) -> String {
         format!(
             "MOCHI_NATS_PASSWORD_{}",
             self.name().replace('-', "_").to_ascii_uppercase()
@@ -78,13 +114,13 @@ impl NatsUser {
     }
 
     /// What this user may publish and subscribe to.
-    pub fn permissions(self) -> Permissions {
+    pub fn permissions(&self) -> Permissions {
         let mut grants = Grants::new(self);
         match self {
             Self::Admin => admin(&mut grants),
             Self::Gateway => gateway(&mut grants),
             Self::Coordinator => coordinator(&mut grants),
-            Self::GpuNode => gpu_node(&mut grants),
+            Self::GpuNode(node) => gpu_node(&mut grants, node),
             Self::Submitter => {
                 // `mochi.submit.<tenant>` only: the two-token form is the gateway's, which
                 // it reads back by subject to show a job before the intake took it in.
@@ -97,17 +133,18 @@ impl NatsUser {
     }
 }
 
-/// The `authorization { users = [...] }` block for every [`NatsUser`], each password read
-/// from the server's environment ([`NatsUser::password_env_var`]), so the block holds no
-/// secret. There is no `no_auth_user`: a connection without a valid user is refused.
-/// Passwords must be ASCII letters and digits starting with a letter (the server parses an
-/// environment value as a configuration value: `12345` would become a number).
-pub fn authorization_block() -> String {
+/// The `authorization { users = [...] }` block for every [`NatsUser`] of a deployment whose
+/// GPU nodes are `nodes` ([`NatsUser::all`]), each password read from the server's
+/// environment ([`NatsUser::password_env_var`]), so the block holds no secret. There is no
+/// `no_auth_user`: a connection without a valid user is refused. Passwords must be ASCII
+/// letters and digits starting with a letter (the server parses an environment value as a
+/// configuration value: `12345` would become a number).
+pub fn authorization_block(nodes: &[String]) -> Result<String, NodeUserError> {
     let mut text = String::from(
         "# Generated by mochi-serve (`mochi nats config`); see docs/operations.md, \"NATS users\".\n\
          authorization {\n  users = [\n",
     );
-    for user in NatsUser::ALL {
+    for user in NatsUser::all(nodes)? {
         let permissions = user.permissions();
         let _ = writeln!(
             text,
@@ -131,7 +168,7 @@ pub fn authorization_block() -> String {
         text.push_str("      }\n    }\n");
     }
     text.push_str("  ]\n}\n");
-    text
+    Ok(text)
 }
 
 /// Whether `password` can be passed to the server through the environment unchanged:
@@ -239,11 +276,11 @@ struct Grants {
 }
 
 impl Grants {
-    fn new(user: NatsUser) -> Self {
+    fn new(user: &NatsUser) -> Self {
         Self {
             permissions: Permissions {
                 // Replies to its requests and its consumers' deliveries (see module docs).
-                subscribe: vec![format!("{}.>", names::inbox_prefix(user.name()))],
+                subscribe: vec![format!("{}.>", names::inbox_prefix(&user.name()))],
                 ..Permissions::default()
             },
         }
@@ -376,8 +413,9 @@ fn gateway(grants: &mut Grants) {
     // job's event stream).
     grants.kv_watch(names::BUCKET_NODES);
     grants.kv_watch(names::BUCKET_QUEUE);
-    // Each denoising step of a job whose event stream is open.
-    grants.subscribe(names::events_subject("*"));
+    // Each denoising step of a job whose event stream is open (from any node: the stream
+    // passes on only the lease holder's).
+    grants.subscribe(names::events_subject("*", "*"));
     // Downloads; a deleted job's video, previews and latents.
     grants.object_delete(names::OBJECT_STORE_VIDEOS);
     // A deleted job's dead letter.
@@ -445,27 +483,29 @@ fn coordinator(grants: &mut Grants) {
     // on the submit subject, then read back from the records).
     grants.subscribe(names::SUBJECT_ESTIMATE);
     grants.subscribe(names::SUBJECT_SUBMIT_RPC_ALL);
+    // Write the records of the nodes' jobs for them, after checking the lease.
+    grants.subscribe(names::SUBJECT_NODE_RECORD_ALL);
     grants.publish(names::submit_subject("*"));
     grants.permissions.allow_responses = true;
 }
 
-fn gpu_node(grants: &mut Grants) {
+fn gpu_node(grants: &mut Grants, node: &str) {
     grants.open_resources();
-    // Its own requests and cancellations (node ids are not known in advance: `*`).
-    grants.subscribe(names::node_assign_subject("*"));
-    grants.subscribe(names::node_cancel_subject("*"));
-    grants.subscribe(names::node_preempt_subject("*"));
+    // Its own requests and cancellations.
+    grants.subscribe(names::node_assign_subject(node));
+    grants.subscribe(names::node_cancel_subject(node));
+    grants.subscribe(names::node_preempt_subject(node));
     grants.permissions.allow_responses = true;
-    // Heartbeats, one key per node.
-    grants.publish(format!("$KV.{}.*", names::BUCKET_NODES));
-    // Progress of its jobs, by compare-and-set on their records.
-    grants.kv_read(names::BUCKET_JOBS);
-    grants.kv_write(names::BUCKET_JOBS);
+    // Its heartbeat: its own key.
+    grants.publish(format!("$KV.{}.{node}", names::BUCKET_NODES));
+    // Its jobs' records, through the coordinator, which checks that the node holds the
+    // lease: no direct access to mochi_jobs.
+    grants.publish(names::node_record_subject(node));
     // Videos, saved latents and paused state (write, read back, and remove what an
     // abandoned attempt stored).
     grants.object_delete(names::OBJECT_STORE_VIDEOS);
-    // Progress events.
-    grants.publish(names::events_subject("*"));
+    // Progress events of its jobs, under its own id.
+    grants.publish(names::events_subject("*", node));
 }
 
 #[cfg(test)]
@@ -534,9 +574,17 @@ mod tests {
         ));
     }
 
+    fn nodes() -> Vec<String> {
+        vec!["n1".to_owned(), "gpu-node-0".to_owned()]
+    }
+
+    fn users() -> Vec<NatsUser> {
+        NatsUser::all(&nodes()).expect("valid ids")
+    }
+
     #[test]
     fn only_the_gateway_and_admin_touch_the_keys_bucket() {
-        for user in NatsUser::ALL {
+        for user in users() {
             let permissions = user.permissions();
             let reads = may(&permissions.publish, "$JS.API.STREAM.INFO.KV_mochi_keys")
                 || may(
@@ -551,7 +599,7 @@ mod tests {
 
     #[test]
     fn only_admin_creates_streams() {
-        for user in NatsUser::ALL {
+        for user in users() {
             let permissions = user.permissions();
             let creates = may(&permissions.publish, "$JS.API.STREAM.CREATE.MOCHI_SUBMIT")
                 || may(&permissions.publish, "$JS.API.STREAM.CREATE.KV_mochi_jobs")
@@ -562,11 +610,11 @@ mod tests {
 
     #[test]
     fn no_role_subscribes_to_submissions_or_another_users_inbox() {
-        for user in NatsUser::ALL {
+        for user in users() {
             let subscribe = user.permissions().subscribe;
             assert!(!may(&subscribe, "mochi.submit.acme"), "{user:?}");
-            for other in NatsUser::ALL.into_iter().filter(|other| *other != user) {
-                let inbox = format!("{}.abc.1", names::inbox_prefix(other.name()));
+            for other in users().into_iter().filter(|other| *other != user) {
+                let inbox = format!("{}.abc.1", names::inbox_prefix(&other.name()));
                 assert!(
                     !may(&subscribe, &inbox),
                     "{user:?} reads {other:?}'s replies"
@@ -577,16 +625,72 @@ mod tests {
 
     #[test]
     fn block_names_every_user_with_an_env_password_and_no_anonymous_user() {
-        let block = authorization_block();
-        for user in NatsUser::ALL {
+        let block = authorization_block(&nodes()).expect("block");
+        for user in users() {
             assert!(block.contains(&format!("user: \"{}\"", user.name())));
             assert!(block.contains(&format!("password: ${}", user.password_env_var())));
         }
         assert!(!block.contains("no_auth_user"));
         assert_eq!(
-            NatsUser::GpuNode.password_env_var(),
-            "MOCHI_NATS_PASSWORD_GPU_NODE"
+            NatsUser::GpuNode("gpu-node-0".into()).password_env_var(),
+            "MOCHI_NATS_PASSWORD_NODE_GPU_NODE_0"
         );
+    }
+
+    #[test]
+    fn node_ids_that_are_not_tokens_or_share_a_password_variable_are_refused() {
+        for bad in ["", "a.b", "a*", "a>", "a b"] {
+            assert_eq!(
+                NatsUser::all(&[bad.to_owned()]),
+                Err(NodeUserError::Invalid(bad.to_owned()))
+            );
+        }
+        for (first, second) in [("gpu-0", "gpu_0"), ("gpu-0", "GPU-0"), ("a", "a")] {
+            assert!(matches!(
+                authorization_block(&[first.to_owned(), second.to_owned()]),
+                Err(NodeUserError::Clash(..))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_node_takes_requests_and_writes_only_under_its_own_id() {
+        let permissions = NatsUser::GpuNode("n1".into()).permissions();
+        for own in [
+            "mochi.node.n1.record",
+            "$KV.mochi_nodes.n1",
+            "mochi.events.abc.n1",
+        ] {
+            assert!(may(&permissions.publish, own), "{own}");
+        }
+        for other in [
+            "mochi.node.n2.record",
+            "$KV.mochi_nodes.n2",
+            "mochi.events.abc.n2",
+            "mochi.events.abc",
+            "$KV.mochi_jobs.abc",
+            "$JS.API.DIRECT.GET.KV_mochi_jobs.$KV.mochi_jobs.abc",
+            "mochi.submit.acme",
+            "mochi.submit.acme.abc",
+            "mochi.node.n2.assign",
+        ] {
+            assert!(!may(&permissions.publish, other), "{other}");
+        }
+        for own in [
+            "mochi.node.n1.assign",
+            "mochi.node.n1.cancel",
+            "mochi.node.n1.preempt",
+        ] {
+            assert!(may(&permissions.subscribe, own), "{own}");
+        }
+        for other in [
+            "mochi.node.n2.assign",
+            "mochi.node.n2.cancel",
+            "mochi.node.n1.record",
+            "mochi.node.n2.record",
+        ] {
+            assert!(!may(&permissions.subscribe, other), "{other}");
+        }
     }
 
     #[test]

@@ -263,6 +263,20 @@ impl JobEvent {
         }
     }
 
+    /// Whether a node writes this event (through [`JobRecord::apply_from_node`]): what
+    /// happens on a slot, never a placement, a cancellation or a lease expiry.
+    pub fn is_from_node(&self) -> bool {
+        matches!(
+            self,
+            Self::Started { .. }
+                | Self::Progressed { .. }
+                | Self::EncodingStarted { .. }
+                | Self::Succeeded { .. }
+                | Self::Failed { .. }
+                | Self::Preempted { .. }
+        )
+    }
+
     /// The attempt a node-originated event belongs to.
     pub fn attempt(&self) -> Option<u32> {
         match self {
@@ -305,6 +319,26 @@ pub enum TransitionError {
         /// The job's current attempt.
         current: u32,
     },
+}
+
+/// Why a node's write to a job record was refused ([`JobRecord::apply_from_node`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeWriteRefusal {
+    /// Nodes write only what happens on a slot; placements, cancellations and lease
+    /// expiries are the coordinator's and the gateway's.
+    #[error("event {0} is not one a node writes")]
+    NotANodeEvent(&'static str),
+    /// Another node holds the job, or none does.
+    #[error("node {node} does not hold the job (its holder: {holder})")]
+    NotTheHolder {
+        /// The node that wrote.
+        node: NodeId,
+        /// The node holding the lease, or `none`.
+        holder: String,
+    },
+    /// The record's state or attempt refuses the event.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
 }
 
 /// One entry of a record's history.
@@ -627,6 +661,55 @@ impl JobRecord {
             });
         }
         Ok(next)
+    }
+}
+
+impl JobRecord {
+    /// The record after `event`, written by node `node` through the coordinator: only a
+    /// node event ([`JobEvent::is_from_node`]), only for the current attempt, and only from
+    /// the node holding the lease. `Ok(None)` when the record already shows the event (a
+    /// retried write whose answer was lost): nothing to write, and the node goes on.
+    pub fn apply_from_node(
+        &self,
+        node: &NodeId,
+        event: &JobEvent,
+        now_ms: u64,
+    ) -> Result<Option<Self>, NodeWriteRefusal> {
+        if !event.is_from_node() {
+            return Err(NodeWriteRefusal::NotANodeEvent(event.name()));
+        }
+        let holder = self.lease.as_ref().map(|lease| &lease.node);
+        let holds = holder == Some(node);
+        if self.already_shows(event) && (holds || self.state.is_terminal()) {
+            return Ok(None);
+        }
+        let next = self.apply(event, now_ms)?;
+        if !holds {
+            return Err(NodeWriteRefusal::NotTheHolder {
+                node: node.clone(),
+                holder: holder.map_or_else(|| "none".to_owned(), ToString::to_string),
+            });
+        }
+        Ok(Some(next))
+    }
+
+    /// Whether this record is what `event` (of its current attempt) leaves behind, so that
+    /// applying it again would be a duplicate rather than news.
+    fn already_shows(&self, event: &JobEvent) -> bool {
+        if event.attempt() != Some(self.attempt) {
+            return false;
+        }
+        match (self.state, event) {
+            (JobState::Running, JobEvent::Started { .. })
+            | (JobState::Encoding, JobEvent::EncodingStarted { .. }) => true,
+            (JobState::Preempted, JobEvent::Preempted { resume, .. }) => {
+                self.resume.as_ref() == Some(resume)
+            }
+            (JobState::Succeeded, JobEvent::Succeeded { result, .. }) => {
+                self.result.as_ref() == Some(result)
+            }
+            _ => false,
+        }
     }
 }
 

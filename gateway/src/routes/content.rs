@@ -144,6 +144,17 @@ pub async fn content(
         }
         Err(error) => return Err(ApiError::internal("open video object", &error)),
     };
+    // Every node may write any object (object names are not subjects NATS can scope), but
+    // only the lease holder could record the video's hash: a stored video whose digest is
+    // not the record's was replaced, and is not served. The object reader checks the bytes
+    // against that digest at the end of a whole read (a mismatch aborts the body).
+    if variant == Variant::Video && !digest_is(object.info.digest.as_deref(), &result.sha256) {
+        tracing::error!(target: AUDIT, event = "video_digest_mismatch", %job_id, object = %result.object_name, "a stored video differs from the hash in its record; not served");
+        return Err(ApiError::internal(
+            "check video object",
+            &"the stored video's digest differs from its record",
+        ));
+    }
     // The stored object is the authority on the length (Content-Length must be exact).
     let size = u64::try_from(object.info.size).unwrap_or(u64::MAX);
     if variant == Variant::Video && size != result.size_bytes {
@@ -204,6 +215,18 @@ pub async fn content(
         body,
     )
         .into_response())
+}
+
+/// Whether an object store digest (`SHA-256=<base64url>`) is the SHA-256 `hex`.
+fn digest_is(digest: Option<&str>, hex: &str) -> bool {
+    use base64::Engine as _;
+    let Some(encoded) = digest.and_then(|d| d.strip_prefix("SHA-256=")) else {
+        return false;
+    };
+    let trimmed = encoded.trim_end_matches('=');
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(trimmed)
+        .is_ok_and(|bytes| protocol::codec::hex(&bytes).eq_ignore_ascii_case(hex))
 }
 
 /// What a `Range` header asks of a body of `size` bytes.
@@ -303,6 +326,26 @@ mod tests {
     use protocol::record::VideoResult;
 
     use super::*;
+
+    #[test]
+    fn a_digest_matches_only_its_own_hash() {
+        use base64::Engine as _;
+        let bytes = [7u8; 32];
+        let hex = protocol::codec::hex(&bytes);
+        for encoded in [
+            base64::engine::general_purpose::URL_SAFE.encode(bytes),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+        ] {
+            assert!(digest_is(Some(&format!("SHA-256={encoded}")), &hex));
+            assert!(!digest_is(
+                Some(&format!("SHA-256={encoded}")),
+                &"00".repeat(32)
+            ));
+        }
+        assert!(!digest_is(None, &hex));
+        assert!(!digest_is(Some("MD5=abc"), &hex));
+        assert!(!digest_is(Some("SHA-256=!!!"), &hex));
+    }
 
     #[test]
     fn ranges_are_parsed_and_clamped() {

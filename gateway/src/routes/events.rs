@@ -53,6 +53,8 @@ struct Live {
     /// `None` without a `mochi_queue` bucket.
     queue: Option<kv::Watch>,
     queue_revision: u64,
+    /// The node holding the job's lease, as last read: only its progress events count.
+    holder: Option<String>,
     _open: OpenStream,
 }
 
@@ -107,7 +109,7 @@ pub async fn events(
     // Subscribed and watching before the first read, so that no change falls in between.
     let progress = state
         .client
-        .subscribe(names::events_subject(&key))
+        .subscribe(names::job_events_subject(&key))
         .await
         .map_err(|error| store_unreachable(job_id, &error))?;
     let records = state
@@ -130,6 +132,7 @@ pub async fn events(
         ),
     };
     let mut tracker = Tracker::new(last_event_id(&headers), queue_entry);
+    let holder = found.as_ref().and_then(|(record, _)| lease_holder(record));
     let (first, record_revision) = match &found {
         Some((record, revision)) => {
             tracker.forget_future(record.attempt);
@@ -159,6 +162,7 @@ pub async fn events(
         record_revision,
         queue,
         queue_revision,
+        holder,
         _open: OpenStream::new(),
     };
     let stream = futures::stream::unfold(live, next_event);
@@ -271,6 +275,11 @@ impl Live {
                 false
             }
             Input::Progress(Some(message)) => {
+                let node = names::node_of_events_subject(&message.subject);
+                if node.is_none() || node != self.holder.as_deref() {
+                    // Not the lease holder: a stale node, or one posing as another's.
+                    return true;
+                }
                 match codec::decode::<ProgressEvent>(&message.payload) {
                     Ok(event) if event.job_id == job_id => {
                         let events = self.tracker.on_progress(&event);
@@ -321,6 +330,7 @@ impl Live {
         if record.deleted_at_ms.is_some() || record.tenant != self.tenant {
             return false;
         }
+        self.holder = lease_holder(&record);
         let state = &self.state;
         let events = self
             .tracker
@@ -328,6 +338,11 @@ impl Live {
         self.pending.extend(events);
         true
     }
+}
+
+/// The node holding `record`'s lease, if any.
+fn lease_holder(record: &JobRecord) -> Option<String> {
+    record.lease.as_ref().map(|lease| lease.node.to_string())
 }
 
 #[cfg(test)]

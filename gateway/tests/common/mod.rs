@@ -104,7 +104,7 @@ pub async fn succeed(
     let result = protocol::record::VideoResult {
         object_name: name,
         size_bytes: video.len() as u64,
-        sha256: "ab".into(),
+        sha256: protocol::codec::hex(ring::digest::digest(&ring::digest::SHA256, video).as_ref()),
         duration_ms: 1000,
         num_frames: 31,
         width: 848,

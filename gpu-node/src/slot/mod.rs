@@ -47,6 +47,8 @@ pub struct GpuSlotArgs {
     pub resources: Resources,
     /// NATS client, for progress events.
     pub client: async_nats::Client,
+    /// Where the records of its jobs are written (through the coordinator).
+    pub records: crate::records::RecordWriter,
     /// MP4 settings.
     pub video: VideoConfig,
     /// Object-store chunk size, bytes.
@@ -103,6 +105,7 @@ impl GpuSlotState {
     fn io(&self) -> SlotIo<'_> {
         SlotIo {
             resources: &self.args.resources,
+            records: &self.args.records,
             client: &self.args.client,
             chunk_bytes: self.args.object_chunk_bytes,
             stop: self.running.as_ref().map(|running| &*running.stop),
@@ -345,13 +348,7 @@ async fn start(
         attempt,
         lease_deadline_ms: now_ms() + assign.lease_ms,
     };
-    if let Err(error) = state
-        .args
-        .resources
-        .jobs
-        .apply(job_id, &started, now_ms())
-        .await
-    {
+    if let Err(error) = state.args.records.apply(job_id, &started).await {
         tracing::warn!(%job_id, attempt, %error, "not starting: the record refused the start");
         return;
     }

@@ -10,20 +10,22 @@ use protocol::record::{JobEvent, JobFailure, Progress, VideoResult};
 use protocol::{ErrorCode, JobId, JobState, codec, names, now_ms};
 use sha2::{Digest, Sha256};
 
-use protocol::jetstream::{Resources, StoreError};
-use protocol::record::TransitionError;
+use protocol::jetstream::Resources;
 
 use super::messages::Encoded;
 use super::stop::{StopFlag, StopReason};
 use crate::backend::LatentCheckpoint;
+use crate::records::{RecordWriteError, RecordWriter};
 
 /// Delay before a job failed on this node may be retried, ms.
 pub(super) const RETRY_DELAY_MS: u64 = 2_000;
 
 /// What a slot's writes go through.
 pub(super) struct SlotIo<'a> {
-    /// The job records, the object store.
+    /// The object store.
     pub(super) resources: &'a Resources,
+    /// The job records (through the coordinator).
+    pub(super) records: &'a RecordWriter,
     /// For progress events.
     pub(super) client: &'a async_nats::Client,
     /// Object-store chunk size of uploads, bytes.
@@ -32,17 +34,13 @@ pub(super) struct SlotIo<'a> {
     pub(super) stop: Option<&'a StopFlag>,
 }
 
-/// Applies `event` to the job's record by compare-and-set; true once written. A refusal
-/// (a newer attempt owns the job, or it was cancelled or ended elsewhere) abandons the
-/// running job at its next step boundary.
+/// Applies `event` to the job's record (through the coordinator); true once written. A
+/// refusal (a newer attempt or another node owns the job, or it was cancelled or ended
+/// elsewhere) abandons the running job at its next step boundary.
 pub(super) async fn write(io: &SlotIo<'_>, job_id: JobId, event: &JobEvent) -> bool {
-    match io.resources.jobs.apply(job_id, event, now_ms()).await {
-        Ok(_) => true,
-        Err(StoreError::Transition(refusal)) => {
-            let reason = match refusal {
-                TransitionError::StaleAttempt { .. } => "a newer attempt owns the job",
-                TransitionError::Illegal { .. } => "the job was cancelled or ended elsewhere",
-            };
+    match io.records.apply(job_id, event).await {
+        Ok(()) => true,
+        Err(RecordWriteError::Refused(reason)) => {
             tracing::info!(%job_id, event = event.name(), reason, "stopping job");
             if let Some(stop) = io.stop {
                 stop.set(StopReason::Abandon);
@@ -74,7 +72,10 @@ pub(super) async fn publish_progress(
     if let Ok(bytes) = codec::encode(&event) {
         let _ = io
             .client
-            .publish(names::events_subject(&job_id.to_string()), bytes.into())
+            .publish(
+                names::events_subject(&job_id.to_string(), io.records.node().as_str()),
+                bytes.into(),
+            )
             .await;
     }
 }

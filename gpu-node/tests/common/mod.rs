@@ -1,6 +1,7 @@
 //! Shared setup for the node tests: a real nats-server with the JetStream resources, a node
 //! `n1` started on it, and the coordinator's part played by the test (a lease on slot 0 of
-//! `n1`, the assignment sent to the node, polling the job's record).
+//! `n1`, the assignment sent to the node, polling the job's record) and by the coordinator's
+//! own record-write responder (`protocol::record_writes`), through which the node writes.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::Path;
@@ -27,6 +28,19 @@ pub struct Nats {
 /// Starts a nats-server and creates the JetStream resources on it.
 pub async fn nats() -> Nats {
     let (server, client, resources) = testkit::jetstream("test").await;
+    let writes = client
+        .queue_subscribe(
+            names::SUBJECT_NODE_RECORD_ALL,
+            names::QUEUE_COORDINATORS.to_owned(),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(protocol::record_writes::serve(
+        client.clone(),
+        resources.jobs.clone(),
+        writes,
+        |_| {},
+    ));
     Nats {
         server,
         client,

@@ -458,3 +458,89 @@ fn a_deleted_job_keeps_no_content_and_takes_no_event() {
         Err(TransitionError::Illegal { .. })
     ));
 }
+
+#[test]
+fn only_the_lease_holder_writes_node_events_and_a_retried_write_is_a_duplicate() {
+    let holder = NodeId::new("n1").expect("valid");
+    let other = NodeId::new("n2").expect("valid");
+    let mut assigned = record(JobState::Assigned);
+    assigned.lease = Some(lease());
+    let started = JobEvent::Started {
+        attempt: 1,
+        lease_deadline_ms: 9_000,
+    };
+    // The holder writes; another node is refused, naming the holder.
+    let running = assigned
+        .apply_from_node(&holder, &started, 2_000)
+        .expect("holder")
+        .expect("written");
+    assert_eq!(running.state, JobState::Running);
+    match assigned.apply_from_node(&other, &started, 2_000) {
+        Err(NodeWriteRefusal::NotTheHolder { node, holder }) => {
+            assert_eq!(node, other);
+            assert_eq!(holder, "n1");
+        }
+        refused => panic!("another node's write went through: {refused:?}"),
+    }
+    // The same write again (its answer was lost) is a duplicate, not a refusal.
+    assert_eq!(running.apply_from_node(&holder, &started, 2_100), Ok(None));
+    assert!(running.apply_from_node(&other, &started, 2_100).is_err());
+    // A stale attempt is refused as such.
+    let stale = JobEvent::Progressed {
+        attempt: 0,
+        progress: Progress {
+            step: 1,
+            total_steps: 2,
+        },
+        lease_deadline_ms: 9_000,
+    };
+    assert!(matches!(
+        running.apply_from_node(&holder, &stale, 2_100),
+        Err(NodeWriteRefusal::Transition(
+            TransitionError::StaleAttempt { .. }
+        ))
+    ));
+    // Events that are not a node's are refused whoever sends them.
+    for event in [
+        JobEvent::CancelRequested,
+        JobEvent::LeaseExpired {
+            attempt: 1,
+            retry_at_ms: 0,
+        },
+        JobEvent::Requeued,
+        JobEvent::Redriven,
+    ] {
+        assert!(matches!(
+            running.apply_from_node(&holder, &event, 2_100),
+            Err(NodeWriteRefusal::NotANodeEvent(_))
+        ));
+    }
+    // After the job ends nobody holds it: a new event is refused, the same success again
+    // is a duplicate.
+    let mut encoding = running.clone();
+    encoding.state = JobState::Encoding;
+    let succeeded = JobEvent::Succeeded {
+        attempt: 1,
+        result: result(),
+    };
+    let done = encoding
+        .apply_from_node(&holder, &succeeded, 3_000)
+        .expect("holder")
+        .expect("written");
+    assert_eq!(done.lease, None);
+    assert_eq!(done.apply_from_node(&holder, &succeeded, 3_100), Ok(None));
+    let failed = JobEvent::Failed {
+        attempt: 1,
+        failure: JobFailure {
+            code: ErrorCode::JobFailed,
+            message: "x".into(),
+            retryable: true,
+        },
+        retry_at_ms: 0,
+    };
+    assert!(done.apply_from_node(&holder, &failed, 3_100).is_err());
+    // A queued job (no lease) takes no node event from anyone.
+    let mut queued = record(JobState::Queued);
+    queued.lease = None;
+    assert!(queued.apply_from_node(&holder, &started, 3_100).is_err());
+}
