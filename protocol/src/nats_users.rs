@@ -3,12 +3,13 @@
 //!
 //! One user per role, and one per GPU node (`node-<node id>`): a node's user may take
 //! requests, publish heartbeats and write job records only under its own id, so one
-//! node's credential cannot touch another node's jobs. Each list below is what the role's code does (subjects from
-//! [`crate::names`], JetStream API subjects of the client library), nothing more; the
-//! full table with the reasons is in `docs/operations.md` ("NATS users") and what each
-//! credential can and cannot do in `docs/security.md`. `mochi up` writes this block for its
-//! embedded server and `mochi nats config` prints it for production, so the two never
-//! drift; the tests in `tests/nats_users.rs` run every role under it.
+//! node's credential cannot touch another node's jobs. Each list below is what the role's
+//! code does (subjects from [`crate::names`], JetStream API subjects of the client
+//! library), nothing more; the full table with the reasons is in `docs/operations.md`
+//! ("NATS users") and what each credential can and cannot do in `docs/security.md`.
+//! `mochi up` writes this block for its embedded server and `mochi nats config` prints it
+//! for production, so the two never drift; the tests in `tests/nats_users.rs` run every
+//! role under it.
 //!
 //! Every user's replies and consumer deliveries arrive under its own inbox prefix
 //! ([`names::inbox_prefix`], `_INBOX_<user>`), the only inbox it may subscribe to: no
