@@ -32,6 +32,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("mochi_coordinator_slots", &["state"]),
     ("mochi_coordinator_dead_letters_total", &[]),
     ("mochi_coordinator_leases_expired_total", &[]),
+    ("mochi_coordinator_record_writes_total", &["outcome"]),
     (
         "mochi_coordinator_cost_error_ratio_bucket",
         &["class", "le"],
@@ -77,7 +78,7 @@ fn promtool_accepts_the_configuration_and_every_alert_passes_its_unit_test() {
     let checked = promtool(&["check", "config", "prometheus.yml"]);
     assert!(checked.contains("SUCCESS"), "{checked}");
     let rules = promtool(&["check", "rules", "mochi.rules.yml"]);
-    assert!(rules.contains("SUCCESS: 15 rules found"), "{rules}");
+    assert!(rules.contains("SUCCESS: 16 rules found"), "{rules}");
     let tested = promtool(&["test", "rules", "mochi.rules.test.yml"]);
     assert!(tested.contains("SUCCESS"), "{tested}");
     // Every alert of the rules has a unit test.

@@ -264,20 +264,7 @@ async fn a_node_writes_only_the_records_of_the_jobs_it_holds() {
         .await
         .unwrap();
     let coordinator_resources = open_resources(coordinator.clone()).await.unwrap();
-    let writes = coordinator
-        .queue_subscribe(
-            names::SUBJECT_NODE_RECORD_ALL,
-            names::QUEUE_COORDINATORS.to_owned(),
-        )
-        .await
-        .unwrap();
-    tokio::spawn(protocol::record_writes::serve(
-        coordinator.clone(),
-        coordinator_resources.jobs.clone(),
-        writes,
-        |_| {},
-    ));
-    coordinator.flush().await.unwrap();
+    testkit::answer_record_writes(&coordinator, coordinator_resources.jobs.clone()).await;
 
     // A job placed on node-b.
     let spec = protocol::JobSpec::new("a red fox");

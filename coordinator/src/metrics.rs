@@ -63,6 +63,9 @@ pub fn describe() {
     metrics::counter!(DEAD_LETTERS).increment(0);
     metrics::counter!(LEASES_EXPIRED).increment(0);
     metrics::counter!(PAUSES_REQUESTED).increment(0);
+    for outcome in ["applied", "refused", "failed"] {
+        metrics::counter!(RECORD_WRITES, "outcome" => outcome).increment(0);
+    }
     metrics::describe_counter!(
         RECORD_WRITES,
         "Nodes' writes to their jobs' records, by outcome (applied, refused, failed)"

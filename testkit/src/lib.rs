@@ -143,6 +143,36 @@ pub async fn jetstream(
     (server, client, resources)
 }
 
+/// Answers the GPU nodes' record writes on `client` as the leading coordinator does
+/// (`protocol::record_writes`), for tests that run a node without a coordinator or check
+/// the writes' permissions; the task ends with the client.
+///
+/// # Panics
+/// When the subscription cannot be made: a test cannot go on.
+pub async fn answer_record_writes(
+    client: &async_nats::Client,
+    jobs: protocol::jetstream::JobStore,
+) -> tokio::task::JoinHandle<&'static str> {
+    let writes = client
+        .queue_subscribe(
+            protocol::names::SUBJECT_NODE_RECORD_ALL,
+            protocol::names::QUEUE_COORDINATORS.to_owned(),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("cannot subscribe to the record writes: {error}"));
+    let task = tokio::spawn(protocol::record_writes::serve(
+        client.clone(),
+        jobs,
+        writes,
+        |_| {},
+    ));
+    client
+        .flush()
+        .await
+        .unwrap_or_else(|error| panic!("cannot flush the subscription: {error}"));
+    task
+}
+
 /// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -28,19 +28,7 @@ pub struct Nats {
 /// Starts a nats-server and creates the JetStream resources on it.
 pub async fn nats() -> Nats {
     let (server, client, resources) = testkit::jetstream("test").await;
-    let writes = client
-        .queue_subscribe(
-            names::SUBJECT_NODE_RECORD_ALL,
-            names::QUEUE_COORDINATORS.to_owned(),
-        )
-        .await
-        .unwrap();
-    tokio::spawn(protocol::record_writes::serve(
-        client.clone(),
-        resources.jobs.clone(),
-        writes,
-        |_| {},
-    ));
+    testkit::answer_record_writes(&client, resources.jobs.clone()).await;
     Nats {
         server,
         client,
