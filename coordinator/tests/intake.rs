@@ -150,3 +150,55 @@ async fn invalid_spec_published_directly_ends_failed_with_invalid_field() {
     );
     coordinator.stop().await;
 }
+
+/// What a job is made of is synced write by write; what the coordinator and the nodes
+/// rewrite on their own (queue positions, heartbeats) persists asynchronously on a single
+/// server, and so costs no sync per write.
+#[tokio::test]
+async fn only_the_derived_buckets_skip_the_sync_of_each_write() {
+    use async_nats::jetstream::stream::PersistenceMode;
+    let nats = nats().await;
+    let mode = |stream: String| {
+        let context = nats.resources.context.clone();
+        async move {
+            let mut stream = context.get_stream(&stream).await.unwrap();
+            stream.info().await.unwrap().config.persist_mode
+        }
+    };
+    for bucket in [names::BUCKET_QUEUE, names::BUCKET_NODES] {
+        assert_eq!(
+            mode(names::kv_stream(bucket)).await,
+            Some(PersistenceMode::Async),
+            "{bucket}"
+        );
+    }
+    for stream in [
+        names::STREAM_SUBMIT.to_owned(),
+        names::STREAM_DLQ.to_owned(),
+        names::STREAM_WEBHOOKS.to_owned(),
+        names::kv_stream(names::BUCKET_JOBS),
+        names::kv_stream(names::BUCKET_KEYS),
+        names::kv_stream(names::BUCKET_LEADER),
+        names::object_stream(names::OBJECT_STORE_VIDEOS),
+    ] {
+        assert_ne!(
+            mode(stream.clone()).await,
+            Some(PersistenceMode::Async),
+            "{stream}"
+        );
+    }
+    // The bucket works as any other.
+    let queue = nats
+        .resources
+        .context
+        .get_key_value(names::BUCKET_QUEUE)
+        .await
+        .unwrap();
+    queue.put("job-1", "position".into()).await.unwrap();
+    assert_eq!(
+        queue.get("job-1").await.unwrap().as_deref(),
+        Some(&b"position"[..])
+    );
+    queue.delete("job-1").await.unwrap();
+    assert!(queue.get("job-1").await.unwrap().is_none());
+}

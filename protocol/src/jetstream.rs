@@ -317,7 +317,7 @@ async fn try_ensure_resources(
         "mochi_jobs",
     )
     .await?;
-    let nodes = get_or_create_kv(
+    let nodes = get_or_create_derived_kv(
         &context,
         kv::Config {
             bucket: names::BUCKET_NODES.to_owned(),
@@ -371,13 +371,15 @@ async fn try_ensure_resources(
         "mochi_cost",
     )
     .await?;
-    get_or_create_kv(
+    get_or_create_derived_kv(
         &context,
         kv::Config {
             bucket: names::BUCKET_QUEUE.to_owned(),
             description: "mochi-serve queue positions and ETAs".to_owned(),
             history: 1,
             max_age: Duration::from_secs(24 * 3600),
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         },
         "mochi_queue",
@@ -443,6 +445,56 @@ async fn get_or_create_kv(
             .get_key_value(config.bucket)
             .await
             .map_err(|_| resource_error(resource)(error)),
+    }
+}
+
+/// [`get_or_create_kv`] for a bucket whose entries their writers rewrite on their own
+/// (queue positions, which the leading coordinator republishes; heartbeats, which nodes
+/// write every few seconds and which expire anyway): on a single server its stream is
+/// created with asynchronous persistence (`persist_mode: async`, nats-server 2.12+), so
+/// its writes are not synced one by one even under `sync_interval: always`. A crash of
+/// the server may lose the last of them; the next refresh writes them again. Replicated
+/// buckets, and buckets created before, keep the default (the mode cannot be changed
+/// after creation).
+async fn get_or_create_derived_kv(
+    context: &jetstream::Context,
+    config: kv::Config,
+    resource: &'static str,
+) -> Result<kv::Store, SetupError> {
+    if config.num_replicas > 1 {
+        return get_or_create_kv(context, config, resource).await;
+    }
+    if let Ok(store) = context.get_key_value(config.bucket.clone()).await {
+        return Ok(store);
+    }
+    // The stream a KV bucket is (what `create_key_value` makes), with the persistence mode.
+    let stream_config = stream::Config {
+        name: names::kv_stream(&config.bucket),
+        description: Some(config.description.clone()),
+        subjects: vec![format!("$KV.{}.>", config.bucket)],
+        max_messages_per_subject: config.history.max(1),
+        max_bytes: config.max_bytes,
+        max_age: config.max_age,
+        max_message_size: config.max_value_size,
+        storage: config.storage,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: 1,
+        discard: stream::DiscardPolicy::New,
+        persist_mode: Some(stream::PersistenceMode::Async),
+        ..Default::default()
+    };
+    match context.create_stream(stream_config).await {
+        Ok(_) => context
+            .get_key_value(config.bucket.clone())
+            .await
+            .map_err(resource_error(resource)),
+        // An older server without the mode, or another process created it meanwhile.
+        Err(error) => {
+            tracing::debug!(bucket = %config.bucket, %error, "no asynchronous persistence for the bucket");
+            get_or_create_kv(context, config, resource).await
+        }
     }
 }
 

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 pub struct QueueInfo {
     /// 1 for the job served next (in the scheduling policy's order).
     pub position: u32,
-    /// Jobs queued in all.
+    /// Jobs queued in all when the entry was written (rewritten when it moves by more
+    /// than a tenth; exact below ten jobs).
     pub queued: u32,
     /// The job's lane by predicted GPU time (`short`, `medium`, `long`).
     pub lane: String,

@@ -195,11 +195,13 @@ impl QueuePublisher {
     }
 }
 
-/// Whether a job's published entry is out of date: another position or queue length, an
-/// ETA that appeared or went, or one that moved by more than [`ETA_REPUBLISH_MS`].
+/// Whether a job's published entry is out of date: another position, a queue length that
+/// moved by more than a tenth (any change below ten jobs), an ETA that appeared or went, or
+/// one that moved by more than [`ETA_REPUBLISH_MS`]. Without the tenth, every arrival or
+/// departure behind a long queue would rewrite every waiting job's entry.
 fn moved(old: &QueueInfo, new: &QueueInfo) -> bool {
     old.position != new.position
-        || old.queued != new.queued
+        || u64::from(old.queued.abs_diff(new.queued)) * 10 > u64::from(old.queued.max(9))
         || old.eta_start_ms.is_some() != new.eta_start_ms.is_some()
         || old
             .eta_start_ms
@@ -234,4 +236,36 @@ async fn write(store: kv::Store, puts: Vec<(JobId, QueueInfo)>, gone: Vec<JobId>
         .buffer_unordered(QUEUE_WRITES_IN_FLIGHT)
         .collect::<Vec<()>>()
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(position: u32, queued: u32, eta_start_ms: Option<u64>) -> QueueInfo {
+        QueueInfo {
+            position,
+            queued,
+            lane: "short".to_owned(),
+            eta_start_ms,
+            eta_finish_ms: None,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn an_entry_is_rewritten_when_its_position_or_eta_moves_not_for_every_arrival_behind_it() {
+        let old = entry(5, 100, Some(60_000));
+        assert!(!moved(&old, &entry(5, 100, Some(60_000))));
+        assert!(moved(&old, &entry(4, 100, Some(60_000))), "position");
+        assert!(!moved(&old, &entry(5, 110, Some(60_000))), "a tenth more");
+        assert!(moved(&old, &entry(5, 111, Some(60_000))), "over a tenth more");
+        assert!(moved(&old, &entry(5, 89, Some(60_000))), "over a tenth less");
+        assert!(!moved(&old, &entry(5, 100, Some(64_000))), "ETA within 5 s");
+        assert!(moved(&old, &entry(5, 100, Some(66_000))), "ETA beyond 5 s");
+        assert!(moved(&old, &entry(5, 100, None)), "ETA gone");
+        // Short queues show the exact length.
+        assert!(moved(&entry(1, 3, None), &entry(1, 4, None)));
+        assert!(moved(&entry(1, 9, None), &entry(1, 8, None)));
+    }
 }
