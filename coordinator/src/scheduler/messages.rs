@@ -91,6 +91,9 @@ pub enum SchedulerMsg {
     },
     /// Periodic work: node liveness, lease expiry, deadlines, placement.
     Tick,
+    /// Place what can be placed (the scheduler sends this to itself once per burst of
+    /// messages).
+    Schedule,
     /// Counts for tests and `/debug`.
     Status(RpcReplyPort<SchedulerStatus>),
     /// A job's predicted cost, from the cost model and the slots seen.

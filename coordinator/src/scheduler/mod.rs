@@ -79,6 +79,9 @@ pub struct SchedulerState {
     queue_info: QueuePublisher,
     /// The policy's clock (the wall clock, or model time in a time-scaled load test).
     clock: ModelClock,
+    /// A [`SchedulerMsg::Schedule`] is in the mailbox: the messages before it add to the
+    /// placement it will make rather than each making their own.
+    schedule_pending: bool,
 }
 
 impl Actor for Scheduler {
@@ -112,6 +115,7 @@ impl Actor for Scheduler {
             learning,
             queue_info,
             clock,
+            schedule_pending: false,
         })
     }
 
@@ -176,6 +180,11 @@ impl Actor for Scheduler {
                 answer,
             } => pause::answered(&mut state.view, job_id, &node, &answer),
             SchedulerMsg::Tick => tick(state),
+            SchedulerMsg::Schedule => {
+                state.schedule_pending = false;
+                schedule(state);
+                return Ok(());
+            }
             SchedulerMsg::Status(reply) => {
                 let _ = reply.send(status(state));
                 return Ok(());
@@ -191,7 +200,13 @@ impl Actor for Scheduler {
                 return Ok(());
             }
         }
-        schedule(state);
+        // One placement for every burst of news (a batch taken in, a fleet of heartbeats):
+        // it reads every waiting job, so making one per message would cost the square of
+        // the queue. The mailbox is first in, first out: the placement comes right after
+        // what is already queued before it.
+        if !state.schedule_pending && myself.cast(SchedulerMsg::Schedule).is_ok() {
+            state.schedule_pending = true;
+        }
         Ok(())
     }
 

@@ -259,8 +259,14 @@ mod tests {
         assert!(!moved(&old, &entry(5, 100, Some(60_000))));
         assert!(moved(&old, &entry(4, 100, Some(60_000))), "position");
         assert!(!moved(&old, &entry(5, 110, Some(60_000))), "a tenth more");
-        assert!(moved(&old, &entry(5, 111, Some(60_000))), "over a tenth more");
-        assert!(moved(&old, &entry(5, 89, Some(60_000))), "over a tenth less");
+        assert!(
+            moved(&old, &entry(5, 111, Some(60_000))),
+            "over a tenth more"
+        );
+        assert!(
+            moved(&old, &entry(5, 89, Some(60_000))),
+            "over a tenth less"
+        );
         assert!(!moved(&old, &entry(5, 100, Some(64_000))), "ETA within 5 s");
         assert!(moved(&old, &entry(5, 100, Some(66_000))), "ETA beyond 5 s");
         assert!(moved(&old, &entry(5, 100, None)), "ETA gone");
