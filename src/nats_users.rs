@@ -66,7 +66,8 @@ pub struct NodeList {
 }
 
 impl NodeList {
-    /// Every node id listed, the numbered ones first; at least one.
+    /// Every node id listed, the numbered ones first; at least one (the ids themselves are
+    /// checked where the users are made, `NatsUser::all`).
     pub fn ids(&self) -> Result<Vec<String>> {
         let mut ids: Vec<String> = (0..self.count.unwrap_or(0))
             .map(|index| format!("{K8S_NODE_PREFIX}{index}"))
@@ -77,7 +78,6 @@ impl NodeList {
                 "list the GPU nodes, each gets a NATS user of its own: --gpu-node ID (repeat) or --gpu-nodes N"
             );
         }
-        NatsUser::all(&ids)?;
         Ok(ids)
     }
 }
