@@ -2,12 +2,22 @@
 //! (internal publishers bypass the gateway), writes each job's record as `queued`
 //! (create-only, so a redelivery is harmless; the writes of a batch overlap) and only then
 //! acknowledges that message.
+//!
+//! `MOCHI_SUBMIT` keeps its messages until they are purged (limits retention): an
+//! acknowledgement only moves the consumer's ack floor, which nats-server persists a few
+//! times a second, and after each batch the intake purges everything below that floor in
+//! one operation. On a work-queue stream every acknowledgement was a synced deletion of its
+//! own, a second synced write per job on the stream the gateways write to (a stream made
+//! before keeps its work-queue retention, which cannot be changed: its acknowledgements
+//! remove the messages and the intake does not purge).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::stream::RetentionPolicy;
 use futures::StreamExt;
 use protocol::ErrorCode;
 use protocol::jetstream::Resources;
@@ -39,6 +49,11 @@ pub struct IntakeState {
     config: Arc<Config>,
     resources: Resources,
     consumer: PullConsumer,
+    /// Whether `MOCHI_SUBMIT` keeps acknowledged submissions until purged (limits
+    /// retention); a work-queue stream removes each on its acknowledgement.
+    purges: bool,
+    /// Every submission below this stream sequence is purged.
+    purged_below: u64,
 }
 
 /// What the intake needs.
@@ -80,12 +95,24 @@ impl Actor for Intake {
         args: IntakeArgs,
     ) -> Result<IntakeState, ActorProcessingErr> {
         let consumer = consumer(&args.resources, &args.config).await?;
+        let purges =
+            args.resources.submit.cached_info().config.retention == RetentionPolicy::Limits;
+        if !purges {
+            tracing::info!(
+                "MOCHI_SUBMIT has work-queue retention (made by an earlier version): each acknowledgement deletes its submission; docs/operations.md says how to convert it"
+            );
+        }
         myself.cast(IntakeMsg::Pull)?;
-        Ok(IntakeState {
+        let mut state = IntakeState {
             config: args.config,
             resources: args.resources,
             consumer,
-        })
+            purges,
+            purged_below: 0,
+        };
+        // What an earlier leader took in but did not purge.
+        purge_taken_in(&mut state).await;
+        Ok(state)
     }
 
     async fn handle(
@@ -106,15 +133,23 @@ impl Actor for Intake {
             Ok(batch) => {
                 // The record writes of a batch overlap (each is a round trip to a stored
                 // JetStream write); each message is still acknowledged after its own record.
-                let state = &*state;
+                let taken = AtomicUsize::new(0);
+                let shared = &*state;
+                let taken_ref = &taken;
                 batch
-                    .for_each_concurrent(state.config.intake_concurrency, |next| async move {
+                    .for_each_concurrent(shared.config.intake_concurrency, |next| async move {
                         match next {
-                            Ok(message) => take_in(state, message).await,
+                            Ok(message) => {
+                                take_in(shared, message).await;
+                                taken_ref.fetch_add(1, Ordering::Relaxed);
+                            }
                             Err(error) => tracing::warn!(%error, "intake fetch interrupted"),
                         }
                     })
                     .await;
+                if taken.into_inner() > 0 {
+                    purge_taken_in(state).await;
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, "intake cannot fetch; retrying");
@@ -123,6 +158,41 @@ impl Actor for Intake {
         }
         myself.cast(IntakeMsg::Pull)?;
         Ok(())
+    }
+}
+
+/// Purges the submissions below the intake consumer's ack floor: every one of them has its
+/// record (or was given up after `intake_max_deliver` deliveries, as a work-queue stream
+/// would have left it undelivered). One synced write for the whole batch. A failure is
+/// logged and left to the next batch: the submissions stay, their records exist, and a
+/// redelivery would find them.
+async fn purge_taken_in(state: &mut IntakeState) {
+    if !state.purges {
+        return;
+    }
+    let floor = match state.consumer.get_info().await {
+        Ok(info) => info.ack_floor.stream_sequence,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the intake's ack floor; purging later");
+            return;
+        }
+    };
+    let below = floor.saturating_add(1);
+    if below <= state.purged_below {
+        return;
+    }
+    match state.resources.submit.purge().sequence(below).await {
+        Ok(response) => {
+            state.purged_below = below;
+            tracing::debug!(
+                purged = response.purged,
+                below,
+                "taken-in submissions purged"
+            );
+        }
+        Err(error) => {
+            tracing::warn!(%error, below, "cannot purge taken-in submissions; purging later")
+        }
     }
 }
 

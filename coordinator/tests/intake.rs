@@ -6,10 +6,83 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Running, eventually, nats, record, small_job, submit};
+use async_nats::jetstream::stream::RetentionPolicy;
+use common::{Nats, Running, eventually, nats, record, small_job, submit};
 use protocol::{ErrorCode, JobId, JobSpec, JobState, names};
 
 const WAIT: Duration = Duration::from_secs(10);
+
+async fn submit_stream_messages(nats: &Nats) -> u64 {
+    nats.resources
+        .submit
+        .get_info()
+        .await
+        .unwrap()
+        .state
+        .messages
+}
+
+/// A `MOCHI_SUBMIT` made by an earlier version has work-queue retention, which nats-server
+/// cannot change: the intake still takes its submissions in, each acknowledgement removes
+/// one, and a coordinator restarted on it does not need a purge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_queue_submit_stream_made_before_still_drains() {
+    use async_nats::jetstream::stream;
+    let server = testkit::NatsServer::start();
+    let config = protocol::config::NatsConfig {
+        url: server.url().to_owned(),
+        ..Default::default()
+    };
+    let client = protocol::jetstream::connect(&config, "legacy-test")
+        .await
+        .unwrap();
+    async_nats::jetstream::new(client.clone())
+        .create_stream(stream::Config {
+            name: names::STREAM_SUBMIT.to_owned(),
+            subjects: vec![names::SUBJECT_SUBMIT_ALL.to_owned()],
+            retention: RetentionPolicy::WorkQueue,
+            max_messages: 1000,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let resources = protocol::jetstream::ensure_resources(client.clone(), &config.jetstream)
+        .await
+        .unwrap();
+    assert_eq!(
+        resources.submit.cached_info().config.retention,
+        RetentionPolicy::WorkQueue,
+        "an existing stream is opened as it is"
+    );
+    let nats = Nats {
+        server,
+        client,
+        resources,
+    };
+    let coordinator = Running::start(&nats, coordinator::Config::for_test()).await;
+    let mut jobs = Vec::new();
+    for prompt in ["one", "two", "three"] {
+        let job = small_job(prompt);
+        let job_id = job.job_id.unwrap();
+        submit(&nats.resources, "acme", &job, &job_id.to_string()).await;
+        jobs.push(job_id);
+    }
+    for job_id in jobs {
+        eventually(WAIT, "each job is queued", || async {
+            record(&nats.resources, job_id).await.is_some()
+        })
+        .await;
+    }
+    eventually(
+        WAIT,
+        "the acknowledgements empty the work queue",
+        || async { submit_stream_messages(&nats).await == 0 },
+    )
+    .await;
+    assert_eq!(coordinator.status().await.queued, 3);
+    coordinator.stop().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submission_becomes_one_queued_record_even_when_delivered_twice() {
@@ -46,11 +119,14 @@ async fn submission_becomes_one_queued_record_even_when_delivered_twice() {
     let (kept, kept_revision) = nats.resources.jobs.get(job_id).await.unwrap().unwrap();
     assert_eq!(kept_revision, revision, "the duplicate rewrote the record");
     assert_eq!(kept.spec.prompt, "a red fox");
+    // The stream keeps messages until purged (limits retention): only the intake's purge
+    // below its ack floor empties it.
     let stream = nats.resources.submit.get_info().await.unwrap();
-    assert_eq!(
-        stream.state.messages, 0,
-        "acked submissions leave the work queue"
-    );
+    assert_eq!(stream.config.retention, RetentionPolicy::Limits);
+    eventually(WAIT, "the taken-in submissions are purged", || async {
+        submit_stream_messages(&nats).await == 0
+    })
+    .await;
     assert_eq!(coordinator.status().await.queued, 1);
 
     // Without a job id the id is derived from the message id, so a redelivery maps to it too.
@@ -131,15 +207,8 @@ async fn invalid_spec_published_directly_ends_failed_with_invalid_field() {
         "message names the field: {}",
         error.message
     );
-    eventually(WAIT, "every message leaves the work queue", || async {
-        nats.resources
-            .submit
-            .get_info()
-            .await
-            .unwrap()
-            .state
-            .messages
-            == 0
+    eventually(WAIT, "every message is purged", || async {
+        submit_stream_messages(&nats).await == 0
     })
     .await;
     let status = coordinator.status().await;

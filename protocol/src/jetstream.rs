@@ -256,7 +256,11 @@ async fn try_ensure_resources(
             name: names::STREAM_SUBMIT.to_owned(),
             description: Some("mochi-serve submitted jobs awaiting intake".to_owned()),
             subjects: vec![names::SUBJECT_SUBMIT_ALL.to_owned()],
-            retention: stream::RetentionPolicy::WorkQueue,
+            // Not a work queue: acknowledgements move the intake's ack floor and the intake
+            // purges below it once per batch (one synced write for many submissions,
+            // instead of a synced deletion per acknowledgement). `max_messages` with
+            // `DiscardPolicy::New` still refuses submissions while the queue is full.
+            retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
             num_replicas: replicas,
             max_messages: config.submit_max_msgs,

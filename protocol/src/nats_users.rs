@@ -365,7 +365,7 @@ impl Grants {
         self.purge(&names::object_stream(bucket));
     }
 
-    /// Purge messages of a stream (by subject filter).
+    /// Purge messages of a stream (by subject filter, or below a sequence).
     fn purge(&mut self, stream: &str) {
         self.publish(format!("$JS.API.STREAM.PURGE.{stream}"));
     }
@@ -462,6 +462,8 @@ fn coordinator(grants: &mut Grants) {
     grants.publish(format!("$JS.API.CONSUMER.CREATE.{intake}.>"));
     grants.publish(format!("$JS.API.CONSUMER.MSG.NEXT.{intake}"));
     grants.publish(format!("$JS.ACK.{intake}.>"));
+    // What the intake has taken in, below its ack floor.
+    grants.purge(names::STREAM_SUBMIT);
     // Dead letters.
     grants.publish(names::dlq_subject("*"));
     // Records, heartbeats, the leader lease, cost corrections, queue positions.
