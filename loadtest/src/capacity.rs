@@ -14,6 +14,7 @@
 //!   start on a slot is read from the service's timestamps.
 
 use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -140,7 +141,8 @@ fn free_port() -> Result<u16, CapacityError> {
         .map_err(|error| CapacityError::Peer(error.to_string()))
 }
 
-/// The peer's two processes, killed when dropped.
+/// The peer's two processes, ended when dropped. uvicorn runs in a process group of its
+/// own: its workers are its children, which a kill of the master alone would leave running.
 struct Peer {
     children: Vec<Child>,
     url: String,
@@ -150,10 +152,43 @@ struct Peer {
 impl Drop for Peer {
     fn drop(&mut self) {
         for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
+            end_group(child);
         }
     }
+}
+
+/// Ends `child` and every process of its group (the group is the child's own where it was
+/// started with `process_group(0)`; otherwise only the child gets the signals): SIGTERM
+/// (uvicorn's master ends its workers before it exits), then SIGKILL after five seconds.
+/// The group is signalled only while the child is not reaped, so its id cannot have been
+/// reused.
+fn end_group(child: &mut Child) {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    let Ok(raw) = i32::try_from(child.id()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return;
+    };
+    let group = Pid::from_raw(raw);
+    let own_group = nix::unistd::getpgid(Some(group)).is_ok_and(|pgid| pgid == group);
+    let signal = |signal: Signal| {
+        if own_group {
+            let _ = killpg(group, signal);
+        } else {
+            let _ = nix::sys::signal::kill(group, signal);
+        }
+    };
+    signal(Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(Signal::SIGKILL);
+    let _ = child.wait();
 }
 
 impl Peer {
@@ -189,6 +224,7 @@ impl Peer {
         };
         let uvicorn = spawn(
             Command::new(&config.peer_python)
+                .process_group(0)
                 .args(["-m", "uvicorn", "app:app", "--host", "127.0.0.1"])
                 .args(["--port", &http_port.to_string()])
                 .args(["--workers", &workers.to_string()])

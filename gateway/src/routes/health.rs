@@ -55,7 +55,7 @@ pub fn nats_ready(client: &async_nats::Client) -> Response {
     )
 )]
 pub async fn metrics(State(state): State<AppState>) -> Result<String, ApiError> {
-    let handle = state.metrics.ok_or_else(|| {
+    let handle = state.metrics.as_ref().ok_or_else(|| {
         ApiError::new(
             ErrorCode::NotFound,
             "metrics are not enabled in this process",
