@@ -33,7 +33,8 @@ pub struct Config {
     pub intake_ack_wait_s: u64,
     /// Deliveries of one submission before JetStream gives up on it.
     pub intake_max_deliver: i64,
-    /// Submissions fetched at once.
+    /// Submissions fetched at once: at most 1000, the intake consumer's limit of
+    /// unacknowledged deliveries (JetStream's default `max_ack_pending`).
     pub intake_batch: usize,
     /// Submissions of a batch whose records are written at the same time (each is still
     /// acknowledged only after its own record is stored).
@@ -78,8 +79,8 @@ impl Default for Config {
             backoff_max_ms: 60_000,
             intake_ack_wait_s: 30,
             intake_max_deliver: 10,
-            intake_batch: 256,
-            intake_concurrency: 64,
+            intake_batch: 1000,
+            intake_concurrency: 500,
             instance_id: None,
             leader_lease_ms: 10_000,
             start_timeout_ms: 24 * 3600 * 1000,
@@ -146,8 +147,8 @@ impl Config {
                 "backoff_base_ms must not exceed backoff_max_ms",
             ),
             (
-                self.intake_max_deliver >= 1 && self.intake_batch >= 1,
-                "intake_max_deliver and intake_batch must be positive",
+                self.intake_max_deliver >= 1 && (1..=1000).contains(&self.intake_batch),
+                "intake_max_deliver must be positive and intake_batch between 1 and 1000",
             ),
             (
                 self.intake_concurrency >= 1,
