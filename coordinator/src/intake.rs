@@ -213,7 +213,15 @@ async fn take_in(state: &IntakeState, message: async_nats::jetstream::Message) {
                 "duplicate"
             }
             Err(error) => {
-                tracing::warn!(job_id = %record.id, %error, "cannot write the record; the submission will be redelivered");
+                let delivered = message.info().map(|info| info.delivered).unwrap_or(0);
+                if delivered >= state.config.intake_max_deliver {
+                    // JetStream will not deliver it again and the purge below the ack floor
+                    // removes it: the job the publisher was told about has no record.
+                    ::metrics::counter!(metrics::INTAKE, "outcome" => "given_up").increment(1);
+                    tracing::error!(job_id = %record.id, tenant = %record.tenant, delivered, %error, "cannot write the record; the submission is given up after its last delivery");
+                } else {
+                    tracing::warn!(job_id = %record.id, %error, "cannot write the record; the submission will be redelivered");
+                }
                 if let Err(error) = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await {
                     tracing::warn!(%error, "cannot nak the submission; it is redelivered after ack_wait");
                 }
