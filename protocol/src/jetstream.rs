@@ -130,7 +130,7 @@ pub async fn connect(
 pub struct Resources {
     /// The JetStream context.
     pub context: jetstream::Context,
-    /// `MOCHI_SUBMIT`, the work queue of submissions.
+    /// `MOCHI_SUBMIT`, the submissions waiting for the intake.
     pub submit: stream::Stream,
     /// `MOCHI_DLQ`, dead letters.
     pub dlq: stream::Stream,

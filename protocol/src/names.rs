@@ -1,6 +1,6 @@
 //! Every NATS subject, stream, consumer, bucket and object-store name, in one place.
 
-/// Work-queue stream that holds submitted jobs until the coordinator takes them in.
+/// Stream that holds submitted jobs until the coordinator takes them in (and purges them).
 pub const STREAM_SUBMIT: &str = "MOCHI_SUBMIT";
 /// Subjects captured by [`STREAM_SUBMIT`]: `mochi.submit.<tenant>`.
 pub const SUBJECT_SUBMIT_ALL: &str = "mochi.submit.>";
