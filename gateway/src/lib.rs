@@ -57,10 +57,10 @@ pub fn app(state: AppState) -> Router {
         })
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
-            auth::Gate {
+            Arc::new(auth::Gate {
                 auth: state.auth.clone(),
                 limiter: Arc::clone(&state.limiter),
-            },
+            }),
             auth::middleware,
         ))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))

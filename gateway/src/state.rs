@@ -53,7 +53,7 @@ pub struct Shared {
     pub index: JobIndex,
     /// Signs download links: the configured keys or the shared generated one, set by
     /// [`AppState::start`] (until then no link is given or accepted).
-    pub links: Arc<std::sync::OnceLock<LinkSigner>>,
+    pub links: std::sync::OnceLock<LinkSigner>,
 }
 
 impl AppState {
@@ -73,7 +73,7 @@ impl AppState {
             limiter: Arc::new(RateLimiter::new(config.rate_limit.clone())),
             load: TenantLoad::new(),
             index: JobIndex::new(),
-            links: Arc::default(),
+            links: std::sync::OnceLock::new(),
             resources,
             client,
             config: Arc::new(config),

@@ -141,8 +141,8 @@ fn free_port() -> Result<u16, CapacityError> {
         .map_err(|error| CapacityError::Peer(error.to_string()))
 }
 
-/// The peer's two processes, ended when dropped. uvicorn runs in a process group of its
-/// own: its workers are its children, which a kill of the master alone would leave running.
+/// The peer's two processes, ended when dropped. Each runs in a process group of its own:
+/// uvicorn's workers are its children, which a kill of the master alone would leave running.
 struct Peer {
     children: Vec<Child>,
     url: String,
@@ -157,8 +157,7 @@ impl Drop for Peer {
     }
 }
 
-/// Ends `child` and every process of its group (the group is the child's own where it was
-/// started with `process_group(0)`; otherwise only the child gets the signals): SIGTERM
+/// Ends `child`, started with `process_group(0)`, and every process of its group: SIGTERM
 /// (uvicorn's master ends its workers before it exits), then SIGKILL after five seconds.
 /// The group is signalled only while the child is not reaped, so its id cannot have been
 /// reused.
@@ -170,14 +169,8 @@ fn end_group(child: &mut Child) {
         let _ = child.wait();
         return;
     };
-    let group = Pid::from_raw(raw);
-    let own_group = nix::unistd::getpgid(Some(group)).is_ok_and(|pgid| pgid == group);
     let signal = |signal: Signal| {
-        if own_group {
-            let _ = killpg(group, signal);
-        } else {
-            let _ = nix::sys::signal::kill(group, signal);
-        }
+        let _ = killpg(Pid::from_raw(raw), signal);
     };
     signal(Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -202,6 +195,7 @@ impl Peer {
                 .stderr(Stdio::null());
             nats_process::die_with_parent(command);
             command
+                .process_group(0)
                 .spawn()
                 .map_err(|error| CapacityError::Peer(format!("cannot start {what}: {error}")))
         };
@@ -224,7 +218,6 @@ impl Peer {
         };
         let uvicorn = spawn(
             Command::new(&config.peer_python)
-                .process_group(0)
                 .args(["-m", "uvicorn", "app:app", "--host", "127.0.0.1"])
                 .args(["--port", &http_port.to_string()])
                 .args(["--workers", &workers.to_string()])

@@ -255,8 +255,9 @@ fn missing_credentials() -> ApiError {
     unauthorized("send an API key as `Authorization: Bearer <key>`; `mochi keys create` makes one")
 }
 
-/// What the middleware checks callers with: the authenticator and the rate limiter.
-#[derive(Clone)]
+/// What the middleware checks callers with: the authenticator and the rate limiter. The
+/// middleware holds it behind an `Arc`, since axum clones a middleware's state for every
+/// request (the authenticator's OIDC settings and open principal are owned strings).
 pub struct Gate {
     /// Checks credentials.
     pub auth: Authenticator,
@@ -269,7 +270,11 @@ const CONTENT_ROUTE: &str = "/v1/videos/{id}/content";
 
 /// Middleware of the API: authenticates the caller (401), applies its rate limit (429 with
 /// `Retry-After`), hands the [`Principal`] to the handler and adds the `RateLimit-*` headers.
-pub async fn middleware(State(state): State<Gate>, mut request: Request, next: Next) -> Response {
+pub async fn middleware(
+    State(state): State<Arc<Gate>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
