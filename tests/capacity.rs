@@ -23,6 +23,7 @@ fn capacity_phases_run_against_the_peer_and_every_accepted_job_is_taken_in() {
         start_jobs: 40,
         start_rate: 20.0,
         durable: true,
+        nats_servers: 1,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -5,14 +5,15 @@
 //!
 //! `MOCHI_SUBMIT` keeps its messages until they are purged (limits retention): an
 //! acknowledgement only moves the consumer's ack floor, which nats-server persists a few
-//! times a second, and after each batch the intake purges everything below that floor in
-//! one operation. On a work-queue stream every acknowledgement was a synced deletion of its
+//! times a second, and after each batch (and after an empty fetch, while acknowledged
+//! submissions are still unpurged) the intake purges everything below that floor in one
+//! operation. On a work-queue stream every acknowledgement was a synced deletion of its
 //! own, a second synced write per job on the stream the gateways write to (a stream made
 //! before keeps its work-queue retention, which cannot be changed: its acknowledgements
 //! remove the messages and the intake does not purge).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
@@ -54,6 +55,9 @@ pub struct IntakeState {
     purges: bool,
     /// Every submission below this stream sequence is purged.
     purged_below: u64,
+    /// One past the highest stream sequence this intake saw acknowledged: while it is above
+    /// `purged_below`, taken-in submissions may still wait for their purge.
+    acked_below: u64,
 }
 
 /// What the intake needs.
@@ -109,6 +113,7 @@ impl Actor for Intake {
             consumer,
             purges,
             purged_below: 0,
+            acked_below: 0,
         };
         // What an earlier leader took in but did not purge.
         purge_taken_in(&mut state).await;
@@ -133,21 +138,27 @@ impl Actor for Intake {
             Ok(batch) => {
                 // The record writes of a batch overlap (each is a round trip to a stored
                 // JetStream write); each message is still acknowledged after its own record.
-                let taken = AtomicUsize::new(0);
+                let acked_below = AtomicU64::new(state.acked_below);
                 let shared = &*state;
-                let taken_ref = &taken;
+                let acked_ref = &acked_below;
                 batch
                     .for_each_concurrent(shared.config.intake_concurrency, |next| async move {
                         match next {
                             Ok(message) => {
-                                take_in(shared, message).await;
-                                taken_ref.fetch_add(1, Ordering::Relaxed);
+                                if let Some(sequence) = take_in(shared, message).await {
+                                    acked_ref.fetch_max(sequence + 1, Ordering::Relaxed);
+                                }
                             }
                             Err(error) => tracing::warn!(%error, "intake fetch interrupted"),
                         }
                     })
                     .await;
-                if taken.into_inner() > 0 {
+                state.acked_below = acked_below.into_inner();
+                // Also after an empty fetch: the ack floor nats-server reports may trail the
+                // acknowledgements it confirmed (on a replicated consumer they are applied
+                // through its Raft log), and what it left out must not wait for the next
+                // submission to be purged.
+                if state.acked_below > state.purged_below {
                     purge_taken_in(state).await;
                 }
             }
@@ -196,7 +207,9 @@ async fn purge_taken_in(state: &mut IntakeState) {
     }
 }
 
-async fn take_in(state: &IntakeState, message: async_nats::jetstream::Message) {
+/// Takes one submission in; returns its stream sequence once its acknowledgement is
+/// confirmed.
+async fn take_in(state: &IntakeState, message: async_nats::jetstream::Message) -> Option<u64> {
     let outcome = match record_for(state, &message) {
         Some(record) => match state.resources.jobs.create(&record).await {
             Ok(true) if record.state.is_terminal() => {
@@ -225,7 +238,7 @@ async fn take_in(state: &IntakeState, message: async_nats::jetstream::Message) {
                 if let Err(error) = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await {
                     tracing::warn!(%error, "cannot nak the submission; it is redelivered after ack_wait");
                 }
-                return;
+                return None;
             }
         },
         None => {
@@ -234,9 +247,14 @@ async fn take_in(state: &IntakeState, message: async_nats::jetstream::Message) {
         }
     };
     ::metrics::counter!(metrics::INTAKE, "outcome" => outcome).increment(1);
-    if let Err(error) = message.double_ack().await {
-        // The record exists: a redelivery finds it and is acknowledged then.
-        tracing::warn!(%error, "intake ack not confirmed");
+    let sequence = message.info().map(|info| info.stream_sequence).ok();
+    match message.double_ack().await {
+        Ok(()) => sequence,
+        Err(error) => {
+            // The record exists: a redelivery finds it and is acknowledged then.
+            tracing::warn!(%error, "intake ack not confirmed");
+            None
+        }
     }
 }
 

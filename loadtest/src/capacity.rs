@@ -57,6 +57,9 @@ pub struct CapacityConfig {
     /// `sync_interval: always`, Redis' `appendfsync always`); off: JetStream's default
     /// interval and Redis' `appendfsync everysec`, neither durable on a crash.
     pub durable: bool,
+    /// nats-servers under our side: 1, or a JetStream cluster with every stream and bucket
+    /// replicated on each (3: production's shape).
+    pub nats_servers: usize,
 }
 
 /// Why a capacity run could not be carried out.
@@ -95,15 +98,29 @@ pub struct Phase {
     pub drain_s: Option<f64>,
     /// Accepted over the phase plus the drain: what the service sustains durably.
     pub sustained_per_s: f64,
+    /// Seconds after the drain until the stack was idle again (ours): the work the accepted
+    /// jobs left behind, such as their queue positions, done before the peer's phase starts
+    /// so that it does not run on the peer's time.
+    pub settle_s: Option<f64>,
+    /// Accepted over the phase, the drain and the settling: a floor of what the service
+    /// keeps up with when its background work is charged to it too.
+    pub steady_per_s: f64,
+    /// Seconds the closed loop ran.
+    pub wall_s: f64,
+    /// The peer's phases: the CPU our idle stack used meanwhile, in cores.
+    pub ours_cpu: Option<f64>,
 }
 
 /// What one closed loop counted: accepted, errors, latencies (ms), wall seconds.
 type LoopResult = (u64, u64, Vec<f64>, f64);
 
 impl Phase {
-    /// A phase's figures from its closed loop and, for ours, the drain after it.
-    fn of(target: &str, connections: usize, ran: LoopResult, drain_s: Option<f64>) -> Self {
+    /// A phase's figures from its closed loop and, for ours, the drain and the settling
+    /// after it.
+    fn of(target: &str, connections: usize, ran: LoopResult, after: Option<(f64, f64)>) -> Self {
         let (accepted, errors, latencies, wall) = ran;
+        let drain_s = after.map(|(drain, _)| drain);
+        let settle_s = after.map(|(_, settle)| settle);
         Self {
             target: target.to_owned(),
             connections,
@@ -113,6 +130,11 @@ impl Phase {
             latency_ms: Quantiles::of(&latencies),
             drain_s,
             sustained_per_s: accepted as f64 / (wall + drain_s.unwrap_or(0.0)),
+            settle_s,
+            wall_s: wall,
+            ours_cpu: None,
+            steady_per_s: accepted as f64
+                / (wall + drain_s.unwrap_or(0.0) + settle_s.unwrap_or(0.0)),
         }
     }
 }
@@ -124,6 +146,12 @@ pub struct CapacityReport {
     pub phases: Vec<Phase>,
     /// Ours over the peer's sustained rate, median over rounds, per connection count.
     pub ratios: Vec<(usize, f64)>,
+    /// The same with ours charged its settling too (`steady_per_s`).
+    pub steady_ratios: Vec<(usize, f64)>,
+    /// nats-servers under our side (3: a cluster, every stream replicated on each).
+    pub nats_servers: usize,
+    /// Our stack's CPU use at rest, before the load, in cores.
+    pub resting_cpu: f64,
     /// Submission to start on a free slot, wall ms.
     pub submit_to_start_ms: Quantiles,
     /// Jobs of that phase that started.
@@ -330,6 +358,7 @@ fn intake_stack(config: &CapacityConfig, dir: &std::path::Path) -> Result<Cluste
     settings.nodes = 0;
     settings.auth = true;
     settings.sync_always = config.durable;
+    settings.nats_servers = config.nats_servers;
     settings.gateway_env = vec![
         (
             "MOCHI_GATEWAY__QUOTA__MAX_ACTIVE_JOBS".into(),
@@ -384,6 +413,45 @@ async fn drain(cluster: &Cluster) -> Result<f64, CapacityError> {
     }
 }
 
+/// CPU above its resting use that our stack may use and count as settled, in cores: a
+/// stack holding tens of thousands of waiting jobs does more on each scheduler tick than an
+/// empty one, without any work left over from the load.
+const IDLE_MARGIN: f64 = 0.2;
+/// The longest wait for the stack to settle; past it the peer's phase starts anyway (and
+/// our stack's CPU during it is reported).
+const SETTLE_MAX: Duration = Duration::from_secs(120);
+
+/// The stack's CPU use at rest (heartbeats, timers, Raft), in cores: the quietest of three
+/// one-second windows.
+async fn resting_cpu(cluster: &Cluster) -> f64 {
+    let mut quietest = f64::INFINITY;
+    let mut last = cluster.cpu_seconds();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = cluster.cpu_seconds();
+        quietest = quietest.min(now - last);
+        last = now;
+    }
+    quietest
+}
+
+/// Seconds until the stack's processes use no more than `resting` plus [`IDLE_MARGIN`]
+/// cores over a second (at most [`SETTLE_MAX`]).
+async fn settle(cluster: &Cluster, resting: f64) -> f64 {
+    let started = Instant::now();
+    let mut last = cluster.cpu_seconds();
+    while started.elapsed() < SETTLE_MAX {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = cluster.cpu_seconds();
+        if now - last <= resting + IDLE_MARGIN {
+            // The quiet second itself is not work left over.
+            return (started.elapsed().as_secs_f64() - 1.0).max(0.0);
+        }
+        last = now;
+    }
+    started.elapsed().as_secs_f64()
+}
+
 /// Runs the intake rounds and the start-latency phase.
 pub async fn run(config: &CapacityConfig) -> Result<CapacityReport, CapacityError> {
     let mut report = CapacityReport::default();
@@ -403,35 +471,47 @@ pub async fn run(config: &CapacityConfig) -> Result<CapacityReport, CapacityErro
         "the gateway",
     )
     .await?;
+    let resting = resting_cpu(&ours).await;
     for _ in 0..config.rounds {
         for &connections in &config.connections {
             let ran =
                 closed_loop(&ours.gateway_url(), Some(&key), connections, config.seconds).await?;
             let drain_s = Box::pin(drain(&ours)).await?;
-            report
-                .phases
-                .push(Phase::of("mochi", connections, ran, Some(drain_s)));
+            let settle_s = settle(&ours, resting).await;
+            report.phases.push(Phase::of(
+                "mochi",
+                connections,
+                ran,
+                Some((drain_s, settle_s)),
+            ));
+            let before = ours.cpu_seconds();
             let ran = closed_loop(&peer.url, None, connections, config.seconds).await?;
-            report
-                .phases
-                .push(Phase::of("fastapi+redis", connections, ran, None));
+            let mut phase = Phase::of("fastapi+redis", connections, ran, None);
+            phase.ours_cpu = Some((ours.cpu_seconds() - before) / phase.wall_s);
+            report.phases.push(phase);
         }
     }
     drop(ours);
     drop(peer);
+    report.nats_servers = config.nats_servers;
+    report.resting_cpu = resting;
     for &connections in &config.connections {
-        let rate = |target: &str| {
+        let rate = |target: &str, of: fn(&Phase) -> f64| {
             let rates: Vec<f64> = report
                 .phases
                 .iter()
                 .filter(|p| p.target == target && p.connections == connections)
-                .map(|p| p.sustained_per_s)
+                .map(of)
                 .collect();
             Quantiles::of(&rates).p50
         };
+        let peer = rate("fastapi+redis", |p| p.sustained_per_s).max(1e-9);
         report
             .ratios
-            .push((connections, rate("mochi") / rate("fastapi+redis").max(1e-9)));
+            .push((connections, rate("mochi", |p| p.sustained_per_s) / peer));
+        report
+            .steady_ratios
+            .push((connections, rate("mochi", |p| p.steady_per_s) / peer));
     }
     let (started, succeeded, to_start) = start_latency(config).await?;
     report.started = started;
@@ -459,6 +539,7 @@ async fn start_latency(
     settings.slots_per_node = 8;
     settings.time_scale = 0.0;
     settings.auth = true;
+    settings.nats_servers = config.nats_servers;
     settings.node_env = vec![(
         "MOCHI_GPU_NODE__SIMULATED__MAX_RENDER_SIDE".into(),
         "32".into(),

@@ -1,6 +1,7 @@
-//! The stack as separate OS processes on loopback: one nats-server (its store in the run's
-//! directory, every write synced unless asked otherwise), coordinators, simulated GPU nodes and one gateway, as
-//! many as the settings say. The fault harness and the load report both run on it. Only
+//! The stack as separate OS processes on loopback: one nats-server, or a JetStream cluster
+//! of several with every stream and bucket replicated on each (production's shape; their
+//! stores in the run's directory, every write synced unless asked otherwise), coordinators,
+//! simulated GPU nodes and one gateway, as many as the settings say. The fault harness and the load report both run on it. Only
 //! processes started here are ever signalled; each child is told to die with the harness
 //! (`PR_SET_PDEATHSIG`) and is killed when the cluster is dropped.
 
@@ -27,8 +28,8 @@ pub enum ClusterError {
 /// One process of the stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Proc {
-    /// The nats-server.
-    Nats,
+    /// nats-server `i` (the only one, 0, unless the stack runs a cluster).
+    Nats(usize),
     /// Coordinator replica `i` (instance `coord-i`).
     Coordinator(usize),
     /// GPU node `i` (node id `node-i`).
@@ -41,7 +42,8 @@ impl Proc {
     /// A short name for logs and the report.
     pub fn name(self) -> String {
         match self {
-            Self::Nats => "nats-server".to_owned(),
+            Self::Nats(0) => "nats-server".to_owned(),
+            Self::Nats(i) => format!("nats-server-{i}"),
             Self::Coordinator(i) => format!("coord-{i}"),
             Self::Node(i) => format!("node-{i}"),
             Self::Gateway => "gateway".to_owned(),
@@ -83,6 +85,9 @@ pub struct ClusterSettings {
     /// Whether JetStream syncs every write to disk before acknowledging it (production's
     /// setting); off, it syncs on its own interval.
     pub sync_always: bool,
+    /// nats-servers: 1, or a JetStream cluster of this many (3 is production's) on which
+    /// every stream and bucket has a replica on each server.
+    pub nats_servers: usize,
 }
 
 impl ClusterSettings {
@@ -104,6 +109,7 @@ impl ClusterSettings {
             gateway_env: Vec::new(),
             auth: false,
             sync_always: true,
+            nats_servers: 1,
         }
     }
 }
@@ -111,9 +117,18 @@ impl ClusterSettings {
 /// The running stack.
 pub struct Cluster {
     settings: ClusterSettings,
-    nats_port: u16,
+    /// Each nats-server's client, cluster (route) and monitoring ports.
+    nats_ports: Vec<NatsPorts>,
     gateway_port: u16,
     children: Vec<(Proc, Child)>,
+}
+
+/// The ports of one nats-server.
+#[derive(Debug, Clone, Copy)]
+struct NatsPorts {
+    client: u16,
+    route: u16,
+    monitor: u16,
 }
 
 fn free_port() -> Result<u16, ClusterError> {
@@ -130,15 +145,30 @@ impl Cluster {
                 .map_err(|error| ClusterError::Startup(format!("{}: {error}", binary.display())))?;
         }
         std::fs::create_dir_all(settings.dir.join("logs")).map_err(ClusterError::Io)?;
+        settings.nats_servers = settings.nats_servers.max(1);
+        let nats_ports = (0..settings.nats_servers)
+            .map(|_| {
+                Ok(NatsPorts {
+                    client: free_port()?,
+                    route: free_port()?,
+                    monitor: free_port()?,
+                })
+            })
+            .collect::<Result<Vec<_>, ClusterError>>()?;
         let mut cluster = Self {
-            nats_port: free_port()?,
+            nats_ports,
             gateway_port: free_port()?,
             settings,
             children: Vec::new(),
         };
-        cluster.write_nats_config()?;
-        cluster.spawn(Proc::Nats)?;
+        for i in 0..cluster.settings.nats_servers {
+            cluster.write_nats_config(i)?;
+            cluster.spawn(Proc::Nats(i))?;
+        }
         cluster.wait_for_nats(Duration::from_secs(20))?;
+        if cluster.settings.nats_servers > 1 {
+            cluster.wait_for_jetstream_cluster(Duration::from_secs(60))?;
+        }
         cluster.spawn(Proc::Gateway)?;
         for i in 0..cluster.settings.coordinators {
             cluster.spawn(Proc::Coordinator(i))?;
@@ -149,19 +179,29 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// The NATS client URL.
+    /// The NATS client URL: every server's, comma-separated.
     pub fn nats_url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.nats_port)
+        self.nats_ports
+            .iter()
+            .map(|ports| format!("nats://127.0.0.1:{}", ports.client))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Replicas of every stream and bucket: one per nats-server.
+    fn replicas(&self) -> u32 {
+        u32::try_from(self.settings.nats_servers).unwrap_or(1)
     }
 
     /// The stack's JetStream resources, through a client named `name` (created where
     /// missing); the error in words.
     pub async fn jetstream(&self, name: &str) -> Result<protocol::jetstream::Resources, String> {
-        let nats = protocol::config::NatsConfig {
+        let mut nats = protocol::config::NatsConfig {
             url: self.nats_url(),
             connect_timeout_s: 30,
             ..protocol::config::NatsConfig::default()
         };
+        nats.jetstream.replicas = self.replicas();
         let client = protocol::jetstream::connect(&nats, name)
             .await
             .map_err(|e| e.to_string())?;
@@ -175,34 +215,92 @@ impl Cluster {
         format!("http://127.0.0.1:{}", self.gateway_port)
     }
 
-    fn write_nats_config(&self) -> Result<(), ClusterError> {
-        let store = self.settings.dir.join("jetstream");
+    /// nats-server `i`'s configuration file.
+    fn nats_config_path(&self, i: usize) -> PathBuf {
+        match i {
+            0 => self.settings.dir.join("nats.conf"),
+            i => self.settings.dir.join(format!("nats-{i}.conf")),
+        }
+    }
+
+    fn write_nats_config(&self, i: usize) -> Result<(), ClusterError> {
+        let NatsPorts {
+            client: port,
+            route: route_port,
+            monitor,
+        } = self.nats_ports[i];
+        let mut config = if self.settings.nats_servers == 1 {
+            format!("listen: \"127.0.0.1:{port}\"\nserver_name: mochi-stack\n")
+        } else {
+            let routes = self
+                .nats_ports
+                .iter()
+                .map(|ports| format!("\"nats-route://127.0.0.1:{}\"", ports.route))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "listen: \"127.0.0.1:{port}\"\nserver_name: mochi-stack-{i}\n\
+                 http: \"127.0.0.1:{monitor}\"\n\
+                 cluster {{\n  name: mochi-stack\n  listen: \"127.0.0.1:{route_port}\"\n  routes: [{routes}]\n}}\n"
+            )
+        };
+        let store = match i {
+            0 => self.settings.dir.join("jetstream"),
+            i => self.settings.dir.join(format!("jetstream-{i}")),
+        };
         // Without `sync_interval: always`, JetStream syncs every 2 minutes (its default).
         let sync = if self.settings.sync_always {
             "\n  sync_interval: always"
         } else {
             ""
         };
-        let config = format!(
-            "listen: \"127.0.0.1:{port}\"\nserver_name: mochi-stack\n\
-             jetstream {{\n  store_dir: {store:?}{sync}\n}}\n",
-            port = self.nats_port,
+        config.push_str(&format!(
+            "jetstream {{\n  store_dir: {store:?}{sync}\n}}\n",
             store = store.display().to_string(),
-        );
-        std::fs::write(self.settings.dir.join("nats.conf"), config).map_err(ClusterError::Io)
+        ));
+        std::fs::write(self.nats_config_path(i), config).map_err(ClusterError::Io)
     }
 
-    /// Waits until the nats-server accepts TCP connections.
+    /// Waits until every nats-server accepts TCP connections.
     pub fn wait_for_nats(&self, timeout: Duration) -> Result<(), ClusterError> {
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.nats_port));
         let deadline = Instant::now() + timeout;
-        while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
-            if Instant::now() > deadline {
-                return Err(ClusterError::Startup(
-                    "nats-server did not come up".to_owned(),
-                ));
+        for ports in &self.nats_ports {
+            let address = SocketAddr::from((Ipv4Addr::LOCALHOST, ports.client));
+            while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+                if Instant::now() > deadline {
+                    return Err(ClusterError::Startup(
+                        "nats-server did not come up".to_owned(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Waits until every server of the JetStream cluster reports itself healthy (`/healthz`
+    /// answers 200 once JetStream is in contact with an elected meta leader): until then
+    /// the roles' replicated streams cannot be made.
+    fn wait_for_jetstream_cluster(&self, timeout: Duration) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + timeout;
+        for ports in &self.nats_ports {
+            let address = SocketAddr::from((Ipv4Addr::LOCALHOST, ports.monitor));
+            loop {
+                let answer = http_get(address, "/healthz");
+                if answer
+                    .as_deref()
+                    .is_ok_and(|a| a.starts_with("HTTP/1.1 200"))
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(ClusterError::Startup(format!(
+                        "the JetStream cluster did not form: {}",
+                        answer.unwrap_or_else(|e| e.to_string())
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
         Ok(())
     }
@@ -210,9 +308,9 @@ impl Cluster {
     fn command(&self, which: Proc) -> Command {
         let s = &self.settings;
         let mut command;
-        if which == Proc::Nats {
+        if let Proc::Nats(i) = which {
             command = Command::new(&s.nats_server);
-            command.arg("-c").arg(s.dir.join("nats.conf"));
+            command.arg("-c").arg(self.nats_config_path(i));
             return command;
         }
         command = Command::new(&s.mochi);
@@ -220,10 +318,14 @@ impl Cluster {
             .args(["--log-format", "text"])
             .env("RUST_LOG", "info,async_nats=warn")
             .env("MOCHI_NATS__URL", self.nats_url())
+            .env(
+                "MOCHI_NATS__JETSTREAM__REPLICAS",
+                self.replicas().to_string(),
+            )
             .env("MOCHI_NATS__CONNECT_TIMEOUT_S", "120")
             .env("MOCHI_NATS__JETSTREAM__NODE_TTL_S", "3");
         match which {
-            Proc::Nats => {}
+            Proc::Nats(_) => {}
             Proc::Gateway => {
                 command
                     .arg("gateway")
@@ -343,6 +445,24 @@ impl Cluster {
         Ok(exited)
     }
 
+    /// CPU time every process of the stack has used so far (user and system), seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .filter(|ticks| *ticks > 0)
+            .unwrap_or(100) as f64;
+        let ticks: u64 = self
+            .children
+            .iter()
+            .filter_map(|(_, child)| {
+                std::fs::read_to_string(format!("/proc/{}/stat", child.id())).ok()
+            })
+            .map(|stat| cpu_ticks(&stat))
+            .sum();
+        ticks as f64 / ticks_per_s
+    }
+
     /// Kills every process (SIGCONT first, for a stopped one) and waits for each.
     pub fn shutdown(&mut self) {
         for (_, child) in &mut self.children {
@@ -372,6 +492,10 @@ impl Cluster {
             .args(args)
             .current_dir(&self.settings.dir)
             .env("MOCHI_NATS__URL", self.nats_url())
+            .env(
+                "MOCHI_NATS__JETSTREAM__REPLICAS",
+                self.replicas().to_string(),
+            )
             .stdin(Stdio::null())
             .output()
             .map_err(ClusterError::Io)?;
@@ -386,8 +510,47 @@ impl Cluster {
     }
 }
 
+/// User plus system clock ticks in a `/proc/<pid>/stat` line (fields 14 and 15; the
+/// command name before them may hold spaces, so fields count from its closing parenthesis).
+fn cpu_ticks(stat: &str) -> u64 {
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    rest.split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|field| field.parse::<u64>().ok())
+        .sum()
+}
+
+/// A plain HTTP/1.1 GET on loopback: the whole answer, status line first.
+fn http_get(address: SocketAddr, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_ticks;
+
+    #[test]
+    fn cpu_ticks_are_user_plus_system_after_the_command_name() {
+        let stat = "4242 (nats server) S 1 4242 4242 0 -1 4194560 1 0 0 0 70 30 0 0 20 0 1";
+        assert_eq!(cpu_ticks(stat), 100);
+        assert_eq!(cpu_ticks("garbage"), 0);
     }
 }

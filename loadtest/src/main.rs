@@ -73,6 +73,10 @@ struct CapacityArgs {
     /// (neither is durable on a crash then): the software paths alone.
     #[arg(long)]
     no_sync: bool,
+    /// Our side on a JetStream cluster of this many nats-servers, every stream and bucket
+    /// replicated on each (3: the prod overlay's shape), instead of one server.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    nats_servers: u8,
 }
 
 #[derive(Debug, clap::Args)]
@@ -225,6 +229,10 @@ struct FaultArgs {
     /// Keep the run's directory (JetStream store, process logs) even when it passes.
     #[arg(long)]
     keep: bool,
+    /// A JetStream cluster of this many nats-servers, every stream and bucket replicated on
+    /// each (3: the prod overlay's shape); a NATS fault kills one of them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    nats_servers: u8,
 }
 
 fn main() -> ExitCode {
@@ -285,6 +293,7 @@ async fn run_faults(args: FaultArgs) -> ExitCode {
     config.seed = args.seed;
     config.max_duration = Duration::from_secs(args.max_duration_s);
     config.keep_dir = args.keep;
+    config.nats_servers = usize::from(args.nats_servers);
     match Box::pin(loadtest::faults::run(&config)).await {
         Ok(report) => {
             print_json(&report);
@@ -414,28 +423,41 @@ async fn run_capacity(args: CapacityArgs) -> ExitCode {
         start_jobs: args.start_jobs,
         start_rate: args.start_rate,
         durable: !args.no_sync,
+        nats_servers: usize::from(args.nats_servers),
     };
     match Box::pin(loadtest::capacity::run(&config)).await {
         Ok(report) => {
             println!(
-                "| target | clients | accepted/s | sustained/s (with drain) | p50 ms | p99 ms | errors |"
+                "nats-servers under ours: {} (every stream and bucket on each); ours at rest: {:.2} cores",
+                report.nats_servers, report.resting_cpu
             );
-            println!("|---|---|---|---|---|---|---|");
+            println!(
+                "| target | clients | accepted/s | sustained/s (with drain) | settle s | steady/s (with drain and settle) | ours' CPU meanwhile, cores | p50 ms | p99 ms | errors |"
+            );
+            println!("|---|---|---|---|---|---|---|---|---|---|");
             for phase in &report.phases {
+                let figure = |value: Option<f64>, digits: usize| {
+                    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+                };
+                let settle = figure(phase.settle_s, 1);
+                let ours_cpu = figure(phase.ours_cpu, 2);
                 println!(
-                    "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {} |",
+                    "| {} | {} | {:.0} | {:.0} | {settle} | {:.0} | {ours_cpu} | {:.1} | {:.1} | {} |",
                     phase.target,
                     phase.connections,
                     phase.per_s,
                     phase.sustained_per_s,
+                    phase.steady_per_s,
                     phase.latency_ms.p50,
                     phase.latency_ms.p99,
                     phase.errors
                 );
             }
-            for (connections, ratio) in &report.ratios {
+            for ((connections, ratio), (_, steady)) in
+                report.ratios.iter().zip(&report.steady_ratios)
+            {
                 println!(
-                    "ours / peer at {connections} clients (median of rounds, sustained): {ratio:.2}x"
+                    "ours / peer at {connections} clients (median of rounds): sustained {ratio:.2}x, steady {steady:.2}x"
                 );
             }
             let q = &report.submit_to_start_ms;

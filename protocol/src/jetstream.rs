@@ -97,7 +97,7 @@ pub async fn connect(
                 .user_and_password(user.clone(), password.expose().to_owned())
                 .custom_inbox_prefix(names::inbox_prefix(user));
         }
-        match options.connect(config.url.as_str()).await {
+        match options.connect(seed_urls(&config.url)).await {
             Ok(client) => {
                 metrics::describe_gauge!(
                     NATS_CONNECTED,
@@ -123,6 +123,15 @@ pub async fn connect(
             }
         }
     }
+}
+
+/// The servers of a `url` setting: one URL, or several separated by commas (any server of
+/// a cluster; the client learns the others from the one it reaches).
+pub fn seed_urls(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|seed| !seed.is_empty())
+        .collect()
 }
 
 /// Handles to every JetStream resource mochi-serve uses.
@@ -696,4 +705,27 @@ pub enum CasError<E> {
     /// The change refused the record as it is now.
     #[error("the change was refused")]
     Refused(E),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seed_urls;
+
+    #[test]
+    fn a_url_setting_names_one_server_or_several() {
+        assert_eq!(seed_urls("nats://a:4222"), ["nats://a:4222"]);
+        assert_eq!(
+            seed_urls("nats://a:4222, nats://b:4222,,nats://c:4222 "),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+        // Each seed is a server address async-nats accepts (the whole list was not).
+        for seed in seed_urls("nats://a:4222,nats://b:4222") {
+            assert!(seed.parse::<async_nats::ServerAddr>().is_ok(), "{seed}");
+        }
+        assert!(
+            "nats://a:4222,nats://b:4222"
+                .parse::<async_nats::ServerAddr>()
+                .is_err()
+        );
+    }
 }

@@ -30,6 +30,9 @@ pub struct FaultConfig {
     pub keep_dir: bool,
     /// Rounds stop being started after this long.
     pub max_duration: Duration,
+    /// nats-servers: 1, or a JetStream cluster of this many with every stream and bucket
+    /// replicated on each (a NATS fault then kills one of them).
+    pub nats_servers: usize,
 }
 
 impl FaultConfig {
@@ -48,6 +51,7 @@ impl FaultConfig {
             drain_timeout: Duration::from_secs(90),
             keep_dir: false,
             max_duration: Duration::from_secs(120),
+            nats_servers: 1,
         }
     }
 }

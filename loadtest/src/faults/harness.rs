@@ -110,6 +110,7 @@ pub async fn run(config: &FaultConfig) -> Result<FaultReport, FaultError> {
         lease_ms: config.lease_ms,
         leader_lease_ms: config.leader_lease_ms,
         time_scale: config.time_scale,
+        nats_servers: config.nats_servers,
         ..ClusterSettings::new(
             config.mochi.clone(),
             config.nats_server.clone(),
@@ -297,9 +298,10 @@ impl Harness {
                 self.cluster.spawn(victim)?;
             }
             Fault::KillNats => {
-                self.cluster.kill9(Proc::Nats);
+                let victim = Proc::Nats(self.rng.below(self.config.nats_servers as u64) as usize);
+                self.cluster.kill9(victim);
                 tokio::time::sleep(self.rng.millis(500, 1_500)).await;
-                self.cluster.spawn(Proc::Nats)?;
+                self.cluster.spawn(victim)?;
                 self.cluster.wait_for_nats(Duration::from_secs(20))?;
             }
             Fault::StopNode => {
