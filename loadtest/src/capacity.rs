@@ -1,19 +1,20 @@
 //! The service's own capacity with zero GPU time, against the seed-shaped FastAPI + Redis
 //! path (`loadtest/peers/fastapi_redis`) in the same run on the same machine.
 //!
+//! * **Start latency** (first, on a quiet machine). On a stack with GPU nodes whose jobs
+//!   take no time, jobs arrive open-loop at a rate the slots absorb; each one's time from
+//!   the submission to its start on a slot is read from the service's timestamps.
 //! * **Intake.** A closed loop of `connections` clients posts jobs for `seconds` to our
 //!   gateway (API key checked, rate limits and quotas raised out of the way) over a
-//!   nats-server with every write synced, with one coordinator taking them in and no GPU
-//!   node; then the run waits until the intake has turned every accepted submission into a
-//!   stored record. The same clients then post to the peer: uvicorn (one worker per core)
-//!   LPUSHing onto a Redis list that fsyncs every write (`appendfsync always`; with
-//!   `durable` off, both sides sync on an interval instead). Rounds alternate between the
-//!   two so that machine noise falls on both.
-//! * **Start latency.** On a stack with GPU nodes whose jobs take no time, jobs arrive
-//!   open-loop at a rate the slots absorb; each one's time from the submission to its
-//!   start on a slot is read from the service's timestamps.
+//!   nats-server (or a cluster of them) with every write synced, with one coordinator
+//!   taking them in and no GPU node; then the run waits until the intake has turned every
+//!   accepted submission into a stored record, and until our stack has settled (done the
+//!   work the accepted jobs left behind, such as their queue positions). The same clients
+//!   then post to the peer: uvicorn (one worker per core) LPUSHing onto a Redis list that
+//!   fsyncs every write (`appendfsync always`; with `durable` off, both sides sync on an
+//!   interval instead). Rounds alternate between the two so that machine noise falls on
+//!   both.
 
-use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -160,15 +161,6 @@ pub struct CapacityReport {
     pub succeeded: usize,
 }
 
-fn free_port() -> Result<u16, CapacityError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|error| CapacityError::Peer(error.to_string()))?;
-    listener
-        .local_addr()
-        .map(|address| address.port())
-        .map_err(|error| CapacityError::Peer(error.to_string()))
-}
-
 /// The peer's two processes, ended when dropped. Each runs in a process group of its own:
 /// uvicorn's workers are its children, which a kill of the master alone would leave running.
 struct Peer {
@@ -215,7 +207,8 @@ fn end_group(child: &mut Child) {
 impl Peer {
     fn start(config: &CapacityConfig, workers: usize) -> Result<Self, CapacityError> {
         let dir = tempfile::tempdir().map_err(|error| CapacityError::Peer(error.to_string()))?;
-        let (redis_port, http_port) = (free_port()?, free_port()?);
+        let ports = crate::cluster::free_ports(2)?;
+        let (redis_port, http_port) = (ports[0], ports[1]);
         let spawn = |command: &mut Command, what: &str| {
             command
                 .stdin(Stdio::null())
@@ -452,9 +445,15 @@ async fn settle(cluster: &Cluster, resting: f64) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// Runs the intake rounds and the start-latency phase.
+/// Runs the start-latency phase, then the intake rounds.
 pub async fn run(config: &CapacityConfig) -> Result<CapacityReport, CapacityError> {
     let mut report = CapacityReport::default();
+    // First, on a quiet machine: after the intake rounds the kernel is still writing back
+    // the gigabytes they stored, and every synced write waits behind that.
+    let (started, succeeded, to_start) = start_latency(config).await?;
+    report.started = started;
+    report.succeeded = succeeded;
+    report.submit_to_start_ms = to_start;
     let http = reqwest::Client::new();
     let workers = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
     let peer = Peer::start(config, workers)?;
@@ -513,10 +512,6 @@ pub async fn run(config: &CapacityConfig) -> Result<CapacityReport, CapacityErro
             .steady_ratios
             .push((connections, rate("mochi", |p| p.steady_per_s) / peer));
     }
-    let (started, succeeded, to_start) = start_latency(config).await?;
-    report.started = started;
-    report.succeeded = succeeded;
-    report.submit_to_start_ms = to_start;
     Ok(report)
 }
 

@@ -131,9 +131,16 @@ struct NatsPorts {
     monitor: u16,
 }
 
-fn free_port() -> Result<u16, ClusterError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(ClusterError::Io)?;
-    Ok(listener.local_addr().map_err(ClusterError::Io)?.port())
+/// `n` distinct free ports: every listener is held until all are bound, so that no two
+/// can be the same port released and handed out again.
+pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>, ClusterError> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(ClusterError::Io))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|listener| Ok(listener.local_addr().map_err(ClusterError::Io)?.port()))
+        .collect()
 }
 
 impl Cluster {
@@ -146,18 +153,18 @@ impl Cluster {
         }
         std::fs::create_dir_all(settings.dir.join("logs")).map_err(ClusterError::Io)?;
         settings.nats_servers = settings.nats_servers.max(1);
-        let nats_ports = (0..settings.nats_servers)
-            .map(|_| {
-                Ok(NatsPorts {
-                    client: free_port()?,
-                    route: free_port()?,
-                    monitor: free_port()?,
-                })
+        let ports = free_ports(3 * settings.nats_servers + 1)?;
+        let nats_ports = ports[1..]
+            .chunks_exact(3)
+            .map(|three| NatsPorts {
+                client: three[0],
+                route: three[1],
+                monitor: three[2],
             })
-            .collect::<Result<Vec<_>, ClusterError>>()?;
+            .collect();
         let mut cluster = Self {
             nats_ports,
-            gateway_port: free_port()?,
+            gateway_port: ports[0],
             settings,
             children: Vec::new(),
         };
@@ -295,7 +302,8 @@ impl Cluster {
                 }
                 if Instant::now() > deadline {
                     return Err(ClusterError::Startup(format!(
-                        "the JetStream cluster did not form: {}",
+                        "the JetStream cluster did not form (monitoring port {}): {}",
+                        ports.monitor,
                         answer.unwrap_or_else(|e| e.to_string())
                     )));
                 }
