@@ -99,9 +99,10 @@ pub struct Phase {
     pub drain_s: Option<f64>,
     /// Accepted over the phase plus the drain: what the service sustains durably.
     pub sustained_per_s: f64,
-    /// Seconds after the drain until the stack was idle again (ours): the work the accepted
-    /// jobs left behind, such as their queue positions, done before the peer's phase starts
-    /// so that it does not run on the peer's time.
+    /// Ours: seconds after the drain until the stack's CPU use fell back to its resting use
+    /// plus a fifth of a core (at most 120 s): the work the accepted jobs left behind, such
+    /// as their queue positions, done before the peer's phase starts so that it does not
+    /// run on the peer's time.
     pub settle_s: Option<f64>,
     /// Accepted over the phase, the drain and the settling: a floor of what the service
     /// keeps up with when its background work is charged to it too.

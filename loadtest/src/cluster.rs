@@ -1,9 +1,10 @@
 //! The stack as separate OS processes on loopback: one nats-server, or a JetStream cluster
 //! of several with every stream and bucket replicated on each (production's shape; their
 //! stores in the run's directory, every write synced unless asked otherwise), coordinators,
-//! simulated GPU nodes and one gateway, as many as the settings say. The fault harness and the load report both run on it. Only
-//! processes started here are ever signalled; each child is told to die with the harness
-//! (`PR_SET_PDEATHSIG`) and is killed when the cluster is dropped.
+//! simulated GPU nodes and one gateway, as many as the settings say. The fault harness and
+//! the load report both run on it. Only processes started here are ever signalled; each
+//! child is told to die with the harness (`PR_SET_PDEATHSIG`) and is killed when the
+//! cluster is dropped.
 
 use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

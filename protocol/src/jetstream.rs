@@ -126,12 +126,15 @@ pub async fn connect(
 }
 
 /// The servers of a `url` setting: one URL, or several separated by commas (any server of
-/// a cluster; the client learns the others from the one it reaches).
+/// a cluster; the client learns the others from the one it reaches). A setting with no URL
+/// in it is passed on whole, for the client to refuse.
 pub fn seed_urls(url: &str) -> Vec<&str> {
-    url.split(',')
+    let seeds: Vec<&str> = url
+        .split(',')
         .map(str::trim)
         .filter(|seed| !seed.is_empty())
-        .collect()
+        .collect();
+    if seeds.is_empty() { vec![url] } else { seeds }
 }
 
 /// Handles to every JetStream resource mochi-serve uses.
@@ -727,5 +730,6 @@ mod tests {
                 .parse::<async_nats::ServerAddr>()
                 .is_err()
         );
+        assert_eq!(seed_urls(" , "), [" , "]);
     }
 }
