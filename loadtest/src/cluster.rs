@@ -314,23 +314,27 @@ impl Cluster {
         Ok(())
     }
 
+    /// `mochi`, pointed at the stack's NATS servers with its replica count.
+    fn mochi_command(&self) -> Command {
+        let mut command = Command::new(&self.settings.mochi);
+        command.env("MOCHI_NATS__URL", self.nats_url()).env(
+            "MOCHI_NATS__JETSTREAM__REPLICAS",
+            self.replicas().to_string(),
+        );
+        command
+    }
+
     fn command(&self, which: Proc) -> Command {
         let s = &self.settings;
-        let mut command;
         if let Proc::Nats(i) = which {
-            command = Command::new(&s.nats_server);
+            let mut command = Command::new(&s.nats_server);
             command.arg("-c").arg(self.nats_config_path(i));
             return command;
         }
-        command = Command::new(&s.mochi);
+        let mut command = self.mochi_command();
         command
             .args(["--log-format", "text"])
             .env("RUST_LOG", "info,async_nats=warn")
-            .env("MOCHI_NATS__URL", self.nats_url())
-            .env(
-                "MOCHI_NATS__JETSTREAM__REPLICAS",
-                self.replicas().to_string(),
-            )
             .env("MOCHI_NATS__CONNECT_TIMEOUT_S", "120")
             .env("MOCHI_NATS__JETSTREAM__NODE_TTL_S", "3");
         match which {
@@ -497,14 +501,10 @@ impl Cluster {
     /// Runs `mochi <args>` against the stack's NATS (e.g. `keys create`) and returns its
     /// standard output.
     pub fn mochi(&self, args: &[&str]) -> Result<String, ClusterError> {
-        let output = Command::new(&self.settings.mochi)
+        let output = self
+            .mochi_command()
             .args(args)
             .current_dir(&self.settings.dir)
-            .env("MOCHI_NATS__URL", self.nats_url())
-            .env(
-                "MOCHI_NATS__JETSTREAM__REPLICAS",
-                self.replicas().to_string(),
-            )
             .stdin(Stdio::null())
             .output()
             .map_err(ClusterError::Io)?;

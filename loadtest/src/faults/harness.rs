@@ -298,7 +298,11 @@ impl Harness {
                 self.cluster.spawn(victim)?;
             }
             Fault::KillNats => {
-                let victim = Proc::Nats(self.rng.below(self.config.nats_servers as u64) as usize);
+                // One server: no draw, so that a seed replays the same run as before.
+                let victim = match self.config.nats_servers {
+                    0 | 1 => Proc::Nats(0),
+                    n => Proc::Nats(self.rng.below(n as u64) as usize),
+                };
                 self.cluster.kill9(victim);
                 tokio::time::sleep(self.rng.millis(500, 1_500)).await;
                 self.cluster.spawn(victim)?;
