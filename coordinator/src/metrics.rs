@@ -2,6 +2,7 @@
 
 use protocol::JobRecord;
 
+use crate::policy::Lane;
 use crate::scheduler::messages::SchedulerStatus;
 
 /// Jobs waiting for a slot.
@@ -126,9 +127,9 @@ pub(crate) fn job_finished(record: &JobRecord) {
 }
 
 /// Sets the queue depth of each lane, given as `(lane, jobs)`.
-pub(crate) fn lane_depths(depths: impl IntoIterator<Item = (&'static str, u32)>) {
+pub(crate) fn lane_depths(depths: impl IntoIterator<Item = (Lane, usize)>) {
     for (lane, count) in depths {
-        metrics::gauge!(QUEUE_DEPTH_LANE, "lane" => lane).set(f64::from(count));
+        metrics::gauge!(QUEUE_DEPTH_LANE, "lane" => lane.as_str()).set(count as f64);
     }
 }
 

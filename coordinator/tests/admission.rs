@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{Behaviour, Running, StandIn, eventually, nats, record, small_job, submit};
 use coordinator::cost::Corrections;
+use protocol::queue::{QueueSummary, SUMMARY_KEY};
 use protocol::{ErrorCode, JobState, names};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -88,6 +89,11 @@ async fn queue_entries(
     entries
 }
 
+async fn summary(bucket: &async_nats::jetstream::kv::Store) -> Option<QueueSummary> {
+    let bytes = bucket.get(SUMMARY_KEY).await.ok()??;
+    Some(serde_json::from_slice(&bytes).unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_jobs_get_positions_that_go_away_once_they_run() {
     let nats = Box::pin(nats()).await;
@@ -124,6 +130,10 @@ async fn queued_jobs_get_positions_that_go_away_once_they_run() {
         assert_eq!((entry.queued, entry.lane.as_str()), (3, "short"));
         assert_eq!(entry.eta_start_ms, None, "no slot is live yet");
     }
+    let counts = summary(&bucket)
+        .await
+        .expect("the queue's counts are published");
+    assert_eq!((counts.queued, counts.by_lane), (3, [3, 0, 0]));
     let node = StandIn::start(&nats, "node-a", 1, Behaviour::Complete, config.lease_ms).await;
     eventually(WAIT, "the jobs ran", || async {
         for job_id in &ids {
@@ -140,6 +150,12 @@ async fn queued_jobs_get_positions_that_go_away_once_they_run() {
             .await
             .iter()
             .all(Option::is_none)
+    })
+    .await;
+    eventually(WAIT, "the counts show an empty queue", || async {
+        summary(&bucket)
+            .await
+            .is_some_and(|counts| counts.queued == 0)
     })
     .await;
     coordinator.stop().await;

@@ -6,7 +6,7 @@ mod common;
 
 use gateway::AppState;
 use protocol::api::JobView;
-use protocol::queue::QueueInfo;
+use protocol::queue::{QueueInfo, QueueSummary, SUMMARY_KEY};
 use protocol::record::{JobEvent, Lease};
 use protocol::{JobId, JobRecord, JobSpec, Limits, NodeId, TenantId, names, now_ms};
 
@@ -56,7 +56,22 @@ async fn a_queued_job_shows_its_position_and_eta() {
         )
         .await
         .unwrap();
-    assert_eq!(get(&state, record.id).await.queue, Some(info));
+    assert_eq!(get(&state, record.id).await.queue, Some(info.clone()));
+    // The queue's length comes from its summary (the entry's own is as of its writing),
+    // never fewer jobs than the position.
+    for (counted, shown) in [(9, 9), (1, 2)] {
+        let summary = QueueSummary {
+            queued: counted,
+            by_lane: [counted, 0, 0],
+            updated_at_ms: now_ms(),
+        };
+        bucket
+            .put(SUMMARY_KEY, serde_json::to_vec(&summary).unwrap().into())
+            .await
+            .unwrap();
+        let queue = get(&state, record.id).await.queue.unwrap();
+        assert_eq!((queue.position, queue.queued), (2, shown));
+    }
 
     let lease = Lease {
         node: NodeId::new("n1").unwrap(),

@@ -45,7 +45,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::keeper::{self, Keeper, KeeperArgs, KeeperMsg};
 use crate::metrics;
-use crate::policy::{self, Lane, Policy};
+use crate::policy::{self, Policy};
 use admission::Admission;
 use clock::ModelClock;
 use learning::Learning;
@@ -105,7 +105,7 @@ impl Actor for Scheduler {
             "scheduler starting"
         );
         Ok(SchedulerState {
-            view: View::new(args.config.node_ttl_s, clock.scale()),
+            view: View::new(args.config.node_ttl_s, clock.scale(), policy.lanes()),
             args,
             policy,
             keeper,
@@ -269,10 +269,13 @@ fn job_changed(state: &mut SchedulerState, record: &JobRecord, revision: u64) {
         state.policy.lanes(),
         &state.clock,
     );
-    match state
+    let follow_up = state
         .view
-        .job_changed(record, revision, &state.learning.model)
-    {
+        .job_changed(record, revision, &state.learning.model);
+    if record.state == JobState::Queued && state.policy.traits().admission {
+        state.admission.queued(record.id);
+    }
+    match follow_up {
         FollowUp::None => {}
         FollowUp::Finished(finished) => {
             state.admission.forget(record.id);
@@ -305,14 +308,13 @@ fn ended_lately(record: &JobRecord, now: u64) -> bool {
         .is_some_and(|at| at.saturating_add(REPLAY_WINDOW_MS) >= now)
 }
 
-/// Refuses what no slot seen holds (the keeper writes it), then places what can be placed.
+/// Refuses the new jobs no slot seen holds (the keeper writes it), then places what can be
+/// placed. The waiting jobs are read only when some slot could take one: a queue that
+/// grows with no node to serve it costs each burst of arrivals nothing but their judging.
 fn schedule(state: &mut SchedulerState) {
-    let mut queued = state.admission.waiting(&state.view);
-    if queued.is_empty() {
-        return;
-    }
+    let now = now_ms();
     if state.policy.traits().admission {
-        for (job_id, failure) in state.admission.judge(&mut queued, &state.view) {
+        for (job_id, failure) in state.admission.judge(&state.view) {
             if state
                 .keeper
                 .cast(KeeperMsg::Refuse { job_id, failure })
@@ -322,13 +324,21 @@ fn schedule(state: &mut SchedulerState) {
             }
         }
     }
+    let proxies = &state.proxies;
+    if !state.view.any_slot(now, |key| proxies.has(key)) {
+        return;
+    }
+    let queued = state.admission.waiting(&state.view);
+    if queued.is_empty() {
+        return;
+    }
     placing::place(
         &mut state.view,
         &state.proxies,
         state.policy.as_ref(),
         queued,
         state.args.config.length_aware.preemption,
-        now_ms(),
+        now,
         &state.clock,
     );
 }
@@ -351,13 +361,7 @@ fn tick(state: &mut SchedulerState) {
             .queue_info
             .publish(now, state.policy.as_ref(), queued, &slots, &state.clock);
     }
-    let lanes = state.policy.lanes();
-    let mut depth = [0u32; 3];
-    for job in state.view.queued_jobs() {
-        let lane = lanes.lane(job.cost.reference_seconds());
-        depth[Lane::ALL.iter().position(|l| *l == lane).unwrap_or(0)] += 1;
-    }
-    metrics::lane_depths(Lane::ALL.iter().map(|lane| lane.as_str()).zip(depth));
+    metrics::lane_depths(state.view.queued_by_lane());
     for node in state.view.gone_nodes(now) {
         proxies::forget_node(
             &mut state.view,
@@ -384,7 +388,7 @@ fn hand_to_keeper(state: &mut SchedulerState, now: u64) {
     let overdue: Vec<_> = if deadlines {
         state
             .view
-            .timed_jobs()
+            .deadline_candidates(now, config.start_timeout_ms)
             .into_iter()
             .filter(|job| !in_hand.contains(&job.job_id))
             .filter_map(|job| Some((job, keeper::deadlines::overdue(&job, config, now)?)))

@@ -2,6 +2,13 @@
 //! waiting job stands and when it should start and finish (allowing for the later arrivals
 //! that will overtake it), and publishes what changed to the `mochi_queue` bucket, which the
 //! gateway reads for `GET /v1/videos/{id}` and the event stream.
+//!
+//! What a refresh writes is bounded by what moved, not by the queue's length: a job's entry
+//! is rewritten when its own place or times move by enough to matter to its owner (see
+//! [`moved`]), and the queue's counts go once per refresh into one [`QueueSummary`] entry
+//! rather than into every job's. Over a job's wait its entry is written about twenty times
+//! plus a number that grows with the logarithm of its starting position, whatever arrives
+//! behind it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -9,7 +16,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use protocol::jetstream::Resources;
-use protocol::queue::QueueInfo;
+use protocol::queue::{QueueInfo, QueueSummary, SUMMARY_KEY};
 use protocol::{JobId, JobRecord, JobState, names, now_ms};
 use tokio::task::JoinHandle;
 
@@ -18,8 +25,12 @@ use crate::cost::{CostModel, GpuClass};
 use crate::policy::eta::{ARRIVAL_WINDOW_MS, Arrivals, QueueEstimate};
 use crate::policy::{self, Lane, LaneBounds, Policy, Slot, Waiting};
 
-/// A published ETA is rewritten when the estimate moved by more than this, ms.
+/// A published ETA is rewritten when the estimate moved by more than this, ms (or by more
+/// than a tenth of the wait left, if that is longer).
 const ETA_REPUBLISH_MS: u64 = 5_000;
+/// Positions up to this one are published exactly; later ones when they move by more than
+/// a tenth.
+const EXACT_POSITIONS: u32 = 20;
 /// Writes to `mochi_queue` in flight at once.
 const QUEUE_WRITES_IN_FLIGHT: usize = 32;
 
@@ -27,6 +38,8 @@ const QUEUE_WRITES_IN_FLIGHT: usize = 32;
 pub(super) struct QueuePublisher {
     store: Option<kv::Store>,
     published: HashMap<JobId, QueueInfo>,
+    /// The counts last published (none yet: the first refresh writes them).
+    summary: Option<QueueSummary>,
     publishing: Option<JoinHandle<()>>,
     estimated_at_ms: u64,
     /// Recent arrivals by lane (ETAs allow for the later jobs that will go first).
@@ -62,6 +75,7 @@ impl QueuePublisher {
         Self {
             store,
             published: HashMap::new(),
+            summary: None,
             publishing: None,
             estimated_at_ms: 0,
             arrivals: Arrivals::new(ARRIVAL_WINDOW_MS, clock.model_ms(now_ms())),
@@ -136,11 +150,20 @@ impl QueuePublisher {
             .iter()
             .map(|job| (job.job_id, lanes.lane(job.cost.reference_seconds())))
             .collect();
+        let summary = summary_of(now, &estimates, &lane_of);
+        let summary = self
+            .summary
+            .as_ref()
+            .is_none_or(|old| (old.queued, old.by_lane) != (summary.queued, summary.by_lane))
+            .then_some(summary);
         let (puts, gone) = self.changes(now, estimates, &lane_of);
-        if puts.is_empty() && gone.is_empty() {
+        if puts.is_empty() && gone.is_empty() && summary.is_none() {
             return;
         }
-        self.publishing = Some(tokio::spawn(write(store, puts, gone)));
+        if let Some(summary) = &summary {
+            self.summary = Some(summary.clone());
+        }
+        self.publishing = Some(tokio::spawn(write(store, summary, puts, gone)));
     }
 
     /// The entries to write (new or moved) and the jobs whose entries to remove; what is
@@ -169,7 +192,7 @@ impl QueuePublisher {
             let changed = self
                 .published
                 .get(&estimate.job_id)
-                .is_none_or(|old| moved(old, &info));
+                .is_none_or(|old| moved(old, &info, now));
             if changed {
                 puts.push((estimate.job_id, info.clone()));
                 current.insert(estimate.job_id, info);
@@ -195,22 +218,63 @@ impl QueuePublisher {
     }
 }
 
-/// Whether a job's published entry is out of date: another position, a queue length that
-/// moved by more than a tenth (any change below ten jobs), an ETA that appeared or went, or
-/// one that moved by more than [`ETA_REPUBLISH_MS`]. Without the tenth, every arrival or
-/// departure behind a long queue would rewrite every waiting job's entry.
-fn moved(old: &QueueInfo, new: &QueueInfo) -> bool {
-    old.position != new.position
-        || u64::from(old.queued.abs_diff(new.queued)) * 10 > u64::from(old.queued.max(9))
-        || old.eta_start_ms.is_some() != new.eta_start_ms.is_some()
-        || old
-            .eta_start_ms
-            .zip(new.eta_start_ms)
-            .is_some_and(|(a, b)| a.abs_diff(b) > ETA_REPUBLISH_MS)
+/// The queue's counts from this refresh's estimates.
+fn summary_of(
+    now: u64,
+    estimates: &[QueueEstimate],
+    lane_of: &HashMap<JobId, Lane>,
+) -> QueueSummary {
+    let mut by_lane = [0u32; 3];
+    for estimate in estimates {
+        let lane = lane_of
+            .get(&estimate.job_id)
+            .copied()
+            .unwrap_or(Lane::Short);
+        if let Some(count) = Lane::ALL
+            .iter()
+            .position(|l| *l == lane)
+            .and_then(|index| by_lane.get_mut(index))
+        {
+            *count = count.saturating_add(1);
+        }
+    }
+    QueueSummary {
+        queued: u32::try_from(estimates.len()).unwrap_or(u32::MAX),
+        by_lane,
+        updated_at_ms: now,
+    }
 }
 
-/// Writes the changed entries, then removes the gone ones, some at a time.
-async fn write(store: kv::Store, puts: Vec<(JobId, QueueInfo)>, gone: Vec<JobId>) {
+/// Whether a job's published entry is out of date at `now`: another lane; a position that
+/// moved (any move up to [`EXACT_POSITIONS`], beyond it a move by more than a tenth); an
+/// ETA that appeared or went, or that moved by more than [`ETA_REPUBLISH_MS`] or a tenth
+/// of the wait it predicted, whichever is longer. The queue's length is not a reason: it
+/// is in the summary. Without the tenths, each job leaving the head of a long queue would
+/// rewrite every waiting job's entry.
+fn moved(old: &QueueInfo, new: &QueueInfo, now: u64) -> bool {
+    let position_moved = old.position != new.position
+        && (old.position <= EXACT_POSITIONS
+            || u64::from(old.position.abs_diff(new.position)) * 10 > u64::from(old.position));
+    let eta_moved = match (old.eta_start_ms, new.eta_start_ms) {
+        (Some(a), Some(b)) => a.abs_diff(b) > ETA_REPUBLISH_MS.max(a.saturating_sub(now) / 10),
+        (a, b) => a.is_some() != b.is_some(),
+    };
+    old.lane != new.lane || position_moved || eta_moved
+}
+
+/// Writes the summary and the changed entries, then removes the gone ones, some at a time.
+async fn write(
+    store: kv::Store,
+    summary: Option<QueueSummary>,
+    puts: Vec<(JobId, QueueInfo)>,
+    gone: Vec<JobId>,
+) {
+    if let Some(summary) = summary
+        && let Ok(bytes) = serde_json::to_vec(&summary)
+        && let Err(error) = store.put(SUMMARY_KEY, bytes.into()).await
+    {
+        tracing::debug!(%error, "queue counts not published");
+    }
     let writes = puts.into_iter().map(|(job_id, info)| {
         let store = store.clone();
         async move {
@@ -254,24 +318,59 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_rewritten_when_its_position_or_eta_moves_not_for_every_arrival_behind_it() {
+    fn an_entry_is_rewritten_when_its_place_or_eta_moves_enough_never_for_the_length_alone() {
+        // Half a minute before the ETA below.
+        let now = 30_000;
         let old = entry(5, 100, Some(60_000));
-        assert!(!moved(&old, &entry(5, 100, Some(60_000))));
-        assert!(moved(&old, &entry(4, 100, Some(60_000))), "position");
-        assert!(!moved(&old, &entry(5, 110, Some(60_000))), "a tenth more");
+        assert!(!moved(&old, &entry(5, 100, Some(60_000)), now));
         assert!(
-            moved(&old, &entry(5, 111, Some(60_000))),
-            "over a tenth more"
+            !moved(&old, &entry(5, 100_000, Some(60_000)), now),
+            "length"
+        );
+        assert!(moved(&old, &entry(4, 100, Some(60_000)), now), "position");
+        let mut other_lane = entry(5, 100, Some(60_000));
+        other_lane.lane = "long".to_owned();
+        assert!(moved(&old, &other_lane, now), "lane");
+        // Within the first 20 every move counts; beyond, a move by more than a tenth.
+        assert!(moved(&entry(20, 100, None), &entry(19, 100, None), now));
+        assert!(!moved(&entry(300, 900, None), &entry(270, 900, None), now));
+        assert!(moved(&entry(300, 900, None), &entry(269, 900, None), now));
+        assert!(moved(&entry(300, 900, None), &entry(331, 900, None), now));
+        // An ETA half a minute away: moves over 5 s count; an hour away: over 6 minutes.
+        assert!(
+            !moved(&old, &entry(5, 100, Some(64_000)), now),
+            "ETA within 5 s"
         );
         assert!(
-            moved(&old, &entry(5, 89, Some(60_000))),
-            "over a tenth less"
+            moved(&old, &entry(5, 100, Some(66_000)), now),
+            "ETA beyond 5 s"
         );
-        assert!(!moved(&old, &entry(5, 100, Some(64_000))), "ETA within 5 s");
-        assert!(moved(&old, &entry(5, 100, Some(66_000))), "ETA beyond 5 s");
-        assert!(moved(&old, &entry(5, 100, None)), "ETA gone");
-        // Short queues show the exact length.
-        assert!(moved(&entry(1, 3, None), &entry(1, 4, None)));
-        assert!(moved(&entry(1, 9, None), &entry(1, 8, None)));
+        let hour = now + 3_600_000;
+        let far = entry(300, 900, Some(hour));
+        assert!(!moved(&far, &entry(300, 900, Some(hour + 360_000)), now));
+        assert!(moved(&far, &entry(300, 900, Some(hour + 360_001)), now));
+        assert!(moved(&old, &entry(5, 100, None), now), "ETA gone");
+        assert!(moved(&entry(5, 100, None), &old, now), "ETA came");
+    }
+
+    #[test]
+    fn the_summary_counts_the_estimated_jobs_by_lane() {
+        let estimate = |job_id| QueueEstimate {
+            job_id,
+            position: 1,
+            eta_start_ms: None,
+            eta_finish_ms: None,
+        };
+        let (a, b, c) = (JobId::new(), JobId::new(), JobId::new());
+        let lane_of = HashMap::from([(a, Lane::Long), (b, Lane::Short), (c, Lane::Long)]);
+        let summary = summary_of(7, &[estimate(a), estimate(b), estimate(c)], &lane_of);
+        assert_eq!(
+            summary,
+            QueueSummary {
+                queued: 3,
+                by_lane: [1, 0, 2],
+                updated_at_ms: 7
+            }
+        );
     }
 }

@@ -22,13 +22,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use protocol::messages::ProgressEvent;
-use protocol::queue::QueueInfo;
+use protocol::queue::{QueueInfo, QueueSummary};
 use protocol::{JobId, JobRecord, TenantId, codec, names};
 
 use crate::auth::{Action, Caller};
 use crate::error::ApiError;
 use crate::metrics;
-use crate::routes::lookup::{JobPath, submitted, tenant_entry, view_of};
+use crate::routes::lookup::{JobPath, queue_summary, submitted, tenant_entry, view_of};
 use crate::state::AppState;
 use tracker::{Emitted, Tracker};
 pub use tracker::{EventId, NotAnEventId, Phase};
@@ -53,6 +53,10 @@ struct Live {
     /// `None` without a `mochi_queue` bucket.
     queue: Option<kv::Watch>,
     queue_revision: u64,
+    /// The bucket, for the queue's length when the job's entry changes.
+    queue_store: Option<kv::Store>,
+    /// The queue's counts, read when the job's entry last changed.
+    summary: Option<QueueSummary>,
     /// The node holding the job's lease, as last read: only its progress events count.
     holder: Option<String>,
     _open: OpenStream,
@@ -119,7 +123,7 @@ pub async fn events(
         .watch(&key)
         .await
         .map_err(|error| store_unreachable(job_id, &error))?;
-    let (queue, queue_entry) = watch_queue(&state, &key).await;
+    let (queue_store, queue, queue_entry) = watch_queue(&state, &key).await;
     let queue_revision = queue_entry.as_ref().map_or(0, |(_, revision)| *revision);
     let found = match tenant_entry(&state, &caller, job_id).await? {
         Some(found) => Some(found),
@@ -162,6 +166,8 @@ pub async fn events(
         record_revision,
         queue,
         queue_revision,
+        queue_store,
+        summary: None,
         holder,
         _open: OpenStream::new(),
     };
@@ -209,29 +215,44 @@ fn keep_alive_period(idle_timeout_ms: u64) -> Duration {
         .max(MIN_KEEP_ALIVE)
 }
 
-/// Watches the job's queue entry and reads it (best effort: without the bucket, no
-/// `queued` updates).
-async fn watch_queue(state: &AppState, key: &str) -> (Option<kv::Watch>, Option<(QueueInfo, u64)>) {
+/// The queue bucket, a watch of the job's entry in it, and the entry now with the queue's
+/// length now (best effort: without the bucket, no `queued` updates).
+async fn watch_queue(
+    state: &AppState,
+    key: &str,
+) -> (
+    Option<kv::Store>,
+    Option<kv::Watch>,
+    Option<(QueueInfo, u64)>,
+) {
     let Ok(store) = state
         .resources
         .context
         .get_key_value(names::BUCKET_QUEUE)
         .await
     else {
-        return (None, None);
+        return (None, None, None);
     };
     let Ok(watch) = store.watch(key).await else {
-        return (None, None);
+        return (Some(store), None, None);
     };
-    let entry = store.entry(key).await.ok().flatten().and_then(queue_entry);
-    (Some(watch), entry)
+    let (entry, summary) = tokio::join!(store.entry(key), queue_summary(&store));
+    let entry = entry
+        .ok()
+        .flatten()
+        .and_then(|entry| queue_entry(entry, summary.as_ref()));
+    (Some(store), Some(watch), entry)
 }
 
-fn queue_entry(entry: kv::Entry) -> Option<(QueueInfo, u64)> {
+/// The job's queue entry, counted with the queue's length from `summary` if there is one.
+fn queue_entry(entry: kv::Entry, summary: Option<&QueueSummary>) -> Option<(QueueInfo, u64)> {
     if entry.operation != kv::Operation::Put {
         return None;
     }
-    let info = serde_json::from_slice(&entry.value).ok()?;
+    let mut info: QueueInfo = serde_json::from_slice(&entry.value).ok()?;
+    if let Some(summary) = summary {
+        info.count_from(summary);
+    }
     Some((info, entry.revision))
 }
 
@@ -252,6 +273,9 @@ async fn next_event(mut live: Live) -> Option<(Result<Event, Infallible>, Live)>
             entry = next_queue(&mut live.queue) => Input::Queue(entry),
             message = live.progress.next() => Input::Progress(message),
         };
+        if let (Input::Queue(Some(Ok(_))), Some(store)) = (&input, &live.queue_store) {
+            live.summary = queue_summary(store).await;
+        }
         if !live.take(input) {
             return None;
         }
@@ -302,7 +326,8 @@ impl Live {
             Input::Queue(Some(Ok(entry))) => {
                 if entry.revision > self.queue_revision {
                     self.queue_revision = entry.revision;
-                    let events = self.tracker.on_queue(queue_entry(entry));
+                    let entry = queue_entry(entry, self.summary.as_ref());
+                    let events = self.tracker.on_queue(entry);
                     self.pending.extend(events);
                 }
                 true

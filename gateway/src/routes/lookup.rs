@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 use protocol::api::JobView;
 use protocol::jetstream::StoreError;
 use protocol::messages::SubmitRequest;
+use protocol::queue::{QueueSummary, SUMMARY_KEY};
 use protocol::{ErrorCode, JobId, JobRecord, TenantId, codec, names, now_ms};
 
 use crate::auth::{AUDIT, Principal};
@@ -241,4 +242,12 @@ pub(crate) fn view_of(state: &AppState, record: &JobRecord) -> JobView {
             .map(|(link, _)| link);
     }
     view
+}
+
+/// The queue's counts as the scheduler last published them in `mochi_queue` (best effort).
+pub(crate) async fn queue_summary(
+    store: &async_nats::jetstream::kv::Store,
+) -> Option<QueueSummary> {
+    let bytes = store.get(SUMMARY_KEY).await.ok()??;
+    serde_json::from_slice(&bytes).ok()
 }

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use protocol::api::{JobView, VideoDeleted};
 use protocol::jetstream::StoreError;
 use protocol::messages::SubmitRequest;
+use protocol::queue::QueueInfo;
 use protocol::{ErrorCode, JobId, JobSpec, codec, names, now_ms};
 
 use crate::auth::{Action, Caller, Principal};
@@ -24,7 +25,7 @@ use crate::openapi::Errors;
 use crate::routes::cancel::{MAX_CANCEL_TRIES, cancel_job};
 use crate::routes::create::create_request;
 use crate::routes::lookup::{
-    Current, JobPath, current, current_view, submitted, tenant_entry, tenant_record,
+    Current, JobPath, current, current_view, queue_summary, submitted, tenant_entry, tenant_record,
 };
 use crate::routes::request::{idempotency_key, json_request};
 use crate::state::AppState;
@@ -261,17 +262,23 @@ fn poll_after_ms(view: &JobView, now: u64) -> Option<u64> {
     Some(guess.clamp(250, 10_000))
 }
 
-/// The queue position the scheduler published for a job in `mochi_queue` (best effort:
-/// absent when the bucket or the entry is missing or unreadable).
-async fn queue_info(state: &AppState, job_id: JobId) -> Option<protocol::queue::QueueInfo> {
+/// The queue position the scheduler published for a job in `mochi_queue`, with the queue's
+/// length now from its summary (best effort: absent when the bucket or the entry is missing
+/// or unreadable; the entry's own count without the summary).
+async fn queue_info(state: &AppState, job_id: JobId) -> Option<QueueInfo> {
     let store = state
         .resources
         .context
         .get_key_value(names::BUCKET_QUEUE)
         .await
         .ok()?;
-    let bytes = store.get(job_id.to_string()).await.ok()??;
-    serde_json::from_slice(&bytes).ok()
+    let key = job_id.to_string();
+    let (entry, summary) = tokio::join!(store.get(&key), queue_summary(&store));
+    let mut info: QueueInfo = serde_json::from_slice(&entry.ok()??).ok()?;
+    if let Some(summary) = summary {
+        info.count_from(&summary);
+    }
+    Some(info)
 }
 
 /// `DELETE /v1/videos/{id}`: OpenAI's delete. A job still queued or running is cancelled

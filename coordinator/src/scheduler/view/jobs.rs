@@ -1,12 +1,164 @@
 //! The jobs the view tracks: every non-terminal job as last seen in the `mochi_jobs` watch,
-//! with what placing, pausing, leases and deadlines need to know of it.
+//! with what placing, pausing, leases and deadlines need to know of it, and the counts and
+//! indexes that let the scheduler's periodic work look at the few jobs it concerns (those
+//! on nodes, those near their time-to-start deadline) instead of walking every waiting one.
+
+use std::collections::hash_map::{self, HashMap};
+use std::collections::{BTreeSet, HashSet};
 
 use protocol::record::{Lease, Progress};
 use protocol::spec::Priority;
 use protocol::{JobId, JobRecord, JobShape, JobState, NodeId};
 
 use crate::cost::JobCost;
-use crate::policy;
+use crate::policy::{self, Lane, LaneBounds};
+
+/// Every tracked job by id, with counts and indexes kept up to date on each change.
+pub(crate) struct Jobs {
+    by_id: HashMap<JobId, Tracked>,
+    /// The lane bounds the queued counts are kept by.
+    lanes: LaneBounds,
+    /// Queued jobs by the lane of what is left of their cost, in [`Lane::ALL`]'s order.
+    queued_by_lane: [usize; 3],
+    /// Jobs on a node (assigned, running, encoding).
+    on_node: HashSet<JobId>,
+    /// Queued jobs that never reached a GPU, by submission time (the time-to-start deadline).
+    unstarted: BTreeSet<(u64, JobId)>,
+}
+
+impl Jobs {
+    /// No jobs; queued ones are counted by `lanes`.
+    pub(crate) fn new(lanes: LaneBounds) -> Self {
+        Self {
+            by_id: HashMap::new(),
+            lanes,
+            queued_by_lane: [0; 3],
+            on_node: HashSet::new(),
+            unstarted: BTreeSet::new(),
+        }
+    }
+
+    /// The job, if tracked.
+    pub(crate) fn get(&self, job_id: &JobId) -> Option<&Tracked> {
+        self.by_id.get(job_id)
+    }
+
+    /// Tracks `job` as `job_id`'s latest state.
+    pub(crate) fn insert(&mut self, job_id: JobId, job: Tracked) {
+        if let Some(old) = self.by_id.get(&job_id) {
+            let old = Indexed::of(old, self.lanes);
+            self.unindex(job_id, old);
+        }
+        let new = Indexed::of(&job, self.lanes);
+        self.index(job_id, new);
+        self.by_id.insert(job_id, job);
+    }
+
+    /// Stops tracking the job; returns what was known of it.
+    pub(crate) fn remove(&mut self, job_id: &JobId) -> Option<Tracked> {
+        let job = self.by_id.remove(job_id)?;
+        self.unindex(*job_id, Indexed::of(&job, self.lanes));
+        Some(job)
+    }
+
+    /// Every tracked job.
+    pub(crate) fn iter(&self) -> hash_map::Iter<'_, JobId, Tracked> {
+        self.by_id.iter()
+    }
+
+    /// Queued jobs (being placed or not) by lane, in [`Lane::ALL`]'s order.
+    pub(crate) fn queued_by_lane(&self) -> [usize; 3] {
+        self.queued_by_lane
+    }
+
+    /// Queued jobs in all.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued_by_lane.iter().sum()
+    }
+
+    /// Jobs on nodes.
+    pub(crate) fn on_node(&self) -> impl Iterator<Item = (JobId, &Tracked)> + '_ {
+        self.on_node
+            .iter()
+            .filter_map(|job_id| Some((*job_id, self.by_id.get(job_id)?)))
+    }
+
+    /// How many jobs are on nodes.
+    pub(crate) fn on_node_count(&self) -> usize {
+        self.on_node.len()
+    }
+
+    /// Queued jobs that never reached a GPU and were submitted before `before_ms`, oldest
+    /// first.
+    pub(crate) fn unstarted_before(
+        &self,
+        before_ms: u64,
+    ) -> impl Iterator<Item = (JobId, &Tracked)> + '_ {
+        self.unstarted
+            .iter()
+            .take_while(move |(created_at_ms, _)| *created_at_ms < before_ms)
+            .filter_map(|(_, job_id)| Some((*job_id, self.by_id.get(job_id)?)))
+    }
+
+    fn index(&mut self, job_id: JobId, indexed: Indexed) {
+        match indexed {
+            Indexed::Queued { lane, unstarted } => {
+                self.queued_by_lane[lane] += 1;
+                if let Some(created_at_ms) = unstarted {
+                    self.unstarted.insert((created_at_ms, job_id));
+                }
+            }
+            Indexed::OnNode => {
+                self.on_node.insert(job_id);
+            }
+            Indexed::Other => {}
+        }
+    }
+
+    fn unindex(&mut self, job_id: JobId, indexed: Indexed) {
+        match indexed {
+            Indexed::Queued { lane, unstarted } => {
+                self.queued_by_lane[lane] = self.queued_by_lane[lane].saturating_sub(1);
+                if let Some(created_at_ms) = unstarted {
+                    self.unstarted.remove(&(created_at_ms, job_id));
+                }
+            }
+            Indexed::OnNode => {
+                self.on_node.remove(&job_id);
+            }
+            Indexed::Other => {}
+        }
+    }
+}
+
+/// Where a job is counted: a function of the job alone, so that what a change removes is
+/// exactly what its previous version added.
+#[derive(Clone, Copy)]
+enum Indexed {
+    /// Queued, in the lane at this index of [`Lane::ALL`], with its submission time if it
+    /// never reached a GPU.
+    Queued { lane: usize, unstarted: Option<u64> },
+    /// On a node.
+    OnNode,
+    /// Neither (preempted, waiting to be requeued).
+    Other,
+}
+
+impl Indexed {
+    fn of(job: &Tracked, lanes: LaneBounds) -> Self {
+        if job.state == JobState::Queued {
+            let lane = lanes.lane(job.remaining_cost().reference_seconds());
+            Self::Queued {
+                lane: Lane::ALL.iter().position(|l| *l == lane).unwrap_or(0),
+                unstarted: (job.attempt == 0).then_some(job.created_at_ms),
+            }
+        } else if job.state.is_on_node() {
+            Self::OnNode
+        } else {
+            Self::Other
+        }
+    }
+}
 
 /// A non-terminal job as last seen in the watch.
 pub(crate) struct Tracked {

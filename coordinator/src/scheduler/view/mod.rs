@@ -17,14 +17,14 @@ use std::collections::HashMap;
 use protocol::messages::NodeHeartbeat;
 use protocol::{JobId, JobRecord, JobShape, JobState, NodeId};
 
-use jobs::Tracked;
+use jobs::{Jobs, Tracked};
 pub(crate) use jobs::{OnNode, Timed};
 use nodes::Nodes;
 use pauses::Pauses;
 use placements::Placements;
 
 use crate::cost::{CostModel, GpuClass};
-use crate::policy::{self, LaneBounds, Running, Slot, Waiting};
+use crate::policy::{self, Lane, LaneBounds, Running, Slot, Waiting};
 use crate::scheduler::messages::{PlacementOutcome, SchedulerStatus, SlotKey};
 
 /// What the view knew of a job that just finished, for the cost model.
@@ -51,7 +51,7 @@ pub(crate) enum FollowUp {
 
 /// The scheduler's view of jobs, nodes, placements and pauses.
 pub(crate) struct View {
-    jobs: HashMap<JobId, Tracked>,
+    jobs: Jobs,
     nodes: Nodes,
     placements: Placements,
     pauses: Pauses,
@@ -61,10 +61,11 @@ pub(crate) struct View {
 
 impl View {
     /// An empty view; a node is live while its last heartbeat is within `node_ttl_s`; the
-    /// policy's clock runs at `time_scale` wall seconds per model second.
-    pub(crate) fn new(node_ttl_s: u64, time_scale: f64) -> Self {
+    /// policy's clock runs at `time_scale` wall seconds per model second; queued jobs are
+    /// counted by the policy's `lanes`.
+    pub(crate) fn new(node_ttl_s: u64, time_scale: f64, lanes: LaneBounds) -> Self {
         Self {
-            jobs: HashMap::new(),
+            jobs: Jobs::new(lanes),
             nodes: Nodes::new(node_ttl_s.saturating_mul(1_000)),
             placements: Placements::default(),
             pauses: Pauses::default(),
@@ -124,36 +125,59 @@ impl View {
     /// Jobs on nodes, with their leases.
     pub(crate) fn on_node_jobs(&self) -> Vec<OnNode> {
         self.jobs
-            .iter()
-            .filter_map(|(job_id, job)| job.on_node(*job_id))
+            .on_node()
+            .filter_map(|(job_id, job)| job.on_node(job_id))
             .collect()
     }
 
-    /// Every tracked job as the deadlines see it.
-    pub(crate) fn timed_jobs(&self) -> Vec<Timed> {
+    /// The jobs that may have missed a deadline at `now`, as the deadlines see them: those
+    /// on nodes (the longest run time) and the queued ones that never reached a GPU and
+    /// were submitted more than `start_timeout_ms` ago (the time to start; 0: none). Every
+    /// other job is within its deadlines, so a long queue costs nothing here.
+    pub(crate) fn deadline_candidates(&self, now: u64, start_timeout_ms: u64) -> Vec<Timed> {
+        let late = if start_timeout_ms == 0 {
+            0
+        } else {
+            now.saturating_sub(start_timeout_ms)
+        };
         self.jobs
-            .iter()
-            .map(|(job_id, job)| job.timed(*job_id))
+            .on_node()
+            .chain(self.jobs.unstarted_before(late))
+            .map(|(job_id, job)| job.timed(job_id))
             .collect()
+    }
+
+    /// Queued jobs (being placed or not) by lane, in [`Lane::ALL`]'s order, without walking
+    /// the queue.
+    pub(crate) fn queued_by_lane(&self) -> impl Iterator<Item = (Lane, usize)> {
+        Lane::ALL.into_iter().zip(self.jobs.queued_by_lane())
     }
 
     /// Queued jobs not being placed, as the policy sees them.
     pub(crate) fn queued_jobs(&self) -> Vec<Waiting> {
-        let waiting = self
-            .jobs
+        self.jobs
             .iter()
-            .filter(|(id, job)| job.state == JobState::Queued && !self.placements.contains(id));
-        waiting
-            .map(|(job_id, job)| Waiting {
-                job_id: *job_id,
-                tenant: job.tenant,
-                priority: job.priority,
-                created_at_ms: job.created_at_ms,
-                not_before_ms: job.not_before_ms,
-                cost: job.remaining_cost(),
-                pauses: job.pauses,
-            })
+            .filter(|(id, job)| job.state == JobState::Queued && !self.placements.contains(id))
+            .map(|(job_id, job)| waiting(*job_id, job))
             .collect()
+    }
+
+    /// A queued job (being placed or not) as the policy sees it.
+    pub(crate) fn queued_job(&self, job_id: JobId) -> Option<Waiting> {
+        self.jobs
+            .get(&job_id)
+            .filter(|job| job.state == JobState::Queued)
+            .map(|job| waiting(job_id, job))
+    }
+
+    /// Whether some slot of a live, accepting node could take a job now or later (one with
+    /// a proxy, `has_proxy`): without one there is nothing to place on or to pause.
+    pub(crate) fn any_slot(&self, now: u64, has_proxy: impl Fn(&SlotKey) -> bool) -> bool {
+        self.nodes.accepting(now).any(|heartbeat| {
+            heartbeat.slots.iter().any(|report| {
+                report.healthy && has_proxy(&(heartbeat.node_id.clone(), report.slot))
+            })
+        })
     }
 
     /// The shape of a tracked job.
@@ -229,10 +253,10 @@ impl View {
     /// The job running on `slot` by our records, with its attempt, if it is running (only a
     /// running job can be paused).
     pub(crate) fn running_on(&self, slot: &SlotKey) -> Option<(JobId, u32)> {
-        self.jobs.iter().find_map(|(job_id, job)| {
+        self.jobs.on_node().find_map(|(job_id, job)| {
             let lease = job.lease.as_ref()?;
             (job.state == JobState::Running && lease.node == slot.0 && lease.slot == slot.1)
-                .then_some((*job_id, job.attempt))
+                .then_some((job_id, job.attempt))
         })
     }
 
@@ -375,18 +399,23 @@ impl View {
     /// The counts.
     pub(crate) fn status(&self, now: u64, has_proxy: impl Fn(&SlotKey) -> bool) -> SchedulerStatus {
         SchedulerStatus {
-            queued: self
-                .jobs
-                .values()
-                .filter(|job| job.state == JobState::Queued)
-                .count(),
-            on_node: self
-                .jobs
-                .values()
-                .filter(|job| job.state.is_on_node())
-                .count(),
+            queued: self.jobs.queued(),
+            on_node: self.jobs.on_node_count(),
             live_slots: self.nodes.live_slots(now),
             free_slots: self.free_slots(now, has_proxy).len(),
         }
+    }
+}
+
+/// A tracked queued job as the policy sees it.
+fn waiting(job_id: JobId, job: &Tracked) -> Waiting {
+    Waiting {
+        job_id,
+        tenant: job.tenant,
+        priority: job.priority,
+        created_at_ms: job.created_at_ms,
+        not_before_ms: job.not_before_ms,
+        cost: job.remaining_cost(),
+        pauses: job.pauses,
     }
 }

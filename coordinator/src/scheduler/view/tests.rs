@@ -65,7 +65,7 @@ fn free(view: &View) -> Vec<SlotKey> {
 
 #[test]
 fn a_placement_reserves_its_slot_until_the_watch_shows_its_write() {
-    let mut view = View::new(10, 1.0);
+    let mut view = View::new(10, 1.0, LaneBounds::default());
     view.node_seen(heartbeat("a", 1, NOW), NOW);
     let job = queued();
     view.job_changed(&job, 1, &CostModel::default());
@@ -83,7 +83,7 @@ fn a_placement_reserves_its_slot_until_the_watch_shows_its_write() {
 
 #[test]
 fn a_job_finished_before_its_placement_reports_frees_the_slot() {
-    let mut view = View::new(10, 1.0);
+    let mut view = View::new(10, 1.0, LaneBounds::default());
     view.node_seen(heartbeat("a", 1, NOW), NOW);
     let job = queued();
     view.job_changed(&job, 1, &CostModel::default());
@@ -100,7 +100,7 @@ fn a_job_finished_before_its_placement_reports_frees_the_slot() {
 
 #[test]
 fn older_revisions_are_ignored() {
-    let mut view = View::new(10, 1.0);
+    let mut view = View::new(10, 1.0, LaneBounds::default());
     let job = queued();
     view.job_changed(&assigned(&job, "a", 0), 5, &CostModel::default());
     view.job_changed(&job, 4, &CostModel::default());
@@ -110,7 +110,7 @@ fn older_revisions_are_ignored() {
 
 #[test]
 fn a_refusing_slot_waits_for_a_newer_heartbeat() {
-    let mut view = View::new(10, 1.0);
+    let mut view = View::new(10, 1.0, LaneBounds::default());
     view.node_seen(heartbeat("a", 2, NOW - 10), NOW);
     let job = queued();
     view.job_changed(&job, 1, &CostModel::default());
@@ -132,7 +132,7 @@ fn a_refusing_slot_waits_for_a_newer_heartbeat() {
 
 #[test]
 fn nodes_past_their_ttl_are_gone_and_offer_no_slots() {
-    let mut view = View::new(3, 1.0);
+    let mut view = View::new(3, 1.0, LaneBounds::default());
     assert!(
         !view.node_seen(heartbeat("old", 1, NOW - 3_001), NOW),
         "history from a dead node"
@@ -187,7 +187,7 @@ fn running_on_a(view: &View, now: u64) -> Running {
 
 #[test]
 fn a_denoising_job_is_pausable_until_asked_and_its_node_is_not_asked_again_once_it_cannot() {
-    let mut view = View::new(10, 1.0);
+    let mut view = View::new(10, 1.0, LaneBounds::default());
     view.node_seen(heartbeat("a", 1, NOW), NOW);
     let job = running_record("a", 1);
     view.job_changed(&job, 4, &CostModel::default());
@@ -243,7 +243,7 @@ fn a_denoising_job_is_pausable_until_asked_and_its_node_is_not_asked_again_once_
 
 #[test]
 fn the_slot_a_pause_frees_is_held_for_the_job_it_was_freed_for() {
-    let mut view = View::new(10, 1.0);
+    let mut view = View::new(10, 1.0, LaneBounds::default());
     view.node_seen(heartbeat("a", 1, NOW), NOW);
     let long = running_record("a", 1);
     view.job_changed(&long, 4, &CostModel::default());
@@ -285,7 +285,7 @@ fn the_slot_a_pause_frees_is_held_for_the_job_it_was_freed_for() {
 
 #[test]
 fn a_paused_job_waits_with_its_pauses_and_the_cost_of_what_is_left() {
-    let mut view = View::new(10, 1.0);
+    let mut view = View::new(10, 1.0, LaneBounds::default());
     let job = running_record("a", 1);
     let whole = CostModel::default().cost(&job.shape);
     let paused = job
@@ -315,7 +315,7 @@ fn a_paused_job_waits_with_its_pauses_and_the_cost_of_what_is_left() {
 
 #[test]
 fn preempted_jobs_ask_to_be_requeued() {
-    let mut view = View::new(10, 1.0);
+    let mut view = View::new(10, 1.0, LaneBounds::default());
     let mut job = queued();
     job.state = JobState::Preempted;
     assert_eq!(
@@ -323,4 +323,59 @@ fn preempted_jobs_ask_to_be_requeued() {
         FollowUp::Preempted
     );
     assert!(view.queued_jobs().is_empty());
+}
+
+#[test]
+fn counts_and_deadline_candidates_follow_each_change() {
+    let mut view = View::new(10, 1.0, LaneBounds::default());
+    let model = CostModel::default();
+    let total = |view: &View| view.queued_by_lane().map(|(_, jobs)| jobs).sum::<usize>();
+    let ids = |timed: Vec<Timed>| timed.into_iter().map(|job| job.job_id).collect::<Vec<_>>();
+    let mut old = queued();
+    old.created_at_ms = NOW - 10_000;
+    let young = queued();
+    view.job_changed(&old, 1, &model);
+    view.job_changed(&young, 2, &model);
+    assert_eq!(
+        view.queued_by_lane().collect::<Vec<_>>(),
+        vec![(Lane::Short, 2), (Lane::Medium, 0), (Lane::Long, 0)],
+        "a tiny job is short"
+    );
+    assert_eq!(view.status(NOW, |_| true).queued, 2);
+    // A 5 s time to start: only the older job may have missed it; none without one.
+    assert_eq!(ids(view.deadline_candidates(NOW, 5_000)), vec![old.id]);
+    assert!(view.deadline_candidates(NOW, 0).is_empty());
+
+    let on_a = assigned(&young, "a", 0);
+    view.job_changed(&on_a, 3, &model);
+    assert_eq!(total(&view), 1);
+    let status = view.status(NOW, |_| true);
+    assert_eq!((status.queued, status.on_node), (1, 1));
+    assert_eq!(
+        ids(view.deadline_candidates(NOW, 0)),
+        vec![young.id],
+        "on a node"
+    );
+    view.job_changed(&young, 2, &model);
+    assert_eq!(total(&view), 1, "an older revision changes nothing");
+
+    view.job_removed(young.id);
+    view.job_removed(old.id);
+    assert_eq!(total(&view), 0);
+    assert_eq!(view.status(NOW, |_| true).on_node, 0);
+    assert!(view.deadline_candidates(NOW, 5_000).is_empty());
+}
+
+#[test]
+fn a_slot_counts_only_on_a_live_accepting_node_with_a_proxy() {
+    let mut view = View::new(10, 1.0, LaneBounds::default());
+    assert!(!view.any_slot(NOW, |_| true), "no node");
+    view.node_seen(heartbeat("a", 1, NOW), NOW);
+    assert!(view.any_slot(NOW, |_| true));
+    assert!(!view.any_slot(NOW, |_| false), "no proxy yet");
+    assert!(!view.any_slot(NOW + 11_000, |_| true), "past its TTL");
+    let mut closed = heartbeat("a", 1, NOW + 1);
+    closed.accepting = false;
+    view.node_seen(closed, NOW + 1);
+    assert!(!view.any_slot(NOW + 1, |_| true), "not accepting");
 }
