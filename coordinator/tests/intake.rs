@@ -271,3 +271,54 @@ async fn only_the_derived_buckets_skip_the_sync_of_each_write() {
     queue.delete("job-1").await.unwrap();
     assert!(queue.get("job-1").await.unwrap().is_none());
 }
+
+/// `JobStore::get_latest` (the leader's answer a compare-and-set writer falls back on when a
+/// replica's would refuse its change) reads what `get` reads: the record at its revision,
+/// and nothing once the record is deleted or purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_read_from_the_stream_leader_is_the_record_at_its_revision() {
+    let nats = Box::pin(nats()).await;
+    let jobs = &nats.resources.jobs;
+    let spec = JobSpec::new("a lighthouse at dusk");
+    let shape = spec.validate(&protocol::Limits::default()).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let record = protocol::JobRecord::queued(
+            JobId::new(),
+            protocol::TenantId::default_tenant(),
+            spec.clone(),
+            shape,
+            1,
+            3,
+            protocol::now_ms(),
+        );
+        assert!(jobs.create(&record).await.unwrap());
+        ids.push(record.id);
+    }
+    let [first, second] = ids[..] else {
+        unreachable!()
+    };
+    let cancelled = jobs
+        .apply(
+            first,
+            &protocol::JobEvent::CancelRequested,
+            protocol::now_ms(),
+        )
+        .await
+        .unwrap();
+    let direct = jobs.get(first).await.unwrap().unwrap();
+    let latest = jobs.get_latest(first).await.unwrap().unwrap();
+    assert_eq!(latest, direct);
+    assert_eq!(latest.0, cancelled);
+    assert!(
+        jobs.get_latest(JobId::new()).await.unwrap().is_none(),
+        "never written"
+    );
+
+    jobs.kv.delete(first.to_string()).await.unwrap();
+    jobs.kv.purge(second.to_string()).await.unwrap();
+    for job_id in [first, second] {
+        assert!(jobs.get_latest(job_id).await.unwrap().is_none());
+        assert!(jobs.get(job_id).await.unwrap().is_none());
+    }
+}

@@ -160,6 +160,36 @@ pub struct CapacityReport {
     pub started: usize,
     /// Jobs of that phase that succeeded.
     pub succeeded: usize,
+    /// The job of that phase slowest to start, and where its time went.
+    pub slowest_start: Option<SlowStart>,
+}
+
+/// The job slowest from submission to start, split at the creation of its record: the
+/// gateway and the intake before, the scheduler and the slot's placement after.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SlowStart {
+    /// Its place in arrival order (0: the first job submitted).
+    pub index: u64,
+    /// Submission to its record's creation, ms.
+    pub to_created_ms: u64,
+    /// Its record's creation to its start on a slot, ms.
+    pub created_to_start_ms: u64,
+}
+
+impl SlowStart {
+    /// The slowest of `jobs` to start, if any started.
+    fn of(jobs: &[crate::open_loop::JobTimeline]) -> Option<Self> {
+        let (job, started) = jobs
+            .iter()
+            .filter_map(|job| Some((job, job.first_start_ms?)))
+            .max_by_key(|(job, started)| started.saturating_sub(job.submitted_ms))?;
+        let created = job.created_ms.unwrap_or(job.submitted_ms);
+        Some(Self {
+            index: job.trace_id,
+            to_created_ms: created.saturating_sub(job.submitted_ms),
+            created_to_start_ms: started.saturating_sub(created),
+        })
+    }
 }
 
 /// The peer's two processes, ended when dropped. Each runs in a process group of its own:
@@ -451,10 +481,11 @@ pub async fn run(config: &CapacityConfig) -> Result<CapacityReport, CapacityErro
     let mut report = CapacityReport::default();
     // First, on a quiet machine: after the intake rounds the kernel is still writing back
     // the gigabytes they stored, and every synced write waits behind that.
-    let (started, succeeded, to_start) = start_latency(config).await?;
+    let (started, succeeded, to_start, slowest) = start_latency(config).await?;
     report.started = started;
     report.succeeded = succeeded;
     report.submit_to_start_ms = to_start;
+    report.slowest_start = slowest;
     let http = reqwest::Client::new();
     let workers = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
     let peer = Peer::start(config, workers)?;
@@ -520,7 +551,7 @@ pub async fn run(config: &CapacityConfig) -> Result<CapacityReport, CapacityErro
 /// and succeeded, and their submission-to-start times.
 async fn start_latency(
     config: &CapacityConfig,
-) -> Result<(usize, usize, Quantiles), CapacityError> {
+) -> Result<(usize, usize, Quantiles, Option<SlowStart>), CapacityError> {
     let dir = tempfile::Builder::new()
         .prefix("mochi-start-")
         .tempdir()
@@ -598,5 +629,10 @@ async fn start_latency(
         .iter()
         .filter(|job| job.state.as_deref() == Some("succeeded"))
         .count();
-    Ok((to_start.len(), succeeded, Quantiles::of(&to_start)))
+    Ok((
+        to_start.len(),
+        succeeded,
+        Quantiles::of(&to_start),
+        SlowStart::of(&jobs),
+    ))
 }

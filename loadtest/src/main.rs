@@ -465,6 +465,12 @@ async fn run_capacity(args: CapacityArgs) -> ExitCode {
                 "submit -> slot start: {} jobs started, {} succeeded; p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
                 report.started, report.succeeded, q.p50, q.p95, q.p99, q.max
             );
+            if let Some(slowest) = &report.slowest_start {
+                println!(
+                    "slowest to start: job {} of the arrivals (0 first): {} ms to its record, then {} ms to its slot",
+                    slowest.index, slowest.to_created_ms, slowest.created_to_start_ms
+                );
+            }
             print_json(&report);
             ExitCode::SUCCESS
         }

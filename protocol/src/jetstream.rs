@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use async_nats::ConnectErrorKind;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, kv, object_store, stream};
 
 use crate::codec::{self, CodecError};
@@ -565,6 +566,11 @@ pub enum StoreError {
     },
 }
 
+/// The header of a KV delete or purge marker (`DEL`, `PURGE`); a put has none.
+const KV_OPERATION: &str = "KV-Operation";
+/// The header of a marker nats-server writes when a key's last value goes (age, purge).
+const NATS_MARKER_REASON: &str = "Nats-Marker-Reason";
+
 /// The `mochi_jobs` bucket: job records, each write a compare-and-set on the revision.
 #[derive(Clone)]
 pub struct JobStore {
@@ -643,21 +649,56 @@ impl JobStore {
         })
     }
 
+    /// Reads a record and its revision from the leader of the bucket's stream, which has
+    /// every acknowledged write. [`Self::get`] is a direct get, which any replica of a
+    /// replicated bucket may answer, a little behind the leader.
+    pub async fn get_latest(&self, job_id: JobId) -> Result<Option<(JobRecord, u64)>, StoreError> {
+        let subject = format!("{}{}", self.kv.prefix, job_id);
+        let message = match self
+            .kv
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(message) => message,
+            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(None);
+            }
+            Err(error) => {
+                return Err(StoreError::Nats {
+                    job_id,
+                    source: Box::new(error),
+                });
+            }
+        };
+        // A delete or purge marker (a put carries neither header).
+        if message.headers.get(KV_OPERATION).is_some()
+            || message.headers.get(NATS_MARKER_REASON).is_some()
+        {
+            return Ok(None);
+        }
+        let record = codec::decode(&message.payload)
+            .map_err(|source| StoreError::Codec { job_id, source })?;
+        Ok(Some((record, message.sequence)))
+    }
+
     /// The one compare-and-set loop on job records: reads the record, asks `change` for its
     /// successor (`Ok(None)`: leave it, `Err`: give up with that refusal), and writes it only
     /// if nobody wrote since the read; else reads and asks again, at most
-    /// `MAX_CAS_RETRIES` times (then [`StoreError::Contended`]).
+    /// `MAX_CAS_RETRIES` times (then [`StoreError::Contended`]). The first read may come
+    /// from any replica; the later ones, and any whose record `change` would not write
+    /// (or that found none), are made again from the stream's leader, so that a replica
+    /// lagging by a write never refuses a transition the record allows.
     pub async fn try_update<E>(
         &self,
         job_id: JobId,
         mut change: impl FnMut(&JobRecord) -> Result<Option<JobRecord>, E>,
     ) -> Result<Option<Updated>, CasError<E>> {
-        for _ in 0..MAX_CAS_RETRIES {
-            let (record, revision) = self
-                .get(job_id)
+        for attempt in 0..MAX_CAS_RETRIES {
+            let Some((record, revision, next)) = self
+                .read_and_change(job_id, attempt > 0, &mut change)
                 .await?
-                .ok_or(StoreError::NotFound(job_id))?;
-            let Some(next) = change(&record).map_err(CasError::Refused)? else {
+            else {
                 return Ok(None);
             };
             let bytes =
@@ -685,6 +726,42 @@ impl JobStore {
             }
         }
         Err(StoreError::Contended(job_id).into())
+    }
+
+    /// Reads the record (from the leader with `from_leader`) and asks `change` for its
+    /// successor: the record read, its revision and the successor, or `None` when `change`
+    /// declines. A replica's answer that `change` would not write, or that has no record, is
+    /// checked against the leader's and, if the leader has another revision, asked again.
+    async fn read_and_change<E>(
+        &self,
+        job_id: JobId,
+        from_leader: bool,
+        change: &mut impl FnMut(&JobRecord) -> Result<Option<JobRecord>, E>,
+    ) -> Result<Option<(JobRecord, u64, JobRecord)>, CasError<E>> {
+        let mut current = if from_leader {
+            self.get_latest(job_id).await?
+        } else {
+            self.get(job_id).await?
+        };
+        let mut checked = from_leader;
+        loop {
+            let outcome = match &current {
+                Some((record, _)) => change(record).map_err(CasError::Refused),
+                None => Err(CasError::Store(StoreError::NotFound(job_id))),
+            };
+            if !checked && !matches!(outcome, Ok(Some(_))) {
+                checked = true;
+                let latest = self.get_latest(job_id).await?;
+                let revision = |read: &Option<(JobRecord, u64)>| read.as_ref().map(|r| r.1);
+                if revision(&latest) != revision(&current) {
+                    current = latest;
+                    continue;
+                }
+            }
+            return Ok(outcome?
+                .zip(current)
+                .map(|(next, (record, revision))| (record, revision, next)));
+        }
     }
 }
 

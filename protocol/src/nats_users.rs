@@ -346,6 +346,13 @@ impl Grants {
         self.publish(format!("$KV.{bucket}.>"));
     }
 
+    /// Compare-and-set writes to a KV bucket, with reads from its stream's leader (a
+    /// replica's direct get may lag a write already acknowledged: `JobStore::get_latest`).
+    fn kv_compare_and_set(&mut self, bucket: &str) {
+        self.kv_write(bucket);
+        self.read_messages(&names::kv_stream(bucket));
+    }
+
     /// Read objects of an object store.
     fn object_read(&mut self, bucket: &str) {
         let stream = names::object_stream(bucket);
@@ -407,7 +414,7 @@ fn gateway(grants: &mut Grants) {
     grants.read_messages(names::STREAM_DLQ);
     // Job status, cancellation (compare-and-set), re-drive.
     grants.kv_read(names::BUCKET_JOBS);
-    grants.kv_write(names::BUCKET_JOBS);
+    grants.kv_compare_and_set(names::BUCKET_JOBS);
     // Tenant quotas count the active jobs from a watch of the records.
     grants.kv_watch(names::BUCKET_JOBS);
     // The fleet (admission, `/v1/backends`) and queue positions (read, and watched by a
@@ -470,7 +477,7 @@ fn coordinator(grants: &mut Grants) {
     for bucket in [names::BUCKET_JOBS, names::BUCKET_NODES] {
         grants.kv_watch(bucket);
     }
-    grants.kv_write(names::BUCKET_JOBS);
+    grants.kv_compare_and_set(names::BUCKET_JOBS);
     for bucket in [
         names::BUCKET_LEADER,
         names::BUCKET_COST,
