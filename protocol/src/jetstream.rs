@@ -686,20 +686,35 @@ impl JobStore {
     /// successor (`Ok(None)`: leave it, `Err`: give up with that refusal), and writes it only
     /// if nobody wrote since the read; else reads and asks again, at most
     /// `MAX_CAS_RETRIES` times (then [`StoreError::Contended`]). The first read may come
-    /// from any replica; the later ones, and any whose record `change` would not write
-    /// (or that found none), are made again from the stream's leader, so that a replica
-    /// lagging by a write never refuses a transition the record allows.
+    /// from any replica (a direct get); a record it finds absent, or that `change` would
+    /// not write, is read again from the stream's leader before that answer stands, and so
+    /// is every read after a conflict: a replica lagging by a write never refuses a
+    /// transition the record allows.
     pub async fn try_update<E>(
         &self,
         job_id: JobId,
         mut change: impl FnMut(&JobRecord) -> Result<Option<JobRecord>, E>,
     ) -> Result<Option<Updated>, CasError<E>> {
-        for attempt in 0..MAX_CAS_RETRIES {
-            let Some((record, revision, next)) = self
-                .read_and_change(job_id, attempt > 0, &mut change)
-                .await?
-            else {
-                return Ok(None);
+        let mut from_leader = false;
+        for _ in 0..MAX_CAS_RETRIES {
+            let read = if from_leader {
+                self.get_latest(job_id).await?
+            } else {
+                self.get(job_id).await?
+            };
+            let outcome = match &read {
+                Some((record, _)) => change(record).map_err(CasError::Refused),
+                None => Err(StoreError::NotFound(job_id).into()),
+            };
+            let (record, revision, next) = match (outcome, read) {
+                (Ok(Some(next)), Some((record, revision))) => (record, revision, next),
+                (Ok(None), _) if from_leader => return Ok(None),
+                (Err(error), _) if from_leader => return Err(error),
+                // Not written, on a replica's word: ask the leader.
+                _ => {
+                    from_leader = true;
+                    continue;
+                }
             };
             let bytes =
                 codec::encode(&next).map_err(|source| StoreError::Codec { job_id, source })?;
@@ -715,7 +730,9 @@ impl JobStore {
                         revision,
                     }));
                 }
-                Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    from_leader = true;
+                }
                 Err(error) => {
                     return Err(StoreError::Nats {
                         job_id,
@@ -726,42 +743,6 @@ impl JobStore {
             }
         }
         Err(StoreError::Contended(job_id).into())
-    }
-
-    /// Reads the record (from the leader with `from_leader`) and asks `change` for its
-    /// successor: the record read, its revision and the successor, or `None` when `change`
-    /// declines. A replica's answer that `change` would not write, or that has no record, is
-    /// checked against the leader's and, if the leader has another revision, asked again.
-    async fn read_and_change<E>(
-        &self,
-        job_id: JobId,
-        from_leader: bool,
-        change: &mut impl FnMut(&JobRecord) -> Result<Option<JobRecord>, E>,
-    ) -> Result<Option<(JobRecord, u64, JobRecord)>, CasError<E>> {
-        let mut current = if from_leader {
-            self.get_latest(job_id).await?
-        } else {
-            self.get(job_id).await?
-        };
-        let mut checked = from_leader;
-        loop {
-            let outcome = match &current {
-                Some((record, _)) => change(record).map_err(CasError::Refused),
-                None => Err(CasError::Store(StoreError::NotFound(job_id))),
-            };
-            if !checked && !matches!(outcome, Ok(Some(_))) {
-                checked = true;
-                let latest = self.get_latest(job_id).await?;
-                let revision = |read: &Option<(JobRecord, u64)>| read.as_ref().map(|r| r.1);
-                if revision(&latest) != revision(&current) {
-                    current = latest;
-                    continue;
-                }
-            }
-            return Ok(outcome?
-                .zip(current)
-                .map(|(next, (record, revision))| (record, revision, next)));
-        }
     }
 }
 

@@ -32,6 +32,15 @@ impl Lane {
             Self::Long => "long",
         }
     }
+
+    /// Its place in [`Lane::ALL`] (the index of per-lane arrays).
+    pub fn index(self) -> usize {
+        match self {
+            Self::Short => 0,
+            Self::Medium => 1,
+            Self::Long => 2,
+        }
+    }
 }
 
 /// Lane bounds, in predicted seconds on an H100.

@@ -77,17 +77,13 @@ impl Arrivals {
         let mut work = [0.0; 3];
         for &(at_ms, _, lane, seconds) in &self.recent {
             if at_ms >= from {
-                work[lane_index(lane)] += seconds;
+                work[lane.index()] += seconds;
             }
         }
         let share =
             |seconds: f64| (seconds / span_s / capacity.max(1e-9)).clamp(0.0, MAX_OVERTAKING);
         [0.0, share(work[0]), share(work[0] + work[1])]
     }
-}
-
-fn lane_index(lane: Lane) -> usize {
-    Lane::ALL.iter().position(|l| *l == lane).unwrap_or(0)
 }
 
 /// Estimates for every eligible job in `queue`, in the policy's order; jobs that fit no
@@ -189,7 +185,7 @@ impl Plan<'_> {
         let lane = self.lanes.lane(job.cost.reference_seconds());
         let long = lane == Lane::Long;
         let stretch = if self.policy.overtakes() {
-            1.0 / (1.0 - self.overtaking[lane_index(lane)].clamp(0.0, MAX_OVERTAKING))
+            1.0 / (1.0 - self.overtaking[lane.index()].clamp(0.0, MAX_OVERTAKING))
         } else {
             1.0
         };

@@ -226,17 +226,8 @@ fn summary_of(
 ) -> QueueSummary {
     let mut by_lane = [0u32; 3];
     for estimate in estimates {
-        let lane = lane_of
-            .get(&estimate.job_id)
-            .copied()
-            .unwrap_or(Lane::Short);
-        if let Some(count) = Lane::ALL
-            .iter()
-            .position(|l| *l == lane)
-            .and_then(|index| by_lane.get_mut(index))
-        {
-            *count = count.saturating_add(1);
-        }
+        let lane = lane_of.get(&estimate.job_id).map_or(0, |lane| lane.index());
+        by_lane[lane] = by_lane[lane].saturating_add(1);
     }
     QueueSummary {
         queued: u32::try_from(estimates.len()).unwrap_or(u32::MAX),

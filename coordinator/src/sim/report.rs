@@ -99,8 +99,7 @@ pub fn summarize(result: &SimResult) -> Summary {
         }
         admitted += 1;
         max_pauses = max_pauses.max(job.pauses);
-        let lane = Lane::ALL.iter().position(|l| *l == job.lane).unwrap_or(0);
-        waits[lane].push(job.queued_s);
+        waits[job.lane.index()].push(job.queued_s);
         if job.lane == Lane::Long {
             let ratio = job.queued_s / job.own_s.max(1.0);
             long_wait_ratio = long_wait_ratio.max(ratio);

@@ -28,7 +28,9 @@ use protocol::{JobId, JobRecord, TenantId, codec, names};
 use crate::auth::{Action, Caller};
 use crate::error::ApiError;
 use crate::metrics;
-use crate::routes::lookup::{JobPath, queue_summary, submitted, tenant_entry, view_of};
+use crate::routes::lookup::{
+    JobPath, counted_entry, queue_summary, submitted, tenant_entry, view_of,
+};
 use crate::state::AppState;
 use tracker::{Emitted, Tracker};
 pub use tracker::{EventId, NotAnEventId, Phase};
@@ -249,10 +251,7 @@ fn queue_entry(entry: kv::Entry, summary: Option<&QueueSummary>) -> Option<(Queu
     if entry.operation != kv::Operation::Put {
         return None;
     }
-    let mut info: QueueInfo = serde_json::from_slice(&entry.value).ok()?;
-    if let Some(summary) = summary {
-        info.count_from(summary);
-    }
+    let info = counted_entry(&entry.value, summary)?;
     Some((info, entry.revision))
 }
 

@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use protocol::api::JobView;
 use protocol::jetstream::StoreError;
 use protocol::messages::SubmitRequest;
-use protocol::queue::{QueueSummary, SUMMARY_KEY};
+use protocol::queue::{QueueInfo, QueueSummary, SUMMARY_KEY};
 use protocol::{ErrorCode, JobId, JobRecord, TenantId, codec, names, now_ms};
 
 use crate::auth::{AUDIT, Principal};
@@ -242,6 +242,16 @@ pub(crate) fn view_of(state: &AppState, record: &JobRecord) -> JobView {
             .map(|(link, _)| link);
     }
     view
+}
+
+/// A job's entry in `mochi_queue` as stored, with the queue's length from `summary` (the
+/// scheduler's latest counts) if there is one; `None` if unreadable.
+pub(crate) fn counted_entry(bytes: &[u8], summary: Option<&QueueSummary>) -> Option<QueueInfo> {
+    let mut info: QueueInfo = serde_json::from_slice(bytes).ok()?;
+    if let Some(summary) = summary {
+        info.count_from(summary);
+    }
+    Some(info)
 }
 
 /// The queue's counts as the scheduler last published them in `mochi_queue` (best effort).

@@ -25,7 +25,8 @@ use crate::openapi::Errors;
 use crate::routes::cancel::{MAX_CANCEL_TRIES, cancel_job};
 use crate::routes::create::create_request;
 use crate::routes::lookup::{
-    Current, JobPath, current, current_view, queue_summary, submitted, tenant_entry, tenant_record,
+    Current, JobPath, counted_entry, current, current_view, queue_summary, submitted, tenant_entry,
+    tenant_record,
 };
 use crate::routes::request::{idempotency_key, json_request};
 use crate::state::AppState;
@@ -274,11 +275,7 @@ async fn queue_info(state: &AppState, job_id: JobId) -> Option<QueueInfo> {
         .ok()?;
     let key = job_id.to_string();
     let (entry, summary) = tokio::join!(store.get(&key), queue_summary(&store));
-    let mut info: QueueInfo = serde_json::from_slice(&entry.ok()??).ok()?;
-    if let Some(summary) = summary {
-        info.count_from(&summary);
-    }
-    Some(info)
+    counted_entry(&entry.ok()??, summary.as_ref())
 }
 
 /// `DELETE /v1/videos/{id}`: OpenAI's delete. A job still queued or running is cancelled

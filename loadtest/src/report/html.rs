@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use coordinator::cost::CostModel;
 
-use super::{LoadResult, Quantiles, Summary, escape, lane_index, lane_of, lanes, runs_of};
+use super::{LoadResult, Quantiles, Summary, escape, lane_of, lanes, runs_of};
 use crate::chart::{self, Kind, Labels, PALETTE, Series};
 
 /// The names of a run's charts, in the order [`charts`] draws them.
@@ -101,7 +101,7 @@ fn charts(result: &LoadResult) -> Vec<String> {
     let mut by_lane: [Vec<(f64, f64)>; 3] = Default::default();
     for job in &result.jobs {
         if let (Some(created), Some(start)) = (job.created_ms, job.first_start_ms) {
-            by_lane[lane_index(lane_of(&lanes, &model, job))]
+            by_lane[lane_of(&lanes, &model, job).index()]
                 .push((minutes(job.submitted_ms), span_ms(created, start)));
         }
     }

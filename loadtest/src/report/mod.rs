@@ -149,10 +149,6 @@ pub(crate) fn lane_of(lanes: &LaneBounds, model: &CostModel, job: &JobTimeline) 
     lanes.lane(model.cost(&shape_of(job)).reference_seconds())
 }
 
-pub(crate) fn lane_index(lane: Lane) -> usize {
-    Lane::ALL.iter().position(|l| *l == lane).unwrap_or(0)
-}
-
 /// Runs the simulator on `trace` with the live stack's physics, in model time: `slots`
 /// H100s whose jobs take the cost model's time (no noise: the simulated backend takes
 /// exactly that; pausing costs nothing there), the coordinator's default policy, and its
@@ -214,7 +210,7 @@ impl LoadResult {
                 to_start_ms.push(start.saturating_sub(job.submitted_ms) as f64);
                 let wait = trace_s(start.saturating_sub(created));
                 waits.push(wait);
-                by_lane[lane_index(lane_of(&lanes, &model, job))].push(wait);
+                by_lane[lane_of(&lanes, &model, job).index()].push(wait);
             }
             intervals.extend(runs_of(job, None));
             if state == "succeeded"
@@ -349,7 +345,7 @@ impl LoadResult {
             };
             let live = start.saturating_sub(created) as f64 / 1000.0 / scale;
             let simulated = (sim_start - job.arrival_s).max(0.0);
-            let lane = lane_index(lane_of(lanes, model, job));
+            let lane = lane_of(lanes, model, job).index();
             pairs[lane].push((live, simulated));
             pairs[3].push((live, simulated));
         }

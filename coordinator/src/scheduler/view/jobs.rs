@@ -103,7 +103,7 @@ impl Jobs {
     fn index(&mut self, job_id: JobId, indexed: Indexed) {
         match indexed {
             Indexed::Queued { lane, unstarted } => {
-                self.queued_by_lane[lane] += 1;
+                self.queued_by_lane[lane.index()] += 1;
                 if let Some(created_at_ms) = unstarted {
                     self.unstarted.insert((created_at_ms, job_id));
                 }
@@ -118,7 +118,8 @@ impl Jobs {
     fn unindex(&mut self, job_id: JobId, indexed: Indexed) {
         match indexed {
             Indexed::Queued { lane, unstarted } => {
-                self.queued_by_lane[lane] = self.queued_by_lane[lane].saturating_sub(1);
+                let count = &mut self.queued_by_lane[lane.index()];
+                *count = count.saturating_sub(1);
                 if let Some(created_at_ms) = unstarted {
                     self.unstarted.remove(&(created_at_ms, job_id));
                 }
@@ -135,9 +136,8 @@ impl Jobs {
 /// exactly what its previous version added.
 #[derive(Clone, Copy)]
 enum Indexed {
-    /// Queued, in the lane at this index of [`Lane::ALL`], with its submission time if it
-    /// never reached a GPU.
-    Queued { lane: usize, unstarted: Option<u64> },
+    /// Queued, in this lane, with its submission time if it never reached a GPU.
+    Queued { lane: Lane, unstarted: Option<u64> },
     /// On a node.
     OnNode,
     /// Neither (preempted, waiting to be requeued).
@@ -147,9 +147,8 @@ enum Indexed {
 impl Indexed {
     fn of(job: &Tracked, lanes: LaneBounds) -> Self {
         if job.state == JobState::Queued {
-            let lane = lanes.lane(job.remaining_cost().reference_seconds());
             Self::Queued {
-                lane: Lane::ALL.iter().position(|l| *l == lane).unwrap_or(0),
+                lane: lanes.lane(job.remaining_cost().reference_seconds()),
                 unstarted: (job.attempt == 0).then_some(job.created_at_ms),
             }
         } else if job.state.is_on_node() {

@@ -14,7 +14,7 @@ mod tests;
 
 use std::collections::HashMap;
 
-use protocol::messages::NodeHeartbeat;
+use protocol::messages::{NodeHeartbeat, SlotReport};
 use protocol::{JobId, JobRecord, JobShape, JobState, NodeId};
 
 use jobs::{Jobs, Tracked};
@@ -173,11 +173,25 @@ impl View {
     /// Whether some slot of a live, accepting node could take a job now or later (one with
     /// a proxy, `has_proxy`): without one there is nothing to place on or to pause.
     pub(crate) fn any_slot(&self, now: u64, has_proxy: impl Fn(&SlotKey) -> bool) -> bool {
-        self.nodes.accepting(now).any(|heartbeat| {
-            heartbeat.slots.iter().any(|report| {
-                report.healthy && has_proxy(&(heartbeat.node_id.clone(), report.slot))
+        self.offered(now, has_proxy).next().is_some()
+    }
+
+    /// The healthy slots of live, accepting nodes that have a proxy (`has_proxy`), each
+    /// with its node's last heartbeat and its report there.
+    fn offered<'a>(
+        &'a self,
+        now: u64,
+        has_proxy: impl Fn(&SlotKey) -> bool + 'a,
+    ) -> impl Iterator<Item = (SlotKey, &'a NodeHeartbeat, &'a SlotReport)> + 'a {
+        self.nodes
+            .accepting(now)
+            .flat_map(|heartbeat| {
+                let healthy = heartbeat.slots.iter().filter(|report| report.healthy);
+                healthy.map(move |report| {
+                    ((heartbeat.node_id.clone(), report.slot), heartbeat, report)
+                })
             })
-        })
+            .filter(move |(key, _, _)| has_proxy(key))
     }
 
     /// The shape of a tracked job.
@@ -331,29 +345,25 @@ impl View {
             occupied.insert(slot.clone(), job_id);
         }
         let mut slots = Vec::new();
-        for heartbeat in self.nodes.accepting(now) {
-            let node = &heartbeat.node_id;
-            for report in heartbeat.slots.iter().filter(|report| report.healthy) {
-                let key = (node.clone(), report.slot);
-                if self.placements.refused_since(&key, heartbeat.sent_at_ms) || !has_proxy(&key) {
-                    continue;
-                }
-                let class = nodes::class(report);
-                let job = occupied
-                    .get(&key)
-                    .copied()
-                    .or(report.job.map(|job| job.job_id));
-                let pausable = self.nodes.can_pause(node);
-                let running = job.map(|job_id| self.running(job_id, class, lanes, now, pausable));
-                slots.push((
-                    key,
-                    Slot {
-                        class,
-                        memory_bytes: report.memory_total_bytes,
-                        running,
-                    },
-                ));
+        for (key, heartbeat, report) in self.offered(now, has_proxy) {
+            if self.placements.refused_since(&key, heartbeat.sent_at_ms) {
+                continue;
             }
+            let class = nodes::class(report);
+            let job = occupied
+                .get(&key)
+                .copied()
+                .or(report.job.map(|job| job.job_id));
+            let pausable = self.nodes.can_pause(&heartbeat.node_id);
+            let running = job.map(|job_id| self.running(job_id, class, lanes, now, pausable));
+            slots.push((
+                key,
+                Slot {
+                    class,
+                    memory_bytes: report.memory_total_bytes,
+                    running,
+                },
+            ));
         }
         slots.sort_by(|a, b| a.0.cmp(&b.0));
         slots
