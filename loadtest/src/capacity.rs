@@ -300,6 +300,43 @@ async fn wait_for(http: &reqwest::Client, url: &str, what: &str) -> Result<(), C
     Ok(())
 }
 
+/// Waits until the gateway's estimate (which asks the leading coordinator) counts `slots`
+/// known slots: a coordinator leads, has opened its resources and has seen every node. At
+/// most 60 s.
+async fn wait_for_slots(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    slots: u64,
+) -> Result<(), CapacityError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = http
+            .post(format!("{base}/v1/videos/estimate"))
+            .bearer_auth(key)
+            .json(&body())
+            .send()
+            .await;
+        let known = match answer {
+            Ok(response) if response.status().is_success() => response
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|estimate| estimate["known_slots"].as_u64()),
+            _ => None,
+        };
+        if known.is_some_and(|known| known >= slots) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(CapacityError::Peer(format!(
+                "no coordinator saw the stack's {slots} slots within 60 s (last count: {known:?})"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The body every closed-loop request posts.
 fn body() -> serde_json::Value {
     serde_json::json!({
@@ -581,6 +618,7 @@ async fn start_latency(
             "100000000".into(),
         ),
     ];
+    let slots = settings.nodes as u64 * u64::from(settings.slots_per_node);
     let cluster = Cluster::start(settings)?;
     let key = key_for(&cluster, "submitter")?;
     let http = reqwest::Client::new();
@@ -590,8 +628,8 @@ async fn start_latency(
         "the gateway",
     )
     .await?;
-    // Let the coordinator see the nodes' first heartbeats.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Start-up is not start latency: wait until a coordinator leads and sees every slot.
+    wait_for_slots(&http, &cluster.gateway_url(), &key, slots).await?;
     let trace: Vec<TraceJob> = (0..config.start_jobs)
         .map(|index| TraceJob {
             id: index as u64,
