@@ -210,10 +210,14 @@ impl Coordinator {
             jobs: resources.jobs.clone(),
             limits: config.limits.clone(),
         };
+        // Node writes the store did not take, and the keeper's own: lease expiry waits a
+        // lease after the last one, so that renewals lost to the same outage can land.
+        let store_failures = store::StoreFailures::default();
         let scheduler_args = SchedulerArgs {
             config: Arc::clone(&config),
             resources: resources.clone(),
             client: client.clone(),
+            store_failures: store_failures.clone(),
         };
         let (scheduler, scheduler_handle) = Box::pin(Actor::spawn(None, Scheduler, scheduler_args))
             .await
@@ -233,7 +237,12 @@ impl Coordinator {
             client.clone(),
             resources.jobs.clone(),
             record_writes,
-            metrics::record_write,
+            move |outcome| {
+                metrics::record_write(outcome);
+                if outcome == "failed" {
+                    store_failures.note(protocol::now_ms());
+                }
+            },
         ));
         tasks.spawn(scheduler::estimate::respond(
             client,

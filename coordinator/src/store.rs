@@ -2,6 +2,9 @@
 //! record holds, by compare-and-set, and report the revision written so that the scheduler
 //! knows when its watch has caught up with its own writes.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use protocol::jetstream::{CasError, JobStore, StoreError};
 use protocol::{JobEvent, JobId, JobRecord};
 
@@ -40,5 +43,25 @@ pub async fn apply_if(
         })),
         Err(CasError::Store(error)) => Err(error),
         Err(CasError::Refused(error)) => Err(error.into()),
+    }
+}
+
+/// When this coordinator last saw a job-record write fail for want of the store (no
+/// JetStream answer: a replicated bucket electing a new leader after a server died, or
+/// JetStream unreachable while the connection holds), whether the write was a node's,
+/// served by the coordinator, or the keeper's own. Nodes' lease renewals could not land
+/// then either. Clones share the time.
+#[derive(Debug, Clone, Default)]
+pub struct StoreFailures(Arc<AtomicU64>);
+
+impl StoreFailures {
+    /// Notes a failed write at `now_ms`.
+    pub fn note(&self, now_ms: u64) {
+        self.0.fetch_max(now_ms, Ordering::Relaxed);
+    }
+
+    /// When the last failed write was seen, if any was.
+    pub fn last_ms(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|&at| at > 0)
     }
 }

@@ -94,10 +94,11 @@ pub struct Config {
     /// How long shutdown then waits for a handed-back job to reach its next step boundary
     /// and save its latent, ms (at least one denoising step of the largest job).
     pub handback_timeout_ms: u64,
-    /// How long a record write that ends an attempt (succeeded, failed, paused) is sent
-    /// again while no coordinator answers it, ms (a restart or a failover of the leader);
-    /// other writes (started, progress) try for at most 3 s of it. After that the job's
-    /// lease expires and it runs again.
+    /// How long a record write that ends an attempt (succeeded, failed, paused), or starts
+    /// its encoding, is sent again while no coordinator answers it, ms (a restart or a
+    /// failover of the leader), and how long a video's upload is tried again while the
+    /// object store has no leader; other writes (started, progress) try for at most 3 s of
+    /// it. After that the job's lease expires and it runs again.
     pub record_write_retry_ms: u64,
     /// Object-store chunk size for uploaded videos, bytes (must stay under the NATS
     /// server's `max_payload`, 1 MiB by default; larger chunks upload faster).

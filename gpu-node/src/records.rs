@@ -39,8 +39,9 @@ pub struct RecordWriter {
     client: async_nats::Client,
     node: NodeId,
     subject: String,
-    /// How long a write that ends the attempt (succeeded, failed, preempted) keeps being
-    /// tried while no coordinator answers.
+    /// How long a write that ends the attempt (succeeded, failed, preempted), or that the
+    /// attempt's success needs (the start of encoding: only an encoding job can succeed),
+    /// keeps being tried while no coordinator answers.
     final_budget: Duration,
     /// The same for the other writes (started, progress), whose loss costs at most a lease.
     progress_budget: Duration,
@@ -69,6 +70,12 @@ impl RecordWriter {
         &self.node
     }
 
+    /// How long a write that ends an attempt is tried (also what an attempt's upload of
+    /// its video gets).
+    pub fn final_budget(&self) -> Duration {
+        self.final_budget
+    }
+
     /// Applies `event` to job `job_id`'s record through the coordinator.
     pub async fn apply(&self, job_id: JobId, event: &JobEvent) -> Result<(), RecordWriteError> {
         let payload = codec::encode(&RecordWrite {
@@ -76,11 +83,7 @@ impl RecordWriter {
             event: event.clone(),
         })
         .map_err(|error| RecordWriteError::Unavailable(error.to_string()))?;
-        let ends_attempt = matches!(
-            event,
-            JobEvent::Succeeded { .. } | JobEvent::Failed { .. } | JobEvent::Preempted { .. }
-        );
-        let budget = if ends_attempt {
+        let budget = if needed_to_end(event) {
             self.final_budget
         } else {
             self.progress_budget
@@ -111,5 +114,43 @@ impl RecordWriter {
             .map_err(|_| format!("no answer within {} ms", ANSWER_TIMEOUT.as_millis()))?
             .map_err(|error| error.to_string())?;
         codec::decode::<RecordWriteReply>(&message.payload).map_err(|error| error.to_string())
+    }
+}
+
+/// Whether `event` ends an attempt or is needed for it to end well, so that its write gets
+/// the long budget. A lost `encoding_started` would leave the attempt unable to succeed:
+/// the node would encode and upload, and then a running record would refuse `succeeded`.
+fn needed_to_end(event: &JobEvent) -> bool {
+    matches!(
+        event,
+        JobEvent::Succeeded { .. }
+            | JobEvent::Failed { .. }
+            | JobEvent::Preempted { .. }
+            | JobEvent::EncodingStarted { .. }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::record::Progress;
+
+    use super::*;
+
+    #[test]
+    fn the_start_of_encoding_gets_the_long_budget_and_progress_does_not() {
+        let encoding = JobEvent::EncodingStarted {
+            attempt: 1,
+            lease_deadline_ms: 0,
+        };
+        let step = JobEvent::Progressed {
+            attempt: 1,
+            progress: Progress {
+                step: 1,
+                total_steps: 2,
+            },
+            lease_deadline_ms: 0,
+        };
+        assert!(needed_to_end(&encoding));
+        assert!(!needed_to_end(&step));
     }
 }

@@ -308,3 +308,41 @@ async fn shutdown_hands_a_running_job_back_at_a_step_boundary_and_removes_the_he
         resume.step
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_finds_no_object_store_is_tried_again_until_the_store_is_back() {
+    let harness = start(0.0005).await;
+    // The bucket's stream is gone, as while a replicated bucket has no leader.
+    harness
+        .resources
+        .context
+        .delete_object_store(names::OBJECT_STORE_VIDEOS)
+        .await
+        .unwrap();
+    let (id, reply) = harness.place(2).await;
+    assert_eq!(reply, AssignReply::Accepted);
+    harness
+        .wait_for_state(id, |r| r.state == JobState::Encoding)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (record, _) = harness.resources.jobs.get(id).await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Encoding, "{:?}", record.error);
+    let videos = harness
+        .resources
+        .context
+        .create_object_store(async_nats::jetstream::object_store::Config {
+            bucket: names::OBJECT_STORE_VIDEOS.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let record = harness.wait_for_state(id, |r| r.state.is_terminal()).await;
+    assert_eq!(record.state, JobState::Succeeded, "{:?}", record.error);
+    assert_eq!(record.attempt, 1);
+    let result = record.result.unwrap();
+    let mut bytes = Vec::new();
+    let mut object = videos.get(&result.object_name).await.unwrap();
+    object.read_to_end(&mut bytes).await.unwrap();
+    assert_eq!(bytes.len() as u64, result.size_bytes);
+    harness.stop().await;
+}

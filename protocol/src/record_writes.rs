@@ -24,8 +24,9 @@ pub async fn serve(
     client: async_nats::Client,
     jobs: JobStore,
     subscription: async_nats::Subscriber,
-    observe: fn(&'static str),
+    observe: impl Fn(&'static str) + Send + Sync,
 ) -> &'static str {
+    let observe = &observe;
     subscription
         .for_each_concurrent(IN_FLIGHT, |message| {
             let (client, jobs) = (client.clone(), jobs.clone());

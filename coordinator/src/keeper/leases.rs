@@ -1,14 +1,16 @@
 //! Lease expiry. The scheduler finds the jobs whose lease deadline has passed ([`due`]); the
 //! keeper sends each back to the queue with `LeaseExpired` and a retry backoff, by
 //! compare-and-set and only while the stored lease is still past its deadline (a node that
-//! renewed in the meantime keeps its job), and not during the grace after it started or
-//! last saw NATS unreachable ([`Grace`]).
+//! renewed in the meantime keeps its job), and not during the grace after it started, last
+//! saw NATS unreachable or last saw a record write fail ([`Grace`], [`StoreFailures`]).
 
+use protocol::jetstream::StoreError;
 use protocol::{JobEvent, JobRecord, now_ms};
 
 use crate::config::Config;
+use crate::metrics;
 use crate::scheduler::view::OnNode;
-use crate::{metrics, store};
+use crate::store::{self, StoreFailures};
 use protocol::jetstream::JobStore;
 
 /// The jobs whose lease deadline has passed at `now_ms`.
@@ -21,40 +23,66 @@ pub fn due<'a>(on_node: impl IntoIterator<Item = &'a OnNode>, now_ms: u64) -> Ve
 }
 
 /// No lease is expired before `until_ms`: nodes get a whole lease to renew after the keeper
-/// started (a new leader, a rebuilt coordinator) and after it last saw NATS unreachable
-/// (their renewals could not land meanwhile either).
+/// started (a new leader, a rebuilt coordinator), after it last saw NATS unreachable, and
+/// after a job-record write last failed (their renewals could not land meanwhile either).
 pub(super) struct Grace {
     until_ms: u64,
+    store_failures: StoreFailures,
 }
 
 impl Grace {
-    /// The grace of a keeper starting at `now_ms`.
-    pub(super) fn new(now_ms: u64, lease_ms: u64) -> Self {
+    /// The grace of a keeper starting at `now_ms`, extended by the write failures noted in
+    /// `store_failures`.
+    pub(super) fn new(now_ms: u64, lease_ms: u64, store_failures: StoreFailures) -> Self {
         Self {
             until_ms: now_ms.saturating_add(lease_ms),
+            store_failures,
         }
     }
 
-    /// Looks at the NATS connection of `client` and says whether leases are in their grace
-    /// at `now`.
+    /// Looks at the NATS connection of `client` and at the last failed record write, and
+    /// says whether leases are in their grace at `now`.
     pub(super) fn active(&mut self, client: &async_nats::Client, now: u64, lease_ms: u64) -> bool {
         let connected = client.connection_state() == async_nats::connection::State::Connected;
-        self.until_ms = grace_until(self.until_ms, now, connected, lease_ms);
+        let seen = Seen {
+            nats_connected: connected,
+            write_failed_at_ms: self.store_failures.last_ms(),
+        };
+        self.until_ms = grace_until(self.until_ms, now, seen, lease_ms);
         now < self.until_ms
+    }
+
+    /// Notes that one of the keeper's own record writes failed at `now_ms`.
+    pub(super) fn write_failed(&self, now_ms: u64) {
+        self.store_failures.note(now_ms);
     }
 }
 
-/// The end of the expiry grace after looking at the NATS connection at `now_ms`.
-fn grace_until(current_ms: u64, now_ms: u64, nats_connected: bool, lease_ms: u64) -> u64 {
-    if nats_connected {
-        current_ms
-    } else {
-        current_ms.max(now_ms.saturating_add(lease_ms))
+/// What the grace looks at.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// Whether the NATS connection is up now.
+    nats_connected: bool,
+    /// When a job-record write last failed for want of the store.
+    write_failed_at_ms: Option<u64>,
+}
+
+/// The end of the expiry grace after looking at the NATS connection and the last failed
+/// record write at `now_ms`: a lease after whichever came last.
+fn grace_until(current_ms: u64, now_ms: u64, seen: Seen, lease_ms: u64) -> u64 {
+    let mut until = current_ms;
+    if !seen.nats_connected {
+        until = until.max(now_ms.saturating_add(lease_ms));
     }
+    if let Some(failed_at) = seen.write_failed_at_ms {
+        until = until.max(failed_at.saturating_add(lease_ms));
+    }
+    until
 }
 
 /// Expires the lease while it is still past its deadline; returns whether it was written.
-pub(super) async fn expire(jobs: &JobStore, config: &Config, job: &OnNode) -> bool {
+/// A write that finds no store is noted in `grace`: no lease expires for a lease after it.
+pub(super) async fn expire(jobs: &JobStore, config: &Config, job: &OnNode, grace: &Grace) -> bool {
     let now = now_ms();
     let retry_at_ms = now + config.backoff_ms(job.failed_attempts + 1);
     let event = JobEvent::LeaseExpired {
@@ -89,6 +117,9 @@ pub(super) async fn expire(jobs: &JobStore, config: &Config, job: &OnNode) -> bo
             false
         }
         Err(error) => {
+            if matches!(error, StoreError::Nats { .. }) {
+                grace.write_failed(now_ms());
+            }
             tracing::warn!(job_id = %job.job_id, %error, "cannot expire the lease; will retry");
             false
         }
@@ -122,11 +153,39 @@ mod tests {
         );
     }
 
+    fn seen(nats_connected: bool, write_failed_at_ms: Option<u64>) -> Seen {
+        Seen {
+            nats_connected,
+            write_failed_at_ms,
+        }
+    }
+
     #[test]
     fn an_unreachable_nats_extends_the_expiry_grace_by_a_lease() {
-        assert_eq!(grace_until(500, 1_000, true, 300), 500);
-        assert_eq!(grace_until(500, 1_000, false, 300), 1_300);
-        assert_eq!(grace_until(5_000, 1_000, false, 300), 5_000);
+        assert_eq!(grace_until(500, 1_000, seen(true, None), 300), 500);
+        assert_eq!(grace_until(500, 1_000, seen(false, None), 300), 1_300);
+        assert_eq!(grace_until(5_000, 1_000, seen(false, None), 300), 5_000);
+    }
+
+    #[test]
+    fn a_failed_record_write_extends_the_expiry_grace_to_a_lease_after_it() {
+        // The store came back (writes succeed again) but the last failure was at 900:
+        // renewals lost to the same outage get until 1_200 to land.
+        assert_eq!(grace_until(500, 1_000, seen(true, Some(900)), 300), 1_200);
+        // An old failure changes nothing.
+        assert_eq!(grace_until(500, 1_000, seen(true, Some(100)), 300), 500);
+        // Both: whichever ends later.
+        assert_eq!(grace_until(500, 1_000, seen(false, Some(900)), 300), 1_300);
+    }
+
+    #[test]
+    fn store_failures_keep_the_latest_time_across_clones() {
+        let failures = StoreFailures::default();
+        assert_eq!(failures.last_ms(), None);
+        let clone = failures.clone();
+        clone.note(700);
+        failures.note(500);
+        assert_eq!(failures.last_ms(), Some(700));
     }
 
     #[test]

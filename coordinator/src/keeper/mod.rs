@@ -60,6 +60,8 @@ pub struct KeeperArgs {
     pub resources: Resources,
     /// Told when each expiry, deadline and refusal is settled.
     pub scheduler: ActorRef<SchedulerMsg>,
+    /// Failed record writes, which hold lease expiry off for a lease.
+    pub store_failures: crate::store::StoreFailures,
 }
 
 /// The keeper's state.
@@ -78,7 +80,7 @@ impl Actor for Keeper {
         _myself: ActorRef<Self::Msg>,
         args: KeeperArgs,
     ) -> Result<KeeperState, ActorProcessingErr> {
-        let grace = leases::Grace::new(now_ms(), args.config.lease_ms);
+        let grace = leases::Grace::new(now_ms(), args.config.lease_ms, args.store_failures.clone());
         Ok(KeeperState { args, grace })
     }
 
@@ -100,8 +102,9 @@ impl Actor for Keeper {
                 let client = args.resources.context.client();
                 let in_grace = keeper.grace.active(&client, now_ms(), args.config.lease_ms);
                 for job in jobs {
-                    let written =
-                        !in_grace && leases::expire(&args.resources.jobs, &args.config, &job).await;
+                    let written = !in_grace
+                        && leases::expire(&args.resources.jobs, &args.config, &job, &keeper.grace)
+                            .await;
                     if in_grace {
                         tracing::debug!(job_id = %job.job_id, "lease due during the expiry grace; not expired yet");
                     }

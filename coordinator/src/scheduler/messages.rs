@@ -121,4 +121,6 @@ pub struct SchedulerArgs {
     pub resources: Resources,
     /// NATS client, for assignment and pause requests.
     pub client: async_nats::Client,
+    /// Record writes seen failing (the keeper holds lease expiry off after one).
+    pub store_failures: crate::store::StoreFailures,
 }

@@ -243,6 +243,7 @@ async fn spawn_keeper(
         config: Arc::clone(&args.config),
         resources: args.resources.clone(),
         scheduler: myself.clone(),
+        store_failures: args.store_failures.clone(),
     };
     let (keeper, _) = Box::pin(Actor::spawn_linked(
         None,

@@ -4,7 +4,9 @@
 //! goes through a [`SlotIo`], which the slot actor lends; nothing here reaches back into
 //! the actor's state.
 
-use async_nats::jetstream::object_store::ObjectMetadata;
+use std::time::Duration;
+
+use async_nats::jetstream::object_store::{ObjectMetadata, PutError, PutErrorKind};
 use protocol::messages::ProgressEvent;
 use protocol::record::{JobEvent, JobFailure, Progress, VideoResult};
 use protocol::{ErrorCode, JobId, JobState, codec, names, now_ms};
@@ -19,6 +21,10 @@ use crate::records::{RecordWriteError, RecordWriter};
 
 /// Delay before a job failed on this node may be retried, ms.
 pub(super) const RETRY_DELAY_MS: u64 = 2_000;
+/// First wait before an upload is tried again.
+const UPLOAD_FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between two tries of an upload.
+const UPLOAD_MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// What a slot's writes go through.
 pub(super) struct SlotIo<'a> {
@@ -120,7 +126,7 @@ pub(super) async fn store_video(
     let stored: Vec<String> = objects.iter().map(|(_, name, _)| name.clone()).collect();
     let upload = std::time::Instant::now();
     for (what, name, bytes) in objects {
-        if let Err(error) = put_object(io, &name, bytes).await {
+        if let Err(error) = put_object(io, &name, bytes, io.records.final_budget()).await {
             tracing::warn!(%job_id, attempt, object = %name, %error, "cannot store the {what}");
             let message = format!("the {what} could not be stored");
             fail_retryable(io, job_id, attempt, ErrorCode::Unavailable, message).await;
@@ -142,21 +148,44 @@ pub(super) async fn store_video(
 }
 
 /// Uploads `bytes` to the object store under `name`, in chunks of `object_chunk_bytes`.
+/// A failure JetStream may recover from (no stream leader while a replicated bucket elects
+/// one after a server died, a timed-out chunk or metadata write) is tried again with
+/// backoff for up to `budget`: the attempt's work is not thrown away over a few seconds
+/// of failover. The chunks of a failed try are left to the bucket's age limit.
 async fn put_object(
     io: &SlotIo<'_>,
     name: &str,
     bytes: Vec<u8>,
-) -> Result<(), async_nats::jetstream::object_store::PutError> {
+    budget: Duration,
+) -> Result<(), PutError> {
     let metadata = ObjectMetadata {
         name: name.to_owned(),
         chunk_size: Some(io.chunk_bytes),
         ..Default::default()
     };
-    io.resources
-        .videos
-        .put(metadata, &mut std::io::Cursor::new(bytes))
-        .await
-        .map(drop)
+    let deadline = tokio::time::Instant::now() + budget;
+    let mut backoff = UPLOAD_FIRST_BACKOFF;
+    loop {
+        let put = io
+            .resources
+            .videos
+            .put(metadata.clone(), &mut std::io::Cursor::new(&bytes))
+            .await;
+        let error = match put {
+            Ok(_) => return Ok(()),
+            Err(error) => error,
+        };
+        let transient = matches!(
+            error.kind(),
+            PutErrorKind::PublishChunks | PutErrorKind::PublishMetadata | PutErrorKind::TimedOut
+        );
+        if !transient || tokio::time::Instant::now() + backoff >= deadline {
+            return Err(error);
+        }
+        tracing::debug!(object = name, %error, "object not stored; trying again");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(UPLOAD_MAX_BACKOFF);
+    }
 }
 
 /// Object name of the latent an attempt saved while decoding.
@@ -173,7 +202,7 @@ pub(super) fn paused_object(job_id: JobId, attempt: u32) -> String {
 /// latent ([`latent_object`]) or a paused attempt's state ([`paused_object`]); true once
 /// stored.
 pub(super) async fn save_latent(io: &SlotIo<'_>, name: &str, bytes: Vec<u8>) -> bool {
-    match put_object(io, name, bytes).await {
+    match put_object(io, name, bytes, Duration::ZERO).await {
         Ok(_) => true,
         Err(error) => {
             tracing::warn!(object = name, %error, "cannot save the latent; a retry or resume will denoise again");

@@ -15,8 +15,9 @@ pub struct RecordVerdict {
     pub successes: usize,
     /// Times it started running.
     pub runs: usize,
-    /// When an attempt failed or its lease expired (what a rerun follows), ms.
-    pub retried_at_ms: Vec<u64>,
+    /// Each attempt a rerun follows (it failed or its lease expired): when it was placed
+    /// and when it ended, ms.
+    pub retried_ms: Vec<(u64, u64)>,
 }
 
 /// An invariant a finished run's record breaks.
@@ -71,13 +72,31 @@ pub fn record_verdict(record: &JobRecord) -> RecordVerdict {
         terminal_entries: count(JobState::is_terminal),
         successes: count(|state| state == JobState::Succeeded),
         runs: count(|state| state == JobState::Running),
-        retried_at_ms: record
-            .history
-            .iter()
-            .filter(|entry| entry.event == "lease_expired" || entry.event == "failed")
-            .map(|entry| entry.at_ms)
-            .collect(),
+        retried_ms: retried_attempts(record),
     }
+}
+
+/// The attempts of `record` that failed or whose lease expired, each from its placement
+/// (or its start, when no placement was recorded since the last end) to that end.
+fn retried_attempts(record: &JobRecord) -> Vec<(u64, u64)> {
+    let mut placed_at = None;
+    let mut retried = Vec::new();
+    for entry in &record.history {
+        match entry.to {
+            JobState::Assigned => placed_at = Some(entry.at_ms),
+            JobState::Running => {
+                placed_at.get_or_insert(entry.at_ms);
+            }
+            _ => {}
+        }
+        if entry.event == "lease_expired" || entry.event == "failed" {
+            retried.push((placed_at.unwrap_or(entry.at_ms), entry.at_ms));
+        }
+        if !entry.to.is_on_node() {
+            placed_at = None;
+        }
+    }
+    retried
 }
 
 /// A job cancelled with a 200: `Ok(true)` if it was running (or encoding) when the cancel
@@ -219,7 +238,23 @@ mod tests {
             verdict.violations(),
             vec![Violation::EndedTimes(2), Violation::SucceededTimes(2)]
         );
-        assert_eq!((verdict.runs, verdict.retried_at_ms), (2, vec![3]));
+        // The lease expired after the job had ended: no attempt was on a node then.
+        assert_eq!((verdict.runs, verdict.retried_ms), (2, vec![(3, 3)]));
+    }
+
+    #[test]
+    fn a_retried_attempt_spans_from_its_placement_to_its_end() {
+        use JobState::{Assigned, Queued, Running, Succeeded};
+        let job = record(&[
+            (Assigned, "assigned"),
+            (Running, "started"),
+            (Queued, "lease_expired"),
+            (Assigned, "assigned"),
+            (Queued, "failed"),
+            (Running, "started"),
+            (Succeeded, "succeeded"),
+        ]);
+        assert_eq!(record_verdict(&job).retried_ms, vec![(1, 3), (4, 5)]);
     }
 
     #[test]

@@ -458,16 +458,17 @@ impl Harness {
         }
     }
 
-    /// A job that ran more than once: explained by a worker fault around one of its
-    /// failures or lease expiries, or not.
+    /// A job that ran more than once: explained by a worker fault during an attempt that
+    /// failed or whose lease expired (from its placement to its end, which a NATS fault
+    /// right after the worker fault may delay by seconds), or not.
     fn count_rerun(&mut self, job_id: JobId, verdict: &check::RecordVerdict) {
         self.report.ran_twice += 1;
         let worker = |fault| matches!(fault, Fault::KillNode | Fault::StopNode);
         let slack = self.config.lease_ms + 3_000;
         let explained = verdict
-            .retried_at_ms
+            .retried_ms
             .iter()
-            .any(|&at| self.fault_during(at, at, slack, worker));
+            .any(|&(placed, ended)| self.fault_during(placed, ended, slack, worker));
         if explained {
             self.report.ran_twice_after_worker_fault += 1;
         } else {
