@@ -161,3 +161,53 @@ async fn queued_jobs_get_positions_that_go_away_once_they_run() {
     coordinator.stop().await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positions_the_bucket_lost_are_published_again() {
+    let nats = Box::pin(nats()).await;
+    let config = coordinator::Config {
+        eta_refresh_ms: 50,
+        ..coordinator::Config::for_test()
+    };
+    let coordinator = Running::start(&nats, config).await;
+    let mut ids = Vec::new();
+    for index in 0..3 {
+        let request = small_job(&format!("job {index}"));
+        let job_id = request.job_id.unwrap();
+        submit(&nats.resources, "acme", &request, &job_id.to_string()).await;
+        ids.push(job_id);
+    }
+    let context = &nats.resources.context;
+    let bucket = context.get_key_value(names::BUCKET_QUEUE).await.unwrap();
+    eventually(WAIT, "every queued job has its position", || async {
+        queue_entries(&bucket, &ids)
+            .await
+            .iter()
+            .all(Option::is_some)
+    })
+    .await;
+    // The bucket loses what it had acknowledged (as a single server with asynchronous
+    // persistence may in a crash): nothing in the queue moved, so only the check that the
+    // bucket kept its writes brings the entries back.
+    context.delete_key_value(names::BUCKET_QUEUE).await.unwrap();
+    let bucket = context
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: names::BUCKET_QUEUE.to_owned(),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    eventually(WAIT, "every position is published again", || async {
+        queue_entries(&bucket, &ids)
+            .await
+            .iter()
+            .all(Option::is_some)
+    })
+    .await;
+    let counts = summary(&bucket)
+        .await
+        .expect("the queue's counts are published again");
+    assert_eq!(counts.queued, 3);
+    coordinator.stop().await;
+}

@@ -9,12 +9,17 @@
 //! rather than into every job's. Over a job's wait its entry is written about twenty times
 //! plus a number that grows with the logarithm of its starting position, whatever arrives
 //! behind it.
+//!
+//! What was not stored is written again: an entry (or the summary) whose write failed at
+//! the next refresh, and every entry once the bucket holds fewer writes than it
+//! acknowledged (a single server with asynchronous persistence that crashed, a bucket
+//! deleted and made again), which each refresh checks with one stream-info request.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
-use futures::StreamExt;
+use async_nats::jetstream::{self, kv};
+use futures::{FutureExt, StreamExt};
 use protocol::jetstream::Resources;
 use protocol::queue::{QueueInfo, QueueSummary, SUMMARY_KEY};
 use protocol::{JobId, JobRecord, JobState, names, now_ms};
@@ -36,11 +41,14 @@ const QUEUE_WRITES_IN_FLIGHT: usize = 32;
 
 /// The `mochi_queue` bucket, what was last published there, and the arrivals seen.
 pub(super) struct QueuePublisher {
+    context: jetstream::Context,
     store: Option<kv::Store>,
     published: HashMap<JobId, QueueInfo>,
     /// The counts last published (none yet: the first refresh writes them).
     summary: Option<QueueSummary>,
-    publishing: Option<JoinHandle<()>>,
+    /// The highest revision the bucket acknowledged to this publisher.
+    acknowledged: u64,
+    publishing: Option<JoinHandle<Written>>,
     estimated_at_ms: u64,
     /// Recent arrivals by lane (ETAs allow for the later jobs that will go first).
     arrivals: Arrivals,
@@ -73,9 +81,11 @@ impl QueuePublisher {
             }
         };
         Self {
+            context: resources.context.clone(),
             store,
             published: HashMap::new(),
             summary: None,
+            acknowledged: 0,
             publishing: None,
             estimated_at_ms: 0,
             arrivals: Arrivals::new(ARRIVAL_WINDOW_MS, clock.model_ms(now_ms())),
@@ -128,6 +138,7 @@ impl QueuePublisher {
         let Some(store) = self.store.clone() else {
             return;
         };
+        self.settle_last_write();
         self.estimated_at_ms = now;
         let lanes = policy.lanes();
         let model_now = clock.model_ms(now);
@@ -157,13 +168,41 @@ impl QueuePublisher {
             .is_none_or(|old| (old.queued, old.by_lane) != (summary.queued, summary.by_lane))
             .then_some(summary);
         let (puts, gone) = self.changes(now, estimates, &lane_of);
-        if puts.is_empty() && gone.is_empty() && summary.is_none() {
-            return;
-        }
         if let Some(summary) = &summary {
             self.summary = Some(summary.clone());
         }
-        self.publishing = Some(tokio::spawn(write(store, summary, puts, gone)));
+        // Also with nothing to write: the task checks that the bucket kept what it took.
+        self.publishing = Some(tokio::spawn(write(
+            self.context.clone(),
+            store,
+            self.acknowledged,
+            Changes {
+                summary,
+                puts,
+                gone,
+            },
+        )));
+    }
+
+    /// Takes in how the last refresh's writes went (it has finished: [`Self::due`]): what
+    /// failed is forgotten, so the next refresh writes it again; everything is, when the
+    /// bucket lost writes it had acknowledged.
+    fn settle_last_write(&mut self) {
+        let Some(Ok(written)) = self.publishing.take().and_then(|task| task.now_or_never()) else {
+            return;
+        };
+        if written.lost {
+            tracing::warn!(
+                entries = self.published.len(),
+                "mochi_queue holds fewer writes than it acknowledged; publishing every position again"
+            );
+        }
+        forget_unwritten(
+            &mut self.published,
+            &mut self.summary,
+            &mut self.acknowledged,
+            &written,
+        );
     }
 
     /// The entries to write (new or moved) and the jobs whose entries to remove; what is
@@ -253,34 +292,109 @@ fn moved(old: &QueueInfo, new: &QueueInfo, now: u64) -> bool {
     old.lane != new.lane || position_moved || eta_moved
 }
 
-/// Writes the summary and the changed entries, then removes the gone ones, some at a time.
-async fn write(
-    store: kv::Store,
-    summary: Option<QueueSummary>,
-    puts: Vec<(JobId, QueueInfo)>,
-    gone: Vec<JobId>,
+/// Forgets what a refresh did not store, so that the next one writes it: the entries and
+/// summary whose writes failed, or everything when the bucket lost acknowledged writes.
+fn forget_unwritten(
+    published: &mut HashMap<JobId, QueueInfo>,
+    summary: &mut Option<QueueSummary>,
+    acknowledged: &mut u64,
+    written: &Written,
 ) {
+    if written.lost {
+        published.clear();
+        *summary = None;
+        *acknowledged = 0;
+        return;
+    }
+    *acknowledged = (*acknowledged).max(written.acknowledged);
+    for job_id in &written.failed {
+        published.remove(job_id);
+    }
+    if written.summary_failed {
+        *summary = None;
+    }
+}
+
+/// What one refresh writes.
+struct Changes {
+    /// The queue's counts, if they changed.
+    summary: Option<QueueSummary>,
+    /// New and moved entries.
+    puts: Vec<(JobId, QueueInfo)>,
+    /// Jobs no longer waiting, whose entries go.
+    gone: Vec<JobId>,
+}
+
+/// How a refresh's writes went.
+#[derive(Debug, Default)]
+struct Written {
+    /// The bucket's last revision was below what it had acknowledged before this refresh.
+    lost: bool,
+    /// The highest revision acknowledged to this refresh's writes.
+    acknowledged: u64,
+    /// Jobs whose entries were not written.
+    failed: Vec<JobId>,
+    /// The summary was not written.
+    summary_failed: bool,
+}
+
+/// Checks that the bucket still holds every write it acknowledged up to `acknowledged`,
+/// writes the summary and the changed entries, then removes the gone ones, some at a time.
+async fn write(
+    context: jetstream::Context,
+    store: kv::Store,
+    acknowledged: u64,
+    changes: Changes,
+) -> Written {
+    let Changes {
+        summary,
+        puts,
+        gone,
+    } = changes;
+    let mut written = Written::default();
+    if acknowledged > 0 {
+        match context
+            .get_stream(names::kv_stream(names::BUCKET_QUEUE))
+            .await
+        {
+            Ok(stream) => written.lost = stream.cached_info().state.last_sequence < acknowledged,
+            Err(error) => tracing::debug!(%error, "cannot read mochi_queue's state"),
+        }
+    }
     if let Some(summary) = summary
         && let Ok(bytes) = serde_json::to_vec(&summary)
-        && let Err(error) = store.put(SUMMARY_KEY, bytes.into()).await
     {
-        tracing::debug!(%error, "queue counts not published");
+        match store.put(SUMMARY_KEY, bytes.into()).await {
+            Ok(revision) => written.acknowledged = revision,
+            Err(error) => {
+                tracing::debug!(%error, "queue counts not published");
+                written.summary_failed = true;
+            }
+        }
     }
     let writes = puts.into_iter().map(|(job_id, info)| {
         let store = store.clone();
         async move {
-            let Ok(bytes) = serde_json::to_vec(&info) else {
-                return;
-            };
-            if let Err(error) = store.put(job_id.to_string(), bytes.into()).await {
-                tracing::debug!(%job_id, %error, "queue position not published");
+            let bytes = serde_json::to_vec(&info).map_err(|_| job_id)?;
+            match store.put(job_id.to_string(), bytes.into()).await {
+                Ok(revision) => Ok(revision),
+                Err(error) => {
+                    tracing::debug!(%job_id, %error, "queue position not published");
+                    Err(job_id)
+                }
             }
         }
     });
-    futures::stream::iter(writes)
+    let outcomes = futures::stream::iter(writes)
         .buffer_unordered(QUEUE_WRITES_IN_FLIGHT)
-        .collect::<Vec<()>>()
+        .collect::<Vec<Result<u64, JobId>>>()
         .await;
+    for outcome in outcomes {
+        match outcome {
+            Ok(revision) => written.acknowledged = written.acknowledged.max(revision),
+            Err(job_id) => written.failed.push(job_id),
+        }
+    }
     let deletes = gone.into_iter().map(|job_id| {
         let store = store.clone();
         async move {
@@ -291,11 +405,42 @@ async fn write(
         .buffer_unordered(QUEUE_WRITES_IN_FLIGHT)
         .collect::<Vec<()>>()
         .await;
+    written
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_refresh_did_not_store_is_written_again() {
+        let (a, b) = (JobId::new(), JobId::new());
+        let mut published = HashMap::from([(a, entry(1, 2, None)), (b, entry(2, 2, None))]);
+        let counts = QueueSummary {
+            queued: 2,
+            by_lane: [2, 0, 0],
+            updated_at_ms: 0,
+        };
+        let mut summary = Some(counts.clone());
+        let mut acknowledged = 10;
+        let failed = Written {
+            acknowledged: 12,
+            failed: vec![b],
+            summary_failed: true,
+            ..Written::default()
+        };
+        forget_unwritten(&mut published, &mut summary, &mut acknowledged, &failed);
+        assert!(published.contains_key(&a) && !published.contains_key(&b));
+        assert_eq!((summary.is_none(), acknowledged), (true, 12));
+        let mut summary = Some(counts);
+        let lost = Written {
+            lost: true,
+            ..Written::default()
+        };
+        forget_unwritten(&mut published, &mut summary, &mut acknowledged, &lost);
+        assert!(published.is_empty() && summary.is_none());
+        assert_eq!(acknowledged, 0);
+    }
 
     fn entry(position: u32, queued: u32, eta_start_ms: Option<u64>) -> QueueInfo {
         QueueInfo {
