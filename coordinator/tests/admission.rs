@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Behaviour, Running, StandIn, eventually, nats, record, small_job, submit};
+use common::{Behaviour, Nats, Running, StandIn, eventually, nats, record, small_job, submit};
 use coordinator::cost::Corrections;
 use protocol::queue::{QueueSummary, SUMMARY_KEY};
 use protocol::{ErrorCode, JobState, names};
@@ -89,6 +89,31 @@ async fn queue_entries(
     entries
 }
 
+/// Submits three small jobs for tenant `acme`, one after the other; returns their ids.
+async fn submit_three(nats: &Nats) -> Vec<protocol::JobId> {
+    let mut ids = Vec::new();
+    for index in 0..3 {
+        let request = small_job(&format!("job {index}"));
+        let job_id = request.job_id.unwrap();
+        submit(&nats.resources, "acme", &request, &job_id.to_string()).await;
+        ids.push(job_id);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ids
+}
+
+/// Waits until each of `ids` has its entry in `bucket`.
+async fn wait_for_positions(
+    bucket: &async_nats::jetstream::kv::Store,
+    ids: &[protocol::JobId],
+    what: &str,
+) {
+    eventually(WAIT, what, || async {
+        queue_entries(bucket, ids).await.iter().all(Option::is_some)
+    })
+    .await;
+}
+
 async fn summary(bucket: &async_nats::jetstream::kv::Store) -> Option<QueueSummary> {
     let bytes = bucket.get(SUMMARY_KEY).await.ok()??;
     Some(serde_json::from_slice(&bytes).unwrap())
@@ -102,27 +127,14 @@ async fn queued_jobs_get_positions_that_go_away_once_they_run() {
         ..coordinator::Config::for_test()
     };
     let coordinator = Running::start(&nats, config.clone()).await;
-    let mut ids = Vec::new();
-    for index in 0..3 {
-        let request = small_job(&format!("job {index}"));
-        let job_id = request.job_id.unwrap();
-        submit(&nats.resources, "acme", &request, &job_id.to_string()).await;
-        ids.push(job_id);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let ids = submit_three(&nats).await;
     let bucket = nats
         .resources
         .context
         .get_key_value(names::BUCKET_QUEUE)
         .await
         .unwrap();
-    eventually(WAIT, "every queued job has its position", || async {
-        queue_entries(&bucket, &ids)
-            .await
-            .iter()
-            .all(Option::is_some)
-    })
-    .await;
+    wait_for_positions(&bucket, &ids, "every queued job has its position").await;
     let entries = queue_entries(&bucket, &ids).await;
     let positions: Vec<u32> = entries.iter().flatten().map(|e| e.position).collect();
     assert_eq!(positions, vec![1, 2, 3], "oldest first among equal jobs");
@@ -170,22 +182,10 @@ async fn positions_the_bucket_lost_are_published_again() {
         ..coordinator::Config::for_test()
     };
     let coordinator = Running::start(&nats, config).await;
-    let mut ids = Vec::new();
-    for index in 0..3 {
-        let request = small_job(&format!("job {index}"));
-        let job_id = request.job_id.unwrap();
-        submit(&nats.resources, "acme", &request, &job_id.to_string()).await;
-        ids.push(job_id);
-    }
+    let ids = submit_three(&nats).await;
     let context = &nats.resources.context;
     let bucket = context.get_key_value(names::BUCKET_QUEUE).await.unwrap();
-    eventually(WAIT, "every queued job has its position", || async {
-        queue_entries(&bucket, &ids)
-            .await
-            .iter()
-            .all(Option::is_some)
-    })
-    .await;
+    wait_for_positions(&bucket, &ids, "every queued job has its position").await;
     // The bucket loses what it had acknowledged (as a single server with asynchronous
     // persistence may in a crash): nothing in the queue moved, so only the check that the
     // bucket kept its writes brings the entries back.
@@ -198,13 +198,7 @@ async fn positions_the_bucket_lost_are_published_again() {
         })
         .await
         .unwrap();
-    eventually(WAIT, "every position is published again", || async {
-        queue_entries(&bucket, &ids)
-            .await
-            .iter()
-            .all(Option::is_some)
-    })
-    .await;
+    wait_for_positions(&bucket, &ids, "every position is published again").await;
     let counts = summary(&bucket)
         .await
         .expect("the queue's counts are published again");
