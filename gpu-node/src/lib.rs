@@ -14,6 +14,7 @@ pub mod mp4;
 pub mod node;
 pub mod preview;
 pub mod records;
+pub mod retry;
 pub mod slot;
 
 pub use mochi_model::{model, model_dir, pipeline};

@@ -14,6 +14,8 @@ use protocol::messages::{RecordWrite, RecordWriteReply};
 use protocol::record::JobEvent;
 use protocol::{JobId, NodeId, codec, names};
 
+use crate::retry::Backoff;
+
 /// Longest wait for one answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// First pause before sending a write again; doubles up to [`MAX_BACKOFF`].
@@ -88,8 +90,7 @@ impl RecordWriter {
         } else {
             self.progress_budget
         };
-        let deadline = tokio::time::Instant::now() + budget;
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF, budget);
         loop {
             let reason = match self.try_once(payload.clone()).await {
                 Ok(RecordWriteReply::Applied) => return Ok(()),
@@ -98,12 +99,10 @@ impl RecordWriter {
                 }
                 Ok(RecordWriteReply::Failed { reason }) | Err(reason) => reason,
             };
-            if tokio::time::Instant::now() + backoff >= deadline {
+            tracing::debug!(%job_id, event = event.name(), reason, "record write not answered");
+            if !backoff.pause().await {
                 return Err(RecordWriteError::Unavailable(reason));
             }
-            tracing::debug!(%job_id, event = event.name(), reason, "record write not answered; sending it again");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 

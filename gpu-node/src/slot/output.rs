@@ -18,6 +18,7 @@ use super::messages::Encoded;
 use super::stop::{StopFlag, StopReason};
 use crate::backend::LatentCheckpoint;
 use crate::records::{RecordWriteError, RecordWriter};
+use crate::retry::Backoff;
 
 /// Delay before a job failed on this node may be retried, ms.
 pub(super) const RETRY_DELAY_MS: u64 = 2_000;
@@ -163,8 +164,7 @@ async fn put_object(
         chunk_size: Some(io.chunk_bytes),
         ..Default::default()
     };
-    let deadline = tokio::time::Instant::now() + budget;
-    let mut backoff = UPLOAD_FIRST_BACKOFF;
+    let mut backoff = Backoff::new(UPLOAD_FIRST_BACKOFF, UPLOAD_MAX_BACKOFF, budget);
     loop {
         let put = io
             .resources
@@ -179,12 +179,13 @@ async fn put_object(
             error.kind(),
             PutErrorKind::PublishChunks | PutErrorKind::PublishMetadata | PutErrorKind::TimedOut
         );
-        if !transient || tokio::time::Instant::now() + backoff >= deadline {
+        if !transient {
             return Err(error);
         }
-        tracing::debug!(object = name, %error, "object not stored; trying again");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(UPLOAD_MAX_BACKOFF);
+        tracing::debug!(object = name, %error, "object not stored");
+        if !backoff.pause().await {
+            return Err(error);
+        }
     }
 }
 
