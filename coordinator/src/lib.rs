@@ -31,7 +31,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv::{Operation, Watch};
 use futures::StreamExt;
 use protocol::jetstream::Resources;
-use protocol::messages::NodeHeartbeat;
+use protocol::messages::{NodeHeartbeat, RecordWriteReply};
 use protocol::{JobId, JobRecord, NodeId, codec};
 use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
@@ -237,9 +237,9 @@ impl Coordinator {
             client.clone(),
             resources.jobs.clone(),
             record_writes,
-            move |outcome| {
-                metrics::record_write(outcome);
-                if outcome == "failed" {
+            move |reply| {
+                metrics::record_write(protocol::record_writes::outcome(reply));
+                if matches!(reply, RecordWriteReply::Failed { .. }) {
                     store_failures.note(protocol::now_ms());
                 }
             },

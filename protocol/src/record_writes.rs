@@ -19,12 +19,12 @@ use crate::record::NodeWriteRefusal;
 const IN_FLIGHT: usize = 64;
 
 /// Answers every write of `subscription` (of [`names::SUBJECT_NODE_RECORD_ALL`]), up to
-/// [`IN_FLIGHT`] at once, until it ends; `observe` is told each answer's [`outcome`].
+/// [`IN_FLIGHT`] at once, until it ends; `observe` is shown each answer before it is sent.
 pub async fn serve(
     client: async_nats::Client,
     jobs: JobStore,
     subscription: async_nats::Subscriber,
-    observe: impl Fn(&'static str) + Send + Sync,
+    observe: impl Fn(&RecordWriteReply) + Send + Sync,
 ) -> &'static str {
     let observe = &observe;
     subscription
@@ -35,7 +35,7 @@ pub async fn serve(
                     return;
                 };
                 let reply = answer(&jobs, &message.subject, &message.payload).await;
-                observe(outcome(&reply));
+                observe(&reply);
                 let Ok(bytes) = codec::encode(&reply) else {
                     return;
                 };
