@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Behaviour, Nats, Running, StandIn, eventually, nats, record, small_job, submit};
 use coordinator::cost::Corrections;
-use protocol::queue::{QueueSummary, SUMMARY_KEY};
+use protocol::queue::{QueueInfo, QueuePage, QueueSummary, SUMMARY_KEY};
 use protocol::{ErrorCode, JobState, names};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -77,16 +77,42 @@ async fn a_job_no_slot_holds_is_refused_and_finished_jobs_teach_the_cost_model()
     node.stop().await;
 }
 
+/// Each job's position as a reader sees it: its own entry or its page's line, the newer.
 async fn queue_entries(
+    nats: &Nats,
     bucket: &async_nats::jetstream::kv::Store,
     ids: &[protocol::JobId],
-) -> Vec<Option<protocol::queue::QueueInfo>> {
+) -> Vec<Option<QueueInfo>> {
     let mut entries = Vec::new();
     for job_id in ids {
-        let entry = bucket.get(job_id.to_string()).await.ok().flatten();
-        entries.push(entry.map(|bytes| serde_json::from_slice(&bytes).unwrap()));
+        let Some(record) = record(&nats.resources, *job_id).await else {
+            entries.push(None);
+            continue;
+        };
+        let (own, page) = stored(bucket, &record).await;
+        let line = page.and_then(|mut page| page.jobs.remove(job_id));
+        let current =
+            QueueInfo::current(record.attempt, own.map(|o| (o, ())), line.map(|l| (l, ())));
+        entries.push(current.map(|(info, ())| info));
     }
     entries
+}
+
+/// The job's own entry and its page, as stored.
+async fn stored(
+    bucket: &async_nats::jetstream::kv::Store,
+    record: &protocol::JobRecord,
+) -> (Option<QueueInfo>, Option<QueuePage>) {
+    let own = bucket.get(record.id.to_string()).await.ok().flatten();
+    let page = bucket
+        .get(QueuePage::key_for(record.id, record.created_at_ms))
+        .await
+        .ok()
+        .flatten();
+    (
+        own.map(|bytes| serde_json::from_slice(&bytes).unwrap()),
+        page.map(|bytes| serde_json::from_slice(&bytes).unwrap()),
+    )
 }
 
 /// Submits three small jobs for tenant `acme`, one after the other; returns their ids.
@@ -102,14 +128,18 @@ async fn submit_three(nats: &Nats) -> Vec<protocol::JobId> {
     ids
 }
 
-/// Waits until each of `ids` has its entry in `bucket`.
+/// Waits until each of `ids` has its position in `bucket`.
 async fn wait_for_positions(
+    nats: &Nats,
     bucket: &async_nats::jetstream::kv::Store,
     ids: &[protocol::JobId],
     what: &str,
 ) {
     eventually(WAIT, what, || async {
-        queue_entries(bucket, ids).await.iter().all(Option::is_some)
+        queue_entries(nats, bucket, ids)
+            .await
+            .iter()
+            .all(Option::is_some)
     })
     .await;
 }
@@ -134,8 +164,8 @@ async fn queued_jobs_get_positions_that_go_away_once_they_run() {
         .get_key_value(names::BUCKET_QUEUE)
         .await
         .unwrap();
-    wait_for_positions(&bucket, &ids, "every queued job has its position").await;
-    let entries = queue_entries(&bucket, &ids).await;
+    wait_for_positions(&nats, &bucket, &ids, "every queued job has its position").await;
+    let entries = queue_entries(&nats, &bucket, &ids).await;
     let positions: Vec<u32> = entries.iter().flatten().map(|e| e.position).collect();
     assert_eq!(positions, vec![1, 2, 3], "oldest first among equal jobs");
     // The counts go into the summary (a refresh may have run between two submissions, and
@@ -169,11 +199,15 @@ async fn queued_jobs_get_positions_that_go_away_once_they_run() {
         true
     })
     .await;
+    // Not only unread: removed, their own entries and their pages.
     eventually(WAIT, "their positions are gone", || async {
-        queue_entries(&bucket, &ids)
-            .await
-            .iter()
-            .all(Option::is_none)
+        for job_id in &ids {
+            let record = record(&nats.resources, *job_id).await.unwrap();
+            if stored(&bucket, &record).await != (None, None) {
+                return false;
+            }
+        }
+        true
     })
     .await;
     eventually(WAIT, "the counts show an empty queue", || async {
@@ -197,7 +231,7 @@ async fn positions_the_bucket_lost_are_published_again() {
     let ids = submit_three(&nats).await;
     let context = &nats.resources.context;
     let bucket = context.get_key_value(names::BUCKET_QUEUE).await.unwrap();
-    wait_for_positions(&bucket, &ids, "every queued job has its position").await;
+    wait_for_positions(&nats, &bucket, &ids, "every queued job has its position").await;
     // The bucket loses what it had acknowledged (as a single server with asynchronous
     // persistence may in a crash): nothing in the queue moved, so only the check that the
     // bucket kept its writes brings the entries back.
@@ -210,7 +244,7 @@ async fn positions_the_bucket_lost_are_published_again() {
         })
         .await
         .unwrap();
-    wait_for_positions(&bucket, &ids, "every position is published again").await;
+    wait_for_positions(&nats, &bucket, &ids, "every position is published again").await;
     let counts = summary(&bucket)
         .await
         .expect("the queue's counts are published again");

@@ -12,7 +12,7 @@ use gateway::Config;
 use http_body_util::BodyExt;
 use protocol::api::JobView;
 use protocol::messages::ProgressEvent;
-use protocol::queue::QueueInfo;
+use protocol::queue::{QueueInfo, QueuePage};
 use protocol::record::{JobEvent, Lease, Progress, ResumePoint, VideoResult};
 use protocol::{
     ErrorBody, ErrorCode, JobId, JobRecord, JobSpec, JobState, Limits, NodeId, TenantId, codec,
@@ -547,6 +547,80 @@ async fn queue_moves_are_sent_while_the_job_waits() {
     put(1).await;
     client.steps(record.id, 1, 2..=2).await;
     assert_eq!(labels(&stream.until("progress:2").await), ["progress:2"]);
+}
+
+#[tokio::test]
+async fn a_job_first_listed_in_a_page_is_followed_there_then_in_its_own_entry() {
+    let client = Client::new().await;
+    let (status, _, body) = common::send(
+        &client.gateway.state,
+        client
+            .request("POST", "/v1/videos")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"prompt":"a fox","steps":2}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let accepted: JobView = serde_json::from_slice(&body).unwrap();
+    // Opened before the record exists: the page is known only once the record is read.
+    let mut stream = client.stream(accepted.id, None).await;
+    assert_eq!(stream.expect().await.id, "0.5.0");
+    let record = client.store(accepted.id, accepted.spec).await;
+    let bucket = client
+        .gateway
+        .resources
+        .context
+        .get_key_value(names::BUCKET_QUEUE)
+        .await
+        .unwrap();
+    let info = |position: u32| QueueInfo {
+        position,
+        queued: 9,
+        lane: "short".to_owned(),
+        eta_start_ms: None,
+        eta_finish_ms: None,
+        updated_at_ms: now_ms(),
+    };
+    let page = QueuePage {
+        jobs: [(JobId::new(), info(1)), (record.id, info(4))].into(),
+    };
+    let revision = bucket
+        .put(
+            QueuePage::key_for(record.id, record.created_at_ms),
+            serde_json::to_vec(&page).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let queued = stream.expect().await;
+    assert_eq!(queued.id, format!("0.5.{revision}"));
+    assert_eq!(queued.data["position"], 4);
+    // Its place moved: its own entry, newer, is what counts from now on.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let revision = bucket
+        .put(
+            record.id.to_string(),
+            serde_json::to_vec(&info(2)).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let queued = stream.expect().await;
+    assert_eq!(queued.id, format!("0.5.{revision}"));
+    assert_eq!(queued.data["position"], 2);
+    client.run(record.id).await;
+    client.steps(record.id, 1, 1..=2).await;
+    client.finish(record.id, 1).await;
+    let rest = stream.rest().await;
+    assert_eq!(
+        labels(&rest),
+        [
+            "started",
+            "progress:1",
+            "progress:2",
+            "decoding",
+            "completed"
+        ]
+    );
 }
 
 #[tokio::test]

@@ -1,12 +1,13 @@
 //! `GET /v1/videos/{id}` shows a queued job's position and ETA from the scheduler's
-//! `mochi_queue` bucket, and nothing once the job left the queue.
+//! `mochi_queue` bucket (its own entry or its page's line, the newer), and nothing once the
+//! job left the queue.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::large_futures)]
 
 mod common;
 
 use gateway::AppState;
 use protocol::api::JobView;
-use protocol::queue::{QueueInfo, QueueSummary, SUMMARY_KEY};
+use protocol::queue::{QueueInfo, QueuePage, QueueSummary, SUMMARY_KEY};
 use protocol::record::{JobEvent, Lease};
 use protocol::{JobId, JobRecord, JobSpec, Limits, NodeId, TenantId, names, now_ms};
 
@@ -72,6 +73,31 @@ async fn a_queued_job_shows_its_position_and_eta() {
         let queue = get(&state, record.id).await.queue.unwrap();
         assert_eq!((queue.position, queue.queued), (2, shown));
     }
+
+    // Listed in its page too: the newer of the two counts.
+    let page = QueuePage {
+        jobs: [(
+            record.id,
+            QueueInfo {
+                position: 7,
+                updated_at_ms: now_ms() + 1,
+                ..info.clone()
+            },
+        )]
+        .into(),
+    };
+    let page_key = QueuePage::key_for(record.id, record.created_at_ms);
+    bucket
+        .put(&page_key, serde_json::to_vec(&page).unwrap().into())
+        .await
+        .unwrap();
+    assert_eq!(get(&state, record.id).await.queue.unwrap().position, 7);
+    bucket.purge(record.id.to_string()).await.unwrap();
+    assert_eq!(
+        get(&state, record.id).await.queue.unwrap().position,
+        7,
+        "the page alone"
+    );
 
     let lease = Lease {
         node: NodeId::new("n1").unwrap(),

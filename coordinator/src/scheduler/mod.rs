@@ -358,9 +358,15 @@ fn tick(state: &mut SchedulerState) {
             .into_iter()
             .map(|(_, slot)| slot)
             .collect();
-        state
-            .queue_info
-            .publish(now, state.policy.as_ref(), queued, &slots, &state.clock);
+        let view = &state.view;
+        state.queue_info.publish(
+            now,
+            state.policy.as_ref(),
+            queued,
+            &slots,
+            &state.clock,
+            |job_id| view.never_placed(job_id),
+        );
     }
     metrics::lane_depths(state.view.queued_by_lane());
     for node in state.view.gone_nodes(now) {

@@ -1,6 +1,6 @@
 //! `GET /v1/videos/{id}/events`: a job's progress as Server-Sent Events, from its record
-//! (`mochi_jobs`), its queue entry (`mochi_queue`) and the per-step events its node publishes
-//! (`mochi.events.<job>`).
+//! (`mochi_jobs`), its queue position (`mochi_queue`: its own entry or its page's line) and
+//! the per-step events its node publishes (`mochi.events.<job>`).
 //!
 //! Every event's id is an [`EventId`], `attempt.phase.number`, and ids only grow over a job's
 //! life: a stream never sends an id twice or goes back, and a client that reconnects with the
@@ -8,6 +8,7 @@
 //! runs beside a stream: the response body itself reads NATS, so a client that goes away
 //! drops the subscription and the watches with it.
 
+mod queue;
 mod tracker;
 
 use std::collections::VecDeque;
@@ -22,16 +23,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use protocol::messages::ProgressEvent;
-use protocol::queue::{QueueInfo, QueueSummary};
 use protocol::{JobId, JobRecord, TenantId, codec, names};
 
 use crate::auth::{Action, Caller};
 use crate::error::ApiError;
 use crate::metrics;
-use crate::routes::lookup::{
-    JobPath, counted_entry, queue_summary, submitted, tenant_entry, view_of,
-};
+use crate::routes::lookup::{JobPath, submitted, tenant_entry, view_of};
 use crate::state::AppState;
+use queue::QueueFeed;
 use tracker::{Emitted, Tracker};
 pub use tracker::{EventId, NotAnEventId, Phase};
 
@@ -52,13 +51,8 @@ struct Live {
     records: kv::Watch,
     /// The revision of the last record read (older ones in the watch are skipped).
     record_revision: u64,
-    /// `None` without a `mochi_queue` bucket.
-    queue: Option<kv::Watch>,
-    queue_revision: u64,
-    /// The bucket, for the queue's length when the job's entry changes.
-    queue_store: Option<kv::Store>,
-    /// The queue's counts, read when the job's entry last changed.
-    summary: Option<QueueSummary>,
+    /// The job's queue position.
+    queue: QueueFeed,
     /// The node holding the job's lease, as last read: only its progress events count.
     holder: Option<String>,
     _open: OpenStream,
@@ -68,7 +62,7 @@ struct Live {
 enum Input {
     Progress(Option<async_nats::Message>),
     Record(Option<Result<kv::Entry, kv::WatcherError>>),
-    Queue(Option<Result<kv::Entry, kv::WatcherError>>),
+    Queue(kv::Entry),
 }
 
 /// Counts an open stream in the gauge for as long as it lives.
@@ -125,8 +119,7 @@ pub async fn events(
         .watch(&key)
         .await
         .map_err(|error| store_unreachable(job_id, &error))?;
-    let (queue_store, queue, queue_entry) = watch_queue(&state, &key).await;
-    let queue_revision = queue_entry.as_ref().map_or(0, |(_, revision)| *revision);
+    let mut queue = QueueFeed::open(&state, job_id).await;
     let found = match tenant_entry(&state, &caller, job_id).await? {
         Some(found) => Some(found),
         None if waiting(&state, &caller, job_id).await? => None,
@@ -137,7 +130,13 @@ pub async fn events(
                 .ok_or_else(|| ApiError::job_not_found(job_id))?,
         ),
     };
-    let mut tracker = Tracker::new(last_event_id(&headers), queue_entry);
+    let attempt = found.as_ref().map_or(0, |(record, _)| record.attempt);
+    if let Some((record, _)) = &found {
+        queue.want_page(record.attempt, record.created_at_ms);
+        // What it read goes into the tracker below.
+        queue.follow_wanted().await;
+    }
+    let mut tracker = Tracker::new(last_event_id(&headers), queue.current(attempt));
     let holder = found.as_ref().and_then(|(record, _)| lease_holder(record));
     let (first, record_revision) = match &found {
         Some((record, revision)) => {
@@ -167,9 +166,6 @@ pub async fn events(
         records,
         record_revision,
         queue,
-        queue_revision,
-        queue_store,
-        summary: None,
         holder,
         _open: OpenStream::new(),
     };
@@ -217,44 +213,6 @@ fn keep_alive_period(idle_timeout_ms: u64) -> Duration {
         .max(MIN_KEEP_ALIVE)
 }
 
-/// The queue bucket, a watch of the job's entry in it, and the entry now with the queue's
-/// length now (best effort: without the bucket, no `queued` updates).
-async fn watch_queue(
-    state: &AppState,
-    key: &str,
-) -> (
-    Option<kv::Store>,
-    Option<kv::Watch>,
-    Option<(QueueInfo, u64)>,
-) {
-    let Ok(store) = state
-        .resources
-        .context
-        .get_key_value(names::BUCKET_QUEUE)
-        .await
-    else {
-        return (None, None, None);
-    };
-    let Ok(watch) = store.watch(key).await else {
-        return (Some(store), None, None);
-    };
-    let (entry, summary) = tokio::join!(store.entry(key), queue_summary(&store));
-    let entry = entry
-        .ok()
-        .flatten()
-        .and_then(|entry| queue_entry(entry, summary.as_ref()));
-    (Some(store), Some(watch), entry)
-}
-
-/// The job's queue entry, counted with the queue's length from `summary` if there is one.
-fn queue_entry(entry: kv::Entry, summary: Option<&QueueSummary>) -> Option<(QueueInfo, u64)> {
-    if entry.operation != kv::Operation::Put {
-        return None;
-    }
-    let info = counted_entry(&entry.value, summary)?;
-    Some((info, entry.revision))
-}
-
 /// The next event of a stream; `None` ends it (the job ended, went away, or a source closed:
 /// the client reconnects and resumes by `Last-Event-ID`).
 async fn next_event(mut live: Live) -> Option<(Result<Event, Infallible>, Live)> {
@@ -265,26 +223,26 @@ async fn next_event(mut live: Live) -> Option<(Result<Event, Infallible>, Live)>
         if live.tracker.ended() {
             return None;
         }
+        // A record showed the job's submission time: its page is followed from now on.
+        if live.queue.follow_wanted().await {
+            let current = live.queue.current(live.tracker.attempt());
+            let events = live.tracker.on_queue(current);
+            live.pending.extend(events);
+            continue;
+        }
         // Records first: a node event is only taken against a record at least as new as it.
         let input = tokio::select! {
             biased;
             entry = live.records.next() => Input::Record(entry),
-            entry = next_queue(&mut live.queue) => Input::Queue(entry),
+            entry = live.queue.next() => Input::Queue(entry),
             message = live.progress.next() => Input::Progress(message),
         };
-        if let (Input::Queue(Some(Ok(_))), Some(store)) = (&input, &live.queue_store) {
-            live.summary = queue_summary(store).await;
+        if let Input::Queue(_) = &input {
+            live.queue.refresh_summary().await;
         }
         if !live.take(input) {
             return None;
         }
-    }
-}
-
-async fn next_queue(queue: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, kv::WatcherError>> {
-    match queue {
-        Some(watch) => watch.next().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -318,15 +276,10 @@ impl Live {
                 false
             }
             Input::Record(Some(Ok(entry))) => self.take_record(&entry),
-            Input::Queue(None) | Input::Queue(Some(Err(_))) => {
-                self.queue = None;
-                true
-            }
-            Input::Queue(Some(Ok(entry))) => {
-                if entry.revision > self.queue_revision {
-                    self.queue_revision = entry.revision;
-                    let entry = queue_entry(entry, self.summary.as_ref());
-                    let events = self.tracker.on_queue(entry);
+            Input::Queue(entry) => {
+                if self.queue.take(&entry) {
+                    let current = self.queue.current(self.tracker.attempt());
+                    let events = self.tracker.on_queue(current);
                     self.pending.extend(events);
                 }
                 true
@@ -355,6 +308,9 @@ impl Live {
             return false;
         }
         self.holder = lease_holder(&record);
+        self.queue.want_page(record.attempt, record.created_at_ms);
+        // A job queued again after an attempt: its page line no longer counts.
+        self.tracker.set_queue(self.queue.current(record.attempt));
         let state = &self.state;
         let events = self
             .tracker

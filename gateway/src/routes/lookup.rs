@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use protocol::api::JobView;
 use protocol::jetstream::StoreError;
 use protocol::messages::SubmitRequest;
-use protocol::queue::{QueueInfo, QueueSummary, SUMMARY_KEY};
+use protocol::queue::{QueueInfo, QueuePage, QueueSummary, SUMMARY_KEY};
 use protocol::{ErrorCode, JobId, JobRecord, TenantId, codec, names, now_ms};
 
 use crate::auth::{AUDIT, Principal};
@@ -252,6 +252,59 @@ pub(crate) fn counted_entry(bytes: &[u8], summary: Option<&QueueSummary>) -> Opt
         info.count_from(summary);
     }
     Some(info)
+}
+
+/// Where queued job `job_id` (at `attempt`, submitted at `created_at_ms`) stands as the
+/// scheduler last published it in `mochi_queue`: its own entry or its line in its page,
+/// the newer ([`QueueInfo::current`]), with the queue's length now from the summary (best
+/// effort: `None` when nothing readable is there).
+pub(crate) async fn queue_position(
+    store: &async_nats::jetstream::kv::Store,
+    job_id: JobId,
+    attempt: u32,
+    created_at_ms: u64,
+) -> Option<QueueInfo> {
+    let (own, line, summary) = tokio::join!(
+        store.get(job_id.to_string()),
+        page_line(store, job_id, attempt, created_at_ms),
+        queue_summary(store)
+    );
+    let own = own
+        .ok()
+        .flatten()
+        .and_then(|bytes| counted_entry(&bytes, summary.as_ref()))
+        .map(|info| (info, ()));
+    let line = line.map(|mut info| {
+        if let Some(summary) = &summary {
+            info.count_from(summary);
+        }
+        (info, ())
+    });
+    QueueInfo::current(attempt, own, line).map(|(info, ())| info)
+}
+
+/// The job's line in the page of its submission time, if it was never placed and the page
+/// lists it.
+async fn page_line(
+    store: &async_nats::jetstream::kv::Store,
+    job_id: JobId,
+    attempt: u32,
+    created_at_ms: u64,
+) -> Option<QueueInfo> {
+    if attempt > 0 {
+        return None;
+    }
+    let bytes = store
+        .get(QueuePage::key_for(job_id, created_at_ms))
+        .await
+        .ok()??;
+    line_of(&bytes, job_id)
+}
+
+/// Job `job_id`'s line in a stored page; `None` if unreadable or not listed.
+pub(crate) fn line_of(bytes: &[u8], job_id: JobId) -> Option<QueueInfo> {
+    let mut page: QueuePage = serde_json::from_slice(bytes).ok()?;
+    page.jobs.remove(&job_id)
 }
 
 /// The queue's counts as the scheduler last published them in `mochi_queue` (best effort).

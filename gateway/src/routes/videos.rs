@@ -25,8 +25,7 @@ use crate::openapi::Errors;
 use crate::routes::cancel::{MAX_CANCEL_TRIES, cancel_job};
 use crate::routes::create::create_request;
 use crate::routes::lookup::{
-    Current, JobPath, counted_entry, current, current_view, queue_summary, submitted, tenant_entry,
-    tenant_record,
+    Current, JobPath, current, current_view, queue_position, submitted, tenant_entry, tenant_record,
 };
 use crate::routes::request::{idempotency_key, json_request};
 use crate::state::AppState;
@@ -226,7 +225,7 @@ pub async fn status(
         .await?
         .ok_or_else(|| ApiError::job_not_found(job_id))?;
     if view.state == protocol::JobState::Queued {
-        view.queue = queue_info(&state, job_id).await;
+        view.queue = queue_info(&state, &view).await;
     }
     let mut response = Json(&view).into_response();
     if let Some(ms) = poll_after_ms(&view, now_ms()) {
@@ -263,19 +262,17 @@ fn poll_after_ms(view: &JobView, now: u64) -> Option<u64> {
     Some(guess.clamp(250, 10_000))
 }
 
-/// The queue position the scheduler published for a job in `mochi_queue`, with the queue's
-/// length now from its summary (best effort: absent when the bucket or the entry is missing
-/// or unreadable; the entry's own count without the summary).
-async fn queue_info(state: &AppState, job_id: JobId) -> Option<QueueInfo> {
+/// The queue position the scheduler published for a queued job in `mochi_queue`, with the
+/// queue's length now from its summary (best effort: absent when the bucket or the job's
+/// entry and page line are missing or unreadable).
+async fn queue_info(state: &AppState, view: &JobView) -> Option<QueueInfo> {
     let store = state
         .resources
         .context
         .get_key_value(names::BUCKET_QUEUE)
         .await
         .ok()?;
-    let key = job_id.to_string();
-    let (entry, summary) = tokio::join!(store.get(&key), queue_summary(&store));
-    counted_entry(&entry.ok()??, summary.as_ref())
+    queue_position(&store, view.id, view.attempt, view.created_at_ms).await
 }
 
 /// `DELETE /v1/videos/{id}`: OpenAI's delete. A job still queued or running is cancelled

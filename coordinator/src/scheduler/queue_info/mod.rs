@@ -4,13 +4,13 @@
 //! gateway reads for `GET /v1/videos/{id}` and the event stream.
 //!
 //! What a refresh writes is bounded by what moved, not by the queue's length nor by the
-//! arrivals: the jobs first seen go into one page per [`protocol::queue::PAGE_MS`] of
-//! submissions ([`QueuePage`], written once), a job gets an entry of its own when its place
-//! or times move by enough to matter to its owner ([`book`]), and the queue's counts go
-//! once per refresh into one [`QueueSummary`] entry rather than into every job's. Over a
-//! job's wait its position is written about twenty times plus a number that grows with the
-//! logarithm of its starting position, whatever arrives behind it; a burst of arrivals
-//! costs one write per page.
+//! arrivals: the jobs first seen join pages, sixteen per [`protocol::queue::PAGE_MS`] of
+//! submissions ([`QueuePage`], written when jobs join them); a job gets an entry of its own
+//! when its place or times move by enough to matter to its owner ([`book`]); and the
+//! queue's counts go once per refresh into one [`QueueSummary`] entry rather than into every
+//! job's. Over a job's wait its position is written about twenty times plus a number that
+//! grows with the logarithm of its starting position, whatever arrives behind it; a burst
+//! of arrivals costs one write per page.
 //!
 //! What was not stored is written again: an entry, a page (with its jobs) or the summary
 //! whose write failed at the next refresh, and every entry once the bucket holds fewer writes than it
@@ -151,7 +151,7 @@ impl QueuePublisher {
         let pages: HashMap<JobId, u64> = queued
             .iter()
             .filter(|job| never_placed(job.job_id))
-            .map(|job| (job.job_id, QueuePage::number(job.created_at_ms)))
+            .map(|job| (job.job_id, QueuePage::number(job.job_id, job.created_at_ms)))
             .collect();
         let queued = clock.waiting(queued);
         let capacity = slots

@@ -170,6 +170,12 @@ impl View {
             .map(|job| waiting(job_id, job))
     }
 
+    /// Whether a job was never placed (attempt 0): its first queue position may be a line
+    /// of its submission time's page.
+    pub(crate) fn never_placed(&self, job_id: JobId) -> bool {
+        self.jobs.get(&job_id).is_some_and(|job| job.attempt == 0)
+    }
+
     /// Whether some slot of a live, accepting node could take a job now or later (one with
     /// a proxy, `has_proxy`): without one there is nothing to place on or to pause.
     pub(crate) fn any_slot(&self, now: u64, has_proxy: impl Fn(&SlotKey) -> bool) -> bool {

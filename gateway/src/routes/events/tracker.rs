@@ -271,6 +271,11 @@ impl Tracker {
         }
     }
 
+    /// The job's attempt as last read (0 before its first placement).
+    pub(super) fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
     /// Whether the job ended (nothing follows).
     pub(super) fn ended(&self) -> bool {
         self.ended
@@ -375,6 +380,12 @@ impl Tracker {
             self.steps_to(&mut out, event.attempt, event.step, Some(event.at_ms));
         }
         out
+    }
+
+    /// Takes in where the job stands in the queue without sending anything (a record that
+    /// follows sends it, if the job is queued).
+    pub(super) fn set_queue(&mut self, entry: Option<(QueueInfo, u64)>) {
+        self.queue = entry;
     }
 
     /// The queue entry changed (`None`: removed).
