@@ -251,3 +251,35 @@ async fn positions_the_bucket_lost_are_published_again() {
     assert_eq!(counts.queued, 3);
     coordinator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_arrivals_costs_a_write_per_page_not_one_per_job() {
+    let nats = Box::pin(nats()).await;
+    // Waiting before the coordinator starts: its first refreshes find them all at once.
+    let ids = common::submit_jobs(&nats, 200).await;
+    let config = coordinator::Config {
+        eta_refresh_ms: 1_000,
+        ..coordinator::Config::for_test()
+    };
+    let coordinator = Running::start(&nats, config).await;
+    let context = &nats.resources.context;
+    let bucket = context.get_key_value(names::BUCKET_QUEUE).await.unwrap();
+    wait_for_positions(&nats, &bucket, &ids, "every job has its position").await;
+    let mut positions: Vec<u32> = queue_entries(&nats, &bucket, &ids)
+        .await
+        .iter()
+        .flatten()
+        .map(|entry| entry.position)
+        .collect();
+    positions.sort_unstable();
+    assert_eq!(positions, (1..=200).collect::<Vec<u32>>());
+    // One entry per job would be 200 writes; pages are at most 16 a second of submissions,
+    // each written again only when jobs join it.
+    let mut stream = context
+        .get_stream(names::kv_stream(names::BUCKET_QUEUE))
+        .await
+        .unwrap();
+    let writes = stream.info().await.unwrap().state.last_sequence;
+    assert!(writes < 100, "{writes} writes to mochi_queue for 200 jobs");
+    coordinator.stop().await;
+}
