@@ -55,6 +55,21 @@ impl Client {
         }
     }
 
+    /// Submits `body` (JSON) through the gateway: the accepted job, not yet taken in (no
+    /// coordinator runs in these tests).
+    async fn post(&self, body: &'static str) -> JobView {
+        let (status, _, body) = common::send(
+            &self.gateway.state,
+            self.request("POST", "/v1/videos")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        serde_json::from_slice(&body).unwrap()
+    }
+
     /// A queued job of tenant acme, as the intake writes it.
     async fn stored(&self, steps: u32) -> JobRecord {
         let mut spec = JobSpec::new("a fox in the snow");
@@ -421,17 +436,7 @@ async fn a_cancelled_job_ends_with_cancelled() {
 #[tokio::test]
 async fn a_job_not_yet_taken_in_is_followed_from_its_submission() {
     let client = Client::new().await;
-    let (status, _, body) = common::send(
-        &client.gateway.state,
-        client
-            .request("POST", "/v1/videos")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(r#"{"prompt":"a fox","steps":4}"#))
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    let accepted: JobView = serde_json::from_slice(&body).unwrap();
+    let accepted = client.post(r#"{"prompt":"a fox","steps":4}"#).await;
 
     // No coordinator runs here: the stream waits for the record written below.
     let mut stream = client.stream(accepted.id, None).await;
@@ -552,17 +557,7 @@ async fn queue_moves_are_sent_while_the_job_waits() {
 #[tokio::test]
 async fn a_job_first_listed_in_a_page_is_followed_there_then_in_its_own_entry() {
     let client = Client::new().await;
-    let (status, _, body) = common::send(
-        &client.gateway.state,
-        client
-            .request("POST", "/v1/videos")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(r#"{"prompt":"a fox","steps":2}"#))
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    let accepted: JobView = serde_json::from_slice(&body).unwrap();
+    let accepted = client.post(r#"{"prompt":"a fox","steps":2}"#).await;
     // Opened before the record exists: the page is known only once the record is read.
     let mut stream = client.stream(accepted.id, None).await;
     assert_eq!(stream.expect().await.id, "0.5.0");
