@@ -70,6 +70,16 @@ impl Client {
         serde_json::from_slice(&body).unwrap()
     }
 
+    /// The `mochi_queue` bucket, where the tests write what a coordinator would.
+    async fn queue_bucket(&self) -> async_nats::jetstream::kv::Store {
+        self.gateway
+            .resources
+            .context
+            .get_key_value(names::BUCKET_QUEUE)
+            .await
+            .unwrap()
+    }
+
     /// A queued job of tenant acme, as the intake writes it.
     async fn stored(&self, steps: u32) -> JobRecord {
         let mut spec = JobSpec::new("a fox in the snow");
@@ -509,13 +519,7 @@ async fn queue_moves_are_sent_while_the_job_waits() {
     let record = client.stored(2).await;
     let mut stream = client.stream(record.id, None).await;
     assert_eq!(stream.expect().await.id, "0.5.0");
-    let bucket = client
-        .gateway
-        .resources
-        .context
-        .get_key_value(names::BUCKET_QUEUE)
-        .await
-        .unwrap();
+    let bucket = client.queue_bucket().await;
     let put = |position: u32| {
         let info = QueueInfo {
             position,
@@ -562,13 +566,7 @@ async fn a_job_first_listed_in_a_page_is_followed_there_then_in_its_own_entry() 
     let mut stream = client.stream(accepted.id, None).await;
     assert_eq!(stream.expect().await.id, "0.5.0");
     let record = client.store(accepted.id, accepted.spec).await;
-    let bucket = client
-        .gateway
-        .resources
-        .context
-        .get_key_value(names::BUCKET_QUEUE)
-        .await
-        .unwrap();
+    let bucket = client.queue_bucket().await;
     let info = |position: u32| QueueInfo {
         position,
         queued: 9,
