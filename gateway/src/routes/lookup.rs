@@ -272,15 +272,13 @@ pub(crate) async fn queue_position(
     let own = own
         .ok()
         .flatten()
-        .and_then(|bytes| counted_entry(&bytes, summary.as_ref()))
+        .and_then(|bytes| counted_entry(&bytes, None))
         .map(|info| (info, ()));
-    let line = line.map(|mut info| {
-        if let Some(summary) = &summary {
-            info.count_from(summary);
-        }
-        (info, ())
-    });
-    QueueInfo::current(attempt, own, line).map(|(info, ())| info)
+    let (mut info, ()) = QueueInfo::current(attempt, own, line.map(|info| (info, ())))?;
+    if let Some(summary) = &summary {
+        info.count_from(summary);
+    }
+    Some(info)
 }
 
 /// The job's line in the page of its submission time, if it was never placed and the page
