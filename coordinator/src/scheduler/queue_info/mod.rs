@@ -13,9 +13,9 @@
 //! of arrivals costs one write per page.
 //!
 //! What was not stored is written again: an entry, a page (with its jobs) or the summary
-//! whose write failed at the next refresh, and every entry once the bucket holds fewer writes than it
-//! acknowledged (a single server with asynchronous persistence that crashed, a bucket
-//! deleted and made again), which each refresh checks with one stream-info request.
+//! whose write failed at the next refresh, and every entry once the bucket holds fewer
+//! writes than it acknowledged (a single server with asynchronous persistence that crashed,
+//! a bucket deleted and made again), which each refresh checks with one stream-info request.
 
 use std::collections::HashMap;
 use std::time::Duration;
