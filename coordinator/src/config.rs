@@ -177,11 +177,9 @@ impl Config {
 
     /// This replica's name: the configured one, or `<host>-<pid>`.
     pub fn resolved_instance_id(&self) -> String {
-        self.instance_id.clone().unwrap_or_else(|| {
-            let host =
-                std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "coordinator".into());
-            format!("{}-{}", host.trim(), std::process::id())
-        })
+        self.instance_id
+            .clone()
+            .unwrap_or_else(|| protocol::lease::host_instance("coordinator"))
     }
 
     /// Retry delay after `failed_attempts` failures: base · 2^(n-1), capped.

@@ -16,7 +16,6 @@ pub mod cost;
 pub mod error;
 pub mod intake;
 pub mod keeper;
-pub mod leader;
 pub mod metrics;
 pub mod policy;
 pub mod scheduler;
@@ -31,6 +30,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv::{Operation, Watch};
 use futures::StreamExt;
 use protocol::jetstream::Resources;
+use protocol::lease::{Election, Role};
 use protocol::messages::{NodeHeartbeat, RecordWriteReply};
 use protocol::{JobId, JobRecord, NodeId, codec};
 use ractor::{Actor, ActorRef};
@@ -43,7 +43,6 @@ pub use error::{Error, Result};
 pub use scheduler::{SchedulerMsg, SchedulerStatus};
 
 use crate::intake::{Intake, IntakeArgs, IntakeMsg};
-use crate::leader::{Election, Role};
 use crate::scheduler::{Scheduler, SchedulerArgs};
 
 /// How long shutdown waits for each actor to stop.
@@ -81,11 +80,14 @@ pub async fn run_replica(
     tracing::info!(%instance, lease_ms = config.leader_lease_ms, "coordinator replica standing for leader");
     let election = Election::new(
         resources.leader.clone(),
+        protocol::names::KEY_LEADER,
         instance.clone(),
         config.leader_lease_ms,
-    );
+    )
+    .on_term(|_| ::metrics::counter!(metrics::LEADER_TERMS).increment(1));
     let election_stop = CancellationToken::new();
-    let mut election_task = tokio::spawn(election.run(role.clone(), election_stop.clone()));
+    let mut election_task =
+        tokio::spawn(election.run(role.clone(), election_stop.clone().cancelled_owned()));
     let mut roles = role.subscribe();
     let outcome = loop {
         tokio::select! {

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Behaviour, StandIn, eventually, nats, record, submit_jobs};
-use coordinator::leader::{LeaderRecord, Role};
+use protocol::lease::{LeaseRecord, Role};
 use protocol::{JobId, JobState, codec, names};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -75,7 +75,7 @@ async fn holder(nats: &common::Nats) -> Option<(String, u64)> {
         .entry(names::KEY_LEADER)
         .await
         .unwrap()?;
-    let record: LeaderRecord = codec::from_json(&entry.value).ok()?;
+    let record: LeaseRecord = codec::from_json(&entry.value).ok()?;
     Some((record.holder, entry.revision))
 }
 
@@ -98,7 +98,7 @@ async fn a_standby_takes_over_from_a_silent_or_stopped_leader_and_the_queue_comp
     // The lease is taken over by a holder that never renews, as if a stalled leader had
     // lost it and then crashed: a must step down, and one replica must take over after it.
     let (_, revision) = holder(&nats).await.unwrap();
-    let ghost = LeaderRecord {
+    let ghost = LeaseRecord {
         holder: "ghost".to_owned(),
         lease_ms: 1_000,
         renewed_at_ms: 0,

@@ -169,6 +169,12 @@ impl Config {
                     .to_owned(),
             ));
         }
+        if self.webhooks.source_lease_ms < 300 {
+            return Err(Error::Config(format!(
+                "webhooks.source_lease_ms ({}) must be at least 300",
+                self.webhooks.source_lease_ms
+            )));
+        }
         if self.max_body_bytes < 1024
             || self.max_concurrent_requests == 0
             || self.request_timeout_ms == 0

@@ -2,7 +2,10 @@
 //! arrives signed (checked here and by the Standard Webhooks reference library), the final
 //! event is retried after the receiver answered 500 twice, by a new gateway when the first
 //! stopped in between, and a target that resolves to a loopback address not allowed by the
-//! operator is never reached.
+//! operator is never reached. One gateway at a time reads the records (the source lease): a
+//! standby takes over when it stops, one that reads everything again queues nothing twice,
+//! and the first one after an upgrade starts where the shared consumer of earlier versions
+//! stopped.
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
 mod common;
@@ -10,13 +13,17 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::kv::Operation;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, Request, StatusCode};
 use gateway::auth::Role;
+use gateway::webhooks::source::Cursor;
 use gateway::{AppState, Config};
+use protocol::jetstream::Resources;
 use protocol::record::{JobEvent, Lease, Progress, Webhook, WebhookEvent};
-use protocol::{JobId, JobRecord, JobSpec, Limits, NodeId, TenantId, names, now_ms};
+use protocol::{JobId, JobRecord, JobSpec, Limits, NodeId, TenantId, codec, names, now_ms};
 
 #[derive(Debug, Clone)]
 struct Received {
@@ -66,22 +73,24 @@ fn config() -> Config {
     config.webhooks.allow_hosts = vec!["127.0.0.1".to_owned()];
     config.webhooks.retry_delays_s = vec![1, 1, 1];
     config.webhooks.progress_interval_ms = 0;
+    config.webhooks.source_lease_ms = 1_000;
     config
 }
 
+/// Waits until some gateway reads the records (it saved its first position) and the
+/// delivery consumer exists.
 async fn consumers_ready(state: &AppState) {
     let context = &state.resources.context;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let events = context
-            .get_stream(names::kv_stream(names::BUCKET_JOBS))
+        let deliveries = context.get_stream(names::STREAM_WEBHOOKS).await.unwrap();
+        let cursor = state
+            .resources
+            .leader
+            .entry(names::KEY_WEBHOOK_CURSOR)
             .await
             .unwrap();
-        let deliveries = context.get_stream(names::STREAM_WEBHOOKS).await.unwrap();
-        if events
-            .consumer_info(names::CONSUMER_WEBHOOK_EVENTS)
-            .await
-            .is_ok()
+        if cursor.is_some()
             && deliveries
                 .consumer_info(names::CONSUMER_WEBHOOK_DELIVERY)
                 .await
@@ -98,6 +107,13 @@ async fn consumers_ready(state: &AppState) {
 }
 
 async fn job_with_hook(state: &AppState, url: String) -> JobRecord {
+    let record = hooked(url);
+    state.resources.jobs.create(&record).await.unwrap();
+    record
+}
+
+/// A queued job whose webhook asks for every event.
+fn hooked(url: String) -> JobRecord {
     let spec = JobSpec::new("a heron");
     let shape = spec.validate(&Limits::default()).unwrap();
     let mut record = JobRecord::queued(
@@ -113,13 +129,12 @@ async fn job_with_hook(state: &AppState, url: String) -> JobRecord {
         url,
         events: WebhookEvent::ALL.to_vec(),
     });
-    state.resources.jobs.create(&record).await.unwrap();
     record
 }
 
 /// Runs `job` as a node would: assigned, started, `steps` steps, encoded, succeeded.
-async fn run_job(state: &AppState, job: &JobRecord, steps: u32) {
-    let jobs = &state.resources.jobs;
+async fn run_job(resources: &Resources, job: &JobRecord, steps: u32) {
+    let jobs = &resources.jobs;
     let lease = Lease {
         node: NodeId::new("n1").unwrap(),
         slot: 0,
@@ -223,7 +238,7 @@ async fn every_event_arrives_signed_and_the_last_survives_failures_and_a_restart
         format!("http://127.0.0.1:{}/hook", addr.port()),
     )
     .await;
-    run_job(&first.state, &job, 4).await;
+    run_job(&first.resources, &job, 4).await;
     // The first try of the final event fails; the gateway that made it stops, a new one
     // takes over the retry.
     wait_for(&receiver, "the final event's first try", |got| {
@@ -348,14 +363,14 @@ async fn a_name_that_resolves_to_loopback_is_never_reached() {
         format!("http://localhost:{}/hook", addr.port()),
     )
     .await;
-    run_job(&gateway.state, &refused, 1).await;
+    run_job(&gateway.resources, &refused, 1).await;
     // A job after it is delivered, so the refused one had its chance first.
     let allowed = job_with_hook(
         &gateway.state,
         format!("http://127.0.0.1:{}/hook", addr.port()),
     )
     .await;
-    run_job(&gateway.state, &allowed, 1).await;
+    run_job(&gateway.resources, &allowed, 1).await;
     wait_for(&receiver, "the allowed job's final event", |got| {
         got.iter().any(|r| r.body.contains("video.completed"))
     })
@@ -367,4 +382,161 @@ async fn a_name_that_resolves_to_loopback_is_never_reached() {
             .all(|r| !r.body.contains(&refused.id.to_string())),
         "a refused target was reached: {got:?}"
     );
+}
+
+/// The webhook ids `receiver` got, each with how many times.
+fn counts(receiver: &Receiver) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for got in receiver.received.lock().unwrap().iter() {
+        *counts.entry(got.id.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Waits until `job`'s final event arrived.
+async fn completed(receiver: &Receiver, job: &JobRecord) {
+    let id = format!("msg_{}_completed", job.id);
+    wait_for(receiver, &id.clone(), move |got| {
+        got.iter().any(|r| r.id == id)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_the_source_and_reading_again_queues_nothing_twice() {
+    let receiver = Receiver::default();
+    let addr = serve(receiver.clone()).await;
+    let url = format!("http://127.0.0.1:{}/hook", addr.port());
+    let first = common::start_with_auth(config()).await;
+    consumers_ready(&first.state).await;
+    let resources = first.resources.clone();
+    let gateway = |resources: &Resources| {
+        AppState::new(
+            config(),
+            resources.clone(),
+            resources_client(resources),
+            None,
+        )
+    };
+    let standby = gateway(&resources);
+    standby.start().await.unwrap();
+    let one = job_with_hook(&first.state, url.clone()).await;
+    run_job(&resources, &one, 1).await;
+    completed(&receiver, &one).await;
+
+    // The holder stops; the standby takes over and reads on from where it got.
+    drop(first.state);
+    let two = job_with_hook(&standby, url.clone()).await;
+    run_job(&resources, &two, 1).await;
+    completed(&receiver, &two).await;
+
+    // The standby stops too, and the next holder finds a position from before every job
+    // (as if its predecessor had died before saving): it reads every revision again.
+    drop(standby);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(entry) = resources
+        .leader
+        .entry(names::KEY_WEBHOOK_SOURCE)
+        .await
+        .unwrap()
+        .filter(|entry| entry.operation == Operation::Put)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the lease was never released: {entry:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cursor = Cursor {
+        next_sequence: 1,
+        holder: "gone".to_owned(),
+        saved_at_ms: now_ms(),
+    };
+    resources
+        .leader
+        .put(
+            names::KEY_WEBHOOK_CURSOR,
+            codec::to_json(&cursor).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let third = gateway(&resources);
+    third.start().await.unwrap();
+    let three = job_with_hook(&third, url).await;
+    run_job(&resources, &three, 1).await;
+    completed(&receiver, &three).await;
+    // Whatever was queued again before the third job's events was dropped as a duplicate.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counts = counts(&receiver);
+    for job in [&one, &two, &three] {
+        for event in ["start_1", "progress_1_1", "completed"] {
+            let id = format!("msg_{}_{event}", job.id);
+            assert_eq!(counts.get(&id), Some(&1), "{id}: {counts:?}");
+        }
+    }
+    assert_eq!(counts.len(), 9, "{counts:?}");
+    drop(third);
+    drop(first.server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_holder_starts_where_the_shared_consumer_of_earlier_versions_stopped() {
+    let receiver = Receiver::default();
+    let addr = serve(receiver.clone()).await;
+    let url = format!("http://127.0.0.1:{}/hook", addr.port());
+    let (server, client, resources) = common::nats().await;
+    // A job that ended before the earlier version's consumer was made: no events.
+    let before = hooked(url.clone());
+    resources.jobs.create(&before).await.unwrap();
+    run_job(&resources, &before, 1).await;
+    let stream = resources
+        .context
+        .get_stream(names::kv_stream(names::BUCKET_JOBS))
+        .await
+        .unwrap();
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(names::CONSUMER_WEBHOOK_EVENTS.to_owned()),
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // A job that ended while no gateway ran: the consumer never delivered it.
+    let missed = hooked(url);
+    resources.jobs.create(&missed).await.unwrap();
+    run_job(&resources, &missed, 1).await;
+
+    let mut config = config();
+    config.auth.disabled = false;
+    let state = AppState::new(config, resources.clone(), client, None);
+    state.start().await.unwrap();
+    completed(&receiver, &missed).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counts = counts(&receiver);
+    assert!(
+        counts.keys().all(|id| !id.contains(&before.id.to_string())),
+        "a job older than the consumer got events: {counts:?}"
+    );
+    // Its revisions before the last are gone (the bucket keeps one per job): the last one
+    // shows it started and completed.
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    // The old consumer is gone; the position is saved.
+    assert!(
+        stream
+            .consumer_info(names::CONSUMER_WEBHOOK_EVENTS)
+            .await
+            .is_err()
+    );
+    let saved = resources
+        .leader
+        .entry(names::KEY_WEBHOOK_CURSOR)
+        .await
+        .unwrap()
+        .unwrap();
+    let cursor: Cursor = codec::from_json(&saved.value).unwrap();
+    assert!(cursor.next_sequence > 1, "{cursor:?}");
+    drop(state);
+    drop(server);
 }

@@ -14,6 +14,8 @@ pub mod error;
 pub mod ids;
 #[cfg(feature = "jetstream")]
 pub mod jetstream;
+#[cfg(feature = "jetstream")]
+pub mod lease;
 pub mod memory;
 pub mod messages;
 pub mod names;

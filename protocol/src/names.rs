@@ -11,8 +11,8 @@ pub const STREAM_WEBHOOKS: &str = "MOCHI_WEBHOOKS";
 pub const SUBJECT_WEBHOOKS_ALL: &str = "mochi.webhooks.>";
 /// Durable pull consumer the gateways send [`STREAM_WEBHOOKS`] with.
 pub const CONSUMER_WEBHOOK_DELIVERY: &str = "mochi-webhook-delivery";
-/// Durable pull consumer on the job records' stream from which the gateways derive webhook
-/// events (each record revision read once, across restarts).
+/// Durable pull consumer on the job records' stream from which earlier versions' gateways
+/// derived webhook events; a gateway now starts where it stopped, then deletes it.
 pub const CONSUMER_WEBHOOK_EVENTS: &str = "mochi-webhook-events";
 
 /// The subject a tenant's webhook deliveries are queued on.
@@ -32,11 +32,18 @@ pub const BUCKET_JOBS: &str = "mochi_jobs";
 pub const BUCKET_NODES: &str = "mochi_nodes";
 /// Object store of finished MP4 files, keyed by job id.
 pub const OBJECT_STORE_VIDEOS: &str = "mochi_videos";
-/// KV bucket of the coordinator leader lease (one key, [`KEY_LEADER`]); the replica that
-/// holds it schedules, the others stand by.
+/// KV bucket of leases ([`crate::lease`]): the coordinator leader's ([`KEY_LEADER`]; the
+/// replica that holds it schedules, the others stand by) and the webhook source's
+/// ([`KEY_WEBHOOK_SOURCE`], with its position, [`KEY_WEBHOOK_CURSOR`]).
 pub const BUCKET_LEADER: &str = "mochi_leader";
 /// Key of the leader lease in [`BUCKET_LEADER`].
 pub const KEY_LEADER: &str = "coordinator";
+/// Key of the webhook source's lease in [`BUCKET_LEADER`]: the gateway that holds it reads
+/// the job records into webhook events.
+pub const KEY_WEBHOOK_SOURCE: &str = "webhooks.source";
+/// Key in [`BUCKET_LEADER`] of how far the webhook source got: the first `KV_mochi_jobs`
+/// sequence it has not finished (JSON).
+pub const KEY_WEBHOOK_CURSOR: &str = "webhooks.cursor";
 /// KV bucket of the cost model's learned corrections (one JSON document per key), so that
 /// a restarted coordinator keeps what finished jobs taught it.
 pub const BUCKET_COST: &str = "mochi_cost";

@@ -436,28 +436,37 @@ fn gateway(grants: &mut Grants) {
     grants.publish(names::node_cancel_subject("*"));
     // Ask the leading coordinator for a job's predicted cost.
     grants.publish(names::SUBJECT_ESTIMATE);
-    // Webhooks: events derived from the records by a shared durable consumer, queued on
-    // MOCHI_WEBHOOKS, sent by another shared durable consumer.
+    // Webhooks: events derived from the records (an ordered pull consumer on KV_mochi_jobs)
+    // by the holder of a lease, which saves its position next to it; queued on
+    // MOCHI_WEBHOOKS, sent by a shared durable consumer.
+    grants.publish(format!(
+        "$JS.API.CONSUMER.MSG.NEXT.{}.*",
+        names::kv_stream(names::BUCKET_JOBS)
+    ));
+    grants.kv_read(names::BUCKET_LEADER);
+    for key in [names::KEY_WEBHOOK_SOURCE, names::KEY_WEBHOOK_CURSOR] {
+        grants.publish(format!("$KV.{}.{key}", names::BUCKET_LEADER));
+    }
     grants.publish(names::webhooks_subject("*"));
     grants.open_stream(names::STREAM_WEBHOOKS);
-    for durable in [
-        format!(
-            "{}.{}",
-            names::STREAM_WEBHOOKS,
-            names::CONSUMER_WEBHOOK_DELIVERY
-        ),
-        format!(
-            "{}.{}",
-            names::kv_stream(names::BUCKET_JOBS),
-            names::CONSUMER_WEBHOOK_EVENTS
-        ),
-    ] {
-        grants.publish(format!("$JS.API.CONSUMER.INFO.{durable}"));
-        grants.publish(format!("$JS.API.CONSUMER.CREATE.{durable}"));
-        grants.publish(format!("$JS.API.CONSUMER.CREATE.{durable}.>"));
-        grants.publish(format!("$JS.API.CONSUMER.MSG.NEXT.{durable}"));
-        grants.publish(format!("$JS.ACK.{durable}.>"));
-    }
+    let delivery = format!(
+        "{}.{}",
+        names::STREAM_WEBHOOKS,
+        names::CONSUMER_WEBHOOK_DELIVERY
+    );
+    grants.publish(format!("$JS.API.CONSUMER.INFO.{delivery}"));
+    grants.publish(format!("$JS.API.CONSUMER.CREATE.{delivery}"));
+    grants.publish(format!("$JS.API.CONSUMER.CREATE.{delivery}.>"));
+    grants.publish(format!("$JS.API.CONSUMER.MSG.NEXT.{delivery}"));
+    grants.publish(format!("$JS.ACK.{delivery}.>"));
+    // The shared consumer of earlier versions: where it stopped, then deleted.
+    let events = format!(
+        "{}.{}",
+        names::kv_stream(names::BUCKET_JOBS),
+        names::CONSUMER_WEBHOOK_EVENTS
+    );
+    grants.publish(format!("$JS.API.CONSUMER.INFO.{events}"));
+    grants.publish(format!("$JS.API.CONSUMER.DELETE.{events}"));
 }
 
 fn coordinator(grants: &mut Grants) {

@@ -2,12 +2,13 @@
 //! `progress` (at most two a second), `completed` — posted to the tenant's receiver, signed
 //! in the Standard Webhooks format with the tenant's secret.
 //!
-//! Two shared durable JetStream consumers make it survive restarts and run once across
-//! replicas: [`source`] reads every revision of every job record (`KV_mochi_jobs`) and
-//! queues the events it implies on `MOCHI_WEBHOOKS` (each with a stable `webhook-id` as its
-//! message id, so two gateways queue an event once); [`send`] takes deliveries from that
-//! stream, posts them (target checked against server-side request forgery at each try),
-//! and acknowledges them once the receiver answered 2xx, else retries with backoff up to
+//! Both halves survive restarts and run once across replicas: [`source`], in the one
+//! gateway holding its lease, reads every revision of every job record (`KV_mochi_jobs`)
+//! from the position saved last and queues the events it implies on `MOCHI_WEBHOOKS` (each
+//! with a stable `webhook-id` as its message id, so an event read twice is queued once);
+//! [`send`], a durable consumer the gateways share, takes deliveries from that stream,
+//! posts them (target checked against server-side request forgery at each try), and
+//! acknowledges them once the receiver answered 2xx, else retries with backoff up to
 //! [`WebhookConfig::retry_delays_s`]. A delivery in flight when a gateway stops is
 //! redelivered to another (or the restarted) gateway.
 

@@ -1,27 +1,61 @@
-//! Webhook events from the job records: a durable pull consumer shared by every gateway
-//! reads each revision of `KV_mochi_jobs` once (it resumes where it stopped after a
-//! restart) and queues the event a revision implies on `MOCHI_WEBHOOKS`.
+//! Webhook events from the job records. One gateway at a time reads them: the holder of
+//! the `webhooks.source` lease in `mochi_leader` ([`protocol::lease`]). It reads every
+//! revision of `KV_mochi_jobs` through an ordered consumer (no acknowledgements, so nothing
+//! is replicated per revision), queues the events each revision implies on
+//! `MOCHI_WEBHOOKS`, and saves how far it got (`webhooks.cursor`, about once a second, and
+//! when it stops). A new holder reads again from the saved position: what it queues again
+//! is dropped as a duplicate (each event's message id is stable, and `MOCHI_WEBHOOKS`
+//! remembers ids for an hour).
+//!
+//! Earlier versions shared a durable consumer among the gateways and acknowledged each
+//! revision: a replicated write per revision (a running job writes one per step). A holder
+//! that finds no saved position starts where that consumer's acknowledgements stopped and
+//! deletes it; without either it starts after the newest revision (records older than
+//! webhooks have no events to send).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::kv::Operation;
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
 use protocol::api::JobView;
 use protocol::jetstream::Resources;
+use protocol::lease::{Election, Role};
 use protocol::record::WebhookEvent;
-use protocol::{JobId, JobRecord, JobState, codec, names, now_ms};
+use protocol::{JobId, JobRecord, JobState, codec, lease, names, now_ms};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::types::{Delivery, WebhookConfig};
 use crate::files::RetentionConfig;
 use crate::index::{JobIndex, WeakIndex};
 use crate::metrics;
 
-/// Wait before starting over after the consumer failed.
+/// Wait before starting over after the reader failed.
 const RETRY: Duration = Duration::from_secs(1);
+/// How often the holder saves its position (and checks that its gateway still runs).
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// The longest wait between two tries to queue one delivery.
+const QUEUE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Reads record revisions into deliveries for as long as `index` lives.
+/// Where the holder of the source lease got to (`webhooks.cursor` in `mochi_leader`, JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The first `KV_mochi_jobs` sequence whose events are not known to be queued.
+    pub next_sequence: u64,
+    /// The gateway that saved it.
+    pub holder: String,
+    /// Wall-clock time of the save, ms since the epoch (for people).
+    pub saved_at_ms: u64,
+}
+
+/// Stands for the source lease and, while this gateway holds it, reads record revisions
+/// into deliveries; for as long as `index` lives.
 pub fn start(
     index: &JobIndex,
     resources: &Resources,
@@ -29,92 +63,219 @@ pub fn start(
     retention: &RetentionConfig,
 ) -> tokio::task::JoinHandle<()> {
     let index = index.downgrade();
-    let context = resources.context.clone();
+    let resources = resources.clone();
     let config = config.clone();
     let retention = retention.clone();
     tokio::spawn(async move {
+        let instance = lease::host_instance("gateway");
+        let (role, mut roles) = watch::channel(Role::Standby);
+        let election = Election::new(
+            resources.leader.clone(),
+            names::KEY_WEBHOOK_SOURCE,
+            instance.clone(),
+            config.source_lease_ms,
+        );
+        let stop = CancellationToken::new();
+        let election = tokio::spawn(election.run(role, stop.clone().cancelled_owned()));
+        let reader = Reader {
+            resources: &resources,
+            config: &config,
+            retention: &retention,
+            index: &index,
+            instance: &instance,
+        };
         let mut seen = Seen::default();
         loop {
-            if let Err(error) = run(&context, &config, &retention, &index, &mut seen).await {
-                tracing::warn!(%error, "webhook events: consumer failed; starting over");
+            tokio::select! {
+                held = roles.wait_for(|role| role.is_leader()) => {
+                    if held.is_err() {
+                        break;
+                    }
+                }
+                () = gone(&index) => break,
+            }
+            tracing::info!(%instance, "reading job records into webhook events");
+            if let Err(error) = reader.run(&mut roles, &mut seen).await {
+                tracing::warn!(%error, "webhook events: reader failed; starting over");
+                tokio::time::sleep(RETRY).await;
             }
             if index.upgrade().is_none() {
-                return;
+                break;
             }
-            tokio::time::sleep(RETRY).await;
         }
+        // Released only now, after the position was saved.
+        stop.cancel();
+        let _ = election.await;
     })
 }
 
-async fn run(
-    context: &async_nats::jetstream::Context,
-    config: &WebhookConfig,
-    retention: &RetentionConfig,
-    index: &WeakIndex,
-    seen: &mut Seen,
-) -> Result<(), String> {
-    let stream = context
-        .get_stream(names::kv_stream(names::BUCKET_JOBS))
-        .await
-        .map_err(|e| e.to_string())?;
-    let consumer = stream
-        .get_or_create_consumer(
-            names::CONSUMER_WEBHOOK_EVENTS,
-            pull::Config {
-                durable_name: Some(names::CONSUMER_WEBHOOK_EVENTS.to_owned()),
-                description: Some("mochi-serve: job record revisions → webhook events".to_owned()),
-                // From its creation on: records older than webhooks have no events to send.
-                deliver_policy: DeliverPolicy::New,
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 1_000,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    loop {
-        if index.upgrade().is_none() {
-            return Ok(());
-        }
-        let mut batch = consumer
-            .fetch()
-            .max_messages(200)
-            .expires(Duration::from_secs(1))
-            .messages()
+/// Completes once the gateway's index is gone (the gateway stopped).
+async fn gone(index: &WeakIndex) {
+    while index.upgrade().is_some() {
+        tokio::time::sleep(SAVE_EVERY).await;
+    }
+}
+
+/// What the holder reads with.
+struct Reader<'a> {
+    resources: &'a Resources,
+    config: &'a WebhookConfig,
+    retention: &'a RetentionConfig,
+    index: &'a WeakIndex,
+    instance: &'a str,
+}
+
+impl Reader<'_> {
+    /// Reads from the saved position until the lease is lost (returns without saving: the
+    /// new holder may have read it already) or the gateway stops (saves, then returns).
+    async fn run(&self, roles: &mut watch::Receiver<Role>, seen: &mut Seen) -> Result<(), String> {
+        let context = &self.resources.context;
+        let mut stream = context
+            .get_stream(names::kv_stream(names::BUCKET_JOBS))
             .await
             .map_err(|e| e.to_string())?;
-        while let Some(message) = batch.next().await {
-            let message = message.map_err(|e| e.to_string())?;
-            let deliveries = codec::decode::<JobRecord>(&message.payload)
-                .map(|record| events_of(&record, config, retention, seen, now_ms()))
-                .unwrap_or_default();
-            let mut queued_all = true;
-            for (event, delivery) in deliveries {
-                let subject = names::webhooks_subject(delivery.tenant.as_str());
-                let payload = serde_json::to_vec(&delivery).map_err(|e| e.to_string())?;
-                let publish = PublishMessage::build()
-                    .payload(payload.into())
-                    .message_id(delivery.id.clone());
-                let queued = async { context.send_publish(subject, publish).await?.await };
-                match queued.await {
-                    Ok(ack) if !ack.duplicate => metrics::record_webhook_event(event.as_str()),
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::warn!(job_id = %delivery.job_id, %error, "cannot queue a webhook delivery");
-                        queued_all = false;
+        let mut next = self.start_position(&mut stream).await?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                description: Some("mochi-serve: job record revisions → webhook events".to_owned()),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: next,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let holding = roles.clone();
+        let mut saved = next;
+        let mut save = tokio::time::interval(SAVE_EVERY);
+        save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                changed = roles.changed() => {
+                    if changed.is_err() || !roles.borrow_and_update().is_leader() {
+                        return Ok(());
                     }
                 }
-            }
-            if !queued_all {
-                // Unacknowledged: the revision comes back (if still the newest) and is
-                // queued then; what was queued already is dropped as a duplicate.
-                continue;
-            }
-            if let Err(error) = message.ack().await {
-                tracing::warn!(%error, "webhook events: ack not sent");
+                _ = save.tick() => {
+                    let stopping = self.index.upgrade().is_none();
+                    if next != saved || stopping {
+                        self.save(next).await?;
+                        saved = next;
+                    }
+                    if stopping {
+                        return Ok(());
+                    }
+                }
+                message = messages.next() => {
+                    let message = message
+                        .ok_or("the ordered consumer ended")?
+                        .map_err(|e| e.to_string())?;
+                    let sequence = message.info().map_err(|e| e.to_string())?.stream_sequence;
+                    let deliveries = codec::decode::<JobRecord>(&message.payload)
+                        .map(|record| events_of(&record, self.config, self.retention, seen, now_ms()))
+                        .unwrap_or_default();
+                    for (event, delivery) in deliveries {
+                        queue(context, event, &delivery, &holding).await?;
+                    }
+                    next = sequence + 1;
+                }
             }
         }
+    }
+
+    /// The saved position; else, once, where the durable consumer of earlier versions
+    /// stopped (that consumer is then deleted); else after the newest revision. A position
+    /// not read from the cursor is saved at once.
+    async fn start_position(&self, stream: &mut Stream) -> Result<u64, String> {
+        let entry = self
+            .resources
+            .leader
+            .entry(names::KEY_WEBHOOK_CURSOR)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(entry) = entry.filter(|entry| entry.operation == Operation::Put) {
+            match codec::from_json::<Cursor>(&entry.value) {
+                Ok(cursor) => return Ok(cursor.next_sequence),
+                Err(error) => tracing::warn!(%error, "unreadable webhook cursor; starting anew"),
+            }
+        }
+        let next = match stream.consumer_info(names::CONSUMER_WEBHOOK_EVENTS).await {
+            Ok(info) => {
+                let next = info.ack_floor.stream_sequence + 1;
+                tracing::info!(
+                    next,
+                    "webhook events: taking over from the shared consumer of earlier versions"
+                );
+                next
+            }
+            Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {
+                let info = stream.info().await.map_err(|e| e.to_string())?;
+                info.state.last_sequence + 1
+            }
+            Err(error) => return Err(error.to_string()),
+        };
+        self.save(next).await?;
+        if next > 1 {
+            // Best effort: gateways of an earlier version still running make it again.
+            if let Err(error) = stream.delete_consumer(names::CONSUMER_WEBHOOK_EVENTS).await {
+                tracing::debug!(%error, "the shared webhook consumer of earlier versions was not deleted");
+            }
+        }
+        Ok(next)
+    }
+
+    /// Saves the position.
+    async fn save(&self, next_sequence: u64) -> Result<(), String> {
+        let cursor = Cursor {
+            next_sequence,
+            holder: self.instance.to_owned(),
+            saved_at_ms: now_ms(),
+        };
+        let value = codec::to_json(&cursor).map_err(|e| e.to_string())?;
+        self.resources
+            .leader
+            .put(names::KEY_WEBHOOK_CURSOR, value.into())
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Queues one delivery, trying again (waits doubling up to [`QUEUE_BACKOFF_MAX`]) until it
+/// is stored or the lease is lost: revisions are read in order, and the position passes
+/// one only once all its events are queued.
+async fn queue(
+    context: &async_nats::jetstream::Context,
+    event: WebhookEvent,
+    delivery: &Delivery,
+    holding: &watch::Receiver<Role>,
+) -> Result<(), String> {
+    let subject = names::webhooks_subject(delivery.tenant.as_str());
+    let payload = serde_json::to_vec(delivery).map_err(|e| e.to_string())?;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let publish = PublishMessage::build()
+            .payload(payload.clone().into())
+            .message_id(delivery.id.clone());
+        let queued = async { context.send_publish(subject.clone(), publish).await?.await };
+        match queued.await {
+            Ok(ack) => {
+                if !ack.duplicate {
+                    metrics::record_webhook_event(event.as_str());
+                }
+                return Ok(());
+            }
+            Err(error) => {
+                tracing::warn!(job_id = %delivery.job_id, %error, "cannot queue a webhook delivery; retrying");
+            }
+        }
+        if !holding.borrow().is_leader() {
+            return Err("the source lease was lost".to_owned());
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(QUEUE_BACKOFF_MAX);
     }
 }
 

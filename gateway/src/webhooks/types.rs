@@ -21,6 +21,9 @@ pub struct WebhookConfig {
     pub progress_interval_ms: u64,
     /// Wait before each retry, seconds (its length is the number of retries).
     pub retry_delays_s: Vec<u64>,
+    /// Lease of the gateway that reads job records into events: a standby takes over after
+    /// 1.2 leases without a renewal (at once when the holder stops cleanly), ms.
+    pub source_lease_ms: u64,
 }
 
 impl Default for WebhookConfig {
@@ -33,6 +36,7 @@ impl Default for WebhookConfig {
             progress_interval_ms: 500,
             // Ten retries over about two hours.
             retry_delays_s: vec![5, 15, 30, 60, 300, 600, 900, 1200, 1800, 2400],
+            source_lease_ms: 6_000,
         }
     }
 }

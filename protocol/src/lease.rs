@@ -1,32 +1,40 @@
-//! Leader election among coordinator replicas, by a lease in the `mochi_leader` KV bucket.
+//! Leases in the `mochi_leader` KV bucket: one holder among replicas, for each key. The
+//! coordinators elect their leader on [`crate::names::KEY_LEADER`]; the gateways pick the one that
+//! reads job records into webhook events on [`crate::names::KEY_WEBHOOK_SOURCE`].
 //!
-//! One key holds the leader's name. A replica becomes leader by creating the key (only one
+//! One key holds the holder's name. A replica takes the lease by creating the key (only one
 //! create wins) or, when the holder went silent, by a compare-and-set on the revision it saw.
-//! The leader renews by compare-and-set on its own last revision every third of the lease;
-//! a refused renewal means another replica took over, and the leader steps down at once.
+//! The holder renews by compare-and-set on its own last revision every third of the lease;
+//! a refused renewal means another replica took over, and the holder steps down at once.
 //!
-//! Time is never compared across machines. The leader counts its lease from the moment it
+//! Time is never compared across machines. The holder counts its lease from the moment it
 //! *sent* its last successful renewal and steps down when that runs out without another;
 //! a standby counts from the moment it *saw* a revision and takes over only when the revision
 //! has not changed for a whole lease plus a margin. Since the send precedes the server's
-//! write, which precedes the standby's read, the old leader has always stopped before a new
-//! one starts (with equal clock rates). Job records are written by compare-and-set anyway,
-//! so even an overlap could not let two writers both win; the lease keeps it from costing
-//! wasted placements.
+//! write, which precedes the standby's read, the old holder has always stopped before a new
+//! one starts (with equal clock rates). What a holder does must still be safe under an
+//! overlap (clock rates differ): job records are written by compare-and-set, webhook events
+//! carry stable message ids; the lease keeps an overlap from costing wasted work.
 
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
-use protocol::{codec, names, now_ms};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-/// What the lease key holds.
+use crate::{codec, now_ms};
+
+/// A name for this replica of `role` in logs and lease records: `<host>-<pid>`.
+pub fn host_instance(role: &str) -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| role.to_owned());
+    format!("{}-{}", host.trim(), std::process::id())
+}
+
+/// What a lease key holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaderRecord {
-    /// The leading replica.
+pub struct LeaseRecord {
+    /// The replica holding the lease.
     pub holder: String,
     /// Lease length the holder uses, ms.
     pub lease_ms: u64,
@@ -37,27 +45,29 @@ pub struct LeaderRecord {
 /// A replica's role, as published on the election's watch channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Another replica leads (or nobody yet).
+    /// Another replica holds the lease (or nobody yet).
     Standby,
-    /// This replica leads; `term` is the revision of the write that made it leader.
+    /// This replica holds the lease; `term` is the revision of the write that won it.
     Leader {
-        /// The fencing term: the KV revision at which leadership was won.
+        /// The fencing term: the KV revision at which the lease was won.
         term: u64,
     },
 }
 
 impl Role {
-    /// Whether this replica leads.
+    /// Whether this replica holds the lease.
     pub fn is_leader(self) -> bool {
         matches!(self, Self::Leader { .. })
     }
 }
 
-/// One replica's view of the election.
+/// One replica's view of the election for one key.
 pub struct Election {
     kv: kv::Store,
+    key: &'static str,
     instance: String,
     lease: Duration,
+    on_term: Option<fn(u64)>,
 }
 
 /// Where this replica stands.
@@ -73,17 +83,27 @@ enum Standing {
 }
 
 impl Election {
-    /// An election for replica `instance` with leases of `lease_ms`.
-    pub fn new(kv: kv::Store, instance: String, lease_ms: u64) -> Self {
+    /// An election for replica `instance` on `key` of `kv` (the `mochi_leader` bucket) with
+    /// leases of `lease_ms`.
+    pub fn new(kv: kv::Store, key: &'static str, instance: String, lease_ms: u64) -> Self {
         Self {
             kv,
+            key,
             instance,
             lease: Duration::from_millis(lease_ms),
+            on_term: None,
         }
     }
 
+    /// Calls `hook` with the term each time this replica wins the lease (e.g. to count terms).
+    #[must_use]
+    pub fn on_term(mut self, hook: fn(u64)) -> Self {
+        self.on_term = Some(hook);
+        self
+    }
+
     fn value(&self) -> Option<Vec<u8>> {
-        let record = LeaderRecord {
+        let record = LeaseRecord {
             holder: self.instance.clone(),
             lease_ms: u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX),
             renewed_at_ms: now_ms(),
@@ -91,9 +111,11 @@ impl Election {
         codec::to_json(&record).ok()
     }
 
-    /// Campaigns until `shutdown`: publishes every change of role on `role`. On shutdown a
-    /// leader deletes its key (only if it still holds it) so that a standby takes over at once.
-    pub async fn run(self, role: watch::Sender<Role>, shutdown: CancellationToken) {
+    /// Campaigns until `shutdown` completes: publishes every change of role on `role`. On
+    /// shutdown a holder deletes its key (only if it still holds it) so that a standby takes
+    /// over at once.
+    pub async fn run(self, role: watch::Sender<Role>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
         let renew_every = self.lease / 3;
         let mut standing = Standing::Waiting { seen: None };
         loop {
@@ -113,7 +135,7 @@ impl Election {
                 Standing::Waiting { .. } => renew_every / 2,
             };
             tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = &mut shutdown => break,
                 () = tokio::time::sleep(pause) => {}
             }
         }
@@ -121,11 +143,13 @@ impl Election {
             role.send_replace(Role::Standby);
             match self
                 .kv
-                .delete_expect_revision(names::KEY_LEADER, Some(revision))
+                .delete_expect_revision(self.key, Some(revision))
                 .await
             {
-                Ok(()) => tracing::info!(instance = %self.instance, "leadership released"),
-                Err(error) => tracing::warn!(%error, "cannot release the leader lease; it expires"),
+                Ok(()) => {
+                    tracing::info!(instance = %self.instance, key = self.key, "lease released")
+                }
+                Err(error) => tracing::warn!(%error, "cannot release the lease; it expires"),
             }
         }
     }
@@ -139,7 +163,7 @@ impl Election {
     ) -> Standing {
         let sent = Instant::now();
         let step_down = |why: &str| {
-            tracing::warn!(instance = %self.instance, term, reason = why, "stepping down as leader");
+            tracing::warn!(instance = %self.instance, key = self.key, term, reason = why, "stepping down");
             role.send_replace(Role::Standby);
             Standing::Waiting { seen: None }
         };
@@ -149,7 +173,7 @@ impl Election {
         let Some(value) = self.value() else {
             return step_down("cannot encode the lease");
         };
-        let update = self.kv.update(names::KEY_LEADER, value.into(), revision);
+        let update = self.kv.update(self.key, value.into(), revision);
         match tokio::time::timeout(until - sent, update).await {
             Ok(Ok(revision)) => Standing::Leading {
                 term,
@@ -160,7 +184,7 @@ impl Election {
                 step_down("another replica holds the lease")
             }
             Ok(Err(error)) => {
-                tracing::warn!(%error, "cannot renew the leader lease; retrying");
+                tracing::warn!(%error, "cannot renew the lease; retrying");
                 if Instant::now() >= until {
                     step_down("lease ran out while NATS was unreachable")
                 } else {
@@ -180,10 +204,10 @@ impl Election {
         seen: Option<(u64, Instant)>,
         role: &watch::Sender<Role>,
     ) -> Standing {
-        let entry = match self.kv.entry(names::KEY_LEADER).await {
+        let entry = match self.kv.entry(self.key).await {
             Ok(entry) => entry,
             Err(error) => {
-                tracing::debug!(%error, "cannot read the leader lease");
+                tracing::debug!(%error, "cannot read the lease");
                 return Standing::Waiting { seen };
             }
         };
@@ -192,10 +216,10 @@ impl Election {
             return Standing::Waiting { seen };
         };
         let won = match entry {
-            // Nobody leads (never did, or the leader released): create wins for one replica.
-            None => self.kv.create(names::KEY_LEADER, value.into()).await.ok(),
+            // Nobody holds it (never did, or the holder released it): create wins for one replica.
+            None => self.kv.create(self.key, value.into()).await.ok(),
             Some(entry) if entry.operation != Operation::Put => {
-                self.kv.create(names::KEY_LEADER, value.into()).await.ok()
+                self.kv.create(self.key, value.into()).await.ok()
             }
             Some(entry) => match seen {
                 // The holder has not renewed for a whole lease (plus a margin) since we first
@@ -203,12 +227,12 @@ impl Election {
                 Some((revision, at))
                     if revision == entry.revision && at.elapsed() > self.lease + self.lease / 5 =>
                 {
-                    let holder = codec::from_json::<LeaderRecord>(&entry.value)
+                    let holder = codec::from_json::<LeaseRecord>(&entry.value)
                         .map(|r| r.holder)
                         .unwrap_or_default();
-                    tracing::warn!(instance = %self.instance, %holder, "leader lease expired; taking over");
+                    tracing::warn!(instance = %self.instance, key = self.key, %holder, "lease expired; taking over");
                     self.kv
-                        .update(names::KEY_LEADER, value.into(), entry.revision)
+                        .update(self.key, value.into(), entry.revision)
                         .await
                         .ok()
                 }
@@ -226,8 +250,10 @@ impl Election {
         };
         match won {
             Some(revision) => {
-                ::metrics::counter!(crate::metrics::LEADER_TERMS).increment(1);
-                tracing::info!(instance = %self.instance, term = revision, "became leader");
+                if let Some(hook) = self.on_term {
+                    hook(revision);
+                }
+                tracing::info!(instance = %self.instance, key = self.key, term = revision, "lease won");
                 role.send_replace(Role::Leader { term: revision });
                 Standing::Leading {
                     term: revision,
@@ -245,15 +271,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn leader_record_round_trips_as_json() {
-        let record = LeaderRecord {
+    fn lease_record_round_trips_as_json() {
+        let record = LeaseRecord {
             holder: "coord-a".to_owned(),
             lease_ms: 1_000,
             renewed_at_ms: 5,
         };
         let bytes = codec::to_json(&record).expect("encode");
         assert_eq!(
-            codec::from_json::<LeaderRecord>(&bytes).expect("decode"),
+            codec::from_json::<LeaseRecord>(&bytes).expect("decode"),
             record
         );
         assert!(Role::Leader { term: 3 }.is_leader());
