@@ -29,15 +29,16 @@ pub struct Config {
     pub backoff_base_ms: u64,
     /// Longest retry delay, ms.
     pub backoff_max_ms: u64,
-    /// How long the intake may hold a submission before JetStream redelivers it, s.
+    /// On a work-queue `MOCHI_SUBMIT` (made by an earlier version): how long the intake may
+    /// hold a submission before JetStream redelivers it, s.
     pub intake_ack_wait_s: u64,
-    /// Deliveries of one submission before JetStream gives up on it.
+    /// Tries to write one submission's record before it is given up (on a work-queue
+    /// stream: deliveries).
     pub intake_max_deliver: i64,
-    /// Submissions fetched at once: at most 1000, the intake consumer's limit of
-    /// unacknowledged deliveries (JetStream's default `max_ack_pending`).
+    /// Submissions taken in at once: at most 1000 (on a work-queue stream, the intake
+    /// consumer's limit of unacknowledged deliveries, JetStream's default `max_ack_pending`).
     pub intake_batch: usize,
-    /// Submissions of a batch whose records are written at the same time (each is still
-    /// acknowledged only after its own record is stored).
+    /// Submissions of a batch whose records are written at the same time.
     pub intake_concurrency: usize,
     /// This replica's name in the leader lease; default: host name and process id.
     pub instance_id: Option<String>,

@@ -1,25 +1,29 @@
 //! The intake actor: takes submissions from `MOCHI_SUBMIT` in batches, checks them again
-//! (internal publishers bypass the gateway), writes each job's record as `queued`
-//! (create-only, so a redelivery is harmless; the writes of a batch overlap) and only then
-//! acknowledges that message.
+//! (internal publishers bypass the gateway) and writes each job's record as `queued`
+//! (create-only, so reading a submission twice is harmless; the writes of a batch overlap).
+//! Only the leading coordinator runs it.
 //!
-//! `MOCHI_SUBMIT` keeps its messages until they are purged (limits retention): an
-//! acknowledgement only moves the consumer's ack floor, which nats-server persists a few
-//! times a second, and after each batch (and after an empty fetch, while acknowledged
-//! submissions are still unpurged) the intake purges everything below that floor in one
-//! operation. On a work-queue stream every acknowledgement was a synced deletion of its
-//! own, a second synced write per job on the stream the gateways write to (a stream made
-//! before keeps its work-queue retention, which cannot be changed: its acknowledgements
-//! remove the messages and the intake does not purge).
+//! `MOCHI_SUBMIT` keeps its messages until they are purged (limits retention), and the purge
+//! is the intake's only position: it reads with an ordered consumer from the first message
+//! not purged, and once every submission of a batch has its record it purges below the
+//! batch, one synced write for the whole batch. Nothing is acknowledged, so nothing is
+//! replicated per submission besides the submission and its record (a shared durable
+//! consumer costs two replicated entries per message on a cluster: its delivery and its
+//! acknowledgement). A new leader reads again what its predecessor took in but had not
+//! purged yet, and finds the records there.
+//!
+//! A stream made by an earlier version keeps its work-queue retention, which cannot be
+//! changed: there the intake reads through the durable consumer `mochi-intake` and
+//! acknowledges each submission after its record, which deletes it (docs/operations.md says
+//! how to convert such a stream).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
-use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::stream::RetentionPolicy;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use protocol::ErrorCode;
 use protocol::jetstream::Resources;
 use protocol::messages::SubmitRequest;
@@ -33,7 +37,7 @@ use crate::metrics;
 
 /// How long one fetch waits for submissions before the actor checks its mailbox again.
 const FETCH_EXPIRES: Duration = Duration::from_millis(500);
-/// Delay before a submission whose record could not be written is redelivered.
+/// Delay before a submission whose record could not be written is tried again.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// The intake actor.
@@ -45,19 +49,27 @@ pub enum IntakeMsg {
     Pull,
 }
 
+/// Where the intake reads from.
+enum Source {
+    /// Limits retention: an ordered consumer from the first submission not purged.
+    Ordered {
+        /// The submissions in stream order (`None` until opened, and after it failed).
+        messages: Option<Box<pull::Ordered>>,
+        /// Every submission below this stream sequence is purged.
+        purged_below: u64,
+        /// Every submission below this stream sequence has its record (or was given up).
+        taken_below: u64,
+    },
+    /// Work-queue retention (a stream made by an earlier version): the shared durable
+    /// consumer; each acknowledgement deletes its submission.
+    Durable(Box<PullConsumer>),
+}
+
 /// The intake's state.
 pub struct IntakeState {
     config: Arc<Config>,
     resources: Resources,
-    consumer: PullConsumer,
-    /// Whether `MOCHI_SUBMIT` keeps acknowledged submissions until purged (limits
-    /// retention); a work-queue stream removes each on its acknowledgement.
-    purges: bool,
-    /// Every submission below this stream sequence is purged.
-    purged_below: u64,
-    /// One past the highest stream sequence this intake saw acknowledged: while it is above
-    /// `purged_below`, taken-in submissions may still wait for their purge.
-    acked_below: u64,
+    source: Source,
 }
 
 /// What the intake needs.
@@ -68,7 +80,7 @@ pub struct IntakeArgs {
     pub resources: Resources,
 }
 
-/// Opens (or creates) the durable intake consumer.
+/// Opens (or creates) the durable intake consumer of a work-queue `MOCHI_SUBMIT`.
 pub async fn consumer(resources: &Resources, config: &Config) -> Result<PullConsumer> {
     let consumer_config = pull::Config {
         durable_name: Some(names::CONSUMER_INTAKE.to_owned()),
@@ -98,26 +110,37 @@ impl Actor for Intake {
         myself: ActorRef<Self::Msg>,
         args: IntakeArgs,
     ) -> Result<IntakeState, ActorProcessingErr> {
-        let consumer = consumer(&args.resources, &args.config).await?;
-        let purges =
-            args.resources.submit.cached_info().config.retention == RetentionPolicy::Limits;
-        if !purges {
+        let work_queue =
+            args.resources.submit.cached_info().config.retention == RetentionPolicy::WorkQueue;
+        let source = if work_queue {
             tracing::info!(
                 "MOCHI_SUBMIT has work-queue retention (made by an earlier version): each acknowledgement deletes its submission; docs/operations.md says how to convert it"
             );
-        }
+            Source::Durable(Box::new(consumer(&args.resources, &args.config).await?))
+        } else {
+            // The durable consumer of earlier versions is not read any more: its
+            // acknowledgements are not the position, the purges are.
+            if let Err(error) = args
+                .resources
+                .submit
+                .delete_consumer(names::CONSUMER_INTAKE)
+                .await
+            {
+                // Most often: there is none.
+                tracing::debug!(%error, "the intake consumer of earlier versions was not deleted");
+            }
+            Source::Ordered {
+                messages: None,
+                purged_below: 0,
+                taken_below: 0,
+            }
+        };
         myself.cast(IntakeMsg::Pull)?;
-        let mut state = IntakeState {
+        Ok(IntakeState {
             config: args.config,
             resources: args.resources,
-            consumer,
-            purges,
-            purged_below: 0,
-            acked_below: 0,
-        };
-        // What an earlier leader took in but did not purge.
-        purge_taken_in(&mut state).await;
-        Ok(state)
+            source,
+        })
     }
 
     async fn handle(
@@ -127,74 +150,133 @@ impl Actor for Intake {
         state: &mut IntakeState,
     ) -> Result<(), ActorProcessingErr> {
         let IntakeMsg::Pull = message;
-        match state
-            .consumer
-            .fetch()
-            .max_messages(state.config.intake_batch)
-            .expires(FETCH_EXPIRES)
-            .messages()
-            .await
-        {
-            Ok(batch) => {
-                // The record writes of a batch overlap (each is a round trip to a stored
-                // JetStream write); each message is still acknowledged after its own record.
-                let acked_below = AtomicU64::new(state.acked_below);
-                let shared = &*state;
-                let acked_ref = &acked_below;
-                batch
-                    .for_each_concurrent(shared.config.intake_concurrency, |next| async move {
-                        match next {
-                            Ok(message) => {
-                                if let Some(sequence) = take_in(shared, message).await {
-                                    acked_ref.fetch_max(sequence + 1, Ordering::Relaxed);
-                                }
-                            }
-                            Err(error) => tracing::warn!(%error, "intake fetch interrupted"),
-                        }
-                    })
-                    .await;
-                state.acked_below = acked_below.into_inner();
-                // Also after an empty fetch: the ack floor nats-server reports may trail the
-                // acknowledgements it confirmed (on a replicated consumer they are applied
-                // through its Raft log), and what it left out must not wait for the next
-                // submission to be purged.
-                if state.acked_below > state.purged_below {
-                    purge_taken_in(state).await;
+        let IntakeState {
+            config,
+            resources,
+            source,
+        } = state;
+        match source {
+            Source::Ordered {
+                messages,
+                purged_below,
+                taken_below,
+            } => {
+                if let Err(error) = read_ordered(config, resources, messages, taken_below).await {
+                    tracing::warn!(%error, "intake cannot read MOCHI_SUBMIT; retrying");
+                    *messages = None;
+                    tokio::time::sleep(RETRY_DELAY).await;
+                }
+                if *taken_below > *purged_below {
+                    purge_below(resources, *taken_below, purged_below).await;
                 }
             }
-            Err(error) => {
-                tracing::warn!(%error, "intake cannot fetch; retrying");
-                tokio::time::sleep(RETRY_DELAY).await;
-            }
+            Source::Durable(consumer) => read_durable(config, resources, consumer).await,
         }
         myself.cast(IntakeMsg::Pull)?;
         Ok(())
     }
 }
 
-/// Purges the submissions below the intake consumer's ack floor: every one of them has its
-/// record (or was given up after `intake_max_deliver` deliveries, as a work-queue stream
-/// would have left it undelivered). One synced write for the whole batch. A failure is
-/// logged and left to the next batch: the submissions stay, their records exist, and a
-/// redelivery would find them.
-async fn purge_taken_in(state: &mut IntakeState) {
-    if !state.purges {
-        return;
-    }
-    let floor = match state.consumer.get_info().await {
-        Ok(info) => info.ack_floor.stream_sequence,
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the intake's ack floor; purging later");
-            return;
+/// Reads the next batch from the ordered consumer (opened first, from the first submission
+/// not purged) and takes it in; `taken_below` moves past the batch once every submission of
+/// it has its record or was given up.
+async fn read_ordered(
+    config: &Config,
+    resources: &Resources,
+    messages: &mut Option<Box<pull::Ordered>>,
+    taken_below: &mut u64,
+) -> std::result::Result<(), String> {
+    let reader = match messages {
+        Some(reader) => reader,
+        None => {
+            let mut stream = resources.submit.clone();
+            let first = stream
+                .info()
+                .await
+                .map_err(|e| e.to_string())?
+                .state
+                .first_sequence
+                .max(1);
+            let consumer = stream
+                .create_consumer(pull::OrderedConfig {
+                    description: Some("mochi-serve coordinator intake".to_owned()),
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: first,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::debug!(first, "intake reading MOCHI_SUBMIT");
+            messages.insert(Box::new(
+                consumer.messages().await.map_err(|e| e.to_string())?,
+            ))
         }
     };
-    let below = floor.saturating_add(1);
-    if below <= state.purged_below {
-        return;
+    let mut batch = Vec::new();
+    match tokio::time::timeout(FETCH_EXPIRES, reader.next()).await {
+        Err(_) => return Ok(()),
+        Ok(None) => return Err("the ordered consumer ended".to_owned()),
+        Ok(Some(next)) => batch.push(next.map_err(|e| e.to_string())?),
     }
-    match state.resources.submit.purge().sequence(below).await {
+    // What else has arrived, without waiting.
+    while batch.len() < config.intake_batch {
+        match reader.next().now_or_never() {
+            Some(Some(Ok(message))) => batch.push(message),
+            Some(Some(Err(error))) => {
+                tracing::debug!(%error, "intake read interrupted; the batch ends here");
+                break;
+            }
+            Some(None) | None => break,
+        }
+    }
+    let last = batch
+        .last()
+        .and_then(|message| message.info().ok())
+        .map(|info| info.stream_sequence);
+    futures::stream::iter(batch)
+        .for_each_concurrent(config.intake_concurrency, |message| async move {
+            take_in_retrying(config, resources, &message).await;
+        })
+        .await;
+    if let Some(last) = last {
+        *taken_below = (*taken_below).max(last + 1);
+    }
+    Ok(())
+}
+
+/// Takes one submission in, trying its record up to `intake_max_deliver` times.
+async fn take_in_retrying(
+    config: &Config,
+    resources: &Resources,
+    message: &async_nats::jetstream::Message,
+) {
+    let max_tries = u64::try_from(config.intake_max_deliver.max(1)).unwrap_or(1);
+    for tries in 1.. {
+        match take_in(config, resources, message).await {
+            Ok(()) => return,
+            Err(error) if tries >= max_tries => {
+                // The purge below the batch removes it: the job the publisher was told about
+                // has no record.
+                ::metrics::counter!(metrics::INTAKE, "outcome" => "given_up").increment(1);
+                tracing::error!(%error, tries, subject = %message.subject, "cannot write the record; the submission is given up");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, tries, "cannot write the record; trying again");
+                tokio::time::sleep(RETRY_DELAY).await;
+            }
+        }
+    }
+}
+
+/// Purges the submissions below `below` (each has its record, or was given up). A failure
+/// is logged and left to the next batch: the submissions stay, their records exist, and a
+/// new reader would find them.
+async fn purge_below(resources: &Resources, below: u64, purged_below: &mut u64) {
+    match resources.submit.purge().sequence(below).await {
         Ok(response) => {
-            state.purged_below = below;
+            *purged_below = below;
             tracing::debug!(
                 purged = response.purged,
                 below,
@@ -207,11 +289,67 @@ async fn purge_taken_in(state: &mut IntakeState) {
     }
 }
 
-/// Takes one submission in; returns its stream sequence once its acknowledgement is
-/// confirmed.
-async fn take_in(state: &IntakeState, message: async_nats::jetstream::Message) -> Option<u64> {
-    let outcome = match record_for(state, &message) {
-        Some(record) => match state.resources.jobs.create(&record).await {
+/// Fetches a batch from the durable consumer of a work-queue stream and takes each in,
+/// acknowledging it after its record (the acknowledgement deletes it); one whose record
+/// could not be written is redelivered after [`RETRY_DELAY`], up to `intake_max_deliver`
+/// deliveries.
+async fn read_durable(config: &Config, resources: &Resources, consumer: &PullConsumer) {
+    let batch = match consumer
+        .fetch()
+        .max_messages(config.intake_batch)
+        .expires(FETCH_EXPIRES)
+        .messages()
+        .await
+    {
+        Ok(batch) => batch,
+        Err(error) => {
+            tracing::warn!(%error, "intake cannot fetch; retrying");
+            tokio::time::sleep(RETRY_DELAY).await;
+            return;
+        }
+    };
+    batch
+        .for_each_concurrent(config.intake_concurrency, |next| async move {
+            let message = match next {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, "intake fetch interrupted");
+                    return;
+                }
+            };
+            match take_in(config, resources, &message).await {
+                Ok(()) => {
+                    if let Err(error) = message.double_ack().await {
+                        // The record exists: a redelivery finds it and is acknowledged then.
+                        tracing::warn!(%error, "intake ack not confirmed");
+                    }
+                }
+                Err(error) => {
+                    let delivered = message.info().map(|info| info.delivered).unwrap_or(0);
+                    if delivered >= config.intake_max_deliver {
+                        ::metrics::counter!(metrics::INTAKE, "outcome" => "given_up").increment(1);
+                        tracing::error!(%error, delivered, "cannot write the record; the submission is given up after its last delivery");
+                    } else {
+                        tracing::warn!(%error, "cannot write the record; the submission will be redelivered");
+                    }
+                    if let Err(error) = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await {
+                        tracing::warn!(%error, "cannot nak the submission; it is redelivered after ack_wait");
+                    }
+                }
+            }
+        })
+        .await;
+}
+
+/// Takes one submission in: its record is created (or found there already); an error when
+/// the record could not be written.
+async fn take_in(
+    config: &Config,
+    resources: &Resources,
+    message: &async_nats::jetstream::Message,
+) -> std::result::Result<(), String> {
+    let outcome = match record_for(config, message) {
+        Some(record) => match resources.jobs.create(&record).await {
             Ok(true) if record.state.is_terminal() => {
                 ::metrics::counter!(metrics::INTAKE_REJECTED, "reason" => "invalid_spec")
                     .increment(1);
@@ -225,21 +363,7 @@ async fn take_in(state: &IntakeState, message: async_nats::jetstream::Message) -
                 tracing::debug!(job_id = %record.id, "submission already taken in");
                 "duplicate"
             }
-            Err(error) => {
-                let delivered = message.info().map(|info| info.delivered).unwrap_or(0);
-                if delivered >= state.config.intake_max_deliver {
-                    // JetStream will not deliver it again and the purge below the ack floor
-                    // removes it: the job the publisher was told about has no record.
-                    ::metrics::counter!(metrics::INTAKE, "outcome" => "given_up").increment(1);
-                    tracing::error!(job_id = %record.id, tenant = %record.tenant, delivered, %error, "cannot write the record; the submission is given up after its last delivery");
-                } else {
-                    tracing::warn!(job_id = %record.id, %error, "cannot write the record; the submission will be redelivered");
-                }
-                if let Err(error) = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await {
-                    tracing::warn!(%error, "cannot nak the submission; it is redelivered after ack_wait");
-                }
-                return None;
-            }
+            Err(error) => return Err(format!("job {}: {error}", record.id)),
         },
         None => {
             ::metrics::counter!(metrics::INTAKE_REJECTED, "reason" => "unreadable").increment(1);
@@ -247,20 +371,12 @@ async fn take_in(state: &IntakeState, message: async_nats::jetstream::Message) -
         }
     };
     ::metrics::counter!(metrics::INTAKE, "outcome" => outcome).increment(1);
-    let sequence = message.info().map(|info| info.stream_sequence).ok();
-    match message.double_ack().await {
-        Ok(()) => sequence,
-        Err(error) => {
-            // The record exists: a redelivery finds it and is acknowledged then.
-            tracing::warn!(%error, "intake ack not confirmed");
-            None
-        }
-    }
+    Ok(())
 }
 
 /// The record a submission becomes: `queued`, or `failed` when the spec is invalid;
 /// `None` when the message cannot be attributed to a tenant or parsed at all.
-fn record_for(state: &IntakeState, message: &async_nats::jetstream::Message) -> Option<JobRecord> {
+fn record_for(config: &Config, message: &async_nats::jetstream::Message) -> Option<JobRecord> {
     let Some(tenant) =
         names::tenant_of_submit_subject(&message.subject).and_then(|t| TenantId::new(t).ok())
     else {
@@ -288,7 +404,7 @@ fn record_for(state: &IntakeState, message: &async_nats::jetstream::Message) -> 
         .unwrap_or_default();
     let job_id = job_id_for(&tenant, &request, message_id.as_deref(), sequence);
     let now = now_ms();
-    let (shape, rejection) = match request.spec.validate(&state.config.limits) {
+    let (shape, rejection) = match request.spec.validate(&config.limits) {
         _ if unreadable.is_some() => (JobShape::new(1, 1, 16, 16, 1, false), unreadable),
         Ok(shape) => (shape, None),
         Err(error) => {
@@ -300,14 +416,8 @@ fn record_for(state: &IntakeState, message: &async_nats::jetstream::Message) -> 
             (JobShape::new(1, 1, 16, 16, 1, false), Some(failure))
         }
     };
-    let mut record = JobRecord::from_submission(
-        job_id,
-        tenant,
-        request,
-        shape,
-        state.config.max_attempts,
-        now,
-    );
+    let mut record =
+        JobRecord::from_submission(job_id, tenant, request, shape, config.max_attempts, now);
     if let Some(failure) = rejection {
         tracing::info!(%job_id, code = %failure.code, "submission refused at intake");
         record = record

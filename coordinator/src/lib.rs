@@ -173,7 +173,7 @@ impl StatusHandle {
 }
 
 impl Coordinator {
-    /// Validates `config`, opens the watches and the intake consumer, and starts the actors.
+    /// Validates `config`, opens the watches, and starts the actors.
     pub async fn start(
         config: Config,
         resources: Resources,
@@ -304,13 +304,15 @@ impl Coordinator {
     pub async fn stop(mut self) {
         // No new placements from here on (a stop signal overtakes queued messages).
         self.scheduler.stop(Some("shutdown".to_owned()));
-        // The intake finishes the batch in hand (each message is acked after its record).
+        // The intake finishes the batch in hand (its records written, then purged).
         self.intake.stop(Some("shutdown".to_owned()));
         if tokio::time::timeout(STOP_TIMEOUT, &mut self.intake_handle)
             .await
             .is_err()
         {
-            tracing::warn!("intake did not stop in time; unacked submissions are redelivered");
+            tracing::warn!(
+                "intake did not stop in time; the next leader reads its submissions again"
+            );
             self.intake_handle.abort();
         }
         self.tasks.shutdown().await;

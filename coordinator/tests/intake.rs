@@ -105,28 +105,17 @@ async fn submission_becomes_one_queued_record_even_when_delivered_twice() {
     let mut again = first.clone();
     again.spec.prompt = "a blue fox".to_owned();
     submit(&nats.resources, "acme", &again, "another-message-id").await;
-    let consumer = nats
-        .resources
-        .submit
-        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(names::CONSUMER_INTAKE)
-        .await
-        .unwrap();
-    eventually(WAIT, "the duplicate is acknowledged", || async {
-        let info = consumer.get_info().await.unwrap();
-        info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence >= 2
+    // The stream keeps messages until purged (limits retention): the intake purges below a
+    // batch once it took every submission of it in.
+    let stream = nats.resources.submit.get_info().await.unwrap();
+    assert_eq!(stream.config.retention, RetentionPolicy::Limits);
+    eventually(WAIT, "the duplicate is taken in and purged", || async {
+        submit_stream_messages(&nats).await == 0
     })
     .await;
     let (kept, kept_revision) = nats.resources.jobs.get(job_id).await.unwrap().unwrap();
     assert_eq!(kept_revision, revision, "the duplicate rewrote the record");
     assert_eq!(kept.spec.prompt, "a red fox");
-    // The stream keeps messages until purged (limits retention): only the intake's purge
-    // below its ack floor empties it.
-    let stream = nats.resources.submit.get_info().await.unwrap();
-    assert_eq!(stream.config.retention, RetentionPolicy::Limits);
-    eventually(WAIT, "the taken-in submissions are purged", || async {
-        submit_stream_messages(&nats).await == 0
-    })
-    .await;
     assert_eq!(coordinator.status().await.queued, 1);
 
     // Without a job id the id is derived from the message id, so a redelivery maps to it too.
@@ -143,6 +132,73 @@ async fn submission_becomes_one_queued_record_even_when_delivered_twice() {
     })
     .await;
     coordinator.stop().await;
+}
+
+/// The intake's position is the purge: a leader that took submissions in but died before
+/// purging them leaves them to the next, which reads them again, finds their records and
+/// leaves them untouched. The durable consumer of earlier versions is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_reads_again_what_was_not_purged_and_rewrites_nothing() {
+    use async_nats::jetstream::consumer::pull;
+    let nats = nats().await;
+    let ids = common::submit_jobs(&nats, 6).await;
+    // The first three were taken in by a leader that died before its purge.
+    let mut revisions = Vec::new();
+    for (index, job_id) in ids.iter().take(3).enumerate() {
+        let mut record = record_of(*job_id, index);
+        record.spec.prompt = format!("taken in before {index}");
+        assert!(nats.resources.jobs.create(&record).await.unwrap());
+        revisions.push(nats.resources.jobs.get(*job_id).await.unwrap().unwrap().1);
+    }
+    nats.resources
+        .submit
+        .create_consumer(pull::Config {
+            durable_name: Some(names::CONSUMER_INTAKE.to_owned()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let coordinator = Running::start(&nats, coordinator::Config::for_test()).await;
+    eventually(WAIT, "every submission is taken in and purged", || async {
+        submit_stream_messages(&nats).await == 0
+    })
+    .await;
+    for (index, job_id) in ids.iter().enumerate() {
+        let (kept, revision) = nats.resources.jobs.get(*job_id).await.unwrap().unwrap();
+        if index < 3 {
+            assert_eq!(revision, revisions[index], "job {index} was written again");
+            assert_eq!(kept.spec.prompt, format!("taken in before {index}"));
+        } else {
+            assert_eq!(kept.state, JobState::Queued, "job {index}");
+        }
+    }
+    eventually(WAIT, "the scheduler sees every job", || async {
+        coordinator.status().await.queued == 6
+    })
+    .await;
+    assert!(
+        nats.resources
+            .submit
+            .consumer_info(names::CONSUMER_INTAKE)
+            .await
+            .is_err(),
+        "the durable consumer of earlier versions is still there"
+    );
+    coordinator.stop().await;
+}
+
+/// The queued record the intake would write for job `index` of `submit_jobs`.
+fn record_of(job_id: JobId, index: usize) -> protocol::JobRecord {
+    let request = small_job(&format!("job {index}"));
+    let shape = request.spec.validate(&protocol::Limits::default()).unwrap();
+    protocol::JobRecord::from_submission(
+        job_id,
+        protocol::TenantId::new("acme").unwrap(),
+        request,
+        shape,
+        3,
+        protocol::now_ms(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -471,14 +471,21 @@ fn gateway(grants: &mut Grants) {
 
 fn coordinator(grants: &mut Grants) {
     grants.open_resources();
-    // Intake: its durable pull consumer on MOCHI_SUBMIT, fetches and acknowledgements.
+    // Intake: ordered pull consumers on MOCHI_SUBMIT (its stream info says where to start).
+    grants.ordered_consumers(names::STREAM_SUBMIT);
+    grants.publish(format!(
+        "$JS.API.CONSUMER.MSG.NEXT.{}.*",
+        names::STREAM_SUBMIT
+    ));
+    // On a work-queue MOCHI_SUBMIT (made by an earlier version) its durable pull consumer,
+    // fetches and acknowledgements; on a limits stream that consumer is deleted (above).
     let intake = format!("{}.{}", names::STREAM_SUBMIT, names::CONSUMER_INTAKE);
     grants.publish(format!("$JS.API.CONSUMER.INFO.{intake}"));
     grants.publish(format!("$JS.API.CONSUMER.CREATE.{intake}"));
     grants.publish(format!("$JS.API.CONSUMER.CREATE.{intake}.>"));
     grants.publish(format!("$JS.API.CONSUMER.MSG.NEXT.{intake}"));
     grants.publish(format!("$JS.ACK.{intake}.>"));
-    // What the intake has taken in, below its ack floor.
+    // What the intake has taken in, below its batch.
     grants.purge(names::STREAM_SUBMIT);
     // Dead letters.
     grants.publish(names::dlq_subject("*"));
