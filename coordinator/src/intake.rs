@@ -1,12 +1,13 @@
-//! The intake actor: takes submissions from `MOCHI_SUBMIT` in batches, checks them again
-//! (internal publishers bypass the gateway) and writes each job's record as `queued`
-//! (create-only, so reading a submission twice is harmless; the writes of a batch overlap).
+//! The intake actor: takes submissions from `MOCHI_SUBMIT`, checks them again (internal
+//! publishers bypass the gateway) and writes each job's record as `queued` (create-only, so
+//! reading a submission twice is harmless; up to `intake_concurrency` writes in flight).
 //! Only the leading coordinator runs it.
 //!
 //! `MOCHI_SUBMIT` keeps its messages until they are purged (limits retention), and the purge
 //! is the intake's only position: it reads with an ordered consumer from the first message
-//! not purged, and once every submission of a batch has its record it purges below the
-//! batch, one synced write for the whole batch. Nothing is acknowledged, so nothing is
+//! not purged, in slices of at most a quarter second or `intake_batch` submissions, and
+//! after each slice purges below the last submission that has its record and every one
+//! before it: one synced write per slice. Nothing is acknowledged, so nothing is
 //! replicated per submission besides the submission and its record (a shared durable
 //! consumer costs two replicated entries per message on a cluster: its delivery and its
 //! acknowledgement). A new leader reads again what its predecessor took in but had not
@@ -23,7 +24,7 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::stream::RetentionPolicy;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use protocol::ErrorCode;
 use protocol::jetstream::Resources;
 use protocol::messages::SubmitRequest;
@@ -39,13 +40,16 @@ use crate::metrics;
 const FETCH_EXPIRES: Duration = Duration::from_millis(500);
 /// Delay before a submission whose record could not be written is tried again.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Longest a read of the ordered consumer runs before the intake purges what it took in
+/// and checks its mailbox.
+const SLICE: Duration = Duration::from_millis(250);
 
 /// The intake actor.
 pub struct Intake;
 
 /// Messages of the intake actor.
 pub enum IntakeMsg {
-    /// Fetch and process the next batch (the actor sends this to itself).
+    /// Read and take in the next slice (the actor sends this to itself).
     Pull,
 }
 
@@ -177,9 +181,11 @@ impl Actor for Intake {
     }
 }
 
-/// Reads the next batch from the ordered consumer (opened first, from the first submission
-/// not purged) and takes it in; `taken_below` moves past the batch once every submission of
-/// it has its record or was given up.
+/// Reads from the ordered consumer (opened first, from the first submission not purged) for
+/// one slice, at most [`SLICE`] or `intake_batch` submissions, and takes each in: up to
+/// `intake_concurrency` record writes in flight at all times, the next submission read as
+/// soon as one finishes. `taken_below` moves past each submission once it and every one
+/// before it have their records (or were given up).
 async fn read_ordered(
     config: &Config,
     resources: &Resources,
@@ -213,34 +219,33 @@ async fn read_ordered(
             ))
         }
     };
-    let mut batch = Vec::new();
-    match tokio::time::timeout(FETCH_EXPIRES, reader.next()).await {
+    let first = match tokio::time::timeout(FETCH_EXPIRES, reader.next()).await {
         Err(_) => return Ok(()),
         Ok(None) => return Err("the ordered consumer ended".to_owned()),
-        Ok(Some(next)) => batch.push(next.map_err(|e| e.to_string())?),
-    }
-    // What else has arrived, without waiting.
-    while batch.len() < config.intake_batch {
-        match reader.next().now_or_never() {
-            Some(Some(Ok(message))) => batch.push(message),
-            Some(Some(Err(error))) => {
-                tracing::debug!(%error, "intake read interrupted; the batch ends here");
-                break;
-            }
-            Some(None) | None => break,
-        }
-    }
-    let last = batch
-        .last()
-        .and_then(|message| message.info().ok())
-        .map(|info| info.stream_sequence);
-    futures::stream::iter(batch)
-        .for_each_concurrent(config.intake_concurrency, |message| async move {
+        Ok(Some(next)) => next.map_err(|e| e.to_string())?,
+    };
+    let slice_end = tokio::time::sleep(SLICE);
+    let rest = reader
+        .by_ref()
+        .take_until(slice_end)
+        .take(config.intake_batch.saturating_sub(1))
+        .filter_map(|next| async move {
+            // The ordered consumer starts over from the last message it delivered.
+            next.map_err(|error| tracing::debug!(%error, "intake read interrupted"))
+                .ok()
+        });
+    let taken = futures::stream::once(async { first })
+        .chain(rest)
+        .map(|message| async move {
             take_in_retrying(config, resources, &message).await;
+            message.info().map(|info| info.stream_sequence).ok()
         })
-        .await;
-    if let Some(last) = last {
-        *taken_below = (*taken_below).max(last + 1);
+        .buffered(config.intake_concurrency);
+    let mut taken = std::pin::pin!(taken);
+    while let Some(sequence) = taken.next().await {
+        if let Some(sequence) = sequence {
+            *taken_below = (*taken_below).max(sequence + 1);
+        }
     }
     Ok(())
 }

@@ -314,9 +314,10 @@ impl Server {
     pub async fn serve(self, shutdown: CancellationToken) -> Result<()> {
         tracing::info!(addr = %self.local_addr, "gateway listening");
         let connections = self.state.config.connections.clone();
-        serve::serve(self.listener, app(self.state), connections, shutdown)
-            .await
-            .map_err(Error::Serve)?;
+        let state = self.state.clone();
+        let served = serve::serve(self.listener, app(self.state), connections, shutdown).await;
+        state.stop().await;
+        served.map_err(Error::Serve)?;
         tracing::info!("gateway stopped");
         Ok(())
     }

@@ -54,6 +54,8 @@ pub struct Shared {
     /// Signs download links: the configured keys or the shared generated one, set by
     /// [`AppState::start`] (until then no link is given or accepted).
     pub links: std::sync::OnceLock<LinkSigner>,
+    /// Stops the webhook source, once [`AppState::start`] started it.
+    webhook_source: std::sync::Mutex<Option<crate::webhooks::source::Stopper>>,
 }
 
 impl AppState {
@@ -74,12 +76,27 @@ impl AppState {
             load: TenantLoad::new(),
             index: JobIndex::new(),
             links: std::sync::OnceLock::new(),
+            webhook_source: std::sync::Mutex::new(None),
             resources,
             client,
             config: Arc::new(config),
             metrics,
             fleet: Fleet::new(),
         }))
+    }
+
+    /// Stops what [`AppState::start`] started that hands over to other replicas: the webhook
+    /// source saves its position and releases its lease (waiting at most 5 s), so that
+    /// another gateway goes on at once.
+    pub async fn stop(&self) {
+        let source = self
+            .webhook_source
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(source) = source {
+            source.stop(Duration::from_secs(5)).await;
+        }
     }
 
     /// Loads the API keys and the link-signing key, and starts the watches that keep keys,
@@ -98,12 +115,21 @@ impl AppState {
             resources,
             &self.config.retention,
         ));
-        crate::webhooks::start(
-            index,
-            resources,
-            &self.config.webhooks,
-            &self.config.retention,
-        );
+        {
+            let mut source = self
+                .webhook_source
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // A second start keeps the first's webhooks.
+            if source.is_none() {
+                *source = Some(crate::webhooks::start(
+                    index,
+                    resources,
+                    &self.config.webhooks,
+                    &self.config.retention,
+                ));
+            }
+        }
         let watch = self
             .auth
             .keys()

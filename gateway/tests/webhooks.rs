@@ -393,6 +393,18 @@ fn counts(receiver: &Receiver) -> std::collections::BTreeMap<String, usize> {
     counts
 }
 
+/// Who holds the webhook source's lease, if anyone.
+async fn holder(resources: &Resources) -> Option<String> {
+    let entry = resources
+        .leader
+        .entry(names::KEY_WEBHOOK_SOURCE)
+        .await
+        .unwrap()
+        .filter(|entry| entry.operation == Operation::Put)?;
+    let lease: protocol::lease::LeaseRecord = codec::from_json(&entry.value).unwrap();
+    Some(lease.holder)
+}
+
 /// Waits until `job`'s final event arrived.
 async fn completed(receiver: &Receiver, job: &JobRecord) {
     let id = format!("msg_{}_completed", job.id);
@@ -425,28 +437,44 @@ async fn a_standby_takes_over_the_source_and_reading_again_queues_nothing_twice(
     completed(&receiver, &one).await;
 
     // The holder stops; the standby takes over and reads on from where it got.
+    let first_holder = holder(&resources).await;
     drop(first.state);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while holder(&resources).await == first_holder {
+        assert!(Instant::now() < deadline, "the standby never took over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     let two = job_with_hook(&standby, url.clone()).await;
     run_job(&resources, &two, 1).await;
     completed(&receiver, &two).await;
 
-    // The standby stops too, and the next holder finds a position from before every job
-    // (as if its predecessor had died before saving): it reads every revision again.
-    drop(standby);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while let Some(entry) = resources
+    // The standby stops too, as a gateway does on SIGTERM: by then its position is saved
+    // and its lease released.
+    standby.stop().await;
+    let lease = holder(&resources).await;
+    assert!(lease.is_none(), "the lease is still held by {lease:?}");
+    let saved = resources
         .leader
-        .entry(names::KEY_WEBHOOK_SOURCE)
+        .entry(names::KEY_WEBHOOK_CURSOR)
         .await
         .unwrap()
-        .filter(|entry| entry.operation == Operation::Put)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the lease was never released: {entry:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .unwrap();
+    let saved: Cursor = codec::from_json(&saved.value).unwrap();
+    let last = resources
+        .context
+        .get_stream(names::kv_stream(names::BUCKET_JOBS))
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence;
+    assert_eq!(saved.next_sequence, last + 1, "{saved:?}");
+    drop(standby);
+    // The next holder finds a position from before every job (as if its predecessor had
+    // died before saving): it reads every revision again.
     let cursor = Cursor {
         next_sequence: 1,
         holder: "gone".to_owned(),

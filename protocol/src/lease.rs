@@ -25,10 +25,16 @@ use tokio::time::Instant;
 
 use crate::{codec, now_ms};
 
-/// A name for this replica of `role` in logs and lease records: `<host>-<pid>`.
+/// A name for this replica of `role` in logs and lease records: `<host>-<pid>`, and
+/// `<host>-<pid>-<n>` for the n-th further one in the same process (tests, `mochi up`).
 pub fn host_instance(role: &str) -> String {
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| role.to_owned());
-    format!("{}-{}", host.trim(), std::process::id())
+    let name = format!("{}-{}", host.trim(), std::process::id());
+    match MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+        0 => name,
+        n => format!("{name}-{n}"),
+    }
 }
 
 /// What a lease key holds.

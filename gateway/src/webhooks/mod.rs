@@ -24,13 +24,14 @@ use crate::files::RetentionConfig;
 use crate::index::JobIndex;
 pub use types::{Delivery, WebhookConfig};
 
-/// Starts the event source and the sender for as long as `index` lives.
+/// Starts the event source and the sender for as long as `index` lives; the source stops
+/// early (saving its position, releasing its lease) through what this returns.
 pub fn start(
     index: &JobIndex,
     resources: &Resources,
     config: &WebhookConfig,
     retention: &RetentionConfig,
-) {
-    drop(source::start(index, resources, config, retention));
+) -> source::Stopper {
     drop(send::start(index, resources, config));
+    source::start(index, resources, config, retention)
 }

@@ -54,19 +54,38 @@ pub struct Cursor {
     pub saved_at_ms: u64,
 }
 
+/// Stops a running source: its position saved, its lease released, so that a standby
+/// takes over at once.
+pub struct Stopper {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stopper {
+    /// Stops the source and waits, at most `wait`, until it saved and released.
+    pub async fn stop(self, wait: Duration) {
+        self.stop.cancel();
+        if tokio::time::timeout(wait, self.task).await.is_err() {
+            tracing::warn!("the webhook source did not stop in time; its lease runs out");
+        }
+    }
+}
+
 /// Stands for the source lease and, while this gateway holds it, reads record revisions
-/// into deliveries; for as long as `index` lives.
+/// into deliveries; until stopped or `index` is gone.
 pub fn start(
     index: &JobIndex,
     resources: &Resources,
     config: &WebhookConfig,
     retention: &RetentionConfig,
-) -> tokio::task::JoinHandle<()> {
+) -> Stopper {
     let index = index.downgrade();
     let resources = resources.clone();
     let config = config.clone();
     let retention = retention.clone();
-    tokio::spawn(async move {
+    let stop = CancellationToken::new();
+    let stopping = stop.clone();
+    let task = tokio::spawn(async move {
         let instance = lease::host_instance("gateway");
         let (role, mut roles) = watch::channel(Role::Standby);
         let election = Election::new(
@@ -75,13 +94,14 @@ pub fn start(
             instance.clone(),
             config.source_lease_ms,
         );
-        let stop = CancellationToken::new();
-        let election = tokio::spawn(election.run(role, stop.clone().cancelled_owned()));
+        let release = CancellationToken::new();
+        let election = tokio::spawn(election.run(role, release.clone().cancelled_owned()));
         let reader = Reader {
             resources: &resources,
             config: &config,
             retention: &retention,
             index: &index,
+            stopping: &stopping,
             instance: &instance,
         };
         let mut seen = Seen::default();
@@ -93,20 +113,22 @@ pub fn start(
                     }
                 }
                 () = gone(&index) => break,
+                () = stopping.cancelled() => break,
             }
             tracing::info!(%instance, "reading job records into webhook events");
             if let Err(error) = reader.run(&mut roles, &mut seen).await {
                 tracing::warn!(%error, "webhook events: reader failed; starting over");
                 tokio::time::sleep(RETRY).await;
             }
-            if index.upgrade().is_none() {
+            if index.upgrade().is_none() || stopping.is_cancelled() {
                 break;
             }
         }
         // Released only now, after the position was saved.
-        stop.cancel();
+        release.cancel();
         let _ = election.await;
-    })
+    });
+    Stopper { stop, task }
 }
 
 /// Completes once the gateway's index is gone (the gateway stopped).
@@ -122,12 +144,14 @@ struct Reader<'a> {
     config: &'a WebhookConfig,
     retention: &'a RetentionConfig,
     index: &'a WeakIndex,
+    stopping: &'a CancellationToken,
     instance: &'a str,
 }
 
 impl Reader<'_> {
     /// Reads from the saved position until the lease is lost (returns without saving: the
-    /// new holder may have read it already) or the gateway stops (saves, then returns).
+    /// new holder may have read it already) or the source is stopped or its gateway gone
+    /// (saves, then returns).
     async fn run(&self, roles: &mut watch::Receiver<Role>, seen: &mut Seen) -> Result<(), String> {
         let context = &self.resources.context;
         let mut stream = context
@@ -158,6 +182,7 @@ impl Reader<'_> {
                         return Ok(());
                     }
                 }
+                () = self.stopping.cancelled() => return self.save(next).await,
                 _ = save.tick() => {
                     let stopping = self.index.upgrade().is_none();
                     if next != saved || stopping {
