@@ -9,8 +9,8 @@
 //! For each setting, with JetStream writes fsynced before their acknowledgement (production's
 //! `sync_interval: always`) and with nats-server's default: a fresh nats-server, N valid submissions published to `MOCHI_SUBMIT`
 //! first (pipelined), then the intake actor alone, timed until the stream is empty (a
-//! submission is purged only below the intake's ack floor, after its record is stored), and
-//! the record count checked. The overlapped setting is the shipped default
+//! submission is purged only once its record and every one before it are stored), and the
+//! record count checked. The overlapped setting is the shipped default
 //! (`intake_batch`, `intake_concurrency`) unless `--concurrency` is given.
 
 use std::sync::Arc;
