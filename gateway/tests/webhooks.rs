@@ -405,6 +405,17 @@ async fn holder(resources: &Resources) -> Option<String> {
     Some(lease.holder)
 }
 
+/// The webhook source's saved position.
+async fn saved_cursor(resources: &Resources) -> Cursor {
+    let entry = resources
+        .leader
+        .entry(names::KEY_WEBHOOK_CURSOR)
+        .await
+        .unwrap()
+        .unwrap();
+    codec::from_json(&entry.value).unwrap()
+}
+
 /// Waits until `job`'s final event arrived.
 async fn completed(receiver: &Receiver, job: &JobRecord) {
     let id = format!("msg_{}_completed", job.id);
@@ -454,13 +465,7 @@ async fn a_standby_takes_over_the_source_and_reading_again_queues_nothing_twice(
     standby.stop().await;
     let lease = holder(&resources).await;
     assert!(lease.is_none(), "the lease is still held by {lease:?}");
-    let saved = resources
-        .leader
-        .entry(names::KEY_WEBHOOK_CURSOR)
-        .await
-        .unwrap()
-        .unwrap();
-    let saved: Cursor = codec::from_json(&saved.value).unwrap();
+    let saved = saved_cursor(&resources).await;
     let last = resources
         .context
         .get_stream(names::kv_stream(names::BUCKET_JOBS))
@@ -557,13 +562,7 @@ async fn the_first_holder_starts_where_the_shared_consumer_of_earlier_versions_s
             .await
             .is_err()
     );
-    let saved = resources
-        .leader
-        .entry(names::KEY_WEBHOOK_CURSOR)
-        .await
-        .unwrap()
-        .unwrap();
-    let cursor: Cursor = codec::from_json(&saved.value).unwrap();
+    let cursor = saved_cursor(&resources).await;
     assert!(cursor.next_sequence > 1, "{cursor:?}");
     drop(state);
     drop(server);

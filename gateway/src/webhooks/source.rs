@@ -116,7 +116,9 @@ pub fn start(
                 () = stopping.cancelled() => break,
             }
             tracing::info!(%instance, "reading job records into webhook events");
-            if let Err(error) = reader.run(&mut roles, &mut seen).await {
+            if let Err(error) = reader.run(&mut roles, &mut seen).await
+                && !stopping.is_cancelled()
+            {
                 tracing::warn!(%error, "webhook events: reader failed; starting over");
                 tokio::time::sleep(RETRY).await;
             }
@@ -202,7 +204,7 @@ impl Reader<'_> {
                         .map(|record| events_of(&record, self.config, self.retention, seen, now_ms()))
                         .unwrap_or_default();
                     for (event, delivery) in deliveries {
-                        queue(context, event, &delivery, &holding).await?;
+                        queue(context, event, &delivery, &holding, self.stopping).await?;
                     }
                     next = sequence + 1;
                 }
@@ -269,13 +271,14 @@ impl Reader<'_> {
 }
 
 /// Queues one delivery, trying again (waits doubling up to [`QUEUE_BACKOFF_MAX`]) until it
-/// is stored or the lease is lost: revisions are read in order, and the position passes
-/// one only once all its events are queued.
+/// is stored, the lease is lost or the source stops: revisions are read in order, and the
+/// position passes one only once all its events are queued.
 async fn queue(
     context: &async_nats::jetstream::Context,
     event: WebhookEvent,
     delivery: &Delivery,
     holding: &watch::Receiver<Role>,
+    stopping: &CancellationToken,
 ) -> Result<(), String> {
     let subject = names::webhooks_subject(delivery.tenant.as_str());
     let payload = serde_json::to_vec(delivery).map_err(|e| e.to_string())?;
@@ -298,6 +301,10 @@ async fn queue(
         }
         if !holding.borrow().is_leader() {
             return Err("the source lease was lost".to_owned());
+        }
+        if stopping.is_cancelled() {
+            // The position stays before this revision: the next holder queues it.
+            return Err("the source is stopping".to_owned());
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(QUEUE_BACKOFF_MAX);
