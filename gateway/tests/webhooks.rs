@@ -567,3 +567,37 @@ async fn the_first_holder_starts_where_the_shared_consumer_of_earlier_versions_s
     drop(state);
     drop(server);
 }
+
+/// A saved position past the records' stream (the bucket was deleted and made again, the
+/// position kept) would skip every new revision: the holder reads the stream from its
+/// start instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_past_the_end_of_the_records_reads_them_from_the_start() {
+    let receiver = Receiver::default();
+    let addr = serve(receiver.clone()).await;
+    let url = format!("http://127.0.0.1:{}/hook", addr.port());
+    let (server, client, resources) = common::nats().await;
+    let ahead = Cursor {
+        next_sequence: 1_000_000,
+        holder: "gone".to_owned(),
+        saved_at_ms: now_ms(),
+    };
+    resources
+        .leader
+        .put(
+            names::KEY_WEBHOOK_CURSOR,
+            codec::to_json(&ahead).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let mut config = config();
+    config.auth.disabled = false;
+    let state = AppState::new(config, resources.clone(), client, None);
+    state.start().await.unwrap();
+    let job = job_with_hook(&state, url).await;
+    run_job(&resources, &job, 1).await;
+    completed(&receiver, &job).await;
+    assert!(saved_cursor(&resources).await.next_sequence < 1_000_000);
+    drop(state);
+    drop(server);
+}

@@ -214,7 +214,8 @@ impl Reader<'_> {
 
     /// The saved position; else, once, where the durable consumer of earlier versions
     /// stopped (that consumer is then deleted); else after the newest revision. A position
-    /// not read from the cursor is saved at once.
+    /// not read from the cursor is saved at once. A saved position past the stream's end
+    /// (the bucket was made anew) starts at the stream's first revision.
     async fn start_position(&self, stream: &mut Stream) -> Result<u64, String> {
         let entry = self
             .resources
@@ -222,9 +223,27 @@ impl Reader<'_> {
             .entry(names::KEY_WEBHOOK_CURSOR)
             .await
             .map_err(|e| e.to_string())?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .clone();
         if let Some(entry) = entry.filter(|entry| entry.operation == Operation::Put) {
             match codec::from_json::<Cursor>(&entry.value) {
-                Ok(cursor) => return Ok(cursor.next_sequence),
+                Ok(cursor) if cursor.next_sequence <= state.last_sequence + 1 => {
+                    return Ok(cursor.next_sequence);
+                }
+                Ok(cursor) => {
+                    tracing::warn!(
+                        saved = cursor.next_sequence,
+                        last = state.last_sequence,
+                        "the webhook position is past the records' stream (made anew?); reading it from its start"
+                    );
+                    let next = state.first_sequence.max(1);
+                    self.save(next).await?;
+                    return Ok(next);
+                }
                 Err(error) => tracing::warn!(%error, "unreadable webhook cursor; starting anew"),
             }
         }
@@ -235,21 +254,19 @@ impl Reader<'_> {
                     next,
                     "webhook events: taking over from the shared consumer of earlier versions"
                 );
-                next
+                self.save(next).await?;
+                // Best effort: gateways of an earlier version still running make it again.
+                if let Err(error) = stream.delete_consumer(names::CONSUMER_WEBHOOK_EVENTS).await {
+                    tracing::debug!(%error, "the shared webhook consumer of earlier versions was not deleted");
+                }
+                return Ok(next);
             }
             Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {
-                let info = stream.info().await.map_err(|e| e.to_string())?;
-                info.state.last_sequence + 1
+                state.last_sequence + 1
             }
             Err(error) => return Err(error.to_string()),
         };
         self.save(next).await?;
-        if next > 1 {
-            // Best effort: gateways of an earlier version still running make it again.
-            if let Err(error) = stream.delete_consumer(names::CONSUMER_WEBHOOK_EVENTS).await {
-                tracing::debug!(%error, "the shared webhook consumer of earlier versions was not deleted");
-            }
-        }
         Ok(next)
     }
 
