@@ -416,6 +416,23 @@ async fn saved_cursor(resources: &Resources) -> Cursor {
     codec::from_json(&entry.value).unwrap()
 }
 
+/// Saves a position for the webhook source, as a holder that is gone would have.
+async fn save_cursor(resources: &Resources, next_sequence: u64) {
+    let cursor = Cursor {
+        next_sequence,
+        holder: "gone".to_owned(),
+        saved_at_ms: now_ms(),
+    };
+    resources
+        .leader
+        .put(
+            names::KEY_WEBHOOK_CURSOR,
+            codec::to_json(&cursor).unwrap().into(),
+        )
+        .await
+        .unwrap();
+}
+
 /// Waits until `job`'s final event arrived.
 async fn completed(receiver: &Receiver, job: &JobRecord) {
     let id = format!("msg_{}_completed", job.id);
@@ -480,19 +497,7 @@ async fn a_standby_takes_over_the_source_and_reading_again_queues_nothing_twice(
     drop(standby);
     // The next holder finds a position from before every job (as if its predecessor had
     // died before saving): it reads every revision again.
-    let cursor = Cursor {
-        next_sequence: 1,
-        holder: "gone".to_owned(),
-        saved_at_ms: now_ms(),
-    };
-    resources
-        .leader
-        .put(
-            names::KEY_WEBHOOK_CURSOR,
-            codec::to_json(&cursor).unwrap().into(),
-        )
-        .await
-        .unwrap();
+    save_cursor(&resources, 1).await;
     let third = gateway(&resources);
     third.start().await.unwrap();
     let three = job_with_hook(&third, url).await;
@@ -577,19 +582,7 @@ async fn a_position_past_the_end_of_the_records_reads_them_from_the_start() {
     let addr = serve(receiver.clone()).await;
     let url = format!("http://127.0.0.1:{}/hook", addr.port());
     let (server, client, resources) = common::nats().await;
-    let ahead = Cursor {
-        next_sequence: 1_000_000,
-        holder: "gone".to_owned(),
-        saved_at_ms: now_ms(),
-    };
-    resources
-        .leader
-        .put(
-            names::KEY_WEBHOOK_CURSOR,
-            codec::to_json(&ahead).unwrap().into(),
-        )
-        .await
-        .unwrap();
+    save_cursor(&resources, 1_000_000).await;
     let mut config = config();
     config.auth.disabled = false;
     let state = AppState::new(config, resources.clone(), client, None);
