@@ -22,11 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::stream::RetentionPolicy;
 use futures::StreamExt;
 use protocol::ErrorCode;
-use protocol::jetstream::Resources;
+use protocol::jetstream::{Resources, read_in_order};
 use protocol::messages::SubmitRequest;
 use protocol::record::JobFailure;
 use protocol::{JobEvent, JobId, JobRecord, JobShape, TenantId, names, now_ms};
@@ -203,20 +203,11 @@ async fn read_ordered(
                 .state
                 .first_sequence
                 .max(1);
-            let consumer = stream
-                .create_consumer(pull::OrderedConfig {
-                    description: Some("mochi-serve coordinator intake".to_owned()),
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: first,
-                    },
-                    ..Default::default()
-                })
+            let reader = read_in_order(&stream, first, "mochi-serve coordinator intake")
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::debug!(first, "intake reading MOCHI_SUBMIT");
-            messages.insert(Box::new(
-                consumer.messages().await.map_err(|e| e.to_string())?,
-            ))
+            messages.insert(Box::new(reader))
         }
     };
     let first = match tokio::time::timeout(FETCH_EXPIRES, reader.next()).await {

@@ -249,6 +249,25 @@ async fn try_open_resources(client: async_nats::Client) -> Result<Resources, Set
     })
 }
 
+/// Reads `stream` in order from `start_sequence` through an ordered pull consumer: R1, in
+/// memory, no acknowledgements (nothing replicated per message), and it starts over by
+/// itself from the last message it delivered when it loses its place. How the intake reads
+/// `MOCHI_SUBMIT` and the webhook source `KV_mochi_jobs`, each from a position it keeps.
+pub async fn read_in_order(
+    stream: &stream::Stream,
+    start_sequence: u64,
+    description: &str,
+) -> Result<jetstream::consumer::pull::Ordered, async_nats::Error> {
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            description: Some(description.to_owned()),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence },
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
+}
+
 /// Opens `mochi_keys` (the gateway's and the admin's; other users may not read it).
 pub async fn open_keys(context: &jetstream::Context) -> Result<kv::Store, SetupError> {
     context

@@ -16,14 +16,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::kv::Operation;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
 use protocol::api::JobView;
-use protocol::jetstream::Resources;
+use protocol::jetstream::{Resources, read_in_order};
 use protocol::lease::{Election, Role};
 use protocol::record::WebhookEvent;
 use protocol::{JobId, JobRecord, JobState, codec, lease, names, now_ms};
@@ -161,17 +160,13 @@ impl Reader<'_> {
             .await
             .map_err(|e| e.to_string())?;
         let mut next = self.start_position(&mut stream).await?;
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                description: Some("mochi-serve: job record revisions → webhook events".to_owned()),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: next,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut messages = read_in_order(
+            &stream,
+            next,
+            "mochi-serve: job record revisions → webhook events",
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let holding = roles.clone();
         let mut saved = next;
         let mut save = tokio::time::interval(SAVE_EVERY);
