@@ -24,8 +24,9 @@ use crate::files::RetentionConfig;
 use crate::index::JobIndex;
 pub use types::{Delivery, WebhookConfig};
 
-/// Starts the event source and the sender for as long as `index` lives; the source stops
-/// early (saving its position, releasing its lease) through what this returns.
+/// Starts the sender for as long as `index` lives and the event source until what this
+/// returns is stopped or dropped (the source then saves its position and releases its
+/// lease).
 pub fn start(
     index: &JobIndex,
     resources: &Resources,
@@ -33,5 +34,5 @@ pub fn start(
     retention: &RetentionConfig,
 ) -> source::Stopper {
     drop(send::start(index, resources, config));
-    source::start(index, resources, config, retention)
+    source::start(resources, config, retention)
 }

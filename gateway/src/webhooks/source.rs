@@ -32,12 +32,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::types::{Delivery, WebhookConfig};
 use crate::files::RetentionConfig;
-use crate::index::{JobIndex, WeakIndex};
 use crate::metrics;
 
 /// Wait before starting over after the reader failed.
 const RETRY: Duration = Duration::from_secs(1);
-/// How often the holder saves its position (and checks that its gateway still runs).
+/// How often the holder saves its position (when it moved).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// The longest wait between two tries to queue one delivery.
 const QUEUE_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -53,32 +52,31 @@ pub struct Cursor {
     pub saved_at_ms: u64,
 }
 
-/// Stops a running source: its position saved, its lease released, so that a standby
-/// takes over at once.
+/// Stops a running source, also when dropped (with its gateway's state): its position
+/// saved, its lease released, so that a standby takes over at once.
 pub struct Stopper {
-    stop: CancellationToken,
+    stop: tokio_util::sync::DropGuard,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Stopper {
     /// Stops the source and waits, at most `wait`, until it saved and released.
     pub async fn stop(self, wait: Duration) {
-        self.stop.cancel();
-        if tokio::time::timeout(wait, self.task).await.is_err() {
+        let Self { stop, task } = self;
+        drop(stop);
+        if tokio::time::timeout(wait, task).await.is_err() {
             tracing::warn!("the webhook source did not stop in time; its lease runs out");
         }
     }
 }
 
 /// Stands for the source lease and, while this gateway holds it, reads record revisions
-/// into deliveries; until stopped or `index` is gone.
+/// into deliveries; until stopped.
 pub fn start(
-    index: &JobIndex,
     resources: &Resources,
     config: &WebhookConfig,
     retention: &RetentionConfig,
 ) -> Stopper {
-    let index = index.downgrade();
     let resources = resources.clone();
     let config = config.clone();
     let retention = retention.clone();
@@ -99,7 +97,6 @@ pub fn start(
             resources: &resources,
             config: &config,
             retention: &retention,
-            index: &index,
             stopping: &stopping,
             instance: &instance,
         };
@@ -111,7 +108,6 @@ pub fn start(
                         break;
                     }
                 }
-                () = gone(&index) => break,
                 () = stopping.cancelled() => break,
             }
             tracing::info!(%instance, "reading job records into webhook events");
@@ -121,7 +117,7 @@ pub fn start(
                 tracing::warn!(%error, "webhook events: reader failed; starting over");
                 tokio::time::sleep(RETRY).await;
             }
-            if index.upgrade().is_none() || stopping.is_cancelled() {
+            if stopping.is_cancelled() {
                 break;
             }
         }
@@ -129,13 +125,9 @@ pub fn start(
         release.cancel();
         let _ = election.await;
     });
-    Stopper { stop, task }
-}
-
-/// Completes once the gateway's index is gone (the gateway stopped).
-async fn gone(index: &WeakIndex) {
-    while index.upgrade().is_some() {
-        tokio::time::sleep(SAVE_EVERY).await;
+    Stopper {
+        stop: stop.drop_guard(),
+        task,
     }
 }
 
@@ -144,15 +136,14 @@ struct Reader<'a> {
     resources: &'a Resources,
     config: &'a WebhookConfig,
     retention: &'a RetentionConfig,
-    index: &'a WeakIndex,
     stopping: &'a CancellationToken,
     instance: &'a str,
 }
 
 impl Reader<'_> {
     /// Reads from the saved position until the lease is lost (returns without saving: the
-    /// new holder may have read it already) or the source is stopped or its gateway gone
-    /// (saves, then returns).
+    /// new holder may have read it already) or the source is stopped (saves, then
+    /// returns).
     async fn run(&self, roles: &mut watch::Receiver<Role>, seen: &mut Seen) -> Result<(), String> {
         let context = &self.resources.context;
         let mut stream = context
@@ -181,13 +172,9 @@ impl Reader<'_> {
                 }
                 () = self.stopping.cancelled() => return self.save(next).await,
                 _ = save.tick() => {
-                    let stopping = self.index.upgrade().is_none();
-                    if next != saved || stopping {
+                    if next != saved {
                         self.save(next).await?;
                         saved = next;
-                    }
-                    if stopping {
-                        return Ok(());
                     }
                 }
                 message = messages.next() => {
