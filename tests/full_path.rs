@@ -1,4 +1,4 @@
-//! The whole job path in one process over a real nats-server: gateway → MOCHI_SUBMIT →
+//! The whole job path in one process over a real nats-server: gateway → job record →
 //! coordinator → two GPU nodes (simulated backend) → MP4 in the object store → download.
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 

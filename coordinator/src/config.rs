@@ -71,7 +71,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             limits: Limits::default(),
-            max_attempts: 3,
+            max_attempts: protocol::record::DEFAULT_MAX_ATTEMPTS,
             lease_ms: 60_000,
             assign_timeout_ms: 5_000,
             tick_ms: 500,

@@ -85,7 +85,10 @@ pub fn describe() {
     metrics::describe_gauge!(JOBS_ON_NODES, "Jobs on nodes (assigned, running, encoding)");
     metrics::describe_gauge!(SLOTS, "Slots of live nodes, by state (live, free)");
     metrics::describe_counter!(INTAKE, "Submissions taken in, by outcome");
-    metrics::describe_counter!(JOBS_QUEUED, "Jobs written as queued by the intake");
+    metrics::describe_counter!(
+        JOBS_QUEUED,
+        "Jobs written as queued by the intake (published on NATS; the gateway writes its own)"
+    );
     metrics::describe_counter!(
         INTAKE_REJECTED,
         "Submissions refused by the intake, by reason"

@@ -109,12 +109,15 @@ async fn place(state: &SlotProxyArgs, job_id: JobId) -> (PlacementOutcome, Optio
     let still_queued = |record: &protocol::JobRecord| {
         record.state == JobState::Queued && record.not_before_ms <= now
     };
-    let assigned = match store::apply_if(
+    // The placing coordinator's attempt budget holds (a gateway writes the default).
+    let max_attempts = state.config.max_attempts.max(1);
+    let assigned = match store::apply_adjusted_if(
         &state.resources.jobs,
         job_id,
         &JobEvent::Assigned { lease },
         now,
         still_queued,
+        |record| record.max_attempts = max_attempts,
     )
     .await
     {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use protocol::jetstream::{CasError, JobStore, StoreError};
+use protocol::record::TransitionError;
 use protocol::{JobEvent, JobId, JobRecord};
 
 /// A record as written, with its KV revision.
@@ -27,10 +28,24 @@ pub async fn apply_if(
     now_ms: u64,
     precondition: impl Fn(&JobRecord) -> bool,
 ) -> Result<Option<Written>, StoreError> {
+    apply_adjusted_if(store, job_id, event, now_ms, precondition, |_| {}).await
+}
+
+/// [`apply_if`], then `adjust` on the record `event` made, before it is written.
+pub async fn apply_adjusted_if(
+    store: &JobStore,
+    job_id: JobId,
+    event: &JobEvent,
+    now_ms: u64,
+    precondition: impl Fn(&JobRecord) -> bool,
+    adjust: impl Fn(&mut JobRecord),
+) -> Result<Option<Written>, StoreError> {
     let updated = store
         .try_update(job_id, |record| {
             if precondition(record) {
-                record.apply(event, now_ms).map(Some)
+                let mut next = record.apply(event, now_ms)?;
+                adjust(&mut next);
+                Ok::<_, TransitionError>(Some(next))
             } else {
                 Ok(None)
             }

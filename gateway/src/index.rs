@@ -4,7 +4,7 @@
 //!
 //! Every replica builds its own index from the watch: at start it replays the newest
 //! revision of every record, then follows changes within milliseconds. A replica's own
-//! submissions are listed at once, before the intake writes their record.
+//! submissions are listed at once, before its watch shows their record.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;

@@ -12,7 +12,7 @@ use gateway::{AppState, Config};
 use http_body_util::BodyExt;
 use protocol::api::JobView;
 use protocol::jetstream::Resources;
-use protocol::messages::Cancel;
+use protocol::messages::{Cancel, SubmitRequest};
 use protocol::record::{JobEvent, Lease};
 use protocol::{
     ErrorBody, ErrorCode, JobId, JobRecord, JobSpec, JobState, Limits, NodeId, TenantId, codec,
@@ -142,7 +142,21 @@ async fn same_idempotency_key_gives_the_same_job() {
     let first: JobView = serde_json::from_slice(&first).unwrap();
     let second: JobView = serde_json::from_slice(&second).unwrap();
     assert_eq!(first.id, second.id);
-    let stored = api
+    // The record is the submission: written once, nothing left for an intake.
+    let mut records = api
+        .resources
+        .context
+        .get_stream(format!("KV_{}", names::BUCKET_JOBS))
+        .await
+        .unwrap();
+    let stored = records.info().await.unwrap().state.messages;
+    assert_eq!(stored, 1, "the duplicate was stored twice");
+    let (record, _) = api.resources.jobs.get(first.id).await.unwrap().unwrap();
+    assert_eq!(
+        (record.state, record.idempotency_key.as_deref()),
+        (JobState::Queued, Some("key-1"))
+    );
+    let waiting = api
         .resources
         .submit
         .clone()
@@ -151,7 +165,7 @@ async fn same_idempotency_key_gives_the_same_job() {
         .unwrap()
         .state
         .messages;
-    assert_eq!(stored, 1, "the duplicate was stored twice");
+    assert_eq!(waiting, 0, "the gateway also published a submission");
     let (_, other) = api.post(r#"{"prompt":"x"}"#, Some("key-2")).await;
     assert_ne!(
         serde_json::from_slice::<JobView>(&other).unwrap().id,
@@ -396,12 +410,56 @@ async fn cancel_cancels_a_queued_job_and_refuses_a_finished_one() {
 }
 
 #[tokio::test]
-async fn cancel_right_after_submit_cancels_before_the_intake_runs() {
+async fn cancel_right_after_submit_cancels_the_queued_record() {
     let api = api().await;
     let (status, body) = api.post(r#"{"prompt":"x"}"#, Some("cancel-me")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let id = view(&body).id;
     let uri = format!("/v1/videos/{id}");
+    let (status, body) = api.cancel(&uri).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(view(&body).state, JobState::Cancelled);
+    // A retried submission with the same key shows the job as it is now.
+    let (status, body) = api.post(r#"{"prompt":"x"}"#, Some("cancel-me")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let again = view(&body);
+    assert_eq!((again.id, again.state), (id, JobState::Cancelled));
+}
+
+/// A gateway before 2026-12-07 stored a submission in `MOCHI_SUBMIT` (one subject per job)
+/// and left its record to the intake: during a rolling upgrade such a job is shown, and
+/// cancelled, before a coordinator takes it in.
+#[tokio::test]
+async fn a_submission_an_earlier_gateway_left_for_the_intake_is_shown_and_cancelled() {
+    let api = api().await;
+    let tenant = TenantId::default_tenant();
+    let id = JobId::derived(tenant.as_str(), "cancel-me");
+    let request = SubmitRequest {
+        job_id: Some(id),
+        spec: JobSpec::new("x"),
+        idempotency_key: Some("cancel-me".to_owned()),
+        remixed_from: None,
+        webhook: None,
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.to_string().as_str());
+    api.resources
+        .context
+        .publish_with_headers(
+            names::submit_job_subject(tenant.as_str(), &id.to_string()),
+            headers,
+            codec::to_json(&request).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let uri = format!("/v1/videos/{id}");
+    let (status, body) = api.get(&uri).await;
+    assert_eq!(
+        (status, view(&body).state),
+        (StatusCode::OK, JobState::Queued)
+    );
     let (status, body) = api.cancel(&uri).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(view(&body).state, JobState::Cancelled);

@@ -19,6 +19,10 @@ use crate::spec::JobSpec;
 /// Most history entries a record keeps (the oldest are dropped first).
 pub const MAX_HISTORY: usize = 64;
 
+/// Attempts a job gets when the coordinator's `max_attempts` is not set: the default of that
+/// setting, and what a record carries until a coordinator places it (placing sets the budget).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
 /// Where a job is in its life.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

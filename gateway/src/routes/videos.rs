@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::message::PublishMessage;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -16,7 +14,8 @@ use protocol::api::{JobView, VideoDeleted};
 use protocol::jetstream::StoreError;
 use protocol::messages::SubmitRequest;
 use protocol::queue::QueueInfo;
-use protocol::{ErrorCode, JobId, JobSpec, codec, names, now_ms};
+use protocol::record::DEFAULT_MAX_ATTEMPTS;
+use protocol::{ErrorCode, JobId, JobRecord, JobSpec, names, now_ms};
 
 use crate::auth::{Action, Caller, Principal};
 use crate::error::ApiError;
@@ -25,13 +24,14 @@ use crate::openapi::Errors;
 use crate::routes::cancel::{MAX_CANCEL_TRIES, cancel_job};
 use crate::routes::create::create_request;
 use crate::routes::lookup::{
-    Current, JobPath, current, current_view, queue_position, submitted, tenant_entry, tenant_record,
+    Current, JobPath, current, current_view, queue_position, submitted, tenant_entry,
+    tenant_record, view_of,
 };
 use crate::routes::request::{idempotency_key, json_request};
 use crate::state::AppState;
 
 /// `POST /v1/videos`: validates the request (JSON or a form, OpenAI's fields or ours),
-/// stores it durably in `MOCHI_SUBMIT`, answers 202 with the video object.
+/// writes the job's record durably (`queued`), answers 202 with the video object.
 #[utoipa::path(
     post,
     path = "/v1/videos",
@@ -110,14 +110,7 @@ pub(crate) async fn enqueue_view(
     let repeated = match &idempotency_key {
         Some(_) => match current(state, caller, job_id).await? {
             Current::Live(view) => Some(*view),
-            Current::Deleted => {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    format!(
-                        "the job this Idempotency-Key made ({job_id}) was deleted; send the request with a new Idempotency-Key"
-                    ),
-                ));
-            }
+            Current::Deleted => return Err(key_of_deleted_job(job_id)),
             Current::Absent => None,
         },
         None => None,
@@ -137,62 +130,70 @@ pub(crate) async fn enqueue_view(
             ),
         ));
     }
+    // The record is the submission: one durable, create-only write, which the leading
+    // coordinator's watch of `mochi_jobs` shows it at once (no intake step). The placing
+    // coordinator sets the attempt budget (`coordinator.max_attempts`).
     let request = SubmitRequest {
         job_id: Some(job_id),
-        spec: spec.clone(),
-        idempotency_key: idempotency_key.clone(),
+        spec,
+        idempotency_key,
         remixed_from,
-        webhook: webhook.clone(),
+        webhook,
     };
-    let payload =
-        codec::to_json(&request).map_err(|e| ApiError::internal("encode submission", &e))?;
-    let subject = names::submit_job_subject(tenant.as_str(), &job_id.to_string());
-    let message = PublishMessage::build()
-        .payload(payload.into())
-        .message_id(job_id.to_string());
+    let now = now_ms();
+    let record = JobRecord::from_submission(
+        job_id,
+        tenant.clone(),
+        request,
+        shape,
+        DEFAULT_MAX_ATTEMPTS,
+        now,
+    );
     let started = std::time::Instant::now();
-    let ack = async {
-        let pending = state
-            .resources
-            .context
-            .send_publish(subject, message)
-            .await?;
-        pending.await
-    };
-    let ack = tokio::time::timeout(Duration::from_millis(state.config.publish_timeout_ms), ack)
-        .await
-        .map_err(|_| ApiError::unavailable("the job queue did not acknowledge in time; retry with the same Idempotency-Key"))?
-        .map_err(|error| {
-            tracing::warn!(%job_id, %tenant, %error, "submission not acknowledged by JetStream");
-            match error.kind() {
-                PublishErrorKind::Other | PublishErrorKind::MaxAckPending => ApiError::unavailable(
-                    "the job queue is full or unavailable; retry later with the same Idempotency-Key",
-                ),
-                kind => ApiError::unavailable(format!(
-                    "the job queue is unavailable ({kind}); retry later with the same Idempotency-Key"
-                )),
-            }
-        })?;
-    metrics::record_submit(started.elapsed(), ack.duplicate);
-    if !ack.duplicate {
+    let create = state.resources.jobs.create(&record);
+    let created = tokio::time::timeout(
+        Duration::from_millis(state.config.publish_timeout_ms),
+        create,
+    )
+    .await
+    .map_err(|_| {
+        ApiError::unavailable(
+            "the job store did not acknowledge in time; retry with the same Idempotency-Key",
+        )
+    })?
+    .map_err(|error| {
+        tracing::warn!(%job_id, %tenant, %error, "job record not stored");
+        ApiError::unavailable(
+            "the job store is unavailable; retry later with the same Idempotency-Key",
+        )
+    })?;
+    metrics::record_submit(started.elapsed(), !created);
+    tracing::info!(%job_id, %tenant, key_id = %caller.id, duplicate = !created, frames = shape.num_frames, steps = shape.steps, "job submitted");
+    if created {
         state.load.submitted(job_id, tenant.clone());
-        state.index.submitted(job_id, tenant.clone(), now_ms());
+        state.index.submitted(job_id, tenant, now);
+        return Ok((StatusCode::ACCEPTED, view_of(state, &record)));
     }
-    tracing::info!(%job_id, %tenant, key_id = %caller.id, duplicate = ack.duplicate, frames = shape.num_frames, steps = shape.steps, "job submitted");
-    // JetStream dropped it as a repeat of a request that raced this one past the check
-    // above: show the job the first request created, as it is now.
-    let existing = if ack.duplicate {
-        current_view(state, caller, job_id).await?
-    } else {
-        None
-    };
-    let view = existing.unwrap_or_else(|| {
-        let mut view = JobView::pending(job_id, spec, &shape, now_ms());
-        view.remixed_from_video_id = remixed_from;
-        view.webhook = webhook;
-        view
-    });
-    Ok((StatusCode::ACCEPTED, view))
+    // A request with the same Idempotency-Key raced this one past the check above and
+    // made the job: show it as it is now.
+    match current(state, caller, job_id).await? {
+        Current::Live(view) => Ok((StatusCode::ACCEPTED, *view)),
+        Current::Deleted => Err(key_of_deleted_job(job_id)),
+        Current::Absent => Err(ApiError::unavailable(
+            "the job was made by a concurrent request and cannot be read yet; retry with the same Idempotency-Key",
+        )),
+    }
+}
+
+/// The refusal of an Idempotency-Key whose job `job_id` was deleted: its tombstone keeps the
+/// id, so the key cannot make the job again.
+fn key_of_deleted_job(job_id: JobId) -> ApiError {
+    ApiError::new(
+        ErrorCode::Conflict,
+        format!(
+            "the job this Idempotency-Key made ({job_id}) was deleted; send the request with a new Idempotency-Key"
+        ),
+    )
 }
 
 /// `202 Accepted` with the job and its status URL in `Location`.
