@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Behaviour, Running, StandIn, eventually, nats, record, submit_jobs};
+use common::{Behaviour, Running, StandIn, create_jobs, eventually, nats, record, submit_jobs};
 use protocol::{ErrorCode, JobId, JobState};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -165,13 +165,26 @@ async fn job_out_of_attempts_is_dead_and_copied_to_the_dead_letter_stream() {
         max_attempts: 1,
         ..coordinator::Config::for_test()
     };
+    // A stand-in dies with its first job: one for each of the two jobs.
     let dying = StandIn::start(&nats, "node-dying", 1, Behaviour::Die, config.lease_ms).await;
+    let dying_too = StandIn::start(&nats, "node-dying-2", 1, Behaviour::Die, config.lease_ms).await;
     let coordinator = Running::start(&nats, config).await;
-    let ids = submit_jobs(&nats, 1).await;
-    eventually(WAIT, "the job is dead", || {
+    // One job taken in from MOCHI_SUBMIT, one whose record a gateway wrote with the default
+    // budget: the placing coordinator's `max_attempts` holds for both.
+    let mut ids = submit_jobs(&nats, 1).await;
+    ids.extend(create_jobs(&nats, 1).await);
+    eventually(WAIT, "the jobs are dead", || {
         all_in_state(&nats, &ids, JobState::Dead)
     })
     .await;
+    for &job_id in &ids {
+        let record = record(&nats.resources, job_id).await.unwrap();
+        assert_eq!(
+            (record.failed_attempts, record.max_attempts),
+            (1, 1),
+            "{job_id}"
+        );
+    }
     let subject = protocol::names::dlq_subject(&ids[0].to_string());
     eventually(WAIT, "the dead job is in MOCHI_DLQ", || async {
         nats.resources
@@ -194,4 +207,5 @@ async fn job_out_of_attempts_is_dead_and_copied_to_the_dead_letter_stream() {
     );
     coordinator.stop().await;
     dying.stop().await;
+    dying_too.stop().await;
 }

@@ -55,7 +55,7 @@ impl Client {
         }
     }
 
-    /// Submits `body` (JSON) through the gateway: the accepted job, not yet taken in (no
+    /// Submits `body` (JSON) through the gateway: the accepted job, its record `queued` (no
     /// coordinator runs in these tests).
     async fn post(&self, body: &'static str) -> JobView {
         let (status, _, body) = common::send(
@@ -68,6 +68,34 @@ impl Client {
         .await;
         assert_eq!(status, StatusCode::ACCEPTED);
         serde_json::from_slice(&body).unwrap()
+    }
+
+    /// Stores a submission of tenant acme in `MOCHI_SUBMIT` as a gateway before 2026-12-07
+    /// did, leaving the record to an intake: the job's id.
+    async fn submit_as_an_earlier_gateway(&self, spec: JobSpec) -> JobId {
+        let id = JobId::new();
+        let request = protocol::messages::SubmitRequest {
+            job_id: Some(id),
+            spec,
+            idempotency_key: None,
+            remixed_from: None,
+            webhook: None,
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.to_string().as_str());
+        self.gateway
+            .resources
+            .context
+            .publish_with_headers(
+                names::submit_job_subject("acme", &id.to_string()),
+                headers,
+                codec::to_json(&request).unwrap().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        id
     }
 
     /// The `mochi_queue` bucket, where the tests write what a coordinator would.
@@ -444,21 +472,43 @@ async fn a_cancelled_job_ends_with_cancelled() {
 }
 
 #[tokio::test]
-async fn a_job_not_yet_taken_in_is_followed_from_its_submission() {
+async fn a_job_just_accepted_is_followed_from_its_record() {
     let client = Client::new().await;
     let accepted = client.post(r#"{"prompt":"a fox","steps":4}"#).await;
-
-    // No coordinator runs here: the stream waits for the record written below.
+    // The gateway wrote the record before its 202; no coordinator runs here.
     let mut stream = client.stream(accepted.id, None).await;
     let queued = stream.expect().await;
     assert_eq!(
         (queued.event.as_str(), queued.id.as_str()),
         ("queued", "0.5.0")
     );
-    client.store(accepted.id, accepted.spec).await;
     client.run(accepted.id).await;
     client.steps(accepted.id, 1, 1..=4).await;
     client.finish(accepted.id, 1).await;
+    let events = stream.rest().await;
+    let mut expected = vec!["started".to_owned()];
+    expected.extend(progress(1..=4));
+    expected.extend(["decoding".to_owned(), "completed".to_owned()]);
+    assert_eq!(labels(&events), expected);
+}
+
+#[tokio::test]
+async fn a_job_not_yet_taken_in_is_followed_from_its_submission() {
+    let client = Client::new().await;
+    let mut spec = JobSpec::new("a fox");
+    spec.steps = Some(4);
+    let id = client.submit_as_an_earlier_gateway(spec.clone()).await;
+    // No coordinator runs here: the stream waits for the record written below.
+    let mut stream = client.stream(id, None).await;
+    let queued = stream.expect().await;
+    assert_eq!(
+        (queued.event.as_str(), queued.id.as_str()),
+        ("queued", "0.5.0")
+    );
+    client.store(id, spec).await;
+    client.run(id).await;
+    client.steps(id, 1, 1..=4).await;
+    client.finish(id, 1).await;
     let events = stream.rest().await;
     let mut expected = vec!["started".to_owned()];
     expected.extend(progress(1..=4));
@@ -561,11 +611,13 @@ async fn queue_moves_are_sent_while_the_job_waits() {
 #[tokio::test]
 async fn a_job_first_listed_in_a_page_is_followed_there_then_in_its_own_entry() {
     let client = Client::new().await;
-    let accepted = client.post(r#"{"prompt":"a fox","steps":2}"#).await;
+    let mut spec = JobSpec::new("a fox");
+    spec.steps = Some(2);
+    let id = client.submit_as_an_earlier_gateway(spec.clone()).await;
     // Opened before the record exists: the page is known only once the record is read.
-    let mut stream = client.stream(accepted.id, None).await;
+    let mut stream = client.stream(id, None).await;
     assert_eq!(stream.expect().await.id, "0.5.0");
-    let record = client.store(accepted.id, accepted.spec).await;
+    let record = client.store(id, spec).await;
     let bucket = client.queue_bucket().await;
     let info = |position: u32| QueueInfo {
         position,

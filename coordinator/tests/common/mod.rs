@@ -82,6 +82,28 @@ pub async fn submit_jobs(nats: &Nats, count: usize) -> Vec<JobId> {
     ids
 }
 
+/// Writes the records of `count` small jobs for tenant `acme` as a gateway does (`queued`,
+/// the default attempt budget, no submission); their ids in creation order.
+pub async fn create_jobs(nats: &Nats, count: usize) -> Vec<JobId> {
+    let mut ids = Vec::new();
+    for index in 0..count {
+        let request = small_job(&format!("created {index}"));
+        let job_id = request.job_id.unwrap();
+        let shape = request.spec.validate(&protocol::Limits::default()).unwrap();
+        let record = JobRecord::from_submission(
+            job_id,
+            protocol::TenantId::new("acme").unwrap(),
+            request,
+            shape,
+            protocol::record::DEFAULT_MAX_ATTEMPTS,
+            now_ms(),
+        );
+        assert!(nats.resources.jobs.create(&record).await.unwrap());
+        ids.push(job_id);
+    }
+    ids
+}
+
 /// A small valid submission with its own job id.
 pub fn small_job(prompt: &str) -> SubmitRequest {
     let mut spec = protocol::JobSpec::new(prompt);

@@ -48,8 +48,9 @@ pub(crate) async fn cancel_job(
     let (before, cancelled) = match cancel_record(state, caller, job_id).await? {
         Some(outcome) => outcome,
         None => {
-            // Accepted but not taken in yet: write its record ourselves, already cancelled.
-            // The intake then finds a record and only acknowledges the submission.
+            // Left in MOCHI_SUBMIT (by a NATS publisher or an earlier gateway) and not taken
+            // in yet: write its record ourselves, already cancelled; the intake then finds
+            // a record and writes nothing.
             let Some((request, at_ms)) = submitted(state, caller, job_id).await? else {
                 return Err(ApiError::job_not_found(job_id));
             };

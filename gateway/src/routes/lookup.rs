@@ -124,8 +124,9 @@ pub(crate) fn store_error(job_id: JobId, error: StoreError) -> ApiError {
     }
 }
 
-/// The submission of `job_id` still waiting in `MOCHI_SUBMIT` (accepted, not yet taken in by
-/// the coordinator's intake), with its time of acceptance in ms. A job deleted before the
+/// The submission of `job_id` still waiting in `MOCHI_SUBMIT` (accepted by a gateway of a
+/// version before 2026-12-07, which left records to the intake, and not yet taken in), with
+/// its time of acceptance in ms. A job deleted before the
 /// intake took it in has none: its submission may still wait, the job is gone.
 pub(crate) async fn submitted(
     state: &AppState,
