@@ -50,6 +50,8 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("mochi_gateway_jobs_too_large_total", &[]),
     ("mochi_gateway_requests_total", &["route", "status"]),
     ("mochi_gateway_event_streams_open", &[]),
+    ("mochi_gateway_webhook_source_pending", &[]),
+    ("mochi_gateway_webhook_source_holder", &[]),
 ];
 
 fn repo(path: &str) -> PathBuf {
@@ -78,7 +80,7 @@ fn promtool_accepts_the_configuration_and_every_alert_passes_its_unit_test() {
     let checked = promtool(&["check", "config", "prometheus.yml"]);
     assert!(checked.contains("SUCCESS"), "{checked}");
     let rules = promtool(&["check", "rules", "mochi.rules.yml"]);
-    assert!(rules.contains("SUCCESS: 16 rules found"), "{rules}");
+    assert!(rules.contains("SUCCESS: 18 rules found"), "{rules}");
     let tested = promtool(&["test", "rules", "mochi.rules.test.yml"]);
     assert!(tested.contains("SUCCESS"), "{tested}");
     // Every alert of the rules has a unit test.
@@ -257,6 +259,24 @@ async fn a_real_prometheus_finds_every_series_and_panel_while_jobs_run() {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    // The one gateway of `mochi up` holds the webhook source.
+    loop {
+        let series = query(
+            &http,
+            &prometheus.url,
+            "mochi_gateway_webhook_source_holder",
+        )
+        .await;
+        if series.iter().any(|s| s["value"][1] == "1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no gateway holds the webhook source: {series:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
     // Every panel's expression returns data (rates need two scrapes of each series).

@@ -6,9 +6,10 @@ use std::time::Duration;
 pub const REQUESTS: &str = "mochi_gateway_requests_total";
 /// HTTP request latency, seconds, by route template.
 pub const REQUEST_SECONDS: &str = "mochi_gateway_request_seconds";
-/// Jobs submitted (accepted by JetStream), by whether the submission was a duplicate.
+/// Jobs submitted (their records stored by JetStream), by whether the submission repeated
+/// an Idempotency-Key whose job a concurrent request made.
 pub const JOBS_SUBMITTED: &str = "mochi_gateway_jobs_submitted_total";
-/// Time to get JetStream's acknowledgement of a submission, seconds.
+/// Time to get JetStream's acknowledgement of a new job's record, seconds.
 pub const SUBMIT_SECONDS: &str = "mochi_gateway_submit_seconds";
 
 /// Submissions refused with `job_too_large`: no known slot holds the job.
@@ -37,6 +38,12 @@ pub const WEBHOOK_DELIVERIES: &str = "mochi_gateway_webhook_deliveries_total";
 /// Webhook events queued for delivery, by event (`start`, `progress`, `completed`).
 pub const WEBHOOK_EVENTS: &str = "mochi_gateway_webhook_events_total";
 
+/// Job-record revisions the webhook source has still to read after its last one (0 when it
+/// is caught up, and on a gateway not holding the source).
+pub const WEBHOOK_SOURCE_PENDING: &str = "mochi_gateway_webhook_source_pending";
+/// 1 on the gateway holding the webhook source's lease (reading the records), else 0.
+pub const WEBHOOK_SOURCE_HOLDER: &str = "mochi_gateway_webhook_source_holder";
+
 /// Counts a webhook delivery's outcome.
 pub fn record_webhook_delivery(outcome: &'static str) {
     metrics::counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(1);
@@ -45,6 +52,20 @@ pub fn record_webhook_delivery(outcome: &'static str) {
 /// Counts a webhook event queued.
 pub fn record_webhook_event(event: &'static str) {
     metrics::counter!(WEBHOOK_EVENTS, "event" => event).increment(1);
+}
+
+/// Notes whether this gateway holds the webhook source; one that does not has nothing
+/// pending.
+pub fn record_webhook_source_holder(holding: bool) {
+    metrics::gauge!(WEBHOOK_SOURCE_HOLDER).set(if holding { 1.0 } else { 0.0 });
+    if !holding {
+        metrics::gauge!(WEBHOOK_SOURCE_PENDING).set(0.0);
+    }
+}
+
+/// Notes how many revisions the webhook source has still to read.
+pub fn record_webhook_source_pending(pending: u64) {
+    metrics::gauge!(WEBHOOK_SOURCE_PENDING).set(pending as f64);
 }
 
 /// Describes every metric (call once, after the recorder is installed).
@@ -60,6 +81,8 @@ pub fn describe() {
     metrics::counter!(QUOTA_EXCEEDED).increment(0);
     metrics::counter!(JOBS_TOO_LARGE).increment(0);
     metrics::gauge!(EVENT_STREAMS_OPEN).increment(0.0);
+    metrics::gauge!(WEBHOOK_SOURCE_HOLDER).increment(0.0);
+    metrics::gauge!(WEBHOOK_SOURCE_PENDING).increment(0.0);
     metrics::describe_counter!(REQUESTS, "HTTP requests by route, method and status");
     metrics::describe_histogram!(
         REQUEST_SECONDS,
@@ -70,7 +93,10 @@ pub fn describe() {
         REQUESTS_SHED,
         "Requests answered 503 by load shedding or the request timeout"
     );
-    metrics::describe_counter!(JOBS_SUBMITTED, "Jobs accepted by JetStream");
+    metrics::describe_counter!(
+        JOBS_SUBMITTED,
+        "Jobs accepted (records stored by JetStream), by duplicate"
+    );
     metrics::describe_counter!(
         JOBS_TOO_LARGE,
         "Submissions refused because no known slot holds the job"
@@ -92,7 +118,15 @@ pub fn describe() {
     metrics::describe_histogram!(
         SUBMIT_SECONDS,
         metrics::Unit::Seconds,
-        "Time to JetStream's acknowledgement of a submission"
+        "Time to JetStream's acknowledgement of a new job's record"
+    );
+    metrics::describe_gauge!(
+        WEBHOOK_SOURCE_PENDING,
+        "Job-record revisions the webhook source has still to read"
+    );
+    metrics::describe_gauge!(
+        WEBHOOK_SOURCE_HOLDER,
+        "1 on the gateway reading job records into webhook events"
     );
 }
 

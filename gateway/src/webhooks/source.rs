@@ -111,7 +111,10 @@ pub fn start(
                 () = stopping.cancelled() => break,
             }
             tracing::info!(%instance, "reading job records into webhook events");
-            if let Err(error) = reader.run(&mut roles, &mut seen).await
+            metrics::record_webhook_source_holder(true);
+            let read = reader.run(&mut roles, &mut seen).await;
+            metrics::record_webhook_source_holder(false);
+            if let Err(error) = read
                 && !stopping.is_cancelled()
             {
                 tracing::warn!(%error, "webhook events: reader failed; starting over");
@@ -181,7 +184,9 @@ impl Reader<'_> {
                     let message = message
                         .ok_or("the ordered consumer ended")?
                         .map_err(|e| e.to_string())?;
-                    let sequence = message.info().map_err(|e| e.to_string())?.stream_sequence;
+                    let info = message.info().map_err(|e| e.to_string())?;
+                    let (sequence, pending) = (info.stream_sequence, info.pending);
+                    metrics::record_webhook_source_pending(pending);
                     let deliveries = codec::decode::<JobRecord>(&message.payload)
                         .map(|record| events_of(&record, self.config, self.retention, seen, now_ms()))
                         .unwrap_or_default();
