@@ -79,8 +79,8 @@ async fn enqueue(
     Ok(accepted(view))
 }
 
-/// Accepts `spec` for the caller's tenant: admission, idempotency, quota, then the durable
-/// publish; the status to answer (202) and the job.
+/// Accepts `spec` for the caller's tenant: admission, idempotency, quota, then the job's
+/// record, written durably; the status to answer (202) and the job.
 pub(crate) async fn enqueue_view(
     state: &AppState,
     caller: &Principal,
@@ -131,7 +131,7 @@ pub(crate) async fn enqueue_view(
         ));
     }
     // The record is the submission: one durable, create-only write, which the leading
-    // coordinator's watch of `mochi_jobs` shows it at once (no intake step). The placing
+    // coordinator's watch of `mochi_jobs` shows at once (no intake step). The placing
     // coordinator sets the attempt budget (`coordinator.max_attempts`).
     let request = SubmitRequest {
         job_id: Some(job_id),
