@@ -441,19 +441,7 @@ async fn a_submission_an_earlier_gateway_left_for_the_intake_is_shown_and_cancel
         remixed_from: None,
         webhook: None,
     };
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.to_string().as_str());
-    api.resources
-        .context
-        .publish_with_headers(
-            names::submit_job_subject(tenant.as_str(), &id.to_string()),
-            headers,
-            codec::to_json(&request).unwrap().into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    common::submit_as_an_earlier_gateway(&api.resources, tenant.as_str(), &request).await;
     let uri = format!("/v1/videos/{id}");
     let (status, body) = api.get(&uri).await;
     assert_eq!(

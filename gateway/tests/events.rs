@@ -81,20 +81,7 @@ impl Client {
             remixed_from: None,
             webhook: None,
         };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.to_string().as_str());
-        self.gateway
-            .resources
-            .context
-            .publish_with_headers(
-                names::submit_job_subject("acme", &id.to_string()),
-                headers,
-                codec::to_json(&request).unwrap().into(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        common::submit_as_an_earlier_gateway(&self.gateway.resources, "acme", &request).await;
         id
     }
 

@@ -19,6 +19,29 @@ pub struct Gateway {
     pub state: AppState,
 }
 
+/// Stores `request` (with its job id) for `tenant` in `MOCHI_SUBMIT` as a gateway before
+/// 2026-12-07 did, leaving the record to an intake.
+pub async fn submit_as_an_earlier_gateway(
+    resources: &Resources,
+    tenant: &str,
+    request: &protocol::messages::SubmitRequest,
+) {
+    let id = request.job_id.unwrap().to_string();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+    resources
+        .context
+        .publish_with_headers(
+            protocol::names::submit_job_subject(tenant, &id),
+            headers,
+            codec::to_json(request).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
 /// Starts a nats-server (killed when the returned server drops), connects to it and
 /// creates the JetStream resources.
 pub async fn nats() -> (testkit::NatsServer, async_nats::Client, Resources) {
