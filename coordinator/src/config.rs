@@ -13,7 +13,8 @@ use crate::policy::{LengthAwareConfig, PolicyKind};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Limits every job is checked against again at intake (publishers may bypass the gateway).
+    /// Limits every NATS submission is checked against at intake (publishers bypass the
+    /// gateway, which checks the jobs it accepts against its own).
     pub limits: Limits,
     /// Failed attempts (lost node, out of memory, ...) before a job is dead.
     pub max_attempts: u32,

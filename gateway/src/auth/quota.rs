@@ -1,6 +1,6 @@
 //! Per-tenant quota on queued + running jobs. The count comes from a watch of `mochi_jobs`
-//! (every replica sees every record; the watch is `crate::index::watch`) plus this replica's submissions the intake has not
-//! recorded yet. Replicas check on their own, so N replicas accepting at the same instant
+//! (every replica sees every record; the watch is `crate::index::watch`) plus this replica's
+//! submissions its watch has not shown yet. Replicas check on their own, so N replicas accepting at the same instant
 //! may overshoot by up to N − 1 jobs: the quota is a guard against one tenant filling the
 //! queue, not an exact count.
 

@@ -111,7 +111,6 @@ pub fn start(
                 () = stopping.cancelled() => break,
             }
             tracing::info!(%instance, "reading job records into webhook events");
-            metrics::record_webhook_source_holder(true);
             let read = reader.run(&mut roles, &mut seen).await;
             metrics::record_webhook_source_holder(false);
             if let Err(error) = read
@@ -161,6 +160,8 @@ impl Reader<'_> {
         )
         .await
         .map_err(|e| e.to_string())?;
+        // Holding the lease and reading (a reader that cannot open its consumer shows 0).
+        metrics::record_webhook_source_holder(true);
         let holding = roles.clone();
         let mut saved = next;
         let mut save = tokio::time::interval(SAVE_EVERY);
