@@ -80,6 +80,11 @@ async fn a_work_queue_submit_stream_made_before_still_drains() {
         || async { submit_stream_messages(&nats).await == 0 },
     )
     .await;
+    // The scheduler counts a record once its watch shows it, a moment after the write.
+    eventually(WAIT, "the scheduler counts the three jobs", || async {
+        coordinator.status().await.queued >= 3
+    })
+    .await;
     assert_eq!(coordinator.status().await.queued, 3);
     coordinator.stop().await;
 }
