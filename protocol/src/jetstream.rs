@@ -668,6 +668,17 @@ impl JobStore {
         })
     }
 
+    /// Reads a record and its revision by direct get, and when that finds none, from the
+    /// stream's leader: a replica a write behind must not hide a record just written (JetStream
+    /// acknowledges a write once a majority of the replicas has it). For reads whose "absent"
+    /// is an answer to a client.
+    pub async fn find(&self, job_id: JobId) -> Result<Option<(JobRecord, u64)>, StoreError> {
+        match self.get(job_id).await? {
+            None => self.get_latest(job_id).await,
+            found => Ok(found),
+        }
+    }
+
     /// Reads a record and its revision from the leader of the bucket's stream, which has
     /// every acknowledged write. [`Self::get`] is a direct get, which any replica of a
     /// replicated bucket may answer, a little behind the leader.

@@ -90,20 +90,18 @@ pub(crate) async fn any_entry(
         .filter(|(record, _)| record.deleted_at_ms.is_none()))
 }
 
-/// The stored record of `id` and its revision, tombstones included. A direct get may be
-/// answered by a replica a write behind; when it finds nothing, the stream's leader is
-/// asked, so a job whose record a gateway wrote a moment ago (its `202` sent once two of
-/// three servers had it) is never missing.
+/// The stored record of `id` and its revision, tombstones included; never hidden by a
+/// replica a write behind (a job whose `202` went out a moment ago is found).
 async fn stored_entry(
     state: &AppState,
     job_id: JobId,
 ) -> Result<Option<(JobRecord, u64)>, ApiError> {
-    let jobs = &state.resources.jobs;
-    let found = match jobs.get(job_id).await {
-        Ok(None) => jobs.get_latest(job_id).await,
-        read => read,
-    };
-    found.map_err(|error| store_error(job_id, error))
+    state
+        .resources
+        .jobs
+        .find(job_id)
+        .await
+        .map_err(|error| store_error(job_id, error))
 }
 
 /// The answer to a failed read or write of job `job_id`'s record: 503 while NATS is
