@@ -7,7 +7,7 @@ pub const REQUESTS: &str = "mochi_gateway_requests_total";
 /// HTTP request latency, seconds, by route template.
 pub const REQUEST_SECONDS: &str = "mochi_gateway_request_seconds";
 /// Jobs submitted (their records stored by JetStream), by whether the submission repeated
-/// an Idempotency-Key whose job a concurrent request made.
+/// an Idempotency-Key whose job exists (then nothing was written).
 pub const JOBS_SUBMITTED: &str = "mochi_gateway_jobs_submitted_total";
 /// Time to get JetStream's acknowledgement of a new job's record, seconds.
 pub const SUBMIT_SECONDS: &str = "mochi_gateway_submit_seconds";

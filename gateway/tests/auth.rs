@@ -386,12 +386,23 @@ async fn a_tenant_over_its_quota_gets_429_until_a_job_ends() {
             Some(r#"{"prompt":"x"}"#),
         )
     };
+    let keyed = || {
+        let mut request = post(&acme);
+        request
+            .headers_mut()
+            .insert("idempotency-key", "order-1".parse().unwrap());
+        request
+    };
     let mut ids = Vec::new();
-    for _ in 0..2 {
-        let (status, _, body) = send(state, post(&acme)).await;
+    for request in [post(&acme), keyed()] {
+        let (status, _, body) = send(state, request).await;
         assert_eq!(status, StatusCode::ACCEPTED);
         ids.push(serde_json::from_slice::<JobView>(&body).unwrap().id);
     }
+    // At the quota, a repeated key is the job it made, not a refusal.
+    let (status, _, body) = send(state, keyed()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(serde_json::from_slice::<JobView>(&body).unwrap().id, ids[1]);
     let (status, _, body) = send(state, post(&acme)).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(error_code(&body), ErrorCode::QuotaExceeded);

@@ -104,23 +104,18 @@ pub(crate) async fn enqueue_view(
         Some(key) => JobId::derived(tenant.as_str(), key),
         None => JobId::new(),
     };
-    // A repeated key is the same job: it never counts against the quota twice. A key whose
-    // job was deleted cannot make it again (its id is taken by the tombstone that keeps a
-    // redelivered submission from bringing the job back).
-    let repeated = match &idempotency_key {
-        Some(_) => match current(state, caller, job_id).await? {
-            Current::Live(view) => Some(*view),
-            Current::Deleted => return Err(key_of_deleted_job(job_id)),
-            Current::Absent => None,
-        },
-        None => None,
-    };
-    if let Some(view) = repeated {
-        return Ok((StatusCode::ACCEPTED, view));
-    }
     let limit = state.config.quota.limit_of(&tenant);
     let active = state.load.active(&tenant);
     if active >= limit {
+        // A repeated key is the same job: it never counts against the quota twice. (Under
+        // the quota the create-only write below finds it instead, without a read first.)
+        if idempotency_key.is_some() {
+            match current(state, caller, job_id).await? {
+                Current::Live(view) => return Ok((StatusCode::ACCEPTED, *view)),
+                Current::Deleted => return Err(key_of_deleted_job(job_id)),
+                Current::Absent => {}
+            }
+        }
         metrics::record_quota_exceeded();
         tracing::info!(%tenant, key_id = %caller.id, active, limit, "quota exceeded");
         return Err(ApiError::new(
@@ -174,13 +169,13 @@ pub(crate) async fn enqueue_view(
         state.index.submitted(job_id, tenant, now);
         return Ok((StatusCode::ACCEPTED, view_of(state, &record)));
     }
-    // A request with the same Idempotency-Key raced this one past the check above and
-    // made the job: show it as it is now.
+    // The key's job exists (an earlier request with it, or a concurrent one): show it as it
+    // is now. A key whose job was deleted cannot make it again: its tombstone holds the id.
     match current(state, caller, job_id).await? {
         Current::Live(view) => Ok((StatusCode::ACCEPTED, *view)),
         Current::Deleted => Err(key_of_deleted_job(job_id)),
         Current::Absent => Err(ApiError::unavailable(
-            "the job was made by a concurrent request and cannot be read yet; retry with the same Idempotency-Key",
+            "the job this Idempotency-Key made cannot be read yet; retry with the same Idempotency-Key",
         )),
     }
 }
