@@ -42,6 +42,8 @@ FROM base AS cpu
 FROM base AS cuda
 LABEL org.opencontainers.image.description="Text-to-video with Genmo Mochi-1, CUDA 13.0 build (sm_90: H100/H200; NVIDIA driver 580 or later on the host)"
 COPY cuda/ /usr/local/cuda/lib64/
+# CUDA_DEVICE_ORDER: CUDA numbers the GPUs as NVML does, so each slot's NVML figures are its own.
 ENV LD_LIBRARY_PATH=/usr/local/cuda/lib64 \
+    CUDA_DEVICE_ORDER=PCI_BUS_ID \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility

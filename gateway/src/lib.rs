@@ -345,6 +345,9 @@ pub const RATIO_BUCKETS: [f64; 11] = [
     -0.75, -0.5, -0.25, -0.1, -0.05, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0,
 ];
 
+/// Buckets of every `*_utilisation` histogram (a share of time, 0 to 1: a GPU's utilisation).
+pub const UTILISATION_BUCKETS: [f64; 11] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
+
 /// Installs the process-wide Prometheus recorder (once per process), histograms with
 /// buckets (not summaries) so that Prometheus can aggregate them across replicas.
 pub fn install_metrics_recorder() -> Result<PrometheusHandle> {
@@ -353,6 +356,12 @@ pub fn install_metrics_recorder() -> Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &SECONDS_BUCKETS)
         .and_then(|builder| {
             builder.set_buckets_for_metric(Matcher::Suffix("_ratio".to_owned()), &RATIO_BUCKETS)
+        })
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(
+                Matcher::Suffix("_utilisation".to_owned()),
+                &UTILISATION_BUCKETS,
+            )
         })
         .map_err(|e| Error::Metrics(e.to_string()))?
         .install_recorder()

@@ -33,6 +33,19 @@ pub enum DeviceKind {
     Cuda,
 }
 
+/// Whether a node reads its GPUs' utilisation and memory from the driver (NVML).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NvmlMode {
+    /// Read the slots on CUDA devices when NVML loads; without it, warn and go on.
+    Auto,
+    /// Read every slot (one on the CPU or the simulated backend as the GPU of its index), and
+    /// refuse to start when NVML does not load or a slot has no GPU.
+    On,
+    /// Never load NVML.
+    Off,
+}
+
 /// The automatic `mochi.max_tokens` on the CPU: ~20 s per step of the tiny model on two
 /// cores (848×480 at 55 frames), well inside the coordinator's default 60 s lease.
 pub const CPU_MAX_TOKENS: u64 = 16_384;
@@ -106,6 +119,12 @@ pub struct Config {
     /// A slot whose memory in use after a job stays more than this above the level after
     /// its first job marks itself unhealthy, bytes (0: never; only backends that measure).
     pub memory_growth_limit_bytes: u64,
+    /// Whether to read the GPUs' utilisation and memory from NVML.
+    pub nvml: NvmlMode,
+    /// The NVML library to load; unset: the driver's `libnvidia-ml.so.1`.
+    pub nvml_library: Option<PathBuf>,
+    /// How often NVML is read, ms.
+    pub nvml_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -125,6 +144,9 @@ impl Default for Config {
             record_write_retry_ms: 30_000,
             object_chunk_bytes: 512 * 1024,
             memory_growth_limit_bytes: 512 << 20,
+            nvml: NvmlMode::Auto,
+            nvml_library: None,
+            nvml_interval_ms: 1_000,
         }
     }
 }
@@ -175,6 +197,12 @@ impl Config {
             return Err(Error::Config(
                 "record_write_retry_ms must be positive".to_owned(),
             ));
+        }
+        if !(100..=60_000).contains(&self.nvml_interval_ms) {
+            return Err(Error::Config(format!(
+                "nvml_interval_ms is {}; use 100 to 60000",
+                self.nvml_interval_ms
+            )));
         }
         if self.heartbeat_interval_ms == 0 {
             return Err(Error::Config(
@@ -259,5 +287,29 @@ mod tests {
         ]);
         let config = Config::load(None, &env).expect("load");
         assert_eq!((config.slots, config.gpu_class.as_str()), (4, "h100-80gb"));
+    }
+
+    #[test]
+    fn env_sets_nvml_and_refuses_a_bad_mode() {
+        let env = HashMap::from([
+            ("MOCHI_GPU_NODE__NVML".to_owned(), "on".to_owned()),
+            (
+                "MOCHI_GPU_NODE__NVML_LIBRARY".to_owned(),
+                "/opt/nvml/libnvidia-ml.so.1".to_owned(),
+            ),
+        ]);
+        let config = Config::load(None, &env).expect("load");
+        assert_eq!(config.nvml, NvmlMode::On);
+        assert_eq!(
+            config.nvml_library.as_deref(),
+            Some(Path::new("/opt/nvml/libnvidia-ml.so.1"))
+        );
+        let bad = HashMap::from([("MOCHI_GPU_NODE__NVML".to_owned(), "maybe".to_owned())]);
+        assert!(Config::load(None, &bad).is_err());
+        let fast = Config {
+            nvml_interval_ms: 10,
+            ..Config::default()
+        };
+        assert!(fast.validate().is_err());
     }
 }

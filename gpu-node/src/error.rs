@@ -57,6 +57,9 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// `nvml = "on"` and the GPUs cannot be read from NVML.
+    #[error("nvml = \"on\": {0}")]
+    Nvml(#[from] crate::nvml::NvmlSetupError),
     /// A blocking start-up task failed.
     #[error("start-up task failed: {0}")]
     Startup(String),

@@ -12,6 +12,7 @@ pub mod heartbeat;
 pub mod metrics;
 pub mod mp4;
 pub mod node;
+pub mod nvml;
 pub mod preview;
 pub mod records;
 pub mod retry;
@@ -101,6 +102,14 @@ pub async fn run(
             }))
         })
         .collect();
+    // The GPUs' own figures (NVML), read until this function returns.
+    let cuda_ordinals: Vec<Option<usize>> = backends
+        .iter()
+        .map(|backend| backend.cuda_ordinal())
+        .collect();
+    let nvml_stop = CancellationToken::new();
+    let _nvml_stops = nvml_stop.clone().drop_guard();
+    nvml::start(&config, &cuda_ordinals, reports.clone(), nvml_stop).await?;
     let node_args = NodeArgs {
         node_id: node_id.clone(),
         backend_name: backend_name.clone(),

@@ -19,6 +19,18 @@ pub const PHASE_SECONDS: &str = "mochi_node_phase_seconds";
 pub const SLOT_MEMORY_USED: &str = "mochi_node_slot_memory_used_bytes";
 /// Device memory of a slot, bytes.
 pub const SLOT_MEMORY_TOTAL: &str = "mochi_node_slot_memory_total_bytes";
+/// Share of the driver's last sample period in which a kernel ran on a slot's GPU, 0 to 1
+/// (NVML).
+pub const GPU_UTILISATION: &str = "mochi_node_gpu_utilisation_ratio";
+/// A slot's GPU utilisation at each reading while the slot ran a job (NVML); its mean is the
+/// utilisation while jobs run.
+pub const GPU_JOB_UTILISATION: &str = "mochi_node_gpu_job_utilisation";
+/// Device memory in use on a slot's GPU, by every process, bytes (NVML).
+pub const GPU_MEMORY_USED: &str = "mochi_node_gpu_memory_used_bytes";
+/// Device memory of a slot's GPU, bytes (NVML).
+pub const GPU_MEMORY_TOTAL: &str = "mochi_node_gpu_memory_total_bytes";
+/// 1 while NVML reads every slot it should; 0 when it does not (only on nodes that read it).
+pub const NVML_UP: &str = "mochi_node_nvml_up";
 /// Heartbeats that could not be written.
 pub const HEARTBEAT_FAILURES: &str = "mochi_node_heartbeat_failures_total";
 
@@ -55,6 +67,49 @@ pub fn describe() {
         metrics::Unit::Bytes,
         "Device memory of a slot"
     );
+}
+
+pub(crate) fn set_nvml_up(up: bool) {
+    metrics::describe_gauge!(NVML_UP, "1 while NVML reads every slot's GPU it should");
+    metrics::gauge!(NVML_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Registers the NVML series of `slot` (at 0) before its first reading.
+pub(crate) fn register_gpu_slot(slot: u32) {
+    metrics::describe_gauge!(
+        GPU_UTILISATION,
+        "Share of the last sample period in which a kernel ran on the slot's GPU (NVML)"
+    );
+    metrics::describe_histogram!(
+        GPU_JOB_UTILISATION,
+        "GPU utilisation at each reading while the slot ran a job (NVML)"
+    );
+    metrics::describe_gauge!(
+        GPU_MEMORY_USED,
+        metrics::Unit::Bytes,
+        "Device memory in use on the slot's GPU, every process (NVML)"
+    );
+    metrics::describe_gauge!(
+        GPU_MEMORY_TOTAL,
+        metrics::Unit::Bytes,
+        "Device memory of the slot's GPU (NVML)"
+    );
+    let slot = slot.to_string();
+    metrics::gauge!(GPU_UTILISATION, "slot" => slot.clone()).set(0.0);
+    metrics::gauge!(GPU_MEMORY_USED, "slot" => slot.clone()).set(0.0);
+    metrics::gauge!(GPU_MEMORY_TOTAL, "slot" => slot.clone()).set(0.0);
+    let _registered = metrics::histogram!(GPU_JOB_UTILISATION, "slot" => slot);
+}
+
+/// One NVML reading of `slot`'s GPU; `busy`: the slot runs a job.
+pub(crate) fn record_gpu(slot: u32, sample: &crate::nvml::Sample, busy: bool) {
+    let slot = slot.to_string();
+    metrics::gauge!(GPU_UTILISATION, "slot" => slot.clone()).set(sample.utilisation);
+    metrics::gauge!(GPU_MEMORY_USED, "slot" => slot.clone()).set(sample.memory_used_bytes as f64);
+    metrics::gauge!(GPU_MEMORY_TOTAL, "slot" => slot.clone()).set(sample.memory_total_bytes as f64);
+    if busy {
+        metrics::histogram!(GPU_JOB_UTILISATION, "slot" => slot).record(sample.utilisation);
+    }
 }
 
 pub(crate) fn set_slot_memory(slot: u32, total_bytes: u64, free_bytes: u64) {

@@ -1,4 +1,5 @@
-//! Test-only helpers for mochi-serve: a real `nats-server` with JetStream per test.
+//! Test-only helpers for mochi-serve: a real `nats-server` with JetStream per test, and a
+//! stand-in NVML library for machines without a GPU.
 //!
 //! `NatsServer::start()` runs `nats-server -a 127.0.0.1 -p -1 -js -sd <tmp> --ports_file_dir <tmp>`,
 //! waits for the ports file, and kills the server and removes its store on drop. The binary
@@ -205,4 +206,28 @@ mod tests {
             "nats-server {pid} still running"
         );
     }
+}
+
+/// The source of a stand-in for the driver's NVML library (`fake_nvml.c`): four identical
+/// "H100" GPUs, GPU `i` at (37 + i) % utilisation with (2 + i) GiB of 80 GiB in use.
+pub const FAKE_NVML_SOURCE: &str = include_str!("fake_nvml.c");
+
+/// Compiles [`FAKE_NVML_SOURCE`] with the system's `cc` into `dir/libnvidia-ml.so.1`, for
+/// tests of the GPU node's NVML reading on machines without a GPU; the library's path.
+pub fn fake_nvml_library(dir: &Path) -> std::io::Result<PathBuf> {
+    let source = dir.join("fake_nvml.c");
+    let library = dir.join("libnvidia-ml.so.1");
+    std::fs::write(&source, FAKE_NVML_SOURCE)?;
+    let output = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .output()?;
+    if !output.status.success() {
+        return Err(std::io::Error::other(format!(
+            "cc could not build the fake NVML: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(library)
 }

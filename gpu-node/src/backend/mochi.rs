@@ -445,6 +445,13 @@ impl Backend for MochiBackend {
         self.resident_bytes
     }
 
+    fn cuda_ordinal(&self) -> Option<usize> {
+        match self.device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => Some(gpu_id),
+            _ => None,
+        }
+    }
+
     fn memory_in_use_bytes(&self) -> Option<u64> {
         // On the CPU the device is this process's memory. CUDA devices are not measured yet.
         if self.device.is_cpu() {

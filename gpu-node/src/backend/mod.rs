@@ -225,6 +225,11 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// The CUDA device ordinal it runs on (`None`: not on a CUDA device), for NVML.
+    fn cuda_ordinal(&self) -> Option<usize> {
+        None
+    }
+
     /// Runs one job, calling `observer` after every denoising step.
     fn run(
         &self,
