@@ -2,7 +2,9 @@
 //! and runs the rules' unit tests; a real Prometheus (Debian's package) scrapes
 //! `mochi up --backend simulated` while jobs run, loads the rules without an evaluation
 //! error, and every series the rules and the dashboard use exists with its labels, and
-//! every dashboard panel's expression returns data from the query API.
+//! every dashboard panel's expression returns data from the query API. No GPU here: the
+//! node reads its slots' GPUs through a stand-in for the driver's NVML library
+//! (`testkit::fake_nvml_library`), so the NVML series carry the stand-in's figures.
 #![allow(clippy::unwrap_used, clippy::large_futures)]
 
 mod common;
@@ -43,6 +45,12 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("mochi_node_step_seconds_bucket", &["tokens", "cfg", "le"]),
     ("mochi_node_phase_seconds_bucket", &["phase", "le"]),
     ("mochi_node_heartbeat_failures_total", &[]),
+    ("mochi_node_gpu_utilisation_ratio", &["slot"]),
+    ("mochi_node_gpu_job_utilisation_sum", &["slot"]),
+    ("mochi_node_gpu_job_utilisation_count", &["slot"]),
+    ("mochi_node_gpu_memory_used_bytes", &["slot"]),
+    ("mochi_node_gpu_memory_total_bytes", &["slot"]),
+    ("mochi_node_nvml_up", &[]),
     ("mochi_nats_connected", &["client"]),
     ("mochi_gateway_webhook_deliveries_total", &["outcome"]),
     ("mochi_gateway_rate_limited_total", &["class"]),
@@ -80,7 +88,7 @@ fn promtool_accepts_the_configuration_and_every_alert_passes_its_unit_test() {
     let checked = promtool(&["check", "config", "prometheus.yml"]);
     assert!(checked.contains("SUCCESS"), "{checked}");
     let rules = promtool(&["check", "rules", "mochi.rules.yml"]);
-    assert!(rules.contains("SUCCESS: 18 rules found"), "{rules}");
+    assert!(rules.contains("SUCCESS: 19 rules found"), "{rules}");
     let tested = promtool(&["test", "rules", "mochi.rules.test.yml"]);
     assert!(tested.contains("SUCCESS"), "{tested}");
     // Every alert of the rules has a unit test.
@@ -193,7 +201,16 @@ async fn a_real_prometheus_finds_every_series_and_panel_while_jobs_run() {
         Path::new(PROMETHEUS).exists(),
         "{PROMETHEUS} is missing: run scripts/install-deps.sh (Debian's prometheus)"
     );
-    let up = common::MochiUp::start();
+    let nvml_dir = tempfile::tempdir().unwrap();
+    let nvml = testkit::fake_nvml_library(nvml_dir.path()).unwrap();
+    let up = common::MochiUp::start_with_env(
+        "simulated",
+        &[
+            ("MOCHI_GPU_NODE__NVML", "on".as_ref()),
+            ("MOCHI_GPU_NODE__NVML_LIBRARY", nvml.as_os_str()),
+            ("MOCHI_GPU_NODE__NVML_INTERVAL_MS", "200".as_ref()),
+        ],
+    );
     let target = up.url.trim_start_matches("http://").to_owned();
     let prometheus = Prometheus::start(&target);
     let http = reqwest::Client::new();
@@ -277,6 +294,29 @@ async fn a_real_prometheus_finds_every_series_and_panel_while_jobs_run() {
             "no gateway holds the webhook source: {series:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The node reads slot 0's GPU (the stand-in's GPU 0: 37 %, 2 GiB of 80 GiB in use).
+    for (expr, value) in [
+        ("mochi_node_nvml_up", "1"),
+        ("mochi_node_gpu_utilisation_ratio{slot=\"0\"}", "0.37"),
+        ("mochi_node_gpu_memory_used_bytes{slot=\"0\"}", "2147483648"),
+        (
+            "mochi_node_gpu_memory_total_bytes{slot=\"0\"}",
+            "85899345920",
+        ),
+    ] {
+        loop {
+            let series = query(&http, &prometheus.url, expr).await;
+            if series.iter().any(|s| s["value"][1] == value) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{expr} is not {value}: {series:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     // Every panel's expression returns data (rates need two scrapes of each series).

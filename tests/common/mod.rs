@@ -117,6 +117,12 @@ impl MochiUp {
     /// Starts the stack with `backend` (`simulated`, or `mochi`: the embedded tiny model)
     /// and waits until it serves.
     pub fn start_with(backend: &str) -> Self {
+        Self::start_with_env(backend, &[])
+    }
+
+    /// Starts the stack with `backend` and the variables `env` added to its environment
+    /// (configuration: `MOCHI_<SECTION>__<KEY>`), and waits until it serves.
+    pub fn start_with_env(backend: &str, env: &[(&str, &std::ffi::OsStr)]) -> Self {
         use std::io::BufRead;
         let nats_server =
             testkit::nats_server_binary().expect("nats-server: run scripts/install-deps.sh");
@@ -129,6 +135,7 @@ impl MochiUp {
             .arg("--nats-server")
             .arg(&nats_server)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
