@@ -50,6 +50,10 @@ pub const PAUSES_REQUESTED: &str = "mochi_coordinator_pauses_requested_total";
 /// the lease refused it, `failed`: the store failed and the node will try again).
 pub const RECORD_WRITES: &str = "mochi_coordinator_record_writes_total";
 
+/// Time the scheduler spent estimating every waiting job's position and ETA in one refresh
+/// (its writes go on in the background), seconds.
+pub const ETA_REFRESH_SECONDS: &str = "mochi_coordinator_eta_refresh_seconds";
+
 /// Counts one node record write by its outcome.
 pub(crate) fn record_write(outcome: &'static str) {
     metrics::counter!(RECORD_WRITES, "outcome" => outcome).increment(1);
@@ -111,6 +115,11 @@ pub fn describe() {
         "Jobs refused because no known slot holds them"
     );
     metrics::describe_gauge!(QUEUE_DEPTH_LANE, "Jobs waiting for a slot, by lane");
+    metrics::describe_histogram!(
+        ETA_REFRESH_SECONDS,
+        metrics::Unit::Seconds,
+        "Scheduler time of one queue-position and ETA refresh"
+    );
     metrics::describe_histogram!(
         QUEUE_WAIT_SECONDS,
         metrics::Unit::Seconds,

@@ -16,6 +16,8 @@ use super::{Aging, Lane, Policy, View, Waiting, fits};
 pub struct QueueEstimate {
     /// The job.
     pub job_id: JobId,
+    /// Its index in the queue estimated.
+    pub index: usize,
     /// 1 for the job served next.
     pub position: u32,
     /// Predicted start, ms since the epoch (`None` while no live slot can hold it).
@@ -151,12 +153,12 @@ pub fn estimate_with(
                 }
             }
             let aging = pending.remove(best);
-            plan.place(&queue[aging.index]);
+            plan.place(aging.index, &queue[aging.index]);
         }
         rest = &order[head..];
     }
     for &index in rest {
-        plan.place(&queue[index]);
+        plan.place(index, &queue[index]);
     }
     plan.estimates
 }
@@ -179,8 +181,9 @@ struct Plan<'a> {
 }
 
 impl Plan<'_> {
-    /// Puts `job` on the slot that holds it and frees first; its estimate comes next.
-    fn place(&mut self, job: &Waiting) {
+    /// Puts `job` (the queue's `index`th) on the slot that holds it and frees first; its
+    /// estimate comes next.
+    fn place(&mut self, index: usize, job: &Waiting) {
         let view = self.view;
         let lane = self.lanes.lane(job.cost.reference_seconds());
         let long = lane == Lane::Long;
@@ -213,6 +216,7 @@ impl Plan<'_> {
         let position = self.estimates.len() + 1;
         self.estimates.push(QueueEstimate {
             job_id: job.job_id,
+            index,
             position: u32::try_from(position).unwrap_or(u32::MAX),
             eta_start_ms: times.map(|t| t.0),
             eta_finish_ms: times.map(|t| t.1),

@@ -350,6 +350,7 @@ fn tick(state: &mut SchedulerState) {
     let now = now_ms();
     state.learning.save();
     if state.queue_info.due(now, state.args.config.eta_refresh_ms) {
+        let started = std::time::Instant::now();
         let queued = state.admission.waiting(&state.view);
         let proxies = &state.proxies;
         let slots: Vec<policy::Slot> = state
@@ -367,6 +368,7 @@ fn tick(state: &mut SchedulerState) {
             &state.clock,
             |job_id| view.never_placed(job_id),
         );
+        state.queue_info.refreshed_in(started.elapsed());
     }
     metrics::lane_depths(state.view.queued_by_lane());
     for node in state.view.gone_nodes(now) {

@@ -47,14 +47,20 @@ struct Shown {
     info: QueueInfo,
     /// The page whose line it is; `None` for an entry of its own.
     page: Option<u64>,
+    /// The last plan that estimated the job.
+    seen: u64,
 }
 
 /// What `mochi_queue` shows, as far as this publisher knows.
 #[derive(Debug, Default)]
 pub(super) struct Book {
-    jobs: HashMap<JobId, Shown>,
+    /// By job id, hashed with foldhash: a plan looks up every waiting job (SipHash, the
+    /// standard map's, made it several times slower on long queues).
+    jobs: HashMap<JobId, Shown, foldhash::fast::RandomState>,
     /// Pages written, with the lines of the jobs that still rely on them.
     pages: HashMap<u64, QueuePage>,
+    /// Plans made, for [`Shown::seen`].
+    plans: u64,
 }
 
 impl Book {
@@ -66,40 +72,57 @@ impl Book {
     /// Compares `estimates` (every waiting job) with what is shown and says what to write;
     /// from then on it counts the plan as written (see [`Self::forget`]).
     pub(super) fn plan(&mut self, now: u64, estimates: Vec<Estimate>) -> Plan {
+        self.plans += 1;
+        let this = self.plans;
         let mut plan = Plan::default();
-        let mut shown = HashMap::with_capacity(estimates.len());
         let mut joined = BTreeSet::new();
         for Estimate { job_id, info, page } in estimates {
-            match self.jobs.remove(&job_id) {
-                Some(old) if !moved(&old.info, &info, now) => {
-                    shown.insert(job_id, old);
+            let old_page = match self.jobs.get_mut(&job_id) {
+                Some(shown) if !moved(&shown.info, &info, now) => {
+                    shown.seen = this;
+                    continue;
                 }
-                old => {
-                    let shown_before = old.is_some();
-                    if let Some(number) = old.and_then(|old| old.page) {
-                        self.release(number, job_id);
-                    }
-                    // A job already shown never rejoins a page: its own entry is newer.
-                    let paged = page.filter(|_| !shown_before).filter(|number| {
-                        let page = self.pages.entry(*number).or_default();
-                        page.jobs.len() < PAGE_MAX_JOBS
-                            && page.jobs.insert(job_id, info.clone()).is_none()
-                    });
-                    match paged {
-                        Some(number) => {
-                            joined.insert(number);
-                        }
-                        None => plan.puts.push((job_id, info.clone())),
-                    }
-                    shown.insert(job_id, Shown { info, page: paged });
-                }
+                Some(shown) => Some(shown.page),
+                None => None,
+            };
+            let shown_before = old_page.is_some();
+            if let Some(Some(number)) = old_page {
+                self.release(number, job_id);
             }
+            // A job already shown never rejoins a page: its own entry is newer.
+            let paged = page.filter(|_| !shown_before).filter(|number| {
+                let page = self.pages.entry(*number).or_default();
+                page.jobs.len() < PAGE_MAX_JOBS && page.jobs.insert(job_id, info.clone()).is_none()
+            });
+            match paged {
+                Some(number) => {
+                    joined.insert(number);
+                }
+                None => plan.puts.push((job_id, info.clone())),
+            }
+            self.jobs.insert(
+                job_id,
+                Shown {
+                    info,
+                    page: paged,
+                    seen: this,
+                },
+            );
         }
-        for (job_id, old) in std::mem::take(&mut self.jobs) {
-            match old.page {
-                Some(number) => self.release(number, job_id),
-                None => plan.gone.push(job_id),
+        // The jobs this plan did not estimate are no longer waiting.
+        let mut released = Vec::new();
+        self.jobs.retain(|job_id, shown| {
+            if shown.seen == this {
+                return true;
             }
+            match shown.page {
+                Some(number) => released.push((number, *job_id)),
+                None => plan.gone.push(*job_id),
+            }
+            false
+        });
+        for (number, job_id) in released {
+            self.release(number, job_id);
         }
         for number in joined {
             if let Some(page) = self.pages.get(&number) {
@@ -112,7 +135,6 @@ impl Book {
             }
             !page.jobs.is_empty()
         });
-        self.jobs = shown;
         plan
     }
 

@@ -17,7 +17,6 @@
 //! writes than it acknowledged (a single server with asynchronous persistence that crashed,
 //! a bucket deleted and made again), which each refresh checks with one stream-info request.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -38,6 +37,11 @@ mod book;
 /// Writes to `mochi_queue` in flight at once.
 const QUEUE_WRITES_IN_FLIGHT: usize = 32;
 
+/// A refresh is due no sooner than this many times the scheduler time the last one took, so
+/// that refreshes take at most a tenth of the scheduler's time however long the queue grows
+/// (the period stretches beyond `eta_refresh_ms` only for queues of hundreds of thousands).
+const REFRESH_TIME_SHARE_INVERSE: u64 = 10;
+
 /// The `mochi_queue` bucket, what was last published there, and the arrivals seen.
 pub(super) struct QueuePublisher {
     context: jetstream::Context,
@@ -50,6 +54,8 @@ pub(super) struct QueuePublisher {
     acknowledged: u64,
     publishing: Option<JoinHandle<Written>>,
     estimated_at_ms: u64,
+    /// Scheduler time the last refresh took, ms.
+    refresh_cost_ms: u64,
     /// Recent arrivals by lane (ETAs allow for the later jobs that will go first).
     arrivals: Arrivals,
 }
@@ -88,6 +94,7 @@ impl QueuePublisher {
             acknowledged: 0,
             publishing: None,
             estimated_at_ms: 0,
+            refresh_cost_ms: 0,
             arrivals: Arrivals::new(ARRIVAL_WINDOW_MS, clock.model_ms(now_ms())),
         }
     }
@@ -113,12 +120,14 @@ impl QueuePublisher {
         );
     }
 
-    /// Whether the estimates are due at `now` (every `period_ms`, none while a write is
-    /// under way; `period_ms` 0 turns them off).
+    /// Whether the estimates are due at `now` (every `period_ms`, or every
+    /// [`REFRESH_TIME_SHARE_INVERSE`] times the last refresh's time if that is longer; none
+    /// while a write is under way; `period_ms` 0 turns them off).
     pub(super) fn due(&self, now: u64, period_ms: u64) -> bool {
         period_ms > 0
             && self.store.is_some()
-            && now.saturating_sub(self.estimated_at_ms) >= period_ms
+            && now.saturating_sub(self.estimated_at_ms)
+                >= refresh_gap_ms(period_ms, self.refresh_cost_ms)
             && self
                 .publishing
                 .as_ref()
@@ -142,42 +151,17 @@ impl QueuePublisher {
         };
         self.settle_last_write();
         self.estimated_at_ms = now;
-        let lanes = policy.lanes();
-        let model_now = clock.model_ms(now);
-        let view = policy::View {
-            now_ms: model_now,
+        let (summary, plan) = refresh(
+            &mut self.book,
+            &mut self.summary,
+            &mut self.arrivals,
+            now,
+            policy,
+            queued,
             slots,
-        };
-        let pages: HashMap<JobId, u64> = queued
-            .iter()
-            .filter(|job| never_placed(job.job_id))
-            .map(|job| (job.job_id, QueuePage::number(job.job_id, job.created_at_ms)))
-            .collect();
-        let queued = clock.waiting(queued);
-        let capacity = slots
-            .iter()
-            .map(|slot| slot.class.spec().relative_speed)
-            .sum();
-        let overtaking = self.arrivals.overtaking(model_now, capacity);
-        let mut estimates = policy::eta::estimate_with(policy, &view, &queued, overtaking);
-        for estimate in &mut estimates {
-            estimate.eta_start_ms = estimate.eta_start_ms.map(|ms| clock.wall_ms(ms));
-            estimate.eta_finish_ms = estimate.eta_finish_ms.map(|ms| clock.wall_ms(ms));
-        }
-        let lane_of: HashMap<JobId, Lane> = queued
-            .iter()
-            .map(|job| (job.job_id, lanes.lane(job.cost.reference_seconds())))
-            .collect();
-        let summary = summary_of(now, &estimates, &lane_of);
-        let summary = self
-            .summary
-            .as_ref()
-            .is_none_or(|old| (old.queued, old.by_lane) != (summary.queued, summary.by_lane))
-            .then_some(summary);
-        let plan = self.book.plan(now, infos(now, estimates, &lane_of, &pages));
-        if let Some(summary) = &summary {
-            self.summary = Some(summary.clone());
-        }
+            clock,
+            never_placed,
+        );
         // Also with nothing to write: the task checks that the bucket kept what it took.
         self.publishing = Some(tokio::spawn(write(
             self.context.clone(),
@@ -186,6 +170,13 @@ impl QueuePublisher {
             summary,
             plan,
         )));
+    }
+
+    /// Notes the scheduler time a refresh took (from gathering the waiting jobs to handing
+    /// its writes to the background): it spaces the next one ([`Self::due`]).
+    pub(super) fn refreshed_in(&mut self, took: Duration) {
+        self.refresh_cost_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        metrics::histogram!(crate::metrics::ETA_REFRESH_SECONDS).record(took.as_secs_f64());
     }
 
     /// Takes in how the last refresh's writes went (it has finished: [`Self::due`]): what
@@ -217,12 +208,73 @@ impl QueuePublisher {
     }
 }
 
+/// Estimates every waiting job (`queued`) on `slots` and compares the estimates with what
+/// `book` shows: the summary to write (`None`: the counts did not change since `last`,
+/// which it updates) and the entries and pages to write and remove.
+#[allow(clippy::too_many_arguments)]
+fn refresh(
+    book: &mut Book,
+    last: &mut Option<QueueSummary>,
+    arrivals: &mut Arrivals,
+    now: u64,
+    policy: &dyn Policy,
+    queued: Vec<Waiting>,
+    slots: &[Slot],
+    clock: &ModelClock,
+    never_placed: impl Fn(JobId) -> bool,
+) -> (Option<QueueSummary>, Plan) {
+    let lanes = policy.lanes();
+    let model_now = clock.model_ms(now);
+    let view = policy::View {
+        now_ms: model_now,
+        slots,
+    };
+    // By the job's index in `queued`, as the estimates give it.
+    let pages: Vec<Option<u64>> = queued
+        .iter()
+        .map(|job| {
+            never_placed(job.job_id).then(|| QueuePage::number(job.job_id, job.created_at_ms))
+        })
+        .collect();
+    let queued = clock.waiting(queued);
+    let capacity = slots
+        .iter()
+        .map(|slot| slot.class.spec().relative_speed)
+        .sum();
+    let overtaking = arrivals.overtaking(model_now, capacity);
+    let mut estimates = policy::eta::estimate_with(policy, &view, &queued, overtaking);
+    for estimate in &mut estimates {
+        estimate.eta_start_ms = estimate.eta_start_ms.map(|ms| clock.wall_ms(ms));
+        estimate.eta_finish_ms = estimate.eta_finish_ms.map(|ms| clock.wall_ms(ms));
+    }
+    let lane_of: Vec<Lane> = queued
+        .iter()
+        .map(|job| lanes.lane(job.cost.reference_seconds()))
+        .collect();
+    let summary = summary_of(now, &estimates, &lane_of);
+    let summary = last
+        .as_ref()
+        .is_none_or(|old| (old.queued, old.by_lane) != (summary.queued, summary.by_lane))
+        .then_some(summary);
+    let plan = book.plan(now, infos(now, estimates, &lane_of, &pages));
+    if let Some(summary) = &summary {
+        *last = Some(summary.clone());
+    }
+    (summary, plan)
+}
+
+/// The time from one refresh to the next, ms: `period_ms`, or
+/// [`REFRESH_TIME_SHARE_INVERSE`] times what the last one took (`cost_ms`) if that is longer.
+fn refresh_gap_ms(period_ms: u64, cost_ms: u64) -> u64 {
+    period_ms.max(cost_ms.saturating_mul(REFRESH_TIME_SHARE_INVERSE))
+}
+
 /// Each estimate as a reader will see it, with the page its job may be listed in.
 fn infos(
     now: u64,
     estimates: Vec<QueueEstimate>,
-    lane_of: &HashMap<JobId, Lane>,
-    pages: &HashMap<JobId, u64>,
+    lane_of: &[Lane],
+    pages: &[Option<u64>],
 ) -> Vec<Estimate> {
     let total = u32::try_from(estimates.len()).unwrap_or(u32::MAX);
     estimates
@@ -233,27 +285,23 @@ fn infos(
                 position: estimate.position,
                 queued: total,
                 lane: lane_of
-                    .get(&estimate.job_id)
+                    .get(estimate.index)
                     .map_or("short", |lane| lane.as_str())
                     .to_owned(),
                 eta_start_ms: estimate.eta_start_ms,
                 eta_finish_ms: estimate.eta_finish_ms,
                 updated_at_ms: now,
             },
-            page: pages.get(&estimate.job_id).copied(),
+            page: pages.get(estimate.index).copied().flatten(),
         })
         .collect()
 }
 
 /// The queue's counts from this refresh's estimates.
-fn summary_of(
-    now: u64,
-    estimates: &[QueueEstimate],
-    lane_of: &HashMap<JobId, Lane>,
-) -> QueueSummary {
+fn summary_of(now: u64, estimates: &[QueueEstimate], lane_of: &[Lane]) -> QueueSummary {
     let mut by_lane = [0u32; 3];
     for estimate in estimates {
-        let lane = lane_of.get(&estimate.job_id).map_or(0, |lane| lane.index());
+        let lane = lane_of.get(estimate.index).map_or(0, |lane| lane.index());
         by_lane[lane] = by_lane[lane].saturating_add(1);
     }
     QueueSummary {
@@ -467,17 +515,105 @@ mod tests {
         assert_eq!((everything.puts.len(), everything.pages.len()), (2, 1));
     }
 
+    /// The scheduler time of a refresh over a long queue on 8 busy H100 slots, as the
+    /// capacity runs leave it (150,000 jobs waiting): the first refresh (every job new) and
+    /// the next ones (nothing moved), median of five. Run:
+    /// `cargo test --release -p coordinator --lib -- --ignored --nocapture refresh_time`
+    #[test]
+    #[ignore = "a benchmark: prints figures"]
+    fn refresh_time_of_a_long_queue() {
+        use crate::cost::CostModel;
+        use crate::policy::{LengthAwareConfig, PolicyKind, Running};
+        use protocol::JobShape;
+        use protocol::spec::Priority;
+        const JOBS: u64 = 150_000;
+        let policy = PolicyKind::LengthAware.build(LengthAwareConfig::default());
+        let model = CostModel::default();
+        let shapes = [
+            JobShape::new(31, 30, 848, 480, 64, true),
+            JobShape::new(163, 30, 848, 480, 64, true),
+            JobShape::new(13, 30, 848, 480, 16, true),
+        ];
+        let now = 1_764_000_000_000;
+        let queued: Vec<Waiting> = (0..JOBS)
+            .map(|n| Waiting {
+                job_id: JobId::new(),
+                tenant: n % 7,
+                priority: Priority::Normal,
+                created_at_ms: now - 60_000 + n / 3,
+                not_before_ms: 0,
+                cost: model.cost(&shapes[(n % 3) as usize]),
+                pauses: 0,
+            })
+            .collect();
+        let slots: Vec<Slot> = (0..8)
+            .map(|n| Slot {
+                class: GpuClass::H100,
+                memory_bytes: GpuClass::H100.spec().memory_bytes,
+                running: Some(Running {
+                    job_id: JobId::new(),
+                    lane: Lane::Short,
+                    tenant: 100 + n,
+                    remaining_s: 30.0 + n as f64,
+                    next_boundary_s: 1.0,
+                    pauses: 0,
+                    unpausable: false,
+                    pausing_for: None,
+                }),
+            })
+            .collect();
+        let clock = ModelClock::wall();
+        let mut arrivals = Arrivals::new(ARRIVAL_WINDOW_MS, now);
+        let (mut book, mut last) = (Book::default(), None);
+        let mut times_ms = Vec::new();
+        for round in 0..6 {
+            let started = std::time::Instant::now();
+            let (_, plan) = refresh(
+                &mut book,
+                &mut last,
+                &mut arrivals,
+                now + round * 2_000,
+                policy.as_ref(),
+                queued.clone(),
+                &slots,
+                &clock,
+                |_| true,
+            );
+            times_ms.push(started.elapsed().as_secs_f64() * 1e3);
+            if round == 0 {
+                assert!(!plan.pages.is_empty());
+            }
+        }
+        let first = times_ms[0];
+        let mut next = times_ms[1..].to_vec();
+        next.sort_by(f64::total_cmp);
+        println!(
+            "refresh of {JOBS} waiting jobs: first {first:.0} ms, then median {:.0} ms (all: {times_ms:.0?})",
+            next[next.len() / 2]
+        );
+    }
+
+    #[test]
+    fn a_slow_refresh_stretches_the_period_to_keep_its_share_of_the_scheduler() {
+        // A quick refresh: the configured period.
+        assert_eq!(refresh_gap_ms(2_000, 0), 2_000);
+        assert_eq!(refresh_gap_ms(2_000, 150), 2_000);
+        // One that took 700 ms (a queue of about a million) comes back after 7 s.
+        assert_eq!(refresh_gap_ms(2_000, 700), 7_000);
+        assert_eq!(refresh_gap_ms(2_000, u64::MAX), u64::MAX);
+    }
+
     #[test]
     fn the_summary_counts_the_estimated_jobs_by_lane() {
-        let estimate = |job_id| QueueEstimate {
-            job_id,
+        let estimate = |index| QueueEstimate {
+            job_id: JobId::new(),
+            index,
             position: 1,
             eta_start_ms: None,
             eta_finish_ms: None,
         };
-        let (a, b, c) = (JobId::new(), JobId::new(), JobId::new());
-        let lane_of = HashMap::from([(a, Lane::Long), (b, Lane::Short), (c, Lane::Long)]);
-        let summary = summary_of(7, &[estimate(a), estimate(b), estimate(c)], &lane_of);
+        let lane_of = [Lane::Long, Lane::Short, Lane::Long];
+        let summary = summary_of(7, &[estimate(2), estimate(0), estimate(1)], &lane_of);
         assert_eq!(
             summary,
             QueueSummary {
