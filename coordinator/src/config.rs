@@ -56,7 +56,8 @@ pub struct Config {
     pub policy: PolicyKind,
     /// Settings of the length-aware policy.
     pub length_aware: LengthAwareConfig,
-    /// Period of the queue positions and ETAs published in `mochi_queue`, ms (0: never).
+    /// Period of the queue positions and ETAs published in `mochi_queue`, ms (0: never);
+    /// stretched to ten times the last refresh's scheduler time when that is longer.
     pub eta_refresh_ms: u64,
     /// Whether finished jobs' run times correct the cost model. Off only for time-scaled
     /// load tests, whose simulated nodes run `time_scale` times faster than the model says
