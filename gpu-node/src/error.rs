@@ -58,7 +58,7 @@ pub enum Error {
         reason: String,
     },
     /// `nvml = "on"` and the GPUs cannot be read from NVML.
-    #[error("nvml = \"on\": {0}")]
+    #[error("gpu_node.nvml = \"on\": {0}")]
     Nvml(#[from] crate::nvml::NvmlSetupError),
     /// A blocking start-up task failed.
     #[error("start-up task failed: {0}")]

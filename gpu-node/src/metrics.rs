@@ -22,7 +22,8 @@ pub const SLOT_MEMORY_TOTAL: &str = "mochi_node_slot_memory_total_bytes";
 /// Share of the driver's last sample period in which a kernel ran on a slot's GPU, 0 to 1
 /// (NVML).
 pub const GPU_UTILISATION: &str = "mochi_node_gpu_utilisation_ratio";
-/// A slot's GPU utilisation at each reading while the slot ran a job (NVML); its mean is the
+/// A slot's GPU utilisation at each reading while the slot ran a job (NVML; its decode,
+/// encode and upload included, which use the GPU little or not at all); its mean is the
 /// utilisation while jobs run.
 pub const GPU_JOB_UTILISATION: &str = "mochi_node_gpu_job_utilisation";
 /// Device memory in use on a slot's GPU, by every process, bytes (NVML).
@@ -74,7 +75,8 @@ pub(crate) fn set_nvml_up(up: bool) {
     metrics::gauge!(NVML_UP).set(if up { 1.0 } else { 0.0 });
 }
 
-/// Registers the NVML series of `slot` (at 0) before its first reading.
+/// Describes the NVML series and registers `slot`'s utilisation histogram (empty) before
+/// its first reading; the gauges appear with the first reading, not as a false 0.
 pub(crate) fn register_gpu_slot(slot: u32) {
     metrics::describe_gauge!(
         GPU_UTILISATION,
@@ -94,21 +96,19 @@ pub(crate) fn register_gpu_slot(slot: u32) {
         metrics::Unit::Bytes,
         "Device memory of the slot's GPU (NVML)"
     );
-    let slot = slot.to_string();
-    metrics::gauge!(GPU_UTILISATION, "slot" => slot.clone()).set(0.0);
-    metrics::gauge!(GPU_MEMORY_USED, "slot" => slot.clone()).set(0.0);
-    metrics::gauge!(GPU_MEMORY_TOTAL, "slot" => slot.clone()).set(0.0);
-    let _registered = metrics::histogram!(GPU_JOB_UTILISATION, "slot" => slot);
+    let _registered = metrics::histogram!(GPU_JOB_UTILISATION, "slot" => slot.to_string());
 }
 
 /// One NVML reading of `slot`'s GPU; `busy`: the slot runs a job.
 pub(crate) fn record_gpu(slot: u32, sample: &crate::nvml::Sample, busy: bool) {
     let slot = slot.to_string();
-    metrics::gauge!(GPU_UTILISATION, "slot" => slot.clone()).set(sample.utilisation);
     metrics::gauge!(GPU_MEMORY_USED, "slot" => slot.clone()).set(sample.memory_used_bytes as f64);
     metrics::gauge!(GPU_MEMORY_TOTAL, "slot" => slot.clone()).set(sample.memory_total_bytes as f64);
-    if busy {
-        metrics::histogram!(GPU_JOB_UTILISATION, "slot" => slot).record(sample.utilisation);
+    if let Some(utilisation) = sample.utilisation {
+        metrics::gauge!(GPU_UTILISATION, "slot" => slot.clone()).set(utilisation);
+        if busy {
+            metrics::histogram!(GPU_JOB_UTILISATION, "slot" => slot).record(utilisation);
+        }
     }
 }
 

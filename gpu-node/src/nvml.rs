@@ -5,15 +5,17 @@
 //! ordinal: the ordinal's entry in `CUDA_VISIBLE_DEVICES` when that is set (a GPU UUID, or a
 //! prefix of one, or an index), else the ordinal itself. An index is in CUDA's numbering,
 //! which is the PCI bus order under `CUDA_DEVICE_ORDER=PCI_BUS_ID`, and otherwise (CUDA puts
-//! the fastest GPU first) only where every GPU is the same model; on a host of mixed GPUs
-//! without that setting the slot is not read rather than read from the wrong GPU. MIG
-//! instances are not read: NVML measures no utilisation for them.
+//! the fastest GPU first) only where every GPU is the same model; and only where the process
+//! can open every GPU NVML lists (under cgroup device isolation CUDA numbers only the GPUs it
+//! may open). Otherwise the slot is not read rather than read from the wrong GPU; GPU UUIDs
+//! in `CUDA_VISIBLE_DEVICES` always match. MIG instances are not read: NVML measures no
+//! utilisation for them.
 //!
 //! Every `nvml_interval_ms` the node reads each slot's GPU: its utilisation (the share of the
 //! driver's last sample period in which a kernel ran) and its memory, as gauges; while the
 //! slot runs a job, the utilisation is also recorded in a histogram whose mean is the GPU's
 //! utilisation while jobs run. `mochi_node_nvml_up` is 1 while every slot that should be read
-//! is read.
+//! is read. Loading NVML never holds up a node that does not require it (`nvml = "auto"`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,9 @@ use crate::config::{Config, NvmlMode};
 
 /// The library NVML is loaded from unless `nvml_library` names another.
 pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
+
+/// How long a node that requires NVML waits for it to load and list its GPUs.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why NVML could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +60,9 @@ pub enum NvmlSetupError {
     /// The blocking task that loads NVML failed.
     #[error("the task that loads NVML failed: {0}")]
     Task(String),
+    /// NVML did not load and list its GPUs in time (a driver that hangs).
+    #[error("NVML did not load within {0:?}")]
+    Timeout(Duration),
 }
 
 /// One GPU as NVML lists it (in NVML's index order).
@@ -113,8 +121,9 @@ fn parse_visible(value: &str) -> Vec<Visible> {
 }
 
 /// The NVML index of the GPU that CUDA calls `ordinal`, given how CUDA was told which GPUs
-/// the process sees (`env`) and the GPUs NVML lists; `Err` says why none can be named safely.
-pub fn resolve(ordinal: usize, env: &CudaEnv, gpus: &[NvmlGpu]) -> Result<u32, String> {
+/// the process sees (`env`) and the GPUs NVML lists (`None`: one this process cannot open);
+/// `Err` says why none can be named safely.
+pub fn resolve(ordinal: usize, env: &CudaEnv, gpus: &[Option<NvmlGpu>]) -> Result<u32, String> {
     let entry = match &env.visible_devices {
         Some(value) => {
             let entries = parse_visible(value);
@@ -129,10 +138,10 @@ pub fn resolve(ordinal: usize, env: &CudaEnv, gpus: &[NvmlGpu]) -> Result<u32, S
     };
     match entry {
         Visible::Uuid(prefix) => {
-            let mut matching = gpus
-                .iter()
-                .zip(0u32..)
-                .filter(|(gpu, _)| gpu.uuid.starts_with(&prefix));
+            let mut matching = gpus.iter().zip(0u32..).filter(|(gpu, _)| {
+                gpu.as_ref()
+                    .is_some_and(|gpu| gpu.uuid.starts_with(&prefix))
+            });
             match (matching.next(), matching.next()) {
                 (Some((_, index)), None) => Ok(index),
                 (None, _) => Err(format!("NVML lists no GPU with the UUID {prefix}")),
@@ -145,13 +154,24 @@ pub fn resolve(ordinal: usize, env: &CudaEnv, gpus: &[NvmlGpu]) -> Result<u32, S
             "{id} is a MIG instance; NVML measures no utilisation for one, so it is not read"
         )),
         Visible::Index(index) => {
-            let Some(gpu) = gpus.get(index as usize) else {
+            let Some(listed) = gpus.get(index as usize) else {
                 return Err(format!(
                     "CUDA device index {index} is beyond the {} GPUs NVML lists",
                     gpus.len()
                 ));
             };
-            let one_model = gpus.iter().all(|other| other.name == gpu.name);
+            if gpus.iter().any(Option::is_none) {
+                return Err(
+                    "NVML lists GPUs this process cannot open, which CUDA does not \
+                            number, so CUDA's indices need not be NVML's; give GPU UUIDs in \
+                            CUDA_VISIBLE_DEVICES"
+                        .to_owned(),
+                );
+            }
+            let one_model = gpus
+                .iter()
+                .flatten()
+                .all(|other| listed.as_ref().is_some_and(|gpu| other.name == gpu.name));
             if env.pci_bus_order || one_model {
                 Ok(index)
             } else {
@@ -169,8 +189,9 @@ pub fn resolve(ordinal: usize, env: &CudaEnv, gpus: &[NvmlGpu]) -> Result<u32, S
 /// One reading of a slot's GPU.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
-    /// Share of the driver's last sample period in which a kernel ran, 0 to 1.
-    pub utilisation: f64,
+    /// Share of the driver's last sample period in which a kernel ran, 0 to 1 (`None`: the
+    /// GPU does not measure it, as a MIG-enabled one).
+    pub utilisation: Option<f64>,
     /// Device memory in use, bytes (by every process on the GPU).
     pub memory_used_bytes: u64,
     /// Device memory in all, bytes.
@@ -209,16 +230,17 @@ impl GpuReader {
                 source,
             })?;
         let count = nvml.device_count().map_err(NvmlSetupError::List)?;
-        let gpus = (0..count)
+        // A GPU this process may not open (another cgroup's, one fallen off the bus) is listed
+        // as `None`: it spoils no other slot's match.
+        let gpus: Vec<Option<NvmlGpu>> = (0..count)
             .map(|index| {
-                let device = nvml.device_by_index(index)?;
-                Ok(NvmlGpu {
-                    uuid: device.uuid()?,
-                    name: device.name()?,
+                let device = nvml.device_by_index(index).ok()?;
+                Some(NvmlGpu {
+                    uuid: device.uuid().ok()?,
+                    name: device.name().ok()?,
                 })
             })
-            .collect::<Result<Vec<_>, NvmlError>>()
-            .map_err(NvmlSetupError::List)?;
+            .collect();
         let mut read = Vec::new();
         let mut skipped = Vec::new();
         for &(slot, ordinal) in slots {
@@ -242,10 +264,14 @@ impl GpuReader {
             .map(|&(slot, index)| {
                 let read = || -> Result<Sample, NvmlError> {
                     let device = self.nvml.device_by_index(index)?;
-                    let utilisation = device.utilization_rates()?;
                     let memory = device.memory_info()?;
+                    let utilisation = match device.utilization_rates() {
+                        Ok(rates) => Some(f64::from(rates.gpu.min(100)) / 100.0),
+                        Err(NvmlError::NotSupported) => None,
+                        Err(error) => return Err(error),
+                    };
                     Ok(Sample {
-                        utilisation: f64::from(utilisation.gpu.min(100)) / 100.0,
+                        utilisation,
                         memory_used_bytes: memory.used,
                         memory_total_bytes: memory.total,
                     })
@@ -258,7 +284,8 @@ impl GpuReader {
 
 /// Starts reading the GPUs as `config.nvml` says, until `stop`: `cuda_ordinals` holds each
 /// slot's CUDA ordinal (`None`: not on a CUDA device), `reports` each slot's report (whether
-/// it runs a job). Fails only with `nvml = "on"`; with `auto` a GPU that cannot be read is a
+/// it runs a job). With `nvml = "on"` it waits for NVML (at most [`OPEN_TIMEOUT`]) and fails
+/// without it; with `auto` NVML loads in the background and a GPU that cannot be read is a
 /// warning and `mochi_node_nvml_up` 0.
 pub(crate) async fn start(
     config: &Config,
@@ -266,7 +293,6 @@ pub(crate) async fn start(
     reports: Vec<Arc<Mutex<SlotReport>>>,
     stop: CancellationToken,
 ) -> Result<(), NvmlSetupError> {
-    let required = config.nvml == NvmlMode::On;
     let slots: Vec<(u32, usize)> = match config.nvml {
         NvmlMode::Off => Vec::new(),
         NvmlMode::Auto => cuda_ordinals
@@ -285,33 +311,43 @@ pub(crate) async fn start(
     }
     crate::metrics::set_nvml_up(false);
     let library = config.nvml_library.clone();
-    let opened = tokio::task::spawn_blocking(move || {
-        GpuReader::open(library.as_deref(), &slots, &CudaEnv::from_process())
-    })
-    .await
-    .map_err(|e| NvmlSetupError::Task(e.to_string()))?;
-    let (reader, mut skipped) = match opened {
-        Ok(opened) => opened,
-        Err(error) if required => return Err(error),
-        Err(error) => {
-            tracing::warn!(%error, "GPU utilisation and memory are not measured (gpu_node.nvml = \"auto\")");
-            return Ok(());
+    let interval_ms = config.nvml_interval_ms;
+    let open = async move {
+        let opening = tokio::task::spawn_blocking(move || {
+            GpuReader::open(library.as_deref(), &slots, &CudaEnv::from_process())
+        });
+        match tokio::time::timeout(OPEN_TIMEOUT, opening).await {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(task)) => Err(NvmlSetupError::Task(task.to_string())),
+            Err(_) => Err(NvmlSetupError::Timeout(OPEN_TIMEOUT)),
         }
     };
-    if required && !skipped.is_empty() {
-        return Err(skipped.swap_remove(0));
+    if config.nvml == NvmlMode::On {
+        let (reader, mut skipped) = open.await?;
+        if !skipped.is_empty() {
+            return Err(skipped.swap_remove(0));
+        }
+        tracing::info!(slots = ?reader.slots(), "reading GPU utilisation and memory from NVML");
+        spawn_reader(reader, true, reports, interval_ms, stop);
+        return Ok(());
     }
-    for error in &skipped {
-        tracing::warn!(%error, "a slot's GPU is not measured (gpu_node.nvml = \"auto\")");
-    }
-    tracing::info!(slots = ?reader.slots(), "reading GPU utilisation and memory from NVML");
-    spawn_reader(
-        reader,
-        skipped.is_empty(),
-        reports,
-        config.nvml_interval_ms,
-        stop,
-    );
+    tokio::spawn(async move {
+        let (reader, skipped) = tokio::select! {
+            () = stop.cancelled() => return,
+            opened = open => match opened {
+                Ok(opened) => opened,
+                Err(error) => {
+                    tracing::warn!(%error, "GPU utilisation and memory are not measured (gpu_node.nvml = \"auto\")");
+                    return;
+                }
+            },
+        };
+        for error in &skipped {
+            tracing::warn!(%error, "a slot's GPU is not measured (gpu_node.nvml = \"auto\")");
+        }
+        tracing::info!(slots = ?reader.slots(), "reading GPU utilisation and memory from NVML");
+        spawn_reader(reader, skipped.is_empty(), reports, interval_ms, stop);
+    });
     Ok(())
 }
 
@@ -369,13 +405,15 @@ fn spawn_reader(
 mod tests {
     use super::*;
 
-    fn gpus(names: &[&str]) -> Vec<NvmlGpu> {
+    fn gpus(names: &[&str]) -> Vec<Option<NvmlGpu>> {
         names
             .iter()
             .zip(0..)
-            .map(|(name, i)| NvmlGpu {
-                uuid: format!("GPU-{i:08x}-aaaa-bbbb-cccc-{i:012x}"),
-                name: (*name).to_owned(),
+            .map(|(name, i)| {
+                Some(NvmlGpu {
+                    uuid: format!("GPU-{i:08x}-aaaa-bbbb-cccc-{i:012x}"),
+                    name: (*name).to_owned(),
+                })
             })
             .collect()
     }
@@ -413,11 +451,26 @@ mod tests {
         assert_eq!(resolve(1, &env(Some("3,1"), false), &same), Ok(1));
         assert!(resolve(2, &env(Some("3,1"), false), &same).is_err());
         assert_eq!(resolve(0, &env(Some("GPU-00000002"), false), &same), Ok(2));
-        let whole = same[1].uuid.clone();
+        let whole = same[1]
+            .as_ref()
+            .map(|gpu| gpu.uuid.clone())
+            .unwrap_or_default();
         assert_eq!(resolve(0, &env(Some(&whole), false), &same), Ok(1));
         let ambiguous = resolve(0, &env(Some("GPU-0000000"), false), &same).unwrap_err();
         assert!(ambiguous.contains("more than one"), "{ambiguous}");
         assert!(resolve(0, &env(Some("GPU-ffffffff"), false), &same).is_err());
+    }
+
+    #[test]
+    fn a_gpu_the_process_cannot_open_leaves_only_uuids_to_match() {
+        let mut hidden = gpus(&["H100", "H100", "H100"]);
+        hidden[0] = None;
+        let refused = resolve(0, &env(None, true), &hidden).unwrap_err();
+        assert!(refused.contains("UUIDs"), "{refused}");
+        assert_eq!(
+            resolve(0, &env(Some("GPU-00000002"), false), &hidden),
+            Ok(2)
+        );
     }
 
     #[test]

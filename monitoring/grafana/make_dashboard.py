@@ -31,7 +31,7 @@ PANELS = [
     ("GPU memory by slot", "bytes",
      [("mochi_node_slot_memory_used_bytes", "used {{instance}} slot {{slot}}"),
       ("mochi_node_slot_memory_total_bytes", "total {{instance}} slot {{slot}}")], None),
-    ("GPU utilisation by slot, NVML (seed target: 70–90 % while jobs run)", "percentunit",
+    ("GPU kernel utilisation by slot, NVML (now, and while jobs run)", "percentunit",
      [("mochi_node_gpu_utilisation_ratio", "now {{instance}} slot {{slot}}"),
       ("sum by (instance, slot) (rate(mochi_node_gpu_job_utilisation_sum[15m])) / sum by (instance, slot) (rate(mochi_node_gpu_job_utilisation_count[15m]))", "while running {{instance}} slot {{slot}}")], None),
     ("GPU memory by slot, measured by the driver (NVML)", "bytes",

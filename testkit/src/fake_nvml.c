@@ -12,7 +12,7 @@
 
 typedef int nvmlReturn_t;
 enum { NVML_SUCCESS = 0, NVML_ERROR_UNINITIALIZED = 1, NVML_ERROR_INVALID_ARGUMENT = 2,
-       NVML_ERROR_INSUFFICIENT_SIZE = 7 };
+       NVML_ERROR_INSUFFICIENT_SIZE = 7, NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25 };
 
 struct fake_device { unsigned int index; };
 typedef struct fake_device *nvmlDevice_t;
@@ -27,6 +27,7 @@ typedef struct {
 } nvmlMemory_v2_t;
 
 static struct fake_device devices[FAKE_GPUS];
+/* nvmlInit calls not yet matched by nvmlShutdown, as NVML counts them. */
 static int initialised;
 
 static nvmlReturn_t device_index(nvmlDevice_t device, unsigned int *index) {
@@ -45,12 +46,13 @@ static nvmlReturn_t copy_text(const char *text, char *out, unsigned int length) 
 
 nvmlReturn_t nvmlInit_v2(void) {
     for (unsigned int i = 0; i < FAKE_GPUS; i++) devices[i].index = i;
-    initialised = 1;
+    initialised++;
     return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlShutdown(void) {
-    initialised = 0;
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    initialised--;
     return NVML_SUCCESS;
 }
 
@@ -102,7 +104,8 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *me
     unsigned int index;
     nvmlReturn_t status = device_index(device, &index);
     if (status != NVML_SUCCESS) return status;
-    if (memory == NULL || (memory->version >> 24) != 2) return NVML_ERROR_INVALID_ARGUMENT;
+    if (memory == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    if ((memory->version >> 24) != 2) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
     memory->total = 80 * GIB;
     memory->reserved = 0;
     memory->used = (2ull + index) * GIB;

@@ -124,6 +124,10 @@ impl Book {
         for (number, job_id) in released {
             self.release(number, job_id);
         }
+        // A long queue that drained leaves no map of its peak size behind.
+        if self.jobs.capacity() > 4 * self.jobs.len() + 4096 {
+            self.jobs.shrink_to_fit();
+        }
         for number in joined {
             if let Some(page) = self.pages.get(&number) {
                 plan.pages.push((number, page.clone()));
