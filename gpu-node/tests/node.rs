@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gpu_node::Config;
 use protocol::jetstream::Resources;
-use protocol::messages::{Assign, AssignReply, Cancel, NodeHeartbeat};
+use protocol::messages::{AssignReply, Cancel, NodeHeartbeat};
 use protocol::record::{JobEvent, Lease};
 use protocol::{JobId, JobRecord, JobSpec, JobState, NodeId, codec, names, now_ms};
 use tokio::io::AsyncReadExt;
@@ -77,19 +77,7 @@ impl Harness {
             steps: Some(steps),
             ..JobSpec::new("x")
         };
-        let (id, shape) = common::create_job(&self.resources, spec.clone(), 5, 3).await;
-        let placed = common::place(&self.resources, id, common::lease()).await;
-        let assign = Assign {
-            job_id: id,
-            attempt: placed.attempt,
-            slot: 0,
-            spec,
-            shape,
-            seed: 5,
-            lease_ms: 60_000,
-            resume: None,
-        };
-        (id, common::send_assign(&self.client, &assign).await)
+        common::create_and_assign(&self.resources, &self.client, spec, 5).await
     }
 
     async fn wait_for_state(&self, id: JobId, wanted: impl Fn(&JobRecord) -> bool) -> JobRecord {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use gpu_node::config::NvmlMode;
 use gpu_node::nvml::{CudaEnv, GpuReader, NvmlSetupError, Sample};
-use protocol::messages::{Assign, AssignReply};
+use protocol::messages::AssignReply;
 use protocol::{JobSpec, JobState};
 use tokio_util::sync::CancellationToken;
 
@@ -104,19 +104,7 @@ async fn a_node_reading_nvml_still_runs_jobs() {
         steps: Some(4),
         ..JobSpec::new("read while it runs")
     };
-    let (id, shape) = common::create_job(&nats.resources, spec.clone(), 5, 3).await;
-    let placed = common::place(&nats.resources, id, common::lease()).await;
-    let assign = Assign {
-        job_id: id,
-        attempt: placed.attempt,
-        slot: 0,
-        spec,
-        shape,
-        seed: 5,
-        lease_ms: 60_000,
-        resume: None,
-    };
-    let reply = common::send_assign(&nats.client, &assign).await;
+    let (id, reply) = common::create_and_assign(&nats.resources, &nats.client, spec, 5).await;
     assert_eq!(reply, AssignReply::Accepted);
     let done = common::poll_job(&nats.resources, id, 3_000, |record| {
         record.state.is_terminal()

@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use protocol::jetstream::Resources;
-use protocol::messages::{Assign, AssignReply, NodeHeartbeat};
+use protocol::messages::{AssignReply, NodeHeartbeat};
 use protocol::{JobId, JobRecord, JobSpec, JobState, codec};
 use tokio_util::sync::CancellationToken;
 
@@ -28,19 +28,7 @@ async fn assign(client: &async_nats::Client, resources: &Resources) -> (JobId, A
         steps: Some(2),
         ..JobSpec::new("a red fox")
     };
-    let (id, shape) = common::create_job(resources, spec.clone(), 1, 3).await;
-    let placed = common::place(resources, id, common::lease()).await;
-    let assign = Assign {
-        job_id: id,
-        attempt: placed.attempt,
-        slot: 0,
-        spec,
-        shape,
-        seed: 1,
-        lease_ms: 60_000,
-        resume: None,
-    };
-    (id, common::send_assign(client, &assign).await)
+    common::create_and_assign(resources, client, spec, 1).await
 }
 
 async fn finished(resources: &Resources, id: JobId) -> JobRecord {

@@ -360,14 +360,14 @@ fn tick(state: &mut SchedulerState) {
             .map(|(_, slot)| slot)
             .collect();
         let view = &state.view;
-        state.queue_info.publish(
+        state.queue_info.publish(queue_info::Snapshot {
             now,
-            state.policy.as_ref(),
+            policy: state.policy.as_ref(),
             queued,
-            &slots,
-            &state.clock,
-            |job_id| view.never_placed(job_id),
-        );
+            slots: &slots,
+            clock: &state.clock,
+            never_placed: |job_id| view.never_placed(job_id),
+        });
         state.queue_info.refreshed_in(started.elapsed());
     }
     metrics::lane_depths(state.view.queued_by_lane());

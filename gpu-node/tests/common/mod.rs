@@ -116,6 +116,29 @@ pub async fn place(resources: &Resources, id: JobId, lease: Lease) -> JobRecord 
         .unwrap()
 }
 
+/// Creates a job for `spec` with `seed`, places it on slot 0 of `n1` and sends the
+/// assignment; returns the job's id and the node's answer.
+pub async fn create_and_assign(
+    resources: &Resources,
+    client: &async_nats::Client,
+    spec: JobSpec,
+    seed: u64,
+) -> (JobId, AssignReply) {
+    let (id, shape) = create_job(resources, spec.clone(), seed, 3).await;
+    let placed = place(resources, id, lease()).await;
+    let assign = Assign {
+        job_id: id,
+        attempt: placed.attempt,
+        slot: 0,
+        spec,
+        shape,
+        seed,
+        lease_ms: 60_000,
+        resume: None,
+    };
+    (id, send_assign(client, &assign).await)
+}
+
 /// Sends `assign` to `n1`; returns its answer.
 pub async fn send_assign(client: &async_nats::Client, assign: &Assign) -> AssignReply {
     let reply = client

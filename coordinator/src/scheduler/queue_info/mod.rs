@@ -134,33 +134,20 @@ impl QueuePublisher {
                 .is_none_or(|task| task.is_finished())
     }
 
-    /// Estimates every waiting job's position and ETA on `slots` and publishes the changed
-    /// entries (and removes those of jobs no longer waiting) in the background. Jobs for
-    /// which `never_placed` is true may be listed in their submission time's page.
-    pub(super) fn publish(
-        &mut self,
-        now: u64,
-        policy: &dyn Policy,
-        queued: Vec<Waiting>,
-        slots: &[Slot],
-        clock: &ModelClock,
-        never_placed: impl Fn(JobId) -> bool,
-    ) {
+    /// Estimates every waiting job's position and ETA on the slots of `snapshot` and
+    /// publishes the changed entries (and removes those of jobs no longer waiting) in the
+    /// background.
+    pub(super) fn publish(&mut self, snapshot: Snapshot<'_, impl Fn(JobId) -> bool>) {
         let Some(store) = self.store.clone() else {
             return;
         };
         self.settle_last_write();
-        self.estimated_at_ms = now;
+        self.estimated_at_ms = snapshot.now;
         let (summary, plan) = refresh(
             &mut self.book,
             &mut self.summary,
             &mut self.arrivals,
-            now,
-            policy,
-            queued,
-            slots,
-            clock,
-            never_placed,
+            snapshot,
         );
         // Also with nothing to write: the task checks that the bucket kept what it took.
         self.publishing = Some(tokio::spawn(write(
@@ -208,21 +195,39 @@ impl QueuePublisher {
     }
 }
 
-/// Estimates every waiting job (`queued`) on `slots` and compares the estimates with what
-/// `book` shows: the summary to write (`None`: the counts did not change since `last`,
-/// which it updates) and the entries and pages to write and remove.
-#[allow(clippy::too_many_arguments)]
+/// What one refresh estimates: the waiting jobs on the live slots at `now`.
+pub(super) struct Snapshot<'a, F> {
+    /// Now, ms.
+    pub(super) now: u64,
+    /// The policy that orders the queue.
+    pub(super) policy: &'a dyn Policy,
+    /// Every waiting job.
+    pub(super) queued: Vec<Waiting>,
+    /// Every live slot, free or running.
+    pub(super) slots: &'a [Slot],
+    /// The policy's clock.
+    pub(super) clock: &'a ModelClock,
+    /// Whether a job was never placed (it may be listed in its submission time's page).
+    pub(super) never_placed: F,
+}
+
+/// Estimates every waiting job of `snapshot` and compares the estimates with what `book`
+/// shows: the summary to write (`None`: the counts did not change since `last`, which it
+/// updates) and the entries and pages to write and remove.
 fn refresh(
     book: &mut Book,
     last: &mut Option<QueueSummary>,
     arrivals: &mut Arrivals,
-    now: u64,
-    policy: &dyn Policy,
-    queued: Vec<Waiting>,
-    slots: &[Slot],
-    clock: &ModelClock,
-    never_placed: impl Fn(JobId) -> bool,
+    snapshot: Snapshot<'_, impl Fn(JobId) -> bool>,
 ) -> (Option<QueueSummary>, Plan) {
+    let Snapshot {
+        now,
+        policy,
+        queued,
+        slots,
+        clock,
+        never_placed,
+    } = snapshot;
     let lanes = policy.lanes();
     let model_now = clock.model_ms(now);
     let view = policy::View {
@@ -568,17 +573,15 @@ mod tests {
         let mut times_ms = Vec::new();
         for round in 0..6 {
             let started = std::time::Instant::now();
-            let (_, plan) = refresh(
-                &mut book,
-                &mut last,
-                &mut arrivals,
-                now + round * 2_000,
-                policy.as_ref(),
-                queued.clone(),
-                &slots,
-                &clock,
-                |_| true,
-            );
+            let snapshot = Snapshot {
+                now: now + round * 2_000,
+                policy: policy.as_ref(),
+                queued: queued.clone(),
+                slots: &slots,
+                clock: &clock,
+                never_placed: |_| true,
+            };
+            let (_, plan) = refresh(&mut book, &mut last, &mut arrivals, snapshot);
             times_ms.push(started.elapsed().as_secs_f64() * 1e3);
             if round == 0 {
                 assert!(!plan.pages.is_empty());
