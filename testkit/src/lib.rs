@@ -188,26 +188,6 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn starts_a_server_that_accepts_connections_and_stops_on_drop() {
-        let server = NatsServer::start();
-        let address = server.url().trim_start_matches("nats://").to_owned();
-        let stream = std::net::TcpStream::connect(&address).expect("server accepts TCP");
-        drop(stream);
-        let pid = server.pid();
-        drop(server);
-        let proc_path = PathBuf::from(format!("/proc/{pid}"));
-        assert!(
-            wait_until(Duration::from_secs(5), || !proc_path.exists()),
-            "nats-server {pid} still running"
-        );
-    }
-}
-
 /// The source of a stand-in for the driver's NVML library (`fake_nvml.c`): four identical
 /// "H100" GPUs, GPU `i` at (37 + i) % utilisation with (2 + i) GiB of 80 GiB in use.
 pub const FAKE_NVML_SOURCE: &str = include_str!("fake_nvml.c");
@@ -230,4 +210,24 @@ pub fn fake_nvml_library(dir: &Path) -> std::io::Result<PathBuf> {
         )));
     }
     Ok(library)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_a_server_that_accepts_connections_and_stops_on_drop() {
+        let server = NatsServer::start();
+        let address = server.url().trim_start_matches("nats://").to_owned();
+        let stream = std::net::TcpStream::connect(&address).expect("server accepts TCP");
+        drop(stream);
+        let pid = server.pid();
+        drop(server);
+        let proc_path = PathBuf::from(format!("/proc/{pid}"));
+        assert!(
+            wait_until(Duration::from_secs(5), || !proc_path.exists()),
+            "nats-server {pid} still running"
+        );
+    }
 }
