@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::backend::simulated::SimulatedConfig;
 use crate::error::{Error, Result};
 pub use crate::mp4::VideoConfig;
+pub use crate::nvml::NvmlMode;
 
 /// Which backend the slots run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,19 +32,6 @@ pub enum DeviceKind {
     Cpu,
     /// CUDA device `slot` (needs a `--features cuda` build).
     Cuda,
-}
-
-/// Whether a node reads its GPUs' utilisation and memory from the driver (NVML).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NvmlMode {
-    /// Read the slots on CUDA devices when NVML loads; without it, warn and go on.
-    Auto,
-    /// Read every slot (one on the CPU or the simulated backend as the GPU of its index), and
-    /// refuse to start when NVML does not load or a slot has no GPU.
-    On,
-    /// Never load NVML.
-    Off,
 }
 
 /// The automatic `mochi.max_tokens` on the CPU: ~20 s per step of the tiny model on two

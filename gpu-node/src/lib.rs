@@ -109,7 +109,15 @@ pub async fn run(
         .collect();
     let nvml_stop = CancellationToken::new();
     let _nvml_stops = nvml_stop.clone().drop_guard();
-    nvml::start(&config, &cuda_ordinals, reports.clone(), nvml_stop).await?;
+    nvml::start(
+        config.nvml,
+        config.nvml_library.clone(),
+        config.nvml_interval_ms,
+        &cuda_ordinals,
+        reports.clone(),
+        nvml_stop,
+    )
+    .await?;
     let node_args = NodeArgs {
         node_id: node_id.clone(),
         backend_name: backend_name.clone(),

@@ -99,12 +99,19 @@ pub(crate) fn register_gpu_slot(slot: u32) {
     let _registered = metrics::histogram!(GPU_JOB_UTILISATION, "slot" => slot.to_string());
 }
 
-/// One NVML reading of `slot`'s GPU; `busy`: the slot runs a job.
-pub(crate) fn record_gpu(slot: u32, sample: &crate::nvml::Sample, busy: bool) {
+/// One NVML reading of `slot`'s GPU (`utilisation`: `None` when it measures none); `busy`:
+/// the slot runs a job.
+pub(crate) fn record_gpu(
+    slot: u32,
+    utilisation: Option<f64>,
+    memory_used_bytes: u64,
+    memory_total_bytes: u64,
+    busy: bool,
+) {
     let slot = slot.to_string();
-    metrics::gauge!(GPU_MEMORY_USED, "slot" => slot.clone()).set(sample.memory_used_bytes as f64);
-    metrics::gauge!(GPU_MEMORY_TOTAL, "slot" => slot.clone()).set(sample.memory_total_bytes as f64);
-    if let Some(utilisation) = sample.utilisation {
+    metrics::gauge!(GPU_MEMORY_USED, "slot" => slot.clone()).set(memory_used_bytes as f64);
+    metrics::gauge!(GPU_MEMORY_TOTAL, "slot" => slot.clone()).set(memory_total_bytes as f64);
+    if let Some(utilisation) = utilisation {
         metrics::gauge!(GPU_UTILISATION, "slot" => slot.clone()).set(utilisation);
         if busy {
             metrics::histogram!(GPU_JOB_UTILISATION, "slot" => slot).record(utilisation);

@@ -24,9 +24,21 @@ use std::time::Duration;
 use nvml_wrapper::Nvml;
 use nvml_wrapper::error::NvmlError;
 use protocol::messages::SlotReport;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, NvmlMode};
+/// Whether a node reads its GPUs' utilisation and memory from the driver (NVML).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NvmlMode {
+    /// Read the slots on CUDA devices when NVML loads; without it, warn and go on.
+    Auto,
+    /// Read every slot (one on the CPU or the simulated backend as the GPU of its index), and
+    /// refuse to start when NVML does not load or a slot has no GPU.
+    On,
+    /// Never load NVML.
+    Off,
+}
 
 /// The library NVML is loaded from unless `nvml_library` names another.
 pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
@@ -282,18 +294,21 @@ impl GpuReader {
     }
 }
 
-/// Starts reading the GPUs as `config.nvml` says, until `stop`: `cuda_ordinals` holds each
-/// slot's CUDA ordinal (`None`: not on a CUDA device), `reports` each slot's report (whether
-/// it runs a job). With `nvml = "on"` it waits for NVML (at most [`OPEN_TIMEOUT`]) and fails
-/// without it; with `auto` NVML loads in the background and a GPU that cannot be read is a
-/// warning and `mochi_node_nvml_up` 0.
+/// Starts reading the GPUs as `mode` says, from `library` (default [`DEFAULT_LIBRARY`])
+/// every `interval_ms`, until `stop`: `cuda_ordinals` holds each slot's CUDA ordinal
+/// (`None`: not on a CUDA device), `reports` each slot's report (whether it runs a job).
+/// With `on` it waits for NVML (at most [`OPEN_TIMEOUT`]) and fails without it; with `auto`
+/// NVML loads in the background and a GPU that cannot be read is a warning and
+/// `mochi_node_nvml_up` 0.
 pub(crate) async fn start(
-    config: &Config,
+    mode: NvmlMode,
+    library: Option<PathBuf>,
+    interval_ms: u64,
     cuda_ordinals: &[Option<usize>],
     reports: Vec<Arc<Mutex<SlotReport>>>,
     stop: CancellationToken,
 ) -> Result<(), NvmlSetupError> {
-    let slots: Vec<(u32, usize)> = match config.nvml {
+    let slots: Vec<(u32, usize)> = match mode {
         NvmlMode::Off => Vec::new(),
         NvmlMode::Auto => cuda_ordinals
             .iter()
@@ -310,8 +325,6 @@ pub(crate) async fn start(
         return Ok(());
     }
     crate::metrics::set_nvml_up(false);
-    let library = config.nvml_library.clone();
-    let interval_ms = config.nvml_interval_ms;
     let open = async move {
         let opening = tokio::task::spawn_blocking(move || {
             GpuReader::open(library.as_deref(), &slots, &CudaEnv::from_process())
@@ -322,7 +335,7 @@ pub(crate) async fn start(
             Err(_) => Err(NvmlSetupError::Timeout(OPEN_TIMEOUT)),
         }
     };
-    if config.nvml == NvmlMode::On {
+    if mode == NvmlMode::On {
         let (reader, mut skipped) = open.await?;
         if !skipped.is_empty() {
             return Err(skipped.swap_remove(0));
@@ -385,7 +398,13 @@ fn spawn_reader(
                             .get(slot as usize)
                             .and_then(|report| report.lock().ok().map(|r| r.job.is_some()))
                             .unwrap_or(false);
-                        crate::metrics::record_gpu(slot, &sample, busy);
+                        crate::metrics::record_gpu(
+                            slot,
+                            sample.utilisation,
+                            sample.memory_used_bytes,
+                            sample.memory_total_bytes,
+                            busy,
+                        );
                     }
                     Err(error) => {
                         all_read = false;
