@@ -68,16 +68,7 @@ pub fn describe() {
         metrics::Unit::Bytes,
         "Device memory of a slot"
     );
-}
-
-pub(crate) fn set_nvml_up(up: bool) {
     metrics::describe_gauge!(NVML_UP, "1 while NVML reads every slot's GPU it should");
-    metrics::gauge!(NVML_UP).set(if up { 1.0 } else { 0.0 });
-}
-
-/// Describes the NVML series and registers `slot`'s utilisation histogram (empty) before
-/// its first reading; the gauges appear with the first reading, not as a false 0.
-pub(crate) fn register_gpu_slot(slot: u32) {
     metrics::describe_gauge!(
         GPU_UTILISATION,
         "Share of the last sample period in which a kernel ran on the slot's GPU (NVML)"
@@ -96,6 +87,15 @@ pub(crate) fn register_gpu_slot(slot: u32) {
         metrics::Unit::Bytes,
         "Device memory of the slot's GPU (NVML)"
     );
+}
+
+pub(crate) fn set_nvml_up(up: bool) {
+    metrics::gauge!(NVML_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Registers `slot`'s utilisation histogram (empty) before its first reading; the gauges
+/// appear with the first reading, not as a false 0.
+pub(crate) fn register_gpu_slot(slot: u32) {
     let _registered = metrics::histogram!(GPU_JOB_UTILISATION, "slot" => slot.to_string());
 }
 
