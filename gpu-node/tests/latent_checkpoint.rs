@@ -7,7 +7,7 @@ mod common;
 
 use gpu_node::backend::LatentCheckpoint;
 use protocol::jetstream::Resources;
-use protocol::messages::{Assign, AssignReply};
+use protocol::messages::AssignReply;
 use protocol::record::{JobEvent, JobFailure};
 use protocol::{ErrorCode, JobId, JobRecord, JobSpec, JobState, now_ms};
 use tokio::io::AsyncReadExt;
@@ -58,16 +58,7 @@ async fn run_job(
         placed = common::place(resources, id, lease.clone()).await;
     }
     before_assign(id).await;
-    let assign = Assign {
-        job_id: id,
-        attempt: placed.attempt,
-        slot: 0,
-        spec,
-        shape,
-        seed,
-        lease_ms: 60_000,
-        resume: None,
-    };
+    let assign = common::assign_from_start(&placed, spec, shape, seed);
     assert_eq!(
         common::send_assign(client, &assign).await,
         AssignReply::Accepted

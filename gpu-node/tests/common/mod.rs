@@ -126,8 +126,14 @@ pub async fn create_and_assign(
 ) -> (JobId, AssignReply) {
     let (id, shape) = create_job(resources, spec.clone(), seed, 3).await;
     let placed = place(resources, id, lease()).await;
-    let assign = Assign {
-        job_id: id,
+    let assign = assign_from_start(&placed, spec, shape, seed);
+    (id, send_assign(client, &assign).await)
+}
+
+/// The assignment of `placed` (its current attempt) to slot 0, run from its first step.
+pub fn assign_from_start(placed: &JobRecord, spec: JobSpec, shape: JobShape, seed: u64) -> Assign {
+    Assign {
+        job_id: placed.id,
         attempt: placed.attempt,
         slot: 0,
         spec,
@@ -135,8 +141,7 @@ pub async fn create_and_assign(
         seed,
         lease_ms: 60_000,
         resume: None,
-    };
-    (id, send_assign(client, &assign).await)
+    }
 }
 
 /// Sends `assign` to `n1`; returns its answer.
