@@ -105,7 +105,8 @@ pub struct Config {
     /// server's `max_payload`, 1 MiB by default; larger chunks upload faster).
     pub object_chunk_bytes: u32,
     /// A slot whose memory in use after a job stays more than this above the level after
-    /// its first job marks itself unhealthy, bytes (0: never; only backends that measure).
+    /// its first job marks itself unhealthy, bytes (0: never; measured by the backend on the
+    /// CPU, by NVML on a GPU the slot has to itself).
     pub memory_growth_limit_bytes: u64,
     /// Whether to read the GPUs' utilisation and memory from NVML.
     pub nvml: NvmlMode,

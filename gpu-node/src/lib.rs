@@ -109,7 +109,7 @@ pub async fn run(
         .collect();
     let nvml_stop = CancellationToken::new();
     let _nvml_stops = nvml_stop.clone().drop_guard();
-    nvml::start(
+    let gpu_memory = nvml::start(
         config.nvml,
         config.nvml_library.clone(),
         config.nvml_interval_ms,
@@ -137,6 +137,7 @@ pub async fn run(
         changed: Arc::new(Notify::new()),
         memory,
         memory_growth_limit_bytes: config.memory_growth_limit_bytes,
+        gpu_memory,
     };
     let (node, mut node_handle) = Box::pin(Actor::spawn(None, Node, node_args))
         .await

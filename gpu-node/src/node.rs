@@ -75,6 +75,8 @@ pub struct NodeArgs {
     pub memory: Vec<DeviceMemory>,
     /// Memory growth after a job that marks a slot unhealthy (0: never).
     pub memory_growth_limit_bytes: u64,
+    /// The GPUs' memory as NVML reads it, for the slots whose backend cannot measure its own.
+    pub gpu_memory: crate::nvml::GpuMemory,
 }
 
 /// The node actor's state.
@@ -103,6 +105,7 @@ impl NodeState {
             changed: Arc::clone(&self.args.changed),
             memory: self.args.memory[index],
             memory_growth_limit_bytes: self.args.memory_growth_limit_bytes,
+            gpu_memory: self.args.gpu_memory.clone(),
         }
     }
 

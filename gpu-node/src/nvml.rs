@@ -18,7 +18,7 @@
 //! is read. Loading NVML never holds up a node that does not require it (`nvml = "auto"`).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use nvml_wrapper::Nvml;
@@ -292,6 +292,53 @@ impl GpuReader {
             })
             .collect()
     }
+
+    /// Whether another slot read here runs on `slot`'s GPU.
+    pub fn shares_gpu(&self, slot: u32) -> bool {
+        let gpu = self.slots.iter().find(|(read, _)| *read == slot);
+        gpu.is_some_and(|&(_, index)| {
+            self.slots
+                .iter()
+                .any(|&(other, other_index)| other != slot && other_index == index)
+        })
+    }
+
+    /// Memory in use on `slot`'s GPU now, bytes, where NVML reads that slot and no other slot
+    /// of this node shares its GPU (the driver's figure counts every process on the GPU, so a
+    /// shared GPU's figure is not one slot's); `None` otherwise or when the read fails.
+    pub fn slot_memory_used(&self, slot: u32) -> Option<u64> {
+        let &(_, index) = self.slots.iter().find(|(read, _)| *read == slot)?;
+        if self.shares_gpu(slot) {
+            return None;
+        }
+        let read = self
+            .nvml
+            .device_by_index(index)
+            .and_then(|device| device.memory_info());
+        match read {
+            Ok(memory) => Some(memory.used),
+            Err(error) => {
+                tracing::debug!(slot, %error, "cannot read the slot's GPU memory after a job");
+                None
+            }
+        }
+    }
+}
+
+/// The GPU memory a slot's memory watch reads after each job on a device its backend cannot
+/// measure itself (a CUDA device): NVML's figure, once NVML has loaded, for a slot whose GPU
+/// no other slot of this node shares. Cheap to clone; every slot holds one.
+#[derive(Debug, Clone, Default)]
+pub struct GpuMemory {
+    reader: Arc<OnceLock<Arc<GpuReader>>>,
+}
+
+impl GpuMemory {
+    /// Memory in use on `slot`'s GPU now, bytes (blocking: one driver call); `None` while
+    /// NVML has not loaded, for a slot it does not read or whose GPU another slot shares.
+    pub fn used_bytes(&self, slot: u32) -> Option<u64> {
+        self.reader.get()?.slot_memory_used(slot)
+    }
 }
 
 /// Starts reading the GPUs as `mode` says, from `library` (default [`DEFAULT_LIBRARY`])
@@ -299,7 +346,8 @@ impl GpuReader {
 /// (`None`: not on a CUDA device), `reports` each slot's report (whether it runs a job).
 /// With `on` it waits for NVML (at most [`OPEN_TIMEOUT`]) and fails without it; with `auto`
 /// NVML loads in the background and a GPU that cannot be read is a warning and
-/// `mochi_node_nvml_up` 0.
+/// `mochi_node_nvml_up` 0. The slots' memory watches read their GPUs through the returned
+/// [`GpuMemory`] once NVML has loaded.
 pub(crate) async fn start(
     mode: NvmlMode,
     library: Option<PathBuf>,
@@ -307,7 +355,8 @@ pub(crate) async fn start(
     cuda_ordinals: &[Option<usize>],
     reports: Vec<Arc<Mutex<SlotReport>>>,
     stop: CancellationToken,
-) -> Result<(), NvmlSetupError> {
+) -> Result<GpuMemory, NvmlSetupError> {
+    let memory = GpuMemory::default();
     let slots: Vec<(u32, usize)> = match mode {
         NvmlMode::Off => Vec::new(),
         NvmlMode::Auto => cuda_ordinals
@@ -322,7 +371,7 @@ pub(crate) async fn start(
             .collect(),
     };
     if slots.is_empty() {
-        return Ok(());
+        return Ok(memory);
     }
     crate::metrics::set_nvml_up(false);
     let open = async move {
@@ -341,9 +390,12 @@ pub(crate) async fn start(
             return Err(skipped.swap_remove(0));
         }
         tracing::info!(slots = ?reader.slots(), "reading GPU utilisation and memory from NVML");
+        let reader = Arc::new(reader);
+        let _ = memory.reader.set(Arc::clone(&reader));
         spawn_reader(reader, true, reports, interval_ms, stop);
-        return Ok(());
+        return Ok(memory);
     }
+    let opened_memory = memory.clone();
     tokio::spawn(async move {
         let (reader, skipped) = tokio::select! {
             () = stop.cancelled() => return,
@@ -359,24 +411,32 @@ pub(crate) async fn start(
             tracing::warn!(%error, "a slot's GPU is not measured (gpu_node.nvml = \"auto\")");
         }
         tracing::info!(slots = ?reader.slots(), "reading GPU utilisation and memory from NVML");
+        let reader = Arc::new(reader);
+        let _ = opened_memory.reader.set(Arc::clone(&reader));
         spawn_reader(reader, skipped.is_empty(), reports, interval_ms, stop);
     });
-    Ok(())
+    Ok(memory)
 }
 
 /// Reads `reader` every `interval_ms` until `stop`, into the metrics; `complete`: it reads
 /// every slot it should (else `mochi_node_nvml_up` stays 0).
 fn spawn_reader(
-    reader: GpuReader,
+    reader: Arc<GpuReader>,
     complete: bool,
     reports: Vec<Arc<Mutex<SlotReport>>>,
     interval_ms: u64,
     stop: CancellationToken,
 ) {
-    for &(slot, _) in reader.slots() {
+    for &(slot, index) in reader.slots() {
         crate::metrics::register_gpu_slot(slot);
+        if reader.shares_gpu(slot) {
+            tracing::warn!(
+                slot,
+                gpu = index,
+                "the slot shares its GPU with another slot: its memory watch cannot tell their memory apart and does not read the GPU"
+            );
+        }
     }
-    let reader = Arc::new(reader);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

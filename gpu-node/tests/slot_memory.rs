@@ -7,17 +7,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use protocol::jetstream::Resources;
-use protocol::messages::{AssignReply, NodeHeartbeat};
-use protocol::{JobId, JobRecord, JobSpec, JobState, codec};
+use protocol::messages::AssignReply;
+use protocol::{JobId, JobRecord, JobSpec, JobState};
 use tokio_util::sync::CancellationToken;
-
-async fn heartbeat(resources: &Resources) -> Option<NodeHeartbeat> {
-    let bytes = resources.nodes.get("n1").await.unwrap()?;
-    Some(codec::decode(&bytes).unwrap())
-}
 
 /// Creates and assigns a small job to slot 0; returns its id and the node's answer.
 async fn assign(client: &async_nats::Client, resources: &Resources) -> (JobId, AssignReply) {
@@ -37,26 +30,6 @@ async fn finished(resources: &Resources, id: JobId) -> JobRecord {
         .unwrap_or_else(|| panic!("job {id} did not finish"))
 }
 
-/// Waits until the heartbeat shows slot 0 idle and `condition` holds.
-async fn wait_for(
-    resources: &Resources,
-    condition: impl Fn(&NodeHeartbeat) -> bool,
-) -> NodeHeartbeat {
-    for _ in 0..500 {
-        if let Some(beat) = heartbeat(resources).await
-            && beat.slots[0].job.is_none()
-            && condition(&beat)
-        {
-            return beat;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!(
-        "heartbeat condition not met: {:?}",
-        heartbeat(resources).await
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_that_stays_up_after_a_job_marks_the_slot_unhealthy() {
     let common::Nats {
@@ -70,13 +43,13 @@ async fn memory_that_stays_up_after_a_job_marks_the_slot_unhealthy() {
     let total = config.memory_bytes_per_slot;
     let shutdown = CancellationToken::new();
     let node = common::spawn_node(config, &resources, &client, &shutdown);
-    wait_for(&resources, |beat| beat.accepting).await;
+    common::wait_for_idle_slot(&resources, |beat| beat.accepting).await;
 
     // The first job sets the baseline; the heartbeat reports the measured free memory.
     let (first, reply) = assign(&client, &resources).await;
     assert_eq!(reply, AssignReply::Accepted);
     assert_eq!(finished(&resources, first).await.state, JobState::Succeeded);
-    let beat = wait_for(&resources, |beat| {
+    let beat = common::wait_for_idle_slot(&resources, |beat| {
         beat.slots[0].memory_free_bytes < total && beat.slots[0].healthy
     })
     .await;
@@ -95,7 +68,7 @@ async fn memory_that_stays_up_after_a_job_marks_the_slot_unhealthy() {
         finished(&resources, second).await.state,
         JobState::Succeeded
     );
-    let beat = wait_for(&resources, |beat| !beat.slots[0].healthy).await;
+    let beat = common::wait_for_idle_slot(&resources, |beat| !beat.slots[0].healthy).await;
     let reason = beat.slots[0].unhealthy_reason.clone().unwrap();
     assert!(
         reason.contains("memory did not come back") && reason.contains("limit 48 MiB"),

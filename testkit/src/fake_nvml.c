@@ -1,8 +1,9 @@
 /*
  * A stand-in for the NVIDIA driver's libnvidia-ml.so.1, for tests on machines without a GPU:
  * the few NVML entry points the GPU node calls, answering for four identical GPUs. GPU i
- * reports (37 + i) % utilisation and (2 + i) GiB of 80 GiB in use. Types and return codes
- * follow nvml.h.
+ * reports (37 + i) % utilisation and (2 + i) GiB of 80 GiB in use, plus the number of bytes
+ * written in FAKE_NVML_DIR/extra_used_bytes while that file exists (a test holding memory
+ * "in use" after a job). Types and return codes follow nvml.h.
  */
 #include <stdio.h>
 #include <string.h>
@@ -29,6 +30,20 @@ typedef struct {
 static struct fake_device devices[FAKE_GPUS];
 /* nvmlInit calls not yet matched by nvmlShutdown, as NVML counts them. */
 static int initialised;
+
+/* The bytes a test asks to add to every GPU's memory in use (0 without the file). */
+static unsigned long long extra_used_bytes(void) {
+#ifdef FAKE_NVML_DIR
+    FILE *file = fopen(FAKE_NVML_DIR "/extra_used_bytes", "r");
+    if (file == NULL) return 0;
+    unsigned long long extra = 0;
+    if (fscanf(file, "%llu", &extra) != 1) extra = 0;
+    fclose(file);
+    return extra;
+#else
+    return 0;
+#endif
+}
 
 static nvmlReturn_t device_index(nvmlDevice_t device, unsigned int *index) {
     if (!initialised) return NVML_ERROR_UNINITIALIZED;
@@ -108,7 +123,8 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *me
     if ((memory->version >> 24) != 2) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
     memory->total = 80 * GIB;
     memory->reserved = 0;
-    memory->used = (2ull + index) * GIB;
+    memory->used = (2ull + index) * GIB + extra_used_bytes();
+    if (memory->used > memory->total) memory->used = memory->total;
     memory->free = memory->total - memory->used;
     return NVML_SUCCESS;
 }

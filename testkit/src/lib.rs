@@ -189,7 +189,8 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 }
 
 /// The source of a stand-in for the driver's NVML library (`fake_nvml.c`): four identical
-/// "H100" GPUs, GPU `i` at (37 + i) % utilisation with (2 + i) GiB of 80 GiB in use.
+/// "H100" GPUs, GPU `i` at (37 + i) % utilisation with (2 + i) GiB of 80 GiB in use (plus
+/// what [`fake_nvml_hold_memory`] adds).
 pub const FAKE_NVML_SOURCE: &str = include_str!("fake_nvml.c");
 
 /// Compiles [`FAKE_NVML_SOURCE`] with the system's `cc` into `dir/libnvidia-ml.so.1`, for
@@ -198,7 +199,16 @@ pub fn fake_nvml_library(dir: &Path) -> std::io::Result<PathBuf> {
     let source = dir.join("fake_nvml.c");
     let library = dir.join("libnvidia-ml.so.1");
     std::fs::write(&source, FAKE_NVML_SOURCE)?;
+    // The library reads `extra_used_bytes` from this directory: a C string literal.
+    let dir_text = dir.to_str().filter(|text| !text.contains(['"', '\\']));
+    let Some(dir_text) = dir_text else {
+        return Err(std::io::Error::other(format!(
+            "the fake NVML's directory {} cannot be written as a C string",
+            dir.display()
+        )));
+    };
     let output = Command::new("cc")
+        .arg(format!("-DFAKE_NVML_DIR=\"{dir_text}\""))
         .args(["-shared", "-fPIC", "-O1", "-o"])
         .arg(&library)
         .arg(&source)
@@ -210,6 +220,16 @@ pub fn fake_nvml_library(dir: &Path) -> std::io::Result<PathBuf> {
         )));
     }
     Ok(library)
+}
+
+/// Makes every GPU of the stand-in built in `dir` ([`fake_nvml_library`]) report `bytes`
+/// more memory in use than its own figure, from its next reading on (0: none), as memory a
+/// job did not give back would.
+pub fn fake_nvml_hold_memory(dir: &Path, bytes: u64) -> std::io::Result<()> {
+    let path = dir.join("extra_used_bytes");
+    let staged = dir.join("extra_used_bytes.new");
+    std::fs::write(&staged, bytes.to_string())?;
+    std::fs::rename(staged, path)
 }
 
 #[cfg(test)]

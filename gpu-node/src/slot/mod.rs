@@ -62,6 +62,9 @@ pub struct GpuSlotArgs {
     /// Growth above the memory in use after the first job that marks the slot unhealthy
     /// (0: never).
     pub memory_growth_limit_bytes: u64,
+    /// Where the memory after a job is read when the backend cannot measure its device (a
+    /// CUDA device): the GPU's, from NVML.
+    pub gpu_memory: crate::nvml::GpuMemory,
 }
 
 struct Running {
@@ -126,10 +129,13 @@ impl Actor for GpuSlot {
         let (work, queue) = std::sync::mpsc::channel::<WorkItem>();
         let backend = Arc::clone(&args.backend);
         let video = args.video.clone();
+        let slot = args.slot;
+        let gpu_memory = args.gpu_memory.clone();
+        let gpu_memory_in_use = move || gpu_memory.used_bytes(slot);
         // The worker thread lives as long as the channel: dropping the state ends it.
         std::thread::Builder::new()
-            .name(format!("gpu-slot-{}", args.slot))
-            .spawn(move || worker(backend.as_ref(), &video, &queue))?;
+            .name(format!("gpu-slot-{slot}"))
+            .spawn(move || worker(backend.as_ref(), &video, &gpu_memory_in_use, &queue))?;
         let memory_watch = MemoryWatch::new(args.memory_growth_limit_bytes);
         Ok(GpuSlotState {
             args,

@@ -23,10 +23,13 @@ pub(super) struct WorkItem {
     pub(super) slot: ActorRef<GpuSlotMsg>,
 }
 
-/// The slot's OS thread: runs jobs one at a time until the channel closes.
+/// The slot's OS thread: runs jobs one at a time until the channel closes. After each job
+/// it measures the device's memory: the backend's own figure, else `gpu_memory_in_use`
+/// (the GPU's, from NVML; `None`: not measured).
 pub(super) fn worker(
     backend: &dyn Backend,
     video: &VideoConfig,
+    gpu_memory_in_use: &dyn Fn() -> Option<u64>,
     queue: &std::sync::mpsc::Receiver<WorkItem>,
 ) {
     while let Ok(WorkItem { job, stop, slot }) = queue.recv() {
@@ -50,7 +53,7 @@ pub(super) fn worker(
             record_phases(started, observer.denoised_at, encoding_at);
         }
         // Measured once the job's memory (MP4 included) is released.
-        let memory_used_bytes = backend.memory_in_use_bytes();
+        let memory_used_bytes = backend.memory_in_use_bytes().or_else(gpu_memory_in_use);
         let _ = slot.cast(GpuSlotMsg::JobFinished {
             job_id,
             attempt,

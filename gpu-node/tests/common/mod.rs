@@ -10,7 +10,7 @@ use std::time::Duration;
 use gpu_node::Config;
 use gpu_node::config::BackendKind;
 use protocol::jetstream::Resources;
-use protocol::messages::{Assign, AssignReply};
+use protocol::messages::{Assign, AssignReply, NodeHeartbeat};
 use protocol::record::{JobEvent, Lease};
 use protocol::{
     JobId, JobRecord, JobShape, JobSpec, Limits, NodeId, TenantId, codec, names, now_ms,
@@ -74,6 +74,32 @@ pub async fn wait_for_node(resources: &Resources) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// `n1`'s last heartbeat, once it has written one.
+pub async fn heartbeat(resources: &Resources) -> Option<NodeHeartbeat> {
+    let bytes = resources.nodes.get("n1").await.unwrap()?;
+    Some(codec::decode(&bytes).unwrap())
+}
+
+/// Waits (up to 5 s) until `n1`'s heartbeat shows slot 0 idle and `condition` holds.
+pub async fn wait_for_idle_slot(
+    resources: &Resources,
+    condition: impl Fn(&NodeHeartbeat) -> bool,
+) -> NodeHeartbeat {
+    for _ in 0..500 {
+        if let Some(beat) = heartbeat(resources).await
+            && beat.slots[0].job.is_none()
+            && condition(&beat)
+        {
+            return beat;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "heartbeat condition not met: {:?}",
+        heartbeat(resources).await
+    );
 }
 
 /// Creates a queued job for `spec`; returns its id and shape.
