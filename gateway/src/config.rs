@@ -32,6 +32,13 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// How long a submission waits for JetStream's acknowledgement, ms.
     pub publish_timeout_ms: u64,
+    /// Most new job records stored in one write: submissions that arrive while earlier
+    /// records' writes are in flight are stored together as one JetStream atomic batch
+    /// (1 to 1000; 1: every record alone).
+    pub record_batch_max: usize,
+    /// Writes of new job records in flight at once (1 to 64): fewer make larger batches,
+    /// more overlap the writes of a replicated stream.
+    pub record_writes_in_flight: usize,
     /// Authentication (`[gateway.auth]`).
     pub auth: AuthConfig,
     /// Per-key rate limits (`[gateway.rate_limit]`).
@@ -80,6 +87,8 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             max_concurrent_requests: 1024,
             publish_timeout_ms: 5_000,
+            record_batch_max: 256,
+            record_writes_in_flight: 2,
             auth: AuthConfig::default(),
             rate_limit: RateLimitConfig::default(),
             quota: QuotaConfig::default(),
@@ -173,6 +182,19 @@ impl Config {
             return Err(Error::Config(format!(
                 "webhooks.source_lease_ms ({}) must be at least 300",
                 self.webhooks.source_lease_ms
+            )));
+        }
+        if !(1..=protocol::jetstream::MAX_ATOMIC_BATCH).contains(&self.record_batch_max) {
+            return Err(Error::Config(format!(
+                "record_batch_max is {}; use 1 (every record alone) to {}",
+                self.record_batch_max,
+                protocol::jetstream::MAX_ATOMIC_BATCH
+            )));
+        }
+        if !(1..=64).contains(&self.record_writes_in_flight) {
+            return Err(Error::Config(format!(
+                "record_writes_in_flight is {}; use 1 to 64",
+                self.record_writes_in_flight
             )));
         }
         if self.max_body_bytes < 1024

@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod index;
 pub mod metrics;
 pub mod openapi;
+pub mod record_batch;
 pub mod routes;
 pub mod serve;
 pub mod state;

@@ -12,6 +12,16 @@ pub const JOBS_SUBMITTED: &str = "mochi_gateway_jobs_submitted_total";
 /// Time to get JetStream's acknowledgement of a new job's record, seconds.
 pub const SUBMIT_SECONDS: &str = "mochi_gateway_submit_seconds";
 
+/// Writes of new job records, by `kind`: `batch` (several records in one atomic batch) or
+/// `single`.
+pub const RECORD_WRITES: &str = "mochi_gateway_record_writes_total";
+/// New job records stored in atomic batches (over `RECORD_WRITES{kind="batch"}`: records per
+/// batch).
+pub const BATCHED_RECORDS: &str = "mochi_gateway_batched_records_total";
+/// Atomic batches of new records the stream refused (a record existed already, or the
+/// server takes no batches), each then written record by record.
+pub const RECORD_BATCHES_REFUSED: &str = "mochi_gateway_record_batches_refused_total";
+
 /// Submissions refused with `job_too_large`: no known slot holds the job.
 pub const JOBS_TOO_LARGE: &str = "mochi_gateway_jobs_too_large_total";
 
@@ -98,6 +108,15 @@ pub fn describe() {
         "Jobs accepted (records stored by JetStream), by duplicate"
     );
     metrics::describe_counter!(
+        RECORD_WRITES,
+        "Writes of new job records, by kind (batch: several in one atomic batch; single)"
+    );
+    metrics::describe_counter!(BATCHED_RECORDS, "New job records stored in atomic batches");
+    metrics::describe_counter!(
+        RECORD_BATCHES_REFUSED,
+        "Atomic batches of new records refused by the stream and written record by record"
+    );
+    metrics::describe_counter!(
         JOBS_TOO_LARGE,
         "Submissions refused because no known slot holds the job"
     );
@@ -134,6 +153,21 @@ pub(crate) fn record_submit(elapsed: Duration, duplicate: bool) {
     metrics::counter!(JOBS_SUBMITTED, "duplicate" => if duplicate { "true" } else { "false" })
         .increment(1);
     metrics::histogram!(SUBMIT_SECONDS).record(elapsed.as_secs_f64());
+}
+
+/// Counts one write of `records` new job records (more than one: an atomic batch).
+pub(crate) fn record_record_write(records: usize) {
+    if records > 1 {
+        metrics::counter!(RECORD_WRITES, "kind" => "batch").increment(1);
+        metrics::counter!(BATCHED_RECORDS).increment(records as u64);
+    } else {
+        metrics::counter!(RECORD_WRITES, "kind" => "single").increment(1);
+    }
+}
+
+/// Counts an atomic batch of new records the stream refused.
+pub(crate) fn record_batch_refused() {
+    metrics::counter!(RECORD_BATCHES_REFUSED).increment(1);
 }
 
 pub(crate) fn record_too_large() {

@@ -14,6 +14,7 @@ use crate::auth::signing::LinkSigner;
 use crate::config::Config;
 use crate::fleet::Fleet;
 use crate::index::JobIndex;
+use crate::record_batch::RecordCreator;
 
 /// What every handler can reach: one shared [`Shared`] behind an `Arc`. axum clones the
 /// state for every request, and a clone of the fields themselves (the JetStream handles
@@ -36,6 +37,8 @@ pub struct Shared {
     pub resources: Resources,
     /// NATS client (core publishes, connection state).
     pub client: async_nats::Client,
+    /// Writes new job records, several concurrent submissions' in one atomic batch.
+    pub records: RecordCreator,
     /// The gateway's configuration.
     pub config: Arc<Config>,
     /// Renders `/metrics`, when this process installed a Prometheus recorder.
@@ -70,7 +73,14 @@ impl AppState {
             resources.keys.clone(),
             Duration::from_secs(config.auth.key_touch_interval_s),
         );
+        let records = RecordCreator::new(
+            resources.jobs.clone(),
+            resources.context.clone(),
+            config.record_batch_max,
+            config.record_writes_in_flight,
+        );
         Self(Arc::new(Shared {
+            records,
             auth: Authenticator::new(&config.auth, keys),
             limiter: Arc::new(RateLimiter::new(config.rate_limit.clone())),
             load: TenantLoad::new(),

@@ -339,7 +339,7 @@ async fn try_ensure_resources(
         "MOCHI_WEBHOOKS",
     )
     .await?;
-    let jobs = get_or_create_kv(
+    let mut jobs = get_or_create_kv(
         &context,
         kv::Config {
             bucket: names::BUCKET_JOBS.to_owned(),
@@ -353,6 +353,7 @@ async fn try_ensure_resources(
         "mochi_jobs",
     )
     .await?;
+    allow_atomic_batches(&context, &mut jobs).await;
     let nodes = get_or_create_derived_kv(
         &context,
         kv::Config {
@@ -484,6 +485,36 @@ async fn get_or_create_kv(
     }
 }
 
+/// Lets `bucket`'s stream take atomic batches (`allow_atomic`, nats-server 2.12+, a setting
+/// a stream may change later), through which a gateway stores the records of many
+/// submissions with one synced write ([`JobStore::create_batch`]). A server that refuses
+/// it leaves the gateways writing record by record, as before: a warning, not a failure.
+/// `bucket`'s cached stream settings are read again, so that a gateway given these
+/// resources sees the setting.
+async fn allow_atomic_batches(context: &jetstream::Context, bucket: &mut kv::Store) {
+    let info = match bucket.stream.get_info().await {
+        Ok(info) => info,
+        Err(error) => {
+            tracing::warn!(stream = %bucket.stream_name, %error, "cannot read the stream's settings; new records are written one by one");
+            return;
+        }
+    };
+    if info.config.allow_atomic_publish {
+        return;
+    }
+    let config = stream::Config {
+        allow_atomic_publish: true,
+        ..info.config
+    };
+    if let Err(error) = context.update_stream(config).await {
+        tracing::warn!(stream = %bucket.stream_name, %error, "the stream takes no atomic batches (nats-server 2.12+ does); new records are written one by one");
+        return;
+    }
+    if let Err(error) = bucket.stream.info().await {
+        tracing::warn!(stream = %bucket.stream_name, %error, "cannot read the stream's settings again");
+    }
+}
+
 /// [`get_or_create_kv`] for a bucket whose entries their writers rewrite on their own
 /// (queue positions, which the leading coordinator republishes; heartbeats, which nodes
 /// write every few seconds and which expire anyway): on a single server its stream is
@@ -550,6 +581,21 @@ async fn get_or_create_object_store(
     }
 }
 
+/// Why [`JobStore::create_batch`] stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// A record of the batch exists already (the stream checks each create): none stored.
+    #[error("a record of the batch exists already")]
+    Exists,
+    /// The stream refused the batch, or NATS failed (when the commit's acknowledgement was
+    /// lost, whether the batch was stored is unknown).
+    #[error("the atomic batch was not stored")]
+    Failed(#[source] NatsError),
+}
+
+/// Most messages nats-server takes in one atomic batch.
+pub const MAX_ATOMIC_BATCH: usize = 1000;
+
 /// Most compare-and-set retries before a record update gives up.
 const MAX_CAS_RETRIES: u32 = 16;
 
@@ -602,6 +648,11 @@ impl JobStore {
     pub async fn create(&self, record: &JobRecord) -> Result<bool, StoreError> {
         let job_id = record.id;
         let bytes = codec::encode(record).map_err(|source| StoreError::Codec { job_id, source })?;
+        self.create_encoded(job_id, bytes).await
+    }
+
+    /// [`Self::create`] of a record already encoded (`bytes`, the record of `job_id`).
+    pub async fn create_encoded(&self, job_id: JobId, bytes: Vec<u8>) -> Result<bool, StoreError> {
         match self.kv.create(job_id.to_string(), bytes.into()).await {
             Ok(_) => Ok(true),
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
@@ -610,6 +661,85 @@ impl JobStore {
                 source: Box::new(error),
             }),
         }
+    }
+
+    /// Creates every record of `records` (each a job id and its encoded record) in one
+    /// JetStream atomic batch (nats-server 2.12+, on a stream with `allow_atomic`): either
+    /// all are stored, which a single server syncs to disk once for the whole batch, or none
+    /// is (`Err`, as when one of them exists already or the stream takes no atomic batches;
+    /// [`Self::create`] then tells each record's fate). `context` publishes the messages
+    /// before the commit without waiting, and waits for the stream's acknowledgement of the
+    /// commit.
+    pub async fn create_batch(
+        &self,
+        context: &jetstream::Context,
+        records: &[(JobId, Vec<u8>)],
+    ) -> Result<(), BatchError> {
+        let Some(last) = records.len().checked_sub(1) else {
+            return Ok(());
+        };
+        if records.len() > MAX_ATOMIC_BATCH {
+            return Err(BatchError::Failed(
+                format!(
+                    "{} records are more than an atomic batch holds ({MAX_ATOMIC_BATCH})",
+                    records.len()
+                )
+                .into(),
+            ));
+        }
+        if self.kv.use_jetstream_prefix {
+            return Err(BatchError::Failed(
+                "a bucket behind a JetStream domain prefix takes no batches here".into(),
+            ));
+        }
+        let prefix = self.kv.put_prefix.as_ref().unwrap_or(&self.kv.prefix);
+        let batch_id = JobId::new().to_string();
+        let client = context.client();
+        for (index, (job_id, bytes)) in records.iter().enumerate() {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_BATCH_ID, batch_id.as_str());
+            headers.insert(
+                async_nats::header::NATS_BATCH_SEQUENCE,
+                (index + 1).to_string().as_str(),
+            );
+            // Create only: the key has no message yet (as `kv::Store::create` asks).
+            headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+            let subject = format!("{prefix}{job_id}");
+            if index < last {
+                client
+                    .publish_with_headers(subject, headers, bytes.clone().into())
+                    .await
+                    .map_err(|error| BatchError::Failed(error.into()))?;
+            } else {
+                headers.insert(
+                    async_nats::header::NATS_BATCH_COMMIT,
+                    async_nats::header::NATS_BATCH_COMMIT_FINAL,
+                );
+                let acked = match context
+                    .publish_with_headers(subject, headers, bytes.clone().into())
+                    .await
+                {
+                    Ok(ack) => ack.await,
+                    Err(error) => Err(error),
+                };
+                match acked {
+                    Ok(ack) if !ack.stream.is_empty() => {}
+                    Ok(_) => {
+                        return Err(BatchError::Failed(
+                            "the atomic batch's commit was acknowledged by no stream".into(),
+                        ));
+                    }
+                    Err(error)
+                        if error.kind()
+                            == jetstream::context::PublishErrorKind::WrongLastSequence =>
+                    {
+                        return Err(BatchError::Exists);
+                    }
+                    Err(error) => return Err(BatchError::Failed(error.into())),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads a record and its revision.

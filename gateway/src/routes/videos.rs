@@ -145,7 +145,7 @@ pub(crate) async fn enqueue_view(
         now,
     );
     let started = std::time::Instant::now();
-    let create = state.resources.jobs.create(&record);
+    let create = state.records.create(&record);
     let created = tokio::time::timeout(
         Duration::from_millis(state.config.publish_timeout_ms),
         create,

@@ -1,0 +1,170 @@
+//! New job records in atomic batches, against a real nats-server: concurrent submissions are
+//! stored together, each exactly once, with each request told its own record's fate; a
+//! record that exists already (a repeated Idempotency-Key) spoils no other submission in its
+//! batch; a stream without atomic batches gets every record alone.
+#![allow(clippy::unwrap_used, clippy::large_futures)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use futures::future::join_all;
+use gateway::record_batch::RecordCreator;
+use protocol::api::JobView;
+use protocol::jetstream::JobStore;
+use protocol::messages::SubmitRequest;
+use protocol::{JobId, JobRecord, JobSpec, Limits, TenantId, now_ms};
+
+fn record(job_id: JobId, prompt: &str) -> JobRecord {
+    let spec = JobSpec::new(prompt);
+    let shape = spec.validate(&Limits::default()).unwrap();
+    let request = SubmitRequest {
+        job_id: Some(job_id),
+        spec,
+        idempotency_key: None,
+        remixed_from: None,
+        webhook: None,
+    };
+    JobRecord::from_submission(
+        job_id,
+        TenantId::new("acme").unwrap(),
+        request,
+        shape,
+        3,
+        now_ms(),
+    )
+}
+
+async fn messages(store: &JobStore) -> u64 {
+    store.kv.stream.get_info().await.unwrap().state.messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submissions_are_stored_in_batches_each_exactly_once() {
+    // One write in flight: whatever arrives meanwhile goes in the next batch.
+    let (server, client, resources) = common::nats().await;
+    let config = gateway::Config {
+        record_writes_in_flight: 1,
+        ..gateway::Config::for_test()
+    };
+    let state = &gateway::AppState::new(config, resources.clone(), client, None);
+    assert_eq!(
+        state.records.max_batch(),
+        256,
+        "mochi enables atomic batches"
+    );
+    // 240 different submissions and 16 with one Idempotency-Key, all at once.
+    let requests = (0..256).map(|i| {
+        let mut request =
+            Request::post("/v1/videos").header(header::CONTENT_TYPE, "application/json");
+        if i % 16 == 5 {
+            request = request.header("Idempotency-Key", "the-same-one");
+        }
+        let body = format!(r#"{{"prompt":"submission {i}"}}"#);
+        let state = state.clone();
+        tokio::spawn(
+            async move { common::send(&state, request.body(Body::from(body)).unwrap()).await },
+        )
+    });
+    let answers: Vec<_> = join_all(requests)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut ids = HashSet::new();
+    let mut keyed = HashSet::new();
+    for (i, (status, _, body)) in answers.iter().enumerate() {
+        assert_eq!(
+            *status,
+            StatusCode::ACCEPTED,
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+        let view: JobView = serde_json::from_slice(body).unwrap();
+        if i % 16 == 5 {
+            keyed.insert(view.id);
+        }
+        ids.insert(view.id);
+    }
+    assert_eq!(keyed.len(), 1, "one Idempotency-Key, one job: {keyed:?}");
+    assert_eq!(ids.len(), 241);
+    // Each record stored once, and readable as its submission.
+    assert_eq!(messages(&resources.jobs).await, 241);
+    for id in &ids {
+        let (stored, _) = resources.jobs.get(*id).await.unwrap().unwrap();
+        assert!(
+            stored.spec.prompt.starts_with("submission "),
+            "{}",
+            stored.spec.prompt
+        );
+    }
+    assert!(
+        state.records.batches() > 0 && state.records.batched_records() > 1,
+        "{} batches, {} records in them",
+        state.records.batches(),
+        state.records.batched_records()
+    );
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_exists_already_spoils_no_other_in_its_batch() {
+    let (_server, _client, resources) = common::nats().await;
+    let creator = Arc::new(RecordCreator::new(
+        resources.jobs.clone(),
+        resources.context.clone(),
+        64,
+        1,
+    ));
+    let existing = record(JobId::new(), "made before");
+    assert!(resources.jobs.create(&existing).await.unwrap());
+    // 200 new records with 8 repeats of the existing one among them.
+    let fresh: Vec<JobRecord> = (0..200)
+        .map(|i| record(JobId::new(), &format!("new {i}")))
+        .collect();
+    let mut all: Vec<(bool, JobRecord)> = fresh.iter().map(|r| (true, r.clone())).collect();
+    for i in 0..8 {
+        all.insert(i * 25 + 3, (false, existing.clone()));
+    }
+    let results = join_all(all.iter().map(|(_, record)| {
+        let creator = Arc::clone(&creator);
+        async move { creator.create(record).await }
+    }))
+    .await;
+    for ((new, record), result) in all.iter().zip(results) {
+        assert_eq!(result.unwrap(), *new, "job {}", record.id);
+    }
+    for record in &fresh {
+        let (stored, _) = resources.jobs.get(record.id).await.unwrap().unwrap();
+        assert_eq!(stored.spec.prompt, record.spec.prompt);
+    }
+    assert_eq!(messages(&resources.jobs).await, 201);
+    assert!(creator.batched_records() > 0, "some batches had no repeat");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_atomic_batches_gets_every_record_alone() {
+    let (_server, _client, resources) = common::nats().await;
+    let plain = resources
+        .context
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "plain_jobs".to_owned(),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let store = JobStore { kv: plain };
+    let creator = RecordCreator::new(store.clone(), resources.context.clone(), 64, 2);
+    assert_eq!(creator.max_batch(), 1);
+    let records: Vec<JobRecord> = (0..20)
+        .map(|i| record(JobId::new(), &format!("alone {i}")))
+        .collect();
+    let results = join_all(records.iter().map(|record| creator.create(record))).await;
+    assert!(results.into_iter().all(|result| result.unwrap()));
+    assert_eq!(messages(&store).await, 20);
+    assert_eq!(creator.batches(), 0);
+}
