@@ -27,15 +27,22 @@ struct Pending {
     reply: oneshot::Sender<Result<bool, StoreError>>,
 }
 
+/// How long a creator writes every record alone after the stream refused a batch as
+/// unsupported, before it tries a batch again (an admin may turn `allow_atomic` on).
+const UNSUPPORTED_PAUSE_MS: u64 = 60_000;
+
 /// What a creator's batches did, since it started.
 #[derive(Debug, Default)]
 struct Stats {
     batches: AtomicU64,
     batched_records: AtomicU64,
+    /// Until when (ms since the epoch) every record is written alone: the stream refused a
+    /// batch as unsupported.
+    alone_until_ms: AtomicU64,
 }
 
 /// Creates job records, grouping concurrent creates into atomic batches of at most
-/// `max_batch` records where the records' stream takes them.
+/// `max_batch` records while the records' stream takes them.
 pub struct RecordCreator {
     store: JobStore,
     context: jetstream::Context,
@@ -48,31 +55,20 @@ pub struct RecordCreator {
 
 impl RecordCreator {
     /// A creator writing to `store` through `context`, in batches of at most `max_batch`
-    /// records (1: every record alone) when the stream allows atomic batches (as its settings
-    /// read when the store was opened say; `mochi` sets them up so), with at most
-    /// `in_flight` writes at a time (submissions arriving meanwhile wait for the next batch).
+    /// records (1: every record alone), with at most `in_flight` writes at a time
+    /// (submissions arriving meanwhile wait for the next batch). A stream that takes no
+    /// atomic batches (`mochi` turns `allow_atomic` on) refuses the first; then every
+    /// record is written alone for a minute, and a batch is tried again.
     pub fn new(
         store: JobStore,
         context: jetstream::Context,
         max_batch: usize,
         in_flight: usize,
     ) -> Self {
-        let allowed = store.kv.stream.cached_info().config.allow_atomic_publish;
-        if !allowed && max_batch > 1 {
-            tracing::info!(
-                stream = %store.kv.stream_name,
-                "the job records' stream takes no atomic batches: each new record is written alone"
-            );
-        }
-        let max_batch = if allowed {
-            max_batch.clamp(1, protocol::jetstream::MAX_ATOMIC_BATCH)
-        } else {
-            1
-        };
         Self {
             store,
             context,
-            max_batch,
+            max_batch: max_batch.clamp(1, protocol::jetstream::MAX_ATOMIC_BATCH),
             in_flight: in_flight.max(1),
             stats: Arc::default(),
             queue: OnceLock::new(),
@@ -95,7 +91,8 @@ impl RecordCreator {
     }
 
     /// Creates the record unless one exists; whether this call created it (as
-    /// [`JobStore::create`]). Dropping the future does not withdraw a record already queued.
+    /// [`JobStore::create`]). A record whose caller stopped waiting (dropped the future)
+    /// before its write began is not written.
     pub async fn create(&self, record: &JobRecord) -> Result<bool, StoreError> {
         let job_id = record.id;
         let bytes = codec::encode(record).map_err(|source| StoreError::Codec { job_id, source })?;
@@ -148,13 +145,20 @@ async fn write_queued(
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             return;
         };
-        // Whatever arrived while the writes in flight were busy goes in this batch.
-        let mut batch = vec![first];
+        // Whatever arrived while the writes in flight were busy goes in this batch, except
+        // the submissions whose request stopped waiting (answered 503: retry), which are not
+        // written at all.
+        let mut batch = Vec::with_capacity(max_batch.min(64));
+        batch.extend(Some(first).filter(|pending| !pending.reply.is_closed()));
         while batch.len() < max_batch {
             match queue.try_recv() {
+                Ok(pending) if pending.reply.is_closed() => {}
                 Ok(pending) => batch.push(pending),
                 Err(_) => break,
             }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let (store, context, stats) = (store.clone(), context.clone(), Arc::clone(&stats));
         tokio::spawn(async move {
@@ -170,6 +174,13 @@ type Reply = oneshot::Sender<Result<bool, StoreError>>;
 /// Writes `batch` and answers each submission. A job id twice in one batch (one
 /// Idempotency-Key sent twice at once) would spoil it: the repeats are written alone after it.
 async fn write(store: &JobStore, context: &jetstream::Context, stats: &Stats, batch: Vec<Pending>) {
+    if stats.alone_until_ms.load(Ordering::Relaxed) > protocol::now_ms() {
+        let (records, replies) = batch
+            .into_iter()
+            .map(|pending| ((pending.job_id, pending.bytes), pending.reply))
+            .unzip();
+        return write_alone(store, records, replies).await;
+    }
     let mut seen = HashSet::with_capacity(batch.len());
     let (first, repeats): (Vec<Pending>, Vec<Pending>) = batch
         .into_iter()
@@ -221,6 +232,17 @@ fn write_group<'a>(
                     write_group(store, context, stats, later, later_replies),
                 )
                 .await;
+            }
+            Err(BatchError::Unsupported) => {
+                metrics::record_batch_refused();
+                let until = protocol::now_ms() + UNSUPPORTED_PAUSE_MS;
+                if stats.alone_until_ms.swap(until, Ordering::Relaxed) == 0 {
+                    tracing::warn!(
+                        stream = %store.kv.stream_name,
+                        "the job records' stream takes no atomic batches (nats-server 2.12+ with allow_atomic, which `mochi` sets up, does): new records are written one by one"
+                    );
+                }
+                write_alone(store, records, replies).await;
             }
             Err(error) => {
                 metrics::record_batch_refused();

@@ -339,7 +339,7 @@ async fn try_ensure_resources(
         "MOCHI_WEBHOOKS",
     )
     .await?;
-    let mut jobs = get_or_create_kv(
+    let jobs = get_or_create_kv(
         &context,
         kv::Config {
             bucket: names::BUCKET_JOBS.to_owned(),
@@ -353,7 +353,7 @@ async fn try_ensure_resources(
         "mochi_jobs",
     )
     .await?;
-    allow_atomic_batches(&context, &mut jobs).await;
+    allow_atomic_batches(&context, &jobs).await;
     let nodes = get_or_create_derived_kv(
         &context,
         kv::Config {
@@ -489,9 +489,7 @@ async fn get_or_create_kv(
 /// a stream may change later), through which a gateway stores the records of many
 /// submissions with one synced write ([`JobStore::create_batch`]). A server that refuses
 /// it leaves the gateways writing record by record, as before: a warning, not a failure.
-/// `bucket`'s cached stream settings are read again, so that a gateway given these
-/// resources sees the setting.
-async fn allow_atomic_batches(context: &jetstream::Context, bucket: &mut kv::Store) {
+async fn allow_atomic_batches(context: &jetstream::Context, bucket: &kv::Store) {
     let info = match bucket.stream.get_info().await {
         Ok(info) => info,
         Err(error) => {
@@ -508,10 +506,6 @@ async fn allow_atomic_batches(context: &jetstream::Context, bucket: &mut kv::Sto
     };
     if let Err(error) = context.update_stream(config).await {
         tracing::warn!(stream = %bucket.stream_name, %error, "the stream takes no atomic batches (nats-server 2.12+ does); new records are written one by one");
-        return;
-    }
-    if let Err(error) = bucket.stream.info().await {
-        tracing::warn!(stream = %bucket.stream_name, %error, "cannot read the stream's settings again");
     }
 }
 
@@ -587,10 +581,26 @@ pub enum BatchError {
     /// A record of the batch exists already (the stream checks each create): none stored.
     #[error("a record of the batch exists already")]
     Exists,
+    /// The stream takes no atomic batches (no `allow_atomic`: none stored; or a server
+    /// before 2.12, which stores each message of the batch as it comes, each by its own
+    /// create-only check).
+    #[error("the stream takes no atomic batches")]
+    Unsupported,
     /// The stream refused the batch, or NATS failed (when the commit's acknowledgement was
     /// lost, whether the batch was stored is unknown).
     #[error("the atomic batch was not stored")]
     Failed(#[source] NatsError),
+}
+
+/// JetStream's error code for an atomic batch sent to a stream without `allow_atomic`.
+const ATOMIC_PUBLISH_DISABLED: u64 = 10174;
+
+/// The JetStream API error code behind a failed publish, when the server answered with one.
+fn api_error_code(error: &jetstream::context::PublishError) -> Option<u64> {
+    let source = std::error::Error::source(error)?;
+    source
+        .downcast_ref::<jetstream::Error>()
+        .map(|api| api.error_code().0)
 }
 
 /// Most messages nats-server takes in one atomic batch.
@@ -723,17 +733,17 @@ impl JobStore {
                     Err(error) => Err(error),
                 };
                 match acked {
-                    Ok(ack) if !ack.stream.is_empty() => {}
-                    Ok(_) => {
-                        return Err(BatchError::Failed(
-                            "the atomic batch's commit was acknowledged by no stream".into(),
-                        ));
-                    }
+                    Ok(ack) if ack.batch_id.as_deref() == Some(batch_id.as_str()) => {}
+                    // A server without atomic batches stores each message on its own.
+                    Ok(_) => return Err(BatchError::Unsupported),
                     Err(error)
                         if error.kind()
                             == jetstream::context::PublishErrorKind::WrongLastSequence =>
                     {
                         return Err(BatchError::Exists);
+                    }
+                    Err(error) if api_error_code(&error) == Some(ATOMIC_PUBLISH_DISABLED) => {
+                        return Err(BatchError::Unsupported);
                     }
                     Err(error) => return Err(BatchError::Failed(error.into())),
                 }
