@@ -26,6 +26,14 @@ fn expected(index: u64) -> Sample {
     }
 }
 
+/// Node `n1`'s test configuration, requiring NVML and reading the stand-in built in `dir`.
+fn requiring_the_stand_in(dir: &std::path::Path) -> gpu_node::Config {
+    let mut config = common::config();
+    config.nvml = NvmlMode::On;
+    config.nvml_library = Some(testkit::fake_nvml_library(dir).unwrap());
+    config
+}
+
 #[test]
 fn each_slot_reads_its_own_gpu() {
     let dir = tempfile::tempdir().unwrap();
@@ -115,9 +123,7 @@ async fn a_node_that_requires_nvml_does_not_start_without_it() {
 async fn a_node_reading_nvml_still_runs_jobs() {
     let nats = common::nats().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = common::config();
-    config.nvml = NvmlMode::On;
-    config.nvml_library = Some(testkit::fake_nvml_library(dir.path()).unwrap());
+    let mut config = requiring_the_stand_in(dir.path());
     config.nvml_interval_ms = 100;
     let shutdown = CancellationToken::new();
     let node = common::spawn_node(config, &nats.resources, &nats.client, &shutdown);
@@ -149,9 +155,7 @@ async fn a_node_reading_nvml_still_runs_jobs() {
 async fn gpu_memory_that_stays_up_after_a_job_marks_the_slot_unhealthy() {
     let nats = common::nats().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = common::config();
-    config.nvml = NvmlMode::On;
-    config.nvml_library = Some(testkit::fake_nvml_library(dir.path()).unwrap());
+    let config = requiring_the_stand_in(dir.path());
     assert_eq!(config.memory_growth_limit_bytes, 512 << 20);
     let total = config.memory_bytes_per_slot;
     let shutdown = CancellationToken::new();
