@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::future::{BoxFuture, join_all};
@@ -20,16 +21,23 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::metrics;
 
+/// How long a creator writes every record alone after the stream refused a batch as
+/// unsupported, before it tries a batch again (an admin may turn `allow_atomic` on).
+const UNSUPPORTED_PAUSE_MS: u64 = 60_000;
+
+/// Submissions waiting for the writer at most; a submission finding the queue full waits
+/// (within its request's time) for room.
+const QUEUE_CAPACITY: usize = 4096;
+
 /// One submission's record, waiting for its write.
 struct Pending {
     job_id: JobId,
     bytes: Vec<u8>,
-    reply: oneshot::Sender<Result<bool, StoreError>>,
+    reply: Reply,
 }
 
-/// How long a creator writes every record alone after the stream refused a batch as
-/// unsupported, before it tries a batch again (an admin may turn `allow_atomic` on).
-const UNSUPPORTED_PAUSE_MS: u64 = 60_000;
+/// Answers a submission with its record's fate.
+type Reply = oneshot::Sender<Result<bool, StoreError>>;
 
 /// What a creator's batches did, since it started.
 #[derive(Debug, Default)]
@@ -41,36 +49,58 @@ struct Stats {
     alone_until_ms: AtomicU64,
 }
 
+/// Writes the records the queue hands it, and counts what it did.
+struct Writer {
+    store: JobStore,
+    context: jetstream::Context,
+    /// Longest one write (a batch, or one record) may take before it counts as failed.
+    timeout: Duration,
+    stats: Arc<Stats>,
+}
+
 /// Creates job records, grouping concurrent creates into atomic batches of at most
 /// `max_batch` records while the records' stream takes them.
 pub struct RecordCreator {
-    store: JobStore,
-    context: jetstream::Context,
+    writer: Arc<Writer>,
     max_batch: usize,
     in_flight: usize,
-    stats: Arc<Stats>,
     /// The writer task's queue, started by the first create (inside the runtime).
-    queue: OnceLock<mpsc::UnboundedSender<Pending>>,
+    queue: OnceLock<mpsc::Sender<Pending>>,
 }
 
 impl RecordCreator {
     /// A creator writing to `store` through `context`, in batches of at most `max_batch`
     /// records (1: every record alone), with at most `in_flight` writes at a time
-    /// (submissions arriving meanwhile wait for the next batch). A stream that takes no
-    /// atomic batches (`mochi` turns `allow_atomic` on) refuses the first; then every
-    /// record is written alone for a minute, and a batch is tried again.
+    /// (submissions arriving meanwhile wait for the next batch), each given up after
+    /// `timeout`. A NATS server before 2.12 gets every record alone; a stream that takes no
+    /// atomic batches (`mochi` turns `allow_atomic` on) refuses the first, and then every
+    /// record is written alone for a minute before a batch is tried again.
     pub fn new(
         store: JobStore,
         context: jetstream::Context,
         max_batch: usize,
         in_flight: usize,
+        timeout: Duration,
     ) -> Self {
+        let version = context.client().server_info().version;
+        let batches = takes_atomic_batches(&version);
+        if !batches && max_batch > 1 {
+            tracing::info!(%version, "nats-server before 2.12 takes no atomic batches: each new job record is written alone");
+        }
+        let max_batch = if batches {
+            max_batch.clamp(1, protocol::jetstream::MAX_ATOMIC_BATCH)
+        } else {
+            1
+        };
         Self {
-            store,
-            context,
-            max_batch: max_batch.clamp(1, protocol::jetstream::MAX_ATOMIC_BATCH),
+            writer: Arc::new(Writer {
+                store,
+                context,
+                timeout,
+                stats: Arc::default(),
+            }),
+            max_batch,
             in_flight: in_flight.max(1),
-            stats: Arc::default(),
             queue: OnceLock::new(),
         }
     }
@@ -82,12 +112,12 @@ impl RecordCreator {
 
     /// Atomic batches stored so far.
     pub fn batches(&self) -> u64 {
-        self.stats.batches.load(Ordering::Relaxed)
+        self.writer.stats.batches.load(Ordering::Relaxed)
     }
 
     /// Records stored in atomic batches so far.
     pub fn batched_records(&self) -> u64 {
-        self.stats.batched_records.load(Ordering::Relaxed)
+        self.writer.stats.batched_records.load(Ordering::Relaxed)
     }
 
     /// Creates the record unless one exists; whether this call created it (as
@@ -98,28 +128,31 @@ impl RecordCreator {
         let bytes = codec::encode(record).map_err(|source| StoreError::Codec { job_id, source })?;
         if self.max_batch <= 1 {
             metrics::record_record_write(1);
-            return self.store.create_encoded(job_id, bytes).await;
+            return self.writer.store.create_encoded(job_id, bytes).await;
         }
         let queue = self.queue.get_or_init(|| {
-            let (sender, receiver) = mpsc::unbounded_channel();
+            let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
             tokio::spawn(write_queued(
-                self.store.clone(),
-                self.context.clone(),
+                Arc::clone(&self.writer),
                 self.max_batch,
                 self.in_flight,
-                Arc::clone(&self.stats),
                 receiver,
             ));
             sender
         });
         let (reply, answer) = oneshot::channel();
-        if let Err(mpsc::error::SendError(pending)) = queue.send(Pending {
+        let pending = Pending {
             job_id,
             bytes,
             reply,
-        }) {
+        };
+        if let Err(mpsc::error::SendError(pending)) = queue.send(pending).await {
             // The writer task ended (only if the runtime is going away): write it here.
-            return self.store.create_encoded(job_id, pending.bytes).await;
+            return self
+                .writer
+                .store
+                .create_encoded(job_id, pending.bytes)
+                .await;
         }
         answer.await.unwrap_or_else(|_| {
             Err(StoreError::Nats {
@@ -130,15 +163,25 @@ impl RecordCreator {
     }
 }
 
+/// Whether a nats-server of `version` (`2.12.0`, `2.15.1-beta`) takes atomic batches; a
+/// version that does not read as one is taken to (the stream's answer decides then).
+fn takes_atomic_batches(version: &str) -> bool {
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|part| part.trim_start_matches('v').parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (2, 12),
+        _ => true,
+    }
+}
+
 /// Takes the queued records in batches, at most `in_flight` writes at a time, until every
 /// sender is gone.
 async fn write_queued(
-    store: JobStore,
-    context: jetstream::Context,
+    writer: Arc<Writer>,
     max_batch: usize,
     in_flight: usize,
-    stats: Arc<Stats>,
-    mut queue: mpsc::UnboundedReceiver<Pending>,
+    mut queue: mpsc::Receiver<Pending>,
 ) {
     let in_flight = Arc::new(Semaphore::new(in_flight));
     while let Some(first) = queue.recv().await {
@@ -160,109 +203,141 @@ async fn write_queued(
         if batch.is_empty() {
             continue;
         }
-        let (store, context, stats) = (store.clone(), context.clone(), Arc::clone(&stats));
+        let writer = Arc::clone(&writer);
         tokio::spawn(async move {
-            write(&store, &context, &stats, batch).await;
+            writer.write(batch).await;
             drop(permit);
         });
     }
 }
 
-/// Answers a submission with its record's fate.
-type Reply = oneshot::Sender<Result<bool, StoreError>>;
-
-/// Writes `batch` and answers each submission. A job id twice in one batch (one
-/// Idempotency-Key sent twice at once) would spoil it: the repeats are written alone after it.
-async fn write(store: &JobStore, context: &jetstream::Context, stats: &Stats, batch: Vec<Pending>) {
-    if stats.alone_until_ms.load(Ordering::Relaxed) > protocol::now_ms() {
-        let (records, replies) = batch
+impl Writer {
+    /// Writes `batch` and answers each submission. A job id twice in one batch (one
+    /// Idempotency-Key sent twice at once) would spoil it: the repeats are written alone
+    /// after it.
+    async fn write(&self, batch: Vec<Pending>) {
+        let split = |pendings: Vec<Pending>| -> (Vec<(JobId, Vec<u8>)>, Vec<Reply>) {
+            pendings
+                .into_iter()
+                .map(|pending| ((pending.job_id, pending.bytes), pending.reply))
+                .unzip()
+        };
+        if self.stats.alone_until_ms.load(Ordering::Relaxed) > protocol::now_ms() {
+            let (records, replies) = split(batch);
+            return self.write_alone(records, replies).await;
+        }
+        let mut seen = HashSet::with_capacity(batch.len());
+        let (first, repeats): (Vec<Pending>, Vec<Pending>) = batch
             .into_iter()
-            .map(|pending| ((pending.job_id, pending.bytes), pending.reply))
-            .unzip();
-        return write_alone(store, records, replies).await;
+            .partition(|pending| seen.insert(pending.job_id));
+        let (records, replies) = split(first);
+        self.write_group(records, replies).await;
+        let (records, replies) = split(repeats);
+        self.write_alone(records, replies).await;
     }
-    let mut seen = HashSet::with_capacity(batch.len());
-    let (first, repeats): (Vec<Pending>, Vec<Pending>) = batch
-        .into_iter()
-        .partition(|pending| seen.insert(pending.job_id));
-    let (records, replies) = first
-        .into_iter()
-        .map(|pending| ((pending.job_id, pending.bytes), pending.reply))
-        .unzip();
-    write_group(store, context, stats, records, replies).await;
-    let (records, replies) = repeats
-        .into_iter()
-        .map(|pending| ((pending.job_id, pending.bytes), pending.reply))
-        .unzip();
-    write_alone(store, records, replies).await;
-}
 
-/// Writes `records` as one atomic batch. When one of them exists already (a repeated
-/// Idempotency-Key), each half is written the same way, so a repeat costs its batch a few
-/// more writes, not one per record; when the batch fails otherwise, record by record.
-fn write_group<'a>(
-    store: &'a JobStore,
-    context: &'a jetstream::Context,
-    stats: &'a Stats,
-    mut records: Vec<(JobId, Vec<u8>)>,
-    mut replies: Vec<Reply>,
-) -> BoxFuture<'a, ()> {
-    Box::pin(async move {
-        if records.len() <= 1 {
-            return write_alone(store, records, replies).await;
-        }
-        match store.create_batch(context, &records).await {
-            Ok(()) => {
-                metrics::record_record_write(records.len());
-                stats.batches.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .batched_records
-                    .fetch_add(records.len() as u64, Ordering::Relaxed);
-                for reply in replies {
-                    let _ = reply.send(Ok(true));
+    /// Writes `records` as one atomic batch. When one of them exists already (a repeated
+    /// Idempotency-Key), each half is written the same way, one after the other, so a
+    /// repeat costs its batch a few more writes, not one per record; when the batch fails
+    /// otherwise, record by record.
+    fn write_group(
+        &self,
+        mut records: Vec<(JobId, Vec<u8>)>,
+        mut replies: Vec<Reply>,
+    ) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if records.len() <= 1 {
+                return self.write_alone(records, replies).await;
+            }
+            let written = tokio::time::timeout(
+                self.timeout,
+                self.store.create_batch(&self.context, &records),
+            )
+            .await
+            .unwrap_or_else(|_| Err(BatchError::Failed("no acknowledgement in time".into())));
+            match written {
+                Ok(()) => {
+                    metrics::record_record_write(records.len());
+                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .batched_records
+                        .fetch_add(records.len() as u64, Ordering::Relaxed);
+                    for reply in replies {
+                        let _ = reply.send(Ok(true));
+                    }
+                }
+                Err(BatchError::Exists) => {
+                    metrics::record_batch_refused();
+                    let half = records.len() / 2;
+                    let later = records.split_off(half);
+                    let later_replies = replies.split_off(half);
+                    self.write_group(records, replies).await;
+                    self.write_group(later, later_replies).await;
+                }
+                Err(BatchError::Unsupported) => {
+                    metrics::record_batch_refused();
+                    let now = protocol::now_ms();
+                    let before = self
+                        .stats
+                        .alone_until_ms
+                        .swap(now + UNSUPPORTED_PAUSE_MS, Ordering::Relaxed);
+                    if before <= now {
+                        tracing::warn!(
+                            stream = %self.store.kv.stream_name,
+                            "the job records' stream takes no atomic batches (`mochi` turns allow_atomic on): new records are written one by one for a minute"
+                        );
+                    }
+                    self.write_alone(records, replies).await;
+                }
+                Err(error) => {
+                    metrics::record_batch_refused();
+                    tracing::debug!(records = records.len(), error = ?error, "atomic batch not stored; writing its records one by one");
+                    self.write_alone(records, replies).await;
                 }
             }
-            Err(BatchError::Exists) => {
-                metrics::record_batch_refused();
-                let half = records.len() / 2;
-                let later = records.split_off(half);
-                let later_replies = replies.split_off(half);
-                futures::future::join(
-                    write_group(store, context, stats, records, replies),
-                    write_group(store, context, stats, later, later_replies),
-                )
-                .await;
-            }
-            Err(BatchError::Unsupported) => {
-                metrics::record_batch_refused();
-                let until = protocol::now_ms() + UNSUPPORTED_PAUSE_MS;
-                if stats.alone_until_ms.swap(until, Ordering::Relaxed) == 0 {
-                    tracing::warn!(
-                        stream = %store.kv.stream_name,
-                        "the job records' stream takes no atomic batches (nats-server 2.12+ with allow_atomic, which `mochi` sets up, does): new records are written one by one"
-                    );
-                }
-                write_alone(store, records, replies).await;
-            }
-            Err(error) => {
-                metrics::record_batch_refused();
-                tracing::debug!(records = records.len(), error = ?error, "atomic batch not stored; writing its records one by one");
-                write_alone(store, records, replies).await;
-            }
-        }
-    })
+        })
+    }
+
+    /// Writes each of `records` whose submission still waits alone, side by side, and
+    /// answers it.
+    async fn write_alone(&self, records: Vec<(JobId, Vec<u8>)>, replies: Vec<Reply>) {
+        join_all(
+            records
+                .into_iter()
+                .zip(replies)
+                .filter(|(_, reply)| !reply.is_closed())
+                .map(|((job_id, bytes), reply)| async move {
+                    metrics::record_record_write(1);
+                    let created = tokio::time::timeout(
+                        self.timeout,
+                        self.store.create_encoded(job_id, bytes),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::Nats {
+                            job_id,
+                            source: "no acknowledgement in time".into(),
+                        })
+                    });
+                    let _ = reply.send(created);
+                }),
+        )
+        .await;
+    }
 }
 
-/// Writes each of `records` alone, side by side, and answers its submission.
-async fn write_alone(store: &JobStore, records: Vec<(JobId, Vec<u8>)>, replies: Vec<Reply>) {
-    join_all(
-        records
-            .into_iter()
-            .zip(replies)
-            .map(|((job_id, bytes), reply)| async move {
-                metrics::record_record_write(1);
-                let _ = reply.send(store.create_encoded(job_id, bytes).await);
-            }),
-    )
-    .await;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_batches_from_nats_server_2_12_on() {
+        assert!(takes_atomic_batches("2.12.0"));
+        assert!(takes_atomic_batches("2.15.1"));
+        assert!(takes_atomic_batches("2.14.0-beta.2"));
+        assert!(takes_atomic_batches("3.0.0"));
+        assert!(!takes_atomic_batches("2.11.9"));
+        assert!(!takes_atomic_batches("2.9.10"));
+        assert!(takes_atomic_batches("unknown"));
+    }
 }

@@ -78,6 +78,7 @@ impl AppState {
             resources.context.clone(),
             config.record_batch_max,
             config.record_writes_in_flight,
+            Duration::from_millis(config.publish_timeout_ms),
         );
         Self(Arc::new(Shared {
             records,

@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -118,6 +119,7 @@ async fn a_record_that_exists_already_spoils_no_other_in_its_batch() {
         resources.context.clone(),
         64,
         1,
+        Duration::from_secs(5),
     ));
     let existing = record(JobId::new(), "made before");
     assert!(resources.jobs.create(&existing).await.unwrap());
@@ -158,7 +160,13 @@ async fn a_stream_without_atomic_batches_gets_every_record_alone() {
         .await
         .unwrap();
     let store = JobStore { kv: plain };
-    let creator = RecordCreator::new(store.clone(), resources.context.clone(), 64, 1);
+    let creator = RecordCreator::new(
+        store.clone(),
+        resources.context.clone(),
+        64,
+        1,
+        Duration::from_secs(5),
+    );
     let records: Vec<JobRecord> = (0..20)
         .map(|i| record(JobId::new(), &format!("alone {i}")))
         .collect();

@@ -7,7 +7,9 @@
 //! backend that can measure its memory (the `mochi` backend on the CPU: the process's
 //! resident set, after handing freed heap pages back with `malloc_trim`) reports it, and a
 //! [`MemoryWatch`] compares it with the level after the slot's first job: memory that does
-//! not come back marks the slot unhealthy, with the figures as the reason.
+//! not come back marks the slot unhealthy, with the figures as the reason. On a CUDA device,
+//! which the backend does not measure, the slot gives the watch its GPU's memory in use as
+//! NVML reads it (`crate::nvml::GpuMemory`).
 
 use protocol::JobShape;
 use protocol::memory::{self, Model};

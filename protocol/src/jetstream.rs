@@ -676,8 +676,10 @@ impl JobStore {
     /// Creates every record of `records` (each a job id and its encoded record) in one
     /// JetStream atomic batch (nats-server 2.12+, on a stream with `allow_atomic`): either
     /// all are stored, which a single server syncs to disk once for the whole batch, or none
-    /// is (`Err`, as when one of them exists already or the stream takes no atomic batches;
-    /// [`Self::create`] then tells each record's fate). `context` publishes the messages
+    /// is (`Err`, as when one of them exists already or the stream has no `allow_atomic`;
+    /// [`Self::create`] then tells each record's fate). A server before 2.12 stores each
+    /// message on its own, each by its own create-only check, and its answer is
+    /// [`BatchError::Unsupported`]: do not send batches to one. `context` publishes the messages
     /// before the commit without waiting, and waits for the stream's acknowledgement of the
     /// commit.
     pub async fn create_batch(
@@ -733,7 +735,18 @@ impl JobStore {
                     Err(error) => Err(error),
                 };
                 match acked {
-                    Ok(ack) if ack.batch_id.as_deref() == Some(batch_id.as_str()) => {}
+                    Ok(ack) if ack.batch_id.as_deref() == Some(batch_id.as_str()) => {
+                        if ack.batch_size != Some(records.len() as u64) {
+                            return Err(BatchError::Failed(
+                                format!(
+                                    "the atomic batch's commit counted {:?} records, not {}",
+                                    ack.batch_size,
+                                    records.len()
+                                )
+                                .into(),
+                            ));
+                        }
+                    }
                     // A server without atomic batches stores each message on its own.
                     Ok(_) => return Err(BatchError::Unsupported),
                     Err(error)

@@ -453,7 +453,8 @@ impl Backend for MochiBackend {
     }
 
     fn memory_in_use_bytes(&self) -> Option<u64> {
-        // On the CPU the device is this process's memory. CUDA devices are not measured yet.
+        // On the CPU the device is this process's memory. A CUDA device is not measured here:
+        // the slot reads its GPU from NVML instead (`crate::nvml::GpuMemory`).
         if self.device.is_cpu() {
             // Whatever ran after the job (the MP4 encoder) freed its memory too: trim first.
             crate::device::trim_host_heap();

@@ -79,6 +79,12 @@ pub enum GpuSlotMsg {
         /// Memory the device had in use after the job, when the backend measures it.
         memory_used_bytes: Option<u64>,
     },
+    /// The worker read the GPU's memory in use after the job it last reported finished
+    /// (from NVML, after the job's end so that a slow driver never holds the job up).
+    MemoryMeasured {
+        /// Bytes in use.
+        used_bytes: u64,
+    },
     /// The slot's report, for heartbeats and tests.
     Status(RpcReplyPort<SlotReport>),
 }

@@ -235,6 +235,10 @@ impl Actor for GpuSlot {
                     report_changed(state);
                 }
             }
+            GpuSlotMsg::MemoryMeasured { used_bytes } => {
+                measured_memory(state, used_bytes);
+                report_changed(state);
+            }
             GpuSlotMsg::Status(reply) => {
                 let _ = reply.send(report(state));
             }

@@ -43,7 +43,7 @@ pub(super) fn worker(
             denoised_at: None,
         };
         let mut encoding_at = None;
-        let outcome = run_job(backend, &job, &mut observer, video, || {
+        let (outcome, panicked) = run_job(backend, &job, &mut observer, video, || {
             encoding_at = Some(Instant::now());
             let _ = slot.cast(GpuSlotMsg::EncodingStarted { job_id, attempt });
         });
@@ -52,26 +52,36 @@ pub(super) fn worker(
         {
             record_phases(started, observer.denoised_at, encoding_at);
         }
-        // Measured once the job's memory (MP4 included) is released.
-        let memory_used_bytes = backend.memory_in_use_bytes().or_else(gpu_memory_in_use);
+        // Measured once the job's tensors are released. The backend's own figure goes with
+        // the job's end; the GPU's (a driver call, which a troubled driver may make slow)
+        // follows it, so that the job's end never waits for the driver. Not after a panic:
+        // the device was not synchronised, and memory a kernel still held would look leaked.
+        let memory_used_bytes = backend.memory_in_use_bytes();
         let _ = slot.cast(GpuSlotMsg::JobFinished {
             job_id,
             attempt,
             outcome,
             memory_used_bytes,
         });
+        if memory_used_bytes.is_none()
+            && !panicked
+            && let Some(used_bytes) = gpu_memory_in_use()
+        {
+            let _ = slot.cast(GpuSlotMsg::MemoryMeasured { used_bytes });
+        }
     }
 }
 
-/// Runs one job through the backend, the MP4 encoder and the previews. A panicking backend
-/// fails its job (retryable) instead of killing the thread and leaving the slot busy forever.
+/// Runs one job through the backend, the MP4 encoder and the previews; also whether it
+/// panicked. A panicking backend fails its job (retryable) instead of killing the thread
+/// and leaving the slot busy forever.
 fn run_job(
     backend: &dyn Backend,
     job: &BackendJob,
     observer: &mut dyn StepObserver,
     video: &VideoConfig,
     encoding_started: impl FnOnce(),
-) -> Result<Ran, BackendError> {
+) -> (Result<Ran, BackendError>, bool) {
     let run = std::panic::AssertUnwindSafe(|| {
         let frames = match backend.run(job, observer)? {
             Outcome::Finished(frames) => frames,
@@ -87,15 +97,19 @@ fn run_job(
             spritesheet: previews.spritesheet,
         }))
     });
-    std::panic::catch_unwind(run).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_owned());
-        tracing::error!(job_id = %job.job_id, attempt = job.attempt, panic = %what, "backend panicked");
-        Err(BackendError::Internal(format!("backend panicked: {what}")))
-    })
+    match std::panic::catch_unwind(run) {
+        Ok(outcome) => (outcome, false),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            tracing::error!(job_id = %job.job_id, attempt = job.attempt, panic = %what, "backend panicked");
+            let failed = Err(BackendError::Internal(format!("backend panicked: {what}")));
+            (failed, true)
+        }
+    }
 }
 
 /// The phases of a job that ran through: denoising (the text encoding included) until the
@@ -234,7 +248,7 @@ mod tests {
     #[test]
     fn a_panicking_backend_fails_the_job_retryably() {
         let mut encoding = false;
-        let outcome = run_job(
+        let (outcome, panicked) = run_job(
             &Panicking,
             &job(),
             &mut Always,
@@ -243,6 +257,7 @@ mod tests {
                 encoding = true;
             },
         );
+        assert!(panicked);
         let error = outcome.expect_err("a panic is a failure");
         assert!(error.retryable());
         assert!(error.to_string().contains("index out of bounds"), "{error}");
@@ -256,7 +271,7 @@ mod tests {
             ..SimulatedConfig::default()
         });
         let mut encoding = false;
-        let encoded = run_job(
+        let (encoded, panicked) = run_job(
             &backend,
             &job(),
             &mut Always,
@@ -264,8 +279,9 @@ mod tests {
             || {
                 encoding = true;
             },
-        )
-        .expect("encoded");
+        );
+        assert!(!panicked);
+        let encoded = encoded.expect("encoded");
         let Ran::Encoded(encoded) = encoded else {
             panic!("the run paused");
         };
