@@ -687,7 +687,7 @@ impl JobStore {
         context: &jetstream::Context,
         records: &[(JobId, Vec<u8>)],
     ) -> Result<(), BatchError> {
-        let Some(last) = records.len().checked_sub(1) else {
+        let Some(((last_id, last_bytes), before)) = records.split_last() else {
             return Ok(());
         };
         if records.len() > MAX_ATOMIC_BATCH {
@@ -706,63 +706,72 @@ impl JobStore {
         }
         let prefix = self.kv.put_prefix.as_ref().unwrap_or(&self.kv.prefix);
         let batch_id = JobId::new().to_string();
-        let client = context.client();
-        for (index, (job_id, bytes)) in records.iter().enumerate() {
+        // Every message create-only (the key has no message yet, as `kv::Store::create`
+        // asks), numbered in the batch from 1.
+        let headers = |sequence: usize| {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(async_nats::header::NATS_BATCH_ID, batch_id.as_str());
             headers.insert(
                 async_nats::header::NATS_BATCH_SEQUENCE,
-                (index + 1).to_string().as_str(),
+                sequence.to_string().as_str(),
             );
-            // Create only: the key has no message yet (as `kv::Store::create` asks).
             headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
-            let subject = format!("{prefix}{job_id}");
-            if index < last {
-                client
-                    .publish_with_headers(subject, headers, bytes.clone().into())
-                    .await
-                    .map_err(|error| BatchError::Failed(error.into()))?;
-            } else {
-                headers.insert(
-                    async_nats::header::NATS_BATCH_COMMIT,
-                    async_nats::header::NATS_BATCH_COMMIT_FINAL,
-                );
-                let acked = match context
-                    .publish_with_headers(subject, headers, bytes.clone().into())
-                    .await
-                {
-                    Ok(ack) => ack.await,
-                    Err(error) => Err(error),
-                };
-                match acked {
-                    Ok(ack) if ack.batch_id.as_deref() == Some(batch_id.as_str()) => {
-                        if ack.batch_size != Some(records.len() as u64) {
-                            return Err(BatchError::Failed(
-                                format!(
-                                    "the atomic batch's commit counted {:?} records, not {}",
-                                    ack.batch_size,
-                                    records.len()
-                                )
-                                .into(),
-                            ));
-                        }
-                    }
-                    // A server without atomic batches stores each message on its own.
-                    Ok(_) => return Err(BatchError::Unsupported),
-                    Err(error)
-                        if error.kind()
-                            == jetstream::context::PublishErrorKind::WrongLastSequence =>
-                    {
-                        return Err(BatchError::Exists);
-                    }
-                    Err(error) if api_error_code(&error) == Some(ATOMIC_PUBLISH_DISABLED) => {
-                        return Err(BatchError::Unsupported);
-                    }
-                    Err(error) => return Err(BatchError::Failed(error.into())),
+            headers
+        };
+        let client = context.client();
+        for (index, (job_id, bytes)) in before.iter().enumerate() {
+            client
+                .publish_with_headers(
+                    format!("{prefix}{job_id}"),
+                    headers(index + 1),
+                    bytes.clone().into(),
+                )
+                .await
+                .map_err(|error| BatchError::Failed(error.into()))?;
+        }
+        let mut commit = headers(records.len());
+        commit.insert(
+            async_nats::header::NATS_BATCH_COMMIT,
+            async_nats::header::NATS_BATCH_COMMIT_FINAL,
+        );
+        let acked = match context
+            .publish_with_headers(
+                format!("{prefix}{last_id}"),
+                commit,
+                last_bytes.clone().into(),
+            )
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(error) => Err(error),
+        };
+        match acked {
+            Ok(ack) if ack.batch_id.as_deref() == Some(batch_id.as_str()) => {
+                if ack.batch_size == Some(records.len() as u64) {
+                    Ok(())
+                } else {
+                    Err(BatchError::Failed(
+                        format!(
+                            "the atomic batch's commit counted {:?} records, not {}",
+                            ack.batch_size,
+                            records.len()
+                        )
+                        .into(),
+                    ))
                 }
             }
+            // A server without atomic batches stores each message on its own.
+            Ok(_) => Err(BatchError::Unsupported),
+            Err(error)
+                if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence =>
+            {
+                Err(BatchError::Exists)
+            }
+            Err(error) if api_error_code(&error) == Some(ATOMIC_PUBLISH_DISABLED) => {
+                Err(BatchError::Unsupported)
+            }
+            Err(error) => Err(BatchError::Failed(error.into())),
         }
-        Ok(())
     }
 
     /// Reads a record and its revision.
