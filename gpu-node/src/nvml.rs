@@ -295,22 +295,24 @@ impl GpuReader {
 
     /// Whether another slot read here runs on `slot`'s GPU.
     pub fn shares_gpu(&self, slot: u32) -> bool {
-        let gpu = self.slots.iter().find(|(read, _)| *read == slot);
-        gpu.is_some_and(|&(_, index)| {
-            self.slots
-                .iter()
-                .any(|&(other, other_index)| other != slot && other_index == index)
-        })
+        self.slots.iter().any(|&(read, _)| read == slot) && self.own_gpu(slot).is_none()
+    }
+
+    /// The NVML index of `slot`'s GPU, when it is read and no other slot read here runs on it.
+    fn own_gpu(&self, slot: u32) -> Option<u32> {
+        let &(_, index) = self.slots.iter().find(|&&(read, _)| read == slot)?;
+        let shared = self
+            .slots
+            .iter()
+            .any(|&(other, other_index)| other != slot && other_index == index);
+        (!shared).then_some(index)
     }
 
     /// Memory in use on `slot`'s GPU now, bytes, where NVML reads that slot and no other slot
     /// of this node shares its GPU (the driver's figure counts every process on the GPU, so a
     /// shared GPU's figure is not one slot's); `None` otherwise or when the read fails.
     pub fn slot_memory_used(&self, slot: u32) -> Option<u64> {
-        let &(_, index) = self.slots.iter().find(|(read, _)| *read == slot)?;
-        if self.shares_gpu(slot) {
-            return None;
-        }
+        let index = self.own_gpu(slot)?;
         let read = self
             .nvml
             .device_by_index(index)
