@@ -3,7 +3,11 @@
 //! the disk's synced writes per second. Submissions that arrive while earlier records'
 //! writes are in flight are stored together, as one JetStream atomic batch
 //! ([`JobStore::create_batch`]: all stored with one synced write, or none); an idle gateway
-//! still writes each record at once, alone. Each submission learns its own record's fate,
+//! still writes each record at once, alone, and so do a few records at a time: on one
+//! nats-server a batch costs a fixed few synced writes (the server stages a batch for a
+//! single-replica file stream in a file store of its own, made and removed per batch), so a
+//! group smaller than [`Batching::min`] is written record by record, side by side. Each
+//! submission learns its own record's fate,
 //! as it would alone: a batch refused because one of its records exists already (a repeated
 //! Idempotency-Key) is split in halves and each written again, and one refused otherwise (a
 //! server without atomic batches, a lost acknowledgement) is written record by record.
@@ -49,17 +53,33 @@ struct Stats {
     alone_until_ms: AtomicU64,
 }
 
+/// How a [`RecordCreator`] groups its writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Most records in one atomic batch (1: every record alone).
+    pub max: usize,
+    /// Fewest records worth a batch: a smaller group is written record by record, side by
+    /// side (at least 2).
+    pub min: usize,
+    /// Writes at a time: submissions arriving meanwhile wait for the next write.
+    pub in_flight: usize,
+    /// Longest one write (a batch, or one record) may take before it counts as failed.
+    pub timeout: Duration,
+}
+
 /// Writes the records the queue hands it, and counts what it did.
 struct Writer {
     store: JobStore,
     context: jetstream::Context,
+    /// Fewest records written as one batch.
+    min_batch: usize,
     /// Longest one write (a batch, or one record) may take before it counts as failed.
     timeout: Duration,
     stats: Arc<Stats>,
 }
 
-/// Creates job records, grouping concurrent creates into atomic batches of at most
-/// `max_batch` records while the records' stream takes them.
+/// Creates job records, grouping concurrent creates into atomic batches while the records'
+/// stream takes them.
 pub struct RecordCreator {
     writer: Arc<Writer>,
     max_batch: usize,
@@ -69,26 +89,18 @@ pub struct RecordCreator {
 }
 
 impl RecordCreator {
-    /// A creator writing to `store` through `context`, in batches of at most `max_batch`
-    /// records (1: every record alone), with at most `in_flight` writes at a time
-    /// (submissions arriving meanwhile wait for the next batch), each given up after
-    /// `timeout`. A NATS server before 2.12 gets every record alone; a stream that takes no
-    /// atomic batches (`mochi` turns `allow_atomic` on) refuses the first, and then every
-    /// record is written alone for a minute before a batch is tried again.
-    pub fn new(
-        store: JobStore,
-        context: jetstream::Context,
-        max_batch: usize,
-        in_flight: usize,
-        timeout: Duration,
-    ) -> Self {
+    /// A creator writing to `store` through `context`, grouping as `batching` says. A NATS
+    /// server before 2.12 gets every record alone; a stream that takes no atomic batches
+    /// (`mochi` turns `allow_atomic` on) refuses the first, and then every record is written
+    /// alone for a minute before a batch is tried again.
+    pub fn new(store: JobStore, context: jetstream::Context, batching: Batching) -> Self {
         let version = context.client().server_info().version;
         let batches = takes_atomic_batches(&version);
-        if !batches && max_batch > 1 {
+        if !batches && batching.max > 1 {
             tracing::info!(%version, "nats-server before 2.12 takes no atomic batches: each new job record is written alone");
         }
         let max_batch = if batches {
-            max_batch.clamp(1, protocol::jetstream::MAX_ATOMIC_BATCH)
+            batching.max.clamp(1, protocol::jetstream::MAX_ATOMIC_BATCH)
         } else {
             1
         };
@@ -96,11 +108,12 @@ impl RecordCreator {
             writer: Arc::new(Writer {
                 store,
                 context,
-                timeout,
+                min_batch: batching.min.max(2),
+                timeout: batching.timeout,
                 stats: Arc::default(),
             }),
             max_batch,
-            in_flight: in_flight.max(1),
+            in_flight: batching.in_flight.max(1),
             queue: OnceLock::new(),
         }
     }
@@ -236,17 +249,17 @@ impl Writer {
         self.write_alone(records, replies).await;
     }
 
-    /// Writes `records` as one atomic batch. When one of them exists already (a repeated
-    /// Idempotency-Key), each half is written the same way, one after the other, so a
-    /// repeat costs its batch a few more writes, not one per record; when the batch fails
-    /// otherwise, record by record.
+    /// Writes `records` as one atomic batch, or record by record when they are fewer than a
+    /// batch is worth. When one of them exists already (a repeated Idempotency-Key), each
+    /// half is written the same way, one after the other, so a repeat costs its batch a few
+    /// more writes, not one per record; when the batch fails otherwise, record by record.
     fn write_group(
         &self,
         mut records: Vec<(JobId, Vec<u8>)>,
         mut replies: Vec<Reply>,
     ) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if records.len() <= 1 {
+            if records.len() < self.min_batch {
                 return self.write_alone(records, replies).await;
             }
             let written = tokio::time::timeout(

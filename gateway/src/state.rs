@@ -14,7 +14,7 @@ use crate::auth::signing::LinkSigner;
 use crate::config::Config;
 use crate::fleet::Fleet;
 use crate::index::JobIndex;
-use crate::record_batch::RecordCreator;
+use crate::record_batch::{Batching, RecordCreator};
 
 /// What every handler can reach: one shared [`Shared`] behind an `Arc`. axum clones the
 /// state for every request, and a clone of the fields themselves (the JetStream handles
@@ -76,9 +76,12 @@ impl AppState {
         let records = RecordCreator::new(
             resources.jobs.clone(),
             resources.context.clone(),
-            config.record_batch_max,
-            config.record_writes_in_flight,
-            Duration::from_millis(config.publish_timeout_ms),
+            Batching {
+                max: config.record_batch_max,
+                min: config.record_batch_min,
+                in_flight: config.record_writes_in_flight,
+                timeout: Duration::from_millis(config.publish_timeout_ms),
+            },
         );
         Self(Arc::new(Shared {
             records,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use futures::future::join_all;
-use gateway::record_batch::RecordCreator;
+use gateway::record_batch::{Batching, RecordCreator};
 use protocol::api::JobView;
 use protocol::jetstream::JobStore;
 use protocol::messages::SubmitRequest;
@@ -117,9 +117,12 @@ async fn a_record_that_exists_already_spoils_no_other_in_its_batch() {
     let creator = Arc::new(RecordCreator::new(
         resources.jobs.clone(),
         resources.context.clone(),
-        64,
-        1,
-        Duration::from_secs(5),
+        Batching {
+            max: 64,
+            min: 2,
+            in_flight: 1,
+            timeout: Duration::from_secs(5),
+        },
     ));
     let existing = record(JobId::new(), "made before");
     assert!(resources.jobs.create(&existing).await.unwrap());
@@ -148,6 +151,47 @@ async fn a_record_that_exists_already_spoils_no_other_in_its_batch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_smaller_than_the_batch_minimum_is_written_record_by_record() {
+    let (_server, _client, resources) = common::nats().await;
+    // One write at a time: the 32 creates queue behind the first; 31 are fewer than 64.
+    let creator = RecordCreator::new(
+        resources.jobs.clone(),
+        resources.context.clone(),
+        Batching {
+            max: 256,
+            min: 64,
+            in_flight: 1,
+            timeout: Duration::from_secs(5),
+        },
+    );
+    let records: Vec<JobRecord> = (0..32)
+        .map(|i| record(JobId::new(), &format!("small group {i}")))
+        .collect();
+    let results = join_all(records.iter().map(|record| creator.create(record))).await;
+    assert!(results.into_iter().all(|result| result.unwrap()));
+    assert_eq!(messages(&resources.jobs).await, 32);
+    assert_eq!(creator.batches(), 0, "no group reached 64 records");
+    // The same with a minimum of 2: the queued records go together.
+    let creator = RecordCreator::new(
+        resources.jobs.clone(),
+        resources.context.clone(),
+        Batching {
+            max: 256,
+            min: 2,
+            in_flight: 1,
+            timeout: Duration::from_secs(5),
+        },
+    );
+    let records: Vec<JobRecord> = (0..32)
+        .map(|i| record(JobId::new(), &format!("batched group {i}")))
+        .collect();
+    let results = join_all(records.iter().map(|record| creator.create(record))).await;
+    assert!(results.into_iter().all(|result| result.unwrap()));
+    assert_eq!(messages(&resources.jobs).await, 64);
+    assert!(creator.batches() > 0, "the queued records went as a batch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_without_atomic_batches_gets_every_record_alone() {
     let (_server, _client, resources) = common::nats().await;
     let plain = resources
@@ -163,9 +207,12 @@ async fn a_stream_without_atomic_batches_gets_every_record_alone() {
     let creator = RecordCreator::new(
         store.clone(),
         resources.context.clone(),
-        64,
-        1,
-        Duration::from_secs(5),
+        Batching {
+            max: 64,
+            min: 2,
+            in_flight: 1,
+            timeout: Duration::from_secs(5),
+        },
     );
     let records: Vec<JobRecord> = (0..20)
         .map(|i| record(JobId::new(), &format!("alone {i}")))
