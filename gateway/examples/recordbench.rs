@@ -16,22 +16,10 @@ use std::time::{Duration, Instant};
 use gateway::record_batch::{Batching, RecordCreator};
 use protocol::config::{JetStreamConfig, NatsConfig};
 use protocol::jetstream::{Resources, connect, ensure_resources};
-use protocol::messages::SubmitRequest;
-use protocol::{JobId, JobRecord, JobSpec, Limits, TenantId, codec, now_ms};
+use protocol::{JobId, JobRecord, codec};
 
 fn record(n: usize) -> JobRecord {
-    let job_id = JobId::new();
-    let spec = JobSpec::new(format!("bench job {n}"));
-    let shape = spec.validate(&Limits::default()).unwrap();
-    let request = SubmitRequest {
-        job_id: Some(job_id),
-        spec,
-        idempotency_key: None,
-        remixed_from: None,
-        webhook: None,
-    };
-    let tenant = TenantId::new("bench").unwrap();
-    JobRecord::from_submission(job_id, tenant, request, shape, 3, now_ms())
+    testkit::queued_record(JobId::new(), "bench", &format!("bench job {n}"))
 }
 
 /// A fresh nats-server syncing every write, and the project's streams and buckets on it.

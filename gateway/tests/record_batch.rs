@@ -16,27 +16,10 @@ use futures::future::join_all;
 use gateway::record_batch::{Batching, RecordCreator};
 use protocol::api::JobView;
 use protocol::jetstream::JobStore;
-use protocol::messages::SubmitRequest;
-use protocol::{JobId, JobRecord, JobSpec, Limits, TenantId, now_ms};
+use protocol::{JobId, JobRecord};
 
 fn record(job_id: JobId, prompt: &str) -> JobRecord {
-    let spec = JobSpec::new(prompt);
-    let shape = spec.validate(&Limits::default()).unwrap();
-    let request = SubmitRequest {
-        job_id: Some(job_id),
-        spec,
-        idempotency_key: None,
-        remixed_from: None,
-        webhook: None,
-    };
-    JobRecord::from_submission(
-        job_id,
-        TenantId::new("acme").unwrap(),
-        request,
-        shape,
-        3,
-        now_ms(),
-    )
+    testkit::queued_record(job_id, "acme", prompt)
 }
 
 async fn messages(store: &JobStore) -> u64 {

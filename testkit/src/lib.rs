@@ -12,6 +12,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A `queued` record of job `job_id` for `prompt` in `tenant`, as a plain submission (no
+/// Idempotency-Key, remix or webhook) with three attempts makes it: what record-store
+/// tests and benchmarks write.
+///
+/// # Panics
+/// When `tenant` is not a valid tenant name.
+pub fn queued_record(job_id: protocol::JobId, tenant: &str, prompt: &str) -> protocol::JobRecord {
+    let spec = protocol::JobSpec::new(prompt);
+    let shape = spec
+        .validate(&protocol::Limits::default())
+        .expect("a prompt alone makes a valid job");
+    let request = protocol::messages::SubmitRequest {
+        job_id: Some(job_id),
+        spec,
+        idempotency_key: None,
+        remixed_from: None,
+        webhook: None,
+    };
+    let tenant = protocol::TenantId::new(tenant).expect("a valid tenant name");
+    protocol::JobRecord::from_submission(job_id, tenant, request, shape, 3, protocol::now_ms())
+}
+
 /// How long to wait for a server to write its ports file.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
