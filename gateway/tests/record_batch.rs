@@ -15,7 +15,7 @@ use axum::http::{Request, StatusCode, header};
 use futures::future::join_all;
 use gateway::record_batch::{Batching, RecordCreator};
 use protocol::api::JobView;
-use protocol::jetstream::JobStore;
+use protocol::jetstream::{JobStore, Resources};
 use protocol::{JobId, JobRecord};
 
 fn record(job_id: JobId, prompt: &str) -> JobRecord {
@@ -133,43 +133,36 @@ async fn a_record_that_exists_already_spoils_no_other_in_its_batch() {
     assert!(creator.batched_records() > 0, "some batches had no repeat");
 }
 
+/// Creates 32 records at once through a creator with one write in flight and batches from
+/// `min` records; each must be new. The creator, for its counts.
+async fn create_32_at_once(resources: &Resources, min: usize) -> RecordCreator {
+    let creator = RecordCreator::new(
+        resources.jobs.clone(),
+        resources.context.clone(),
+        Batching {
+            max: 256,
+            min,
+            in_flight: 1,
+            timeout: Duration::from_secs(5),
+        },
+    );
+    let records: Vec<JobRecord> = (0..32)
+        .map(|i| record(JobId::new(), &format!("group from {min}: {i}")))
+        .collect();
+    let results = join_all(records.iter().map(|record| creator.create(record))).await;
+    assert!(results.into_iter().all(|result| result.unwrap()));
+    creator
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_smaller_than_the_batch_minimum_is_written_record_by_record() {
     let (_server, _client, resources) = common::nats().await;
     // One write at a time: the 32 creates queue behind the first; 31 are fewer than 64.
-    let creator = RecordCreator::new(
-        resources.jobs.clone(),
-        resources.context.clone(),
-        Batching {
-            max: 256,
-            min: 64,
-            in_flight: 1,
-            timeout: Duration::from_secs(5),
-        },
-    );
-    let records: Vec<JobRecord> = (0..32)
-        .map(|i| record(JobId::new(), &format!("small group {i}")))
-        .collect();
-    let results = join_all(records.iter().map(|record| creator.create(record))).await;
-    assert!(results.into_iter().all(|result| result.unwrap()));
+    let creator = create_32_at_once(&resources, 64).await;
     assert_eq!(messages(&resources.jobs).await, 32);
     assert_eq!(creator.batches(), 0, "no group reached 64 records");
     // The same with a minimum of 2: the queued records go together.
-    let creator = RecordCreator::new(
-        resources.jobs.clone(),
-        resources.context.clone(),
-        Batching {
-            max: 256,
-            min: 2,
-            in_flight: 1,
-            timeout: Duration::from_secs(5),
-        },
-    );
-    let records: Vec<JobRecord> = (0..32)
-        .map(|i| record(JobId::new(), &format!("batched group {i}")))
-        .collect();
-    let results = join_all(records.iter().map(|record| creator.create(record))).await;
-    assert!(results.into_iter().all(|result| result.unwrap()));
+    let creator = create_32_at_once(&resources, 2).await;
     assert_eq!(messages(&resources.jobs).await, 64);
     assert!(creator.batches() > 0, "the queued records went as a batch");
 }
