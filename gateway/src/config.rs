@@ -38,7 +38,7 @@ pub struct Config {
     pub record_batch_max: usize,
     /// Fewest new job records worth one atomic batch (2 to 1000): a smaller group is written
     /// record by record, side by side. On one nats-server each batch costs a fixed few synced
-    /// writes of the server's own (about as many as 8–10 single records on this project's
+    /// writes of the server's own (about as many as 7–14 single records on this project's
     /// machines), so a batch of two or three is slower than its records alone.
     pub record_batch_min: usize,
     /// Writes of new job records in flight at once (1 to 64): fewer make larger batches,
