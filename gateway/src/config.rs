@@ -39,7 +39,8 @@ pub struct Config {
     /// Fewest new job records worth one atomic batch (2 to 1000): a smaller group is written
     /// record by record, side by side. On one nats-server each batch costs a fixed few synced
     /// writes of the server's own (about as many as 7–14 single records on this project's
-    /// machines), so a batch of two or three is slower than its records alone.
+    /// machines), so a batch of two or three is slower than its records alone. Above
+    /// `record_batch_max`, no batch is made.
     pub record_batch_min: usize,
     /// Writes of new job records in flight at once (1 to 64): fewer make larger batches,
     /// more overlap the writes. nats-server applies a stream's batches one after another,

@@ -99,8 +99,11 @@ impl RecordCreator {
         if !batches && batching.max > 1 {
             tracing::info!(%version, "nats-server before 2.12 takes no atomic batches: each new job record is written alone");
         }
-        let max_batch = if batches {
-            batching.max.clamp(1, protocol::jetstream::MAX_ATOMIC_BATCH)
+        let min_batch = batching.min.max(2);
+        // A minimum above the maximum leaves no batch to make: every record goes alone, at
+        // once, without the queue.
+        let max_batch = if batches && batching.max >= min_batch {
+            batching.max.min(protocol::jetstream::MAX_ATOMIC_BATCH)
         } else {
             1
         };
@@ -108,7 +111,7 @@ impl RecordCreator {
             writer: Arc::new(Writer {
                 store,
                 context,
-                min_batch: batching.min.max(2),
+                min_batch,
                 timeout: batching.timeout,
                 stats: Arc::default(),
             }),
