@@ -22,6 +22,20 @@ fn record(job_id: JobId, prompt: &str) -> JobRecord {
     testkit::queued_record(job_id, "acme", prompt)
 }
 
+/// A creator for `store` with one write in flight, batches of `min` to 64 records.
+fn one_write_at_a_time(store: &JobStore, resources: &Resources, min: usize) -> RecordCreator {
+    RecordCreator::new(
+        store.clone(),
+        resources.context.clone(),
+        Batching {
+            max: 64,
+            min,
+            in_flight: 1,
+            timeout: Duration::from_secs(5),
+        },
+    )
+}
+
 async fn messages(store: &JobStore) -> u64 {
     store.kv.stream.get_info().await.unwrap().state.messages
 }
@@ -97,16 +111,7 @@ async fn concurrent_submissions_are_stored_in_batches_each_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_that_exists_already_spoils_no_other_in_its_batch() {
     let (_server, _client, resources) = common::nats().await;
-    let creator = Arc::new(RecordCreator::new(
-        resources.jobs.clone(),
-        resources.context.clone(),
-        Batching {
-            max: 64,
-            min: 2,
-            in_flight: 1,
-            timeout: Duration::from_secs(5),
-        },
-    ));
+    let creator = Arc::new(one_write_at_a_time(&resources.jobs, &resources, 2));
     let existing = record(JobId::new(), "made before");
     assert!(resources.jobs.create(&existing).await.unwrap());
     // 200 new records with 8 repeats of the existing one among them.
@@ -136,16 +141,7 @@ async fn a_record_that_exists_already_spoils_no_other_in_its_batch() {
 /// Creates 32 records at once through a creator with one write in flight and batches from
 /// `min` records; each must be new. The creator, for its counts.
 async fn create_32_at_once(resources: &Resources, min: usize) -> RecordCreator {
-    let creator = RecordCreator::new(
-        resources.jobs.clone(),
-        resources.context.clone(),
-        Batching {
-            max: 256,
-            min,
-            in_flight: 1,
-            timeout: Duration::from_secs(5),
-        },
-    );
+    let creator = one_write_at_a_time(&resources.jobs, resources, min);
     let records: Vec<JobRecord> = (0..32)
         .map(|i| record(JobId::new(), &format!("group from {min}: {i}")))
         .collect();
@@ -165,6 +161,15 @@ async fn a_group_smaller_than_the_batch_minimum_is_written_record_by_record() {
     let creator = create_32_at_once(&resources, 2).await;
     assert_eq!(messages(&resources.jobs).await, 64);
     assert!(creator.batches() > 0, "the queued records went as a batch");
+    // A minimum above the maximum leaves no batch to make: every record goes alone.
+    let settings = Batching {
+        max: 4,
+        min: 8,
+        in_flight: 1,
+        timeout: Duration::from_secs(5),
+    };
+    let never = RecordCreator::new(resources.jobs.clone(), resources.context.clone(), settings);
+    assert_eq!(never.max_batch(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,16 +185,7 @@ async fn a_stream_without_atomic_batches_gets_every_record_alone() {
         .await
         .unwrap();
     let store = JobStore { kv: plain };
-    let creator = RecordCreator::new(
-        store.clone(),
-        resources.context.clone(),
-        Batching {
-            max: 64,
-            min: 2,
-            in_flight: 1,
-            timeout: Duration::from_secs(5),
-        },
-    );
+    let creator = one_write_at_a_time(&store, &resources, 2);
     let records: Vec<JobRecord> = (0..20)
         .map(|i| record(JobId::new(), &format!("alone {i}")))
         .collect();
