@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use async_nats::ConnectErrorKind;
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, kv, object_store, stream};
 
 use crate::codec::{self, CodecError};
@@ -16,6 +15,7 @@ use crate::config::{JetStreamConfig, NatsConfig};
 use crate::ids::JobId;
 use crate::names;
 use crate::record::{JobEvent, JobRecord, TransitionError};
+use crate::shared_value;
 
 /// A boxed error from the NATS client.
 pub type NatsError = Box<dyn std::error::Error + Send + Sync>;
@@ -489,25 +489,38 @@ async fn get_or_create_kv(
 /// a stream may change later), through which a gateway stores the records of many
 /// submissions with one synced write ([`JobStore::create_batch`]). A server that refuses
 /// it leaves the gateways writing record by record, as before: a warning, not a failure.
+/// Every process of a fresh stack asks at once, and on a replicated stream just made some
+/// of the updates time out while one goes through: a failed update reads the settings
+/// again before it counts, and is tried [`ALLOW_ATOMIC_TRIES`] times.
 async fn allow_atomic_batches(context: &jetstream::Context, bucket: &kv::Store) {
-    let info = match bucket.stream.get_info().await {
-        Ok(info) => info,
-        Err(error) => {
-            tracing::warn!(stream = %bucket.stream_name, %error, "cannot read the stream's settings; new records are written one by one");
+    let mut last_error = None;
+    for _ in 0..ALLOW_ATOMIC_TRIES {
+        let info = match bucket.stream.get_info().await {
+            Ok(info) => info,
+            Err(error) => {
+                last_error = Some(error.to_string());
+                continue;
+            }
+        };
+        if info.config.allow_atomic_publish {
             return;
         }
-    };
-    if info.config.allow_atomic_publish {
-        return;
+        let config = stream::Config {
+            allow_atomic_publish: true,
+            ..info.config
+        };
+        match context.update_stream(config).await {
+            Ok(_) => return,
+            Err(error) => last_error = Some(error.to_string()),
+        }
     }
-    let config = stream::Config {
-        allow_atomic_publish: true,
-        ..info.config
-    };
-    if let Err(error) = context.update_stream(config).await {
+    if let Some(error) = last_error {
         tracing::warn!(stream = %bucket.stream_name, %error, "the stream takes no atomic batches (nats-server 2.12+ does); new records are written one by one");
     }
 }
+
+/// Reads and updates of the job stream's `allow_atomic` before a start gives up on it.
+const ALLOW_ATOMIC_TRIES: usize = 2;
 
 /// [`get_or_create_kv`] for a bucket whose entries their writers rewrite on their own
 /// (queue positions, which the leading coordinator republishes; heartbeats, which nodes
@@ -640,11 +653,6 @@ pub enum StoreError {
         source: NatsError,
     },
 }
-
-/// The header of a KV delete or purge marker (`DEL`, `PURGE`); a put has none.
-const KV_OPERATION: &str = "KV-Operation";
-/// The header of a marker nats-server writes when a key's last value goes (age, purge).
-const NATS_MARKER_REASON: &str = "Nats-Marker-Reason";
 
 /// The `mochi_jobs` bucket: job records, each write a compare-and-set on the revision.
 #[derive(Clone)]
@@ -845,33 +853,18 @@ impl JobStore {
     /// every acknowledged write. [`Self::get`] is a direct get, which any replica of a
     /// replicated bucket may answer, a little behind the leader.
     pub async fn get_latest(&self, job_id: JobId) -> Result<Option<(JobRecord, u64)>, StoreError> {
-        let subject = format!("{}{}", self.kv.prefix, job_id);
-        let message = match self
-            .kv
-            .stream
-            .get_last_raw_message_by_subject(&subject)
+        let latest = shared_value::get_latest(&self.kv, &job_id.to_string())
             .await
-        {
-            Ok(message) => message,
-            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {
-                return Ok(None);
-            }
-            Err(error) => {
-                return Err(StoreError::Nats {
-                    job_id,
-                    source: Box::new(error),
-                });
-            }
-        };
-        // A delete or purge marker (a put carries neither header).
-        if message.headers.get(KV_OPERATION).is_some()
-            || message.headers.get(NATS_MARKER_REASON).is_some()
-        {
+            .map_err(|error| StoreError::Nats {
+                job_id,
+                source: Box::new(error),
+            })?;
+        let Some((bytes, revision)) = latest else {
             return Ok(None);
-        }
-        let record = codec::decode(&message.payload)
-            .map_err(|source| StoreError::Codec { job_id, source })?;
-        Ok(Some((record, message.sequence)))
+        };
+        let record =
+            codec::decode(&bytes).map_err(|source| StoreError::Codec { job_id, source })?;
+        Ok(Some((record, revision)))
     }
 
     /// The one compare-and-set loop on job records: reads the record, asks `change` for its

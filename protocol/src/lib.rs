@@ -26,6 +26,8 @@ pub mod record;
 #[cfg(feature = "jetstream")]
 pub mod record_writes;
 pub mod shape;
+#[cfg(feature = "jetstream")]
+pub mod shared_value;
 pub mod spec;
 
 pub use codec::{CodecError, WireMessage};

@@ -428,10 +428,11 @@ fn gateway(grants: &mut Grants) {
     grants.object_delete(names::OBJECT_STORE_VIDEOS);
     // A deleted job's dead letter.
     grants.purge(names::STREAM_DLQ);
-    // API keys: read, watched, written by the gateway alone (and admin).
+    // API keys: read, watched, written by the gateway alone (and admin); the shared values
+    // there (the generated signing key, webhook secrets) are read back from the leader.
     grants.kv_read(names::BUCKET_KEYS);
     grants.kv_watch(names::BUCKET_KEYS);
-    grants.kv_write(names::BUCKET_KEYS);
+    grants.kv_compare_and_set(names::BUCKET_KEYS);
     // Stop a cancelled job on its node.
     grants.publish(names::node_cancel_subject("*"));
     // Ask the leading coordinator for a job's predicted cost.

@@ -3,8 +3,11 @@
 //! expiry, so that signing keys rotate: the first configured key signs, every configured key
 //! verifies (two at once during a rotation).
 
+use std::time::Duration;
+
 use async_nats::jetstream::kv;
 use protocol::JobId;
+use protocol::shared_value;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +15,9 @@ use protocol::config::Secret;
 
 /// Entry of `mochi_keys` holding the generated signing key when none is configured.
 const AUTO_KEY_ENTRY: &str = "signing.auto";
+/// How long a start waits for the generated key to be read or stored (a bucket made a
+/// moment ago answers once its leader is elected).
+const STORE_PATIENCE: Duration = Duration::from_secs(30);
 /// The variant of the MP4 itself.
 pub const VARIANT_VIDEO: &str = "video";
 
@@ -102,29 +108,22 @@ impl LinkSigner {
                 .collect();
             return Ok(Self::new(&keys, config.ttl_s));
         }
-        let stored = match store.get(AUTO_KEY_ENTRY).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => {
-                let fresh = StoredKey {
-                    id: format!(
-                        "auto-{}",
-                        protocol::random::base62(6).map_err(|e| e.to_string())?
-                    ),
-                    secret: protocol::random::base62(64).map_err(|e| e.to_string())?,
-                };
-                let bytes = serde_json::to_vec(&fresh).map_err(|e| e.to_string())?;
-                // Another replica may have made one first: theirs wins.
-                if store.create(AUTO_KEY_ENTRY, bytes.into()).await.is_err() {
-                    tracing::debug!("signing key made by another replica");
-                }
-                store
-                    .get(AUTO_KEY_ENTRY)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .ok_or("the generated signing key vanished")?
-            }
-            Err(error) => return Err(error.to_string()),
+        let make = || {
+            let fresh = StoredKey {
+                id: format!(
+                    "auto-{}",
+                    protocol::random::base62(6).map_err(|e| e.to_string())?
+                ),
+                secret: protocol::random::base62(64).map_err(|e| e.to_string())?,
+            };
+            serde_json::to_vec(&fresh)
+                .map(Into::into)
+                .map_err(|e| e.to_string())
         };
+        // Every replica reads the one key stored first (another may be storing it now).
+        let stored = shared_value::get_or_create(store, AUTO_KEY_ENTRY, make, STORE_PATIENCE)
+            .await
+            .map_err(|error| error.with_causes())?;
         let key: StoredKey = serde_json::from_slice(&stored)
             .map_err(|_| "the stored signing key is unreadable".to_owned())?;
         Ok(Self::new(

@@ -3,14 +3,19 @@
 //! Each tenant's secret lives in `mochi_keys` (entry `w.<tenant>`), made on first use by
 //! whichever gateway gets there first (create-only, so every replica signs with the same).
 
+use std::time::Duration;
+
 use async_nats::jetstream::kv;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use protocol::TenantId;
+use protocol::shared_value;
 use ring::hmac;
 
 /// Prefix of a secret as shown to tenants.
 const SECRET_PREFIX: &str = "whsec_";
+/// How long a request waits for a tenant's secret to be read or stored.
+const STORE_PATIENCE: Duration = Duration::from_secs(5);
 /// Random bytes in a secret.
 const SECRET_BYTES: usize = 32;
 
@@ -64,32 +69,20 @@ fn entry(tenant: &TenantId) -> String {
     format!("w.{tenant}")
 }
 
-/// `tenant`'s secret, made and stored on first use.
+/// `tenant`'s secret, made and stored on first use (by whichever gateway asks first).
 pub async fn secret_of(keys: &kv::Store, tenant: &TenantId) -> Result<Secret, String> {
-    for _ in 0..3 {
-        match keys.get(entry(tenant)).await {
-            Ok(Some(value)) => {
-                let text = String::from_utf8_lossy(&value);
-                return Secret::parse(&text)
-                    .ok_or_else(|| format!("the webhook secret of tenant {tenant} is unreadable"));
-            }
-            Ok(None) => {}
-            Err(error) => return Err(format!("cannot read the webhook secret: {error}")),
-        }
-        let made = Secret::random()?;
-        match keys
-            .create(entry(tenant), made.shown().into_bytes().into())
-            .await
-        {
-            Ok(_) => return Ok(made),
-            // Another replica made one first: read that.
-            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => continue,
-            Err(error) => return Err(format!("cannot store the webhook secret: {error}")),
-        }
-    }
-    Err(format!(
-        "the webhook secret of tenant {tenant} keeps changing"
-    ))
+    let make = || Secret::random().map(|made| made.shown().into_bytes().into());
+    let value = shared_value::get_or_create(keys, &entry(tenant), make, STORE_PATIENCE)
+        .await
+        .map_err(|error| {
+            format!(
+                "the webhook secret of tenant {tenant}: {}",
+                error.with_causes()
+            )
+        })?;
+    let text = String::from_utf8_lossy(&value);
+    Secret::parse(&text)
+        .ok_or_else(|| format!("the webhook secret of tenant {tenant} is unreadable"))
 }
 
 #[cfg(test)]
