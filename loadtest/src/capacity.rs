@@ -78,6 +78,40 @@ pub enum CapacityError {
     /// The run's own NATS connection failed.
     #[error("NATS: {0}")]
     Nats(String),
+    /// A process did not answer its health or readiness route in time.
+    #[error("{what} did not answer {url} within {timeout_s} s")]
+    NotReady {
+        /// Which process.
+        what: String,
+        /// The route asked.
+        url: String,
+        /// How long it was asked.
+        timeout_s: u64,
+    },
+    /// A phase on one of our stacks failed; the stack's directory (its processes' logs) is
+    /// kept.
+    #[error("{source} (the stack's logs are kept in {logs})")]
+    Stack {
+        /// The kept directory.
+        logs: String,
+        /// What failed.
+        source: Box<CapacityError>,
+    },
+}
+
+/// How long a process may take to answer its health or readiness route.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `result`; when it failed, `dir` (a stack's processes' logs) is kept and named in the
+/// error, else removed.
+fn keeping_logs<T>(
+    result: Result<T, CapacityError>,
+    dir: tempfile::TempDir,
+) -> Result<T, CapacityError> {
+    result.map_err(|error| CapacityError::Stack {
+        logs: dir.keep().display().to_string(),
+        source: Box::new(error),
+    })
 }
 
 /// What a closed-loop phase measured.
@@ -285,7 +319,7 @@ impl Peer {
 }
 
 async fn wait_for(http: &reqwest::Client, url: &str, what: &str) -> Result<(), CapacityError> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + READY_TIMEOUT;
     while !http
         .get(url)
         .send()
@@ -293,7 +327,11 @@ async fn wait_for(http: &reqwest::Client, url: &str, what: &str) -> Result<(), C
         .is_ok_and(|response| response.status().is_success())
     {
         if Instant::now() > deadline {
-            return Err(CapacityError::Peer(format!("{what} did not answer {url}")));
+            return Err(CapacityError::NotReady {
+                what: what.to_owned(),
+                url: url.to_owned(),
+                timeout_s: READY_TIMEOUT.as_secs(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -445,7 +483,7 @@ fn key_for(cluster: &Cluster, role: &str) -> Result<String, CapacityError> {
         .last()
         .map(|line| line.trim().to_owned())
         .filter(|key| !key.is_empty())
-        .ok_or_else(|| CapacityError::Peer("`mochi keys create` printed no key".into()))
+        .ok_or_else(|| ClusterError::Startup("`mochi keys create` printed no key".into()).into())
 }
 
 /// Seconds until `MOCHI_SUBMIT` holds no submission (every one has its record).
@@ -531,35 +569,8 @@ pub async fn run(config: &CapacityConfig) -> Result<CapacityReport, CapacityErro
         .prefix("mochi-capacity-")
         .tempdir()
         .map_err(ClusterError::Io)?;
-    let ours = intake_stack(config, dir.path())?;
-    let key = key_for(&ours, "submitter")?;
-    wait_for(
-        &http,
-        &format!("{}/readyz", ours.gateway_url()),
-        "the gateway",
-    )
-    .await?;
-    let resting = resting_cpu(&ours).await;
-    for _ in 0..config.rounds {
-        for &connections in &config.connections {
-            let ran =
-                closed_loop(&ours.gateway_url(), Some(&key), connections, config.seconds).await?;
-            let drain_s = Box::pin(drain(&ours)).await?;
-            let settle_s = settle(&ours, resting).await;
-            report.phases.push(Phase::of(
-                "mochi",
-                connections,
-                ran,
-                Some((drain_s, settle_s)),
-            ));
-            let before = ours.cpu_seconds();
-            let ran = closed_loop(&peer.url, None, connections, config.seconds).await?;
-            let mut phase = Phase::of("fastapi+redis", connections, ran, None);
-            phase.ours_cpu = Some((ours.cpu_seconds() - before) / phase.wall_s);
-            report.phases.push(phase);
-        }
-    }
-    drop(ours);
+    let intake = Box::pin(intake_rounds(config, &http, &peer, dir.path(), &mut report)).await;
+    let resting = keeping_logs(intake, dir)?;
     drop(peer);
     report.nats_servers = config.nats_servers;
     report.resting_cpu = resting;
@@ -584,19 +595,81 @@ pub async fn run(config: &CapacityConfig) -> Result<CapacityReport, CapacityErro
     Ok(report)
 }
 
+/// Starts our intake stack in `dir`, then runs the rounds, ours and the peer's alternately,
+/// into `report`; returns our stack's resting CPU, cores.
+async fn intake_rounds(
+    config: &CapacityConfig,
+    http: &reqwest::Client,
+    peer: &Peer,
+    dir: &std::path::Path,
+    report: &mut CapacityReport,
+) -> Result<f64, CapacityError> {
+    let ours = intake_stack(config, dir)?;
+    let key = key_for(&ours, "submitter")?;
+    wait_for(
+        http,
+        &format!("{}/readyz", ours.gateway_url()),
+        "the gateway",
+    )
+    .await?;
+    let resting = resting_cpu(&ours).await;
+    for _ in 0..config.rounds {
+        for &connections in &config.connections {
+            let ran =
+                closed_loop(&ours.gateway_url(), Some(&key), connections, config.seconds).await?;
+            let drain_s = Box::pin(drain(&ours)).await?;
+            let settle_s = settle(&ours, resting).await;
+            report.phases.push(Phase::of(
+                "mochi",
+                connections,
+                ran,
+                Some((drain_s, settle_s)),
+            ));
+            let before = ours.cpu_seconds();
+            let ran = closed_loop(&peer.url, None, connections, config.seconds).await?;
+            let mut phase = Phase::of("fastapi+redis", connections, ran, None);
+            phase.ours_cpu = Some((ours.cpu_seconds() - before) / phase.wall_s);
+            report.phases.push(phase);
+        }
+    }
+    Ok(resting)
+}
+
 /// Jobs that take no GPU time arrive at `start_rate` on 16 slots; returns how many started
 /// and succeeded, and their submission-to-start times.
-async fn start_latency(
-    config: &CapacityConfig,
-) -> Result<(usize, usize, Quantiles, Option<SlowStart>), CapacityError> {
+/// Its stack's directory is kept when it fails, or when `MOCHI_LOADTEST_KEEP` is set.
+async fn start_latency(config: &CapacityConfig) -> Result<StartLatency, CapacityError> {
     let dir = tempfile::Builder::new()
         .prefix("mochi-start-")
         .tempdir()
         .map_err(ClusterError::Io)?;
+    match Box::pin(start_latency_in(config, dir.path())).await {
+        Ok(measured) => {
+            if std::env::var_os("MOCHI_LOADTEST_KEEP").is_some() {
+                eprintln!(
+                    "kept the start-latency run's logs in {}",
+                    dir.keep().display()
+                );
+            }
+            Ok(measured)
+        }
+        failed => keeping_logs(failed, dir),
+    }
+}
+
+/// What the start-latency phase measured: jobs started, jobs succeeded, their
+/// submission-to-start times, and the slowest.
+type StartLatency = (usize, usize, Quantiles, Option<SlowStart>);
+
+/// [`start_latency`] on a stack in `dir`.
+async fn start_latency_in(
+    config: &CapacityConfig,
+    dir: &std::path::Path,
+) -> Result<StartLatency, CapacityError> {
     let mut settings = ClusterSettings::new(
         config.mochi.clone(),
         config.nats_server.clone(),
-        dir.path().to_owned(),
+        dir.to_owned(),
     );
     settings.coordinators = 1;
     settings.nodes = 2;
@@ -657,12 +730,6 @@ async fn start_latency(
         .filter_map(|job| Some(job.first_start_ms?.saturating_sub(job.submitted_ms) as f64))
         .collect();
     drop(cluster);
-    if std::env::var_os("MOCHI_LOADTEST_KEEP").is_some() {
-        eprintln!(
-            "kept the start-latency run's logs in {}",
-            dir.keep().display()
-        );
-    }
     let succeeded = jobs
         .iter()
         .filter(|job| job.state.as_deref() == Some("succeeded"))
