@@ -471,6 +471,18 @@ async fn gateway_reads_and_writes_what_it_serves_and_nothing_of_the_scheduler() 
     keys.put("key-1", "record".into()).await.unwrap();
     assert!(keys.get("key-1").await.unwrap().is_some());
     keys.watch_all().await.unwrap();
+    // The shared values there (the generated link-signing key), read back from the leader.
+    let signing = gateway::auth::signing::LinkSigner::load(&Default::default(), &keys)
+        .await
+        .unwrap();
+    let job_id = protocol::JobId::new();
+    assert!(signing.link(job_id, "video", 1_000).is_some());
+    assert!(
+        protocol::shared_value::get_latest(&keys, "signing.auto")
+            .await
+            .unwrap()
+            .is_some()
+    );
     // Cancellations to nodes.
     client
         .publish(names::node_cancel_subject("n1"), "".into())
