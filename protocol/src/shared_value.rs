@@ -1,9 +1,9 @@
 //! Values that every process of one role shares and the first to need makes: the gateway's
 //! generated link-signing key, a tenant's webhook secret (feature `jetstream`). Stored
-//! create-only in a KV bucket and read back from the bucket's stream leader: on a replicated
-//! bucket a direct get may come from a replica a write behind, which would hide a value
-//! another process stored a moment ago, and a bucket made a moment ago may not answer
-//! writes until its leader is elected.
+//! create-only in a KV bucket; a value a direct get does not find is read again from the
+//! bucket's stream leader: on a replicated bucket a direct get may come from a replica a
+//! write behind, which would hide a value another process stored a moment ago, and a bucket
+//! made a moment ago may not answer writes until its leader is elected.
 
 use std::time::{Duration, Instant};
 
@@ -92,15 +92,19 @@ pub async fn get_latest(
 }
 
 /// The value of `key` in `store`, or else the one `make` makes, stored create-only: every
-/// process asking gets the value stored first. Reads come from the stream's leader; a read
-/// or a store that fails (a bucket whose leader is still being elected) is tried again
-/// until `patience` has passed.
+/// process asking gets the value stored first. A value found by a direct get (any replica:
+/// most calls, a webhook delivery's secret say) is taken at once; an absent one is read
+/// again from the stream's leader before one is made. A read or a store that fails (a
+/// bucket whose leader is still being elected) is tried again until `patience` has passed.
 pub async fn get_or_create(
     store: &kv::Store,
     key: &str,
     make: impl Fn() -> Result<Bytes, String>,
     patience: Duration,
 ) -> Result<Bytes, SharedValueError> {
+    if let Ok(Some(value)) = store.get(key).await {
+        return Ok(value);
+    }
     let deadline = Instant::now() + patience;
     // Made at most once: a store whose acknowledgement was lost and is tried again finds
     // its own value, not a second one.
