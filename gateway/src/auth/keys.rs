@@ -1,10 +1,12 @@
 //! API keys: made here (`mk_live_` + 43 base62 characters, 256 bits), stored only as their
 //! SHA-256 in the `mochi_keys` bucket, and known to every gateway replica through a watch of
-//! that bucket (a creation or a revocation reaches each replica within milliseconds).
+//! that bucket (a creation or a revocation reaches each replica within milliseconds). A key
+//! a replica does not know yet (made a moment ago through another replica) is read from the
+//! bucket's leader, within a small budget of such reads per second.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv::{self, Operation};
 use futures::StreamExt;
@@ -25,6 +27,17 @@ const SHOWN_CHARS: usize = 12;
 const RETRY: Duration = Duration::from_secs(1);
 /// Most compare-and-set rounds a revocation tries.
 const MAX_TRIES: u32 = 16;
+/// Reads of unknown keys from the bucket's leader per second, per replica (and the burst):
+/// a new key is unknown to a replica only until its watch delivers it, so honest callers
+/// need a few; a flood of made-up keys gets no more NATS requests than this.
+const MISS_READS_PER_SECOND: f64 = 20.0;
+/// How long a key the leader did not have is answered as unknown without asking again (a
+/// key is stored before anyone holds it, so an absent one does not appear later).
+const ABSENT_FOR: Duration = Duration::from_secs(60);
+/// Most keys remembered as absent (beyond it, expired ones are dropped, then all).
+const MAX_ABSENT: usize = 10_000;
+/// Longest wait for the leader's answer about an unknown key.
+const MISS_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What can go wrong managing keys.
 #[derive(Debug, thiserror::Error)]
@@ -275,6 +288,8 @@ pub struct KeyCache {
     /// The bucket (`None`: not opened; every key is then unknown and `start` fails).
     store: Option<KeyStore>,
     touch_interval_ms: u64,
+    /// Unknown keys read from the leader: the budget and the answers "absent".
+    misses: Arc<Mutex<Misses>>,
 }
 
 impl KeyCache {
@@ -285,6 +300,7 @@ impl KeyCache {
             touched: Arc::default(),
             store: kv.map(KeyStore::new),
             touch_interval_ms: u64::try_from(touch_interval.as_millis()).unwrap_or(u64::MAX),
+            misses: Arc::new(Mutex::new(Misses::new(Instant::now()))),
         }
     }
 
@@ -310,14 +326,65 @@ impl KeyCache {
         Ok(tokio::spawn(watch(records, kv, updates)))
     }
 
-    /// The record of `key`, if it is one of ours and known.
+    /// The record of `key`, if it is one of ours and this replica knows it (its watch
+    /// delivered it).
     pub fn lookup(&self, key: &str) -> Option<ApiKeyRecord> {
         if !looks_like_key(key) {
             return None;
         }
+        self.known(&hash_key(key))
+    }
+
+    /// The record of `key`, if it is one of ours: this replica's copy, or else the bucket
+    /// leader's (a key made a moment ago through another replica), read at most
+    /// [`MISS_READS_PER_SECOND`] times a second and not again for a key the leader did not
+    /// have. An error only when the leader was asked and did not answer.
+    pub async fn find(&self, key: &str) -> Result<Option<ApiKeyRecord>, KeyError> {
+        if !looks_like_key(key) {
+            return Ok(None);
+        }
         let hash = hash_key(key);
+        if let Some(record) = self.known(&hash) {
+            return Ok(Some(record));
+        }
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        if !self.misses().may_read(&hash, Instant::now()) {
+            return Ok(None);
+        }
+        let entry = entry_key(&hash);
+        let latest = tokio::time::timeout(
+            MISS_READ_TIMEOUT,
+            protocol::shared_value::get_latest(&store.kv, &entry),
+        )
+        .await
+        .map_err(|_| KeyError::Store("the bucket's leader did not answer in time".to_owned()))?
+        .map_err(|e| KeyError::Store(e.to_string()))?;
+        let Some((bytes, revision)) = latest else {
+            self.misses().absent(hash, Instant::now());
+            return Ok(None);
+        };
+        let Some(record) = serde_json::from_slice::<ApiKeyRecord>(&bytes)
+            .ok()
+            .filter(|record| record.hash == hash)
+        else {
+            // As the watch does: an unreadable record is no key.
+            tracing::warn!(%entry, "unreadable API key record skipped");
+            self.misses().absent(hash, Instant::now());
+            return Ok(None);
+        };
+        self.apply(record.clone(), revision);
+        Ok(Some(record))
+    }
+
+    fn known(&self, hash: &str) -> Option<ApiKeyRecord> {
         let records = self.records.read().unwrap_or_else(|p| p.into_inner());
-        records.get(&hash).map(|(record, _)| record.clone())
+        records.get(hash).map(|(record, _)| record.clone())
+    }
+
+    fn misses(&self) -> std::sync::MutexGuard<'_, Misses> {
+        self.misses.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records a use of `record`'s key: its last-used time is written in the background, at
@@ -342,6 +409,55 @@ impl KeyCache {
 
     fn apply(&self, record: ApiKeyRecord, revision: u64) {
         apply(&self.records, record, revision);
+    }
+}
+
+/// The reads of unknown keys from the leader: a token bucket of [`MISS_READS_PER_SECOND`],
+/// and the keys the leader did not have, each until its time is up.
+struct Misses {
+    /// Reads left now (fractions accrue).
+    tokens: f64,
+    /// When `tokens` was last topped up.
+    refilled_at: Instant,
+    /// Hashes the leader did not have, with when that answer expires.
+    absent: HashMap<String, Instant>,
+}
+
+impl Misses {
+    fn new(now: Instant) -> Self {
+        Self {
+            tokens: MISS_READS_PER_SECOND,
+            refilled_at: now,
+            absent: HashMap::new(),
+        }
+    }
+
+    /// Whether to ask the leader for `hash` now (it takes one read from the budget).
+    fn may_read(&mut self, hash: &str, now: Instant) -> bool {
+        if self.absent.get(hash).is_some_and(|until| *until > now) {
+            return false;
+        }
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
+        self.tokens = (self.tokens + elapsed * MISS_READS_PER_SECOND).min(MISS_READS_PER_SECOND);
+        self.refilled_at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+
+    /// Notes that the leader did not have `hash`.
+    fn absent(&mut self, hash: String, now: Instant) {
+        if self.absent.len() >= MAX_ABSENT {
+            self.absent.retain(|_, until| *until > now);
+            if self.absent.len() >= MAX_ABSENT {
+                self.absent.clear();
+            }
+        }
+        self.absent.insert(hash, now + ABSENT_FOR);
     }
 }
 
@@ -444,5 +560,31 @@ mod tests {
         assert!(record.refusal(100).expect("expired").contains("expired"));
         record.revoked_at_ms = Some(5);
         assert!(record.refusal(1).expect("revoked").contains("revoked"));
+    }
+
+    #[test]
+    fn unknown_keys_are_read_within_the_budget_and_absent_ones_not_again() {
+        let start = Instant::now();
+        let mut misses = Misses::new(start);
+        // The burst, then nothing until the budget refills.
+        let burst = MISS_READS_PER_SECOND as usize;
+        for n in 0..burst {
+            assert!(misses.may_read(&format!("h{n}"), start), "read {n}");
+        }
+        assert!(!misses.may_read("another", start));
+        let later = start + Duration::from_millis(100);
+        assert!(misses.may_read("another", later), "two reads came back");
+        assert!(misses.may_read("a third", later));
+        assert!(!misses.may_read("a fourth", later));
+        // An absent key is not read again until its answer expires, budget or not.
+        let refilled = start + Duration::from_secs(5);
+        misses.absent("gone".to_owned(), refilled);
+        assert!(!misses.may_read("gone", refilled + Duration::from_secs(1)));
+        assert!(misses.may_read("gone", refilled + ABSENT_FOR));
+        // The absent answers are bounded.
+        for n in 0..=MAX_ABSENT {
+            misses.absent(format!("x{n}"), refilled);
+        }
+        assert!(misses.absent.len() <= MAX_ABSENT);
     }
 }

@@ -194,9 +194,19 @@ impl Authenticator {
             ));
         };
         if token.starts_with(keys::KEY_PREFIX) {
-            let record = self.keys.lookup(token).ok_or_else(|| {
-                unauthorized("this API key is not valid; check that it was copied whole, or ask an admin for a new one")
-            })?;
+            let record = self
+                .keys
+                .find(token)
+                .await
+                .map_err(|error| {
+                    tracing::warn!(%error, "an API key this replica does not know could not be checked");
+                    ApiError::unavailable(
+                        "this API key cannot be checked now (the key store did not answer); retry shortly",
+                    )
+                })?
+                .ok_or_else(|| {
+                    unauthorized("this API key is not valid; check that it was copied whole, or ask an admin for a new one")
+                })?;
             if let Some(refusal) = record.refusal(now_ms()) {
                 return Err(unauthorized(refusal));
             }
