@@ -36,6 +36,26 @@ pub enum Error {
     /// The HTTP client failed to build.
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
+    /// The gateway did not answer before the run.
+    #[error(
+        "cannot reach the gateway at {url} ({reason}); start it (`mochi up`) or pass its address with --url"
+    )]
+    Unreachable {
+        /// What was asked.
+        url: String,
+        /// Why no answer came.
+        reason: String,
+    },
+    /// The gateway refused a credential, or answered with an error, before the run.
+    #[error("before the run, the gateway answered {status} to {credential}: {message}")]
+    Refused {
+        /// The API key's first characters, or "a request without a key".
+        credential: String,
+        /// The HTTP status.
+        status: u16,
+        /// The error's sentence, and what to do.
+        message: String,
+    },
 }
 
 /// Checks that `base_url` may be loaded under `allow_remote`.

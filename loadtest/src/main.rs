@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use coordinator::sim::trace::{self, Arrivals, Mix, TraceJob};
-use loadtest::open_loop::OpenLoopConfig;
+use loadtest::open_loop::{JobTimeline, OpenLoopConfig};
 use loadtest::report::LoadResult;
 use loadtest::scenario::ScenarioConfig;
 
@@ -82,13 +82,13 @@ struct CapacityArgs {
 #[derive(Debug, clap::Args)]
 struct MixArgs {
     /// Offered load: GPU time arriving per second over the slots' capacity.
-    #[arg(long, default_value_t = 0.85)]
+    #[arg(long, default_value_t = 0.85, value_parser = positive)]
     load: f64,
     /// Requests in the trace.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
     jobs: usize,
     /// H100 slots the load is computed for.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     slots: usize,
     /// `poisson`, or `bursty` (twice the mean rate for a third of each 4-hour period).
     #[arg(long, default_value = "poisson")]
@@ -109,6 +109,22 @@ impl MixArgs {
             self.jobs,
             self.seed,
         ))
+    }
+}
+
+/// A number above zero (a load, a time scale): clap's refusal names the flag and the value.
+fn positive(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
+        _ => Err(format!("{text} is not a number above 0 (for example 0.5)")),
+    }
+}
+
+/// A count of at least one (jobs, slots).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(value) if value >= 1 => Ok(value),
+        _ => Err(format!("{text} is not a whole number of at least 1")),
     }
 }
 
@@ -139,7 +155,7 @@ struct RunArgs {
     #[command(flatten)]
     mix: MixArgs,
     /// Wall seconds per trace second (0.02: an hour of trace in 72 s).
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = 0.02, value_parser = positive)]
     time_scale: f64,
     /// API key; repeat it to spread the trace's tenants over several keys.
     #[arg(
@@ -178,13 +194,13 @@ struct ReportArgs {
     #[arg(long)]
     nats_server: Option<PathBuf>,
     /// Offered loads, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "0.5,0.85,1.1")]
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.85,1.1", value_parser = positive)]
     loads: Vec<f64>,
     /// Requests per load.
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, default_value_t = 150, value_parser = at_least_one)]
     jobs: usize,
     /// Wall seconds per trace second.
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = 0.02, value_parser = positive)]
     time_scale: f64,
     /// GPU node processes, four slots each.
     #[arg(long, default_value_t = 2)]
@@ -343,6 +359,10 @@ async fn run_load(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Written either way (the report shows every refusal), but a run in which nothing was
+    // accepted says why and fails.
+    let refused = (!jobs.is_empty() && !jobs.iter().any(JobTimeline::accepted))
+        .then(|| loadtest::open_loop::refusals(&jobs));
     let result = LoadResult {
         name: args.name.clone(),
         target: args.url,
@@ -353,12 +373,19 @@ async fn run_load(args: RunArgs) -> ExitCode {
         jobs,
         simulated_start_s: Vec::new(),
     };
-    write_outputs(
+    let written = write_outputs(
         &args.out,
         &args.name,
         &format!("mochi-serve load test: {}", args.name),
         &[result],
-    )
+    );
+    match refused {
+        Some(why) => {
+            eprintln!("error: the gateway accepted none of the requests: {why}");
+            ExitCode::FAILURE
+        }
+        None => written,
+    }
 }
 
 async fn run_report(args: ReportArgs) -> ExitCode {

@@ -143,6 +143,7 @@ pub async fn run(config: &OpenLoopConfig, trace: &[TraceJob]) -> Result<Vec<JobT
         .build()
         .map_err(Error::Client)?;
     let base = config.base_url.trim_end_matches('/').to_owned();
+    preflight(&http, &base, &config.api_keys).await?;
     let started = Instant::now();
     let deadline = started + config.max_duration;
     let timelines: Timelines = Arc::new(Mutex::new(Vec::with_capacity(trace.len())));
@@ -239,6 +240,105 @@ pub async fn run(config: &OpenLoopConfig, trace: &[TraceJob]) -> Result<Vec<JobT
 
 /// A refusal's code and sentence.
 type Refusal = (String, Option<String>);
+
+/// Characters of an API key named in an error (the prefix and four of its own).
+const SHOWN_KEY_CHARS: usize = 12;
+
+/// Before any submission: the gateway answers, and takes every key (`GET /v1/models`, which
+/// any role may read), so that a wrong address or key is one clear error rather than a
+/// report of refusals.
+async fn preflight(http: &reqwest::Client, base: &str, keys: &[String]) -> Result<(), Error> {
+    let url = format!("{base}/v1/models");
+    let mut keys: Vec<Option<&str>> = keys.iter().map(|key| Some(key.as_str())).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.is_empty() {
+        keys.push(None);
+    }
+    for key in keys {
+        let mut request = http.get(&url);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(|error| Error::Unreachable {
+            url: url.clone(),
+            reason: root_cause(&error),
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            continue;
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        let said = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|value| {
+                value
+                    .pointer("/error/message")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| format!("GET {url} answered {status}"));
+        let credential = match key {
+            Some(key) => format!(
+                "the API key {}…",
+                key.chars().take(SHOWN_KEY_CHARS).collect::<String>()
+            ),
+            None => "a request without a key".to_owned(),
+        };
+        let advice = match (status.as_u16(), key) {
+            (401, None) => "; pass a key with --api-key (or MOCHI_API_KEY)",
+            (401, Some(_)) => "; pass a valid key with --api-key (or MOCHI_API_KEY)",
+            (404, _) => "; is --url the gateway's address (without a path)?",
+            (500.., _) => "; wait until its /readyz answers 200 and run again",
+            _ => "",
+        };
+        return Err(Error::Refused {
+            credential,
+            status: status.as_u16(),
+            message: format!("{said}{advice}"),
+        });
+    }
+    Ok(())
+}
+
+/// The innermost cause of `error` (reqwest's own message names only the URL; the cause
+/// says what happened: "Connection refused", a timeout, a name not resolved).
+fn root_cause(error: &dyn std::error::Error) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+/// Why the requests of `jobs` were refused, most common first: "3 × unauthorized (sentence)".
+pub fn refusals(jobs: &[JobTimeline]) -> String {
+    let mut counts: Vec<((String, String), usize)> = Vec::new();
+    for job in jobs.iter().filter(|job| !job.accepted()) {
+        let code = job.error_code.clone().unwrap_or_else(|| "none".to_owned());
+        let message = job.error_message.clone().unwrap_or_default();
+        match counts
+            .iter_mut()
+            .find(|(seen, _)| *seen == (code.clone(), message.clone()))
+        {
+            Some((_, count)) => *count += 1,
+            None => counts.push(((code, message), 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts
+        .iter()
+        .take(3)
+        .map(|((code, message), count)| {
+            if message.is_empty() {
+                format!("{count} × {code}")
+            } else {
+                format!("{count} × {code} ({message})")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 
 /// POSTs one job: the status and the job, or the status and the error's code and sentence.
 async fn submit(
@@ -423,6 +523,102 @@ async fn show_progress(timelines: &Timelines, total: usize, started: Instant) {
             "#".repeat(filled),
             " ".repeat(width - filled),
             started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on loopback that answers every request with `status` and `body`; its URL.
+    async fn answering(status: &'static str, body: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buffer = [0_u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        format!("http://{address}")
+    }
+
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client")
+    }
+
+    #[tokio::test]
+    async fn a_wrong_address_or_key_is_one_clear_error_before_the_run() {
+        // Nothing listens on a port just freed.
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            format!("http://{}", listener.local_addr().expect("address"))
+        };
+        let error = preflight(&client(), &closed, &[])
+            .await
+            .expect_err("closed");
+        assert!(matches!(error, Error::Unreachable { .. }), "{error}");
+        assert!(error.to_string().contains("--url"), "{error}");
+
+        let refusing = answering(
+            "401 Unauthorized",
+            r#"{"error":{"code":"unauthorized","message":"this API key is not valid"}}"#,
+        )
+        .await;
+        let key = format!("mk_live_{}", "Z".repeat(43));
+        let error = preflight(&client(), &refusing, std::slice::from_ref(&key))
+            .await
+            .expect_err("refused");
+        let text = error.to_string();
+        assert!(
+            matches!(error, Error::Refused { status: 401, .. }),
+            "{text}"
+        );
+        assert!(text.contains("this API key is not valid"), "{text}");
+        assert!(text.contains("mk_live_ZZZZ…"), "{text}");
+        assert!(
+            !text.contains(&key),
+            "the whole key is never printed: {text}"
+        );
+        assert!(text.contains("--api-key"), "{text}");
+
+        let fine = answering("200 OK", r#"{"object":"list","data":[]}"#).await;
+        preflight(&client(), &fine, &[key.clone(), key])
+            .await
+            .expect("a gateway that answers 200 passes");
+    }
+
+    #[test]
+    fn refusals_are_counted_most_common_first() {
+        let refused = |code: &str, message: Option<&str>| JobTimeline {
+            error_code: Some(code.to_owned()),
+            error_message: message.map(str::to_owned),
+            ..JobTimeline::default()
+        };
+        let jobs = [
+            refused("connection", None),
+            refused("forbidden", Some("this key may not create jobs")),
+            refused("forbidden", Some("this key may not create jobs")),
+            JobTimeline {
+                job_id: Some("vid_x".to_owned()),
+                ..JobTimeline::default()
+            },
+        ];
+        assert_eq!(
+            refusals(&jobs),
+            "2 × forbidden (this key may not create jobs); 1 × connection"
         );
     }
 }
