@@ -325,7 +325,7 @@ pub fn refusals(jobs: &[JobTimeline]) -> String {
             None => counts.push(((code, message), 1)),
         }
     }
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
     counts
         .iter()
         .take(3)
