@@ -137,12 +137,14 @@ async fn main() {
         min: shipped.record_batch_min,
         in_flight: shipped.record_writes_in_flight,
         timeout,
+        linger: Duration::from_micros(shipped.record_batch_linger_us),
     };
     let former = Batching {
         max: 256,
         min: 2,
         in_flight: 2,
         timeout,
+        linger: Duration::ZERO,
     };
     println!(
         "closed loops of {seconds} s, rounds alternating; shipped: min {} in flight {}, former: min 2 in flight 2",

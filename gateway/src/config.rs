@@ -47,6 +47,14 @@ pub struct Config {
     /// so one write at a time, whose next batch takes every submission that arrived
     /// meanwhile, stored the most on one server and on three (docs/loadtest.md).
     pub record_writes_in_flight: usize,
+    /// How long a write of new job records may wait for the submitters the previous write
+    /// answered to come back, µs (0 to 10,000; 0: never waits). Closed-loop clients (each
+    /// sends its next job once its last is answered) otherwise split into groups that take
+    /// turns, each waiting for the other's write and then its own; a write that waits a
+    /// moment for the rest stores them all at once. It waits only while fewer records are
+    /// queued than the most submissions that waited at once during the previous write; a
+    /// linger that runs out is skipped for the next 1, 2, 4 … 64 writes.
+    pub record_batch_linger_us: u64,
     /// Authentication (`[gateway.auth]`).
     pub auth: AuthConfig,
     /// Per-key rate limits (`[gateway.rate_limit]`).
@@ -98,6 +106,7 @@ impl Default for Config {
             record_batch_max: 256,
             record_batch_min: 8,
             record_writes_in_flight: 1,
+            record_batch_linger_us: 1_500,
             auth: AuthConfig::default(),
             rate_limit: RateLimitConfig::default(),
             quota: QuotaConfig::default(),
@@ -207,6 +216,12 @@ impl Config {
                 protocol::jetstream::MAX_ATOMIC_BATCH
             )));
         }
+        if self.record_batch_linger_us > 10_000 {
+            return Err(Error::Config(format!(
+                "record_batch_linger_us is {}; use 0 (never wait) to 10000",
+                self.record_batch_linger_us
+            )));
+        }
         if !(1..=64).contains(&self.record_writes_in_flight) {
             return Err(Error::Config(format!(
                 "record_writes_in_flight is {}; use 1 to 64",
@@ -253,6 +268,13 @@ mod tests {
                     ..Config::default()
                 },
                 "record_writes_in_flight",
+            ),
+            (
+                Config {
+                    record_batch_linger_us: 10_001,
+                    ..Config::default()
+                },
+                "record_batch_linger_us",
             ),
         ] {
             let refused = config.validate().err().map(|e| e.to_string());

@@ -13,7 +13,7 @@
 //! server without atomic batches, a lost acknowledgement) is written record by record.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -28,6 +28,9 @@ use crate::metrics;
 /// How long a creator writes every record alone after the stream refused a batch as
 /// unsupported, before it tries a batch again (an admin may turn `allow_atomic` on).
 const UNSUPPORTED_PAUSE_MS: u64 = 60_000;
+
+/// Most writes a linger that ran out is skipped for (after several in a row).
+const MAX_LINGER_SKIP: u32 = 64;
 
 /// Submissions waiting for the writer at most; a submission finding the queue full waits
 /// (within its request's time) for room.
@@ -65,6 +68,8 @@ pub struct Batching {
     pub in_flight: usize,
     /// Longest one write (a batch, or one record) may take before it counts as failed.
     pub timeout: Duration,
+    /// Longest a write waits for the submitters the previous one answered (zero: never).
+    pub linger: Duration,
 }
 
 /// Writes the records the queue hands it, and counts what it did.
@@ -76,6 +81,13 @@ struct Writer {
     /// Longest one write (a batch, or one record) may take before it counts as failed.
     timeout: Duration,
     stats: Arc<Stats>,
+    /// Submissions waiting for their record's write (queued or in a write in flight).
+    waiting: AtomicUsize,
+    /// The most submissions waiting at once since the last write began: about how many
+    /// submitters write now (a write with [`Batching::linger`] waits for that many).
+    peak: AtomicUsize,
+    /// `peak` when the last write ended.
+    expected: AtomicUsize,
 }
 
 /// Creates job records, grouping concurrent creates into atomic batches while the records'
@@ -84,6 +96,7 @@ pub struct RecordCreator {
     writer: Arc<Writer>,
     max_batch: usize,
     in_flight: usize,
+    linger: Duration,
     /// The writer task's queue, started by the first create (inside the runtime).
     queue: OnceLock<mpsc::Sender<Pending>>,
 }
@@ -114,9 +127,13 @@ impl RecordCreator {
                 min_batch,
                 timeout: batching.timeout,
                 stats: Arc::default(),
+                waiting: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+                expected: AtomicUsize::new(0),
             }),
             max_batch,
             in_flight: batching.in_flight.max(1),
+            linger: batching.linger,
             queue: OnceLock::new(),
         }
     }
@@ -152,6 +169,7 @@ impl RecordCreator {
                 Arc::clone(&self.writer),
                 self.max_batch,
                 self.in_flight,
+                self.linger,
                 receiver,
             ));
             sender
@@ -162,6 +180,7 @@ impl RecordCreator {
             bytes,
             reply,
         };
+        let _waiting = Waiting::new(&self.writer);
         if let Err(mpsc::error::SendError(pending)) = queue.send(pending).await {
             // The writer task ended (only if the runtime is going away): write it here.
             return self
@@ -191,15 +210,40 @@ fn takes_atomic_batches(version: &str) -> bool {
     }
 }
 
+/// Counts a submission as waiting for its record's write until it is answered or gives up.
+struct Waiting<'a>(&'a Writer);
+
+impl<'a> Waiting<'a> {
+    fn new(writer: &'a Writer) -> Self {
+        let now = writer.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+        writer.peak.fetch_max(now, Ordering::Relaxed);
+        Self(writer)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Takes the queued records in batches, at most `in_flight` writes at a time, until every
-/// sender is gone.
+/// sender is gone. A batch smaller than the most submissions that waited at once during the
+/// last write (those it stored, and those that queued behind it) waits up to `linger` for
+/// the rest: closed-loop submitters come back once answered.
 async fn write_queued(
     writer: Arc<Writer>,
     max_batch: usize,
     in_flight: usize,
+    linger: Duration,
     mut queue: mpsc::Receiver<Pending>,
 ) {
     let in_flight = Arc::new(Semaphore::new(in_flight));
+    // A linger that ran out before the submitters came back (they take longer than it, or
+    // were not coming) is skipped for the next `skip` writes, twice as many each time in a
+    // row (up to `MAX_LINGER_SKIP`): it would only delay them.
+    let mut skip = 0_u32;
+    let mut backoff = 0_u32;
     while let Some(first) = queue.recv().await {
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             return;
@@ -208,20 +252,51 @@ async fn write_queued(
         // the submissions whose request stopped waiting (answered 503: retry), which are not
         // written at all.
         let mut batch = Vec::with_capacity(max_batch.min(64));
-        batch.extend(Some(first).filter(|pending| !pending.reply.is_closed()));
+        let take = |pending: Pending, batch: &mut Vec<Pending>| {
+            if !pending.reply.is_closed() {
+                batch.push(pending);
+            }
+        };
+        take(first, &mut batch);
         while batch.len() < max_batch {
             match queue.try_recv() {
-                Ok(pending) if pending.reply.is_closed() => {}
-                Ok(pending) => batch.push(pending),
+                Ok(pending) => take(pending, &mut batch),
                 Err(_) => break,
+            }
+        }
+        let wanted = writer.expected.load(Ordering::Relaxed).min(max_batch);
+        if !linger.is_zero() && !batch.is_empty() && batch.len() < wanted {
+            if skip > 0 {
+                skip -= 1;
+            } else {
+                let until = tokio::time::Instant::now() + linger;
+                while batch.len() < wanted {
+                    match tokio::time::timeout_at(until, queue.recv()).await {
+                        Ok(Some(pending)) => take(pending, &mut batch),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                if batch.len() >= wanted {
+                    backoff = 0;
+                } else {
+                    backoff = (backoff * 2).clamp(1, MAX_LINGER_SKIP);
+                    skip = backoff;
+                }
             }
         }
         if batch.is_empty() {
             continue;
         }
         let writer = Arc::clone(&writer);
+        writer
+            .peak
+            .store(writer.waiting.load(Ordering::Relaxed), Ordering::Relaxed);
         tokio::spawn(async move {
             writer.write(batch).await;
+            // Read before the permit goes: the next batch's wait is decided after it.
+            writer
+                .expected
+                .store(writer.peak.load(Ordering::Relaxed), Ordering::Relaxed);
             drop(permit);
         });
     }

@@ -80,6 +80,7 @@ impl AppState {
                 max: config.record_batch_max,
                 min: config.record_batch_min,
                 in_flight: config.record_writes_in_flight,
+                linger: Duration::from_micros(config.record_batch_linger_us),
                 timeout: Duration::from_millis(config.publish_timeout_ms),
             },
         );

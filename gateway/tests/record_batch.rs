@@ -32,6 +32,7 @@ fn one_write_at_a_time(store: &JobStore, resources: &Resources, min: usize) -> R
             min,
             in_flight: 1,
             timeout: Duration::from_secs(5),
+            linger: Duration::ZERO,
         },
     )
 }
@@ -167,6 +168,7 @@ async fn a_group_smaller_than_the_batch_minimum_is_written_record_by_record() {
         min: 8,
         in_flight: 1,
         timeout: Duration::from_secs(5),
+        linger: Duration::ZERO,
     };
     let never = RecordCreator::new(resources.jobs.clone(), resources.context.clone(), settings);
     assert_eq!(never.max_batch(), 1);
@@ -193,4 +195,69 @@ async fn a_stream_without_atomic_batches_gets_every_record_alone() {
     assert!(results.into_iter().all(|result| result.unwrap()));
     assert_eq!(messages(&store).await, 20);
     assert_eq!(creator.batches(), 0);
+}
+
+/// Closed-loop submitters (each sends its next record once its last is stored) are stored
+/// together: a write waits, within its linger, for those the last write answered, instead
+/// of the submitters splitting into groups that take turns. A lone submitter is not held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waits_within_its_linger_for_the_submitters_it_answered() {
+    let (_server, _client, resources) = common::nats().await;
+    let linger = Duration::from_millis(500);
+    let creator = Arc::new(RecordCreator::new(
+        resources.jobs.clone(),
+        resources.context.clone(),
+        Batching {
+            max: 64,
+            min: 2,
+            in_flight: 1,
+            timeout: Duration::from_secs(5),
+            linger,
+        },
+    ));
+    const SUBMITTERS: usize = 16;
+    const ROUNDS: usize = 5;
+    let started = std::time::Instant::now();
+    join_all((0..SUBMITTERS).map(|submitter| {
+        let creator = Arc::clone(&creator);
+        async move {
+            for round in 0..ROUNDS {
+                let record = record(JobId::new(), &format!("{submitter}/{round}"));
+                assert!(creator.create(&record).await.unwrap());
+            }
+        }
+    }))
+    .await;
+    let took = started.elapsed();
+    assert_eq!(
+        messages(&resources.jobs).await,
+        (SUBMITTERS * ROUNDS) as u64,
+        "every record once"
+    );
+    // The first write finds one submitter or a few; from then on each write waits for all
+    // sixteen: about one batch a round, not two or more.
+    assert!(
+        creator.batches() <= ROUNDS as u64 + 1,
+        "{} batches for {ROUNDS} rounds",
+        creator.batches()
+    );
+    assert!(
+        creator.batched_records() >= ((ROUNDS - 1) * SUBMITTERS) as u64,
+        "{} of {} records in batches",
+        creator.batched_records(),
+        SUBMITTERS * ROUNDS
+    );
+    // Nobody waited out the linger: the submitters came back long before it ended.
+    assert!(took < linger * 2, "took {took:?}");
+    // A lone submitter: the write after a lone one does not wait.
+    creator
+        .create(&record(JobId::new(), "alone"))
+        .await
+        .unwrap();
+    let alone = std::time::Instant::now();
+    creator
+        .create(&record(JobId::new(), "alone again"))
+        .await
+        .unwrap();
+    assert!(alone.elapsed() < linger / 2, "took {:?}", alone.elapsed());
 }

@@ -145,6 +145,93 @@ pub struct Phase {
     pub wall_s: f64,
     /// The peer's phases: the CPU our idle stack used meanwhile, in cores.
     pub ours_cpu: Option<f64>,
+    /// Mean latency of accepted requests, ms (the client's whole round trip).
+    pub latency_mean_ms: f64,
+    /// Ours: where the requests' time went, from the gateway's own metrics over the phase.
+    pub gateway: Option<GatewayShare>,
+}
+
+/// Ours: what the gateway's metrics (`/metrics`) say about a phase's submissions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct GatewayShare {
+    /// Mean time a submission waited for its record's write, ms
+    /// (`mochi_gateway_submit_seconds`: queued behind the write in flight, then its own).
+    pub record_write_mean_ms: f64,
+    /// That wait over the client's mean round trip: the rest is HTTP, parsing, checks and
+    /// the client itself.
+    pub share_of_latency: f64,
+    /// Records per write (`mochi_gateway_record_writes_total`, batches and single records).
+    pub records_per_write: f64,
+}
+
+/// The gateway's counters that [`GatewayShare`] is the difference of.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct GatewayCounters {
+    submit_seconds_sum: f64,
+    submit_count: f64,
+    writes: f64,
+    records: f64,
+}
+
+impl GatewayCounters {
+    /// Reads them from the Prometheus text `metrics`.
+    fn parse(metrics: &str) -> Self {
+        let mut counters = Self::default();
+        let mut single = 0.0;
+        let mut batched = 0.0;
+        for line in metrics.lines().filter(|line| !line.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let series = |metric: &str| name == metric || name.starts_with(&format!("{metric}{{"));
+            if series(&format!("{}_sum", gateway::metrics::SUBMIT_SECONDS)) {
+                counters.submit_seconds_sum += value;
+            } else if series(&format!("{}_count", gateway::metrics::SUBMIT_SECONDS)) {
+                counters.submit_count += value;
+            } else if series(gateway::metrics::RECORD_WRITES) {
+                counters.writes += value;
+                if name.contains(r#"kind="single""#) {
+                    single += value;
+                }
+            } else if series(gateway::metrics::BATCHED_RECORDS) {
+                batched += value;
+            }
+        }
+        counters.records = single + batched;
+        counters
+    }
+
+    /// The phase between `before` and `self`, against the client's mean latency.
+    fn since(&self, before: &Self, latency_mean_ms: f64) -> Option<GatewayShare> {
+        let count = self.submit_count - before.submit_count;
+        let writes = self.writes - before.writes;
+        if count <= 0.0 || writes <= 0.0 {
+            return None;
+        }
+        let record_write_mean_ms =
+            (self.submit_seconds_sum - before.submit_seconds_sum) / count * 1000.0;
+        Some(GatewayShare {
+            record_write_mean_ms,
+            share_of_latency: if latency_mean_ms > 0.0 {
+                record_write_mean_ms / latency_mean_ms
+            } else {
+                0.0
+            },
+            records_per_write: (self.records - before.records) / writes,
+        })
+    }
+}
+
+/// The gateway's counters now (`None`: `/metrics` did not answer).
+async fn gateway_counters(http: &reqwest::Client, gateway: &str) -> Option<GatewayCounters> {
+    let response = http.get(format!("{gateway}/metrics")).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    Some(GatewayCounters::parse(&response.text().await.ok()?))
 }
 
 /// What one closed loop counted: accepted, errors, latencies (ms), wall seconds.
@@ -155,6 +242,11 @@ impl Phase {
     /// after it.
     fn of(target: &str, connections: usize, ran: LoopResult, after: Option<(f64, f64)>) -> Self {
         let (accepted, errors, latencies, wall) = ran;
+        let latency_mean_ms = if latencies.is_empty() {
+            0.0
+        } else {
+            latencies.iter().sum::<f64>() / latencies.len() as f64
+        };
         let drain_s = after.map(|(drain, _)| drain);
         let settle_s = after.map(|(_, settle)| settle);
         Self {
@@ -169,6 +261,8 @@ impl Phase {
             settle_s,
             wall_s: wall,
             ours_cpu: None,
+            latency_mean_ms,
+            gateway: None,
             steady_per_s: accepted as f64
                 / (wall + drain_s.unwrap_or(0.0) + settle_s.unwrap_or(0.0)),
         }
@@ -615,16 +709,17 @@ async fn intake_rounds(
     let resting = resting_cpu(&ours).await;
     for _ in 0..config.rounds {
         for &connections in &config.connections {
+            let counted = gateway_counters(http, &ours.gateway_url()).await;
             let ran =
                 closed_loop(&ours.gateway_url(), Some(&key), connections, config.seconds).await?;
+            let counters = gateway_counters(http, &ours.gateway_url()).await;
             let drain_s = Box::pin(drain(&ours)).await?;
             let settle_s = settle(&ours, resting).await;
-            report.phases.push(Phase::of(
-                "mochi",
-                connections,
-                ran,
-                Some((drain_s, settle_s)),
-            ));
+            let mut phase = Phase::of("mochi", connections, ran, Some((drain_s, settle_s)));
+            phase.gateway = counted
+                .zip(counters)
+                .and_then(|(before, after)| after.since(&before, phase.latency_mean_ms));
+            report.phases.push(phase);
             let before = ours.cpu_seconds();
             let ran = closed_loop(&peer.url, None, connections, config.seconds).await?;
             let mut phase = Phase::of("fastapi+redis", connections, ran, None);
@@ -740,4 +835,47 @@ async fn start_latency_in(
         Quantiles::of(&to_start),
         SlowStart::of(&jobs),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateways_share_is_the_difference_of_its_counters() {
+        let text = |sum: f64, count: u64, batches: u64, singles: u64, batched: u64| {
+            format!(
+                "# TYPE mochi_gateway_submit_seconds summary\n\
+                 mochi_gateway_submit_seconds{{quantile=\"0.5\"}} 0.004\n\
+                 mochi_gateway_submit_seconds_sum {sum}\n\
+                 mochi_gateway_submit_seconds_count {count}\n\
+                 mochi_gateway_record_writes_total{{kind=\"batch\"}} {batches}\n\
+                 mochi_gateway_record_writes_total{{kind=\"single\"}} {singles}\n\
+                 mochi_gateway_batched_records_total {batched}\n\
+                 mochi_gateway_submit_seconds_total_other 99\n"
+            )
+        };
+        let before = GatewayCounters::parse(&text(1.0, 100, 2, 10, 90));
+        assert_eq!(
+            before,
+            GatewayCounters {
+                submit_seconds_sum: 1.0,
+                submit_count: 100.0,
+                writes: 12.0,
+                records: 100.0,
+            }
+        );
+        // 1,000 submissions waited 5 s in all (5 ms each), in 53 writes: 38 batches of 985
+        // records, and 15 records alone.
+        let after = GatewayCounters::parse(&text(6.0, 1_100, 40, 25, 1_075));
+        let share = after.since(&before, 8.0).expect("a phase with writes");
+        assert!((share.record_write_mean_ms - 5.0).abs() < 1e-9, "{share:?}");
+        assert!((share.share_of_latency - 0.625).abs() < 1e-9, "{share:?}");
+        assert!(
+            (share.records_per_write - 1_000.0 / 53.0).abs() < 1e-9,
+            "{share:?}"
+        );
+        // No submission in between: nothing to say.
+        assert_eq!(before.since(&before, 8.0), None);
+    }
 }
