@@ -6,8 +6,10 @@
 //! still writes each record at once, alone, and so do a few records at a time: on one
 //! nats-server a batch costs a fixed few synced writes (the server stages a batch for a
 //! single-replica file stream in a file store of its own, made and removed per batch), so a
-//! group smaller than [`Batching::min`] is written record by record, side by side. Each
-//! submission learns its own record's fate,
+//! group smaller than [`Batching::min`] is written record by record, side by side. A write
+//! may wait up to [`Batching::linger`] for the submitters the previous write answered, so
+//! that closed-loop clients share one write instead of splitting into groups that take
+//! turns. Each submission learns its own record's fate,
 //! as it would alone: a batch refused because one of its records exists already (a repeated
 //! Idempotency-Key) is split in halves and each written again, and one refused otherwise (a
 //! server without atomic batches, a lost acknowledgement) is written record by record.
