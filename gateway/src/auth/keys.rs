@@ -337,7 +337,7 @@ impl KeyCache {
 
     /// The record of `key`, if it is one of ours: this replica's copy, or else the bucket
     /// leader's (a key made a moment ago through another replica), read at most
-    /// [`MISS_READS_PER_SECOND`] times a second and not again for a key the leader did not
+    /// 20 times a second (`MISS_READS_PER_SECOND`) and not again for a key the leader did not
     /// have. An error only when the leader was asked and did not answer.
     pub async fn find(&self, key: &str) -> Result<Option<ApiKeyRecord>, KeyError> {
         if !looks_like_key(key) {

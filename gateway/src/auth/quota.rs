@@ -107,7 +107,7 @@ pub struct TenantLoad {
 }
 
 impl TenantLoad {
-    /// Empty until [`TenantLoad::watch`] runs.
+    /// Empty until the watch of `mochi_jobs` ([`crate::index::watch`]) feeds it.
     pub fn new() -> Self {
         Self::default()
     }
